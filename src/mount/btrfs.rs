@@ -1,0 +1,451 @@
+//! Btrfs subvolumes, snapshots and qgroups through the kernel's ioctl interface.
+//! Every function takes a directory descriptor the caller opened with
+//! `O_DIRECTORY | O_NOFOLLOW`; no path is resolved here. Structures and request
+//! numbers mirror `linux/btrfs.h` and `linux/btrfs_tree.h`.
+
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// `f_type` reported by `statfs(2)` for btrfs.
+pub const BTRFS_SUPER_MAGIC: i64 = 0x9123683E;
+
+const BTRFS_IOCTL_MAGIC: u8 = 0x94;
+/// Inode number of every subvolume's root directory (`BTRFS_FIRST_FREE_OBJECTID`).
+const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
+const BTRFS_QUOTA_TREE_OBJECTID: u64 = 8;
+const BTRFS_QGROUP_STATUS_KEY: u32 = 240;
+const BTRFS_QGROUP_INFO_KEY: u32 = 242;
+const BTRFS_QGROUP_LIMIT_KEY: u32 = 244;
+const BTRFS_QGROUP_STATUS_FLAG_ON: u64 = 1 << 0;
+const BTRFS_QGROUP_STATUS_FLAG_INCONSISTENT: u64 = 1 << 2;
+const BTRFS_QGROUP_LIMIT_MAX_RFER: u64 = 1 << 0;
+/// Writing this as a limit value tells the kernel to clear that limit.
+const BTRFS_QGROUP_CLEAR_VALUE: u64 = u64::MAX;
+const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
+const BTRFS_QUOTA_CTL_ENABLE: u64 = 1;
+const BTRFS_NAME_LEN: usize = 255;
+const BTRFS_PATH_NAME_MAX: usize = 4087;
+const BTRFS_SUBVOL_NAME_MAX: usize = 4039;
+const BTRFS_INO_LOOKUP_PATH_MAX: usize = 4080;
+const BTRFS_SEARCH_ARGS_BUFSIZE: usize = 4096 - size_of::<SearchKey>();
+
+/// `struct btrfs_ioctl_vol_args`.
+#[repr(C)]
+struct VolArgs {
+    fd: i64,
+    name: [u8; BTRFS_PATH_NAME_MAX + 1],
+}
+const _: () = assert!(size_of::<VolArgs>() == 4096);
+
+/// `struct btrfs_ioctl_vol_args_v2`; the two unions are flattened to the
+/// members used here (the qgroup-inherit union is always zero).
+#[repr(C)]
+struct VolArgsV2 {
+    fd: i64,
+    transid: u64,
+    flags: u64,
+    unused: [u64; 4],
+    name: [u8; BTRFS_SUBVOL_NAME_MAX + 1],
+}
+const _: () = assert!(size_of::<VolArgsV2>() == 4096);
+
+/// `struct btrfs_ioctl_ino_lookup_args`.
+#[repr(C)]
+struct InoLookupArgs {
+    treeid: u64,
+    objectid: u64,
+    name: [u8; BTRFS_INO_LOOKUP_PATH_MAX],
+}
+const _: () = assert!(size_of::<InoLookupArgs>() == 4096);
+
+/// `struct btrfs_ioctl_search_key`.
+#[repr(C)]
+#[derive(Default)]
+struct SearchKey {
+    tree_id: u64,
+    min_objectid: u64,
+    max_objectid: u64,
+    min_offset: u64,
+    max_offset: u64,
+    min_transid: u64,
+    max_transid: u64,
+    min_type: u32,
+    max_type: u32,
+    nr_items: u32,
+    unused: [u32; 9],
+}
+const _: () = assert!(size_of::<SearchKey>() == 104);
+
+/// `struct btrfs_ioctl_search_args`: a key followed by the result buffer, which
+/// holds `btrfs_ioctl_search_header` (32 bytes, CPU order) + item data (LE).
+#[repr(C)]
+struct SearchArgs {
+    key: SearchKey,
+    buf: [u8; BTRFS_SEARCH_ARGS_BUFSIZE],
+}
+const _: () = assert!(size_of::<SearchArgs>() == 4096);
+
+/// `struct btrfs_ioctl_quota_ctl_args`.
+#[repr(C)]
+struct QuotaCtlArgs {
+    cmd: u64,
+    status: u64,
+}
+const _: () = assert!(size_of::<QuotaCtlArgs>() == 16);
+
+/// `struct btrfs_qgroup_limit`.
+#[repr(C)]
+#[derive(Default)]
+struct QgroupLimit {
+    flags: u64,
+    max_rfer: u64,
+    max_excl: u64,
+    rsv_rfer: u64,
+    rsv_excl: u64,
+}
+const _: () = assert!(size_of::<QgroupLimit>() == 40);
+
+/// `struct btrfs_ioctl_qgroup_limit_args`.
+#[repr(C)]
+struct QgroupLimitArgs {
+    qgroupid: u64,
+    lim: QgroupLimit,
+}
+const _: () = assert!(size_of::<QgroupLimitArgs>() == 48);
+
+/// `struct btrfs_ioctl_quota_rescan_args`.
+#[repr(C)]
+#[derive(Default)]
+struct QuotaRescanArgs {
+    flags: u64,
+    progress: u64,
+    reserved: [u64; 6],
+}
+const _: () = assert!(size_of::<QuotaRescanArgs>() == 64);
+
+type Req = libc::Ioctl;
+const fn io(nr: u8) -> Req {
+    nix::request_code_none!(BTRFS_IOCTL_MAGIC, nr) as Req
+}
+const fn ior(nr: u8, size: usize) -> Req {
+    nix::request_code_read!(BTRFS_IOCTL_MAGIC, nr, size) as Req
+}
+const fn iow(nr: u8, size: usize) -> Req {
+    nix::request_code_write!(BTRFS_IOCTL_MAGIC, nr, size) as Req
+}
+const fn iowr(nr: u8, size: usize) -> Req {
+    nix::request_code_readwrite!(BTRFS_IOCTL_MAGIC, nr, size) as Req
+}
+const BTRFS_IOC_SYNC: Req = io(8);
+const BTRFS_IOC_SUBVOL_CREATE: Req = iow(14, size_of::<VolArgs>());
+const BTRFS_IOC_SNAP_DESTROY: Req = iow(15, size_of::<VolArgs>());
+const BTRFS_IOC_TREE_SEARCH: Req = iowr(17, size_of::<SearchArgs>());
+const BTRFS_IOC_INO_LOOKUP: Req = iowr(18, size_of::<InoLookupArgs>());
+const BTRFS_IOC_SNAP_CREATE_V2: Req = iow(23, size_of::<VolArgsV2>());
+const BTRFS_IOC_SUBVOL_GETFLAGS: Req = ior(25, size_of::<u64>());
+const BTRFS_IOC_SUBVOL_SETFLAGS: Req = iow(26, size_of::<u64>());
+const BTRFS_IOC_QUOTA_CTL: Req = iowr(40, size_of::<QuotaCtlArgs>());
+// The kernel header declares this one _IOR although userspace passes the limit in.
+const BTRFS_IOC_QGROUP_LIMIT: Req = ior(43, size_of::<QgroupLimitArgs>());
+const BTRFS_IOC_QUOTA_RESCAN: Req = iow(44, size_of::<QuotaRescanArgs>());
+const BTRFS_IOC_QUOTA_RESCAN_WAIT: Req = io(46);
+
+/// Issues `ioctl(fd, req, arg)` and converts a -1 return into the errno.
+///
+/// # Safety
+/// `arg` must be null (for `_IO` requests) or point to a live, writable value
+/// whose type and size are exactly what the kernel expects for `req`.
+unsafe fn ioctl<T>(fd: BorrowedFd<'_>, req: Req, arg: *mut T) -> io::Result<()> {
+    // SAFETY: `fd` is a valid open descriptor for the borrow's lifetime and the
+    // caller guarantees that `arg` matches the layout `req` reads and writes.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req, arg) };
+    (ret >= 0).then_some(()).ok_or_else(io::Error::last_os_error)
+}
+
+/// Builds a `btrfs_ioctl_vol_args` naming the single path component `name`.
+fn vol_args(name: &str) -> io::Result<VolArgs> {
+    let mut args = VolArgs { fd: 0, name: [0; BTRFS_PATH_NAME_MAX + 1] };
+    fill_name(&mut args.name, name)?;
+    Ok(args)
+}
+
+/// Copies a validated single path component into the zeroed buffer `dst`,
+/// leaving at least one trailing NUL.
+fn fill_name(dst: &mut [u8], name: &str) -> io::Result<()> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= BTRFS_NAME_LEN
+        && b.len() < dst.len()
+        && !matches!(name, "." | "..")
+        && !b.iter().any(|&c| c == b'/' || c == 0);
+    match dst.get_mut(..b.len()) {
+        Some(slot) if ok => {
+            slot.copy_from_slice(b);
+            Ok(())
+        }
+        _ => {
+            let msg = format!("invalid btrfs subvolume name {name:?}");
+            Err(io::Error::new(io::ErrorKind::InvalidInput, msg))
+        }
+    }
+}
+
+fn read_u64_le(data: &[u8], at: usize) -> io::Result<u64> {
+    data.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short btrfs item"))
+}
+
+/// Returns the data of the quota-tree item with key `(0, item_type, offset)`.
+/// `Ok(None)`: no such item; `ENOENT` error: no quota tree (quotas are off).
+fn quota_tree_item(fd: BorrowedFd<'_>, item_type: u32, offset: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut args = SearchArgs {
+        key: SearchKey {
+            tree_id: BTRFS_QUOTA_TREE_OBJECTID,
+            min_type: item_type,
+            max_type: item_type,
+            min_offset: offset,
+            max_offset: offset,
+            max_transid: u64::MAX,
+            nr_items: 1,
+            ..SearchKey::default()
+        },
+        buf: [0; BTRFS_SEARCH_ARGS_BUFSIZE],
+    };
+    // SAFETY: `args` is a live `btrfs_ioctl_search_args` (size asserted above)
+    // and BTRFS_IOC_TREE_SEARCH reads and writes exactly that structure.
+    unsafe { ioctl(fd, BTRFS_IOC_TREE_SEARCH, &mut args) }?;
+    if args.key.nr_items == 0 {
+        return Ok(None);
+    }
+    // The min and max keys are equal, so the one result (if any) is that key.
+    // btrfs_ioctl_search_header: transid, objectid, offset (u64), type, len (u32).
+    let len = args.buf.get(28..32).and_then(|b| b.try_into().ok());
+    let end = len.map(|len| (u32::from_ne_bytes(len) as usize).saturating_add(32));
+    let data = end.and_then(|end| args.buf.get(32..end));
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad btrfs search result");
+    data.map(|d| Some(d.to_vec())).ok_or_else(bad)
+}
+
+/// Reads the flags of the quota status item; 0 when quotas are off.
+fn quota_status_flags(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    match quota_tree_item(fd, BTRFS_QGROUP_STATUS_KEY, 0) {
+        // btrfs_qgroup_status_item: version, generation, flags, ...
+        Ok(Some(item)) => read_u64_le(&item, 16),
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+        _ => Ok(0),
+    }
+}
+
+/// Returns the subvolume id of `fd`, which must be a subvolume root: a plain
+/// directory would otherwise silently stand for its enclosing subvolume.
+fn own_subvolume_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    if !is_subvolume(fd)? {
+        let msg = "descriptor is not the root of a btrfs subvolume";
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+    }
+    subvolume_id(fd)
+}
+
+/// Reports whether the filesystem holding `fd` is btrfs (by `fstatfs` magic).
+pub fn is_btrfs(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let st = nix::sys::statfs::fstatfs(fd)?;
+    // Compare the low 32 bits: f_type is signed on some targets.
+    Ok(st.filesystem_type().0 as i64 as u32 == BTRFS_SUPER_MAGIC as u32)
+}
+
+/// Reports whether `fd` is the root directory of a btrfs subvolume (btrfs and inode 256).
+pub fn is_subvolume(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    if !is_btrfs(fd)? {
+        return Ok(false);
+    }
+    let st = nix::sys::stat::fstat(fd)?;
+    let is_dir = (st.st_mode & libc::S_IFMT) == libc::S_IFDIR;
+    Ok(is_dir && st.st_ino as u64 == BTRFS_FIRST_FREE_OBJECTID)
+}
+
+/// Returns the id of the subvolume that contains `fd` (its own id when `fd` is a subvolume root).
+pub fn subvolume_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut args =
+        InoLookupArgs { treeid: 0, objectid: BTRFS_FIRST_FREE_OBJECTID, name: [0; BTRFS_INO_LOOKUP_PATH_MAX] };
+    // SAFETY: `args` is a live `btrfs_ioctl_ino_lookup_args` (size asserted)
+    // and BTRFS_IOC_INO_LOOKUP reads and writes exactly that structure.
+    unsafe { ioctl(fd, BTRFS_IOC_INO_LOOKUP, &mut args) }?;
+    Ok(args.treeid)
+}
+
+/// Creates an empty subvolume called `name` inside the directory `parent`.
+pub fn subvolume_create(parent: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    let mut args = vol_args(name)?;
+    // SAFETY: `args` is a live `btrfs_ioctl_vol_args` (size asserted) with a
+    // NUL-terminated name; BTRFS_IOC_SUBVOL_CREATE only reads it.
+    unsafe { ioctl(parent, BTRFS_IOC_SUBVOL_CREATE, &mut args) }
+}
+
+/// Snapshots the subvolume `source` as `name` inside `dest_parent`, read-only if asked.
+pub fn snapshot_create(
+    source: BorrowedFd<'_>,
+    dest_parent: BorrowedFd<'_>,
+    name: &str,
+    readonly: bool,
+) -> io::Result<()> {
+    let mut args = VolArgsV2 {
+        fd: i64::from(source.as_raw_fd()),
+        transid: 0,
+        flags: if readonly { BTRFS_SUBVOL_RDONLY } else { 0 },
+        unused: [0; 4],
+        name: [0; BTRFS_SUBVOL_NAME_MAX + 1],
+    };
+    fill_name(&mut args.name, name)?;
+    // SAFETY: `args` is a live `btrfs_ioctl_vol_args_v2` (size asserted) whose
+    // qgroup-inherit pointer is null; `source` stays open for the call.
+    unsafe { ioctl(dest_parent, BTRFS_IOC_SNAP_CREATE_V2, &mut args) }
+}
+
+/// Deletes the subvolume or snapshot `name` inside `parent` (read-only ones too, given CAP_SYS_ADMIN).
+pub fn subvolume_delete(parent: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    let mut args = vol_args(name)?;
+    // SAFETY: `args` is a live `btrfs_ioctl_vol_args` (size asserted) with a
+    // NUL-terminated name; BTRFS_IOC_SNAP_DESTROY only reads it.
+    unsafe { ioctl(parent, BTRFS_IOC_SNAP_DESTROY, &mut args) }
+}
+
+/// Sets or clears the read-only flag of the subvolume whose root is `fd`.
+pub fn set_readonly(fd: BorrowedFd<'_>, readonly: bool) -> io::Result<()> {
+    let mut flags: u64 = 0;
+    // SAFETY: BTRFS_IOC_SUBVOL_GETFLAGS writes one u64 into `flags`.
+    unsafe { ioctl(fd, BTRFS_IOC_SUBVOL_GETFLAGS, &mut flags) }?;
+    let mut wanted = flags & !BTRFS_SUBVOL_RDONLY;
+    if readonly {
+        wanted |= BTRFS_SUBVOL_RDONLY;
+    }
+    if wanted == flags {
+        return Ok(());
+    }
+    // SAFETY: BTRFS_IOC_SUBVOL_SETFLAGS reads one u64 from `wanted`.
+    unsafe { ioctl(fd, BTRFS_IOC_SUBVOL_SETFLAGS, &mut wanted) }
+}
+
+/// Reports whether qgroups are enabled on the filesystem of `fd` (needs CAP_SYS_ADMIN).
+pub fn quota_enabled(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(quota_status_flags(fd)? & BTRFS_QGROUP_STATUS_FLAG_ON != 0)
+}
+
+/// Blocks until any running qgroup rescan on the filesystem of `fd` has finished.
+fn rescan_wait(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: BTRFS_IOC_QUOTA_RESCAN_WAIT is an _IO request with no argument.
+    unsafe { ioctl::<libc::c_void>(fd, BTRFS_IOC_QUOTA_RESCAN_WAIT, std::ptr::null_mut()) }
+}
+
+/// Enables (full) qgroup accounting if it is off, then waits for the accounting
+/// rescan so usage numbers and limits are trustworthy; idempotent.
+pub fn quota_enable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    if !quota_enabled(fd)? {
+        let mut args = QuotaCtlArgs { cmd: BTRFS_QUOTA_CTL_ENABLE, status: 0 };
+        // SAFETY: `args` is a live `btrfs_ioctl_quota_ctl_args` (size asserted),
+        // which BTRFS_IOC_QUOTA_CTL reads and writes.
+        unsafe { ioctl(fd, BTRFS_IOC_QUOTA_CTL, &mut args) }?;
+    }
+    // Enabling starts a rescan; until it ends usage reads 0 and limits are loose.
+    rescan_wait(fd)?;
+    if quota_status_flags(fd)? & BTRFS_QGROUP_STATUS_FLAG_INCONSISTENT != 0 {
+        let mut args = QuotaRescanArgs::default();
+        // SAFETY: `args` is a live, zeroed `btrfs_ioctl_quota_rescan_args`
+        // (size asserted) that BTRFS_IOC_QUOTA_RESCAN only reads.
+        match unsafe { ioctl(fd, BTRFS_IOC_QUOTA_RESCAN, &mut args) } {
+            Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => return Err(e),
+            _ => rescan_wait(fd)?,
+        }
+    }
+    Ok(())
+}
+
+/// Sets (or with `None` removes) the referenced-bytes limit of qgroup 0/<id> of the subvolume `subvol`.
+pub fn qgroup_limit(subvol: BorrowedFd<'_>, max_referenced: Option<u64>) -> io::Result<()> {
+    let mut args = QgroupLimitArgs {
+        qgroupid: own_subvolume_id(subvol)?,
+        lim: QgroupLimit {
+            flags: BTRFS_QGROUP_LIMIT_MAX_RFER,
+            max_rfer: max_referenced.unwrap_or(BTRFS_QGROUP_CLEAR_VALUE),
+            ..QgroupLimit::default()
+        },
+    };
+    // SAFETY: `args` is a live `btrfs_ioctl_qgroup_limit_args` (size asserted)
+    // that BTRFS_IOC_QGROUP_LIMIT reads.
+    unsafe { ioctl(subvol, BTRFS_IOC_QGROUP_LIMIT, &mut args) }
+}
+
+/// Usage and limit of a subvolume's level-0 qgroup, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QgroupUsage {
+    /// Bytes referenced by the subvolume, shared extents included.
+    pub referenced: u64,
+    /// Bytes referenced only by this subvolume (freed if it is deleted).
+    pub exclusive: u64,
+    /// The referenced-bytes limit, if any.
+    pub max_referenced: Option<u64>,
+}
+
+/// Reads qgroup 0/<id> of the subvolume `subvol` from the quota tree (needs CAP_SYS_ADMIN);
+/// the numbers are those of the last committed transaction, so call [`sync`] first.
+pub fn qgroup_usage(subvol: BorrowedFd<'_>) -> io::Result<QgroupUsage> {
+    let id = own_subvolume_id(subvol)?;
+    // ENOENT (kind NotFound) from the search means quotas are not enabled.
+    let info = quota_tree_item(subvol, BTRFS_QGROUP_INFO_KEY, id)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no btrfs qgroup 0/{id}")))?;
+    // btrfs_qgroup_limit_item: flags, max_rfer, max_excl, rsv_rfer, rsv_excl.
+    let max_referenced = match quota_tree_item(subvol, BTRFS_QGROUP_LIMIT_KEY, id)? {
+        Some(lim) if read_u64_le(&lim, 0)? & BTRFS_QGROUP_LIMIT_MAX_RFER != 0 => Some(read_u64_le(&lim, 8)?),
+        _ => None,
+    };
+    // btrfs_qgroup_info_item: generation, rfer, rfer_cmpr, excl, excl_cmpr.
+    let (referenced, exclusive) = (read_u64_le(&info, 8)?, read_u64_le(&info, 24)?);
+    Ok(QgroupUsage { referenced, exclusive, max_referenced })
+}
+
+/// Flushes delalloc and commits the current transaction of the filesystem of `fd`.
+pub fn sync(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: BTRFS_IOC_SYNC is an _IO request with no argument.
+    unsafe { ioctl::<libc::c_void>(fd, BTRFS_IOC_SYNC, std::ptr::null_mut()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn ioctl_numbers_match_uapi() {
+        let expected: [(Req, u32); 12] = [
+            (BTRFS_IOC_SYNC, 0x9408),
+            (BTRFS_IOC_SUBVOL_CREATE, 0x5000_940e),
+            (BTRFS_IOC_SNAP_DESTROY, 0x5000_940f),
+            (BTRFS_IOC_TREE_SEARCH, 0xd000_9411),
+            (BTRFS_IOC_INO_LOOKUP, 0xd000_9412),
+            (BTRFS_IOC_SNAP_CREATE_V2, 0x5000_9417),
+            (BTRFS_IOC_SUBVOL_GETFLAGS, 0x8008_9419),
+            (BTRFS_IOC_SUBVOL_SETFLAGS, 0x4008_941a),
+            (BTRFS_IOC_QUOTA_CTL, 0xc010_9428),
+            (BTRFS_IOC_QGROUP_LIMIT, 0x8030_942b),
+            (BTRFS_IOC_QUOTA_RESCAN, 0x4040_942c),
+            (BTRFS_IOC_QUOTA_RESCAN_WAIT, 0x942e),
+        ];
+        for (got, want) in expected {
+            assert_eq!(got, want as Req, "{want:#x}");
+        }
+    }
+
+    #[test]
+    fn name_validation() {
+        for bad in ["", ".", "..", "a/b", "/", "a\0b", &"x".repeat(256)] {
+            let err = vol_args(bad).err().map(|e| e.kind());
+            assert_eq!(err, Some(io::ErrorKind::InvalidInput), "{bad:?}");
+        }
+        assert!(vol_args(&"x".repeat(255)).is_ok());
+        assert!(fill_name(&mut [0u8; 16], &"x".repeat(16)).is_err()); // keeps a NUL
+        let name = vol_args("pvc-1").map(|a| a.name[..6].to_vec()).ok();
+        assert_eq!(name.as_deref(), Some(&b"pvc-1\0"[..]));
+    }
+}

@@ -1,0 +1,202 @@
+//! A recording [`Syscall`] for tests: it performs nothing, records every call as a typed
+//! value, and answers queries from what the test configured.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use nix::mount::{MntFlags, MsFlags};
+
+use super::{FsStat, ProjectQuotaState, ProjectUsage, QgroupUsage, Syscall};
+
+/// One recorded call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Mount { source: Option<PathBuf>, target: PathBuf, fs_type: Option<String>, flags: MsFlags, data: Option<String> },
+    Umount { target: PathBuf, flags: MntFlags },
+    SubvolumeCreate { parent: PathBuf, name: String },
+    Snapshot { source: PathBuf, dest_parent: PathBuf, name: String, readonly: bool },
+    SubvolumeDelete { parent: PathBuf, name: String },
+    QuotaEnable { path: PathBuf },
+    QgroupLimit { subvol: PathBuf, max_bytes: Option<u64> },
+    SetProjectId { dir: PathBuf, project: u32 },
+    SetProjectLimit { mount_point: PathBuf, project: u32, bytes: u64 },
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    calls: Vec<Call>,
+    mountinfo: String,
+    statfs: FsStat,
+    project_state: Option<ProjectQuotaState>,
+    project_usage: HashMap<u32, ProjectUsage>,
+    failures: HashMap<&'static str, i32>,
+}
+
+/// The recording fake. Configure it with the builder methods, then read [`Self::calls`].
+#[derive(Debug, Default)]
+pub struct RecordingSyscall {
+    inner: Mutex<Inner>,
+}
+
+impl RecordingSyscall {
+    /// A fake whose statfs reports `stat` and whose mount table is `mountinfo`.
+    pub fn new(stat: FsStat, mountinfo: &str) -> Self {
+        let fake = Self::default();
+        {
+            let mut inner = fake.lock();
+            inner.statfs = stat;
+            inner.mountinfo = mountinfo.to_string();
+        }
+        fake
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes project quota queries answer `state`.
+    pub fn with_project_quota(self, state: ProjectQuotaState) -> Self {
+        self.lock().project_state = Some(state);
+        self
+    }
+
+    /// Makes the named operation (`"mount"`, `"set_project_limit"`, ...) fail with `errno`.
+    pub fn fail(&self, op: &'static str, errno: i32) {
+        self.lock().failures.insert(op, errno);
+    }
+
+    /// Sets the usage reported for a project.
+    pub fn set_project_usage(&self, project: u32, usage: ProjectUsage) {
+        self.lock().project_usage.insert(project, usage);
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    fn record(&self, op: &'static str, call: Call) -> io::Result<()> {
+        let mut inner = self.lock();
+        if let Some(errno) = inner.failures.get(op) {
+            return Err(io::Error::from_raw_os_error(*errno));
+        }
+        inner.calls.push(call);
+        Ok(())
+    }
+
+    fn check(&self, op: &'static str) -> io::Result<()> {
+        match self.lock().failures.get(op) {
+            Some(errno) => Err(io::Error::from_raw_os_error(*errno)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Syscall for RecordingSyscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fs_type: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()> {
+        self.record(
+            "mount",
+            Call::Mount {
+                source: source.map(Path::to_path_buf),
+                target: target.to_path_buf(),
+                fs_type: fs_type.map(str::to_string),
+                flags,
+                data: data.map(str::to_string),
+            },
+        )
+    }
+
+    fn umount(&self, target: &Path, flags: MntFlags) -> io::Result<()> {
+        self.record("umount", Call::Umount { target: target.to_path_buf(), flags })
+    }
+
+    fn mountinfo(&self) -> io::Result<String> {
+        self.check("mountinfo")?;
+        Ok(self.lock().mountinfo.clone())
+    }
+
+    fn statfs(&self, _path: &Path) -> io::Result<FsStat> {
+        self.check("statfs")?;
+        Ok(self.lock().statfs)
+    }
+
+    fn btrfs_subvolume_create(&self, parent: &Path, name: &str) -> io::Result<()> {
+        self.record("btrfs_subvolume_create", Call::SubvolumeCreate { parent: parent.into(), name: name.into() })?;
+        std::fs::create_dir(parent.join(name))
+    }
+
+    fn btrfs_snapshot(&self, source: &Path, dest_parent: &Path, name: &str, readonly: bool) -> io::Result<()> {
+        self.record(
+            "btrfs_snapshot",
+            Call::Snapshot { source: source.into(), dest_parent: dest_parent.into(), name: name.into(), readonly },
+        )?;
+        std::fs::create_dir(dest_parent.join(name))
+    }
+
+    fn btrfs_subvolume_delete(&self, parent: &Path, name: &str) -> io::Result<()> {
+        self.record("btrfs_subvolume_delete", Call::SubvolumeDelete { parent: parent.into(), name: name.into() })?;
+        std::fs::remove_dir_all(parent.join(name))
+    }
+
+    fn btrfs_is_subvolume(&self, path: &Path) -> io::Result<bool> {
+        self.check("btrfs_is_subvolume")?;
+        Ok(path.is_dir())
+    }
+
+    fn btrfs_quota_enabled(&self, _path: &Path) -> io::Result<bool> {
+        self.check("btrfs_quota_enabled")?;
+        Ok(self.lock().calls.iter().any(|c| matches!(c, Call::QuotaEnable { .. })))
+    }
+
+    fn btrfs_quota_enable(&self, path: &Path) -> io::Result<()> {
+        self.record("btrfs_quota_enable", Call::QuotaEnable { path: path.into() })
+    }
+
+    fn btrfs_qgroup_limit(&self, subvol: &Path, max_bytes: Option<u64>) -> io::Result<()> {
+        self.record("btrfs_qgroup_limit", Call::QgroupLimit { subvol: subvol.into(), max_bytes })
+    }
+
+    fn btrfs_qgroup_usage(&self, subvol: &Path) -> io::Result<QgroupUsage> {
+        self.check("btrfs_qgroup_usage")?;
+        let limit = self.lock().calls.iter().rev().find_map(|c| match c {
+            Call::QgroupLimit { subvol: s, max_bytes } if s == subvol => Some(*max_bytes),
+            _ => None,
+        });
+        Ok(QgroupUsage { referenced: 0, exclusive: 0, max_referenced: limit.flatten() })
+    }
+
+    fn project_quota_state(&self, _mount_point: &Path) -> io::Result<ProjectQuotaState> {
+        self.check("project_quota_state")?;
+        Ok(self.lock().project_state.unwrap_or(ProjectQuotaState::Unsupported))
+    }
+
+    fn set_project_id(&self, dir: &Path, project: u32) -> io::Result<()> {
+        self.record("set_project_id", Call::SetProjectId { dir: dir.into(), project })
+    }
+
+    fn set_project_limit(&self, mount_point: &Path, project: u32, bytes: u64) -> io::Result<()> {
+        self.record("set_project_limit", Call::SetProjectLimit { mount_point: mount_point.into(), project, bytes })?;
+        let mut inner = self.lock();
+        let usage = inner.project_usage.entry(project).or_insert(ProjectUsage {
+            used_bytes: 0,
+            used_inodes: 0,
+            hard_limit_bytes: 0,
+        });
+        usage.hard_limit_bytes = bytes;
+        Ok(())
+    }
+
+    fn project_usage(&self, _mount_point: &Path, project: u32) -> io::Result<ProjectUsage> {
+        self.check("project_usage")?;
+        self.lock().project_usage.get(&project).copied().ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+    }
+}

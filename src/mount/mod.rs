@@ -1,0 +1,102 @@
+//! Every call that reaches the kernel to mount, unmount, create subvolumes or set quotas
+//! goes through [`Syscall`], so the orchestration above it can be tested with the
+//! recording [`fake::RecordingSyscall`] without root, and run for real with [`LinuxSyscall`].
+//!
+//! Paths given to these calls are berth-owned locations (pool directories, kubelet
+//! targets); content inside user volumes is handled by fd-based code in `backend::tree`.
+
+pub mod btrfs;
+pub mod fake;
+mod linux;
+pub mod mountinfo;
+pub mod ops;
+pub mod quota;
+
+use std::io;
+use std::path::Path;
+
+pub use linux::LinuxSyscall;
+pub use nix::mount::{MntFlags, MsFlags};
+pub use quota::ProjectQuotaState;
+
+/// Filesystem facts from statfs(2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FsStat {
+    /// The superblock magic (`f_type`).
+    pub magic: i64,
+    pub total_bytes: u64,
+    /// Bytes available to new data (`f_bavail`).
+    pub available_bytes: u64,
+    pub total_inodes: u64,
+    pub free_inodes: u64,
+}
+
+/// The filesystems berth treats specially.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsKind {
+    Btrfs,
+    Xfs,
+    Ext4,
+    Other(i64),
+}
+
+impl FsStat {
+    /// Which filesystem the magic names.
+    pub fn kind(&self) -> FsKind {
+        match self.magic {
+            btrfs::BTRFS_SUPER_MAGIC => FsKind::Btrfs,
+            0x5846_5342 => FsKind::Xfs,
+            0xEF53 => FsKind::Ext4,
+            other => FsKind::Other(other),
+        }
+    }
+}
+
+/// Quota usage of one btrfs subvolume.
+pub use btrfs::QgroupUsage;
+/// Quota usage of one xfs/ext4 project.
+pub use quota::ProjectUsage;
+
+/// The kernel operations berth performs. Implementations must be `Send + Sync`: RPCs call
+/// them from blocking worker threads.
+pub trait Syscall: Send + Sync {
+    /// mount(2).
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fs_type: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()>;
+    /// umount2(2).
+    fn umount(&self, target: &Path, flags: MntFlags) -> io::Result<()>;
+    /// The text of /proc/self/mountinfo.
+    fn mountinfo(&self) -> io::Result<String>;
+    /// statfs(2) of a path.
+    fn statfs(&self, path: &Path) -> io::Result<FsStat>;
+    /// Creates subvolume `parent/name`.
+    fn btrfs_subvolume_create(&self, parent: &Path, name: &str) -> io::Result<()>;
+    /// Snapshots subvolume `source` as `dest_parent/name`.
+    fn btrfs_snapshot(&self, source: &Path, dest_parent: &Path, name: &str, readonly: bool) -> io::Result<()>;
+    /// Deletes subvolume `parent/name`.
+    fn btrfs_subvolume_delete(&self, parent: &Path, name: &str) -> io::Result<()>;
+    /// True when `path` is the root of a btrfs subvolume.
+    fn btrfs_is_subvolume(&self, path: &Path) -> io::Result<bool>;
+    /// True when quotas (qgroups) are enabled on the filesystem holding `path`.
+    fn btrfs_quota_enabled(&self, path: &Path) -> io::Result<bool>;
+    /// Enables qgroups on the filesystem holding `path`.
+    fn btrfs_quota_enable(&self, path: &Path) -> io::Result<()>;
+    /// Sets (or with `None` clears) the referenced-bytes limit of a subvolume's qgroup.
+    fn btrfs_qgroup_limit(&self, subvol: &Path, max_bytes: Option<u64>) -> io::Result<()>;
+    /// Usage and limit of a subvolume's qgroup, after syncing so numbers are current.
+    fn btrfs_qgroup_usage(&self, subvol: &Path) -> io::Result<QgroupUsage>;
+    /// Whether project quotas are enforced on the filesystem mounted at `mount_point`.
+    fn project_quota_state(&self, mount_point: &Path) -> io::Result<ProjectQuotaState>;
+    /// Gives directory `dir` a project ID that its new children inherit.
+    fn set_project_id(&self, dir: &Path, project: u32) -> io::Result<()>;
+    /// Sets the hard block limit of a project.
+    fn set_project_limit(&self, mount_point: &Path, project: u32, bytes: u64) -> io::Result<()>;
+    /// Usage and limit of a project.
+    fn project_usage(&self, mount_point: &Path, project: u32) -> io::Result<ProjectUsage>;
+}
