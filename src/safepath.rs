@@ -1,0 +1,162 @@
+//! Paths built from requests: validated as strings first, then resolved beneath a root with
+//! openat2(2) so `..`, symlinks and magic links can never lead outside it.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// Why a path from a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("{field} is required")]
+    Empty { field: &'static str },
+    #[error("{field} {value:?} must be an absolute path")]
+    NotAbsolute { field: &'static str, value: String },
+    #[error("{field} {value:?} must not be the root directory")]
+    Root { field: &'static str, value: String },
+    #[error("{field} {value:?} must be a relative path")]
+    NotRelative { field: &'static str, value: String },
+    #[error("{field} {value:?} has an empty, '.' or '..' component")]
+    BadComponent { field: &'static str, value: String },
+    #[error("{field} {value:?} contains a NUL, newline, backslash or other control character")]
+    BadCharacter { field: &'static str, value: String },
+    #[error("{field} is {len} bytes; at most {max} are allowed")]
+    TooLong { field: &'static str, len: usize, max: usize },
+}
+
+const PATH_MAX: usize = 4096;
+
+fn check_chars(field: &'static str, value: &str) -> Result<(), PathError> {
+    if value.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(PathError::BadCharacter { field, value: value.escape_debug().to_string() });
+    }
+    if value.len() > PATH_MAX {
+        return Err(PathError::TooLong { field, len: value.len(), max: PATH_MAX });
+    }
+    Ok(())
+}
+
+/// Checks one path component: non-empty, not `.` or `..`, no `/`, no control characters.
+pub fn component<'a>(field: &'static str, value: &'a str) -> Result<&'a str, PathError> {
+    check_chars(field, value)?;
+    if value.is_empty() || value == "." || value == ".." || value.contains('/') || value.len() > 255 {
+        return Err(PathError::BadComponent { field, value: value.to_string() });
+    }
+    Ok(value)
+}
+
+/// Checks a relative path of one or more safe components (`a/b/c`).
+pub fn relative(field: &'static str, value: &str) -> Result<PathBuf, PathError> {
+    check_chars(field, value)?;
+    if value.is_empty() {
+        return Err(PathError::Empty { field });
+    }
+    if value.starts_with('/') {
+        return Err(PathError::NotRelative { field, value: value.to_string() });
+    }
+    let mut out = PathBuf::new();
+    for part in value.split('/') {
+        component(field, part).map_err(|_| PathError::BadComponent { field, value: value.to_string() })?;
+        out.push(part);
+    }
+    Ok(out)
+}
+
+/// Checks an absolute path a CO hands in (staging or target path): absolute, normalised (no
+/// `.`, `..` or empty components), not `/` itself, no control characters.
+pub fn absolute(field: &'static str, value: &str) -> Result<PathBuf, PathError> {
+    if value.is_empty() {
+        return Err(PathError::Empty { field });
+    }
+    check_chars(field, value)?;
+    if !value.starts_with('/') {
+        return Err(PathError::NotAbsolute { field, value: value.to_string() });
+    }
+    let trimmed = value.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err(PathError::Root { field, value: value.to_string() });
+    }
+    if trimmed[1..].split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+        return Err(PathError::BadComponent { field, value: value.to_string() });
+    }
+    let path = PathBuf::from(trimmed);
+    debug_assert!(path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_))));
+    Ok(path)
+}
+
+/// Opens directory `rel` beneath `root` without following any symlink on the way and without
+/// leaving `root`. The fd is O_PATH: usable as a mount source via `/proc/self/fd/N`.
+pub fn open_dir_beneath(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
+    let root_dir = File::open(root)?;
+    let target = CString::new(rel.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_how is a plain C struct of integers; all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve =
+        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV;
+    // SAFETY: `root_dir` is an open directory fd for the whole call, `target` is a valid
+    // NUL-terminated string, and `how` is a fully initialised open_how whose size we pass.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root_dir.as_raw_fd(),
+            target.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: openat2 returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The `/proc/self/fd/N` path naming an open fd, for mount(2) sources.
+pub fn proc_fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_paths_are_normalised_or_refused() {
+        assert_eq!(absolute("t", "/a/b/"), Ok(PathBuf::from("/a/b")));
+        let bad = ["", "a/b", "/", "//", "/a/../b", "/a/./b", "/a//b", "/a\0b", "/a\nb", "/a\\b"];
+        for value in bad {
+            assert!(absolute("t", value).is_err(), "{value:?}");
+        }
+        assert!(matches!(absolute("t", &format!("/{}", "a".repeat(5000))), Err(PathError::TooLong { .. })));
+    }
+
+    #[test]
+    fn relative_paths_and_components() {
+        assert_eq!(relative("s", "data/app1"), Ok(PathBuf::from("data/app1")));
+        for value in ["", "/abs", "a/../b", "..", ".", "a//b", "a/", "a\\b", "a\u{0}b", "x\ny"] {
+            assert!(relative("s", value).is_err(), "{value:?}");
+        }
+        for value in ["", ".", "..", "a/b", "a\0", "\n"] {
+            assert!(component("c", value).is_err(), "{value:?}");
+        }
+        assert!(component("c", &"x".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn open_beneath_refuses_symlinks_and_escapes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a/b")).expect("mkdir");
+        std::os::unix::fs::symlink("/", root.join("a/evil")).expect("symlink");
+        std::os::unix::fs::symlink("b", root.join("a/inner")).expect("symlink");
+        assert!(open_dir_beneath(root, Path::new("a/b")).is_ok());
+        for rel in ["a/evil", "a/inner", "../", "a/../../etc", "/etc"] {
+            assert!(open_dir_beneath(root, Path::new(rel)).is_err(), "{rel}");
+        }
+    }
+}
