@@ -1,0 +1,404 @@
+//! hostPath pools: a directory per volume under the pool path.
+//!
+//! Layout: `<path>/volumes/<key>` and `<path>/snapshots/<key>`. On btrfs each volume is a
+//! subvolume with a qgroup limit and snapshots are read-only btrfs snapshots; on xfs/ext4
+//! mounted with project quotas each volume gets a project ID and a hard block limit;
+//! elsewhere sizes are recorded but not enforced, and snapshots are reflink copies where
+//! the filesystem can clone, else full copies.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::tree::{self, Reflink};
+use super::{Backend, Capacity, Condition, Error, Result, Source, StageSource, Usage};
+use crate::config::{Enforcement, HostPathPool};
+use crate::mount::ops::{self, Flags};
+use crate::mount::{FsKind, ProjectQuotaState, Syscall, mountinfo};
+use crate::safepath;
+use crate::state::{Enforced, SnapshotMethod, SnapshotRecord, VolumeRecord};
+
+const VOLUMES: &str = "volumes";
+const SNAPSHOTS: &str = "snapshots";
+/// Directory walks for usage are reused for this long.
+const USAGE_TTL: Duration = Duration::from_secs(30);
+/// First project ID berth hands out; low IDs are left to administrators.
+pub const FIRST_PROJECT_ID: u32 = 100_000;
+
+/// How this pool's filesystem lets berth enforce sizes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Mode {
+    Btrfs { qgroups: bool },
+    Project { mount_point: PathBuf },
+    Plain { reason: String },
+}
+
+/// A hostPath pool.
+pub struct HostPath {
+    name: String,
+    root: PathBuf,
+    policy: Enforcement,
+    mode: Mode,
+    sys: Arc<dyn Syscall>,
+    next_project: AtomicU32,
+    usage_cache: Mutex<HashMap<PathBuf, (Instant, tree::Usage)>>,
+}
+
+impl HostPath {
+    /// Prepares the pool directory and detects how sizes can be enforced. `max_project` is
+    /// the highest project ID already recorded, so new IDs never collide with old ones.
+    pub fn open(config: &HostPathPool, sys: Arc<dyn Syscall>, max_project: Option<u32>) -> Result<HostPath> {
+        let root = config.path.clone();
+        for dir in [root.clone(), root.join(VOLUMES), root.join(SNAPSHOTS)] {
+            fs::create_dir_all(&dir).map_err(Error::io("create pool directory", &dir))?;
+        }
+        let mode = detect_mode(sys.as_ref(), &root, config.capacity_enforcement)?;
+        tracing::info!(pool = %config.name, path = %root.display(), mode = ?mode, "hostpath pool ready");
+        let next = max_project.map_or(FIRST_PROJECT_ID, |m| m.saturating_add(1).max(FIRST_PROJECT_ID));
+        Ok(HostPath {
+            name: config.name.clone(),
+            root,
+            policy: config.capacity_enforcement,
+            mode,
+            sys,
+            next_project: AtomicU32::new(next),
+            usage_cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn volume_dir(&self, key: &str) -> PathBuf {
+        self.root.join(VOLUMES).join(key)
+    }
+
+    fn snapshot_dir(&self, key: &str) -> PathBuf {
+        self.root.join(SNAPSHOTS).join(key)
+    }
+
+    fn is_btrfs(&self) -> bool {
+        matches!(self.mode, Mode::Btrfs { .. })
+    }
+
+    fn walk_usage(&self, dir: &Path) -> Result<tree::Usage> {
+        let mut cache = self.usage_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, usage)) = cache.get(dir)
+            && at.elapsed() < USAGE_TTL
+        {
+            return Ok(usage.clone());
+        }
+        let usage = tree::usage(dir).map_err(Error::io("measure", dir))?;
+        cache.insert(dir.to_path_buf(), (Instant::now(), usage.clone()));
+        Ok(usage)
+    }
+
+    fn apply_limit(&self, volume: &VolumeRecord, bytes: u64) -> Result<()> {
+        let dir = self.volume_dir(&volume.key);
+        match (volume.enforced, &self.mode) {
+            (Enforced::BtrfsQgroup, _) => {
+                self.sys.btrfs_qgroup_limit(&dir, Some(bytes)).map_err(Error::io("set qgroup limit", &dir))
+            }
+            (Enforced::ProjectQuota, Mode::Project { mount_point }) => {
+                let project = volume
+                    .project_id
+                    .ok_or_else(|| Error::InvalidArgument(format!("volume {} has no project ID", volume.id)))?;
+                self.sys.set_project_limit(mount_point, project, bytes).map_err(Error::io("set project quota", &dir))
+            }
+            (Enforced::ProjectQuota, _) => Err(Error::Unsupported(format!(
+                "volume {} was created with a project quota but the pool's filesystem no longer has project quotas enabled",
+                volume.id
+            ))),
+            (Enforced::None, _) => Ok(()),
+        }
+    }
+
+    /// Creates the volume's directory: empty, or with the source's content.
+    fn populate(&self, volume: &VolumeRecord, source: Option<Source<'_>>) -> Result<()> {
+        let parent = self.root.join(VOLUMES);
+        let dir = self.volume_dir(&volume.key);
+        if dir.exists() {
+            // Created by an earlier attempt; copies are renamed into place only when whole.
+            return Ok(());
+        }
+        let from = match source {
+            None => None,
+            Some(Source::Snapshot(s)) => Some(self.snapshot_dir(&s.key)),
+            Some(Source::Volume(v)) => Some(self.volume_dir(&v.key)),
+        };
+        match (from, self.is_btrfs()) {
+            (None, true) => {
+                self.sys.btrfs_subvolume_create(&parent, &volume.key).map_err(Error::io("create subvolume", &dir))?
+            }
+            (None, false) => fs::create_dir(&dir).map_err(Error::io("create volume directory", &dir))?,
+            (Some(from), true) => self
+                .sys
+                .btrfs_snapshot(&from, &parent, &volume.key, false)
+                .map_err(Error::io("snapshot into volume", &dir))?,
+            (Some(from), false) => {
+                let stats = tree::copy_tree(&from, &parent, &volume.key, Reflink::Auto, &mut |_| {})
+                    .map_err(Error::io("copy into volume", &dir))?;
+                tracing::info!(volume.id = %volume.id, bytes = stats.bytes, reflinked = stats.reflinked, "volume populated from source");
+            }
+        }
+        if source.is_none() {
+            // World-writable like a fresh emptyDir, so pods that run as any user can write;
+            // kubelet's fsGroup handling narrows it when the pod asks.
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o777))
+                .map_err(Error::io("chmod volume directory", &dir))?;
+        }
+        Ok(())
+    }
+}
+
+fn detect_mode(sys: &dyn Syscall, root: &Path, policy: Enforcement) -> Result<Mode> {
+    let stat = sys.statfs(root).map_err(Error::io("statfs", root))?;
+    match stat.kind() {
+        FsKind::Btrfs => {
+            let mut qgroups = sys.btrfs_quota_enabled(root).unwrap_or(false);
+            if !qgroups && policy != Enforcement::None {
+                match sys.btrfs_quota_enable(root) {
+                    Ok(()) => {
+                        tracing::info!(path = %root.display(), "enabled btrfs quotas (qgroups) to enforce volume sizes");
+                        qgroups = true;
+                    }
+                    Err(e) => tracing::warn!(path = %root.display(), error = %e, "cannot enable btrfs quotas"),
+                }
+            }
+            Ok(Mode::Btrfs { qgroups })
+        }
+        kind @ (FsKind::Xfs | FsKind::Ext4) => {
+            let table = ops::table(sys).map_err(Error::io("read mount table", root))?;
+            let Some(host) = mountinfo::containing(&table, root) else {
+                return Ok(Mode::Plain { reason: format!("no mount holds {}", root.display()) });
+            };
+            let prj = ["prjquota", "pquota", "pqnoenforce"].iter().any(|o| host.has_super_option(o));
+            if !prj {
+                return Ok(Mode::Plain {
+                    reason: format!("{kind:?} at {} is not mounted with prjquota", host.mount_point.display()),
+                });
+            }
+            match sys.project_quota_state(&host.mount_point) {
+                Ok(ProjectQuotaState::Enforced) => Ok(Mode::Project { mount_point: host.mount_point.clone() }),
+                Ok(state) => {
+                    Ok(Mode::Plain { reason: format!("project quota on {} is {state:?}", host.mount_point.display()) })
+                }
+                Err(e) => Ok(Mode::Plain {
+                    reason: format!("project quota on {} cannot be queried: {e}", host.mount_point.display()),
+                }),
+            }
+        }
+        FsKind::Other(magic) => {
+            Ok(Mode::Plain { reason: format!("filesystem type {magic:#x} has no per-directory quota") })
+        }
+    }
+}
+
+impl Backend for HostPath {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "hostpath"
+    }
+
+    fn enforcement(&self) -> Result<Enforced> {
+        let (enforced, reason) = match (&self.mode, self.policy) {
+            (_, Enforcement::None) => (Enforced::None, String::new()),
+            (Mode::Btrfs { qgroups: true }, _) => (Enforced::BtrfsQgroup, String::new()),
+            (Mode::Btrfs { qgroups: false }, _) => {
+                (Enforced::None, "btrfs quotas (qgroups) could not be enabled".to_string())
+            }
+            (Mode::Project { .. }, _) => (Enforced::ProjectQuota, String::new()),
+            (Mode::Plain { reason }, _) => (Enforced::None, reason.clone()),
+        };
+        if enforced == Enforced::None && self.policy == Enforcement::Required {
+            return Err(Error::Unenforceable { pool: self.name.clone(), reason });
+        }
+        Ok(enforced)
+    }
+
+    fn supports_block(&self) -> bool {
+        false
+    }
+
+    fn capacity(&self) -> Result<Capacity> {
+        let stat = self.sys.statfs(&self.root).map_err(Error::io("statfs", &self.root))?;
+        Ok(Capacity {
+            total_bytes: stat.total_bytes,
+            available_bytes: stat.available_bytes,
+            maximum_volume_bytes: stat.available_bytes,
+        })
+    }
+
+    fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()> {
+        volume.enforced = self.enforcement()?;
+        if volume.enforced == Enforced::ProjectQuota && volume.project_id.is_none() {
+            volume.project_id = Some(self.next_project.fetch_add(1, Ordering::SeqCst));
+        }
+        self.populate(volume, source)?;
+        let dir = self.volume_dir(&volume.key);
+        if let Some(project) = volume.project_id {
+            self.sys.set_project_id(&dir, project).map_err(Error::io("set project ID", &dir))?;
+            if source.is_some() {
+                super::walk::for_each_inode(&dir, &mut |fd| crate::mount::quota::set_project_id(fd, project, true))
+                    .map_err(Error::io("set project ID of copied files", &dir))?;
+            }
+        }
+        self.apply_limit(volume, volume.capacity)
+    }
+
+    fn delete_volume(&self, volume: &VolumeRecord) -> Result<()> {
+        let parent = self.root.join(VOLUMES);
+        let dir = self.volume_dir(&volume.key);
+        if !dir.exists() {
+            return Ok(());
+        }
+        if self.is_btrfs() && self.sys.btrfs_is_subvolume(&dir).unwrap_or(false) {
+            self.sys.btrfs_subvolume_delete(&parent, &volume.key).map_err(Error::io("delete subvolume", &dir))?;
+        } else {
+            tree::remove_tree(&parent, &volume.key).map_err(Error::io("remove volume directory", &dir))?;
+        }
+        if let (Some(project), Mode::Project { mount_point }) = (volume.project_id, &self.mode) {
+            // A limit of zero means "no limit": the project ID is free for nothing else.
+            self.sys.set_project_limit(mount_point, project, 0).map_err(Error::io("clear project quota", &dir))?;
+        }
+        self.usage_cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&dir);
+        Ok(())
+    }
+
+    fn expand_volume(&self, volume: &VolumeRecord, bytes: u64) -> Result<()> {
+        self.apply_limit(volume, bytes)
+    }
+
+    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()> {
+        let source = self.volume_dir(&volume.key);
+        let parent = self.root.join(SNAPSHOTS);
+        let dest = self.snapshot_dir(&snapshot.key);
+        if self.is_btrfs() {
+            if !dest.exists() {
+                self.sys
+                    .btrfs_snapshot(&source, &parent, &snapshot.key, true)
+                    .map_err(Error::io("create btrfs snapshot", &dest))?;
+            }
+            snapshot.method = Some(SnapshotMethod::BtrfsSnapshot);
+            snapshot.size = match volume.enforced {
+                Enforced::BtrfsQgroup => self.sys.btrfs_qgroup_usage(&source).map(|u| u.referenced).unwrap_or(0),
+                _ => tree::usage(&dest).map(|u| u.bytes).unwrap_or(0),
+            };
+            return Ok(());
+        }
+        if !dest.exists() {
+            let stats = tree::copy_tree(&source, &parent, &snapshot.key, Reflink::Auto, &mut |_| {})
+                .map_err(Error::io("copy snapshot", &dest))?;
+            snapshot.method = Some(if stats.reflinked > 0 { SnapshotMethod::Reflink } else { SnapshotMethod::Copy });
+            snapshot.size = stats.bytes;
+        } else if snapshot.method.is_none() {
+            snapshot.method = Some(SnapshotMethod::Copy);
+            snapshot.size = tree::usage(&dest).map(|u| u.bytes).unwrap_or(0);
+        }
+        Ok(())
+    }
+
+    fn delete_snapshot(&self, snapshot: &SnapshotRecord) -> Result<()> {
+        let parent = self.root.join(SNAPSHOTS);
+        let dir = self.snapshot_dir(&snapshot.key);
+        if !dir.exists() {
+            return Ok(());
+        }
+        if self.is_btrfs() && self.sys.btrfs_is_subvolume(&dir).unwrap_or(false) {
+            self.sys.btrfs_subvolume_delete(&parent, &snapshot.key).map_err(Error::io("delete btrfs snapshot", &dir))
+        } else {
+            tree::remove_tree(&parent, &snapshot.key).map_err(Error::io("remove snapshot", &dir))
+        }
+    }
+
+    fn condition(&self, volume: &VolumeRecord) -> Condition {
+        let dir = self.volume_dir(&volume.key);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => Condition::healthy(),
+            Ok(_) => Condition::abnormal(format!("{} is not a directory", dir.display())),
+            Err(e) => Condition::abnormal(format!("volume directory {} is unavailable: {e}", dir.display())),
+        }
+    }
+
+    fn usage(&self, volume: &VolumeRecord) -> Result<Usage> {
+        let dir = self.volume_dir(&volume.key);
+        let fs_stat = self.sys.statfs(&dir).map_err(Error::io("statfs", &dir))?;
+        let walked = self.walk_usage(&dir)?;
+        let (total, used) = match (volume.enforced, &self.mode) {
+            (Enforced::BtrfsQgroup, _) => {
+                let q = self.sys.btrfs_qgroup_usage(&dir).map_err(Error::io("read qgroup usage", &dir))?;
+                (q.max_referenced.unwrap_or(volume.capacity), q.referenced)
+            }
+            (Enforced::ProjectQuota, Mode::Project { mount_point }) => {
+                let project = volume.project_id.unwrap_or_default();
+                let p = self.sys.project_usage(mount_point, project).map_err(Error::io("read project quota", &dir))?;
+                (if p.hard_limit_bytes > 0 { p.hard_limit_bytes } else { volume.capacity }, p.used_bytes)
+            }
+            _ => (volume.capacity, walked.bytes),
+        };
+        let available = total.saturating_sub(used).min(fs_stat.available_bytes);
+        Ok(Usage {
+            total_bytes: total,
+            used_bytes: used,
+            available_bytes: available,
+            used_inodes: Some(walked.inodes),
+            total_inodes: (fs_stat.total_inodes > 0).then_some(walked.inodes + fs_stat.free_inodes),
+        })
+    }
+
+    fn static_path(&self, sub_path: &str) -> Result<PathBuf> {
+        let rel = safepath::relative("subPath", sub_path).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        if let Some(first) = rel.components().next()
+            && (first.as_os_str() == VOLUMES || first.as_os_str() == SNAPSHOTS)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "subPath {sub_path:?} points into berth's managed {VOLUMES}/ or {SNAPSHOTS}/ directories"
+            )));
+        }
+        Ok(rel)
+    }
+
+    fn stage(&self, source: StageSource<'_>, staging: &Path, flags: Flags) -> Result<()> {
+        let rel = match source {
+            StageSource::Managed(v) => Path::new(VOLUMES).join(&v.key),
+            StageSource::Static(rel) => rel.to_path_buf(),
+        };
+        let fd = safepath::open_dir_beneath(&self.root, &rel).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => {
+                Error::NotFound(format!("volume directory {} does not exist", self.root.join(&rel).display()))
+            }
+            Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR) => Error::InvalidArgument(format!(
+                "{} is not a plain directory inside pool {} (symlinks are not followed)",
+                rel.display(),
+                self.name
+            )),
+            _ => Error::Io { op: "open volume directory", path: self.root.join(&rel), source: e },
+        })?;
+        ops::bind(self.sys.as_ref(), &safepath::proc_fd_path(&fd), staging, flags)
+            .map_err(Error::io("bind mount", staging))
+    }
+
+    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        if !ops::is_mount_point(self.sys.as_ref(), path).map_err(Error::io("read mount table", path))? {
+            return Ok(false);
+        }
+        let want = self.data_dir(source);
+        let (a, b) = match (fs::metadata(path), fs::symlink_metadata(&want)) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => return Ok(false),
+        };
+        Ok(a.dev() == b.dev() && a.ino() == b.ino())
+    }
+
+    fn data_dir(&self, source: StageSource<'_>) -> PathBuf {
+        match source {
+            StageSource::Managed(v) => self.volume_dir(&v.key),
+            StageSource::Static(rel) => self.root.join(rel),
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Storage backends, one module per pool type, behind one trait. Backends know nothing of
+//! gRPC: they take records and paths and return [`Error`], which the engine maps to codes.
+
+pub mod hostpath;
+pub mod tree;
+pub mod walk;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::mount::ops::Flags;
+use crate::state::{Enforced, SnapshotRecord, VolumeRecord};
+
+/// What went wrong inside a backend, with the path or object it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: io::Error },
+    #[error("pool {pool} requires enforced capacity, but {reason}")]
+    Unenforceable { pool: String, reason: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the operation and path it concerns.
+    pub fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+        move |source| Error::Io { op, path: path.to_path_buf(), source }
+    }
+
+    /// True when the error means the disk or quota is full.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }
+}
+
+/// Result of backend operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Space in a pool as the scheduler should see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+    pub maximum_volume_bytes: u64,
+}
+
+/// Bytes and inodes a volume uses, as far as the backend can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+    pub available_bytes: u64,
+    pub used_inodes: Option<u64>,
+    pub total_inodes: Option<u64>,
+}
+
+/// Whether a volume's storage looks healthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub abnormal: bool,
+    pub message: String,
+}
+
+impl Condition {
+    pub fn healthy() -> Condition {
+        Condition { abnormal: false, message: "volume is healthy".into() }
+    }
+
+    pub fn abnormal(message: impl Into<String>) -> Condition {
+        Condition { abnormal: true, message: message.into() }
+    }
+}
+
+/// What NodeStageVolume makes visible at the staging path.
+#[derive(Debug, Clone, Copy)]
+pub enum StageSource<'a> {
+    /// A volume berth created.
+    Managed(&'a VolumeRecord),
+    /// An administrator's directory inside the pool (static PV), already validated.
+    Static(&'a Path),
+}
+
+/// Content to create a volume from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    Snapshot(&'a SnapshotRecord),
+    Volume(&'a VolumeRecord),
+}
+
+/// One pool's storage.
+pub trait Backend: Send + Sync {
+    /// The pool's name.
+    fn name(&self) -> &str;
+    /// The pool type (`hostpath`).
+    fn kind(&self) -> &'static str;
+    /// How new volumes' sizes will be enforced, or why they cannot be when required.
+    fn enforcement(&self) -> Result<Enforced>;
+    /// Whether the pool serves raw block volumes.
+    fn supports_block(&self) -> bool;
+    /// Free space for new volumes.
+    fn capacity(&self) -> Result<Capacity>;
+    /// Creates storage for `volume` (empty, or from `source`); fills in enforcement fields.
+    /// Must finish its own half-done work when called again for the same record.
+    fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()>;
+    /// Removes a volume's storage; storage already gone is success.
+    fn delete_volume(&self, volume: &VolumeRecord) -> Result<()>;
+    /// Applies a new size limit.
+    fn expand_volume(&self, volume: &VolumeRecord, bytes: u64) -> Result<()>;
+    /// Takes a snapshot of `volume`, filling in the method and size.
+    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()>;
+    /// Removes a snapshot's storage; already gone is success.
+    fn delete_snapshot(&self, snapshot: &SnapshotRecord) -> Result<()>;
+    /// Whether the storage exists and looks sound.
+    fn condition(&self, volume: &VolumeRecord) -> Condition;
+    /// Usage of a volume's storage.
+    fn usage(&self, volume: &VolumeRecord) -> Result<Usage>;
+    /// Validates a static volume's subpath and returns it as a relative path in the pool.
+    fn static_path(&self, sub_path: &str) -> Result<PathBuf>;
+    /// Mounts the volume at `staging` (absent or an empty directory that is not a mount).
+    fn stage(&self, source: StageSource<'_>, staging: &Path, flags: Flags) -> Result<()>;
+    /// True when what is mounted at `path` is this volume's storage.
+    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool>;
+    /// The directory holding a volume's data (for mount-table queries).
+    fn data_dir(&self, source: StageSource<'_>) -> PathBuf;
+}
