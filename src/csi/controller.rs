@@ -1,0 +1,415 @@
+//! The Controller service: volumes and snapshots, publishing, capacity.
+
+use std::collections::HashMap;
+
+use prost_types::Timestamp;
+use tonic::{Request, Response, Status};
+
+use super::pb::{self, controller_service_capability as csc};
+use super::{Shared, capabilities, capability, check_secrets, id, map, request_bytes, run, wire_bytes};
+use crate::engine::{CapacityQuery, CreateVolume, Engine, TOPOLOGY_KEY};
+use crate::state::{ContentSource, SnapshotRecord, VolumeRecord};
+
+/// Serves the Controller RPCs.
+pub struct ControllerService(pub Shared);
+
+fn topology(node: &str) -> Vec<pb::Topology> {
+    vec![pb::Topology { segments: HashMap::from([(TOPOLOGY_KEY.to_string(), node.to_string())]) }]
+}
+
+/// The wire form of a volume record.
+pub fn volume(v: &VolumeRecord) -> pb::Volume {
+    use pb::volume_content_source::{SnapshotSource, Type, VolumeSource};
+    let content_source = v.source.as_ref().map(|s| pb::VolumeContentSource {
+        r#type: Some(match s {
+            ContentSource::Snapshot(id) => Type::Snapshot(SnapshotSource { snapshot_id: id.clone() }),
+            ContentSource::Volume(id) => Type::Volume(VolumeSource { volume_id: id.clone() }),
+        }),
+    });
+    pb::Volume {
+        capacity_bytes: wire_bytes(v.capacity),
+        volume_id: v.id.clone(),
+        volume_context: HashMap::from([
+            ("berth.csi.io/pool".to_string(), v.pool.clone()),
+            ("berth.csi.io/capacity-enforcement".to_string(), v.enforced.as_str().to_string()),
+        ]),
+        content_source,
+        accessible_topology: topology(&v.node),
+    }
+}
+
+fn timestamp(ms: u64) -> Timestamp {
+    Timestamp {
+        seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
+        nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// The wire form of a snapshot record.
+pub fn snapshot(s: &SnapshotRecord) -> pb::Snapshot {
+    pb::Snapshot {
+        size_bytes: wire_bytes(s.size),
+        snapshot_id: s.id.clone(),
+        source_volume_id: s.source_volume.clone(),
+        creation_time: Some(timestamp(s.created_unix_ms)),
+        ready_to_use: true,
+        group_snapshot_id: String::new(),
+    }
+}
+
+fn condition(c: &crate::backend::Condition) -> pb::VolumeCondition {
+    pb::VolumeCondition { abnormal: c.abnormal, message: c.message.clone() }
+}
+
+fn engine(shared: &Shared) -> std::sync::Arc<Engine> {
+    std::sync::Arc::clone(&shared.engine)
+}
+
+fn max_entries(value: i32) -> Result<usize, Status> {
+    usize::try_from(value)
+        .map_err(|_| Status::invalid_argument(format!("max_entries must not be negative, got {value}")))
+}
+
+#[tonic::async_trait]
+impl pb::controller_server::Controller for ControllerService {
+    /// Provisions a volume (empty, from a snapshot, or a clone); idempotent by name.
+    async fn create_volume(
+        &self,
+        request: Request<pb::CreateVolumeRequest>,
+    ) -> Result<Response<pb::CreateVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let engine = engine(&self.0);
+        run("CreateVolume", &req.name.clone(), move || {
+            id("name", &req.name)?;
+            check_secrets(&req.secrets)?;
+            let parameters = map("parameters", &req.parameters)?;
+            if !req.mutable_parameters.is_empty() {
+                return Err(Status::invalid_argument(
+                    "mutable_parameters are not supported: berth does not offer ControllerModifyVolume",
+                ));
+            }
+            let range = req.capacity_range.unwrap_or_default();
+            let source = match req.volume_content_source.and_then(|s| s.r#type) {
+                None => None,
+                Some(pb::volume_content_source::Type::Snapshot(s)) => {
+                    id("volume_content_source.snapshot.snapshot_id", &s.snapshot_id)?;
+                    Some(ContentSource::Snapshot(s.snapshot_id))
+                }
+                Some(pb::volume_content_source::Type::Volume(v)) => {
+                    id("volume_content_source.volume.volume_id", &v.volume_id)?;
+                    Some(ContentSource::Volume(v.volume_id))
+                }
+            };
+            let allowed_nodes = req.accessibility_requirements.as_ref().filter(|t| !t.requisite.is_empty()).map(|t| {
+                t.requisite.iter().filter_map(|topo| topo.segments.get(TOPOLOGY_KEY).cloned()).collect::<Vec<_>>()
+            });
+            let record = engine.create_volume(CreateVolume {
+                name: req.name,
+                required_bytes: request_bytes("capacity_range.required_bytes", range.required_bytes)?,
+                limit_bytes: request_bytes("capacity_range.limit_bytes", range.limit_bytes)?,
+                capabilities: capabilities(&req.volume_capabilities)?,
+                parameters,
+                source,
+                allowed_nodes,
+            })?;
+            Ok(pb::CreateVolumeResponse { volume: Some(volume(&record)) })
+        })
+        .await
+    }
+
+    /// Deletes a volume; unknown IDs succeed, volumes in use are FAILED_PRECONDITION.
+    async fn delete_volume(
+        &self,
+        request: Request<pb::DeleteVolumeRequest>,
+    ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let engine = engine(&self.0);
+        run("DeleteVolume", &req.volume_id.clone(), move || {
+            id("volume_id", &req.volume_id)?;
+            check_secrets(&req.secrets)?;
+            engine.delete_volume(&req.volume_id)?;
+            Ok(pb::DeleteVolumeResponse {})
+        })
+        .await
+    }
+
+    /// Records that a node may use a volume (node-local volumes: only their own node).
+    async fn controller_publish_volume(
+        &self,
+        request: Request<pb::ControllerPublishVolumeRequest>,
+    ) -> Result<Response<pb::ControllerPublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let engine = engine(&self.0);
+        run("ControllerPublishVolume", &req.volume_id.clone(), move || {
+            id("volume_id", &req.volume_id)?;
+            if req.node_id.is_empty() {
+                return Err(Status::invalid_argument("node_id is required"));
+            }
+            let cap = req
+                .volume_capability
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+            let cap = capability("volume_capability", cap)?;
+            check_secrets(&req.secrets)?;
+            map("volume_context", &req.volume_context)?;
+            engine.controller_publish(&req.volume_id, &req.node_id, &cap, req.readonly)?;
+            Ok(pb::ControllerPublishVolumeResponse { publish_context: HashMap::new() })
+        })
+        .await
+    }
+
+    /// Forgets a node's use of a volume; idempotent.
+    async fn controller_unpublish_volume(
+        &self,
+        request: Request<pb::ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<pb::ControllerUnpublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let engine = engine(&self.0);
+        run("ControllerUnpublishVolume", &req.volume_id.clone(), move || {
+            id("volume_id", &req.volume_id)?;
+            check_secrets(&req.secrets)?;
+            engine.controller_unpublish(&req.volume_id, &req.node_id)?;
+            Ok(pb::ControllerUnpublishVolumeResponse {})
+        })
+        .await
+    }
+
+    /// Confirms the capabilities only when every one of them is supported.
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<pb::ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<pb::ValidateVolumeCapabilitiesResponse>, Status> {
+        let req = request.into_inner();
+        let engine = engine(&self.0);
+        run("ValidateVolumeCapabilities", &req.volume_id.clone(), move || {
+            id("volume_id", &req.volume_id)?;
+            check_secrets(&req.secrets)?;
+            if req.volume_capabilities.is_empty() {
+                return Err(Status::invalid_argument("volume_capabilities is required"));
+            }
+            let caps = capabilities(&req.volume_capabilities)?;
+            let parameters = map("parameters", &req.parameters)?;
+            let verdict = engine.validate_capabilities(&req.volume_id, &caps, &parameters)?;
+            Ok(match verdict {
+                Ok(()) => pb::ValidateVolumeCapabilitiesResponse {
+                    confirmed: Some(pb::validate_volume_capabilities_response::Confirmed {
+                        volume_context: req.volume_context,
+                        volume_capabilities: req.volume_capabilities,
+                        parameters: req.parameters,
+                        mutable_parameters: req.mutable_parameters,
+                    }),
+                    message: String::new(),
+                },
+                Err(reason) => pb::ValidateVolumeCapabilitiesResponse { confirmed: None, message: reason },
+            })
+        })
+        .await
+    }
+
+    /// Pages through volumes with the nodes each is published to and its condition.
+    async fn list_volumes(
+        &self,
+        request: Request<pb::ListVolumesRequest>,
+    ) -> Result<Response<pb::ListVolumesResponse>, Status> {
+        let req = request.into_inner();
+        let engine = engine(&self.0);
+        run("ListVolumes", "", move || {
+            let page = engine.list_volumes(max_entries(req.max_entries)?, &req.starting_token)?;
+            let entries = page
+                .items
+                .iter()
+                .map(|item| pb::list_volumes_response::Entry {
+                    volume: Some(volume(&item.volume)),
+                    status: Some(pb::list_volumes_response::VolumeStatus {
+                        published_node_ids: item.volume.published.keys().cloned().collect(),
+                        volume_condition: Some(condition(&item.condition)),
+                    }),
+                })
+                .collect();
+            Ok(pb::ListVolumesResponse { entries, next_token: page.next_token })
+        })
+        .await
+    }
+
+    /// Free bytes of the selected pool on this node; zero for topology or capabilities it cannot serve.
+    async fn get_capacity(
+        &self,
+        request: Request<pb::GetCapacityRequest>,
+    ) -> Result<Response<pb::GetCapacityResponse>, Status> {
+        let req = request.into_inner();
+        let engine = engine(&self.0);
+        run("GetCapacity", "", move || {
+            let query = CapacityQuery {
+                parameters: map("parameters", &req.parameters)?,
+                node: req
+                    .accessible_topology
+                    .as_ref()
+                    .map(|t| t.segments.get(TOPOLOGY_KEY).cloned().unwrap_or_default()),
+                capabilities: capabilities(&req.volume_capabilities)?,
+            };
+            let cap = engine.capacity(&query)?;
+            Ok(pb::GetCapacityResponse {
+                available_capacity: wire_bytes(cap.available_bytes),
+                maximum_volume_size: Some(wire_bytes(cap.maximum_volume_bytes)),
+                minimum_volume_size: None,
+            })
+        })
+        .await
+    }
+
+    /// What this controller offers.
+    async fn controller_get_capabilities(
+        &self,
+        _: Request<pb::ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<pb::ControllerGetCapabilitiesResponse>, Status> {
+        use csc::rpc::Type;
+        let capabilities = [
+            Type::CreateDeleteVolume,
+            Type::PublishUnpublishVolume,
+            Type::ListVolumes,
+            Type::GetCapacity,
+            Type::CreateDeleteSnapshot,
+            Type::ListSnapshots,
+            Type::CloneVolume,
+            Type::PublishReadonly,
+            Type::ExpandVolume,
+            Type::ListVolumesPublishedNodes,
+            Type::VolumeCondition,
+            Type::GetVolume,
+            Type::SingleNodeMultiWriter,
+        ]
+        .into_iter()
+        .map(|t| pb::ControllerServiceCapability { r#type: Some(csc::Type::Rpc(csc::Rpc { r#type: t as i32 })) })
+        .collect();
+        Ok(Response::new(pb::ControllerGetCapabilitiesResponse { capabilities }))
+    }
+
+    /// Snapshots a volume; idempotent by name and source.
+    async fn create_snapshot(
+        &self,
+        request: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        let engine = engine(&self.0);
+        run("CreateSnapshot", &req.source_volume_id.clone(), move || {
+            id("source_volume_id", &req.source_volume_id)?;
+            id("name", &req.name)?;
+            check_secrets(&req.secrets)?;
+            for key in map("parameters", &req.parameters)?.keys() {
+                if !key.starts_with("csi.storage.k8s.io/") {
+                    return Err(Status::invalid_argument(format!("unknown snapshot parameter {key:?}")));
+                }
+            }
+            let record = engine.create_snapshot(&req.source_volume_id, &req.name)?;
+            Ok(pb::CreateSnapshotResponse { snapshot: Some(snapshot(&record)) })
+        })
+        .await
+    }
+
+    /// Deletes a snapshot; unknown IDs succeed.
+    async fn delete_snapshot(
+        &self,
+        request: Request<pb::DeleteSnapshotRequest>,
+    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        let engine = engine(&self.0);
+        run("DeleteSnapshot", "", move || {
+            id("snapshot_id", &req.snapshot_id)?;
+            check_secrets(&req.secrets)?;
+            engine.delete_snapshot(&req.snapshot_id)?;
+            Ok(pb::DeleteSnapshotResponse {})
+        })
+        .await
+    }
+
+    /// Pages through snapshots, filtered by ID or source volume.
+    async fn list_snapshots(
+        &self,
+        request: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let req = request.into_inner();
+        let engine = engine(&self.0);
+        run("ListSnapshots", "", move || {
+            check_secrets(&req.secrets)?;
+            let page = engine.list_snapshots(
+                max_entries(req.max_entries)?,
+                &req.starting_token,
+                &req.snapshot_id,
+                &req.source_volume_id,
+            )?;
+            let entries =
+                page.items.iter().map(|s| pb::list_snapshots_response::Entry { snapshot: Some(snapshot(s)) }).collect();
+            Ok(pb::ListSnapshotsResponse { entries, next_token: page.next_token })
+        })
+        .await
+    }
+
+    /// Raises a volume's enforced size; no node step is needed for directory volumes.
+    async fn controller_expand_volume(
+        &self,
+        request: Request<pb::ControllerExpandVolumeRequest>,
+    ) -> Result<Response<pb::ControllerExpandVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let engine = engine(&self.0);
+        run("ControllerExpandVolume", &req.volume_id.clone(), move || {
+            id("volume_id", &req.volume_id)?;
+            check_secrets(&req.secrets)?;
+            let range = req.capacity_range.ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
+            if let Some(cap) = &req.volume_capability {
+                capability("volume_capability", cap)?;
+            }
+            let bytes = engine.controller_expand(
+                &req.volume_id,
+                request_bytes("capacity_range.required_bytes", range.required_bytes)?,
+                request_bytes("capacity_range.limit_bytes", range.limit_bytes)?,
+            )?;
+            Ok(pb::ControllerExpandVolumeResponse { capacity_bytes: wire_bytes(bytes), node_expansion_required: false })
+        })
+        .await
+    }
+
+    /// A volume with its published nodes and condition.
+    async fn controller_get_volume(
+        &self,
+        request: Request<pb::ControllerGetVolumeRequest>,
+    ) -> Result<Response<pb::ControllerGetVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let engine = engine(&self.0);
+        run("ControllerGetVolume", &req.volume_id.clone(), move || {
+            id("volume_id", &req.volume_id)?;
+            let item = engine.get_volume(&req.volume_id)?;
+            Ok(pb::ControllerGetVolumeResponse {
+                volume: Some(volume(&item.volume)),
+                status: Some(pb::controller_get_volume_response::VolumeStatus {
+                    published_node_ids: item.volume.published.keys().cloned().collect(),
+                    volume_condition: Some(condition(&item.condition)),
+                }),
+            })
+        })
+        .await
+    }
+
+    /// Not offered: berth has no mutable volume parameters.
+    async fn controller_modify_volume(
+        &self,
+        _: Request<pb::ControllerModifyVolumeRequest>,
+    ) -> Result<Response<pb::ControllerModifyVolumeResponse>, Status> {
+        Err(Status::unimplemented("berth does not offer ControllerModifyVolume"))
+    }
+
+    /// A snapshot by ID.
+    async fn get_snapshot(
+        &self,
+        request: Request<pb::GetSnapshotRequest>,
+    ) -> Result<Response<pb::GetSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        let engine = engine(&self.0);
+        run("GetSnapshot", "", move || {
+            id("snapshot_id", &req.snapshot_id)?;
+            check_secrets(&req.secrets)?;
+            let record = engine.get_snapshot(&req.snapshot_id)?;
+            Ok(pb::GetSnapshotResponse { snapshot: Some(snapshot(&record)) })
+        })
+        .await
+    }
+}

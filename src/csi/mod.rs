@@ -1,0 +1,206 @@
+//! The CSI protocol (generated from `proto/csi.proto`) and berth's thin gRPC services.
+//!
+//! Each RPC reads: validate the request into engine types → run the engine call on a
+//! blocking thread (it takes the volume lock) → convert the error into a code. [`run`]
+//! wraps every RPC in one span and logs its outcome once.
+
+pub mod controller;
+pub mod identity;
+pub mod node;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use tonic::{Response, Status};
+use tracing::Instrument;
+
+use crate::engine::{AccessMode, Capability, Engine};
+
+/// Generated protocol types, clients and servers for package `csi.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("csi.v1");
+}
+
+/// RPCs being served right now; shutdown waits for this to reach zero.
+pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The spec's limit for one map (parameters, context, secrets).
+pub const MAX_MAP_BYTES: usize = 4096;
+
+/// Volume context keys whose values must never be logged.
+pub const SENSITIVE_KEYS: &[&str] = &["csi.storage.k8s.io/serviceAccount.tokens"];
+
+/// Renders a map for logs with secret values replaced: every key in [`SENSITIVE_KEYS`] and
+/// anything that looks like a token, password or key.
+pub fn redacted(map: &HashMap<String, String>) -> String {
+    let mut keys: Vec<_> = map.keys().collect();
+    keys.sort();
+    let parts: Vec<String> = keys
+        .into_iter()
+        .map(|k| {
+            let lower = k.to_ascii_lowercase();
+            let secret = SENSITIVE_KEYS.contains(&k.as_str())
+                || ["token", "secret", "password", "key"].iter().any(|w| lower.contains(w));
+            if secret { format!("{k}=<redacted>") } else { format!("{k}={}", map[k]) }
+        })
+        .collect();
+    parts.join(",")
+}
+
+/// Runs one RPC's work on a blocking thread inside a span, logging its outcome and duration.
+/// A panic inside becomes INTERNAL for this call only.
+pub async fn run<T, F>(method: &'static str, volume_id: &str, work: F) -> Result<Response<T>, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+{
+    let _in_flight = InFlight::enter();
+    let span = tracing::info_span!("rpc", method, volume.id = volume_id);
+    let start = Instant::now();
+    let inner = span.clone();
+    let result = tokio::task::spawn_blocking(move || inner.in_scope(work))
+        .instrument(span.clone())
+        .await
+        .unwrap_or_else(|e| Err(Status::internal(format!("{method} failed unexpectedly: {e}"))));
+    let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| match &result {
+        Ok(_) => tracing::info!(code = "OK", elapsed_ms, "rpc finished"),
+        Err(s) => tracing::warn!(code = ?s.code(), message = s.message(), elapsed_ms, "rpc failed"),
+    });
+    result.map(Response::new)
+}
+
+/// Checks a map's total size and turns it into an ordered map.
+pub fn map(field: &'static str, map: &HashMap<String, String>) -> Result<BTreeMap<String, String>, Status> {
+    let bytes: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_MAP_BYTES {
+        return Err(Status::invalid_argument(format!("{field} is {bytes} bytes; at most {MAX_MAP_BYTES} are allowed")));
+    }
+    Ok(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+/// Checks a secrets map's size without ever echoing its content.
+pub fn check_secrets(map: &HashMap<String, String>) -> Result<(), Status> {
+    let bytes: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_MAP_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "secrets are {bytes} bytes; at most {MAX_MAP_BYTES} are allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an ID or name field.
+pub fn id(field: &'static str, value: &str) -> Result<(), Status> {
+    crate::ids::check(field, value).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// Checks an absolute path field.
+pub fn path(field: &'static str, value: &str) -> Result<std::path::PathBuf, Status> {
+    crate::safepath::absolute(field, value).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// Converts a capability, refusing one without an access type or mode.
+pub fn capability(field: &str, cap: &pb::VolumeCapability) -> Result<Capability, Status> {
+    use pb::volume_capability::{AccessType, access_mode::Mode};
+    let (block, fs_type, mount_flags) = match &cap.access_type {
+        Some(AccessType::Mount(m)) => (false, m.fs_type.clone(), m.mount_flags.clone()),
+        Some(AccessType::Block(_)) => (true, String::new(), Vec::new()),
+        None => return Err(Status::invalid_argument(format!("{field}.access_type is required: mount or block"))),
+    };
+    let mode =
+        cap.access_mode.as_ref().ok_or_else(|| Status::invalid_argument(format!("{field}.access_mode is required")))?;
+    let mode = match Mode::try_from(mode.mode) {
+        Ok(Mode::SingleNodeWriter) => AccessMode::SingleNodeWriter,
+        Ok(Mode::SingleNodeReaderOnly) => AccessMode::SingleNodeReaderOnly,
+        Ok(Mode::MultiNodeReaderOnly) => AccessMode::MultiNodeReaderOnly,
+        Ok(Mode::MultiNodeSingleWriter) => AccessMode::MultiNodeSingleWriter,
+        Ok(Mode::MultiNodeMultiWriter) => AccessMode::MultiNodeMultiWriter,
+        Ok(Mode::SingleNodeSingleWriter) => AccessMode::SingleNodeSingleWriter,
+        Ok(Mode::SingleNodeMultiWriter) => AccessMode::SingleNodeMultiWriter,
+        Ok(Mode::Unknown) | Err(_) => {
+            return Err(Status::invalid_argument(format!("{field}.access_mode {} is not a known mode", mode.mode)));
+        }
+    };
+    Ok(Capability { block, fs_type, mount_flags, mode })
+}
+
+/// Converts a list of capabilities.
+pub fn capabilities(caps: &[pb::VolumeCapability]) -> Result<Vec<Capability>, Status> {
+    caps.iter().enumerate().map(|(i, c)| capability(&format!("volume_capabilities[{i}]"), c)).collect()
+}
+
+/// Shared state of the three services.
+#[derive(Clone)]
+pub struct Shared {
+    pub engine: Arc<Engine>,
+    pub driver_name: String,
+    pub controller: bool,
+}
+
+/// A byte count for the wire (CSI uses int64).
+pub fn wire_bytes(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+/// A byte count from the wire; negative values are refused.
+pub fn request_bytes(field: &'static str, value: i64) -> Result<u64, Status> {
+    u64::try_from(value).map_err(|_| Status::invalid_argument(format!("{field} must not be negative, got {value}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_tokens_and_secret_looking_keys() {
+        let mut m = HashMap::new();
+        m.insert("csi.storage.k8s.io/serviceAccount.tokens".to_string(), "SENTINEL-TOKEN".to_string());
+        m.insert("password".to_string(), "SENTINEL-PW".to_string());
+        m.insert("pool".to_string(), "fast".to_string());
+        let text = redacted(&m);
+        assert!(!text.contains("SENTINEL"), "{text}");
+        assert!(text.contains("pool=fast"));
+    }
+
+    #[test]
+    fn oversized_maps_are_refused() {
+        let mut m = HashMap::new();
+        m.insert("k".to_string(), "v".repeat(MAX_MAP_BYTES));
+        assert_eq!(map("parameters", &m).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(check_secrets(&m).unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn capabilities_need_type_and_mode() {
+        use pb::volume_capability::{AccessMode as PbMode, AccessType, MountVolume, access_mode::Mode};
+        let mount = Some(AccessType::Mount(MountVolume::default()));
+        let mode = Some(PbMode { mode: Mode::SingleNodeWriter as i32 });
+        let ok = pb::VolumeCapability { access_type: mount.clone(), access_mode: mode };
+        assert_eq!(capability("c", &ok).expect("valid").mode, AccessMode::SingleNodeWriter);
+        let no_type = pb::VolumeCapability { access_type: None, access_mode: mode };
+        let no_mode = pb::VolumeCapability { access_type: mount.clone(), access_mode: None };
+        let unknown = pb::VolumeCapability { access_type: mount, access_mode: Some(PbMode { mode: 99 }) };
+        for cap in [no_type, no_mode, unknown] {
+            assert_eq!(capability("c", &cap).unwrap_err().code(), tonic::Code::InvalidArgument);
+        }
+    }
+}

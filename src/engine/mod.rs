@@ -1,0 +1,184 @@
+//! The engine: what each CSI operation does, independent of gRPC. The services in `csi`
+//! translate requests into these calls (on blocking threads) and errors into codes.
+
+mod controller;
+mod node;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::backend::{self, Backend, hostpath::HostPath};
+use crate::config::{Config, PoolConfig};
+use crate::locks::{Guard, Locks};
+use crate::mount::Syscall;
+use crate::state::{Phase, Store};
+
+pub use controller::{CapacityQuery, CreateVolume, ListedVolume, Page};
+pub use node::{NodePublish, NodeStage};
+
+/// The topology key naming the node that holds a node-local volume.
+pub const TOPOLOGY_KEY: &str = "topology.berth.csi.io/node";
+/// ListVolumes/ListSnapshots page size when the CO sets none: small enough that a page of
+/// the largest records stays far below gRPC's 4 MiB message limit.
+pub const DEFAULT_PAGE: usize = 500;
+
+/// An operation's failure, classified the way the CSI spec classifies it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    Aborted(String),
+    #[error("{0}")]
+    Unimplemented(String),
+    #[error("recording state for {id}: {source}")]
+    State { id: String, source: std::io::Error },
+    #[error(transparent)]
+    Backend(#[from] backend::Error),
+}
+
+/// Result of engine operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> tonic::Status {
+        use tonic::Status;
+        let message = err.to_string();
+        match err {
+            Error::InvalidArgument(_) => Status::invalid_argument(message),
+            Error::NotFound(_) => Status::not_found(message),
+            Error::AlreadyExists(_) => Status::already_exists(message),
+            Error::FailedPrecondition(_) => Status::failed_precondition(message),
+            Error::OutOfRange(_) => Status::out_of_range(message),
+            Error::ResourceExhausted(_) => Status::resource_exhausted(message),
+            Error::Aborted(_) => Status::aborted(message),
+            Error::Unimplemented(_) => Status::unimplemented(message),
+            Error::State { .. } => Status::internal(message),
+            Error::Backend(b) => match b {
+                _ if b.is_no_space() => Status::resource_exhausted(message),
+                backend::Error::Io { .. } => Status::internal(message),
+                backend::Error::Unenforceable { .. } => Status::failed_precondition(message),
+                backend::Error::Unsupported(_) => Status::failed_precondition(message),
+                backend::Error::InvalidArgument(_) => Status::invalid_argument(message),
+                backend::Error::NotFound(_) => Status::not_found(message),
+            },
+        }
+    }
+}
+
+/// How a volume may be accessed, from a capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessMode {
+    SingleNodeWriter,
+    SingleNodeReaderOnly,
+    MultiNodeReaderOnly,
+    MultiNodeSingleWriter,
+    MultiNodeMultiWriter,
+    SingleNodeSingleWriter,
+    SingleNodeMultiWriter,
+}
+
+impl AccessMode {
+    /// True for modes that allow more than one node.
+    pub fn multi_node(self) -> bool {
+        matches!(
+            self,
+            AccessMode::MultiNodeReaderOnly | AccessMode::MultiNodeSingleWriter | AccessMode::MultiNodeMultiWriter
+        )
+    }
+
+    /// True for modes that never write.
+    pub fn read_only(self) -> bool {
+        matches!(self, AccessMode::SingleNodeReaderOnly | AccessMode::MultiNodeReaderOnly)
+    }
+}
+
+/// A volume capability, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capability {
+    pub block: bool,
+    pub fs_type: String,
+    pub mount_flags: Vec<String>,
+    pub mode: AccessMode,
+}
+
+/// Filesystem types a capability may name; a hostPath volume ignores which one it is.
+pub const FS_TYPES: &[&str] = &["", "ext4", "xfs", "btrfs"];
+
+/// Everything an operation needs: configuration, records, locks, pools and the kernel.
+pub struct Engine {
+    pub config: Config,
+    pub node_id: String,
+    pub store: Store,
+    pub locks: Locks,
+    pub pools: BTreeMap<String, Arc<dyn Backend>>,
+    pub sys: Arc<dyn Syscall>,
+}
+
+impl Engine {
+    /// Opens the state and every pool. Records left half-done by a crash are reported; the
+    /// next call for them finishes the work.
+    pub fn open(config: Config, node_id: String, sys: Arc<dyn Syscall>) -> std::result::Result<Engine, String> {
+        let (store, unreadable) = Store::open(&config.state_dir)
+            .map_err(|e| format!("opening state in {}: {e}", config.state_dir.display()))?;
+        for bad in &unreadable {
+            tracing::warn!(path = %bad.path.display(), reason = %bad.reason, "state record cannot be read; left in place for the operator");
+        }
+        for rec in store.volumes_where(|v| v.phase != Phase::Ready) {
+            tracing::warn!(volume.id = %rec.id, phase = ?rec.phase, "volume operation was interrupted; a retry will finish it");
+        }
+        let max_project = store.volumes_where(|v| v.project_id.is_some()).iter().filter_map(|v| v.project_id).max();
+        let mut pools: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
+        for pool in &config.pools {
+            let backend: Arc<dyn Backend> = match pool {
+                PoolConfig::Hostpath(hp) => Arc::new(
+                    HostPath::open(hp, Arc::clone(&sys), max_project).map_err(|e| format!("pool {}: {e}", hp.name))?,
+                ),
+            };
+            pools.insert(pool.name().to_string(), backend);
+        }
+        Ok(Engine { config, node_id, store, locks: Locks::default(), pools, sys })
+    }
+
+    /// Takes the per-object locks for `keys`, or answers ABORTED naming what is busy.
+    pub fn lock(&self, keys: &[String]) -> Result<Guard> {
+        self.locks
+            .try_lock(keys.iter().cloned())
+            .ok_or_else(|| Error::Aborted(format!("an operation on {} is already in progress", keys.join(", "))))
+    }
+
+    fn pool(&self, name: &str) -> Result<&Arc<dyn Backend>> {
+        self.pools
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("pool {name:?} is not configured on node {}", self.node_id)))
+    }
+
+    /// The pool a request's parameters select: `pool`, or the only pool.
+    pub fn select_pool(&self, requested: Option<&str>) -> Result<&Arc<dyn Backend>> {
+        match requested {
+            Some(name) => self.pools.get(name).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "parameter pool={name:?} names no configured pool; pools: {}",
+                    self.pools.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            }),
+            None if self.pools.len() == 1 => Ok(self.pools.values().next().expect("one pool")),
+            None => Err(Error::InvalidArgument(format!(
+                "parameter pool is required when several pools are configured: {}",
+                self.pools.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+}

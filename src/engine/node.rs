@@ -1,0 +1,399 @@
+//! Node operations: staging and publishing volumes with bind mounts, inline ephemeral
+//! volumes, usage statistics and node-side expansion.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{Capability, Engine, Error, Result};
+use crate::backend::{self, Backend, Condition, StageSource, Usage, tree};
+use crate::ids::{self, Kind};
+use crate::mount::{mountinfo, ops};
+use crate::state::{self, AccessKind, Enforced, Phase, VolumeRecord};
+use crate::units::Bytes;
+
+/// The volume context key the kubelet sets for inline ephemeral volumes.
+pub const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
+
+/// A validated NodeStageVolume request.
+#[derive(Debug, Clone)]
+pub struct NodeStage {
+    pub volume_id: String,
+    pub staging: PathBuf,
+    pub capability: Capability,
+    pub context: BTreeMap<String, String>,
+}
+
+/// A validated NodePublishVolume request.
+#[derive(Debug, Clone)]
+pub struct NodePublish {
+    pub volume_id: String,
+    pub staging: Option<PathBuf>,
+    pub target: PathBuf,
+    pub capability: Capability,
+    pub readonly: bool,
+    pub context: BTreeMap<String, String>,
+}
+
+enum Resolved {
+    Managed(Arc<dyn Backend>, Box<VolumeRecord>),
+    Static(Arc<dyn Backend>, PathBuf),
+}
+
+impl Resolved {
+    fn parts(&self) -> (&Arc<dyn Backend>, StageSource<'_>) {
+        match self {
+            Resolved::Managed(pool, record) => (pool, StageSource::Managed(record)),
+            Resolved::Static(pool, rel) => (pool, StageSource::Static(rel)),
+        }
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Backend(backend::Error::Io { op, path: path.to_path_buf(), source })
+}
+
+/// Makes sure `path` is a directory berth may mount on: creates it when missing (its parent
+/// must exist), refuses symlinks and non-directories.
+fn prepare_dir(field: &str, path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(Error::InvalidArgument(format!(
+            "{field} {} is a symlink; berth does not mount through symlinks",
+            path.display()
+        ))),
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::InvalidArgument(format!("{field} {} exists and is not a directory", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(Error::NotFound(format!("the parent directory of {field} {} does not exist", path.display())))
+            }
+            Err(e) => Err(io_err("create directory", path)(e)),
+        },
+        Err(e) => Err(io_err("inspect", path)(e)),
+    }
+}
+
+/// Unmounts whatever is at `path` and removes what berth created there. Absent is success.
+fn tear_down(engine: &Engine, field: &str, path: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // A mount whose server is gone can make the path unreachable yet still mounted.
+            return ops::unmount_all(engine.sys.as_ref(), path).map_err(io_err("unmount", path));
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ESTALE) | Some(libc::ENOTCONN) | Some(libc::EIO)) => {
+            ops::unmount_all(engine.sys.as_ref(), path).map_err(io_err("unmount stale mount", path))?;
+            return remove_path(path, true);
+        }
+        Err(e) => return Err(io_err("inspect", path)(e)),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(Error::InvalidArgument(format!(
+            "{field} {} is a symlink; berth does not unmount through symlinks",
+            path.display()
+        )));
+    }
+    ops::unmount_all(engine.sys.as_ref(), path).map_err(io_err("unmount", path))?;
+    remove_path(path, meta.is_dir())
+}
+
+fn remove_path(path: &Path, dir: bool) -> Result<()> {
+    let result = if dir { fs::remove_dir(path) } else { fs::remove_file(path) };
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        // Data written into the bare directory while nothing was mounted: keep it.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+            tracing::warn!(path = %path.display(), "left a non-empty directory in place after unmounting");
+            Ok(())
+        }
+        Err(e) => Err(io_err("remove", path)(e)),
+    }
+}
+
+impl Engine {
+    fn resolve(&self, id: &str, context: &BTreeMap<String, String>) -> Result<Resolved> {
+        if let Some(record) = self.store.volume(id).filter(|v| v.phase == Phase::Ready) {
+            let pool = Arc::clone(self.pools.get(&record.pool).ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "volume {id} is in pool {} which is no longer configured",
+                    record.pool
+                ))
+            })?);
+            return Ok(Resolved::Managed(pool, Box::new(record)));
+        }
+        if let Some(sub_path) = context.get("subPath") {
+            let pool = Arc::clone(self.select_pool(context.get("pool").map(String::as_str))?);
+            let rel = pool.static_path(sub_path)?;
+            return Ok(Resolved::Static(pool, rel));
+        }
+        Err(Error::NotFound(format!("volume {id} does not exist on node {}", self.node_id)))
+    }
+
+    fn check_node_capability(&self, pool: &dyn Backend, capability: &Capability) -> Result<ops::Flags> {
+        if capability.mode.multi_node() {
+            return Err(Error::FailedPrecondition(format!(
+                "access mode {:?} is not supported by {} pool {}, which is local to one node",
+                capability.mode,
+                pool.kind(),
+                pool.name()
+            )));
+        }
+        if capability.block && !pool.supports_block() {
+            return Err(Error::FailedPrecondition(format!(
+                "{} pool {} cannot serve raw block volumes",
+                pool.kind(),
+                pool.name()
+            )));
+        }
+        if !super::FS_TYPES.contains(&capability.fs_type.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "filesystem type {:?} is not one of ext4, xfs, btrfs",
+                capability.fs_type
+            )));
+        }
+        ops::parse_flags(&capability.mount_flags).map_err(|e| Error::InvalidArgument(e.to_string()))
+    }
+
+    /// Mounts the volume at the staging path. Already staged there: success; something
+    /// else mounted there: ALREADY_EXISTS. A bare directory left by a reboot is remounted.
+    pub fn node_stage(&self, req: &NodeStage) -> Result<()> {
+        let _guard = self.lock(std::slice::from_ref(&req.volume_id))?;
+        let resolved = self.resolve(&req.volume_id, &req.context)?;
+        let (pool, source) = resolved.parts();
+        self.check_node_capability(pool.as_ref(), &req.capability)?;
+        prepare_dir("staging_target_path", &req.staging)?;
+        if ops::is_mount_point(self.sys.as_ref(), &req.staging).map_err(io_err("read mount table", &req.staging))? {
+            if pool.is_mounted_at(source, &req.staging)? {
+                return Ok(());
+            }
+            return Err(Error::AlreadyExists(format!(
+                "another filesystem is mounted at staging path {}",
+                req.staging.display()
+            )));
+        }
+        pool.stage(source, &req.staging, ops::Flags::default())?;
+        tracing::info!(volume.id = %req.volume_id, staging.path = %req.staging.display(), "volume staged");
+        Ok(())
+    }
+
+    /// Unmounts the staging path and removes it. Idempotent, also for paths never mounted.
+    pub fn node_unstage(&self, volume_id: &str, staging: &Path) -> Result<()> {
+        let _guard = self.lock(&[volume_id.to_string()])?;
+        tear_down(self, "staging_target_path", staging)?;
+        tracing::info!(volume.id = %volume_id, staging.path = %staging.display(), "volume unstaged");
+        Ok(())
+    }
+
+    /// Bind-mounts the staged volume at the target (read-only as a second step when asked).
+    pub fn node_publish(&self, req: &NodePublish) -> Result<()> {
+        let _guard = self.lock(std::slice::from_ref(&req.volume_id))?;
+        if req.context.get(EPHEMERAL_KEY).is_some_and(|v| v == "true") {
+            return self.publish_ephemeral(req);
+        }
+        let resolved = self.resolve(&req.volume_id, &req.context)?;
+        let (pool, source) = resolved.parts();
+        let mut flags = self.check_node_capability(pool.as_ref(), &req.capability)?;
+        flags.readonly |= req.readonly || req.capability.mode.read_only();
+        let staging = req.staging.as_deref().ok_or_else(|| {
+            Error::FailedPrecondition(
+                "staging_target_path is required: berth stages volumes before publishing them".into(),
+            )
+        })?;
+        if !pool.is_mounted_at(source, staging)? {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {} is not staged at {}; call NodeStageVolume first",
+                req.volume_id,
+                staging.display()
+            )));
+        }
+        prepare_dir("target_path", &req.target)?;
+        if ops::is_mount_point(self.sys.as_ref(), &req.target).map_err(io_err("read mount table", &req.target))? {
+            return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly);
+        }
+        if req.capability.mode == super::AccessMode::SingleNodeSingleWriter {
+            let table = ops::table(self.sys.as_ref()).map_err(io_err("read mount table", &req.target))?;
+            let others: Vec<_> = mountinfo::binds_of(&table, &pool.data_dir(source))
+                .into_iter()
+                .filter(|m| m.mount_point != staging && m.mount_point != req.target)
+                .map(|m| m.mount_point.display().to_string())
+                .collect();
+            if !others.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {} allows a single writer and is already published at {}",
+                    req.volume_id,
+                    others.join(", ")
+                )));
+            }
+        }
+        ops::bind(self.sys.as_ref(), staging, &req.target, flags).map_err(io_err("bind mount", &req.target))?;
+        tracing::info!(volume.id = %req.volume_id, target.path = %req.target.display(), readonly = flags.readonly, "volume published");
+        Ok(())
+    }
+
+    fn check_existing_publish(
+        &self,
+        pool: &dyn Backend,
+        source: StageSource<'_>,
+        target: &Path,
+        readonly: bool,
+    ) -> Result<()> {
+        if !pool.is_mounted_at(source, target)? {
+            return Err(Error::AlreadyExists(format!("another filesystem is mounted at target {}", target.display())));
+        }
+        let table = ops::table(self.sys.as_ref()).map_err(io_err("read mount table", target))?;
+        let mounted_ro = mountinfo::at(&table, target).last().is_some_and(|m| m.read_only());
+        if mounted_ro != readonly {
+            return Err(Error::AlreadyExists(format!(
+                "volume is already published at {} with readonly={mounted_ro}",
+                target.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Unmounts the target and removes it; for an ephemeral volume also deletes its data.
+    pub fn node_unpublish(&self, volume_id: &str, target: &Path) -> Result<()> {
+        let _guard = self.lock(&[volume_id.to_string()])?;
+        tear_down(self, "target_path", target)?;
+        if let Some(record) = self.store.volume(volume_id).filter(|v| v.ephemeral) {
+            let pool = Arc::clone(self.pools.get(&record.pool).ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "ephemeral volume {volume_id} is in pool {} which is gone",
+                    record.pool
+                ))
+            })?);
+            let mut deleting = record.clone();
+            deleting.phase = Phase::Deleting;
+            self.put_volume(&deleting)?;
+            pool.delete_volume(&deleting)?;
+            self.store.remove_volume(volume_id).map_err(|source| Error::State { id: volume_id.to_string(), source })?;
+            tracing::info!(volume.id = %volume_id, "ephemeral volume deleted");
+        }
+        tracing::info!(volume.id = %volume_id, target.path = %target.display(), "volume unpublished");
+        Ok(())
+    }
+
+    /// Creates (once) and mounts an inline ephemeral volume; it lives until unpublish.
+    fn publish_ephemeral(&self, req: &NodePublish) -> Result<()> {
+        for key in req.context.keys() {
+            if !matches!(key.as_str(), "pool" | "size") && !key.starts_with("csi.storage.k8s.io/") {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown volume attribute {key:?} for an ephemeral volume; berth accepts \"pool\" and \"size\""
+                )));
+            }
+        }
+        let pool = Arc::clone(self.select_pool(req.context.get("pool").map(String::as_str))?);
+        let mut flags = self.check_node_capability(pool.as_ref(), &req.capability)?;
+        flags.readonly |= req.readonly || req.capability.mode.read_only();
+        let size = match req.context.get("size") {
+            Some(text) => {
+                text.parse::<Bytes>().map_err(|e| Error::InvalidArgument(format!("volume attribute size: {e}")))?.0
+            }
+            None => self.config.default_volume_size.0,
+        };
+        let record = match self.store.volume(&req.volume_id) {
+            Some(r) if r.phase == Phase::Ready => r,
+            Some(r) if !r.ephemeral => {
+                return Err(Error::AlreadyExists(format!("volume {} exists and is not an ephemeral volume", r.id)));
+            }
+            existing => {
+                let mut record = existing.unwrap_or_else(|| VolumeRecord {
+                    id: req.volume_id.clone(),
+                    name: req.volume_id.clone(),
+                    pool: pool.name().to_string(),
+                    key: ids::mint(Kind::Volume, pool.name()).1,
+                    node: self.node_id.clone(),
+                    capacity: size,
+                    phase: Phase::Creating,
+                    access: AccessKind::Mount,
+                    enforced: Enforced::None,
+                    project_id: None,
+                    source: None,
+                    published: BTreeMap::new(),
+                    ephemeral: true,
+                    parameters: BTreeMap::new(),
+                    created_unix_ms: state::now_ms(),
+                });
+                self.put_volume(&record)?;
+                pool.create_volume(&mut record, None)?;
+                record.phase = Phase::Ready;
+                self.put_volume(&record)?;
+                record
+            }
+        };
+        let source = StageSource::Managed(&record);
+        prepare_dir("target_path", &req.target)?;
+        if ops::is_mount_point(self.sys.as_ref(), &req.target).map_err(io_err("read mount table", &req.target))? {
+            return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly);
+        }
+        pool.stage(source, &req.target, flags)?;
+        tracing::info!(volume.id = %req.volume_id, target.path = %req.target.display(), "ephemeral volume published");
+        Ok(())
+    }
+
+    /// Usage of the volume mounted at `volume_path`, and whether it looks healthy.
+    pub fn node_stats(&self, volume_id: &str, volume_path: &Path) -> Result<(Usage, Condition)> {
+        let meta = fs::symlink_metadata(volume_path)
+            .map_err(|_| Error::NotFound(format!("volume path {} does not exist", volume_path.display())))?;
+        if !meta.is_dir() {
+            return Err(Error::NotFound(format!("volume path {} is not a directory", volume_path.display())));
+        }
+        let mounted =
+            ops::is_mount_point(self.sys.as_ref(), volume_path).map_err(io_err("read mount table", volume_path))?;
+        let Some(record) = self.store.volume(volume_id).filter(|v| v.phase == Phase::Ready) else {
+            // A static volume: measure what is mounted there, without following symlinks.
+            if !mounted {
+                return Err(Error::NotFound(format!("volume {volume_id} is not mounted at {}", volume_path.display())));
+            }
+            let walked = tree::usage(volume_path).map_err(io_err("measure", volume_path))?;
+            let st = self.sys.statfs(volume_path).map_err(io_err("statfs", volume_path))?;
+            let usage = Usage {
+                total_bytes: st.total_bytes,
+                used_bytes: walked.bytes,
+                available_bytes: st.available_bytes,
+                used_inodes: Some(walked.inodes),
+                total_inodes: (st.total_inodes > 0).then_some(walked.inodes + st.free_inodes),
+            };
+            return Ok((usage, Condition::healthy()));
+        };
+        let pool = Arc::clone(self.pools.get(&record.pool).ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "volume {volume_id} is in pool {} which is no longer configured",
+                record.pool
+            ))
+        })?);
+        let condition = pool.condition(&record);
+        if condition.abnormal {
+            return Ok((Usage::default(), condition));
+        }
+        if !mounted {
+            return Ok((
+                Usage::default(),
+                Condition::abnormal(format!("the mount at {} is gone", volume_path.display())),
+            ));
+        }
+        if !pool.is_mounted_at(StageSource::Managed(&record), volume_path)? {
+            return Err(Error::NotFound(format!(
+                "volume {volume_id} is not what is mounted at {}",
+                volume_path.display()
+            )));
+        }
+        Ok((pool.usage(&record)?, condition))
+    }
+
+    /// Applies a larger size on the node (hostPath limits are per directory, so this is the
+    /// same limit the controller sets; calling both is harmless).
+    pub fn node_expand(&self, volume_id: &str, volume_path: &Path, required: u64, limit: u64) -> Result<u64> {
+        if !volume_path.exists() {
+            return Err(Error::NotFound(format!("volume path {} does not exist", volume_path.display())));
+        }
+        if self.store.volume(volume_id).is_none() {
+            return Err(Error::NotFound(format!("volume {volume_id} does not exist on node {}", self.node_id)));
+        }
+        self.controller_expand(volume_id, required, limit)
+    }
+}

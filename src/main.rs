@@ -1,0 +1,110 @@
+//! The berth command line: `berth serve`, `berth version`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use berth::config::Config;
+use berth::engine::Engine;
+use berth::mount::LinuxSyscall;
+use berth::server::{self, Mode};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// berth: a Kubernetes CSI driver for hostPath, block and NFS volumes.
+#[derive(Parser)]
+#[command(name = "berth", version = berth::VERSION)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the CSI Identity, Controller and Node services on a unix socket.
+    Serve(ServeArgs),
+    /// Print berth's version.
+    Version,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per event.
+    Json,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Socket to serve on, as unix:///path/csi.sock.
+    #[arg(long, env = "BERTH_ENDPOINT", default_value = "unix:///run/berth/csi.sock")]
+    endpoint: String,
+    /// This node's ID (the Kubernetes node name); defaults to the hostname.
+    #[arg(long, env = "BERTH_NODE_ID")]
+    node_id: Option<String>,
+    /// Configuration file (YAML); without it berth uses its embedded default: one hostPath
+    /// pool "default" under /var/lib/berth/pools/default, state under /var/lib/berth.
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Which services to serve.
+    #[arg(long, env = "BERTH_MODE", value_enum, default_value = "all")]
+    mode: Mode,
+    /// The CSI driver name (must match the CSIDriver object and StorageClasses).
+    #[arg(long, env = "BERTH_DRIVER_NAME", default_value = "local.berth.csi.io")]
+    driver_name: String,
+    /// Log verbosity (error, warn, info, debug, trace) or a tracing filter; RUST_LOG wins.
+    #[arg(long, env = "BERTH_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log line format.
+    #[arg(long, env = "BERTH_LOG_FORMAT", value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    init_logging(&args.log_level, args.log_format);
+    let config = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+    let node_id = match args.node_id {
+        Some(id) => id,
+        None => nix::unistd::gethostname()
+            .map_err(|e| format!("no --node-id given and the hostname cannot be read: {e}"))?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    berth::ids::check("node id", &node_id).map_err(|e| e.to_string())?;
+    let engine = Engine::open(config, node_id, Arc::new(LinuxSyscall))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?;
+    runtime
+        .block_on(server::serve(Arc::new(engine), &args.endpoint, &args.driver_name, args.mode))
+        .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("berth {}", berth::VERSION);
+            ExitCode::SUCCESS
+        }
+        Command::Serve(args) => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berth: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,173 @@
+//! Serving the CSI services on a unix socket, with graceful shutdown on SIGTERM.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::csi::{Shared, controller::ControllerService, identity::IdentityService, node::NodeService, pb};
+use crate::engine::Engine;
+
+/// Which services one process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Identity, Controller and Node.
+    All,
+    /// Identity and Controller.
+    Controller,
+    /// Identity and Node.
+    Node,
+}
+
+/// Why serving stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("endpoint {0:?} must look like unix:///path/to/csi.sock")]
+    Endpoint(String),
+    #[error("{path}: {source}")]
+    Socket { path: PathBuf, source: io::Error },
+    #[error("{path} exists and is not a socket; refusing to remove it")]
+    NotASocket { path: PathBuf },
+    #[error("serving gRPC: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The socket path of a `unix://` endpoint.
+pub fn socket_path(endpoint: &str) -> Result<PathBuf, ServeError> {
+    let rest = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .ok_or_else(|| ServeError::Endpoint(endpoint.to_string()))?;
+    let path = PathBuf::from(rest);
+    if !path.is_absolute() || path.file_name().is_none() {
+        return Err(ServeError::Endpoint(endpoint.to_string()));
+    }
+    Ok(path)
+}
+
+fn remove_stale_socket(path: &Path) -> Result<(), ServeError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            fs::remove_file(path).map_err(|source| ServeError::Socket { path: path.into(), source })
+        }
+        Ok(_) => Err(ServeError::NotASocket { path: path.into() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ServeError::Socket { path: path.into(), source }),
+    }
+}
+
+/// Binds the socket with owner-only permissions.
+fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(|source| ServeError::Socket { path: parent.into(), source })?;
+    }
+    remove_stale_socket(path)?;
+    // The socket is created with the process umask; narrow it so that no other user can
+    // connect even for an instant, then set the mode explicitly.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(|source| ServeError::Socket { path: path.into(), source })?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(|source| ServeError::Socket { path: path.into(), source })?;
+    Ok(listener)
+}
+
+/// Resolves once no RPC has been in flight for a moment (so the last replies are written),
+/// or after the kubelet's own 2-minute deadline for any call.
+async fn drained() {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut idle_ticks = 0;
+    while idle_ticks < 5 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if crate::csi::IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            idle_ticks += 1;
+        } else {
+            idle_ticks = 0;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; stop berth with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight calls, then exiting (mounts stay)"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing in-flight calls, then exiting (mounts stay)"),
+    }
+}
+
+/// Serves until SIGTERM or SIGINT: then stops accepting, lets in-flight RPCs finish, and
+/// returns without unmounting anything.
+pub async fn serve(engine: Arc<Engine>, endpoint: &str, driver_name: &str, mode: Mode) -> Result<(), ServeError> {
+    let path = socket_path(endpoint)?;
+    let listener = bind(&path)?;
+    let controller = mode != Mode::Node;
+    let shared = Shared { engine, driver_name: driver_name.to_string(), controller };
+    let builder = tonic::transport::Server::builder()
+        .add_service(pb::identity_server::IdentityServer::new(IdentityService(shared.clone())))
+        .add_optional_service(
+            controller.then(|| pb::controller_server::ControllerServer::new(ControllerService(shared.clone()))),
+        )
+        .add_optional_service(
+            (mode != Mode::Controller).then(|| pb::node_server::NodeServer::new(NodeService(shared.clone()))),
+        );
+    tracing::info!(endpoint, driver = driver_name, mode = ?mode, node.id = %shared.engine.node_id, version = crate::VERSION, "serving CSI");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = builder.serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+        let _ = stop_rx.await;
+    });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result?,
+        () = shutdown_signal() => {
+            // Stop accepting, then wait for the calls in flight. Idle client connections
+            // (a sidecar keeps one open) must not hold the exit hostage.
+            let _ = stop_tx.send(());
+            tokio::select! {
+                result = &mut server => result?,
+                () = drained() => {}
+            }
+        }
+    }
+    let _ = fs::remove_file(&path);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_must_be_absolute_unix_paths() {
+        assert_eq!(socket_path("unix:///run/berth/csi.sock").expect("ok"), PathBuf::from("/run/berth/csi.sock"));
+        assert_eq!(socket_path("unix:/tmp/x.sock").expect("ok"), PathBuf::from("/tmp/x.sock"));
+        for bad in ["tcp://127.0.0.1:1", "unix://relative.sock", "/no/scheme", "unix:///"] {
+            assert!(socket_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn stale_socket_is_removed_but_other_files_are_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("regular");
+        fs::write(&file, b"keep").expect("write");
+        assert!(matches!(remove_stale_socket(&file), Err(ServeError::NotASocket { .. })));
+        assert!(file.exists());
+        let sock = dir.path().join("s.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        remove_stale_socket(&sock).expect("removed");
+        assert!(!sock.exists());
+    }
+}
