@@ -1,0 +1,316 @@
+//! The integration-test harness: real berth processes on temporary unix sockets, pools on
+//! filesystems the test creates in image files, and cleanup that runs even when a test
+//! fails (every resource is a guard whose Drop undoes it).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth::csi::pb;
+use berth::csi::pb::controller_client::ControllerClient;
+use berth::csi::pb::identity_client::IdentityClient;
+use berth::csi::pb::node_client::NodeClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// True when running as root; otherwise prints the SKIPPED line naming the test.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    println!("SKIPPED: {test}: needs root for mounts");
+    false
+}
+
+/// Runs a command, panicking with its output on failure.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether a program is on PATH (mkfs tools are installed by the test command).
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Lazily unmounts every mount at or below `root`, deepest first.
+pub fn unmount_below(root: &Path) {
+    for _ in 0..8 {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<PathBuf> = berth::mount::mountinfo::parse(&text)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.mount_point)
+            .filter(|p| p.starts_with(root))
+            .collect();
+        if points.is_empty() {
+            return;
+        }
+        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in points {
+            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Mount points at or below `root` right now.
+pub fn mounts_below(root: &Path) -> Vec<berth::mount::mountinfo::MountEntry> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    berth::mount::mountinfo::parse(&text)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.mount_point.starts_with(root))
+        .collect()
+}
+
+/// A scratch directory that unmounts everything below it and is removed on drop.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        let dir = tempfile::Builder::new().prefix("berth-test-").tempdir_in("/tmp").expect("tempdir");
+        Scratch { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        unmount_below(self.dir.path());
+    }
+}
+
+/// A filesystem of the given type in a sparse image file, loop-mounted at `mount`.
+pub struct FsImage {
+    pub mount: PathBuf,
+    image: PathBuf,
+}
+
+impl FsImage {
+    /// Creates and mounts the image under `scratch`; `None` (with a SKIPPED line) when the
+    /// mkfs tool is missing.
+    pub fn new(scratch: &Scratch, test: &str, fs: &str, size: &str) -> Option<FsImage> {
+        let mkfs = format!("mkfs.{fs}");
+        if !have(&mkfs) {
+            println!("SKIPPED: {test}: {mkfs} is not installed");
+            return None;
+        }
+        let image = scratch.path().join(format!("{fs}.img"));
+        let mount = scratch.path().join(format!("{fs}-pool"));
+        std::fs::create_dir_all(&mount).expect("mkdir");
+        sh("truncate", &["-s", size, image.to_str().expect("utf8")]);
+        let quiet: &[&str] = match fs {
+            "xfs" => &["-q", "-f", "-m", "reflink=1"],
+            "btrfs" => &["-q", "-f"],
+            _ => &["-q", "-F"],
+        };
+        let mut args = quiet.to_vec();
+        args.push(image.to_str().expect("utf8"));
+        sh(&mkfs, &args);
+        sh("mount", &["-o", "loop", image.to_str().expect("utf8"), mount.to_str().expect("utf8")]);
+        Some(FsImage { mount, image })
+    }
+}
+
+impl Drop for FsImage {
+    fn drop(&mut self) {
+        unmount_below(&self.mount);
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// A running `berth serve` process and clients connected to it.
+pub struct Berth {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub node_id: String,
+    pub log: PathBuf,
+    args: Vec<String>,
+    pub identity: IdentityClient<Channel>,
+    pub controller: ControllerClient<Channel>,
+    pub node: NodeClient<Channel>,
+}
+
+async fn connect(socket: &Path) -> Channel {
+    let socket = socket.to_path_buf();
+    Endpoint::try_from("http://[::1]:1")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move { tokio::net::UnixStream::connect(socket).await.map(hyper_util::rt::TokioIo::new) }
+        }))
+        .await
+        .expect("connect to berth")
+}
+
+impl Berth {
+    /// Starts berth with `config` (YAML) in `dir`, and waits until Probe answers ready.
+    pub async fn start(dir: &Path, config: &str, node_id: &str, extra: &[&str]) -> Berth {
+        let config_path = dir.join("berth.yaml");
+        std::fs::write(&config_path, config).expect("write config");
+        let socket = dir.join("csi.sock");
+        let log = dir.join("berth.log");
+        let mut args = vec![
+            "serve".to_string(),
+            "--endpoint".to_string(),
+            format!("unix://{}", socket.display()),
+            "--config".to_string(),
+            config_path.display().to_string(),
+            "--node-id".to_string(),
+            node_id.to_string(),
+            "--log-level".to_string(),
+            "debug".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut berth = Berth {
+            child: None,
+            socket,
+            config: config_path,
+            node_id: node_id.to_string(),
+            log,
+            args,
+            identity: IdentityClient::new(Channel::from_static("http://[::1]:1").connect_lazy()),
+            controller: ControllerClient::new(Channel::from_static("http://[::1]:1").connect_lazy()),
+            node: NodeClient::new(Channel::from_static("http://[::1]:1").connect_lazy()),
+        };
+        berth.spawn().await;
+        berth
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(&self.args)
+            .env_remove("RUST_LOG")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn berth");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("berth exited with {status} before serving:\n{}", self.logs());
+            }
+            if self.socket.exists() {
+                let channel = connect(&self.socket).await;
+                let mut identity = IdentityClient::new(channel.clone());
+                if let Ok(r) = identity.probe(pb::ProbeRequest {}).await
+                    && r.into_inner().ready == Some(true)
+                {
+                    self.identity = identity;
+                    self.controller = ControllerClient::new(channel.clone());
+                    self.node = NodeClient::new(channel);
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "berth did not become ready:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Everything berth logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("berth did not exit within 20s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills berth with SIGKILL (a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts berth again with the same arguments.
+    pub async fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.spawn().await;
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- berth log ----\n{}", self.logs());
+        }
+    }
+}
+
+/// A mount capability with the given access mode.
+pub fn mount_cap(mode: pb::volume_capability::access_mode::Mode) -> pb::VolumeCapability {
+    pb::VolumeCapability {
+        access_type: Some(pb::volume_capability::AccessType::Mount(pb::volume_capability::MountVolume::default())),
+        access_mode: Some(pb::volume_capability::AccessMode { mode: mode as i32 }),
+    }
+}
+
+/// The usual single-node-writer mount capability.
+pub fn rwo() -> pb::VolumeCapability {
+    mount_cap(pb::volume_capability::access_mode::Mode::SingleNodeWriter)
+}
+
+/// A CreateVolume request for `name` with `bytes` in the default pool.
+pub fn create_req(name: &str, bytes: i64) -> pb::CreateVolumeRequest {
+    pb::CreateVolumeRequest {
+        name: name.to_string(),
+        capacity_range: Some(pb::CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
+        volume_capabilities: vec![rwo()],
+        ..Default::default()
+    }
+}
+
+/// A hostPath pool config on `path`.
+pub fn hostpath_config(state: &Path, pool: &Path, enforcement: &str) -> String {
+    format!(
+        "stateDir: {}\npools:\n  - name: default\n    type: hostpath\n    path: {}\n    capacityEnforcement: {enforcement}\n",
+        state.display(),
+        pool.display()
+    )
+}
+
+/// The gRPC code of a failed call.
+pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Code {
+    match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(s) => s.code(),
+    }
+}

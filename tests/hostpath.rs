@@ -1,0 +1,457 @@
+//! hostPath volumes end to end: the real binary over a unix socket, pools on btrfs, xfs
+//! and ext4 filesystems created in image files, real mounts checked in mountinfo.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use berth::csi::pb;
+use common::*;
+use tonic::Code;
+
+const MIB: i64 = 1 << 20;
+
+struct Published {
+    staging: PathBuf,
+    target: PathBuf,
+}
+
+async fn stage_and_publish(b: &mut Berth, scratch: &Path, volume_id: &str, tag: &str, readonly: bool) -> Published {
+    let staging = scratch.join(format!("staging-{tag}"));
+    let pods = scratch.join(format!("pod-{tag}"));
+    fs::create_dir_all(&pods).expect("mkdir");
+    let target = pods.join("mount");
+    b.node
+        .node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: volume_id.into(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(rwo()),
+            ..Default::default()
+        })
+        .await
+        .expect("stage");
+    b.node
+        .node_publish_volume(pb::NodePublishVolumeRequest {
+            volume_id: volume_id.into(),
+            staging_target_path: staging.display().to_string(),
+            target_path: target.display().to_string(),
+            volume_capability: Some(rwo()),
+            readonly,
+            ..Default::default()
+        })
+        .await
+        .expect("publish");
+    Published { staging, target }
+}
+
+async fn unpublish_and_unstage(b: &mut Berth, volume_id: &str, p: &Published) {
+    b.node
+        .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: volume_id.into(),
+            target_path: p.target.display().to_string(),
+        })
+        .await
+        .expect("unpublish");
+    b.node
+        .node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: volume_id.into(),
+            staging_target_path: p.staging.display().to_string(),
+        })
+        .await
+        .expect("unstage");
+    assert!(!p.target.exists(), "unpublish removes the target");
+}
+
+fn write_bytes(path: &Path, bytes: usize) -> std::io::Result<()> {
+    let mut f = fs::File::create(path)?;
+    let chunk = vec![0xabu8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        f.write_all(&chunk[..n])?;
+        f.sync_all()?;
+        left -= n;
+    }
+    Ok(())
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let text = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    berth::mount::mountinfo::parse(&text).expect("parse").iter().any(|e| e.mount_point == path)
+}
+
+async fn create(b: &mut Berth, name: &str, bytes: i64) -> pb::Volume {
+    b.controller.create_volume(create_req(name, bytes)).await.expect("create").into_inner().volume.expect("volume")
+}
+
+#[tokio::test]
+async fn btrfs_volume_lifecycle_enforces_size_snapshots_and_expands() {
+    let test = "btrfs_volume_lifecycle_enforces_size_snapshots_and_expands";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(fs_img) = FsImage::new(&scratch, test, "btrfs", "1G") else { return };
+    let pool = fs_img.mount.join("pool");
+    let mut b =
+        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "required"), "node-a", &[])
+            .await;
+
+    let vol = create(&mut b, "pvc-btrfs", 16 * MIB).await;
+    assert_eq!(vol.capacity_bytes, 16 * MIB);
+    assert_eq!(vol.volume_context["berth.csi.io/capacity-enforcement"], "btrfs-qgroup");
+    let again = create(&mut b, "pvc-btrfs", 16 * MIB).await;
+    assert_eq!(again.volume_id, vol.volume_id, "same name, same volume");
+    let key = vol.volume_id.rsplit(':').next().expect("key");
+    let dir = pool.join("volumes").join(key);
+    assert_eq!(fs::metadata(&dir).expect("volume dir").ino(), 256, "each volume is a btrfs subvolume");
+
+    let p = stage_and_publish(&mut b, scratch.path(), &vol.volume_id, "a", false).await;
+    assert!(is_mounted(&p.staging) && is_mounted(&p.target));
+    fs::write(p.target.join("hello.txt"), b"v1").expect("write through the publish target");
+    assert_eq!(fs::read(dir.join("hello.txt")).expect("visible in pool"), b"v1");
+
+    let err =
+        write_bytes(&p.target.join("big"), 32 << 20).expect_err("the qgroup limit stops a 32 MiB write into 16 MiB");
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+    fs::remove_file(p.target.join("big")).expect("rm");
+
+    let stats = b
+        .node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: vol.volume_id.clone(),
+            volume_path: p.target.display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    let bytes = stats.usage.iter().find(|u| u.unit == pb::volume_usage::Unit::Bytes as i32).expect("bytes");
+    assert_eq!(bytes.total, 16 * MIB, "stats report this volume's limit, not the disk");
+    assert!(!stats.volume_condition.expect("condition").abnormal);
+
+    let snap = b
+        .controller
+        .create_snapshot(pb::CreateSnapshotRequest {
+            source_volume_id: vol.volume_id.clone(),
+            name: "snap-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("snapshot")
+        .into_inner()
+        .snapshot
+        .expect("snapshot");
+    assert!(snap.ready_to_use);
+    fs::write(p.target.join("hello.txt"), b"v2").expect("source moves on");
+
+    let mut restore = create_req("pvc-restored", 16 * MIB);
+    restore.volume_content_source = Some(pb::VolumeContentSource {
+        r#type: Some(pb::volume_content_source::Type::Snapshot(pb::volume_content_source::SnapshotSource {
+            snapshot_id: snap.snapshot_id.clone(),
+        })),
+    });
+    let restored = b.controller.create_volume(restore).await.expect("restore").into_inner().volume.expect("volume");
+    let rkey = restored.volume_id.rsplit(':').next().expect("key");
+    assert_eq!(fs::read(pool.join("volumes").join(rkey).join("hello.txt")).expect("restored file"), b"v1");
+
+    let mut clone = create_req("pvc-clone", 16 * MIB);
+    clone.volume_content_source = Some(pb::VolumeContentSource {
+        r#type: Some(pb::volume_content_source::Type::Volume(pb::volume_content_source::VolumeSource {
+            volume_id: vol.volume_id.clone(),
+        })),
+    });
+    let cloned = b.controller.create_volume(clone).await.expect("clone").into_inner().volume.expect("volume");
+    let ckey = cloned.volume_id.rsplit(':').next().expect("key");
+    assert_eq!(fs::read(pool.join("volumes").join(ckey).join("hello.txt")).expect("cloned file"), b"v2");
+
+    let expanded = b
+        .controller
+        .controller_expand_volume(pb::ControllerExpandVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            capacity_range: Some(pb::CapacityRange { required_bytes: 64 * MIB, limit_bytes: 0 }),
+            ..Default::default()
+        })
+        .await
+        .expect("expand")
+        .into_inner();
+    assert_eq!(expanded.capacity_bytes, 64 * MIB);
+    write_bytes(&p.target.join("big"), 32 << 20).expect("after expansion the same write fits");
+
+    let in_use = b
+        .controller
+        .delete_volume(pb::DeleteVolumeRequest { volume_id: vol.volume_id.clone(), ..Default::default() })
+        .await;
+    assert_eq!(code(in_use), Code::FailedPrecondition, "a mounted volume is not deleted");
+    unpublish_and_unstage(&mut b, &vol.volume_id, &p).await;
+    assert!(!is_mounted(&p.target) && !is_mounted(&p.staging));
+
+    for id in [&vol.volume_id, &restored.volume_id, &cloned.volume_id] {
+        b.controller
+            .delete_volume(pb::DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() })
+            .await
+            .expect("delete");
+    }
+    b.controller
+        .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() })
+        .await
+        .expect("delete snapshot");
+    assert!(!dir.exists(), "the subvolume is gone");
+    assert_eq!(fs::read_dir(pool.join("volumes")).expect("ls").count(), 0);
+    assert_eq!(fs::read_dir(pool.join("snapshots")).expect("ls").count(), 0);
+    assert!(b.stop().success());
+}
+
+#[tokio::test]
+async fn xfs_pool_takes_reflink_snapshots_and_reports_unenforced_sizes() {
+    let test = "xfs_pool_takes_reflink_snapshots_and_reports_unenforced_sizes";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(fs_img) = FsImage::new(&scratch, test, "xfs", "600M") else { return };
+    let pool = fs_img.mount.join("pool");
+    let mut b =
+        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "auto"), "node-a", &[])
+            .await;
+    let vol = create(&mut b, "pvc-xfs", 32 * MIB).await;
+    assert_eq!(vol.volume_context["berth.csi.io/capacity-enforcement"], "none", "xfs without prjquota cannot enforce");
+
+    let p = stage_and_publish(&mut b, scratch.path(), &vol.volume_id, "x", false).await;
+    write_bytes(&p.target.join("data"), 8 << 20).expect("write");
+    fs::create_dir(p.target.join("sub")).expect("mkdir");
+    std::os::unix::fs::symlink("/etc/passwd", p.target.join("sub/link")).expect("symlink");
+
+    let snap = b
+        .controller
+        .create_snapshot(pb::CreateSnapshotRequest {
+            source_volume_id: vol.volume_id.clone(),
+            name: "s".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("snapshot")
+        .into_inner()
+        .snapshot
+        .expect("snapshot");
+    assert!(snap.size_bytes >= 8 << 20, "snapshot size is the data it holds: {}", snap.size_bytes);
+    let skey = snap.snapshot_id.rsplit(':').next().expect("key");
+    let sdir = pool.join("snapshots").join(skey);
+    assert_eq!(fs::read_link(sdir.join("sub/link")).expect("link copied as a link"), Path::new("/etc/passwd"));
+    assert_eq!(fs::metadata(sdir.join("data")).expect("data").len(), 8 << 20);
+    let before = fs::metadata(&fs_img.mount).map(|_| ()).ok();
+    assert!(before.is_some());
+
+    let stats = b
+        .node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: vol.volume_id.clone(),
+            volume_path: p.target.display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    let bytes = stats.usage.iter().find(|u| u.unit == pb::volume_usage::Unit::Bytes as i32).expect("bytes");
+    assert_eq!(bytes.total, 32 * MIB);
+    assert!(bytes.used >= 8 << 20 && bytes.used < 16 << 20, "used counts this volume only: {}", bytes.used);
+
+    unpublish_and_unstage(&mut b, &vol.volume_id, &p).await;
+    b.controller
+        .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id, ..Default::default() })
+        .await
+        .expect("delete snap");
+    b.controller
+        .delete_volume(pb::DeleteVolumeRequest { volume_id: vol.volume_id, ..Default::default() })
+        .await
+        .expect("delete");
+    assert_eq!(fs::read_dir(pool.join("volumes")).expect("ls").count(), 0);
+}
+
+#[tokio::test]
+async fn required_enforcement_on_plain_ext4_fails_clearly() {
+    let test = "required_enforcement_on_plain_ext4_fails_clearly";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(fs_img) = FsImage::new(&scratch, test, "ext4", "64M") else { return };
+    let pool = fs_img.mount.join("pool");
+    let mut b =
+        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "required"), "node-a", &[])
+            .await;
+    let err = b.controller.create_volume(create_req("pvc", MIB)).await.expect_err("cannot enforce");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("requires enforced capacity"), "{}", err.message());
+    assert_eq!(fs::read_dir(pool.join("volumes")).expect("ls").count(), 0, "nothing was created");
+}
+
+#[tokio::test]
+async fn readonly_publish_refuses_writes_and_state_survives_restart() {
+    let test = "readonly_publish_refuses_writes_and_state_survives_restart";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    let mut b =
+        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "auto"), "node-a", &[])
+            .await;
+    let vol = create(&mut b, "pvc-ro", MIB).await;
+    let p = stage_and_publish(&mut b, scratch.path(), &vol.volume_id, "ro", true).await;
+    let err = fs::write(p.target.join("x"), b"no").expect_err("read-only");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+
+    // SIGTERM leaves mounts in place; a restart finds the volume and the same publish is a no-op.
+    assert!(b.stop().success());
+    assert!(is_mounted(&p.target), "stopping berth never unmounts");
+    b.restart().await;
+    let listed = b.controller.list_volumes(pb::ListVolumesRequest::default()).await.expect("list").into_inner();
+    assert_eq!(listed.entries.len(), 1);
+    b.node
+        .node_publish_volume(pb::NodePublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: p.staging.display().to_string(),
+            target_path: p.target.display().to_string(),
+            volume_capability: Some(rwo()),
+            readonly: true,
+            ..Default::default()
+        })
+        .await
+        .expect("idempotent publish after restart");
+    let rw_again = b
+        .node
+        .node_publish_volume(pb::NodePublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: p.staging.display().to_string(),
+            target_path: p.target.display().to_string(),
+            volume_capability: Some(rwo()),
+            readonly: false,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(rw_again), Code::AlreadyExists);
+    unpublish_and_unstage(&mut b, &vol.volume_id, &p).await;
+}
+
+#[tokio::test]
+async fn reboot_replay_remounts_a_bare_staging_directory() {
+    let test = "reboot_replay_remounts_a_bare_staging_directory";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    let mut b =
+        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "auto"), "node-a", &[])
+            .await;
+    let vol = create(&mut b, "pvc-reboot", MIB).await;
+    let p = stage_and_publish(&mut b, scratch.path(), &vol.volume_id, "r", false).await;
+    fs::write(p.target.join("data"), b"kept").expect("write");
+
+    b.stop();
+    unmount_below(&p.target);
+    unmount_below(&p.staging);
+    assert!(p.staging.is_dir() && !is_mounted(&p.staging), "a reboot leaves bare directories");
+    b.restart().await;
+
+    let not_staged = b
+        .node
+        .node_publish_volume(pb::NodePublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: p.staging.display().to_string(),
+            target_path: p.target.display().to_string(),
+            volume_capability: Some(rwo()),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(not_staged), Code::FailedPrecondition, "a bare staging dir is never bind-mounted as the volume");
+    let again = stage_and_publish(&mut b, scratch.path(), &vol.volume_id, "r", false).await;
+    assert_eq!(fs::read(again.target.join("data")).expect("data survived"), b"kept");
+    unpublish_and_unstage(&mut b, &vol.volume_id, &again).await;
+}
+
+#[tokio::test]
+async fn static_volume_publishes_an_existing_directory_and_refuses_symlinks() {
+    let test = "static_volume_publishes_an_existing_directory_and_refuses_symlinks";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    fs::create_dir_all(pool.join("shared/app")).expect("mkdir");
+    fs::write(pool.join("shared/app/config"), b"admin data").expect("write");
+    std::os::unix::fs::symlink("/etc", pool.join("shared/evil")).expect("symlink");
+    let mut b =
+        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "auto"), "node-a", &[])
+            .await;
+
+    let stage = |sub: &str, staging: &Path| pb::NodeStageVolumeRequest {
+        volume_id: "static-pv-1".into(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(rwo()),
+        volume_context: [("subPath".to_string(), sub.to_string())].into(),
+        ..Default::default()
+    };
+    let staging = scratch.path().join("static-staging");
+    b.node.node_stage_volume(stage("shared/app", &staging)).await.expect("stage static");
+    assert_eq!(fs::read(staging.join("config")).expect("read"), b"admin data");
+    b.node
+        .node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: "static-pv-1".into(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .expect("unstage");
+
+    for bad in ["shared/evil", "../", "shared/../../etc", "/etc", "volumes/x", "shared//app", ""] {
+        let result = b.node.node_stage_volume(stage(bad, &staging)).await;
+        let c = code(result);
+        assert!(matches!(c, Code::InvalidArgument | Code::NotFound), "{bad:?}: {c:?}");
+    }
+    assert!(mounts_below(scratch.path()).iter().all(|m| !m.mount_point.starts_with(&staging)), "nothing was mounted");
+}
+
+#[tokio::test]
+async fn ephemeral_volume_lives_and_dies_with_the_pod() {
+    let test = "ephemeral_volume_lives_and_dies_with_the_pod";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    let mut b =
+        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "auto"), "node-a", &[])
+            .await;
+    let pod = scratch.path().join("pod-eph");
+    fs::create_dir_all(&pod).expect("mkdir");
+    let target = pod.join("mount");
+    let req = pb::NodePublishVolumeRequest {
+        volume_id: "csi-0123456789abcdef".into(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(rwo()),
+        volume_context: [
+            ("csi.storage.k8s.io/ephemeral".to_string(), "true".to_string()),
+            ("csi.storage.k8s.io/serviceAccount.tokens".to_string(), "SENTINEL-TOKEN-42".to_string()),
+            ("size".to_string(), "8Mi".to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    b.node.node_publish_volume(req.clone()).await.expect("publish ephemeral");
+    b.node.node_publish_volume(req).await.expect("idempotent");
+    fs::write(target.join("scratch"), b"tmp").expect("write");
+    assert_eq!(fs::read_dir(pool.join("volumes")).expect("ls").count(), 1);
+    b.node
+        .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: "csi-0123456789abcdef".into(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .expect("unpublish");
+    assert_eq!(fs::read_dir(pool.join("volumes")).expect("ls").count(), 0, "the ephemeral volume's data is gone");
+    assert!(!b.logs().contains("SENTINEL-TOKEN-42"), "the service-account token never reaches the log");
+}
