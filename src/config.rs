@@ -68,6 +68,13 @@ impl PoolConfig {
         }
     }
 
+    /// True for pools whose storage is on one node's disks (provisioned per node).
+    pub fn node_local(&self) -> bool {
+        match self {
+            PoolConfig::Hostpath(_) => true,
+        }
+    }
+
     /// The directory the pool keeps its data in.
     pub fn path(&self) -> &Path {
         match self {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use berth::config::Config;
-use berth::engine::Engine;
+use berth::engine::{Engine, Placement};
 use berth::mount::LinuxSyscall;
 use berth::server::{self, Mode};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -82,7 +82,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .into_owned(),
     };
     berth::ids::check("node id", &node_id).map_err(|e| e.to_string())?;
-    let engine = Engine::open(config, node_id, Arc::new(LinuxSyscall))?;
+    let placement = if args.mode == Mode::Controller { Placement::Central } else { Placement::OnNode };
+    let engine = Engine::open(config, node_id, Arc::new(LinuxSyscall), placement)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -344,7 +344,8 @@ impl pb::controller_server::Controller for ControllerService {
         .await
     }
 
-    /// Raises a volume's enforced size; no node step is needed for directory volumes.
+    /// Raises a volume's enforced size. The central controller defers node-local volumes to
+    /// NodeExpandVolume on their node.
     async fn controller_expand_volume(
         &self,
         request: Request<pb::ControllerExpandVolumeRequest>,
@@ -358,12 +359,12 @@ impl pb::controller_server::Controller for ControllerService {
             if let Some(cap) = &req.volume_capability {
                 capability("volume_capability", cap)?;
             }
-            let bytes = engine.controller_expand(
+            let (bytes, node_expansion_required) = engine.controller_expand(
                 &req.volume_id,
                 request_bytes("capacity_range.required_bytes", range.required_bytes)?,
                 request_bytes("capacity_range.limit_bytes", range.limit_bytes)?,
             )?;
-            Ok(pb::ControllerExpandVolumeResponse { capacity_bytes: wire_bytes(bytes), node_expansion_required: false })
+            Ok(pb::ControllerExpandVolumeResponse { capacity_bytes: wire_bytes(bytes), node_expansion_required })
         })
         .await
     }

@@ -436,7 +436,23 @@ impl Engine {
     }
 
     /// Raises a volume's size. Requests at or below the current size succeed unchanged.
-    pub fn controller_expand(&self, id: &str, required: u64, limit: u64) -> Result<u64> {
+    /// Returns the new size and whether the node must finish the expansion: true only on
+    /// the central controller for a node-local volume, whose owning node applies the limit.
+    pub fn controller_expand(&self, id: &str, required: u64, limit: u64) -> Result<(u64, bool)> {
+        if limit > 0 && required > limit {
+            return Err(Error::OutOfRange(format!("required_bytes {required} exceeds limit_bytes {limit}")));
+        }
+        if self.store.volume(id).is_none()
+            && let Some(parsed) = ids::parse(Kind::Volume, id)
+            && self.remote_pools.contains(parsed.pool)
+        {
+            return Ok((required, true));
+        }
+        Ok((self.expand(id, required, limit)?, false))
+    }
+
+    /// Applies a larger size to a volume this process holds.
+    pub(super) fn expand(&self, id: &str, required: u64, limit: u64) -> Result<u64> {
         if limit > 0 && required > limit {
             return Err(Error::OutOfRange(format!("required_bytes {required} exceeds limit_bytes {limit}")));
         }

@@ -125,12 +125,31 @@ pub struct Engine {
     pub locks: Locks,
     pub pools: BTreeMap<String, Arc<dyn Backend>>,
     pub sys: Arc<dyn Syscall>,
+    /// Node-local pools this process does not open: it is the central controller, and the
+    /// pools live on the nodes (see [`Placement::Central`]).
+    pub remote_pools: std::collections::BTreeSet<String>,
+}
+
+/// Where this process runs relative to the node-local pools it is configured with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// On a node: open every pool (`--mode all` or `--mode node`).
+    OnNode,
+    /// The central controller (`--mode controller`): node-local pools are provisioned by
+    /// each node's own controller, so they are known by name only. Expansion of their
+    /// volumes is answered with "node expansion required" and done by NodeExpandVolume.
+    Central,
 }
 
 impl Engine {
     /// Opens the state and every pool. Records left half-done by a crash are reported; the
     /// next call for them finishes the work.
-    pub fn open(config: Config, node_id: String, sys: Arc<dyn Syscall>) -> std::result::Result<Engine, String> {
+    pub fn open(
+        config: Config,
+        node_id: String,
+        sys: Arc<dyn Syscall>,
+        placement: Placement,
+    ) -> std::result::Result<Engine, String> {
         let (store, unreadable) = Store::open(&config.state_dir)
             .map_err(|e| format!("opening state in {}: {e}", config.state_dir.display()))?;
         for bad in &unreadable {
@@ -141,7 +160,12 @@ impl Engine {
         }
         let max_project = store.volumes_where(|v| v.project_id.is_some()).iter().filter_map(|v| v.project_id).max();
         let mut pools: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
+        let mut remote_pools = std::collections::BTreeSet::new();
         for pool in &config.pools {
+            if placement == Placement::Central && pool.node_local() {
+                remote_pools.insert(pool.name().to_string());
+                continue;
+            }
             let backend: Arc<dyn Backend> = match pool {
                 PoolConfig::Hostpath(hp) => Arc::new(
                     HostPath::open(hp, Arc::clone(&sys), max_project).map_err(|e| format!("pool {}: {e}", hp.name))?,
@@ -149,7 +173,7 @@ impl Engine {
             };
             pools.insert(pool.name().to_string(), backend);
         }
-        Ok(Engine { config, node_id, store, locks: Locks::default(), pools, sys })
+        Ok(Engine { config, node_id, store, locks: Locks::default(), pools, sys, remote_pools })
     }
 
     /// Takes the per-object locks for `keys`, or answers ABORTED naming what is busy.
@@ -168,13 +192,21 @@ impl Engine {
     /// The pool a request's parameters select: `pool`, or the only pool.
     pub fn select_pool(&self, requested: Option<&str>) -> Result<&Arc<dyn Backend>> {
         match requested {
+            Some(name) if self.remote_pools.contains(name) => Err(Error::FailedPrecondition(format!(
+                "pool {name:?} is node-local: each node's berth provisions it (csi-provisioner --node-deployment), not the central controller"
+            ))),
             Some(name) => self.pools.get(name).ok_or_else(|| {
                 Error::InvalidArgument(format!(
                     "parameter pool={name:?} names no configured pool; pools: {}",
                     self.pools.keys().cloned().collect::<Vec<_>>().join(", ")
                 ))
             }),
-            None if self.pools.len() == 1 => Ok(self.pools.values().next().expect("one pool")),
+            None if self.pools.len() == 1 && self.remote_pools.is_empty() => {
+                self.pools.values().next().ok_or_else(|| Error::InvalidArgument("no pools are configured".into()))
+            }
+            None if self.pools.is_empty() && self.remote_pools.len() == 1 => Err(Error::FailedPrecondition(
+                "the only pool is node-local: each node's berth provisions it, not the central controller".into(),
+            )),
             None => Err(Error::InvalidArgument(format!(
                 "parameter pool is required when several pools are configured: {}",
                 self.pools.keys().cloned().collect::<Vec<_>>().join(", ")

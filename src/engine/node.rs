@@ -394,6 +394,6 @@ impl Engine {
         if self.store.volume(volume_id).is_none() {
             return Err(Error::NotFound(format!("volume {volume_id} does not exist on node {}", self.node_id)));
         }
-        self.controller_expand(volume_id, required, limit)
+        self.expand(volume_id, required, limit)
     }
 }

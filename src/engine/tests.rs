@@ -19,7 +19,7 @@ fn engine_on(fake: Arc<RecordingSyscall>, dir: &Path, enforcement: &str) -> Engi
         dir.join("pool").display()
     );
     let config = Config::parse(&text, "test").expect("config");
-    Engine::open(config, "node-a".into(), fake).expect("engine")
+    Engine::open(config, "node-a".into(), fake, Placement::OnNode).expect("engine")
 }
 
 fn xfs_with_prjquota(dir: &Path, state: ProjectQuotaState) -> Arc<RecordingSyscall> {
@@ -180,7 +180,7 @@ fn error_codes_follow_the_spec() {
         code(engine.controller_expand("vol:fast:00000000000000000000000000000000", 1, 0).unwrap_err()),
         Code::NotFound
     );
-    assert_eq!(engine.controller_expand(&vol.id, 1, 0).expect("no shrink"), 1 << 20);
+    assert_eq!(engine.controller_expand(&vol.id, 1, 0).expect("no shrink"), (1 << 20, false));
 
     let _busy = engine.lock(std::slice::from_ref(&vol.id)).expect("lock");
     assert_eq!(code(engine.delete_volume(&vol.id).unwrap_err()), Code::Aborted, "a busy volume answers ABORTED");
@@ -202,4 +202,27 @@ fn a_failed_create_leaves_nothing_behind() {
     assert_eq!(tonic::Status::from(err).code(), tonic::Code::Internal);
     assert_eq!(engine.store.volume_count(), 0, "the intent record is rolled back");
     assert_eq!(std::fs::read_dir(dir.path().join("pool/volumes")).expect("ls").count(), 0);
+}
+
+#[test]
+fn central_controller_defers_node_local_expansion_to_the_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "stateDir: {}\npools:\n  - name: fast\n    type: hostpath\n    path: {}\n",
+        dir.path().join("state").display(),
+        dir.path().join("pool").display()
+    );
+    let config = Config::parse(&text, "test").expect("config");
+    let fake = Arc::new(RecordingSyscall::new(FsStat::default(), ""));
+    let engine = Engine::open(config, "controller".into(), fake.clone(), Placement::Central).expect("engine");
+    assert!(!dir.path().join("pool").exists(), "the central controller does not touch node-local pools");
+    let id = "vol:fast:0123456789abcdef0123456789abcdef";
+    assert_eq!(engine.controller_expand(id, 5 << 20, 0).expect("deferred"), (5 << 20, true));
+    assert_eq!(
+        tonic::Status::from(engine.controller_expand("fake-vol-id-1", 1, 0).unwrap_err()).code(),
+        tonic::Code::NotFound
+    );
+    let err = engine.create_volume(create("pvc", 1 << 20)).expect_err("node-local");
+    assert_eq!(tonic::Status::from(err).code(), tonic::Code::FailedPrecondition);
+    assert!(fake.calls().is_empty());
 }
