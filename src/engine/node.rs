@@ -56,14 +56,28 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Err
 }
 
 /// Makes sure `path` is a directory berth may mount on: creates it when missing (its parent
-/// must exist), refuses symlinks and non-directories.
-fn prepare_dir(field: &str, path: &Path) -> Result<()> {
+/// must exist), refuses symlinks and non-directories, and refuses a directory that holds
+/// files but is not a mount point, so a request can never hide existing data (`/etc`, a
+/// home directory) under a volume.
+fn prepare_dir(engine: &Engine, field: &str, path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => Err(Error::InvalidArgument(format!(
             "{field} {} is a symlink; berth does not mount through symlinks",
             path.display()
         ))),
-        Ok(m) if m.is_dir() => Ok(()),
+        Ok(m) if m.is_dir() => {
+            if ops::is_mount_point(engine.sys.as_ref(), path).map_err(io_err("read mount table", path))? {
+                return Ok(());
+            }
+            let mut entries = fs::read_dir(path).map_err(io_err("list", path))?;
+            if entries.next().is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "{field} {} is a non-empty directory that is not a mount point; berth mounts only on empty directories",
+                    path.display()
+                )));
+            }
+            Ok(())
+        }
         Ok(_) => Err(Error::InvalidArgument(format!("{field} {} exists and is not a directory", path.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(path) {
             Ok(()) => Ok(()),
@@ -165,7 +179,7 @@ impl Engine {
         let resolved = self.resolve(&req.volume_id, &req.context)?;
         let (pool, source) = resolved.parts();
         self.check_node_capability(pool.as_ref(), &req.capability)?;
-        prepare_dir("staging_target_path", &req.staging)?;
+        prepare_dir(self, "staging_target_path", &req.staging)?;
         if ops::is_mount_point(self.sys.as_ref(), &req.staging).map_err(io_err("read mount table", &req.staging))? {
             if pool.is_mounted_at(source, &req.staging)? {
                 return Ok(());
@@ -210,7 +224,7 @@ impl Engine {
                 staging.display()
             )));
         }
-        prepare_dir("target_path", &req.target)?;
+        prepare_dir(self, "target_path", &req.target)?;
         if ops::is_mount_point(self.sys.as_ref(), &req.target).map_err(io_err("read mount table", &req.target))? {
             return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly);
         }
@@ -326,7 +340,7 @@ impl Engine {
             }
         };
         let source = StageSource::Managed(&record);
-        prepare_dir("target_path", &req.target)?;
+        prepare_dir(self, "target_path", &req.target)?;
         if ops::is_mount_point(self.sys.as_ref(), &req.target).map_err(io_err("read mount table", &req.target))? {
             return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly);
         }
