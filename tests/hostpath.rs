@@ -455,3 +455,109 @@ async fn ephemeral_volume_lives_and_dies_with_the_pod() {
     assert_eq!(fs::read_dir(pool.join("volumes")).expect("ls").count(), 0, "the ephemeral volume's data is gone");
     assert!(!b.logs().contains("SENTINEL-TOKEN-42"), "the service-account token never reaches the log");
 }
+
+#[tokio::test]
+async fn secrets_never_reach_logs_or_error_messages() {
+    let test = "secrets_never_reach_logs_or_error_messages";
+    if !require_root(test) {
+        return;
+    }
+    const SENTINEL: &str = "SENTINEL-SECRET-7f3a";
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    let config = hostpath_config(&scratch.path().join("state"), &pool, "auto");
+    let mut b = Berth::start(scratch.path(), &config, "node-a", &["--log-level", "trace"]).await;
+    let secrets: std::collections::HashMap<String, String> = [("password".to_string(), SENTINEL.to_string())].into();
+    let mut messages = Vec::new();
+
+    let mut req = create_req("pvc-secret", MIB);
+    req.secrets = secrets.clone();
+    let vol = b.controller.create_volume(req.clone()).await.expect("create").into_inner().volume.expect("vol");
+    req.parameters.insert("bogus".into(), "x".into());
+    messages.push(b.controller.create_volume(req).await.expect_err("bad parameter").message().to_string());
+    let staging = scratch.path().join("st");
+    let stage = pb::NodeStageVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(rwo()),
+        secrets: secrets.clone(),
+        volume_context: [("csi.storage.k8s.io/serviceAccount.tokens".to_string(), SENTINEL.to_string())].into(),
+        ..Default::default()
+    };
+    b.node.node_stage_volume(stage.clone()).await.expect("stage");
+    let pods = scratch.path().join("pods");
+    fs::create_dir_all(&pods).expect("mkdir");
+    let publish = pb::NodePublishVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+        target_path: pods.join("t").display().to_string(),
+        volume_capability: Some(rwo()),
+        secrets: secrets.clone(),
+        volume_context: stage.volume_context.clone(),
+        ..Default::default()
+    };
+    b.node.node_publish_volume(publish.clone()).await.expect("publish");
+    let mut bad = publish.clone();
+    bad.volume_id = "fake-vol-id-1".into();
+    messages.push(b.node.node_publish_volume(bad).await.expect_err("unknown").message().to_string());
+    b.node
+        .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            target_path: publish.target_path.clone(),
+        })
+        .await
+        .expect("unpublish");
+    b.node
+        .node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: stage.staging_target_path.clone(),
+        })
+        .await
+        .expect("unstage");
+    let del = pb::DeleteVolumeRequest { volume_id: vol.volume_id.clone(), secrets };
+    b.controller.delete_volume(del).await.expect("delete");
+
+    let logs = b.logs();
+    assert!(logs.contains("rpc finished"), "trace logging is on");
+    assert_eq!(logs.matches(SENTINEL).count(), 0, "a secret reached the log");
+    for m in messages {
+        assert!(!m.contains(SENTINEL), "a secret reached an error message: {m}");
+    }
+}
+
+#[tokio::test]
+async fn stats_report_an_abnormal_volume_when_its_directory_vanishes() {
+    let test = "stats_report_an_abnormal_volume_when_its_directory_vanishes";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    let mut b =
+        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "auto"), "node-a", &[])
+            .await;
+    let vol = create(&mut b, "pvc-vanish", MIB).await;
+    let p = stage_and_publish(&mut b, scratch.path(), &vol.volume_id, "v", false).await;
+    let key = vol.volume_id.rsplit(':').next().expect("key");
+    fs::remove_dir(pool.join("volumes").join(key)).expect("the backing directory disappears");
+    let stats = b
+        .node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: vol.volume_id.clone(),
+            volume_path: p.target.display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    let condition = stats.volume_condition.expect("condition");
+    assert!(condition.abnormal, "{condition:?}");
+    let got = b
+        .controller
+        .controller_get_volume(pb::ControllerGetVolumeRequest { volume_id: vol.volume_id.clone() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(got.status.expect("status").volume_condition.expect("condition").abnormal);
+    unpublish_and_unstage(&mut b, &vol.volume_id, &p).await;
+}

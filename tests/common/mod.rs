@@ -175,9 +175,10 @@ impl Berth {
             config_path.display().to_string(),
             "--node-id".to_string(),
             node_id.to_string(),
-            "--log-level".to_string(),
-            "debug".to_string(),
         ];
+        if !extra.contains(&"--log-level") {
+            args.extend(["--log-level".to_string(), "debug".to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut berth = Berth {
             child: None,
