@@ -9,6 +9,20 @@ use super::pb::{self, node_service_capability as nsc};
 use super::{Shared, capability, check_secrets, id, map, path, request_bytes, run, wire_bytes};
 use crate::engine::{NodePublish, NodeStage, TOPOLOGY_KEY};
 
+/// Checks the volume_path of stats and expansion: missing or with control characters is
+/// INVALID_ARGUMENT; any other path that cannot hold a volume (relative, `..`) simply has
+/// no volume at it, which the spec answers with NOT_FOUND.
+fn volume_path(value: &str) -> Result<std::path::PathBuf, Status> {
+    use crate::safepath::PathError;
+    match crate::safepath::absolute("volume_path", value) {
+        Ok(p) => Ok(p),
+        Err(e @ (PathError::Empty { .. } | PathError::BadCharacter { .. } | PathError::TooLong { .. })) => {
+            Err(Status::invalid_argument(e.to_string()))
+        }
+        Err(e) => Err(Status::not_found(format!("{e}, so no volume is mounted there"))),
+    }
+}
+
 /// Serves the Node RPCs.
 pub struct NodeService(pub Shared);
 
@@ -115,7 +129,7 @@ impl pb::node_server::Node for NodeService {
         let engine = Arc::clone(&self.0.engine);
         run("NodeGetVolumeStats", &req.volume_id.clone(), move || {
             id("volume_id", &req.volume_id)?;
-            let volume_path = path("volume_path", &req.volume_path)?;
+            let volume_path = volume_path(&req.volume_path)?;
             let (usage, condition) = engine.node_stats(&req.volume_id, &volume_path)?;
             use pb::volume_usage::Unit;
             let mut entries = vec![pb::VolumeUsage {
@@ -153,7 +167,7 @@ impl pb::node_server::Node for NodeService {
         let engine = Arc::clone(&self.0.engine);
         run("NodeExpandVolume", &req.volume_id.clone(), move || {
             id("volume_id", &req.volume_id)?;
-            let volume_path = path("volume_path", &req.volume_path)?;
+            let volume_path = volume_path(&req.volume_path)?;
             check_secrets(&req.secrets)?;
             if let Some(cap) = &req.volume_capability {
                 capability("volume_capability", cap)?;

@@ -59,7 +59,8 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Err
 /// must exist), refuses symlinks and non-directories, and refuses a directory that holds
 /// files but is not a mount point, so a request can never hide existing data (`/etc`, a
 /// home directory) under a volume.
-fn prepare_dir(engine: &Engine, field: &str, path: &Path) -> Result<()> {
+fn prepare_dir(engine: &Engine, field: &str, path: &Path) -> Result<CreatedDir> {
+    let existing = CreatedDir { path: None };
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => Err(Error::InvalidArgument(format!(
             "{field} {} is a symlink; berth does not mount through symlinks",
@@ -67,7 +68,7 @@ fn prepare_dir(engine: &Engine, field: &str, path: &Path) -> Result<()> {
         ))),
         Ok(m) if m.is_dir() => {
             if ops::is_mount_point(engine.sys.as_ref(), path).map_err(io_err("read mount table", path))? {
-                return Ok(());
+                return Ok(existing);
             }
             let mut entries = fs::read_dir(path).map_err(io_err("list", path))?;
             if entries.next().is_some() {
@@ -76,17 +77,41 @@ fn prepare_dir(engine: &Engine, field: &str, path: &Path) -> Result<()> {
                     path.display()
                 )));
             }
-            Ok(())
+            Ok(existing)
         }
         Ok(_) => Err(Error::InvalidArgument(format!("{field} {} exists and is not a directory", path.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(path) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(CreatedDir { path: Some(path.to_path_buf()) }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(Error::NotFound(format!("the parent directory of {field} {} does not exist", path.display())))
             }
             Err(e) => Err(io_err("create directory", path)(e)),
         },
         Err(e) => Err(io_err("inspect", path)(e)),
+    }
+}
+
+/// A directory berth created for a mount; removed again if the call fails before mounting,
+/// so a failed call leaves the CO's directories exactly as they were.
+#[must_use]
+struct CreatedDir {
+    path: Option<PathBuf>,
+}
+
+impl CreatedDir {
+    /// The mount succeeded: the directory stays.
+    fn keep(mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for CreatedDir {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take()
+            && let Err(e) = fs::remove_dir(&path)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a directory created for a failed call");
+        }
     }
 }
 
@@ -179,7 +204,7 @@ impl Engine {
         let resolved = self.resolve(&req.volume_id, &req.context)?;
         let (pool, source) = resolved.parts();
         self.check_node_capability(pool.as_ref(), &req.capability)?;
-        prepare_dir(self, "staging_target_path", &req.staging)?;
+        let created = prepare_dir(self, "staging_target_path", &req.staging)?;
         if ops::is_mount_point(self.sys.as_ref(), &req.staging).map_err(io_err("read mount table", &req.staging))? {
             if pool.is_mounted_at(source, &req.staging)? {
                 return Ok(());
@@ -190,6 +215,7 @@ impl Engine {
             )));
         }
         pool.stage(source, &req.staging, ops::Flags::default())?;
+        created.keep();
         tracing::info!(volume.id = %req.volume_id, staging.path = %req.staging.display(), "volume staged");
         Ok(())
     }
@@ -224,7 +250,7 @@ impl Engine {
                 staging.display()
             )));
         }
-        prepare_dir(self, "target_path", &req.target)?;
+        let created = prepare_dir(self, "target_path", &req.target)?;
         if ops::is_mount_point(self.sys.as_ref(), &req.target).map_err(io_err("read mount table", &req.target))? {
             return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly);
         }
@@ -244,6 +270,7 @@ impl Engine {
             }
         }
         ops::bind(self.sys.as_ref(), staging, &req.target, flags).map_err(io_err("bind mount", &req.target))?;
+        created.keep();
         tracing::info!(volume.id = %req.volume_id, target.path = %req.target.display(), readonly = flags.readonly, "volume published");
         Ok(())
     }
@@ -340,11 +367,12 @@ impl Engine {
             }
         };
         let source = StageSource::Managed(&record);
-        prepare_dir(self, "target_path", &req.target)?;
+        let created = prepare_dir(self, "target_path", &req.target)?;
         if ops::is_mount_point(self.sys.as_ref(), &req.target).map_err(io_err("read mount table", &req.target))? {
             return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly);
         }
         pool.stage(source, &req.target, flags)?;
+        created.keep();
         tracing::info!(volume.id = %req.volume_id, target.path = %req.target.display(), "ephemeral volume published");
         Ok(())
     }
