@@ -38,7 +38,8 @@ HOSTPATH_POOL = {
 # Pools outside berth's state directory: each gets its own hostPath mount.
 DISK_POOL = {"name": "disk1", "type": "hostpath", "path": "/mnt/disk1/berth", "capacityEnforcement": "required"}
 BLOCK_POOL = {"name": "fast", "type": "block", "path": "/mnt/nvme/berth", "preallocate": False}
-DEVICE_POOL = {"name": "disks", "type": "device", "devices": ["/dev/disk/by-id/nvme-*"], "wipe": "signatures"}
+DEVICE_POOL = {"name": "disks", "type": "device", "devices": ["/dev/disk/by-id/nvme-*", "/dev/sdc"],
+               "wipe": "signatures", "snapshotPool": "fast"}
 
 # Every value set the chart is rendered, linted and validated with. Each entry:
 # (values overriding the defaults, release name, namespace).
@@ -133,9 +134,23 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], str, str]] = {
 }
 
 
+NOTICES: list[str] = []
+
+
 def skip_notice(what: str, reason: str) -> None:
-    """Says out loud that a check did not run, so nothing passes silently."""
-    print(f"SKIPPED: {what}: {reason}")
+    """Says out loud that a check did not run, so nothing passes silently: the line is
+    printed with the test's output and again in the summary at the end of the run."""
+    line = f"SKIPPED: {what}: {reason}"
+    print(line)
+    if line not in NOTICES:
+        NOTICES.append(line)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if NOTICES:
+        terminalreporter.section("checks that did not run")
+        for line in NOTICES:
+            terminalreporter.write_line(line)
 
 
 @functools.cache
