@@ -333,6 +333,17 @@ async fn xfs_and_btrfs_volumes_and_raw_block_devices() {
     let mut buf = [0u8; 9];
     img.read_exact(&mut buf).expect("read");
     assert_eq!(&buf, b"raw bytes", "the bytes landed in the image");
+    let stats = b
+        .node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: raw.volume_id.clone(),
+            volume_path: p.target.display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .expect("stats of a raw volume")
+        .into_inner();
+    assert_eq!(stats.usage[0].total, 16 * MIB, "a raw volume reports its device size");
     let blank = berth::mount::tools::blkid(&image_of(&pool, &raw.volume_id)).expect("blkid");
     assert_eq!(blank, berth::mount::Signature::None, "raw volumes are never formatted");
     unpublish_unstage(&mut b, &raw.volume_id, &p).await;

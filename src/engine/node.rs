@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -436,7 +436,9 @@ impl Engine {
         let meta = fs::symlink_metadata(volume_path)
             .map_err(|_| Error::NotFound(format!("volume path {} does not exist", volume_path.display())))?;
         let raw = self.store.volume(volume_id).is_some_and(|v| v.access == AccessKind::Block);
-        if !(meta.is_dir() || raw && meta.is_file()) {
+        // A raw volume's target is a file with the device node bound onto it.
+        let device_file = meta.is_file() || meta.file_type().is_block_device();
+        if !(meta.is_dir() || raw && device_file) {
             return Err(Error::NotFound(format!("volume path {} is not a directory", volume_path.display())));
         }
         let mounted =
