@@ -670,6 +670,22 @@ async fn node_answers_every_spec_case() {
         t.code(&format!("Unstage #{i}"), n.node_unstage_volume(unstage(&id, &sp)).await, Code::Ok);
     }
     assert!(mounts_below(root).is_empty(), "no mount is left: {:?}", mounts_below(root));
+
+    // A kubelet root reached through a symlink (moved to a data disk) works end to end.
+    let real_root = root.join("data-disk/kubelet");
+    fs::create_dir_all(real_root.join("pods")).expect("mkdir");
+    let kubelet = root.join("kubelet-link");
+    std::os::unix::fs::symlink(&real_root, &kubelet).expect("symlink");
+    let (lsp, ltarget) = (kubelet.join("globalmount").display().to_string(), kubelet.join("pods/mount"));
+    for _ in 0..2 {
+        t.code("Stage via a symlinked root", n.node_stage_volume(stage(&id, &lsp, Some(rwo()))).await, Code::Ok);
+        t.code("Publish via a symlinked root", n.node_publish_volume(publish(&id, &lsp, &ltarget)).await, Code::Ok);
+    }
+    t.code("Stats via a symlinked root", n.node_get_volume_stats(stats(&id, &ltarget)).await, Code::Ok);
+    t.code("Unpublish via a symlinked root", n.node_unpublish_volume(unpublish(&id, &ltarget)).await, Code::Ok);
+    t.code("Unstage via a symlinked root", n.node_unstage_volume(unstage(&id, &lsp)).await, Code::Ok);
+    assert!(mounts_below(root).is_empty(), "no mount is left: {:?}", mounts_below(root));
+    assert!(!real_root.join("globalmount").exists() && !real_root.join("pods/mount").exists());
     assert!(fs::read_link(&link).is_ok(), "the symlink was not followed or removed");
     println!("conformance: node: {} cases, all codes matched", t.cases);
 }

@@ -15,12 +15,18 @@ use crate::engine::{NodePublish, NodeStage, TOPOLOGY_KEY};
 fn volume_path(value: &str) -> Result<std::path::PathBuf, Status> {
     use crate::safepath::PathError;
     match crate::safepath::absolute("volume_path", value) {
-        Ok(p) => Ok(p),
+        Ok(p) => Ok(crate::safepath::resolve_parent(&p)),
         Err(e @ (PathError::Empty { .. } | PathError::BadCharacter { .. } | PathError::TooLong { .. })) => {
             Err(Status::invalid_argument(e.to_string()))
         }
         Err(e) => Err(Status::not_found(format!("{e}, so no volume is mounted there"))),
     }
+}
+
+/// A validated absolute path with its parent directories resolved (see
+/// [`crate::safepath::resolve_parent`]).
+fn node_path(field: &'static str, value: &str) -> Result<std::path::PathBuf, Status> {
+    path(field, value).map(|p| crate::safepath::resolve_parent(&p))
 }
 
 /// Serves the Node RPCs.
@@ -37,7 +43,7 @@ impl pb::node_server::Node for NodeService {
         let engine = Arc::clone(&self.0.engine);
         run("NodeStageVolume", &req.volume_id.clone(), move || {
             id("volume_id", &req.volume_id)?;
-            let staging = path("staging_target_path", &req.staging_target_path)?;
+            let staging = node_path("staging_target_path", &req.staging_target_path)?;
             let cap = req
                 .volume_capability
                 .as_ref()
@@ -63,7 +69,7 @@ impl pb::node_server::Node for NodeService {
         let engine = Arc::clone(&self.0.engine);
         run("NodeUnstageVolume", &req.volume_id.clone(), move || {
             id("volume_id", &req.volume_id)?;
-            let staging = path("staging_target_path", &req.staging_target_path)?;
+            let staging = node_path("staging_target_path", &req.staging_target_path)?;
             engine.node_unstage(&req.volume_id, &staging)?;
             Ok(pb::NodeUnstageVolumeResponse {})
         })
@@ -79,11 +85,11 @@ impl pb::node_server::Node for NodeService {
         let engine = Arc::clone(&self.0.engine);
         run("NodePublishVolume", &req.volume_id.clone(), move || {
             id("volume_id", &req.volume_id)?;
-            let target = path("target_path", &req.target_path)?;
+            let target = node_path("target_path", &req.target_path)?;
             let staging = if req.staging_target_path.is_empty() {
                 None
             } else {
-                Some(path("staging_target_path", &req.staging_target_path)?)
+                Some(node_path("staging_target_path", &req.staging_target_path)?)
             };
             let cap = req
                 .volume_capability
@@ -113,7 +119,7 @@ impl pb::node_server::Node for NodeService {
         let engine = Arc::clone(&self.0.engine);
         run("NodeUnpublishVolume", &req.volume_id.clone(), move || {
             id("volume_id", &req.volume_id)?;
-            let target = path("target_path", &req.target_path)?;
+            let target = node_path("target_path", &req.target_path)?;
             engine.node_unpublish(&req.volume_id, &target)?;
             Ok(pb::NodeUnpublishVolumeResponse {})
         })
