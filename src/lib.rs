@@ -8,6 +8,7 @@ pub mod backend;
 pub mod config;
 pub mod csi;
 pub mod engine;
+pub mod failpoint;
 pub mod ids;
 pub mod locks;
 pub mod mount;

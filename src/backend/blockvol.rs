@@ -45,6 +45,7 @@ pub fn stage(sys: &dyn Syscall, device: &Path, staging: &Path, capability: &Capa
         }
         Signature::None => {
             tracing::info!(device = %device.display(), fs_type, "formatting a blank device");
+            super::failpoint("block.mkfs", device)?;
             sys.mkfs(device, fs_type).map_err(Error::io("format", device))?;
         }
         Signature::Filesystem(found) if found == fs_type => {}
@@ -70,6 +71,7 @@ pub fn stage(sys: &dyn Syscall, device: &Path, staging: &Path, capability: &Capa
     // Restored and cloned volumes carry their source's filesystem UUID; xfs refuses a
     // second mount of a UUID unless told not to check.
     let data = (fs_type == "xfs").then_some("nouuid");
+    super::failpoint("block.mount", staging)?;
     sys.mount(Some(device), staging, Some(fs_type), ms, data).map_err(Error::io("mount", staging))?;
     // ext4 was grown before mounting; xfs and btrfs grow only while mounted.
     if !readonly

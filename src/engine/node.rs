@@ -247,6 +247,7 @@ impl Engine {
                 staged_at.display()
             )));
         }
+        super::failpoint("node.stage.mount")?;
         pool.stage(source, &req.staging, &req.capability)?;
         created.keep();
         tracing::info!(volume.id = %req.volume_id, staging.path = %req.staging.display(), "volume staged");
@@ -256,6 +257,7 @@ impl Engine {
     /// Unmounts the staging path and removes it. Idempotent, also for paths never mounted.
     pub fn node_unstage(&self, volume_id: &str, staging: &Path) -> Result<()> {
         let _guard = self.lock(&[volume_id.to_string()])?;
+        super::failpoint("node.unstage.unmount")?;
         let raw = staging.join(RAW_DEVICE_FILE);
         // Bound, the file shows the device node; unbound, the empty file berth created.
         if fs::symlink_metadata(&raw).is_ok_and(|m| !m.is_dir() && !m.file_type().is_symlink()) {
@@ -317,6 +319,7 @@ impl Engine {
                 )));
             }
         }
+        super::failpoint("node.publish.bind")?;
         ops::bind(self.sys.as_ref(), &staged_at, &req.target, flags).map_err(io_err("bind mount", &req.target))?;
         created.keep();
         tracing::info!(volume.id = %req.volume_id, target.path = %req.target.display(), readonly = flags.readonly, "volume published");
@@ -347,6 +350,7 @@ impl Engine {
     /// Unmounts the target and removes it; for an ephemeral volume also deletes its data.
     pub fn node_unpublish(&self, volume_id: &str, target: &Path) -> Result<()> {
         let _guard = self.lock(&[volume_id.to_string()])?;
+        super::failpoint("node.unpublish.unmount")?;
         tear_down(self, "target_path", target)?;
         if let Some(record) = self.store.volume(volume_id).filter(|v| v.ephemeral) {
             let pool = Arc::clone(self.pools.get(&record.pool).ok_or_else(|| {

@@ -143,12 +143,14 @@ pub struct Berth {
     pub node_id: String,
     pub log: PathBuf,
     args: Vec<String>,
+    /// Extra environment for the process (fault points).
+    pub env: Vec<(String, String)>,
     pub identity: IdentityClient<Channel>,
     pub controller: ControllerClient<Channel>,
     pub node: NodeClient<Channel>,
 }
 
-async fn connect(socket: &Path) -> Channel {
+async fn connect(socket: &Path) -> Option<Channel> {
     let socket = socket.to_path_buf();
     Endpoint::try_from("http://[::1]:1")
         .expect("endpoint")
@@ -157,7 +159,7 @@ async fn connect(socket: &Path) -> Channel {
             async move { tokio::net::UnixStream::connect(socket).await.map(hyper_util::rt::TokioIo::new) }
         }))
         .await
-        .expect("connect to berth")
+        .ok()
 }
 
 impl Berth {
@@ -187,6 +189,7 @@ impl Berth {
             node_id: node_id.to_string(),
             log,
             args,
+            env: Vec::new(),
             identity: IdentityClient::new(Channel::from_static("http://[::1]:1").connect_lazy()),
             controller: ControllerClient::new(Channel::from_static("http://[::1]:1").connect_lazy()),
             node: NodeClient::new(Channel::from_static("http://[::1]:1").connect_lazy()),
@@ -199,6 +202,7 @@ impl Berth {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_berth"))
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("RUST_LOG")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -210,8 +214,10 @@ impl Berth {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("berth exited with {status} before serving:\n{}", self.logs());
             }
-            if self.socket.exists() {
-                let channel = connect(&self.socket).await;
+            // A socket left by a killed process refuses connections until berth replaces it.
+            if self.socket.exists()
+                && let Some(channel) = connect(&self.socket).await
+            {
                 let mut identity = IdentityClient::new(channel.clone());
                 if let Ok(r) = identity.probe(pb::ProbeRequest {}).await
                     && r.into_inner().ready == Some(true)
@@ -248,6 +254,26 @@ impl Berth {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself (a fault point killed it).
+    pub fn exited_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(_))) | None => {
+                    self.child = None;
+                    return true;
+                }
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        false
+    }
+
+    /// Starts berth again after it died, with the same arguments and `env`.
+    pub async fn respawn(&mut self) {
+        self.spawn().await;
     }
 
     /// Kills berth with SIGKILL (a crash).
