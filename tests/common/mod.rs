@@ -341,3 +341,16 @@ pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Code
         Err(s) => s.code(),
     }
 }
+
+/// Mounts a FUSE filesystem at `target` whose daemon is already gone (the fuse device is
+/// closed right after mounting): every access fails with ENOTCONN, the way a mount of a
+/// dead NFS server misbehaves. A stand-in the kernel here can provide.
+pub fn mount_dead_fuse(target: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fuse = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
+    let data = format!("fd={},rootmode=40000,user_id=0,group_id=0", fuse.as_raw_fd());
+    nix::mount::mount(Some("berth-dead"), target, Some("fuse"), nix::mount::MsFlags::empty(), Some(data.as_str()))
+        .map_err(std::io::Error::from)?;
+    drop(fuse);
+    Ok(())
+}
