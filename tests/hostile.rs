@@ -672,7 +672,7 @@ async fn every_rpc_answers_hostile_input_with_the_exact_code() {
     assert_eq!(logs.matches("panicked").count(), 0, "a handler panicked");
     assert_eq!(logs.matches("serving CSI").count(), 1, "berth restarted");
     assert_eq!(logs.matches(SECRET).count(), 0, "a secret reached the log");
-    assert!(b.exited_within(std::time::Duration::from_millis(1)) == false, "berth is still running");
+    assert!(!b.exited_within(std::time::Duration::from_millis(1)), "berth is still running");
     println!(
         "hostile: {} bad inputs sent, {} codes matched, 0 panics, 0 restarts, sentinels intact, race: {mounted}/200 stages mounted the real directory, the rest refused",
         t.sent, t.matched
