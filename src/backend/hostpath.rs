@@ -19,6 +19,7 @@ use super::{Backend, Capacity, Condition, Error, Result, Source, StageSource, Us
 use crate::config::{Enforcement, HostPathPool};
 use crate::mount::ops::{self, Flags};
 use crate::mount::{FsKind, ProjectQuotaState, Syscall, mountinfo};
+use crate::progress::Progress;
 use crate::safepath;
 use crate::state::{Enforced, SnapshotMethod, SnapshotRecord, VolumeRecord};
 
@@ -137,8 +138,10 @@ impl HostPath {
                 .btrfs_snapshot(&from, &parent, &volume.key, false)
                 .map_err(Error::io("snapshot into volume", &dir))?,
             (Some(from), false) => {
-                let stats = tree::copy_tree(&from, &parent, &volume.key, Reflink::Auto, &mut |_| {})
-                    .map_err(Error::io("copy into volume", &dir))?;
+                let mut progress = Progress::new("copy into volume", tree::usage(&from).ok().map(|u| u.bytes));
+                let stats =
+                    tree::copy_tree(&from, &parent, &volume.key, Reflink::Auto, &mut |done| progress.update(done))
+                        .map_err(Error::io("copy into volume", &dir))?;
                 tracing::info!(volume.id = %volume.id, bytes = stats.bytes, reflinked = stats.reflinked, "volume populated from source");
             }
         }
@@ -291,8 +294,10 @@ impl Backend for HostPath {
             return Ok(());
         }
         if !dest.exists() {
-            let stats = tree::copy_tree(&source, &parent, &snapshot.key, Reflink::Auto, &mut |_| {})
-                .map_err(Error::io("copy snapshot", &dest))?;
+            let mut progress = Progress::new("copy snapshot", tree::usage(&source).ok().map(|u| u.bytes));
+            let stats =
+                tree::copy_tree(&source, &parent, &snapshot.key, Reflink::Auto, &mut |done| progress.update(done))
+                    .map_err(Error::io("copy snapshot", &dest))?;
             snapshot.method = Some(if stats.reflinked > 0 { SnapshotMethod::Reflink } else { SnapshotMethod::Copy });
             snapshot.size = stats.bytes;
         } else if snapshot.method.is_none() {
