@@ -10,6 +10,7 @@ pub mod csi;
 pub mod engine;
 pub mod ids;
 pub mod locks;
+pub mod metrics;
 pub mod mount;
 pub mod progress;
 pub mod safepath;

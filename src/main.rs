@@ -58,6 +58,10 @@ struct ServeArgs {
     /// Log line format.
     #[arg(long, env = "BERTH_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// Serve Prometheus metrics on /metrics and readiness on /healthz at this HOST:PORT
+    /// (e.g. 127.0.0.1:9808, or :9808 for every IPv4 address); off when unset.
+    #[arg(long, env = "BERTH_METRICS_ADDRESS", value_name = "HOST:PORT")]
+    metrics_address: Option<String>,
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -89,7 +93,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
     runtime
-        .block_on(server::serve(Arc::new(engine), &args.endpoint, &args.driver_name, args.mode))
+        .block_on(server::serve(
+            Arc::new(engine),
+            &args.endpoint,
+            &args.driver_name,
+            args.mode,
+            args.metrics_address.as_deref(),
+        ))
         .map_err(|e| e.to_string())
 }
 

@@ -95,7 +95,12 @@ impl HostPath {
         Ok(usage)
     }
 
+    /// Sets a volume's size limit; a failure counts in the `quota` errors metric.
     fn apply_limit(&self, volume: &VolumeRecord, bytes: u64) -> Result<()> {
+        self.set_limit(volume, bytes).inspect_err(|_| crate::metrics::record_error("quota"))
+    }
+
+    fn set_limit(&self, volume: &VolumeRecord, bytes: u64) -> Result<()> {
         let dir = self.volume_dir(&volume.key);
         match (volume.enforced, &self.mode) {
             (Enforced::BtrfsQgroup, _) => {

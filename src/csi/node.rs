@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::pb::{self, node_service_capability as nsc};
-use super::{Shared, capability, check_secrets, id, map, path, request_bytes, run, wire_bytes};
+use super::{Describe, Shared, answer, capability, check_secrets, id, map, path, request_bytes, run, wire_bytes};
 use crate::engine::{NodePublish, NodeStage, TOPOLOGY_KEY};
 
 /// Serves the Node RPCs.
@@ -21,7 +21,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeStageVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodeStageVolume", &req.volume_id.clone(), move || {
+        run("NodeStageVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let staging = path("staging_target_path", &req.staging_target_path)?;
             let cap = req
@@ -47,7 +47,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeUnstageVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodeUnstageVolume", &req.volume_id.clone(), move || {
+        run("NodeUnstageVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let staging = path("staging_target_path", &req.staging_target_path)?;
             engine.node_unstage(&req.volume_id, &staging)?;
@@ -63,7 +63,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodePublishVolume", &req.volume_id.clone(), move || {
+        run("NodePublishVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let target = path("target_path", &req.target_path)?;
             let staging = if req.staging_target_path.is_empty() {
@@ -97,7 +97,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodeUnpublishVolume", &req.volume_id.clone(), move || {
+        run("NodeUnpublishVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let target = path("target_path", &req.target_path)?;
             engine.node_unpublish(&req.volume_id, &target)?;
@@ -113,7 +113,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodeGetVolumeStats", &req.volume_id.clone(), move || {
+        run("NodeGetVolumeStats", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let volume_path = path("volume_path", &req.volume_path)?;
             let (usage, condition) = engine.node_stats(&req.volume_id, &volume_path)?;
@@ -151,7 +151,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodeExpandVolume", &req.volume_id.clone(), move || {
+        run("NodeExpandVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let volume_path = path("volume_path", &req.volume_path)?;
             check_secrets(&req.secrets)?;
@@ -186,7 +186,7 @@ impl pb::node_server::Node for NodeService {
         .into_iter()
         .map(|t| pb::NodeServiceCapability { r#type: Some(nsc::Type::Rpc(nsc::Rpc { r#type: t as i32 })) })
         .collect();
-        Ok(Response::new(pb::NodeGetCapabilitiesResponse { capabilities }))
+        answer("NodeGetCapabilities", || Ok(pb::NodeGetCapabilitiesResponse { capabilities }))
     }
 
     /// The node's ID, its topology segment and its volume limit.
@@ -195,12 +195,14 @@ impl pb::node_server::Node for NodeService {
         _: Request<pb::NodeGetInfoRequest>,
     ) -> Result<Response<pb::NodeGetInfoResponse>, Status> {
         let engine = &self.0.engine;
-        Ok(Response::new(pb::NodeGetInfoResponse {
-            node_id: engine.node_id.clone(),
-            max_volumes_per_node: i64::try_from(engine.config.max_volumes_per_node).unwrap_or(i64::MAX),
-            accessible_topology: Some(pb::Topology {
-                segments: HashMap::from([(TOPOLOGY_KEY.to_string(), engine.node_id.clone())]),
-            }),
-        }))
+        answer("NodeGetInfo", || {
+            Ok(pb::NodeGetInfoResponse {
+                node_id: engine.node_id.clone(),
+                max_volumes_per_node: i64::try_from(engine.config.max_volumes_per_node).unwrap_or(i64::MAX),
+                accessible_topology: Some(pb::Topology {
+                    segments: HashMap::from([(TOPOLOGY_KEY.to_string(), engine.node_id.clone())]),
+                }),
+            })
+        })
     }
 }
