@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod config;
 pub mod csi;
+pub mod doctor;
 pub mod engine;
 pub mod ids;
 pub mod locks;

@@ -1,4 +1,4 @@
-//! The berth command line: `berth serve`, `berth version`.
+//! The berth command line: `berth serve`, `berth doctor`, `berth version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Serve the CSI Identity, Controller and Node services on a unix socket.
     Serve(ServeArgs),
+    /// Check that this machine can run berth with a configuration; exits non-zero on any fail.
+    Doctor(berth::doctor::DoctorArgs),
     /// Print berth's version.
     Version,
 }
@@ -109,6 +111,14 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("berth {}", berth::VERSION);
             ExitCode::SUCCESS
+        }
+        Command::Doctor(args) => {
+            let report = berth::doctor::run(&args, &LinuxSyscall);
+            match args.output {
+                berth::doctor::Output::Table => print!("{}", report.table()),
+                berth::doctor::Output::Json => println!("{}", report.json()),
+            }
+            if report.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
         }
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
