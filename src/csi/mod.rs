@@ -141,7 +141,7 @@ where
     crate::metrics::observe_rpc(method, code, elapsed);
     span.in_scope(|| match &result {
         Ok(_) => tracing::info!(code, elapsed_ms, "rpc finished"),
-        Err(s) => tracing::warn!(code, message = s.message(), elapsed_ms, "rpc failed"),
+        Err(s) => tracing::warn!(code, error = s.message(), elapsed_ms, "rpc failed"),
     });
     result.map(Response::new)
 }
