@@ -1,4 +1,4 @@
-//! The berth command line: `berth serve`, `berth doctor`, `berth version`.
+//! The berth command line: `berth serve`, `berth doctor`, `berth csi`, `berth version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +24,8 @@ enum Command {
     Serve(ServeArgs),
     /// Check that this machine can run berth with a configuration; exits non-zero on any fail.
     Doctor(berth::doctor::DoctorArgs),
+    /// Call any CSI driver's RPCs on its unix socket: identity, controller and node commands.
+    Csi(berth::client::CsiArgs),
     /// Print berth's version.
     Version,
 }
@@ -119,6 +121,13 @@ fn main() -> ExitCode {
                 berth::doctor::Output::Json => println!("{}", report.json()),
             }
             if report.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+        }
+        Command::Csi(args) => {
+            if berth::client::main(&args) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
