@@ -58,6 +58,10 @@ fn default_volume_size() -> Bytes {
 pub enum PoolConfig {
     /// A directory per volume under `path`.
     Hostpath(HostPathPool),
+    /// A sparse image file per volume under `path`, attached through a loop device.
+    Block(BlockPool),
+    /// A whole disk or partition per volume, from an allow-list.
+    Device(DevicePool),
 }
 
 impl PoolConfig {
@@ -65,20 +69,24 @@ impl PoolConfig {
     pub fn name(&self) -> &str {
         match self {
             PoolConfig::Hostpath(p) => &p.name,
+            PoolConfig::Block(p) => &p.name,
+            PoolConfig::Device(p) => &p.name,
         }
     }
 
     /// True for pools whose storage is on one node's disks (provisioned per node).
     pub fn node_local(&self) -> bool {
         match self {
-            PoolConfig::Hostpath(_) => true,
+            PoolConfig::Hostpath(_) | PoolConfig::Block(_) | PoolConfig::Device(_) => true,
         }
     }
 
-    /// The directory the pool keeps its data in.
-    pub fn path(&self) -> &Path {
+    /// The directory the pool keeps its data in (device pools have none).
+    pub fn path(&self) -> Option<&Path> {
         match self {
-            PoolConfig::Hostpath(p) => &p.path,
+            PoolConfig::Hostpath(p) => Some(&p.path),
+            PoolConfig::Block(p) => Some(&p.path),
+            PoolConfig::Device(_) => None,
         }
     }
 }
@@ -93,6 +101,47 @@ pub struct HostPathPool {
     /// Whether volume sizes must be enforced by the filesystem.
     #[serde(default)]
     pub capacity_enforcement: Enforcement,
+}
+
+/// A block pool: each volume a sparse image file attached through a loop device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BlockPool {
+    pub name: String,
+    /// The directory holding `volumes/<key>.img` and `snapshots/<key>.img`.
+    pub path: PathBuf,
+    /// Allocate every image's blocks up front (fallocate), so the pool is never overcommitted.
+    #[serde(default)]
+    pub preallocate: bool,
+}
+
+/// A device pool: each volume one whole disk or partition from `devices`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DevicePool {
+    pub name: String,
+    /// Absolute device paths under /dev; the last component may hold `*` and `?` wildcards
+    /// (`/dev/disk/by-id/nvme-*`). Nothing outside this list is ever touched.
+    pub devices: Vec<String>,
+    /// What DeleteVolume does to a device before it is reused.
+    #[serde(default)]
+    pub wipe: Wipe,
+    /// A block pool on this node to keep snapshots of device volumes in.
+    #[serde(default)]
+    pub snapshot_pool: Option<String>,
+}
+
+/// How a released device is cleaned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Wipe {
+    /// Erase filesystem, RAID and partition-table signatures.
+    #[default]
+    Signatures,
+    /// Erase signatures, then discard every block (fast on SSDs).
+    Discard,
+    /// Erase signatures, then write zeros over the whole device.
+    Zero,
 }
 
 /// How strictly a pool enforces volume sizes.
@@ -158,12 +207,34 @@ impl Config {
             if !seen.insert(name) {
                 return Err(format!("pool name {name:?} is used twice"));
             }
-            let path = pool.path();
-            if !path.is_absolute() || path.components().count() < 2 {
-                return Err(format!("pool {name:?}: path {} must be an absolute path below /", path.display()));
+            if let Some(path) = pool.path() {
+                if !path.is_absolute() || path.components().count() < 2 {
+                    return Err(format!("pool {name:?}: path {} must be an absolute path below /", path.display()));
+                }
+                if path.starts_with(self.state_dir.join("state")) {
+                    return Err(format!("pool {name:?}: path must not be inside the state directory"));
+                }
             }
-            if path.starts_with(self.state_dir.join("state")) {
-                return Err(format!("pool {name:?}: path must not be inside the state directory"));
+            if let PoolConfig::Device(d) = pool {
+                if d.devices.is_empty() {
+                    return Err(format!("pool {name:?}: devices must list at least one device"));
+                }
+                for dev in &d.devices {
+                    let ok = dev.starts_with("/dev/")
+                        && !dev.split('/').any(|c| c == ".." || c == ".")
+                        && !dev.contains("//")
+                        && !dev.rsplit_once('/').is_some_and(|(dir, _)| dir.contains(['*', '?', '[']));
+                    if !ok {
+                        return Err(format!(
+                            "pool {name:?}: device {dev:?} must be an absolute path under /dev/ with wildcards only in its last component"
+                        ));
+                    }
+                }
+                if let Some(snap) = &d.snapshot_pool
+                    && !self.pools.iter().any(|p| matches!(p, PoolConfig::Block(b) if &b.name == snap))
+                {
+                    return Err(format!("pool {name:?}: snapshotPool {snap:?} must name a block pool"));
+                }
             }
         }
         Ok(())
@@ -184,7 +255,7 @@ mod tests {
         let config = Config::load(None).expect("embedded default parses");
         assert_eq!(config.pools.len(), 1);
         assert_eq!(config.pools[0].name(), "default");
-        assert_eq!(config.pools[0].path(), Path::new("/var/lib/berth/pools/default"));
+        assert_eq!(config.pools[0].path(), Some(Path::new("/var/lib/berth/pools/default")));
         assert_eq!(config.state_dir, Path::new("/var/lib/berth"));
     }
 
@@ -200,11 +271,31 @@ mod tests {
             ("pools: [{name: a, type: hostpath, path: /x}, {name: a, type: hostpath, path: /y}]", "used twice"),
             ("stateDir: rel\npools: [{name: a, type: hostpath, path: /x}]", "stateDir"),
             ("pools: [{name: a, type: hostpath, path: /x, capacityEnforcement: always}]", "unknown variant `always`"),
+            ("pools: [{name: d, type: device, devices: []}]", "at least one device"),
+            ("pools: [{name: d, type: device, devices: [/etc/passwd]}]", "under /dev/"),
+            ("pools: [{name: d, type: device, devices: [/dev/../etc/x]}]", "under /dev/"),
+            ("pools: [{name: d, type: device, devices: ['/dev/*/sda']}]", "last component"),
+            ("pools: [{name: d, type: device, devices: [/dev/sdb], snapshotPool: nope}]", "must name a block pool"),
+            ("pools: [{name: d, type: device, devices: [/dev/sdb], wipe: shred}]", "unknown variant `shred`"),
+            ("pools: [{name: b, type: block, path: /x, thin: true}]", "unknown field `thin`"),
         ];
         for (text, want) in cases {
             let err = Config::parse(text, "test").expect_err(text).to_string();
             assert!(err.contains(want), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn reads_block_and_device_pools() {
+        let config = Config::parse(
+            "pools:\n  - {name: img, type: block, path: /srv/img, preallocate: true}\n  - {name: disks, type: device, devices: ['/dev/disk/by-id/nvme-*'], wipe: discard, snapshotPool: img}",
+            "test",
+        )
+        .expect("valid");
+        let PoolConfig::Block(b) = &config.pools[0] else { panic!("block") };
+        assert!(b.preallocate);
+        let PoolConfig::Device(d) = &config.pools[1] else { panic!("device") };
+        assert_eq!((d.wipe, d.snapshot_pool.as_deref()), (Wipe::Discard, Some("img")));
     }
 
     #[test]
@@ -215,7 +306,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(config.default_volume_size, Bytes(2 << 30));
-        let PoolConfig::Hostpath(pool) = &config.pools[0];
+        let PoolConfig::Hostpath(pool) = &config.pools[0] else { panic!("hostpath") };
         assert_eq!(pool.capacity_enforcement, Enforcement::Required);
     }
 }

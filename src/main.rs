@@ -115,7 +115,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Doctor(args) => {
-            let report = berth::doctor::run(&args, &LinuxSyscall);
+            let report = berth::doctor::run(&args, Arc::new(LinuxSyscall));
             match args.output {
                 berth::doctor::Output::Table => print!("{}", report.table()),
                 berth::doctor::Output::Json => println!("{}", report.json()),

@@ -87,6 +87,21 @@ pub fn absolute(field: &'static str, value: &str) -> Result<PathBuf, PathError> 
     Ok(path)
 }
 
+/// Resolves symlinks in the parent directories of an absolute path the CO handed in, but
+/// not in its final component (which berth refuses to mount through). The mount table
+/// records resolved paths, so a kubelet root reached through a symlink (`/var/lib/kubelet`
+/// moved to a data disk) must be resolved to match it. A parent that does not exist is
+/// left as written; the operation reports it.
+pub fn resolve_parent(path: &Path) -> PathBuf {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => match std::fs::canonicalize(parent) {
+            Ok(real) => real.join(name),
+            Err(_) => path.to_path_buf(),
+        },
+        _ => path.to_path_buf(),
+    }
+}
+
 /// Opens directory `rel` beneath `root` without following any symlink on the way and without
 /// leaving `root`. The fd is O_PATH: usable as a mount source via `/proc/self/fd/N`.
 pub fn open_dir_beneath(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
@@ -145,6 +160,24 @@ mod tests {
             assert!(component("c", value).is_err(), "{value:?}");
         }
         assert!(component("c", &"x".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn parents_are_resolved_but_not_the_last_component() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("disk/kubelet");
+        std::fs::create_dir_all(&real).expect("mkdir");
+        let link = dir.path().join("kubelet");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        std::os::unix::fs::symlink("/", real.join("evil")).expect("symlink");
+        let canonical_real = std::fs::canonicalize(&real).expect("canonical");
+        assert_eq!(resolve_parent(&link.join("target")), canonical_real.join("target"));
+        assert_eq!(
+            resolve_parent(&link.join("evil")),
+            canonical_real.join("evil"),
+            "the last component stays a symlink"
+        );
+        assert_eq!(resolve_parent(Path::new("/no/such/dir/x")), PathBuf::from("/no/such/dir/x"));
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub enum Phase {
 pub enum Enforced {
     BtrfsQgroup,
     ProjectQuota,
+    /// A block volume cannot outgrow its device.
+    DeviceSize,
     None,
 }
 
@@ -41,6 +43,7 @@ impl Enforced {
         match self {
             Enforced::BtrfsQgroup => "btrfs-qgroup",
             Enforced::ProjectQuota => "project-quota",
+            Enforced::DeviceSize => "device-size",
             Enforced::None => "none",
         }
     }
@@ -86,6 +89,12 @@ pub struct VolumeRecord {
     pub published: BTreeMap<String, bool>,
     #[serde(default)]
     pub ephemeral: bool,
+    /// Filesystem of a block or device volume in Filesystem mode (ext4, xfs, btrfs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_type: Option<String>,
+    /// The device of a device-pool volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// StorageClass parameters berth acted on (never secrets).
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
@@ -343,6 +352,8 @@ mod tests {
             source: None,
             published: BTreeMap::new(),
             ephemeral: false,
+            fs_type: None,
+            device: None,
             parameters: BTreeMap::new(),
             created_unix_ms: 1,
         }

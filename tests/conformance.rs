@@ -498,6 +498,7 @@ async fn node_answers_every_spec_case() {
         Code::InvalidArgument,
     );
     t.code("Stage unknown volume", n.node_stage_volume(stage("fake-vol-id-1", &sp, Some(rwo()))).await, Code::NotFound);
+    assert!(!staging.exists(), "a failed stage leaves no staging directory behind");
     t.code("Stage raw block", n.node_stage_volume(stage(&id, &sp, Some(block_cap()))).await, Code::FailedPrecondition);
     t.code(
         "Stage RWX",
@@ -594,6 +595,7 @@ async fn node_answers_every_spec_case() {
     let mut single = publish(&id, &sp, &pods.join("t2"));
     single.volume_capability = Some(with_mode(Mode::SingleNodeSingleWriter));
     t.code("Publish single-writer second target", n.node_publish_volume(single).await, Code::FailedPrecondition);
+    assert!(!pods.join("t2").exists(), "a failed publish removes the target directory it created");
     t.code(
         "Publish a second target (single-node-writer)",
         n.node_publish_volume(publish(&id, &sp, &pods.join("t3"))).await,
@@ -608,6 +610,12 @@ async fn node_answers_every_spec_case() {
     t.code("Stats no id", n.node_get_volume_stats(stats("", &target)).await, Code::InvalidArgument);
     t.code("Stats no path", n.node_get_volume_stats(stats(&id, Path::new(""))).await, Code::InvalidArgument);
     t.code("Stats missing path", n.node_get_volume_stats(stats(&id, &pods.join("nope"))).await, Code::NotFound);
+    t.code("Stats relative path", n.node_get_volume_stats(stats(&id, Path::new("some/path"))).await, Code::NotFound);
+    t.code(
+        "Stats unknown volume, relative path",
+        n.node_get_volume_stats(stats("fake-vol-id-1", Path::new("some/path"))).await,
+        Code::NotFound,
+    );
     t.code("Stats of another volume's path", n.node_get_volume_stats(stats(&other, &target)).await, Code::NotFound);
     t.code(
         "Stats unknown volume, unmounted path",
@@ -627,6 +635,11 @@ async fn node_answers_every_spec_case() {
     t.code("NodeExpand no path", n.node_expand_volume(expand(&id, Path::new(""))).await, Code::InvalidArgument);
     t.code("NodeExpand unknown volume", n.node_expand_volume(expand("fake-vol-id-1", &target)).await, Code::NotFound);
     t.code("NodeExpand missing path", n.node_expand_volume(expand(&id, &pods.join("nope"))).await, Code::NotFound);
+    t.code(
+        "NodeExpand relative path",
+        n.node_expand_volume(expand("fake-vol-id-1", Path::new("some/path"))).await,
+        Code::NotFound,
+    );
     assert_eq!(t.ok("NodeExpand", n.node_expand_volume(expand(&id, &target)).await).capacity_bytes, 2 << 20);
 
     let unpublish = |id: &str, path: &Path| pb::NodeUnpublishVolumeRequest {
@@ -657,6 +670,22 @@ async fn node_answers_every_spec_case() {
         t.code(&format!("Unstage #{i}"), n.node_unstage_volume(unstage(&id, &sp)).await, Code::Ok);
     }
     assert!(mounts_below(root).is_empty(), "no mount is left: {:?}", mounts_below(root));
+
+    // A kubelet root reached through a symlink (moved to a data disk) works end to end.
+    let real_root = root.join("data-disk/kubelet");
+    fs::create_dir_all(real_root.join("pods")).expect("mkdir");
+    let kubelet = root.join("kubelet-link");
+    std::os::unix::fs::symlink(&real_root, &kubelet).expect("symlink");
+    let (lsp, ltarget) = (kubelet.join("globalmount").display().to_string(), kubelet.join("pods/mount"));
+    for _ in 0..2 {
+        t.code("Stage via a symlinked root", n.node_stage_volume(stage(&id, &lsp, Some(rwo()))).await, Code::Ok);
+        t.code("Publish via a symlinked root", n.node_publish_volume(publish(&id, &lsp, &ltarget)).await, Code::Ok);
+    }
+    t.code("Stats via a symlinked root", n.node_get_volume_stats(stats(&id, &ltarget)).await, Code::Ok);
+    t.code("Unpublish via a symlinked root", n.node_unpublish_volume(unpublish(&id, &ltarget)).await, Code::Ok);
+    t.code("Unstage via a symlinked root", n.node_unstage_volume(unstage(&id, &lsp)).await, Code::Ok);
+    assert!(mounts_below(root).is_empty(), "no mount is left: {:?}", mounts_below(root));
+    assert!(!real_root.join("globalmount").exists() && !real_root.join("pods/mount").exists());
     assert!(fs::read_link(&link).is_ok(), "the symlink was not followed or removed");
     println!("conformance: node: {} cases, all codes matched", t.cases);
 }

@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::tree::{self, Reflink};
-use super::{Backend, Capacity, Condition, Error, Result, Source, StageSource, Usage};
+use super::{Backend, Capability, Capacity, Condition, Error, Result, Source, StageSource, Usage};
 use crate::config::{Enforcement, HostPathPool};
-use crate::mount::ops::{self, Flags};
+use crate::mount::ops;
 use crate::mount::{FsKind, ProjectQuotaState, Syscall, mountinfo};
 use crate::progress::Progress;
 use crate::safepath;
@@ -79,6 +79,14 @@ impl HostPath {
         self.root.join(SNAPSHOTS).join(key)
     }
 
+    /// The directory holding a volume's data.
+    fn data_dir(&self, source: StageSource<'_>) -> PathBuf {
+        match source {
+            StageSource::Managed(v) => self.volume_dir(&v.key),
+            StageSource::Static(rel) => self.root.join(rel),
+        }
+    }
+
     fn is_btrfs(&self) -> bool {
         matches!(self.mode, Mode::Btrfs { .. })
     }
@@ -116,7 +124,7 @@ impl HostPath {
                 "volume {} was created with a project quota but the pool's filesystem no longer has project quotas enabled",
                 volume.id
             ))),
-            (Enforced::None, _) => Ok(()),
+            (Enforced::None | Enforced::DeviceSize, _) => Ok(()),
         }
     }
 
@@ -232,6 +240,10 @@ impl Backend for HostPath {
         false
     }
 
+    fn formats(&self) -> bool {
+        false
+    }
+
     fn capacity(&self) -> Result<Capacity> {
         let stat = self.sys.statfs(&self.root).map_err(Error::io("statfs", &self.root))?;
         Ok(Capacity {
@@ -277,8 +289,13 @@ impl Backend for HostPath {
         Ok(())
     }
 
-    fn expand_volume(&self, volume: &VolumeRecord, bytes: u64) -> Result<()> {
-        self.apply_limit(volume, bytes)
+    fn expand_volume(&self, volume: &VolumeRecord, bytes: u64) -> Result<bool> {
+        self.apply_limit(volume, bytes).map(|()| false)
+    }
+
+    fn node_expand(&self, volume: &VolumeRecord, _volume_path: &Path) -> Result<()> {
+        // The limit belongs to the directory, not the mount: re-applying it is all there is.
+        self.apply_limit(volume, volume.capacity)
     }
 
     fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()> {
@@ -334,7 +351,7 @@ impl Backend for HostPath {
         }
     }
 
-    fn usage(&self, volume: &VolumeRecord) -> Result<Usage> {
+    fn usage(&self, volume: &VolumeRecord, _volume_path: &Path) -> Result<Usage> {
         let dir = self.volume_dir(&volume.key);
         let fs_stat = self.sys.statfs(&dir).map_err(Error::io("statfs", &dir))?;
         let walked = self.walk_usage(&dir)?;
@@ -372,7 +389,9 @@ impl Backend for HostPath {
         Ok(rel)
     }
 
-    fn stage(&self, source: StageSource<'_>, staging: &Path, flags: Flags) -> Result<()> {
+    fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()> {
+        let mut flags = ops::parse_flags(&capability.mount_flags).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        flags.readonly |= capability.mode.read_only();
         let rel = match source {
             StageSource::Managed(v) => Path::new(VOLUMES).join(&v.key),
             StageSource::Static(rel) => rel.to_path_buf(),
@@ -392,6 +411,16 @@ impl Backend for HostPath {
             .map_err(Error::io("bind mount", staging))
     }
 
+    fn unstage(&self, _source: StageSource<'_>) -> Result<()> {
+        Ok(())
+    }
+
+    fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>> {
+        let dir = self.data_dir(source);
+        let table = ops::table(self.sys.as_ref()).map_err(Error::io("read mount table", &dir))?;
+        Ok(mountinfo::binds_of(&table, &dir).into_iter().map(|m| m.mount_point.clone()).collect())
+    }
+
     fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool> {
         use std::os::unix::fs::MetadataExt;
         if !ops::is_mount_point(self.sys.as_ref(), path).map_err(Error::io("read mount table", path))? {
@@ -403,12 +432,5 @@ impl Backend for HostPath {
             _ => return Ok(false),
         };
         Ok(a.dev() == b.dev() && a.ino() == b.ino())
-    }
-
-    fn data_dir(&self, source: StageSource<'_>) -> PathBuf {
-        match source {
-            StageSource::Managed(v) => self.volume_dir(&v.key),
-            StageSource::Static(rel) => self.root.join(rel),
-        }
     }
 }

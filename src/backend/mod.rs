@@ -1,6 +1,9 @@
 //! Storage backends, one module per pool type, behind one trait. Backends know nothing of
 //! gRPC: they take records and paths and return [`Error`], which the engine maps to codes.
 
+pub mod block;
+pub mod blockvol;
+pub mod device;
 pub mod hostpath;
 pub mod tree;
 pub mod walk;
@@ -8,8 +11,46 @@ pub mod walk;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::mount::ops::Flags;
 use crate::state::{Enforced, SnapshotRecord, VolumeRecord};
+
+/// How a volume may be accessed, from a capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessMode {
+    SingleNodeWriter,
+    SingleNodeReaderOnly,
+    MultiNodeReaderOnly,
+    MultiNodeSingleWriter,
+    MultiNodeMultiWriter,
+    SingleNodeSingleWriter,
+    SingleNodeMultiWriter,
+}
+
+impl AccessMode {
+    /// True for modes that allow more than one node.
+    pub fn multi_node(self) -> bool {
+        matches!(
+            self,
+            AccessMode::MultiNodeReaderOnly | AccessMode::MultiNodeSingleWriter | AccessMode::MultiNodeMultiWriter
+        )
+    }
+
+    /// True for modes that never write.
+    pub fn read_only(self) -> bool {
+        matches!(self, AccessMode::SingleNodeReaderOnly | AccessMode::MultiNodeReaderOnly)
+    }
+}
+
+/// A volume capability, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capability {
+    pub block: bool,
+    pub fs_type: String,
+    pub mount_flags: Vec<String>,
+    pub mode: AccessMode,
+}
+
+/// Filesystem types a capability may name (an allow-list; a hostPath volume ignores which).
+pub const FS_TYPES: &[&str] = &["", "ext4", "xfs", "btrfs"];
 
 /// What went wrong inside a backend, with the path or object it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +65,14 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Exhausted(String),
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unimplemented(String),
 }
 
 impl Error {
@@ -92,39 +141,56 @@ pub enum Source<'a> {
     Volume(&'a VolumeRecord),
 }
 
+/// The name of the file inside a raw block volume's staging directory onto which the
+/// device node is bind-mounted; publish binds it onward to the pod's target file.
+pub const RAW_DEVICE_FILE: &str = "device";
+
 /// One pool's storage.
 pub trait Backend: Send + Sync {
     /// The pool's name.
     fn name(&self) -> &str;
-    /// The pool type (`hostpath`).
+    /// The pool type (`hostpath`, `block`, `device`).
     fn kind(&self) -> &'static str;
     /// How new volumes' sizes will be enforced, or why they cannot be when required.
     fn enforcement(&self) -> Result<Enforced>;
     /// Whether the pool serves raw block volumes.
     fn supports_block(&self) -> bool;
+    /// Whether the pool formats volumes (so `fs_type` chooses the filesystem).
+    fn formats(&self) -> bool;
     /// Free space for new volumes.
     fn capacity(&self) -> Result<Capacity>;
-    /// Creates storage for `volume` (empty, or from `source`); fills in enforcement fields.
+    /// Creates storage for `volume` (empty, or from `source`); fills in backend fields.
     /// Must finish its own half-done work when called again for the same record.
     fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()>;
     /// Removes a volume's storage; storage already gone is success.
     fn delete_volume(&self, volume: &VolumeRecord) -> Result<()>;
-    /// Applies a new size limit.
-    fn expand_volume(&self, volume: &VolumeRecord, bytes: u64) -> Result<()>;
+    /// Grows a volume's storage to `bytes`; true when NodeExpandVolume must finish the job.
+    fn expand_volume(&self, volume: &VolumeRecord, bytes: u64) -> Result<bool>;
+    /// Node side of expansion: make the mounted volume at `volume_path` see its new size.
+    fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()>;
     /// Takes a snapshot of `volume`, filling in the method and size.
     fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()>;
     /// Removes a snapshot's storage; already gone is success.
     fn delete_snapshot(&self, snapshot: &SnapshotRecord) -> Result<()>;
     /// Whether the storage exists and looks sound.
     fn condition(&self, volume: &VolumeRecord) -> Condition;
-    /// Usage of a volume's storage.
-    fn usage(&self, volume: &VolumeRecord) -> Result<Usage>;
+    /// Usage of a volume mounted (or, for raw block, bound) at `volume_path`.
+    fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage>;
     /// Validates a static volume's subpath and returns it as a relative path in the pool.
     fn static_path(&self, sub_path: &str) -> Result<PathBuf>;
-    /// Mounts the volume at `staging` (absent or an empty directory that is not a mount).
-    fn stage(&self, source: StageSource<'_>, staging: &Path, flags: Flags) -> Result<()>;
+    /// Makes the volume available at `staging` (an empty directory that is not a mount):
+    /// a mounted filesystem, or for raw block the device bound at `staging/device`.
+    fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()>;
+    /// Releases what staging held once the engine has unmounted it (loop devices).
+    fn unstage(&self, source: StageSource<'_>) -> Result<()>;
     /// True when what is mounted at `path` is this volume's storage.
     fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool>;
-    /// The directory holding a volume's data (for mount-table queries).
-    fn data_dir(&self, source: StageSource<'_>) -> PathBuf;
+    /// Every mount point where this volume's storage is mounted or bound now.
+    fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>>;
+}
+
+/// What publish binds onto the target: the staging directory, or for raw block volumes
+/// the device file inside it.
+pub fn publish_source(staging: &Path, block: bool) -> PathBuf {
+    if block { staging.join(RAW_DEVICE_FILE) } else { staging.to_path_buf() }
 }

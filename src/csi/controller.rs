@@ -279,6 +279,7 @@ impl pb::controller_server::Controller for ControllerService {
             Type::VolumeCondition,
             Type::GetVolume,
             Type::SingleNodeMultiWriter,
+            Type::GetSnapshot,
         ]
         .into_iter()
         .map(|t| pb::ControllerServiceCapability { r#type: Some(csc::Type::Rpc(csc::Rpc { r#type: t as i32 })) })

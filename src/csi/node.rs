@@ -9,6 +9,26 @@ use super::pb::{self, node_service_capability as nsc};
 use super::{Describe, Shared, answer, capability, check_secrets, id, map, path, request_bytes, run, wire_bytes};
 use crate::engine::{NodePublish, NodeStage, TOPOLOGY_KEY};
 
+/// Checks the volume_path of stats and expansion: missing or with control characters is
+/// INVALID_ARGUMENT; any other path that cannot hold a volume (relative, `..`) simply has
+/// no volume at it, which the spec answers with NOT_FOUND.
+fn volume_path(value: &str) -> Result<std::path::PathBuf, Status> {
+    use crate::safepath::PathError;
+    match crate::safepath::absolute("volume_path", value) {
+        Ok(p) => Ok(crate::safepath::resolve_parent(&p)),
+        Err(e @ (PathError::Empty { .. } | PathError::BadCharacter { .. } | PathError::TooLong { .. })) => {
+            Err(Status::invalid_argument(e.to_string()))
+        }
+        Err(e) => Err(Status::not_found(format!("{e}, so no volume is mounted there"))),
+    }
+}
+
+/// A validated absolute path with its parent directories resolved (see
+/// [`crate::safepath::resolve_parent`]).
+fn node_path(field: &'static str, value: &str) -> Result<std::path::PathBuf, Status> {
+    path(field, value).map(|p| crate::safepath::resolve_parent(&p))
+}
+
 /// Serves the Node RPCs.
 pub struct NodeService(pub Shared);
 
@@ -23,7 +43,7 @@ impl pb::node_server::Node for NodeService {
         let engine = Arc::clone(&self.0.engine);
         run("NodeStageVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
-            let staging = path("staging_target_path", &req.staging_target_path)?;
+            let staging = node_path("staging_target_path", &req.staging_target_path)?;
             let cap = req
                 .volume_capability
                 .as_ref()
@@ -49,7 +69,7 @@ impl pb::node_server::Node for NodeService {
         let engine = Arc::clone(&self.0.engine);
         run("NodeUnstageVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
-            let staging = path("staging_target_path", &req.staging_target_path)?;
+            let staging = node_path("staging_target_path", &req.staging_target_path)?;
             engine.node_unstage(&req.volume_id, &staging)?;
             Ok(pb::NodeUnstageVolumeResponse {})
         })
@@ -65,11 +85,11 @@ impl pb::node_server::Node for NodeService {
         let engine = Arc::clone(&self.0.engine);
         run("NodePublishVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
-            let target = path("target_path", &req.target_path)?;
+            let target = node_path("target_path", &req.target_path)?;
             let staging = if req.staging_target_path.is_empty() {
                 None
             } else {
-                Some(path("staging_target_path", &req.staging_target_path)?)
+                Some(node_path("staging_target_path", &req.staging_target_path)?)
             };
             let cap = req
                 .volume_capability
@@ -99,7 +119,7 @@ impl pb::node_server::Node for NodeService {
         let engine = Arc::clone(&self.0.engine);
         run("NodeUnpublishVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
-            let target = path("target_path", &req.target_path)?;
+            let target = node_path("target_path", &req.target_path)?;
             engine.node_unpublish(&req.volume_id, &target)?;
             Ok(pb::NodeUnpublishVolumeResponse {})
         })
@@ -115,7 +135,7 @@ impl pb::node_server::Node for NodeService {
         let engine = Arc::clone(&self.0.engine);
         run("NodeGetVolumeStats", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
-            let volume_path = path("volume_path", &req.volume_path)?;
+            let volume_path = volume_path(&req.volume_path)?;
             let (usage, condition) = engine.node_stats(&req.volume_id, &volume_path)?;
             use pb::volume_usage::Unit;
             let mut entries = vec![pb::VolumeUsage {
@@ -153,7 +173,7 @@ impl pb::node_server::Node for NodeService {
         let engine = Arc::clone(&self.0.engine);
         run("NodeExpandVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
-            let volume_path = path("volume_path", &req.volume_path)?;
+            let volume_path = volume_path(&req.volume_path)?;
             check_secrets(&req.secrets)?;
             if let Some(cap) = &req.volume_capability {
                 capability("volume_capability", cap)?;

@@ -6,15 +6,16 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::{Check, Verdict};
 use crate::backend::tree::{self, Reflink};
-use crate::config::{Config, Enforcement, HostPathPool};
+use crate::config::{BlockPool, Config, DevicePool, Enforcement, HostPathPool, PoolConfig};
 use crate::mount::{FsKind, ProjectQuotaState, Syscall, mountinfo, ops};
 
 /// Where the doctor looks at the machine; tests point the paths at fixtures.
-pub struct Host<'a> {
-    pub sys: &'a dyn Syscall,
+pub struct Host {
+    pub sys: Arc<dyn Syscall>,
     /// `/proc/filesystems`.
     pub proc_filesystems: PathBuf,
     /// `/dev/loop-control`.
@@ -27,9 +28,9 @@ pub struct Host<'a> {
     pub root: bool,
 }
 
-impl<'a> Host<'a> {
+impl Host {
     /// This machine.
-    pub fn real(sys: &'a dyn Syscall) -> Host<'a> {
+    pub fn real(sys: Arc<dyn Syscall>) -> Host {
         let mut search_path: Vec<PathBuf> =
             std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
         for dir in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
@@ -58,7 +59,7 @@ impl<'a> Host<'a> {
 /// The tools berth runs to format and grow block volumes of each filesystem type, and the
 /// package that has them.
 const FS_TOOLS: [(&str, &[&str], &str); 3] = [
-    ("ext4", &["mkfs.ext4", "resize2fs"], "e2fsprogs"),
+    ("ext4", &["mkfs.ext4", "resize2fs", "e2fsck"], "e2fsprogs"),
     ("xfs", &["mkfs.xfs", "xfs_growfs"], "xfsprogs"),
     ("btrfs", &["mkfs.btrfs", "btrfs"], "btrfs-progs"),
 ];
@@ -93,9 +94,52 @@ fn writable_dir(subject: &str, check: &'static str, dir: &Path) -> Check {
     }
 }
 
-/// Checks about the machine as a whole; `config` says which of them are needs.
-pub fn machine(host: &Host<'_>, config: Option<&Config>) -> Vec<Check> {
+/// What the configured pools need from the machine; a missing need is a fail, anything
+/// else missing only a warning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Block pools attach their images through loop devices.
+    pub loop_devices: bool,
+    /// Block and device pools format volumes (ext4 unless a request names another type)
+    /// and probe devices with blkid before formatting.
+    pub formats: bool,
+    /// Device pools wipe released devices with wipefs.
+    pub wipefs: bool,
+    /// NFS pools mount NFS (no NFS pool type exists yet).
+    pub nfs: bool,
+}
+
+impl Needs {
+    /// The needs of every pool in `config`.
+    pub fn of(config: Option<&Config>) -> Needs {
+        let mut needs = Needs::default();
+        for pool in config.map(|c| c.pools.as_slice()).unwrap_or_default() {
+            match pool {
+                PoolConfig::Hostpath(_) => {}
+                PoolConfig::Block(_) => {
+                    needs.loop_devices = true;
+                    needs.formats = true;
+                }
+                PoolConfig::Device(_) => {
+                    needs.formats = true;
+                    needs.wipefs = true;
+                }
+            }
+        }
+        needs
+    }
+}
+
+/// Checks about the machine as a whole; `needs` says which missing pieces are failures.
+pub fn machine(host: &Host, config: Option<&Config>, needs: Needs) -> Vec<Check> {
     const M: &str = "machine";
+    let need = |needed: bool, check: &'static str, detail: String, fix: &str| {
+        if needed {
+            Check::fail(M, check, detail, fix)
+        } else {
+            Check::warn(M, check, format!("{detail} (no configured pool needs it)"), fix)
+        }
+    };
     let mut out = Vec::new();
     out.push(if host.root {
         Check::ok(M, "root", "running as root")
@@ -110,24 +154,31 @@ pub fn machine(host: &Host<'_>, config: Option<&Config>) -> Vec<Check> {
     if let Some(config) = config {
         out.push(writable_dir(M, "state directory", &config.state_dir));
     }
-    // No configured pool type formats devices or mounts NFS yet; block and NFS pools will
-    // name their filesystem types here, turning a missing tool into a fail.
-    let formats: Vec<&str> = Vec::new();
-    let nfs_pools = false;
-
     out.push(match fs::symlink_metadata(&host.loop_control) {
         Ok(m) if m.file_type().is_char_device() => {
             Check::ok(M, "loop devices", format!("{} is present", host.loop_control.display()))
         }
-        _ => Check::warn(
-            M,
+        _ => need(
+            needs.loop_devices,
             "loop devices",
-            format!(
-                "{} is missing: block pools backed by image files cannot attach loop devices",
-                host.loop_control.display()
-            ),
+            format!("{} is missing: block pools cannot attach their images", host.loop_control.display()),
             "modprobe loop; in a container, mount the host's /dev",
         ),
+    });
+    let mut device_tools = vec!["blkid"];
+    if needs.wipefs {
+        device_tools.push("wipefs");
+    }
+    let missing: Vec<&str> = device_tools.iter().copied().filter(|t| host.find_tool(t).is_none()).collect();
+    out.push(if missing.is_empty() {
+        Check::ok(M, "device tools", format!("{} found", device_tools.join(", ")))
+    } else {
+        need(
+            needs.formats,
+            "device tools",
+            format!("{} not found: berth cannot check that a device is blank before formatting it", missing.join(", ")),
+            "install util-linux",
+        )
     });
     for (fs_type, tools, package) in FS_TOOLS {
         let missing: Vec<&str> = tools.iter().copied().filter(|t| host.find_tool(t).is_none()).collect();
@@ -142,11 +193,8 @@ pub fn machine(host: &Host<'_>, config: Option<&Config>) -> Vec<Check> {
             let detail =
                 format!("{} not found: block volumes cannot be formatted or grown as {fs_type}", missing.join(", "));
             let fix = format!("install {package} (apt-get install {package} / dnf install {package})");
-            if formats.contains(&fs_type) {
-                Check::fail(M, check, detail, fix)
-            } else {
-                Check::warn(M, check, format!("{detail} (no configured pool needs it)"), fix)
-            }
+            // Volumes are ext4 unless a request asks for another type.
+            need(needs.formats && fs_type == crate::backend::block::DEFAULT_FS, check, detail, &fix)
         });
     }
     let filesystems = fs::read_to_string(&host.proc_filesystems).unwrap_or_default();
@@ -154,17 +202,19 @@ pub fn machine(host: &Host<'_>, config: Option<&Config>) -> Vec<Check> {
     out.push(if nfs {
         Check::ok(M, "kernel nfs", format!("{} lists nfs", host.proc_filesystems.display()))
     } else {
-        let detail =
-            format!("{} does not list nfs or nfs4: NFS volumes cannot be mounted", host.proc_filesystems.display());
-        let fix = "modprobe nfs (install nfs-common / nfs-utils for the module and helpers)";
-        if nfs_pools { Check::fail(M, "kernel nfs", detail, fix) } else { Check::warn(M, "kernel nfs", detail, fix) }
+        need(
+            needs.nfs,
+            "kernel nfs",
+            format!("{} does not list nfs or nfs4: NFS volumes cannot be mounted", host.proc_filesystems.display()),
+            "modprobe nfs (install nfs-common / nfs-utils for the module and helpers)",
+        )
     });
     out
 }
 
 /// The kubelet directory exists and is on a shared mount, so the mounts berth makes under
 /// it reach the kubelet and the pods.
-pub fn kubelet(host: &Host<'_>, dir: &Path) -> Vec<Check> {
+pub fn kubelet(host: &Host, dir: &Path) -> Vec<Check> {
     const K: &str = "kubelet";
     let real = match fs::canonicalize(dir) {
         Ok(p) if p.is_dir() => p,
@@ -186,7 +236,7 @@ pub fn kubelet(host: &Host<'_>, dir: &Path) -> Vec<Check> {
         }
     };
     let mut out = vec![Check::ok(K, "directory", format!("{} exists", dir.display()))];
-    let table = match ops::table(host.sys) {
+    let table = match ops::table(host.sys.as_ref()) {
         Ok(t) => t,
         Err(e) => {
             out.push(Check::fail(
@@ -284,55 +334,111 @@ fn fs_name(kind: FsKind) -> String {
     }
 }
 
+/// The pool's directory exists: the first check of a pool with a path, which the others
+/// need (`Err` ends the pool's checks).
+fn pool_path(s: &str, root: &Path) -> Result<Check, Check> {
+    match fs::metadata(root) {
+        Ok(m) if m.is_dir() => Ok(Check::ok(s, "path", format!("{} is a directory", root.display()))),
+        Ok(_) => Err(Check::fail(
+            s,
+            "path",
+            format!("{} is not a directory (other checks of this pool skipped)", root.display()),
+            "point the pool's path at a directory",
+        )),
+        Err(e) => Err(Check::fail(
+            s,
+            "path",
+            format!("{}: {e} (other checks of this pool skipped)", root.display()),
+            format!(
+                "mount the pool's disk at {0}, or create it (mkdir -p {0}) if it belongs on the filesystem above it",
+                root.display()
+            ),
+        )),
+    }
+}
+
+type FsFacts = (Check, FsKind, Option<mountinfo::MountEntry>);
+
+/// The filesystem holding a pool's directory, and the mount it belongs to.
+fn pool_filesystem(host: &Host, s: &str, root: &Path) -> Result<FsFacts, Check> {
+    let stat = host.sys.statfs(root).map_err(|e| {
+        Check::fail(s, "filesystem", format!("statfs {}: {e}", root.display()), "check the pool's disk")
+    })?;
+    let kind = stat.kind();
+    let table = ops::table(host.sys.as_ref()).unwrap_or_default();
+    let mount = fs::canonicalize(root).ok().and_then(|real| mountinfo::containing(&table, &real).cloned());
+    let on =
+        mount.as_ref().map(|m| format!(" ({} mounted at {})", m.source, m.mount_point.display())).unwrap_or_default();
+    let check = Check::ok(s, "filesystem", format!("{}{on}, {} bytes free", fs_name(kind), stat.available_bytes));
+    Ok((check, kind, mount))
+}
+
 /// Checks one hostPath pool: its path, filesystem, capacity enforcement and reflinks.
-pub fn hostpath(host: &Host<'_>, pool: &HostPathPool) -> Vec<Check> {
+pub fn hostpath(host: &Host, pool: &HostPathPool) -> Vec<Check> {
     let subject = format!("pool {}", pool.name);
     let s = subject.as_str();
-    let root = &pool.path;
-    match fs::metadata(root) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return vec![Check::fail(
-                s,
-                "path",
-                format!("{} is not a directory (other checks of this pool skipped)", root.display()),
-                "point the pool's path at a directory",
-            )];
-        }
-        Err(e) => {
-            return vec![Check::fail(
-                s,
-                "path",
-                format!("{}: {e} (other checks of this pool skipped)", root.display()),
-                format!(
-                    "mount the pool's disk at {0}, or create it (mkdir -p {0}) if it belongs on the filesystem above it",
-                    root.display()
-                ),
-            )];
-        }
+    let mut out = Vec::new();
+    match pool_path(s, &pool.path) {
+        Ok(c) => out.push(c),
+        Err(c) => return vec![c],
     }
-    let mut out = vec![Check::ok(s, "path", format!("{} is a directory", root.display()))];
-    let stat = match host.sys.statfs(root) {
-        Ok(stat) => stat,
-        Err(e) => {
-            out.push(Check::fail(s, "filesystem", format!("statfs {}: {e}", root.display()), "check the pool's disk"));
-            return out;
+    match pool_filesystem(host, s, &pool.path) {
+        Ok((check, kind, mount)) => {
+            out.push(check);
+            out.push(enforcement(host, pool, kind, mount.as_ref()));
+            out.push(reflink(s, &pool.path, kind, true));
         }
-    };
-    let kind = stat.kind();
-    let table = ops::table(host.sys).unwrap_or_default();
-    let host_mount = fs::canonicalize(root).ok().and_then(|real| mountinfo::containing(&table, &real).cloned());
-    let on = host_mount
-        .as_ref()
-        .map(|m| format!(" ({} mounted at {})", m.source, m.mount_point.display()))
-        .unwrap_or_default();
-    out.push(Check::ok(s, "filesystem", format!("{}{on}, {} bytes free", fs_name(kind), stat.available_bytes)));
-    out.push(enforcement(host, pool, kind, host_mount.as_ref()));
-    out.push(reflink(s, root, kind));
+        Err(c) => out.push(c),
+    }
     out
 }
 
-fn enforcement(host: &Host<'_>, pool: &HostPathPool, kind: FsKind, mount: Option<&mountinfo::MountEntry>) -> Check {
+/// Checks one block pool: its path, filesystem and reflinks (images are cloned for
+/// snapshots and restores where the filesystem can). Loop devices and mkfs are machine checks.
+pub fn block(host: &Host, pool: &BlockPool) -> Vec<Check> {
+    let subject = format!("pool {}", pool.name);
+    let s = subject.as_str();
+    let mut out = Vec::new();
+    match pool_path(s, &pool.path) {
+        Ok(c) => out.push(c),
+        Err(c) => return vec![c],
+    }
+    match pool_filesystem(host, s, &pool.path) {
+        Ok((check, kind, _)) => {
+            out.push(check);
+            out.push(reflink(s, &pool.path, kind, false));
+        }
+        Err(c) => out.push(c),
+    }
+    out
+}
+
+/// Checks one device pool: which block devices its allow-list names on this machine.
+pub fn device(host: &Host, pool: &DevicePool) -> Vec<Check> {
+    let subject = format!("pool {}", pool.name);
+    let s = subject.as_str();
+    let found = crate::backend::device::DevicePool::open(pool, Arc::clone(&host.sys), None, Vec::new())
+        .and_then(|p| p.devices());
+    vec![match found {
+        Ok(devices) if !devices.is_empty() => {
+            let names: Vec<String> =
+                devices.iter().map(|(p, size)| format!("{} ({size} bytes)", p.display())).collect();
+            Check::ok(s, "devices", format!("{} device(s): {}", devices.len(), names.join(", ")))
+        }
+        Ok(_) => Check::warn(
+            s,
+            "devices",
+            format!(
+                "no block device on this node matches {}: the pool cannot create volumes here",
+                pool.devices.join(", ")
+            ),
+            "attach the disks, or fix the pool's devices patterns (ls -l /dev/disk/by-id)",
+        ),
+        Err(e) => Check::fail(s, "devices", format!("listing devices: {e}"), "run berth doctor as root"),
+    }]
+}
+
+fn enforcement(host: &Host, pool: &HostPathPool, kind: FsKind, mount: Option<&mountinfo::MountEntry>) -> Check {
     let s = format!("pool {}", pool.name);
     const C: &str = "capacity enforcement";
     if pool.capacity_enforcement == Enforcement::None {
@@ -427,8 +533,9 @@ fn create_new(path: &Path) -> io::Result<fs::File> {
 }
 
 /// Writes a small file into the pool and clones it with FICLONE: proves the pool is
-/// writable and tells whether snapshots and clones will be instant.
-fn reflink(subject: &str, root: &Path, kind: FsKind) -> Check {
+/// writable and tells whether snapshots and clones will be instant. `subvolumes` is true
+/// for pools that snapshot btrfs subvolumes instead of cloning files.
+fn reflink(subject: &str, root: &Path, kind: FsKind, subvolumes: bool) -> Check {
     const C: &str = "reflink";
     let stem = format!(".berth-doctor-{}", std::process::id());
     let (a, b) = (root.join(format!("{stem}-a")), root.join(format!("{stem}-b")));
@@ -451,7 +558,9 @@ fn reflink(subject: &str, root: &Path, kind: FsKind) -> Check {
             format!("cannot write into {}: {e}", root.display()),
             "make the pool path writable by root (a read-only or full filesystem?)",
         ),
-        (Ok(_), FsKind::Btrfs) => Check::ok(subject, C, "snapshots and clones are btrfs snapshots (instant)"),
+        (Ok(_), FsKind::Btrfs) if subvolumes => {
+            Check::ok(subject, C, "snapshots and clones are btrfs snapshots (instant)")
+        }
         (Ok(true), _) => Check::ok(subject, C, "FICLONE works: snapshots and clones are reflink copies (instant)"),
         (Ok(false), _) => Check::warn(
             subject,

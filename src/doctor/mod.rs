@@ -13,6 +13,7 @@ mod tests;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -163,12 +164,12 @@ impl Report {
 }
 
 /// Runs every check against this machine.
-pub fn run(args: &DoctorArgs, sys: &dyn Syscall) -> Report {
+pub fn run(args: &DoctorArgs, sys: Arc<dyn Syscall>) -> Report {
     run_on(args, &Host::real(sys))
 }
 
 /// Runs every check against `host`.
-pub fn run_on(args: &DoctorArgs, host: &Host<'_>) -> Report {
+pub fn run_on(args: &DoctorArgs, host: &Host) -> Report {
     let mut report = Report { checks: Vec::new() };
     let origin = args.config.as_ref().map_or_else(|| "<embedded default>".to_string(), |p| p.display().to_string());
     let config = match Config::load(args.config.as_deref()) {
@@ -186,7 +187,7 @@ pub fn run_on(args: &DoctorArgs, host: &Host<'_>) -> Report {
             None
         }
     };
-    report.checks.extend(checks::machine(host, config.as_ref()));
+    report.checks.extend(checks::machine(host, config.as_ref(), checks::Needs::of(config.as_ref())));
     if let Some(config) = &config {
         for pool in &config.pools {
             report.checks.extend(pool_checks(host, pool));
@@ -197,9 +198,12 @@ pub fn run_on(args: &DoctorArgs, host: &Host<'_>) -> Report {
     report
 }
 
-/// The checks of one pool, by type: a new pool type adds its arm here.
-fn pool_checks(host: &Host<'_>, pool: &PoolConfig) -> Vec<Check> {
+/// The checks of one pool, by type: a new pool type (NFS: server reachable, export
+/// writable) adds its arm here, and what it needs of the machine in [`checks::Needs::of`].
+fn pool_checks(host: &Host, pool: &PoolConfig) -> Vec<Check> {
     match pool {
-        PoolConfig::Hostpath(hp) => checks::hostpath(host, hp),
+        PoolConfig::Hostpath(p) => checks::hostpath(host, p),
+        PoolConfig::Block(p) => checks::block(host, p),
+        PoolConfig::Device(p) => checks::device(host, p),
     }
 }

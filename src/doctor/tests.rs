@@ -1,19 +1,20 @@
 //! Doctor checks against the recording syscall fake and fixture files: no root needed.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use super::checks::{self, Host};
+use super::checks::{self, Host, Needs};
 use super::*;
-use crate::config::HostPathPool;
+use crate::config::{Config, HostPathPool, PoolConfig};
 use crate::mount::fake::RecordingSyscall;
-use crate::mount::{FsStat, ProjectQuotaState};
+use crate::mount::{FsStat, ProjectQuotaState, Syscall};
 
 const EXT4: i64 = 0xEF53;
 const BTRFS: i64 = crate::mount::btrfs::BTRFS_SUPER_MAGIC;
 
-fn host<'a>(sys: &'a RecordingSyscall, dir: &Path) -> Host<'a> {
+fn host(sys: &Arc<RecordingSyscall>, dir: &Path) -> Host {
     Host {
-        sys,
+        sys: Arc::clone(sys) as Arc<dyn Syscall>,
         proc_filesystems: dir.join("filesystems"),
         loop_control: dir.join("loop-control"),
         search_path: vec![dir.join("bin")],
@@ -42,7 +43,7 @@ fn verdicts(checks: &[Check]) -> Vec<(&'static str, Verdict)> {
 #[test]
 fn a_missing_pool_path_fails_and_skips_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sys = fake(EXT4, "");
+    let sys = Arc::new(fake(EXT4, ""));
     let checks = checks::hostpath(&host(&sys, dir.path()), &pool(&dir.path().join("absent"), Enforcement::Auto));
     assert_eq!(verdicts(&checks), vec![("path", Verdict::Fail)]);
     assert!(checks[0].fix.as_deref().is_some_and(|f| f.contains("mkdir -p")), "{checks:?}");
@@ -55,14 +56,14 @@ fn project_quota_enforcement_depends_on_mount_options_and_policy() {
     let with = format!("30 1 8:1 / {} rw shared:1 - ext4 /dev/sdb1 rw,prjquota\n", root.display());
     let without = format!("30 1 8:1 / {} rw shared:1 - ext4 /dev/sdb1 rw\n", root.display());
 
-    let sys = fake(EXT4, &with).with_project_quota(ProjectQuotaState::Enforced);
+    let sys = Arc::new(fake(EXT4, &with).with_project_quota(ProjectQuotaState::Enforced));
     let checks = checks::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::Required));
     let names = verdicts(&checks);
     assert_eq!(names[..3], [("path", Verdict::Ok), ("filesystem", Verdict::Ok), ("capacity enforcement", Verdict::Ok)]);
     assert!(checks[1].detail.starts_with("ext4 (/dev/sdb1 mounted at"), "{}", checks[1].detail);
     assert!(probe_files_gone(&root));
 
-    let sys = fake(EXT4, &without);
+    let sys = Arc::new(fake(EXT4, &without));
     let required = checks::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::Required));
     assert_eq!(required[2].verdict, Verdict::Fail);
     assert!(required[2].fix.as_deref().is_some_and(|f| f.contains("tune2fs -O project,quota /dev/sdb1")));
@@ -71,7 +72,7 @@ fn project_quota_enforcement_depends_on_mount_options_and_policy() {
     let none = checks::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::None));
     assert_eq!(none[2].verdict, Verdict::Ok);
 
-    let sys = fake(EXT4, &with).with_project_quota(ProjectQuotaState::Enforced);
+    let sys = Arc::new(fake(EXT4, &with).with_project_quota(ProjectQuotaState::Enforced));
     let mut no_kernel = host(&sys, dir.path());
     no_kernel.kernel_quota = false;
     assert_eq!(checks::hostpath(&no_kernel, &pool(&root, Enforcement::Auto))[2].verdict, Verdict::Warn);
@@ -86,7 +87,7 @@ fn probe_files_gone(root: &Path) -> bool {
 #[test]
 fn btrfs_without_qgroups_warns_that_serve_enables_them() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sys = fake(BTRFS, "");
+    let sys = Arc::new(fake(BTRFS, ""));
     let checks = checks::hostpath(&host(&sys, dir.path()), &pool(dir.path(), Enforcement::Auto));
     assert_eq!(checks[2].verdict, Verdict::Warn);
     assert!(checks[2].detail.contains("berth serve enables them"), "{:?}", checks[2]);
@@ -97,12 +98,12 @@ fn btrfs_without_qgroups_warns_that_serve_enables_them() {
 fn kubelet_dir_must_exist_on_a_shared_mount() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = std::fs::canonicalize(dir.path()).expect("canonical");
-    let shared = fake(EXT4, &format!("40 1 0:5 / {} rw shared:9 - tmpfs t rw\n", root.display()));
+    let shared = Arc::new(fake(EXT4, &format!("40 1 0:5 / {} rw shared:9 - tmpfs t rw\n", root.display())));
     assert_eq!(
         verdicts(&checks::kubelet(&host(&shared, dir.path()), &root)),
         vec![("directory", Verdict::Ok), ("mount propagation", Verdict::Ok)]
     );
-    let slave = fake(EXT4, &format!("40 1 0:5 / {} rw master:9 - tmpfs t rw\n", root.display()));
+    let slave = Arc::new(fake(EXT4, &format!("40 1 0:5 / {} rw master:9 - tmpfs t rw\n", root.display())));
     let checks = checks::kubelet(&host(&slave, dir.path()), &root);
     assert_eq!(checks[1].verdict, Verdict::Fail);
     assert!(checks[1].detail.contains("master:9"), "{:?}", checks[1]);
@@ -128,41 +129,97 @@ fn socket_path_checks() {
     assert_eq!(checks::socket(&format!("unix://{}", live.display())).verdict, Verdict::Warn);
 }
 
-#[test]
-fn machine_checks_find_tools_loop_control_and_nfs() {
+fn tools(bin: &Path, names: &[&str]) {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).expect("mkdir");
-    for tool in ["mkfs.ext4", "resize2fs", "mkfs.xfs"] {
+    std::fs::create_dir_all(bin).expect("mkdir");
+    for tool in names {
         std::fs::write(bin.join(tool), b"#!/bin/sh\n").expect("write");
         std::fs::set_permissions(bin.join(tool), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
+}
+
+#[test]
+fn machine_checks_find_tools_loop_control_and_nfs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = dir.path().join("bin");
+    tools(&bin, &["blkid", "mkfs.ext4", "resize2fs", "e2fsck", "mkfs.xfs"]);
     std::fs::write(bin.join("xfs_growfs"), b"not executable").expect("write");
     std::fs::write(dir.path().join("filesystems"), "nodev\tsysfs\n\text4\nnodev\tnfs4\n").expect("write");
-    let sys = fake(EXT4, "");
+    let sys = Arc::new(fake(EXT4, ""));
     let mut h = host(&sys, dir.path());
     h.loop_control = "/dev/null".into(); // any character device will do
-    let checks = checks::machine(&h, None);
+    let checks = checks::machine(&h, None, Needs::default());
     assert_eq!(
         verdicts(&checks),
         vec![
             ("root", Verdict::Ok),
             ("loop devices", Verdict::Ok),
+            ("device tools", Verdict::Ok),
             ("ext4 tools", Verdict::Ok),
             ("xfs tools", Verdict::Warn),
             ("btrfs tools", Verdict::Warn),
             ("kernel nfs", Verdict::Ok),
         ]
     );
-    assert!(checks[3].detail.starts_with("xfs_growfs not found"), "{:?}", checks[3]);
+    assert!(checks[4].detail.starts_with("xfs_growfs not found"), "{:?}", checks[4]);
+    assert!(checks[4].detail.ends_with("(no configured pool needs it)"), "{:?}", checks[4]);
     h.loop_control = dir.path().join("absent");
     std::fs::write(dir.path().join("filesystems"), "\text4\n").expect("write");
     h.root = false;
-    let checks = checks::machine(&h, None);
+    let checks = checks::machine(&h, None, Needs::default());
     assert_eq!(checks[0].verdict, Verdict::Warn);
     assert_eq!(checks[1].verdict, Verdict::Warn);
-    assert_eq!(checks[5].verdict, Verdict::Warn);
+    assert_eq!(checks[6].verdict, Verdict::Warn);
+}
+
+#[test]
+fn block_and_device_pools_turn_missing_pieces_into_failures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "stateDir: {0}/state\npools:\n  - {{name: img, type: block, path: {0}/img}}\n  - {{name: disks, type: device, devices: [/dev/nothing-here-*]}}\n",
+        dir.path().display()
+    );
+    let config = Config::parse(&text, "test").expect("config");
+    let needs = Needs::of(Some(&config));
+    assert_eq!(needs, Needs { loop_devices: true, formats: true, wipefs: true, nfs: false });
+    assert_eq!(Needs::of(None), Needs::default());
+
+    // No loop-control, no blkid/wipefs, no ext4 tools: each one a failure now; xfs and
+    // btrfs tools stay warnings (only a request naming them needs them).
+    let bin = dir.path().join("bin");
+    tools(&bin, &["blkid"]);
+    let sys = Arc::new(fake(EXT4, ""));
+    let mut h = host(&sys, dir.path());
+    h.loop_control = dir.path().join("absent");
+    let checks = checks::machine(&h, Some(&config), needs);
+    let got: Vec<_> = verdicts(&checks).into_iter().filter(|(c, _)| *c != "state directory").collect();
+    assert_eq!(
+        got,
+        vec![
+            ("root", Verdict::Ok),
+            ("loop devices", Verdict::Fail),
+            ("device tools", Verdict::Fail),
+            ("ext4 tools", Verdict::Fail),
+            ("xfs tools", Verdict::Warn),
+            ("btrfs tools", Verdict::Warn),
+            ("kernel nfs", Verdict::Warn),
+        ]
+    );
+    assert!(checks.iter().any(|c| c.check == "device tools" && c.detail.starts_with("wipefs not found")));
+
+    let PoolConfig::Block(img) = &config.pools[0] else { panic!("block pool") };
+    assert_eq!(verdicts(&checks::block(&h, img)), vec![("path", Verdict::Fail)]);
+    std::fs::create_dir_all(&img.path).expect("mkdir");
+    let pool = checks::block(&h, img);
+    assert_eq!(verdicts(&pool)[..2], [("path", Verdict::Ok), ("filesystem", Verdict::Ok)]);
+    // Whether the temp filesystem clones files varies; that the probe could write does not.
+    assert_eq!(pool[2].check, "reflink");
+    assert_ne!(pool[2].verdict, Verdict::Fail, "{:?}", pool[2]);
+    assert_ne!(pool[2].detail, "snapshots and clones are btrfs snapshots (instant)");
+    let PoolConfig::Device(disks) = &config.pools[1] else { panic!("device pool") };
+    let found = checks::device(&h, disks);
+    assert_eq!(verdicts(&found), vec![("devices", Verdict::Warn)]);
+    assert!(found[0].detail.contains("/dev/nothing-here-*"), "{:?}", found[0]);
 }
 
 #[test]
@@ -198,7 +255,7 @@ fn an_unreadable_config_fails_but_the_machine_is_still_checked() {
         kubelet_dir: dir.path().to_path_buf(),
         output: Output::Table,
     };
-    let sys = fake(EXT4, "");
+    let sys = Arc::new(fake(EXT4, ""));
     let report = run_on(&args, &host(&sys, dir.path()));
     assert_eq!((report.checks[0].check, report.checks[0].verdict), ("load", Verdict::Fail));
     assert!(report.checks.iter().any(|c| c.check == "loop devices"));

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use super::{Capability, DEFAULT_PAGE, Engine, Error, FS_TYPES, Result};
 use crate::backend::{Backend, Capacity, Condition, Source};
 use crate::ids::{self, Kind};
-use crate::mount::{mountinfo, ops};
+use crate::mount::ops;
 use crate::state::{self, AccessKind, ContentSource, Enforced, Phase, SnapshotRecord, VolumeRecord};
 
 /// StorageClass parameters berth reads; the provisioner's own keys are accepted too.
 const POOL_PARAMETER: &str = "pool";
 const CO_PREFIX: &str = "csi.storage.k8s.io/";
+const FSTYPE_PARAMETER: &str = "csi.storage.k8s.io/fstype";
 
 /// A validated CreateVolume request.
 #[derive(Debug, Clone)]
@@ -83,6 +84,21 @@ fn unsupported(pool: &dyn Backend, capability: &Capability) -> Option<String> {
     None
 }
 
+/// The filesystem a Filesystem-mode volume of a formatting pool gets: the capability's
+/// fs_type, else the StorageClass's `csi.storage.k8s.io/fstype`, else ext4.
+fn choose_fs_type(pool: &dyn Backend, req: &CreateVolume, access: AccessKind) -> Result<Option<String>> {
+    if !pool.formats() || access == AccessKind::Block {
+        return Ok(None);
+    }
+    let from_capability = req.capabilities.iter().map(|c| c.fs_type.as_str()).find(|t| !t.is_empty());
+    let from_parameter = req.parameters.get(FSTYPE_PARAMETER).map(String::as_str).filter(|t| !t.is_empty());
+    let chosen = from_capability.or(from_parameter).unwrap_or(crate::backend::block::DEFAULT_FS);
+    if chosen.is_empty() || !FS_TYPES.contains(&chosen) {
+        return Err(Error::InvalidArgument(format!("filesystem type {chosen:?} is not one of ext4, xfs, btrfs")));
+    }
+    Ok(Some(chosen.to_string()))
+}
+
 fn volume_size(req: &CreateVolume, default: u64) -> Result<u64> {
     if req.limit_bytes > 0 && req.required_bytes > req.limit_bytes {
         return Err(Error::OutOfRange(format!(
@@ -114,6 +130,7 @@ impl Engine {
         }
         let size = volume_size(&req, self.config.default_volume_size.0)?;
         let access = if req.capabilities.iter().any(|c| c.block) { AccessKind::Block } else { AccessKind::Mount };
+        let fs_type = choose_fs_type(pool.as_ref(), &req, access)?;
         if let Some(allowed) = &req.allowed_nodes
             && !allowed.contains(&self.node_id)
         {
@@ -129,7 +146,7 @@ impl Engine {
         let existing = self.store.volume_by_name(&req.name);
         if let Some(v) = &existing {
             let fits = v.capacity >= req.required_bytes && (req.limit_bytes == 0 || v.capacity <= req.limit_bytes);
-            if v.pool != pool.name() || !fits || v.source != req.source || v.access != access {
+            if v.pool != pool.name() || !fits || v.source != req.source || v.access != access || v.fs_type != fs_type {
                 return Err(Error::AlreadyExists(format!(
                     "volume name {:?} is already used by {} (pool {}, {} bytes, source {:?}) which this request does not match",
                     req.name, v.id, v.pool, v.capacity, v.source
@@ -219,6 +236,8 @@ impl Engine {
                     source: req.source.clone(),
                     published: BTreeMap::new(),
                     ephemeral: false,
+                    fs_type: fs_type.clone(),
+                    device: None,
                     parameters: req
                         .parameters
                         .iter()
@@ -234,6 +253,15 @@ impl Engine {
         if let Err(e) = pool.create_volume(&mut record, source) {
             self.roll_back(pool.as_ref(), &record);
             return Err(e.into());
+        }
+        if req.limit_bytes > 0 && record.capacity > req.limit_bytes {
+            self.roll_back(pool.as_ref(), &record);
+            return Err(Error::OutOfRange(format!(
+                "pool {} can only offer {} bytes, more than limit_bytes {}",
+                pool.name(),
+                record.capacity,
+                req.limit_bytes
+            )));
         }
         record.phase = Phase::Ready;
         self.put_volume(&record)?;
@@ -278,19 +306,11 @@ impl Engine {
                 record.published.keys().cloned().collect::<Vec<_>>().join(", ")
             )));
         }
-        let table = ops::table(self.sys.as_ref()).map_err(|e| {
-            Error::Backend(crate::backend::Error::Io {
-                op: "read mount table",
-                path: "/proc/self/mountinfo".into(),
-                source: e,
-            })
-        })?;
-        let dir = pool.data_dir(crate::backend::StageSource::Managed(&record));
-        let mounts = mountinfo::binds_of(&table, &dir);
+        let mounts = pool.mounts(crate::backend::StageSource::Managed(&record))?;
         if !mounts.is_empty() {
             return Err(Error::FailedPrecondition(format!(
                 "volume {id} is still mounted at {}; unpublish and unstage it first",
-                mounts.iter().map(|m| m.mount_point.display().to_string()).collect::<Vec<_>>().join(", ")
+                mounts.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", ")
             )));
         }
         record.phase = Phase::Deleting;
@@ -355,7 +375,7 @@ impl Engine {
         Ok(())
     }
 
-    fn ready_volume(&self, id: &str) -> Result<VolumeRecord> {
+    pub(super) fn ready_volume(&self, id: &str) -> Result<VolumeRecord> {
         self.store
             .volume(id)
             .filter(|v| v.phase != Phase::Deleting)
@@ -385,6 +405,12 @@ impl Engine {
             }
             if cap.block != (record.access == AccessKind::Block) {
                 return Ok(Err(format!("volume {id} was created for {:?} access", record.access)));
+            }
+            if let Some(fs) = &record.fs_type
+                && !cap.fs_type.is_empty()
+                && &cap.fs_type != fs
+            {
+                return Ok(Err(format!("volume {id} holds a {fs} filesystem, not {}", cap.fs_type)));
             }
         }
         Ok(Ok(()))
@@ -448,11 +474,12 @@ impl Engine {
         {
             return Ok((required, true));
         }
-        Ok((self.expand(id, required, limit)?, false))
+        self.expand(id, required, limit)
     }
 
-    /// Applies a larger size to a volume this process holds.
-    pub(super) fn expand(&self, id: &str, required: u64, limit: u64) -> Result<u64> {
+    /// Applies a larger size to a volume this process holds; returns the size and whether
+    /// the node must finish the expansion.
+    pub(super) fn expand(&self, id: &str, required: u64, limit: u64) -> Result<(u64, bool)> {
         if limit > 0 && required > limit {
             return Err(Error::OutOfRange(format!("required_bytes {required} exceeds limit_bytes {limit}")));
         }
@@ -465,7 +492,7 @@ impl Engine {
             )));
         }
         if required <= record.capacity {
-            return Ok(record.capacity);
+            return Ok((record.capacity, false));
         }
         let pool = Arc::clone(self.pool(&record.pool)?);
         let room = pool.capacity()?;
@@ -476,11 +503,11 @@ impl Engine {
                 record.pool, room.available_bytes
             )));
         }
-        pool.expand_volume(&record, required)?;
+        let node_required = pool.expand_volume(&record, required)?;
         record.capacity = required;
         self.put_volume(&record)?;
-        tracing::info!(volume.id = %id, bytes = required, "volume expanded");
-        Ok(required)
+        tracing::info!(volume.id = %id, bytes = required, node_expansion_required = node_required, "volume expanded");
+        Ok((required, node_required))
     }
 
     /// Snapshots a volume, or returns the snapshot this name already made of it.

@@ -9,12 +9,13 @@ mod tests;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::backend::{self, Backend, hostpath::HostPath};
+use crate::backend::{self, Backend, block::BlockPool, device::DevicePool, hostpath::HostPath};
 use crate::config::{Config, PoolConfig};
 use crate::locks::{Guard, Locks};
 use crate::mount::Syscall;
 use crate::state::{Phase, Store};
 
+pub use crate::backend::{AccessMode, Capability, FS_TYPES};
 pub use controller::{CapacityQuery, CreateVolume, ListedVolume, Page};
 pub use node::{NodePublish, NodeStage};
 
@@ -73,49 +74,14 @@ impl From<Error> for tonic::Status {
                 backend::Error::Unsupported(_) => Status::failed_precondition(message),
                 backend::Error::InvalidArgument(_) => Status::invalid_argument(message),
                 backend::Error::NotFound(_) => Status::not_found(message),
+                backend::Error::Exhausted(_) => Status::resource_exhausted(message),
+                backend::Error::OutOfRange(_) => Status::out_of_range(message),
+                backend::Error::FailedPrecondition(_) => Status::failed_precondition(message),
+                backend::Error::Unimplemented(_) => Status::unimplemented(message),
             },
         }
     }
 }
-
-/// How a volume may be accessed, from a capability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccessMode {
-    SingleNodeWriter,
-    SingleNodeReaderOnly,
-    MultiNodeReaderOnly,
-    MultiNodeSingleWriter,
-    MultiNodeMultiWriter,
-    SingleNodeSingleWriter,
-    SingleNodeMultiWriter,
-}
-
-impl AccessMode {
-    /// True for modes that allow more than one node.
-    pub fn multi_node(self) -> bool {
-        matches!(
-            self,
-            AccessMode::MultiNodeReaderOnly | AccessMode::MultiNodeSingleWriter | AccessMode::MultiNodeMultiWriter
-        )
-    }
-
-    /// True for modes that never write.
-    pub fn read_only(self) -> bool {
-        matches!(self, AccessMode::SingleNodeReaderOnly | AccessMode::MultiNodeReaderOnly)
-    }
-}
-
-/// A volume capability, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Capability {
-    pub block: bool,
-    pub fs_type: String,
-    pub mount_flags: Vec<String>,
-    pub mode: AccessMode,
-}
-
-/// Filesystem types a capability may name; a hostPath volume ignores which one it is.
-pub const FS_TYPES: &[&str] = &["", "ext4", "xfs", "btrfs"];
 
 /// Everything an operation needs: configuration, records, locks, pools and the kernel.
 pub struct Engine {
@@ -170,6 +136,26 @@ impl Engine {
                 PoolConfig::Hostpath(hp) => Arc::new(
                     HostPath::open(hp, Arc::clone(&sys), max_project).map_err(|e| format!("pool {}: {e}", hp.name))?,
                 ),
+                PoolConfig::Block(bp) => {
+                    Arc::new(BlockPool::open(bp, Arc::clone(&sys)).map_err(|e| format!("pool {}: {e}", bp.name))?)
+                }
+                PoolConfig::Device(dp) => {
+                    let snapshot_dir = dp.snapshot_pool.as_ref().and_then(|name| {
+                        config.pools.iter().find_map(|p| match p {
+                            PoolConfig::Block(b) if &b.name == name => Some(b.path.join("snapshots")),
+                            _ => None,
+                        })
+                    });
+                    let held = store
+                        .volumes_where(|v| v.pool == dp.name && v.device.is_some())
+                        .into_iter()
+                        .filter_map(|v| v.device.map(|d| (std::path::PathBuf::from(d), v.id)))
+                        .collect();
+                    Arc::new(
+                        DevicePool::open(dp, Arc::clone(&sys), snapshot_dir, held)
+                            .map_err(|e| format!("pool {}: {e}", dp.name))?,
+                    )
+                }
             };
             pools.insert(pool.name().to_string(), backend);
         }

@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Capability, Engine, Error, Result};
-use crate::backend::{self, Backend, Condition, StageSource, Usage, tree};
+use crate::backend::{self, Backend, Condition, RAW_DEVICE_FILE, StageSource, Usage, tree};
 use crate::ids::{self, Kind};
 use crate::mount::{mountinfo, ops};
 use crate::state::{self, AccessKind, Enforced, Phase, VolumeRecord};
@@ -59,7 +60,8 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Err
 /// must exist), refuses symlinks and non-directories, and refuses a directory that holds
 /// files but is not a mount point, so a request can never hide existing data (`/etc`, a
 /// home directory) under a volume.
-fn prepare_dir(engine: &Engine, field: &str, path: &Path) -> Result<()> {
+fn prepare_dir(engine: &Engine, field: &str, path: &Path) -> Result<CreatedDir> {
+    let existing = CreatedDir { path: None, dir: true };
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => Err(Error::InvalidArgument(format!(
             "{field} {} is a symlink; berth does not mount through symlinks",
@@ -67,26 +69,81 @@ fn prepare_dir(engine: &Engine, field: &str, path: &Path) -> Result<()> {
         ))),
         Ok(m) if m.is_dir() => {
             if ops::is_mount_point(engine.sys.as_ref(), path).map_err(io_err("read mount table", path))? {
-                return Ok(());
+                return Ok(existing);
             }
-            let mut entries = fs::read_dir(path).map_err(io_err("list", path))?;
+            // A raw block volume's device file left by a reboot is berth's own; anything
+            // else means the directory holds someone's data.
+            let mut entries = fs::read_dir(path)
+                .map_err(io_err("list", path))?
+                .filter(|e| e.as_ref().map_or(true, |e| e.file_name() != RAW_DEVICE_FILE));
             if entries.next().is_some() {
                 return Err(Error::InvalidArgument(format!(
                     "{field} {} is a non-empty directory that is not a mount point; berth mounts only on empty directories",
                     path.display()
                 )));
             }
-            Ok(())
+            Ok(existing)
         }
         Ok(_) => Err(Error::InvalidArgument(format!("{field} {} exists and is not a directory", path.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(path) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(CreatedDir { path: Some(path.to_path_buf()), dir: true }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(Error::NotFound(format!("the parent directory of {field} {} does not exist", path.display())))
             }
             Err(e) => Err(io_err("create directory", path)(e)),
         },
         Err(e) => Err(io_err("inspect", path)(e)),
+    }
+}
+
+/// Makes sure `path` is a file berth may bind a raw device onto: creates it when missing
+/// (its parent must exist), refuses symlinks and directories.
+fn prepare_file(field: &str, path: &Path) -> Result<CreatedDir> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(Error::InvalidArgument(format!(
+            "{field} {} is a symlink; berth does not mount through symlinks",
+            path.display()
+        ))),
+        Ok(m) if m.is_dir() => Err(Error::InvalidArgument(format!(
+            "{field} {} is a directory; a raw block volume is published onto a file",
+            path.display()
+        ))),
+        Ok(_) => Ok(CreatedDir { path: None, dir: false }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+                Ok(_) => Ok(CreatedDir { path: Some(path.to_path_buf()), dir: false }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    Err(Error::NotFound(format!("the parent directory of {field} {} does not exist", path.display())))
+                }
+                Err(e) => Err(io_err("create file", path)(e)),
+            }
+        }
+        Err(e) => Err(io_err("inspect", path)(e)),
+    }
+}
+
+/// A directory (or file) berth created for a mount; removed again if the call fails
+/// before mounting, so a failed call leaves the CO's paths exactly as they were.
+#[must_use]
+struct CreatedDir {
+    path: Option<PathBuf>,
+    dir: bool,
+}
+
+impl CreatedDir {
+    /// The mount succeeded: the directory stays.
+    fn keep(mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for CreatedDir {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take()
+            && let Err(e) = if self.dir { fs::remove_dir(&path) } else { fs::remove_file(&path) }
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a directory created for a failed call");
+        }
     }
 }
 
@@ -179,17 +236,19 @@ impl Engine {
         let resolved = self.resolve(&req.volume_id, &req.context)?;
         let (pool, source) = resolved.parts();
         self.check_node_capability(pool.as_ref(), &req.capability)?;
-        prepare_dir(self, "staging_target_path", &req.staging)?;
-        if ops::is_mount_point(self.sys.as_ref(), &req.staging).map_err(io_err("read mount table", &req.staging))? {
-            if pool.is_mounted_at(source, &req.staging)? {
+        let created = prepare_dir(self, "staging_target_path", &req.staging)?;
+        let staged_at = backend::publish_source(&req.staging, req.capability.block);
+        if ops::is_mount_point(self.sys.as_ref(), &staged_at).map_err(io_err("read mount table", &staged_at))? {
+            if pool.is_mounted_at(source, &staged_at)? {
                 return Ok(());
             }
             return Err(Error::AlreadyExists(format!(
-                "another filesystem is mounted at staging path {}",
-                req.staging.display()
+                "another volume is mounted at staging path {}",
+                staged_at.display()
             )));
         }
-        pool.stage(source, &req.staging, ops::Flags::default())?;
+        pool.stage(source, &req.staging, &req.capability)?;
+        created.keep();
         tracing::info!(volume.id = %req.volume_id, staging.path = %req.staging.display(), "volume staged");
         Ok(())
     }
@@ -197,7 +256,17 @@ impl Engine {
     /// Unmounts the staging path and removes it. Idempotent, also for paths never mounted.
     pub fn node_unstage(&self, volume_id: &str, staging: &Path) -> Result<()> {
         let _guard = self.lock(&[volume_id.to_string()])?;
+        let raw = staging.join(RAW_DEVICE_FILE);
+        // Bound, the file shows the device node; unbound, the empty file berth created.
+        if fs::symlink_metadata(&raw).is_ok_and(|m| !m.is_dir() && !m.file_type().is_symlink()) {
+            tear_down(self, "staging device file", &raw)?;
+        }
         tear_down(self, "staging_target_path", staging)?;
+        if let Some(record) = self.store.volume(volume_id).filter(|v| !v.ephemeral)
+            && let Some(pool) = self.pools.get(&record.pool)
+        {
+            pool.unstage(StageSource::Managed(&record))?;
+        }
         tracing::info!(volume.id = %volume_id, staging.path = %staging.display(), "volume unstaged");
         Ok(())
     }
@@ -217,23 +286,28 @@ impl Engine {
                 "staging_target_path is required: berth stages volumes before publishing them".into(),
             )
         })?;
-        if !pool.is_mounted_at(source, staging)? {
+        let staged_at = backend::publish_source(staging, req.capability.block);
+        if !pool.is_mounted_at(source, &staged_at)? {
             return Err(Error::FailedPrecondition(format!(
                 "volume {} is not staged at {}; call NodeStageVolume first",
                 req.volume_id,
                 staging.display()
             )));
         }
-        prepare_dir(self, "target_path", &req.target)?;
+        let created = if req.capability.block {
+            prepare_file("target_path", &req.target)?
+        } else {
+            prepare_dir(self, "target_path", &req.target)?
+        };
         if ops::is_mount_point(self.sys.as_ref(), &req.target).map_err(io_err("read mount table", &req.target))? {
             return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly);
         }
         if req.capability.mode == super::AccessMode::SingleNodeSingleWriter {
-            let table = ops::table(self.sys.as_ref()).map_err(io_err("read mount table", &req.target))?;
-            let others: Vec<_> = mountinfo::binds_of(&table, &pool.data_dir(source))
+            let others: Vec<_> = pool
+                .mounts(source)?
                 .into_iter()
-                .filter(|m| m.mount_point != staging && m.mount_point != req.target)
-                .map(|m| m.mount_point.display().to_string())
+                .filter(|m| m != staging && *m != staged_at && *m != req.target)
+                .map(|m| m.display().to_string())
                 .collect();
             if !others.is_empty() {
                 return Err(Error::FailedPrecondition(format!(
@@ -243,7 +317,8 @@ impl Engine {
                 )));
             }
         }
-        ops::bind(self.sys.as_ref(), staging, &req.target, flags).map_err(io_err("bind mount", &req.target))?;
+        ops::bind(self.sys.as_ref(), &staged_at, &req.target, flags).map_err(io_err("bind mount", &req.target))?;
+        created.keep();
         tracing::info!(volume.id = %req.volume_id, target.path = %req.target.display(), readonly = flags.readonly, "volume published");
         Ok(())
     }
@@ -329,6 +404,8 @@ impl Engine {
                     source: None,
                     published: BTreeMap::new(),
                     ephemeral: true,
+                    fs_type: None,
+                    device: None,
                     parameters: BTreeMap::new(),
                     created_unix_ms: state::now_ms(),
                 });
@@ -340,11 +417,16 @@ impl Engine {
             }
         };
         let source = StageSource::Managed(&record);
-        prepare_dir(self, "target_path", &req.target)?;
+        let created = prepare_dir(self, "target_path", &req.target)?;
         if ops::is_mount_point(self.sys.as_ref(), &req.target).map_err(io_err("read mount table", &req.target))? {
             return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly);
         }
-        pool.stage(source, &req.target, flags)?;
+        let mut capability = req.capability.clone();
+        if flags.readonly {
+            capability.mount_flags.push("ro".into());
+        }
+        pool.stage(source, &req.target, &capability)?;
+        created.keep();
         tracing::info!(volume.id = %req.volume_id, target.path = %req.target.display(), "ephemeral volume published");
         Ok(())
     }
@@ -353,7 +435,10 @@ impl Engine {
     pub fn node_stats(&self, volume_id: &str, volume_path: &Path) -> Result<(Usage, Condition)> {
         let meta = fs::symlink_metadata(volume_path)
             .map_err(|_| Error::NotFound(format!("volume path {} does not exist", volume_path.display())))?;
-        if !meta.is_dir() {
+        let raw = self.store.volume(volume_id).is_some_and(|v| v.access == AccessKind::Block);
+        // A raw volume's target is a file with the device node bound onto it.
+        let device_file = meta.is_file() || meta.file_type().is_block_device();
+        if !(meta.is_dir() || raw && device_file) {
             return Err(Error::NotFound(format!("volume path {} is not a directory", volume_path.display())));
         }
         let mounted =
@@ -396,18 +481,31 @@ impl Engine {
                 volume_path.display()
             )));
         }
-        Ok((pool.usage(&record)?, condition))
+        Ok((pool.usage(&record, volume_path)?, condition))
     }
 
-    /// Applies a larger size on the node (hostPath limits are per directory, so this is the
-    /// same limit the controller sets; calling both is harmless).
+    /// Makes the mounted volume see its new size: grows the storage first if the controller
+    /// has not (node-only expansion), then lets the backend finish on the node (refresh the
+    /// loop device and grow the filesystem; re-apply a directory's limit).
     pub fn node_expand(&self, volume_id: &str, volume_path: &Path, required: u64, limit: u64) -> Result<u64> {
-        if !volume_path.exists() {
+        if fs::symlink_metadata(volume_path).is_err() {
             return Err(Error::NotFound(format!("volume path {} does not exist", volume_path.display())));
         }
-        if self.store.volume(volume_id).is_none() {
+        let Some(record) = self.store.volume(volume_id) else {
             return Err(Error::NotFound(format!("volume {volume_id} does not exist on node {}", self.node_id)));
-        }
-        self.expand(volume_id, required, limit)
+        };
+        let capacity =
+            if required > record.capacity { self.expand(volume_id, required, limit)?.0 } else { record.capacity };
+        let _guard = self.lock(&[volume_id.to_string()])?;
+        let record = self.ready_volume(volume_id)?;
+        let pool = Arc::clone(self.pools.get(&record.pool).ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "volume {volume_id} is in pool {} which is no longer configured",
+                record.pool
+            ))
+        })?);
+        pool.node_expand(&record, volume_path)?;
+        tracing::info!(volume.id = %volume_id, bytes = capacity, volume.path = %volume_path.display(), "volume expanded on the node");
+        Ok(capacity)
     }
 }

@@ -74,7 +74,8 @@ fn project_quota_volumes_get_an_id_and_a_hard_limit() {
     }));
 
     fake.set_project_usage(project, ProjectUsage { used_bytes: 3 << 20, used_inodes: 7, hard_limit_bytes: 9 << 20 });
-    let usage = engine.pools["fast"].usage(&engine.store.volume(&vol.id).expect("rec")).expect("usage");
+    let usage =
+        engine.pools["fast"].usage(&engine.store.volume(&vol.id).expect("rec"), Path::new("/unused")).expect("usage");
     assert_eq!((usage.total_bytes, usage.used_bytes, usage.available_bytes), (9 << 20, 3 << 20, 6 << 20));
 
     engine.delete_volume(&vol.id).expect("delete");
@@ -254,6 +255,8 @@ fn a_retried_create_finishes_work_a_crash_left_half_done() {
         source: None,
         published: BTreeMap::new(),
         ephemeral: false,
+        fs_type: None,
+        device: None,
         parameters: BTreeMap::new(),
         created_unix_ms: 1,
     };

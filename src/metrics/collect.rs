@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::exposition::{Kind, Writer, format_value};
 use super::{Counters, LATENCY_BUCKETS, counters};
+use crate::backend::StageSource;
 use crate::engine::Engine;
 use crate::state::{Phase, VolumeRecord};
 
@@ -62,7 +63,10 @@ impl Collector {
                 continue;
             }
             let Some(pool) = engine.pools.get(&volume.pool) else { continue };
-            match pool.usage(volume) {
+            // Block volumes are measured where they are mounted; hostPath volumes and raw
+            // block volumes are measured in the pool, whatever path is given.
+            let mounted = pool.mounts(StageSource::Managed(volume)).ok().and_then(|m| m.into_iter().next());
+            match pool.usage(volume, &mounted.unwrap_or_default()) {
                 Ok(usage) => {
                     cache.insert(volume.id.clone(), (Instant::now(), usage.used_bytes));
                 }
@@ -77,7 +81,8 @@ impl Collector {
         w.family(
             "berth_volume_used_bytes",
             Kind::Gauge,
-            "Bytes each volume uses, as its pool measures it (qgroup, project quota or a walk of its tree).",
+            "Bytes each volume uses, as its pool measures it: qgroup, project quota or a walk of its tree \
+             (hostPath), allocated image blocks (raw block), its filesystem (block, while mounted).",
         );
         for v in &volumes {
             if let Some((_, used)) = cache.get(&v.id) {

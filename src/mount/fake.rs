@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use nix::mount::{MntFlags, MsFlags};
 
-use super::{FsStat, ProjectQuotaState, ProjectUsage, QgroupUsage, Syscall};
+use super::{FsStat, LoopDevice, ProjectQuotaState, ProjectUsage, QgroupUsage, Signature, Syscall};
 
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,16 @@ pub enum Call {
     QgroupLimit { subvol: PathBuf, max_bytes: Option<u64> },
     SetProjectId { dir: PathBuf, project: u32 },
     SetProjectLimit { mount_point: PathBuf, project: u32, bytes: u64 },
+    LoopAttach { image: PathBuf, tag: String, readonly: bool },
+    LoopDetach { device: PathBuf },
+    LoopSetCapacity { device: PathBuf },
+    Mkfs { device: PathBuf, fs_type: String },
+    GrowFs { fs_type: String, device: PathBuf, mount_point: PathBuf },
+    GrowFsOffline { fs_type: String, device: PathBuf },
+    Freeze { mount_point: PathBuf },
+    Thaw { mount_point: PathBuf },
+    WipeSignatures { device: PathBuf },
+    ClearDevice { device: PathBuf, zero: bool },
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +42,9 @@ struct Inner {
     project_state: Option<ProjectQuotaState>,
     project_usage: HashMap<u32, ProjectUsage>,
     failures: HashMap<&'static str, i32>,
+    loops: Vec<(PathBuf, LoopDevice)>,
+    signatures: HashMap<PathBuf, Signature>,
+    device_sizes: HashMap<PathBuf, u64>,
 }
 
 /// The recording fake. Configure it with the builder methods, then read [`Self::calls`].
@@ -70,6 +83,16 @@ impl RecordingSyscall {
     /// Sets the usage reported for a project.
     pub fn set_project_usage(&self, project: u32, usage: ProjectUsage) {
         self.lock().project_usage.insert(project, usage);
+    }
+
+    /// Makes blkid report `signature` on `device`.
+    pub fn set_signature(&self, device: &Path, signature: Signature) {
+        self.lock().signatures.insert(device.to_path_buf(), signature);
+    }
+
+    /// Makes `device` report `bytes` as its size.
+    pub fn set_device_size(&self, device: &Path, bytes: u64) {
+        self.lock().device_sizes.insert(device.to_path_buf(), bytes);
     }
 
     /// Every call so far, in order.
@@ -198,5 +221,78 @@ impl Syscall for RecordingSyscall {
     fn project_usage(&self, _mount_point: &Path, project: u32) -> io::Result<ProjectUsage> {
         self.check("project_usage")?;
         self.lock().project_usage.get(&project).copied().ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+    }
+
+    fn loop_attach(&self, image: &Path, tag: &str, readonly: bool) -> io::Result<LoopDevice> {
+        self.record("loop_attach", Call::LoopAttach { image: image.into(), tag: tag.into(), readonly })?;
+        let mut inner = self.lock();
+        let device = LoopDevice {
+            path: PathBuf::from(format!("/dev/loop{}", 100 + inner.loops.len())),
+            tag: tag.into(),
+            direct_io: true,
+        };
+        inner.loops.push((image.to_path_buf(), device.clone()));
+        Ok(device)
+    }
+
+    fn loop_find(&self, image: &Path) -> io::Result<Vec<LoopDevice>> {
+        self.check("loop_find")?;
+        Ok(self.lock().loops.iter().filter(|(i, _)| i == image).map(|(_, d)| d.clone()).collect())
+    }
+
+    fn loop_detach(&self, device: &Path) -> io::Result<()> {
+        self.record("loop_detach", Call::LoopDetach { device: device.into() })?;
+        self.lock().loops.retain(|(_, d)| d.path != device);
+        Ok(())
+    }
+
+    fn loop_set_capacity(&self, device: &Path) -> io::Result<()> {
+        self.record("loop_set_capacity", Call::LoopSetCapacity { device: device.into() })
+    }
+
+    fn blkid(&self, device: &Path) -> io::Result<Signature> {
+        self.check("blkid")?;
+        Ok(self.lock().signatures.get(device).cloned().unwrap_or(Signature::None))
+    }
+
+    fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()> {
+        self.record("mkfs", Call::Mkfs { device: device.into(), fs_type: fs_type.into() })?;
+        self.lock().signatures.insert(device.to_path_buf(), Signature::Filesystem(fs_type.into()));
+        Ok(())
+    }
+
+    fn grow_fs(&self, fs_type: &str, device: &Path, mount_point: &Path) -> io::Result<()> {
+        self.record(
+            "grow_fs",
+            Call::GrowFs { fs_type: fs_type.into(), device: device.into(), mount_point: mount_point.into() },
+        )
+    }
+
+    fn grow_fs_offline(&self, fs_type: &str, device: &Path) -> io::Result<bool> {
+        self.record("grow_fs_offline", Call::GrowFsOffline { fs_type: fs_type.into(), device: device.into() })?;
+        Ok(false)
+    }
+
+    fn device_size(&self, device: &Path) -> io::Result<u64> {
+        self.check("device_size")?;
+        self.lock().device_sizes.get(device).copied().ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+    }
+
+    fn freeze(&self, mount_point: &Path) -> io::Result<()> {
+        self.record("freeze", Call::Freeze { mount_point: mount_point.into() })
+    }
+
+    fn thaw(&self, mount_point: &Path) -> io::Result<()> {
+        self.record("thaw", Call::Thaw { mount_point: mount_point.into() })
+    }
+
+    fn wipe_signatures(&self, device: &Path) -> io::Result<()> {
+        self.record("wipe_signatures", Call::WipeSignatures { device: device.into() })?;
+        self.lock().signatures.remove(device);
+        Ok(())
+    }
+
+    fn clear_device(&self, device: &Path, zero: bool) -> io::Result<()> {
+        self.record("clear_device", Call::ClearDevice { device: device.into(), zero })
     }
 }

@@ -9,7 +9,12 @@ use std::path::Path;
 
 use nix::mount::{MntFlags, MsFlags};
 
-use super::{FsStat, ProjectQuotaState, ProjectUsage, QgroupUsage, Syscall, btrfs, quota};
+use std::os::unix::fs::MetadataExt;
+
+use super::{
+    FsStat, LoopDevice, ProjectQuotaState, ProjectUsage, QgroupUsage, Signature, Syscall, blockdev, btrfs, loopdev,
+    quota, tools,
+};
 
 /// Performs the calls on the running kernel.
 #[derive(Debug, Default, Clone, Copy)]
@@ -104,5 +109,98 @@ impl Syscall for LinuxSyscall {
 
     fn project_usage(&self, mount_point: &Path, project: u32) -> io::Result<ProjectUsage> {
         quota::project_usage(open_dir(mount_point)?.as_fd(), project)
+    }
+
+    fn loop_attach(&self, image: &Path, tag: &str, readonly: bool) -> io::Result<LoopDevice> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!readonly)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(image)?;
+        // Direct I/O avoids caching every block twice (loop device and backing file); the
+        // loop layer falls back to buffered I/O where the backing filesystem refuses it.
+        let status = loopdev::attach(&file, tag, readonly, true)?;
+        Ok(LoopDevice { path: status.device, tag: status.file_name, direct_io: status.direct_io })
+    }
+
+    fn loop_find(&self, image: &Path) -> io::Result<Vec<LoopDevice>> {
+        let meta = std::fs::symlink_metadata(image)?;
+        Ok(loopdev::find_by_backing(meta.dev(), meta.ino())?
+            .into_iter()
+            .map(|s| LoopDevice { path: s.device, tag: s.file_name, direct_io: s.direct_io })
+            .collect())
+    }
+
+    fn loop_detach(&self, device: &Path) -> io::Result<()> {
+        loopdev::detach(device)
+    }
+
+    fn loop_set_capacity(&self, device: &Path) -> io::Result<()> {
+        loopdev::set_capacity(device)
+    }
+
+    fn blkid(&self, device: &Path) -> io::Result<Signature> {
+        tools::blkid(device)
+    }
+
+    fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()> {
+        tools::mkfs(device, fs_type)
+    }
+
+    fn grow_fs(&self, fs_type: &str, device: &Path, mount_point: &Path) -> io::Result<()> {
+        if fs_type != "ext4" {
+            return tools::grow(fs_type, device, mount_point);
+        }
+        // ext4 grows through its mount root directly: resize2fs locates the mount itself
+        // and is misled when a restored clone with the same UUID is mounted elsewhere.
+        let root = open_dir(mount_point)?;
+        #[allow(clippy::useless_conversion)] // c_ulong is u64 here but not on every target
+        let block = u64::from(nix::sys::statvfs::fstatvfs(&root).map_err(io::Error::from)?.block_size());
+        let bytes = blockdev::size(File::open(device)?.as_fd())?;
+        if block == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        blockdev::ext4_resize(root.as_fd(), bytes / block).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EPERM) {
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "growing a mounted ext4 filesystem needs CAP_SYS_RESOURCE, which this process lacks; \
+                     run the node plugin privileged, or unstage and stage again to grow it offline",
+                )
+            } else {
+                e
+            }
+        })
+    }
+
+    fn grow_fs_offline(&self, fs_type: &str, device: &Path) -> io::Result<bool> {
+        match fs_type {
+            "ext4" => tools::grow_ext4_offline(device),
+            // xfs and btrfs only grow while mounted, which needs no extra capability.
+            _ => Ok(false),
+        }
+    }
+
+    fn device_size(&self, device: &Path) -> io::Result<u64> {
+        let file = File::open(device)?;
+        blockdev::size(file.as_fd())
+    }
+
+    fn freeze(&self, mount_point: &Path) -> io::Result<()> {
+        blockdev::freeze(open_dir(mount_point)?.as_fd())
+    }
+
+    fn thaw(&self, mount_point: &Path) -> io::Result<()> {
+        blockdev::thaw(open_dir(mount_point)?.as_fd())
+    }
+
+    fn wipe_signatures(&self, device: &Path) -> io::Result<()> {
+        tools::wipe_signatures(device)
+    }
+
+    fn clear_device(&self, device: &Path, zero: bool) -> io::Result<()> {
+        let file = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(device)?;
+        let size = blockdev::size(file.as_fd())?;
+        if zero { blockdev::zero_out(file.as_fd(), 0, size) } else { blockdev::discard(file.as_fd(), 0, size) }
     }
 }

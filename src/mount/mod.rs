@@ -5,12 +5,15 @@
 //! Paths given to these calls are berth-owned locations (pool directories, kubelet
 //! targets); content inside user volumes is handled by fd-based code in `backend::tree`.
 
+pub mod blockdev;
 pub mod btrfs;
 pub mod fake;
 mod linux;
+pub mod loopdev;
 pub mod mountinfo;
 pub mod ops;
 pub mod quota;
+pub mod tools;
 
 use std::io;
 use std::path::Path;
@@ -18,6 +21,7 @@ use std::path::Path;
 pub use linux::LinuxSyscall;
 pub use nix::mount::{MntFlags, MsFlags};
 pub use quota::ProjectQuotaState;
+pub use tools::Signature;
 
 /// Filesystem facts from statfs(2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,4 +103,42 @@ pub trait Syscall: Send + Sync {
     fn set_project_limit(&self, mount_point: &Path, project: u32, bytes: u64) -> io::Result<()>;
     /// Usage and limit of a project.
     fn project_usage(&self, mount_point: &Path, project: u32) -> io::Result<ProjectUsage>;
+    /// Attaches an image file to a free loop device whose name field is `tag`.
+    fn loop_attach(&self, image: &Path, tag: &str, readonly: bool) -> io::Result<LoopDevice>;
+    /// Loop devices backed by `image`, matched by device and inode (not by path).
+    fn loop_find(&self, image: &Path) -> io::Result<Vec<LoopDevice>>;
+    /// Detaches a loop device.
+    fn loop_detach(&self, device: &Path) -> io::Result<()>;
+    /// Makes a loop device pick up its backing file's new size.
+    fn loop_set_capacity(&self, device: &Path) -> io::Result<()>;
+    /// What signature, if any, a device holds.
+    fn blkid(&self, device: &Path) -> io::Result<Signature>;
+    /// Formats a device.
+    fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()>;
+    /// Grows a mounted filesystem to fill its device.
+    fn grow_fs(&self, fs_type: &str, device: &Path, mount_point: &Path) -> io::Result<()>;
+    /// Grows an unmounted filesystem to fill its device when it is smaller; true if it grew.
+    fn grow_fs_offline(&self, fs_type: &str, device: &Path) -> io::Result<bool>;
+    /// Size of a block device in bytes.
+    fn device_size(&self, device: &Path) -> io::Result<u64>;
+    /// Freezes the filesystem mounted at `mount_point` (FIFREEZE).
+    fn freeze(&self, mount_point: &Path) -> io::Result<()>;
+    /// Thaws it (FITHAW).
+    fn thaw(&self, mount_point: &Path) -> io::Result<()>;
+    /// Erases every signature from a device.
+    fn wipe_signatures(&self, device: &Path) -> io::Result<()>;
+    /// Discards (or with `zero`, zeroes) every block of a device.
+    fn clear_device(&self, device: &Path, zero: bool) -> io::Result<()>;
 }
+
+/// A loop device berth found or attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopDevice {
+    pub path: std::path::PathBuf,
+    /// The name field berth set at attach; devices without berth's tag are never detached.
+    pub tag: String,
+    pub direct_io: bool,
+}
+
+/// The name-field prefix of every loop device berth attaches.
+pub const LOOP_TAG_PREFIX: &str = "berth:";

@@ -1,0 +1,261 @@
+{{/*
+Names, labels and the small pieces every template shares.
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "berth.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The prefix of every object name: fullnameOverride, else "<release>-<name>", else just the
+release name when it already contains the chart name. Kept to 40 characters so that
+"<prefix>-local-controller" still fits the 63-character label limit.
+*/}}
+{{- define "berth.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "berth.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels that select one component's pods: call with (dict "ctx" $ "component" "node"). */}}
+{{- define "berth.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "berth.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* The recommended labels: call with (dict "ctx" $ "component" "node"). */}}
+{{- define "berth.labels" -}}
+helm.sh/chart: {{ include "berth.chart" .ctx }}
+{{ include "berth.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: berth
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- end }}
+
+{{/* The berth image reference. */}}
+{{- define "berth.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* A sidecar image reference: call with the sidecars.<name> map. */}}
+{{- define "berth.sidecarImage" -}}
+{{- printf "%s:%s" .repository .tag }}
+{{- end }}
+
+{{/* The pools each driver serves, by type. Output is YAML: {pools: [...]}. */}}
+{{- define "berth.localPools" -}}
+{{- $pools := list }}
+{{- range .Values.pools }}
+{{- if has .type (list "hostpath" "block" "device") }}
+{{- $pools = append $pools . }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "pools" $pools) }}
+{{- end }}
+
+{{- define "berth.nfsPools" -}}
+{{- $pools := list }}
+{{- range .Values.pools }}
+{{- if eq .type "nfs" }}
+{{- $pools = append $pools . }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "pools" $pools) }}
+{{- end }}
+
+{{/*
+The directory on the host holding a driver's socket: call with (dict "ctx" $ "driver" NAME).
+*/}}
+{{- define "berth.socketDir" -}}
+{{- printf "%s/plugins/%s" (trimSuffix "/" .ctx.Values.kubeletDir) .driver }}
+{{- end }}
+
+{{- define "berth.registrationDir" -}}
+{{- printf "%s/plugins_registry" (trimSuffix "/" .Values.kubeletDir) }}
+{{- end }}
+
+{{/* The DaemonSet runs in the host network when asked, and always with NFS mounts. */}}
+{{- define "berth.node.hostNetwork" -}}
+{{- if or .Values.node.hostNetwork .Values.nfs.enabled }}true{{ else }}false{{ end }}
+{{- end }}
+
+{{/*
+The berth container's arguments: call with
+(dict "ctx" $ "mode" "all" "driver" NAME "metricsPort" PORT).
+The socket is always /csi/csi.sock inside the container.
+*/}}
+{{- define "berth.serveArgs" -}}
+- serve
+- --endpoint=unix:///csi/csi.sock
+- --node-id=$(NODE_NAME)
+- --config=/etc/berth/config.yaml
+- --mode={{ .mode }}
+- --driver-name={{ .driver }}
+- --log-level={{ .ctx.Values.logLevel }}
+- --log-format={{ .ctx.Values.logFormat }}
+{{- if .ctx.Values.metrics.enabled }}
+- --metrics-address=0.0.0.0:{{ .metricsPort }}
+{{- end }}
+{{- end }}
+
+{{/* Environment every container that needs the node name gets. */}}
+{{- define "berth.nodeNameEnv" -}}
+- name: NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+{{- end }}
+
+{{- define "berth.podIdentityEnv" -}}
+- name: NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- end }}
+
+{{/* The liveness probe every berth container gets, against its livenessprobe sidecar. */}}
+{{- define "berth.livenessProbe" -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: {{ . }}
+  initialDelaySeconds: 10
+  timeoutSeconds: 3
+  periodSeconds: 10
+  failureThreshold: 5
+{{- end }}
+
+{{/* Security context of sidecars: no privilege, nothing written outside volumes. */}}
+{{- define "berth.sidecarSecurityContext" -}}
+securityContext:
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  capabilities:
+    drop: ["ALL"]
+{{- end }}
+
+{{/*
+Checks that fail the install early with a reason, instead of a berth that refuses to
+start or a StorageClass that can never provision.
+*/}}
+{{- define "berth.validate" -}}
+{{- if not (or .Values.local.enabled .Values.nfs.enabled) }}
+{{- fail "berth: enable at least one driver (local.enabled or nfs.enabled)" }}
+{{- end }}
+{{- if and .Values.local.enabled .Values.nfs.enabled (eq .Values.local.driverName .Values.nfs.driverName) }}
+{{- fail (printf "berth: local.driverName and nfs.driverName are both %q; each driver needs its own name" .Values.local.driverName) }}
+{{- end }}
+{{- range $driver := list "local" "nfs" }}
+{{- $cfg := index $.Values $driver }}
+{{- $socket := printf "%s/csi.sock" (include "berth.socketDir" (dict "ctx" $ "driver" $cfg.driverName)) }}
+{{- if and $cfg.enabled (gt (len $socket) 107) }}
+{{- fail (printf "berth: the kubelet reaches the %s driver at %s, %d bytes: a unix socket path must be at most 107; shorten kubeletDir or %s.driverName" $driver $socket (len $socket) $driver) }}
+{{- end }}
+{{- end }}
+{{- $local := (include "berth.localPools" . | fromYaml).pools }}
+{{- $nfs := (include "berth.nfsPools" . | fromYaml).pools }}
+{{- if and .Values.local.enabled .Values.nfs.enabled (eq (trimSuffix "/" .Values.local.stateDir) (trimSuffix "/" .Values.nfs.stateDir)) }}
+{{- fail "berth: local.stateDir and nfs.stateDir must differ: each driver keeps its own records" }}
+{{- end }}
+{{- if and .Values.local.enabled (not $local) }}
+{{- fail "berth: local.enabled needs at least one pool of type hostpath, block or device in `pools`" }}
+{{- end }}
+{{- if and .Values.nfs.enabled (not $nfs) }}
+{{- fail "berth: nfs.enabled needs at least one pool of type nfs in `pools`" }}
+{{- end }}
+{{- range $driver, $pools := dict "local" $local "nfs" $nfs }}
+{{- $seen := dict }}
+{{- range $pools }}
+{{- if hasKey $seen .name }}
+{{- fail (printf "berth: the %s driver has two pools named %q" $driver .name) }}
+{{- end }}
+{{- $_ := set $seen .name true }}
+{{- end }}
+{{- end }}
+{{- range $local }}
+{{- if .snapshotPool }}
+{{- $snap := .snapshotPool }}
+{{- $found := false }}
+{{- range $local }}{{ if and (eq .name $snap) (eq .type "block") }}{{ $found = true }}{{ end }}{{ end }}
+{{- if not $found }}
+{{- fail (printf "berth: pool %q: snapshotPool %q must name a block pool" .name $snap) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $stateSub := printf "%s/state" (trimSuffix "/" .Values.local.stateDir) }}
+{{- range $local }}
+{{- if and .path (or (eq (trimSuffix "/" .path) $stateSub) (hasPrefix (printf "%s/" $stateSub) .path)) }}
+{{- fail (printf "berth: pool %q: path %s is inside berth's records directory %s" .name .path $stateSub) }}
+{{- end }}
+{{- end }}
+{{- range .Values.storageClasses }}
+{{- $sc := . }}
+{{- $pools := ternary $local $nfs (eq .driver "local") }}
+{{- if and (eq .driver "local") $.Values.local.enabled (not .pool) (gt (len $pools) 1) }}
+{{- fail (printf "berth: StorageClass %s must set `pool`: the local driver has %d pools" .name (len $pools)) }}
+{{- end }}
+{{- if and (eq .driver "nfs") $.Values.nfs.enabled (not .pool) (gt (len $pools) 1) }}
+{{- fail (printf "berth: StorageClass %s must set `pool`: the nfs driver has %d pools" .name (len $pools)) }}
+{{- end }}
+{{- if and .pool (or (and (eq .driver "local") $.Values.local.enabled) (and (eq .driver "nfs") $.Values.nfs.enabled)) }}
+{{- $found := dict }}
+{{- range $pools }}
+{{- if eq .name $sc.pool }}
+{{- $found = . }}
+{{- end }}
+{{- end }}
+{{- if not $found }}
+{{- fail (printf "berth: StorageClass %s names pool %q, which the %s driver does not have" .name .pool .driver) }}
+{{- end }}
+{{- if and .fsType (not (has $found.type (list "block" "device"))) }}
+{{- fail (printf "berth: StorageClass %s sets fsType, but pool %q is a %s pool; only block and device pools format filesystems" .name .pool $found.type) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A ClusterRoleBinding of <fullname>-<role> to the components' ServiceAccounts: call with
+(dict "ctx" $ "role" "provisioner" "components" (list "node" ...)).
+*/}}
+{{- define "berth.clusterRoleBinding" }}
+{{- $fullname := include "berth.fullname" .ctx }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {{ $fullname }}-{{ .role }}
+  labels:
+    {{- include "berth.labels" (dict "ctx" .ctx "component" "rbac") | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: {{ $fullname }}-{{ .role }}
+subjects:
+  {{- range .components }}
+  - kind: ServiceAccount
+    name: {{ $fullname }}-{{ . }}
+    namespace: {{ $.ctx.Release.Namespace }}
+  {{- end }}
+{{- end }}

@@ -1,0 +1,348 @@
+//! Block pools: each volume a sparse image file `<path>/volumes/<key>.img` attached
+//! through a loop device on the node, formatted (ext4, xfs, btrfs) and mounted, or handed
+//! to the pod as a raw block device. Snapshots are reflink clones of the image where the
+//! pool's filesystem can clone (xfs with reflink, btrfs), taken with the volume's
+//! filesystem frozen, else sparse copies.
+
+use std::fs::{self, File};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::tree::{self, Reflink};
+use super::{Backend, Capability, Capacity, Condition, Error, Result, Source, StageSource, Usage, blockvol};
+use crate::config::BlockPool as BlockPoolConfig;
+use crate::mount::{LOOP_TAG_PREFIX, LoopDevice, Syscall};
+use crate::state::{AccessKind, Enforced, SnapshotMethod, SnapshotRecord, VolumeRecord};
+
+const VOLUMES: &str = "volumes";
+const SNAPSHOTS: &str = "snapshots";
+/// The filesystem a Filesystem-mode volume gets when the request names none.
+pub const DEFAULT_FS: &str = "ext4";
+
+/// A block pool.
+pub struct BlockPool {
+    name: String,
+    root: PathBuf,
+    preallocate: bool,
+    sys: Arc<dyn Syscall>,
+}
+
+/// Creates `dir/name` as a whole file: written under a temporary name, synced, renamed
+/// into place, directory synced. `fill` writes the content into the open file.
+pub(super) fn write_whole_file(dir: &Path, name: &str, fill: impl FnOnce(&File) -> std::io::Result<()>) -> Result<()> {
+    let partial = dir.join(format!(".{name}.partial"));
+    let target = dir.join(name);
+    let _ = fs::remove_file(&partial);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&partial)
+        .map_err(Error::io("create image", &partial))?;
+    let result = fill(&file).and_then(|()| file.sync_all());
+    drop(file);
+    if let Err(e) = result {
+        let _ = fs::remove_file(&partial);
+        return Err(Error::io("write image", &target)(e));
+    }
+    fs::rename(&partial, &target).map_err(Error::io("rename image", &target))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("sync directory", dir))
+}
+
+/// Allocates `bytes` of `file` up front so the pool cannot be overcommitted.
+pub(super) fn preallocate(file: &File, bytes: u64) -> std::io::Result<()> {
+    let len = i64::try_from(bytes).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+    nix::fcntl::fallocate(file.as_fd(), nix::fcntl::FallocateFlags::empty(), 0, len).map_err(std::io::Error::from)
+}
+
+impl BlockPool {
+    /// Prepares the pool directories.
+    pub fn open(config: &BlockPoolConfig, sys: Arc<dyn Syscall>) -> Result<BlockPool> {
+        let root = config.path.clone();
+        for dir in [root.clone(), root.join(VOLUMES), root.join(SNAPSHOTS)] {
+            fs::create_dir_all(&dir).map_err(Error::io("create pool directory", &dir))?;
+        }
+        tracing::info!(pool = %config.name, path = %root.display(), preallocate = config.preallocate, "block pool ready");
+        Ok(BlockPool { name: config.name.clone(), root, preallocate: config.preallocate, sys })
+    }
+
+    /// The snapshots directory, where device pools may keep their snapshots too.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join(SNAPSHOTS)
+    }
+
+    fn image(&self, key: &str) -> PathBuf {
+        self.root.join(VOLUMES).join(format!("{key}.img"))
+    }
+
+    fn snapshot_image(&self, key: &str) -> PathBuf {
+        self.root.join(SNAPSHOTS).join(format!("{key}.img"))
+    }
+
+    fn tag(key: &str) -> String {
+        format!("{LOOP_TAG_PREFIX}{key}")
+    }
+
+    /// The loop device berth attached for this volume, if any. A loop device on the same
+    /// file that berth did not tag is never used or detached.
+    fn attached(&self, key: &str) -> Result<Option<LoopDevice>> {
+        let image = self.image(key);
+        if !image.exists() {
+            return Ok(None);
+        }
+        let tag = Self::tag(key);
+        Ok(self
+            .sys
+            .loop_find(&image)
+            .map_err(Error::io("find loop device", &image))?
+            .into_iter()
+            .find(|l| l.tag == tag))
+    }
+
+    fn managed<'a>(&self, source: StageSource<'a>) -> Result<&'a VolumeRecord> {
+        match source {
+            StageSource::Managed(v) => Ok(v),
+            StageSource::Static(_) => Err(Error::InvalidArgument("block pools have no static volumes".into())),
+        }
+    }
+
+    fn fs_type(volume: &VolumeRecord) -> &str {
+        volume.fs_type.as_deref().unwrap_or(DEFAULT_FS)
+    }
+
+    /// Clones or copies `from` into this pool's `dir/<key>.img`, sized `bytes` (at least).
+    fn copy_image(&self, from: &Path, dir: &Path, key: &str, bytes: u64, freeze: Option<&Path>) -> Result<bool> {
+        let src = File::open(from).map_err(Error::io("open source image", from))?;
+        let mut cloned = false;
+        write_whole_file(dir, &format!("{key}.img"), |dst| {
+            let copy =
+                || tree::copy_file_data(src.as_fd(), dst.as_fd(), Reflink::Auto).map_err(Error::io("copy image", from));
+            let (_, c) = blockvol::frozen(self.sys.as_ref(), freeze, copy).map_err(std::io::Error::other)?;
+            cloned = c;
+            if dst.metadata()?.len() < bytes {
+                dst.set_len(bytes)?;
+            }
+            Ok(())
+        })?;
+        Ok(cloned)
+    }
+}
+
+impl Backend for BlockPool {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "block"
+    }
+
+    fn enforcement(&self) -> Result<Enforced> {
+        Ok(Enforced::DeviceSize)
+    }
+
+    fn supports_block(&self) -> bool {
+        true
+    }
+
+    fn formats(&self) -> bool {
+        true
+    }
+
+    fn capacity(&self) -> Result<Capacity> {
+        let st = self.sys.statfs(&self.root).map_err(Error::io("statfs", &self.root))?;
+        Ok(Capacity {
+            total_bytes: st.total_bytes,
+            available_bytes: st.available_bytes,
+            maximum_volume_bytes: st.available_bytes,
+        })
+    }
+
+    fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()> {
+        volume.enforced = Enforced::DeviceSize;
+        let image = self.image(&volume.key);
+        if image.exists() {
+            return Ok(());
+        }
+        let dir = self.root.join(VOLUMES);
+        match source {
+            None => {
+                let preallocate_now = self.preallocate;
+                write_whole_file(&dir, &format!("{}.img", volume.key), |f| {
+                    f.set_len(volume.capacity)?;
+                    if preallocate_now { preallocate(f, volume.capacity) } else { Ok(()) }
+                })?;
+            }
+            Some(Source::Snapshot(s)) => {
+                let cloned = self.copy_image(&self.snapshot_image(&s.key), &dir, &volume.key, volume.capacity, None)?;
+                tracing::info!(volume.id = %volume.id, snapshot.id = %s.id, reflinked = cloned, "volume restored");
+            }
+            Some(Source::Volume(v)) => {
+                let freeze = match self.attached(&v.key)? {
+                    Some(l) => blockvol::filesystem_mount(self.sys.as_ref(), &l.path)?,
+                    None => None,
+                };
+                let cloned =
+                    self.copy_image(&self.image(&v.key), &dir, &volume.key, volume.capacity, freeze.as_deref())?;
+                tracing::info!(volume.id = %volume.id, source.id = %v.id, reflinked = cloned, "volume cloned");
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_volume(&self, volume: &VolumeRecord) -> Result<()> {
+        if let Some(l) = self.attached(&volume.key)? {
+            self.sys.loop_detach(&l.path).map_err(Error::io("detach loop device", &l.path))?;
+        }
+        let image = self.image(&volume.key);
+        match fs::remove_file(&image) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove image", &image)(e)),
+        }
+    }
+
+    fn expand_volume(&self, volume: &VolumeRecord, bytes: u64) -> Result<bool> {
+        let image = self.image(&volume.key);
+        let file = fs::OpenOptions::new().write(true).open(&image).map_err(Error::io("open image", &image))?;
+        if file.metadata().map_err(Error::io("stat image", &image))?.len() < bytes {
+            file.set_len(bytes).map_err(Error::io("grow image", &image))?;
+        }
+        if self.preallocate {
+            preallocate(&file, bytes).map_err(Error::io("preallocate image", &image))?;
+        }
+        file.sync_all().map_err(Error::io("sync image", &image))?;
+        Ok(true)
+    }
+
+    fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()> {
+        let Some(l) = self.attached(&volume.key)? else {
+            // Not attached here: the next stage attaches at the new size and grows then.
+            return Ok(());
+        };
+        self.sys.loop_set_capacity(&l.path).map_err(Error::io("refresh loop capacity", &l.path))?;
+        if volume.access == AccessKind::Mount {
+            self.sys
+                .grow_fs(Self::fs_type(volume), &l.path, volume_path)
+                .map_err(Error::io("grow filesystem", volume_path))?;
+        }
+        Ok(())
+    }
+
+    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()> {
+        let dest = self.snapshot_image(&snapshot.key);
+        if !dest.exists() {
+            let freeze = match self.attached(&volume.key)? {
+                Some(l) => blockvol::filesystem_mount(self.sys.as_ref(), &l.path)?,
+                None => None,
+            };
+            let cloned = self.copy_image(
+                &self.image(&volume.key),
+                &self.root.join(SNAPSHOTS),
+                &snapshot.key,
+                0,
+                freeze.as_deref(),
+            )?;
+            snapshot.method = Some(if cloned { SnapshotMethod::Reflink } else { SnapshotMethod::Copy });
+        }
+        snapshot.method.get_or_insert(SnapshotMethod::Copy);
+        snapshot.size = fs::metadata(&dest).map_err(Error::io("stat snapshot", &dest))?.len();
+        Ok(())
+    }
+
+    fn delete_snapshot(&self, snapshot: &SnapshotRecord) -> Result<()> {
+        let path = self.snapshot_image(&snapshot.key);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove snapshot", &path)(e)),
+        }
+    }
+
+    fn condition(&self, volume: &VolumeRecord) -> Condition {
+        let image = self.image(&volume.key);
+        match fs::symlink_metadata(&image) {
+            Ok(m) if m.is_file() => Condition::healthy(),
+            Ok(_) => Condition::abnormal(format!("{} is not a regular file", image.display())),
+            Err(e) => Condition::abnormal(format!("image {} is unavailable: {e}", image.display())),
+        }
+    }
+
+    fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage> {
+        let image = self.image(&volume.key);
+        let meta = fs::metadata(&image).map_err(Error::io("stat image", &image))?;
+        blockvol::usage(
+            self.sys.as_ref(),
+            volume.access == AccessKind::Block,
+            volume_path,
+            meta.len(),
+            meta.blocks() * 512,
+        )
+    }
+
+    fn static_path(&self, _sub_path: &str) -> Result<PathBuf> {
+        Err(Error::InvalidArgument(format!(
+            "pool {} is a block pool; static volumes by subPath are served by hostpath pools",
+            self.name
+        )))
+    }
+
+    fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()> {
+        let volume = self.managed(source)?;
+        let image = self.image(&volume.key);
+        if !image.is_file() {
+            return Err(Error::NotFound(format!("image {} of volume {} does not exist", image.display(), volume.id)));
+        }
+        let (device, attached_now) = match self.attached(&volume.key)? {
+            Some(l) => (l.path, false),
+            None => {
+                let l = self
+                    .sys
+                    .loop_attach(&image, &Self::tag(&volume.key), false)
+                    .map_err(Error::io("attach loop device", &image))?;
+                tracing::info!(volume.id = %volume.id, device = %l.path.display(), direct_io = l.direct_io, "loop device attached");
+                (l.path, true)
+            }
+        };
+        let result = blockvol::stage(self.sys.as_ref(), &device, staging, capability, Self::fs_type(volume));
+        if result.is_err() && attached_now {
+            let _ = self.sys.loop_detach(&device);
+        }
+        result
+    }
+
+    fn unstage(&self, source: StageSource<'_>) -> Result<()> {
+        let volume = self.managed(source)?;
+        if let Some(l) = self.attached(&volume.key)? {
+            let mounts = blockvol::mounts(self.sys.as_ref(), &l.path)?;
+            if !mounts.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "{} is still mounted at {}; unpublish it first",
+                    l.path.display(),
+                    mounts.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            self.sys.loop_detach(&l.path).map_err(Error::io("detach loop device", &l.path))?;
+            tracing::info!(volume.id = %volume.id, device = %l.path.display(), "loop device detached");
+        }
+        Ok(())
+    }
+
+    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool> {
+        match self.attached(&self.managed(source)?.key)? {
+            Some(l) => blockvol::is_mounted_at(self.sys.as_ref(), &l.path, path),
+            None => Ok(false),
+        }
+    }
+
+    fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>> {
+        match self.attached(&self.managed(source)?.key)? {
+            Some(l) => blockvol::mounts(self.sys.as_ref(), &l.path),
+            None => Ok(Vec::new()),
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Node-side work shared by the pools whose volumes are block devices (loop-attached
+//! images and whole disks): formatting only blank devices, mounting, raw binds, growing,
+//! freezing for snapshots, and usage.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{Capability, Error, RAW_DEVICE_FILE, Result, Usage};
+use crate::mount::ops::{self, Flags};
+use crate::mount::{MsFlags, Signature, Syscall, mountinfo};
+
+/// Makes `device` available at `staging`: for raw block, bound onto `staging/device`; for
+/// a filesystem, formatted if (and only if) blkid finds no signature at all, mounted, and
+/// grown to fill the device (a restored or expanded volume may be larger than its
+/// filesystem).
+pub fn stage(sys: &dyn Syscall, device: &Path, staging: &Path, capability: &Capability, fs_type: &str) -> Result<()> {
+    let flags = ops::parse_flags(&capability.mount_flags).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let readonly = flags.readonly || capability.mode.read_only();
+    if !capability.block && !capability.fs_type.is_empty() && capability.fs_type != fs_type {
+        return Err(Error::FailedPrecondition(format!(
+            "the volume was created with a {fs_type} filesystem and cannot be staged as {}",
+            capability.fs_type
+        )));
+    }
+    if capability.block {
+        let file = staging.join(RAW_DEVICE_FILE);
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&file)
+            .map_err(Error::io("create device file", &file))?;
+        return ops::bind(sys, device, &file, Flags { readonly, extra: MsFlags::empty() })
+            .map_err(Error::io("bind device", &file));
+    }
+    match sys.blkid(device).map_err(Error::io("probe", device))? {
+        Signature::None if readonly => {
+            return Err(Error::FailedPrecondition(format!(
+                "{} holds no filesystem and the volume is staged read-only; berth formats only on a writable stage",
+                device.display()
+            )));
+        }
+        Signature::None => {
+            tracing::info!(device = %device.display(), fs_type, "formatting a blank device");
+            sys.mkfs(device, fs_type).map_err(Error::io("format", device))?;
+        }
+        Signature::Filesystem(found) if found == fs_type => {}
+        Signature::Filesystem(found) => {
+            return Err(Error::FailedPrecondition(format!(
+                "{} holds a {found} filesystem, not {fs_type}; berth never reformats a device that holds data",
+                device.display()
+            )));
+        }
+        Signature::PartitionTable(table) => {
+            return Err(Error::FailedPrecondition(format!(
+                "{} holds a {table} partition table; berth formats only devices without any signature",
+                device.display()
+            )));
+        }
+    }
+    let mut ms = flags.extra;
+    if readonly {
+        ms |= MsFlags::MS_RDONLY;
+    } else if sys.grow_fs_offline(fs_type, device).map_err(Error::io("grow filesystem", device))? {
+        tracing::info!(device = %device.display(), fs_type, "grew the filesystem to fill its device");
+    }
+    // Restored and cloned volumes carry their source's filesystem UUID; xfs refuses a
+    // second mount of a UUID unless told not to check.
+    let data = (fs_type == "xfs").then_some("nouuid");
+    sys.mount(Some(device), staging, Some(fs_type), ms, data).map_err(Error::io("mount", staging))?;
+    // ext4 was grown before mounting; xfs and btrfs grow only while mounted.
+    if !readonly
+        && fs_type != "ext4"
+        && let Err(e) = sys.grow_fs(fs_type, device, staging)
+    {
+        let _ = ops::unmount_all(sys, staging);
+        return Err(Error::io("grow filesystem", device)(e));
+    }
+    Ok(())
+}
+
+/// The block device number of a device node.
+fn rdev(device: &Path) -> Option<u64> {
+    fs::metadata(device).ok().filter(|m| m.file_type().is_block_device()).map(|m| m.rdev())
+}
+
+/// True when `path` is a mount of `device`'s filesystem or a bind of its device node.
+pub fn is_mounted_at(sys: &dyn Syscall, device: &Path, path: &Path) -> Result<bool> {
+    let table = ops::table(sys).map_err(Error::io("read mount table", path))?;
+    let Some(top) = mountinfo::at(&table, path).last().copied() else {
+        return Ok(false);
+    };
+    if top.source == device.to_string_lossy() && top.fs_type != "devtmpfs" {
+        return Ok(true);
+    }
+    // A raw bind: the mount shows the /dev filesystem; the node itself names the device.
+    let meta = fs::metadata(path).map_err(Error::io("inspect", path))?;
+    Ok(meta.file_type().is_block_device() && Some(meta.rdev()) == rdev(device))
+}
+
+/// Every mount point of `device`: its filesystem's mounts and binds of its device node.
+pub fn mounts(sys: &dyn Syscall, device: &Path) -> Result<Vec<PathBuf>> {
+    let table = ops::table(sys).map_err(Error::io("read mount table", device))?;
+    let name = device.file_name().map(|n| Path::new("/").join(n));
+    Ok(table
+        .iter()
+        .filter(|e| {
+            (e.source == device.to_string_lossy() && e.fs_type != "devtmpfs")
+                || (e.fs_type == "devtmpfs" && Some(&e.root) == name.as_ref())
+        })
+        .map(|e| e.mount_point.clone())
+        .collect())
+}
+
+/// Where `device`'s filesystem is mounted (the staging mount), for freezing and growing.
+pub fn filesystem_mount(sys: &dyn Syscall, device: &Path) -> Result<Option<PathBuf>> {
+    let table = ops::table(sys).map_err(Error::io("read mount table", device))?;
+    Ok(table
+        .iter()
+        .find(|e| e.source == device.to_string_lossy() && e.fs_type != "devtmpfs")
+        .map(|e| e.mount_point.clone()))
+}
+
+/// Runs `work` with the filesystem at `mount_point` frozen (if any), always thawing after.
+pub fn frozen<T>(sys: &dyn Syscall, mount_point: Option<&Path>, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let Some(mp) = mount_point else {
+        return work();
+    };
+    sys.freeze(mp).map_err(Error::io("freeze", mp))?;
+    let result = work();
+    if let Err(e) = sys.thaw(mp) {
+        tracing::error!(mount_point = %mp.display(), error = %e, "thawing after a snapshot failed");
+        return Err(Error::io("thaw", mp)(e));
+    }
+    result
+}
+
+/// Usage of a filesystem-mode volume (from its mount) or a raw one (`total`, `allocated`).
+pub fn usage(sys: &dyn Syscall, block: bool, volume_path: &Path, total: u64, allocated: u64) -> Result<Usage> {
+    if block {
+        let used = allocated.min(total);
+        return Ok(Usage {
+            total_bytes: total,
+            used_bytes: used,
+            available_bytes: total - used,
+            used_inodes: None,
+            total_inodes: None,
+        });
+    }
+    let st = sys.statfs(volume_path).map_err(Error::io("statfs", volume_path))?;
+    let used_inodes = st.total_inodes.saturating_sub(st.free_inodes);
+    Ok(Usage {
+        total_bytes: st.total_bytes,
+        used_bytes: st.total_bytes.saturating_sub(st.available_bytes),
+        available_bytes: st.available_bytes,
+        used_inodes: (st.total_inodes > 0).then_some(used_inodes),
+        total_inodes: (st.total_inodes > 0).then_some(st.total_inodes),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::AccessMode;
+    use crate::mount::FsStat;
+    use crate::mount::fake::{Call, RecordingSyscall};
+
+    fn cap(block: bool, mode: AccessMode) -> Capability {
+        Capability { block, fs_type: String::new(), mount_flags: vec![], mode }
+    }
+
+    #[test]
+    fn formats_only_blank_devices_and_never_reformats() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake = RecordingSyscall::new(FsStat::default(), "");
+        let dev = Path::new("/dev/loop100");
+        stage(&fake, dev, dir.path(), &cap(false, AccessMode::SingleNodeWriter), "xfs").expect("stage");
+        let calls = fake.calls();
+        assert_eq!(calls[0], Call::Mkfs { device: dev.into(), fs_type: "xfs".into() });
+        assert!(
+            matches!(&calls[2], Call::Mount { fs_type: Some(t), data: Some(d), .. } if t == "xfs" && d == "nouuid")
+        );
+        assert!(matches!(&calls[1], Call::GrowFsOffline { .. }));
+        assert!(matches!(&calls[3], Call::GrowFs { .. }));
+
+        let fake = RecordingSyscall::new(FsStat::default(), "");
+        fake.set_signature(dev, Signature::Filesystem("ext4".into()));
+        let err =
+            stage(&fake, dev, dir.path(), &cap(false, AccessMode::SingleNodeWriter), "xfs").expect_err("mismatch");
+        assert!(err.to_string().contains("never reformats"), "{err}");
+        fake.set_signature(dev, Signature::PartitionTable("gpt".into()));
+        assert!(stage(&fake, dev, dir.path(), &cap(false, AccessMode::SingleNodeWriter), "ext4").is_err());
+        assert!(fake.calls().is_empty(), "nothing formatted or mounted: {:?}", fake.calls());
+    }
+
+    #[test]
+    fn a_read_only_stage_of_a_blank_device_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake = RecordingSyscall::new(FsStat::default(), "");
+        let err =
+            stage(&fake, Path::new("/dev/loop100"), dir.path(), &cap(false, AccessMode::SingleNodeReaderOnly), "ext4")
+                .expect_err("read-only blank");
+        assert!(matches!(err, Error::FailedPrecondition(_)));
+        assert!(fake.calls().is_empty());
+    }
+
+    #[test]
+    fn raw_block_binds_the_device_onto_a_file_in_staging() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake = RecordingSyscall::new(FsStat::default(), "");
+        stage(&fake, Path::new("/dev/loop100"), dir.path(), &cap(true, AccessMode::SingleNodeWriter), "ext4")
+            .expect("stage");
+        assert!(dir.path().join(RAW_DEVICE_FILE).is_file());
+        assert!(
+            matches!(&fake.calls()[0], Call::Mount { source: Some(s), flags, .. } if s == Path::new("/dev/loop100") && *flags == MsFlags::MS_BIND)
+        );
+        assert!(!fake.calls().iter().any(|c| matches!(c, Call::Mkfs { .. })), "raw volumes are never formatted");
+    }
+}

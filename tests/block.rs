@@ -1,0 +1,556 @@
+//! Block and device pools end to end: images attached through real loop devices,
+//! formatted and mounted or handed out raw, snapshots taken while a writer runs, online
+//! expansion seen inside the mounted filesystem, reboot replay, and device pools on loop
+//! devices the test creates as stand-in disks.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use berth::csi::pb;
+use common::*;
+use tonic::Code;
+
+const MIB: i64 = 1 << 20;
+
+fn block_config(state: &Path, pool: &Path) -> String {
+    format!("stateDir: {}\npools:\n  - name: img\n    type: block\n    path: {}\n", state.display(), pool.display())
+}
+
+fn fs_cap(fs_type: &str) -> pb::VolumeCapability {
+    pb::VolumeCapability {
+        access_type: Some(pb::volume_capability::AccessType::Mount(pb::volume_capability::MountVolume {
+            fs_type: fs_type.into(),
+            ..Default::default()
+        })),
+        access_mode: Some(pb::volume_capability::AccessMode {
+            mode: pb::volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+        }),
+    }
+}
+
+fn raw_cap() -> pb::VolumeCapability {
+    pb::VolumeCapability {
+        access_type: Some(pb::volume_capability::AccessType::Block(pb::volume_capability::BlockVolume {})),
+        access_mode: Some(pb::volume_capability::AccessMode {
+            mode: pb::volume_capability::access_mode::Mode::SingleNodeWriter as i32,
+        }),
+    }
+}
+
+async fn create(b: &mut Berth, name: &str, bytes: i64, cap: pb::VolumeCapability) -> pb::Volume {
+    let mut req = create_req(name, bytes);
+    req.volume_capabilities = vec![cap];
+    b.controller.create_volume(req).await.expect("create").into_inner().volume.expect("volume")
+}
+
+struct Paths {
+    staging: PathBuf,
+    target: PathBuf,
+}
+
+async fn stage_publish(b: &mut Berth, root: &Path, id: &str, tag: &str, cap: pb::VolumeCapability) -> Paths {
+    let staging = root.join(format!("staging-{tag}"));
+    let pod = root.join(format!("pod-{tag}"));
+    fs::create_dir_all(&pod).expect("mkdir");
+    let target = pod.join("vol");
+    b.node
+        .node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("stage");
+    b.node
+        .node_publish_volume(pb::NodePublishVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: staging.display().to_string(),
+            target_path: target.display().to_string(),
+            volume_capability: Some(cap),
+            ..Default::default()
+        })
+        .await
+        .expect("publish");
+    Paths { staging, target }
+}
+
+async fn unpublish_unstage(b: &mut Berth, id: &str, p: &Paths) {
+    b.node
+        .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: id.into(),
+            target_path: p.target.display().to_string(),
+        })
+        .await
+        .expect("unpublish");
+    b.node
+        .node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: p.staging.display().to_string(),
+        })
+        .await
+        .expect("unstage");
+}
+
+fn image_of(pool: &Path, id: &str) -> PathBuf {
+    pool.join("volumes").join(format!("{}.img", id.rsplit(':').next().expect("key")))
+}
+
+/// Loop devices backed by `image`, from losetup.
+fn loops_of(image: &Path) -> Vec<String> {
+    sh("losetup", &["-n", "-O", "NAME", "-j", image.to_str().expect("utf8")])
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn mount_entry(path: &Path) -> Option<berth::mount::mountinfo::MountEntry> {
+    let text = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    berth::mount::mountinfo::parse(&text).expect("parse").into_iter().rev().find(|e| e.mount_point == path)
+}
+
+/// Whether this process may grow a mounted ext4 filesystem (capability 24).
+fn has_cap_sys_resource() -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
+/// ControllerExpandVolume then NodeExpandVolume, as the resizer and the kubelet do; the
+/// mounted filesystem must see the new size.
+async fn expand_online(b: &mut Berth, id: &str, target: &Path, bytes: i64) {
+    let before = statvfs_total(target);
+    let grown = b
+        .controller
+        .controller_expand_volume(pb::ControllerExpandVolumeRequest {
+            volume_id: id.into(),
+            capacity_range: Some(pb::CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
+            ..Default::default()
+        })
+        .await
+        .expect("expand")
+        .into_inner();
+    assert!(grown.node_expansion_required, "the node must grow the filesystem");
+    b.node
+        .node_expand_volume(pb::NodeExpandVolumeRequest {
+            volume_id: id.into(),
+            volume_path: target.display().to_string(),
+            capacity_range: Some(pb::CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
+            ..Default::default()
+        })
+        .await
+        .expect("node expand");
+    let after = statvfs_total(target);
+    assert!(after as f64 > before as f64 * 1.5, "the mounted filesystem grew online: {before} -> {after}");
+}
+
+fn statvfs_total(path: &Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(path).expect("statvfs");
+    st.blocks() * st.fragment_size()
+}
+
+#[tokio::test]
+async fn filesystem_volumes_format_snapshot_under_writes_and_expand_online() {
+    let test = "filesystem_volumes_format_snapshot_under_writes_and_expand_online";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(pool_fs) = FsImage::new(&scratch, test, "xfs", "2G") else { return };
+    let pool = pool_fs.mount.join("pool");
+    let mut b = Berth::start(scratch.path(), &block_config(&scratch.path().join("state"), &pool), "node-a", &[]).await;
+
+    let vol = create(&mut b, "pvc-fs", 64 * MIB, fs_cap("")).await;
+    assert_eq!(vol.volume_context["berth.csi.io/capacity-enforcement"], "device-size");
+    let image = image_of(&pool, &vol.volume_id);
+    let meta = fs::metadata(&image).expect("image");
+    assert_eq!(meta.len(), 64 << 20);
+    assert!(std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 1 << 20, "the image is sparse");
+
+    let p = stage_publish(&mut b, scratch.path(), &vol.volume_id, "a", fs_cap("")).await;
+    let staged = mount_entry(&p.staging).expect("staging is mounted");
+    assert_eq!(staged.fs_type, "ext4", "ext4 is the default filesystem");
+    assert!(staged.source.starts_with("/dev/loop"), "{}", staged.source);
+    assert_eq!(loops_of(&image), vec![staged.source.clone()], "one loop device backs the image");
+    fs::write(p.target.join("hello"), b"block data").expect("write through the target");
+
+    // A writer appends numbered lines while the snapshot is taken.
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = p.target.join("counter");
+    let writer = {
+        let stop = Arc::clone(&stop);
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let mut f = fs::OpenOptions::new().create(true).append(true).open(&log).expect("open");
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) || n < 200 {
+                writeln!(f, "{n}").expect("append");
+                n += 1;
+                if n.is_multiple_of(50) {
+                    f.sync_all().expect("sync");
+                }
+            }
+            f.sync_all().expect("sync");
+            n
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let snap = b
+        .controller
+        .create_snapshot(pb::CreateSnapshotRequest {
+            source_volume_id: vol.volume_id.clone(),
+            name: "snap".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("snapshot under writes")
+        .into_inner()
+        .snapshot
+        .expect("snapshot");
+    stop.store(true, Ordering::SeqCst);
+    let written = writer.join().expect("writer");
+    assert_eq!(snap.size_bytes, 64 * MIB);
+
+    let mut restore = create_req("pvc-restored", 96 * MIB);
+    restore.volume_capabilities = vec![fs_cap("")];
+    restore.volume_content_source = Some(pb::VolumeContentSource {
+        r#type: Some(pb::volume_content_source::Type::Snapshot(pb::volume_content_source::SnapshotSource {
+            snapshot_id: snap.snapshot_id.clone(),
+        })),
+    });
+    let restored = b.controller.create_volume(restore).await.expect("restore").into_inner().volume.expect("vol");
+    assert_eq!(
+        fs::metadata(image_of(&pool, &restored.volume_id)).expect("image").len(),
+        96 << 20,
+        "restores grow to the requested size"
+    );
+    let r = stage_publish(&mut b, scratch.path(), &restored.volume_id, "r", fs_cap("")).await;
+    assert_eq!(fs::read(r.target.join("hello")).expect("restored file"), b"block data");
+    let lines: Vec<u64> = fs::read_to_string(r.target.join("counter"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.parse().expect("whole line"))
+        .collect();
+    assert!(lines.iter().enumerate().all(|(i, n)| *n == i as u64), "the snapshot holds a clean prefix of the writes");
+    assert!((lines.len() as u64) < written, "writes after the snapshot are not in it");
+    assert!(statvfs_total(&r.target) > 80 << 20, "the restored filesystem was grown to the new size");
+
+    // Online expansion while mounted: xfs needs only CAP_SYS_ADMIN; ext4 also needs
+    // CAP_SYS_RESOURCE, which some sandboxes drop (a real node plugin runs privileged).
+    let xfs = create(&mut b, "pvc-grow-xfs", 320 * MIB, fs_cap("xfs")).await;
+    let x = stage_publish(&mut b, scratch.path(), &xfs.volume_id, "x", fs_cap("xfs")).await;
+    fs::write(x.target.join("keep"), b"xfs data").expect("write");
+    expand_online(&mut b, &xfs.volume_id, &x.target, 640 * MIB).await;
+    assert_eq!(fs::read(x.target.join("keep")).expect("still there"), b"xfs data");
+    unpublish_unstage(&mut b, &xfs.volume_id, &x).await;
+    if has_cap_sys_resource() {
+        expand_online(&mut b, &vol.volume_id, &p.target, 256 * MIB).await;
+        assert_eq!(fs::read(p.target.join("hello")).expect("still there"), b"block data");
+    } else {
+        println!(
+            "SKIPPED: {test}: online ext4 growth (this process lacks CAP_SYS_RESOURCE); offline growth at stage is tested by the restore above"
+        );
+    }
+    let after = statvfs_total(&p.target);
+
+    let stats = b
+        .node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: vol.volume_id.clone(),
+            volume_path: p.target.display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert_eq!(stats.usage[0].total as u64, after);
+
+    for (id, paths) in [(&vol.volume_id, &p), (&restored.volume_id, &r)] {
+        unpublish_unstage(&mut b, id, paths).await;
+    }
+    assert!(loops_of(&image).is_empty(), "unstage detaches the loop device");
+    for id in [&vol.volume_id, &restored.volume_id, &xfs.volume_id] {
+        b.controller
+            .delete_volume(pb::DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() })
+            .await
+            .expect("delete");
+    }
+    b.controller
+        .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id, ..Default::default() })
+        .await
+        .expect("delete snapshot");
+    assert_eq!(fs::read_dir(pool.join("volumes")).expect("ls").count(), 0);
+    assert_eq!(fs::read_dir(pool.join("snapshots")).expect("ls").count(), 0);
+}
+
+#[tokio::test]
+async fn xfs_and_btrfs_volumes_and_raw_block_devices() {
+    let test = "xfs_and_btrfs_volumes_and_raw_block_devices";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    let mut b = Berth::start(scratch.path(), &block_config(&scratch.path().join("state"), &pool), "node-a", &[]).await;
+    for fs_type in ["xfs", "btrfs"] {
+        if !have(&format!("mkfs.{fs_type}")) {
+            println!("SKIPPED: {test}: mkfs.{fs_type} missing");
+            continue;
+        }
+        let vol = create(&mut b, &format!("pvc-{fs_type}"), 320 * MIB, fs_cap(fs_type)).await;
+        let p = stage_publish(&mut b, scratch.path(), &vol.volume_id, fs_type, fs_cap(fs_type)).await;
+        assert_eq!(mount_entry(&p.staging).expect("mounted").fs_type, fs_type);
+        fs::write(p.target.join("f"), fs_type).expect("write");
+        unpublish_unstage(&mut b, &vol.volume_id, &p).await;
+        // Staging again finds the filesystem and mounts it without formatting.
+        let p = stage_publish(&mut b, scratch.path(), &vol.volume_id, fs_type, fs_cap(fs_type)).await;
+        assert_eq!(fs::read_to_string(p.target.join("f")).expect("kept"), fs_type);
+        unpublish_unstage(&mut b, &vol.volume_id, &p).await;
+    }
+
+    let raw = create(&mut b, "pvc-raw", 16 * MIB, raw_cap()).await;
+    let p = stage_publish(&mut b, scratch.path(), &raw.volume_id, "raw", raw_cap()).await;
+    let meta = fs::metadata(&p.target).expect("target");
+    assert!(meta.file_type().is_block_device(), "the pod sees a real block device");
+    {
+        let mut dev = fs::OpenOptions::new().read(true).write(true).open(&p.target).expect("open device");
+        dev.seek(SeekFrom::Start(4 << 20)).expect("seek");
+        dev.write_all(b"raw bytes").expect("write");
+        dev.sync_all().expect("sync");
+    }
+    let mut img = fs::File::open(image_of(&pool, &raw.volume_id)).expect("image");
+    img.seek(SeekFrom::Start(4 << 20)).expect("seek");
+    let mut buf = [0u8; 9];
+    img.read_exact(&mut buf).expect("read");
+    assert_eq!(&buf, b"raw bytes", "the bytes landed in the image");
+    let stats = b
+        .node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: raw.volume_id.clone(),
+            volume_path: p.target.display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .expect("stats of a raw volume")
+        .into_inner();
+    assert_eq!(stats.usage[0].total, 16 * MIB, "a raw volume reports its device size");
+    let blank = berth::mount::tools::blkid(&image_of(&pool, &raw.volume_id)).expect("blkid");
+    assert_eq!(blank, berth::mount::Signature::None, "raw volumes are never formatted");
+    unpublish_unstage(&mut b, &raw.volume_id, &p).await;
+    assert!(!p.target.exists(), "the target file is removed");
+    assert!(loops_of(&image_of(&pool, &raw.volume_id)).is_empty());
+}
+
+#[tokio::test]
+async fn never_reformats_and_never_detaches_a_foreign_loop() {
+    let test = "never_reformats_and_never_detaches_a_foreign_loop";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    let mut b = Berth::start(scratch.path(), &block_config(&scratch.path().join("state"), &pool), "node-a", &[]).await;
+    let vol = create(&mut b, "pvc-ext4", 32 * MIB, fs_cap("ext4")).await;
+    let image = image_of(&pool, &vol.volume_id);
+    let p = stage_publish(&mut b, scratch.path(), &vol.volume_id, "e", fs_cap("ext4")).await;
+    fs::write(p.target.join("precious"), b"data").expect("write");
+    unpublish_unstage(&mut b, &vol.volume_id, &p).await;
+
+    // Asking for xfs on a volume that holds ext4 is an error, never a reformat.
+    let staging = scratch.path().join("staging-x");
+    let err = b
+        .node
+        .node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(fs_cap("xfs")),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(err), Code::FailedPrecondition);
+    assert!(!staging.exists(), "nothing is left at the staging path");
+    let sig = berth::mount::tools::blkid(&image).expect("blkid");
+    assert_eq!(sig, berth::mount::Signature::Filesystem("ext4".into()), "the ext4 filesystem is intact");
+
+    // A loop device someone else attached to the same image is left alone.
+    let foreign = sh("losetup", &["--find", "--show", image.to_str().expect("utf8")]).trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _guard = Detach(foreign.clone());
+    let p = stage_publish(&mut b, scratch.path(), &vol.volume_id, "f", fs_cap("ext4")).await;
+    let staged = mount_entry(&p.staging).expect("mounted");
+    assert_ne!(staged.source, foreign, "berth attaches its own device");
+    assert_eq!(fs::read(p.target.join("precious")).expect("data"), b"data");
+    unpublish_unstage(&mut b, &vol.volume_id, &p).await;
+    assert_eq!(loops_of(&image), vec![foreign.clone()], "only berth's own loop device was detached");
+}
+
+#[tokio::test]
+async fn reboot_replay_reattaches_the_same_image() {
+    let test = "reboot_replay_reattaches_the_same_image";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    let mut b = Berth::start(scratch.path(), &block_config(&scratch.path().join("state"), &pool), "node-a", &[]).await;
+    let vol = create(&mut b, "pvc-reboot", 32 * MIB, fs_cap("")).await;
+    let image = image_of(&pool, &vol.volume_id);
+    let p = stage_publish(&mut b, scratch.path(), &vol.volume_id, "b", fs_cap("")).await;
+    fs::write(p.target.join("state"), b"before reboot").expect("write");
+    b.stop();
+    // The reboot: every mount gone, every loop device gone; directories stay.
+    unmount_below(scratch.path());
+    for dev in loops_of(&image) {
+        sh("losetup", &["-d", &dev]);
+    }
+    b.restart().await;
+    let q = stage_publish(&mut b, scratch.path(), &vol.volume_id, "b", fs_cap("")).await;
+    assert_eq!(fs::read(q.target.join("state")).expect("data after reboot"), b"before reboot");
+    unpublish_unstage(&mut b, &vol.volume_id, &q).await;
+    // Unpublish and unstage of mounts that vanished succeed too.
+    unpublish_unstage(&mut b, &vol.volume_id, &q).await;
+}
+
+/// Loop devices made by the test as stand-in disks, detached on drop.
+struct Disks {
+    devices: Vec<String>,
+}
+
+impl Disks {
+    fn new(dir: &Path, sizes_mib: &[u64]) -> Disks {
+        let mut devices = Vec::new();
+        for (i, size) in sizes_mib.iter().enumerate() {
+            let img = dir.join(format!("disk{i}.img"));
+            sh("truncate", &["-s", &format!("{size}M"), img.to_str().expect("utf8")]);
+            devices.push(sh("losetup", &["--find", "--show", img.to_str().expect("utf8")]).trim().to_string());
+        }
+        Disks { devices }
+    }
+}
+
+impl Drop for Disks {
+    fn drop(&mut self) {
+        for d in &self.devices {
+            let _ = std::process::Command::new("losetup").args(["-d", d]).status();
+        }
+    }
+}
+
+#[tokio::test]
+async fn device_pool_picks_the_smallest_fit_and_wipes_on_delete() {
+    let test = "device_pool_picks_the_smallest_fit_and_wipes_on_delete";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let disks = Disks::new(scratch.path(), &[64, 32, 128, 48]);
+    // The fourth disk holds someone's filesystem: it must never be handed out.
+    sh("mkfs.ext4", &["-q", "-F", &disks.devices[3]]);
+    let pool = scratch.path().join("snap-pool");
+    let config = format!(
+        "stateDir: {}\npools:\n  - name: disks\n    type: device\n    devices: [{}]\n    wipe: zero\n    snapshotPool: img\n  - name: img\n    type: block\n    path: {}\n",
+        scratch.path().join("state").display(),
+        disks.devices.join(", "),
+        pool.display()
+    );
+    let mut b = Berth::start(scratch.path(), &config, "node-a", &[]).await;
+    let with_pool = |name: &str, bytes: i64| {
+        let mut req = create_req(name, bytes);
+        req.parameters.insert("pool".into(), "disks".into());
+        req
+    };
+    let cap = b
+        .controller
+        .get_capacity(pb::GetCapacityRequest {
+            parameters: [("pool".to_string(), "disks".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("capacity")
+        .into_inner();
+    assert_eq!(cap.available_capacity, 128 * MIB, "the largest free device");
+    let vol = b
+        .controller
+        .create_volume(with_pool("pvc-d", 40 * MIB))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .expect("vol");
+    assert_eq!(vol.capacity_bytes, 64 * MIB, "the smallest blank device that fits (the 48 MiB one holds data)");
+    let p = stage_publish(&mut b, scratch.path(), &vol.volume_id, "d", fs_cap("")).await;
+    assert_eq!(mount_entry(&p.staging).expect("mounted").source, disks.devices[0]);
+    fs::write(p.target.join("on-disk"), b"device data").expect("write");
+
+    let snap = b
+        .controller
+        .create_snapshot(pb::CreateSnapshotRequest {
+            source_volume_id: vol.volume_id.clone(),
+            name: "dsnap".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("snapshot into the block pool")
+        .into_inner()
+        .snapshot
+        .expect("snap");
+    assert_eq!(snap.size_bytes, 64 * MIB);
+    unpublish_unstage(&mut b, &vol.volume_id, &p).await;
+
+    let mut restore = with_pool("pvc-d2", 64 * MIB);
+    restore.volume_content_source = Some(pb::VolumeContentSource {
+        r#type: Some(pb::volume_content_source::Type::Snapshot(pb::volume_content_source::SnapshotSource {
+            snapshot_id: snap.snapshot_id.clone(),
+        })),
+    });
+    let restored =
+        b.controller.create_volume(restore).await.expect("restore onto a device").into_inner().volume.expect("vol");
+    assert_eq!(restored.capacity_bytes, 128 * MIB, "the only free device that fits");
+    let r = stage_publish(&mut b, scratch.path(), &restored.volume_id, "d2", fs_cap("")).await;
+    assert_eq!(fs::read(r.target.join("on-disk")).expect("restored"), b"device data");
+    unpublish_unstage(&mut b, &restored.volume_id, &r).await;
+
+    let full = b.controller.create_volume(with_pool("pvc-none", 100 * MIB)).await;
+    assert_eq!(code(full), Code::ResourceExhausted);
+
+    for id in [&vol.volume_id, &restored.volume_id] {
+        b.controller
+            .delete_volume(pb::DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() })
+            .await
+            .expect("delete");
+    }
+    for dev in [&disks.devices[0], &disks.devices[2]] {
+        assert_eq!(
+            berth::mount::tools::blkid(Path::new(dev)).expect("blkid"),
+            berth::mount::Signature::None,
+            "{dev} was wiped"
+        );
+        let mut head = vec![0u8; 1 << 20];
+        fs::File::open(dev).expect("open").read_exact(&mut head).expect("read");
+        assert!(head.iter().all(|b| *b == 0), "wipe: zero leaves zeros");
+    }
+    assert_eq!(
+        berth::mount::tools::blkid(Path::new(&disks.devices[3])).expect("blkid"),
+        berth::mount::Signature::Filesystem("ext4".into()),
+        "the device that held data was never touched"
+    );
+    b.controller
+        .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id, ..Default::default() })
+        .await
+        .expect("delete snapshot");
+}
