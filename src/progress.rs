@@ -1,7 +1,9 @@
 //! Progress of long work (copy-based snapshots and restores, formatting large devices):
 //! one log line at a steady interval with the bytes done and the total, so an operator
-//! watching the log of a slow call sees it move.
+//! watching the log of a slow call sees it move. Work whose bytes cannot be counted (an
+//! mkfs process, one zeroing ioctl) logs a [`heartbeat`] with the total and the time spent.
 
+use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 /// How often progress is logged.
@@ -54,6 +56,39 @@ impl Progress {
     }
 }
 
+/// Runs `work` on this thread and, from a helper thread in the same span, logs every
+/// [`INTERVAL`] that it is still running, with `total` bytes when known.
+pub fn heartbeat<T>(what: &'static str, total: Option<u64>, work: impl FnOnce() -> T) -> T {
+    heartbeat_every(what, total, INTERVAL, work)
+}
+
+/// [`heartbeat`] with another interval.
+pub fn heartbeat_every<T>(what: &'static str, total: Option<u64>, interval: Duration, work: impl FnOnce() -> T) -> T {
+    // The helper logs to the same subscriber and inside the same span as the caller.
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
+    let span = tracing::Span::current();
+    let (done, finished) = channel::<()>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            tracing::dispatcher::with_default(&dispatch, || {
+                let _span = span.enter();
+                let started = Instant::now();
+                // Ends when `done` is dropped: after the work, or while a panic unwinds.
+                while let Err(RecvTimeoutError::Timeout) = finished.recv_timeout(interval) {
+                    let elapsed_s = started.elapsed().as_secs();
+                    match total {
+                        Some(bytes_total) => tracing::info!(op = what, bytes_total, elapsed_s, "still running"),
+                        None => tracing::info!(op = what, elapsed_s, "still running"),
+                    }
+                }
+            })
+        });
+        let result = work();
+        drop(done);
+        result
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +132,28 @@ mod tests {
         let text = String::from_utf8_lossy(&buffer.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
         assert!(text.contains("op=\"copy snapshot\" bytes_done=1048576 bytes_total=4194304 percent=25"), "{text}");
         assert!(text.contains("op=\"format\" bytes_done=7 elapsed_s=0"), "{text}");
+    }
+
+    #[test]
+    fn heartbeats_run_while_the_work_does_and_stop_with_it() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+        let answer = tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("rpc", volume.id = "vol-7");
+            let _span = span.enter();
+            heartbeat_every("mkfs", Some(1 << 30), Duration::from_millis(20), || {
+                std::thread::sleep(Duration::from_millis(110));
+                42
+            })
+        });
+        assert_eq!(answer, 42);
+        let text = String::from_utf8_lossy(&buffer.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+        let beats = text.lines().filter(|l| l.contains("still running")).count();
+        assert!((2..=6).contains(&beats), "{beats} heartbeats:\n{text}");
+        assert!(text.contains("volume.id=\"vol-7\"") && text.contains("op=\"mkfs\" bytes_total=1073741824"), "{text}");
+        std::thread::sleep(Duration::from_millis(60));
+        let after = String::from_utf8_lossy(&buffer.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+        assert_eq!(after.lines().count(), text.lines().count(), "no heartbeat after the work ended");
     }
 }

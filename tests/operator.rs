@@ -116,6 +116,57 @@ async fn metrics_count_rpcs_by_code_time_them_and_measure_pools() {
 }
 
 #[tokio::test]
+async fn metrics_measure_block_volumes_where_they_are_mounted() {
+    let test = "metrics_measure_block_volumes_where_they_are_mounted";
+    if !require_root(test) {
+        return;
+    }
+    if !have("mkfs.ext4") {
+        println!("SKIPPED: {test}: mkfs.ext4 is not installed");
+        return;
+    }
+    let scratch = Scratch::new();
+    let config = format!(
+        "stateDir: {}\npools:\n  - name: img\n    type: block\n    path: {}\n",
+        scratch.path().join("state").display(),
+        scratch.path().join("img").display()
+    );
+    let mut b = Berth::start(scratch.path(), &config, "node-a", &["--metrics-address", "127.0.0.1:0"]).await;
+    let address = b.metrics_address();
+    let vol = b.controller.create_volume(create_req("pvc-blk", 64 * MIB)).await.expect("create").into_inner();
+    let vol = vol.volume.expect("volume").volume_id;
+    let staging = scratch.path().join("staging");
+    let stage = pb::NodeStageVolumeRequest {
+        volume_id: vol.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(rwo()),
+        ..Default::default()
+    };
+    b.node.node_stage_volume(stage).await.expect("stage formats and mounts the image");
+    fs::write(staging.join("data"), vec![3u8; 8 << 20]).expect("write into the filesystem");
+    sh("sync", &[]);
+
+    let (body, samples) = scrape(&address);
+    let pool = [("pool", "img"), ("type", "block")];
+    assert!(find(&samples, "berth_pool_capacity_bytes", &pool).is_some_and(|v| v > 0.0), "{body}");
+    let used =
+        find(&samples, "berth_volume_used_bytes", &[("volume_id", vol.as_str())]).expect("usage of the mounted volume");
+    assert!(used >= (8 * MIB) as f64, "{used}");
+    assert_eq!(find(&samples, "berth_volume_capacity_bytes", &[("volume_id", vol.as_str())]), Some((64 * MIB) as f64));
+    assert_eq!(find(&samples, "berth_errors_total", &[("kind", "format")]), Some(0.0));
+    assert_eq!(requests(&samples, "NodeStageVolume", "OK"), 1.0);
+
+    b.node
+        .node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: vol.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .expect("unstage");
+    b.controller.delete_volume(pb::DeleteVolumeRequest { volume_id: vol, ..Default::default() }).await.expect("delete");
+}
+
+#[tokio::test]
 async fn json_logs_name_volume_node_and_paths_and_never_a_secret() {
     let test = "json_logs_name_volume_node_and_paths_and_never_a_secret";
     if !require_root(test) {
@@ -311,6 +362,24 @@ fn doctor_passes_a_good_machine_and_fails_a_broken_one() {
             .starts_with(".berth-doctor")),
         "the reflink probe cleaned up"
     );
+    // A block pool beside it: its path and reflinks are checked, loop devices and the ext4
+    // tools become needs.
+    let images = btrfs.mount.join("images");
+    fs::create_dir_all(&images).expect("mkdir");
+    let with_block = format!(
+        "{}  - name: img\n    type: block\n    path: {}\n",
+        hostpath_config(&state, &btrfs.mount, "required"),
+        images.display()
+    );
+    let with_block = write_config(scratch.path(), "block.yaml", &with_block);
+    let (ok, report) = doctor_json(&["--config", &with_block, "--kubelet-dir", &kubelet_s, "--endpoint", &endpoint]);
+    assert!(ok, "{report:#}");
+    assert_eq!(verdict(&report, "pool img", "path")["verdict"], "ok");
+    let clone = verdict(&report, "pool img", "reflink");
+    assert!(clone["detail"].as_str().is_some_and(|d| d.starts_with("FICLONE works")), "{clone}");
+    assert_eq!(verdict(&report, "machine", "loop devices")["verdict"], "ok");
+    assert_eq!(verdict(&report, "machine", "ext4 tools")["verdict"], "ok");
+
     let table = berth_cmd(&["doctor", "--config", &good, "--kubelet-dir", &kubelet_s, "--endpoint", &endpoint]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(table.status.success(), "{text}");

@@ -22,8 +22,9 @@ pub const LATENCY_BUCKETS: [f64; 15] =
 
 /// Error kinds that exist from the start (at zero), so dashboards see every series before
 /// the first failure: `mount` (mount(2) or a bind failed), `unmount`, `format` (mkfs),
-/// `loop` (attaching a loop device), `quota` (setting a size limit).
-pub const ERROR_KINDS: [&str; 5] = ["mount", "unmount", "format", "loop", "quota"];
+/// `loop` (attaching or resizing a loop device), `resize` (growing a filesystem),
+/// `quota` (setting a size limit).
+pub const ERROR_KINDS: [&str; 6] = ["mount", "unmount", "format", "loop", "resize", "quota"];
 
 /// A latency histogram with [`LATENCY_BUCKETS`].
 #[derive(Debug, Clone, Default, PartialEq)]
