@@ -10,6 +10,7 @@ pub mod config;
 pub mod csi;
 pub mod doctor;
 pub mod engine;
+pub mod failpoint;
 pub mod ids;
 pub mod locks;
 pub mod metrics;

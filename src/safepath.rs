@@ -25,6 +25,29 @@ pub enum PathError {
     BadCharacter { field: &'static str, value: String },
     #[error("{field} is {len} bytes; at most {max} are allowed")]
     TooLong { field: &'static str, len: usize, max: usize },
+    #[error(
+        "{field} {value:?} is a top-level directory or inside a system tree ({SYSTEM_TREES}); berth mounts only below such places"
+    )]
+    System { field: &'static str, value: String },
+}
+
+const SYSTEM_TREES: &str = "/proc, /sys, /dev, /etc, /usr, /boot, /bin, /sbin, /lib, /lib32, /lib64";
+
+/// Checks a path where berth will mount, unmount and create or remove the last component
+/// (staging and target paths): an absolute path at least two levels deep and outside the
+/// system trees, so no request can make berth mount over or remove `/etc`, `/mnt` or a
+/// device node.
+pub fn mount_target(field: &'static str, value: &str) -> Result<PathBuf, PathError> {
+    let path = absolute(field, value)?;
+    let mut parts = path.components().skip(1);
+    let first = parts.next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
+    let deep = parts.next().is_some();
+    let system =
+        ["proc", "sys", "dev", "etc", "usr", "boot", "bin", "sbin", "lib", "lib32", "lib64"].contains(&first.as_str());
+    if !deep || system {
+        return Err(PathError::System { field, value: value.to_string() });
+    }
+    Ok(path)
 }
 
 const PATH_MAX: usize = 4096;
@@ -148,6 +171,16 @@ mod tests {
             assert!(absolute("t", value).is_err(), "{value:?}");
         }
         assert!(matches!(absolute("t", &format!("/{}", "a".repeat(5000))), Err(PathError::TooLong { .. })));
+    }
+
+    #[test]
+    fn mount_targets_stay_out_of_system_trees() {
+        assert!(mount_target("t", "/var/lib/kubelet/pods/x/mount").is_ok());
+        assert!(mount_target("t", "/tmp/csi/target").is_ok());
+        for bad in ["/mnt", "/etc/passwd", "/proc/1/root", "/dev/sda", "/sys/x", "/usr/lib", "/boot/x", "/lib64/x", "/"]
+        {
+            assert!(mount_target("t", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -169,11 +169,14 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
         file.write_all(bytes)?;
         file.sync_all()?;
     }
+    crate::failpoint::hit("state.write.before-rename")?;
     fs::rename(&tmp, dir.join(name))?;
+    crate::failpoint::hit("state.write.after-rename")?;
     File::open(dir)?.sync_all()
 }
 
 fn remove_durably(dir: &Path, name: &str) -> io::Result<()> {
+    crate::failpoint::hit("state.remove")?;
     match fs::remove_file(dir.join(name)) {
         Ok(()) => File::open(dir)?.sync_all(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -35,6 +35,7 @@ pub struct BlockPool {
 pub(super) fn write_whole_file(dir: &Path, name: &str, fill: impl FnOnce(&File) -> std::io::Result<()>) -> Result<()> {
     let partial = dir.join(format!(".{name}.partial"));
     let target = dir.join(name);
+    super::failpoint("block.image.create", &target)?;
     let _ = fs::remove_file(&partial);
     let file = fs::OpenOptions::new()
         .read(true)
@@ -56,6 +57,7 @@ pub(super) fn write_whole_file(dir: &Path, name: &str, fill: impl FnOnce(&File) 
 
 /// Allocates `bytes` of `file` up front so the pool cannot be overcommitted.
 pub(super) fn preallocate(file: &File, bytes: u64) -> std::io::Result<()> {
+    crate::failpoint::hit("block.fallocate")?;
     let len = i64::try_from(bytes).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
     nix::fcntl::fallocate(file.as_fd(), nix::fcntl::FallocateFlags::empty(), 0, len).map_err(std::io::Error::from)
 }
@@ -201,6 +203,7 @@ impl Backend for BlockPool {
     }
 
     fn delete_volume(&self, volume: &VolumeRecord) -> Result<()> {
+        super::failpoint("block.delete", &self.image(&volume.key))?;
         if let Some(l) = self.attached(&volume.key)? {
             self.sys.loop_detach(&l.path).map_err(Error::io("detach loop device", &l.path))?;
         }
@@ -310,6 +313,7 @@ impl Backend for BlockPool {
         let (device, attached_now) = match self.attached(&volume.key)? {
             Some(l) => (l.path, false),
             None => {
+                super::failpoint("block.loop.attach", &image)?;
                 let l = self
                     .sys
                     .loop_attach(&image, &Self::tag(&volume.key), false)
@@ -341,6 +345,12 @@ impl Backend for BlockPool {
             tracing::info!(volume.id = %volume.id, device = %l.path.display(), "loop device detached");
         }
         Ok(())
+    }
+
+    fn unaccounted(&self, known: &std::collections::HashSet<String>) -> Vec<PathBuf> {
+        let mut found = super::unaccounted_in(&self.root.join(VOLUMES), ".img", known);
+        found.extend(super::unaccounted_in(&self.root.join(SNAPSHOTS), ".img", known));
+        found
     }
 
     fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool> {

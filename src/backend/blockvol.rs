@@ -45,6 +45,7 @@ pub fn stage(sys: &dyn Syscall, device: &Path, staging: &Path, capability: &Capa
         }
         Signature::None => {
             tracing::info!(device = %device.display(), fs_type, "formatting a blank device");
+            super::failpoint("block.mkfs", device)?;
             let total = sys.device_size(device).ok();
             crate::progress::heartbeat("format", total, || sys.mkfs(device, fs_type))
                 .inspect_err(|_| crate::metrics::record_error("format"))
@@ -77,6 +78,7 @@ pub fn stage(sys: &dyn Syscall, device: &Path, staging: &Path, capability: &Capa
     // Restored and cloned volumes carry their source's filesystem UUID; xfs refuses a
     // second mount of a UUID unless told not to check.
     let data = (fs_type == "xfs").then_some("nouuid");
+    super::failpoint("block.mount", staging)?;
     sys.mount(Some(device), staging, Some(fs_type), ms, data)
         .inspect_err(|_| crate::metrics::record_error("mount"))
         .map_err(Error::io("mount", staging))?;

@@ -250,6 +250,7 @@ impl Backend for DevicePool {
             return Ok(());
         };
         if device.exists() {
+            super::failpoint("device.wipe", &device)?;
             self.sys.wipe_signatures(&device).map_err(Error::io("wipe signatures", &device))?;
             match self.wipe {
                 Wipe::Signatures => {}

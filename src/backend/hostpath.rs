@@ -141,6 +141,7 @@ impl HostPath {
             Some(Source::Snapshot(s)) => Some(self.snapshot_dir(&s.key)),
             Some(Source::Volume(v)) => Some(self.volume_dir(&v.key)),
         };
+        super::failpoint("hostpath.create", &dir)?;
         match (from, self.is_btrfs()) {
             (None, true) => {
                 self.sys.btrfs_subvolume_create(&parent, &volume.key).map_err(Error::io("create subvolume", &dir))?
@@ -152,9 +153,11 @@ impl HostPath {
                 .map_err(Error::io("snapshot into volume", &dir))?,
             (Some(from), false) => {
                 let mut progress = Progress::new("copy into volume", tree::usage(&from).ok().map(|u| u.bytes));
-                let stats =
-                    tree::copy_tree(&from, &parent, &volume.key, Reflink::Auto, &mut |done| progress.update(done))
-                        .map_err(Error::io("copy into volume", &dir))?;
+                let stats = tree::copy_tree(&from, &parent, &volume.key, Reflink::Auto, &mut |done| {
+                    progress.update(done);
+                    let _ = crate::failpoint::hit("hostpath.copy");
+                })
+                .map_err(Error::io("copy into volume", &dir))?;
                 tracing::info!(volume.id = %volume.id, bytes = stats.bytes, reflinked = stats.reflinked, "volume populated from source");
             }
         }
@@ -260,6 +263,7 @@ impl Backend for HostPath {
         }
         self.populate(volume, source)?;
         let dir = self.volume_dir(&volume.key);
+        super::failpoint("hostpath.quota.set", &dir)?;
         if let Some(project) = volume.project_id {
             self.sys.set_project_id(&dir, project).map_err(Error::io("set project ID", &dir))?;
             if source.is_some() {
@@ -276,6 +280,7 @@ impl Backend for HostPath {
         if !dir.exists() {
             return Ok(());
         }
+        super::failpoint("hostpath.delete", &dir)?;
         if self.is_btrfs() && self.sys.btrfs_is_subvolume(&dir).unwrap_or(false) {
             self.sys.btrfs_subvolume_delete(&parent, &volume.key).map_err(Error::io("delete subvolume", &dir))?;
         } else {
@@ -302,6 +307,7 @@ impl Backend for HostPath {
         let source = self.volume_dir(&volume.key);
         let parent = self.root.join(SNAPSHOTS);
         let dest = self.snapshot_dir(&snapshot.key);
+        super::failpoint("hostpath.snapshot", &dest)?;
         if self.is_btrfs() {
             if !dest.exists() {
                 self.sys
@@ -317,9 +323,11 @@ impl Backend for HostPath {
         }
         if !dest.exists() {
             let mut progress = Progress::new("copy snapshot", tree::usage(&source).ok().map(|u| u.bytes));
-            let stats =
-                tree::copy_tree(&source, &parent, &snapshot.key, Reflink::Auto, &mut |done| progress.update(done))
-                    .map_err(Error::io("copy snapshot", &dest))?;
+            let stats = tree::copy_tree(&source, &parent, &snapshot.key, Reflink::Auto, &mut |done| {
+                progress.update(done);
+                let _ = crate::failpoint::hit("hostpath.snapshot.copy");
+            })
+            .map_err(Error::io("copy snapshot", &dest))?;
             snapshot.method = Some(if stats.reflinked > 0 { SnapshotMethod::Reflink } else { SnapshotMethod::Copy });
             snapshot.size = stats.bytes;
         } else if snapshot.method.is_none() {
@@ -413,6 +421,12 @@ impl Backend for HostPath {
 
     fn unstage(&self, _source: StageSource<'_>) -> Result<()> {
         Ok(())
+    }
+
+    fn unaccounted(&self, known: &std::collections::HashSet<String>) -> Vec<PathBuf> {
+        let mut found = super::unaccounted_in(&self.root.join(VOLUMES), "", known);
+        found.extend(super::unaccounted_in(&self.root.join(SNAPSHOTS), "", known));
+        found
     }
 
     fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>> {

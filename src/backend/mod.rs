@@ -87,6 +87,11 @@ impl Error {
     }
 }
 
+/// A fault point inside a backend operation on `path` (see [`crate::failpoint`]).
+pub(crate) fn failpoint(name: &'static str, path: &Path) -> Result<()> {
+    crate::failpoint::hit(name).map_err(Error::io(name, path))
+}
+
 /// Result of backend operations.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -187,6 +192,28 @@ pub trait Backend: Send + Sync {
     fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool>;
     /// Every mount point where this volume's storage is mounted or bound now.
     fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>>;
+    /// Storage in the pool that none of the `known` keys names (reported at start).
+    fn unaccounted(&self, known: &std::collections::HashSet<String>) -> Vec<PathBuf> {
+        let _ = known;
+        Vec::new()
+    }
+}
+
+/// Entries of `dir` whose key (the name without `suffix`) is not in `known`, including
+/// leftover partial copies.
+pub fn unaccounted_in(dir: &Path, suffix: &str, known: &std::collections::HashSet<String>) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let key = name.strip_suffix(suffix).unwrap_or(&name);
+            !known.contains(key)
+        })
+        .map(|e| e.path())
+        .collect()
 }
 
 /// What publish binds onto the target: the staging directory, or for raw block volumes

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::pb::{self, node_service_capability as nsc};
-use super::{Describe, Shared, answer, capability, check_secrets, id, map, path, request_bytes, run, wire_bytes};
+use super::{Describe, Shared, answer, capability, check_secrets, id, map, request_bytes, run, wire_bytes};
 use crate::engine::{NodePublish, NodeStage, TOPOLOGY_KEY};
 
 /// Checks the volume_path of stats and expansion: missing or with control characters is
@@ -26,7 +26,11 @@ fn volume_path(value: &str) -> Result<std::path::PathBuf, Status> {
 /// A validated absolute path with its parent directories resolved (see
 /// [`crate::safepath::resolve_parent`]).
 fn node_path(field: &'static str, value: &str) -> Result<std::path::PathBuf, Status> {
-    path(field, value).map(|p| crate::safepath::resolve_parent(&p))
+    let checked = crate::safepath::mount_target(field, value).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let resolved = crate::safepath::resolve_parent(&checked);
+    // A symlinked parent must not lead into a system tree either.
+    crate::safepath::mount_target(field, &resolved.to_string_lossy())
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// Serves the Node RPCs.

@@ -250,10 +250,12 @@ impl Engine {
                 record
             }
         };
+        super::failpoint("volume.create.after-intent")?;
         if let Err(e) = pool.create_volume(&mut record, source) {
             self.roll_back(pool.as_ref(), &record);
             return Err(e.into());
         }
+        super::failpoint("volume.create.before-ready")?;
         if req.limit_bytes > 0 && record.capacity > req.limit_bytes {
             self.roll_back(pool.as_ref(), &record);
             return Err(Error::OutOfRange(format!(
@@ -315,7 +317,9 @@ impl Engine {
         }
         record.phase = Phase::Deleting;
         self.put_volume(&record)?;
+        super::failpoint("volume.delete.after-intent")?;
         pool.delete_volume(&record)?;
+        super::failpoint("volume.delete.before-forget")?;
         self.store.remove_volume(id).map_err(|source| Error::State { id: id.to_string(), source })?;
         tracing::info!(volume.id = %id, "volume deleted");
         Ok(())
@@ -547,12 +551,14 @@ impl Engine {
                 record
             }
         };
+        super::failpoint("snapshot.create.after-intent")?;
         if let Err(e) = pool.create_snapshot(&volume, &mut record) {
             if pool.delete_snapshot(&record).is_ok() {
                 let _ = self.store.remove_snapshot(&record.id);
             }
             return Err(e.into());
         }
+        super::failpoint("snapshot.create.before-ready")?;
         record.phase = Phase::Ready;
         self.put_snapshot(&record)?;
         tracing::info!(snapshot.id = %record.id, volume.id = %source, bytes = record.size, method = ?record.method, "snapshot created");
@@ -568,7 +574,9 @@ impl Engine {
         let pool = Arc::clone(self.pool(&record.pool)?);
         record.phase = Phase::Deleting;
         self.put_snapshot(&record)?;
+        super::failpoint("snapshot.delete.after-intent")?;
         pool.delete_snapshot(&record)?;
+        super::failpoint("snapshot.delete.before-forget")?;
         self.store.remove_snapshot(id).map_err(|source| Error::State { id: id.to_string(), source })?;
         tracing::info!(snapshot.id = %id, "snapshot deleted");
         Ok(())

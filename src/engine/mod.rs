@@ -3,6 +3,7 @@
 
 mod controller;
 mod node;
+mod reconcile;
 #[cfg(test)]
 mod tests;
 
@@ -13,11 +14,12 @@ use crate::backend::{self, Backend, block::BlockPool, device::DevicePool, hostpa
 use crate::config::{Config, PoolConfig};
 use crate::locks::{Guard, Locks};
 use crate::mount::Syscall;
-use crate::state::{Phase, Store};
+use crate::state::Store;
 
 pub use crate::backend::{AccessMode, Capability, FS_TYPES};
 pub use controller::{CapacityQuery, CreateVolume, ListedVolume, Page};
 pub use node::{NodePublish, NodeStage};
+pub use reconcile::Report;
 
 /// The topology key naming the node that holds a node-local volume.
 pub const TOPOLOGY_KEY: &str = "topology.berth.csi.io/node";
@@ -107,6 +109,12 @@ pub enum Placement {
     Central,
 }
 
+/// A fault point inside an engine operation (see [`crate::failpoint`]).
+pub(crate) fn failpoint(name: &'static str) -> Result<()> {
+    crate::failpoint::hit(name)
+        .map_err(|source| Error::Backend(backend::Error::Io { op: name, path: "".into(), source }))
+}
+
 impl Engine {
     /// Opens the state and every pool. Records left half-done by a crash are reported; the
     /// next call for them finishes the work.
@@ -120,9 +128,6 @@ impl Engine {
             .map_err(|e| format!("opening state in {}: {e}", config.state_dir.display()))?;
         for bad in &unreadable {
             tracing::warn!(path = %bad.path.display(), reason = %bad.reason, "state record cannot be read; left in place for the operator");
-        }
-        for rec in store.volumes_where(|v| v.phase != Phase::Ready) {
-            tracing::warn!(volume.id = %rec.id, phase = ?rec.phase, "volume operation was interrupted; a retry will finish it");
         }
         let max_project = store.volumes_where(|v| v.project_id.is_some()).iter().filter_map(|v| v.project_id).max();
         let mut pools: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
@@ -159,7 +164,9 @@ impl Engine {
             };
             pools.insert(pool.name().to_string(), backend);
         }
-        Ok(Engine { config, node_id, store, locks: Locks::default(), pools, sys, remote_pools })
+        let engine = Engine { config, node_id, store, locks: Locks::default(), pools, sys, remote_pools };
+        engine.reconcile();
+        Ok(engine)
     }
 
     /// Takes the per-object locks for `keys`, or answers ABORTED naming what is busy.

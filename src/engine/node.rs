@@ -149,17 +149,18 @@ impl Drop for CreatedDir {
 
 /// Unmounts whatever is at `path` and removes what berth created there. Absent is success.
 fn tear_down(engine: &Engine, field: &str, path: &Path) -> Result<()> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    let meta = match ops::probe(path).map_err(io_err("inspect", path))? {
+        ops::Probe::Present(m) => m,
+        ops::Probe::Missing => {
             // A mount whose server is gone can make the path unreachable yet still mounted.
             return ops::unmount_all(engine.sys.as_ref(), path).map_err(io_err("unmount", path));
         }
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ESTALE) | Some(libc::ENOTCONN) | Some(libc::EIO)) => {
-            ops::unmount_all(engine.sys.as_ref(), path).map_err(io_err("unmount stale mount", path))?;
-            return remove_path(path, true);
+        ops::Probe::Stale => {
+            tracing::warn!(path = %path.display(), "the mount is stale (server or daemon gone); detaching it");
+            ops::detach_all(engine.sys.as_ref(), path).map_err(io_err("detach stale mount", path))?;
+            let dir = fs::symlink_metadata(path).map(|m| m.is_dir()).unwrap_or(true);
+            return remove_path(path, dir);
         }
-        Err(e) => return Err(io_err("inspect", path)(e)),
     };
     if meta.file_type().is_symlink() {
         return Err(Error::InvalidArgument(format!(
@@ -247,6 +248,7 @@ impl Engine {
                 staged_at.display()
             )));
         }
+        super::failpoint("node.stage.mount")?;
         pool.stage(source, &req.staging, &req.capability)?;
         created.keep();
         tracing::info!(volume.id = %req.volume_id, staging.path = %req.staging.display(), "volume staged");
@@ -256,6 +258,7 @@ impl Engine {
     /// Unmounts the staging path and removes it. Idempotent, also for paths never mounted.
     pub fn node_unstage(&self, volume_id: &str, staging: &Path) -> Result<()> {
         let _guard = self.lock(&[volume_id.to_string()])?;
+        super::failpoint("node.unstage.unmount")?;
         let raw = staging.join(RAW_DEVICE_FILE);
         // Bound, the file shows the device node; unbound, the empty file berth created.
         if fs::symlink_metadata(&raw).is_ok_and(|m| !m.is_dir() && !m.file_type().is_symlink()) {
@@ -317,6 +320,7 @@ impl Engine {
                 )));
             }
         }
+        super::failpoint("node.publish.bind")?;
         ops::bind(self.sys.as_ref(), &staged_at, &req.target, flags).map_err(io_err("bind mount", &req.target))?;
         created.keep();
         tracing::info!(volume.id = %req.volume_id, target.path = %req.target.display(), readonly = flags.readonly, "volume published");
@@ -347,6 +351,7 @@ impl Engine {
     /// Unmounts the target and removes it; for an ephemeral volume also deletes its data.
     pub fn node_unpublish(&self, volume_id: &str, target: &Path) -> Result<()> {
         let _guard = self.lock(&[volume_id.to_string()])?;
+        super::failpoint("node.unpublish.unmount")?;
         tear_down(self, "target_path", target)?;
         if let Some(record) = self.store.volume(volume_id).filter(|v| v.ephemeral) {
             let pool = Arc::clone(self.pools.get(&record.pool).ok_or_else(|| {
@@ -433,8 +438,21 @@ impl Engine {
 
     /// Usage of the volume mounted at `volume_path`, and whether it looks healthy.
     pub fn node_stats(&self, volume_id: &str, volume_path: &Path) -> Result<(Usage, Condition)> {
-        let meta = fs::symlink_metadata(volume_path)
-            .map_err(|_| Error::NotFound(format!("volume path {} does not exist", volume_path.display())))?;
+        let meta = match ops::probe(volume_path).map_err(io_err("inspect", volume_path))? {
+            ops::Probe::Present(m) => m,
+            ops::Probe::Missing => {
+                return Err(Error::NotFound(format!("volume path {} does not exist", volume_path.display())));
+            }
+            ops::Probe::Stale => {
+                return Ok((
+                    Usage::default(),
+                    Condition::abnormal(format!(
+                        "the mount at {} is stale: its server or daemon does not answer",
+                        volume_path.display()
+                    )),
+                ));
+            }
+        };
         let raw = self.store.volume(volume_id).is_some_and(|v| v.access == AccessKind::Block);
         // A raw volume's target is a file with the device node bound onto it.
         let device_file = meta.is_file() || meta.file_type().is_block_device();

@@ -273,3 +273,25 @@ fn a_retried_create_finishes_work_a_crash_left_half_done() {
     assert!(!fake.calls().iter().any(|c| matches!(c, Call::SubvolumeCreate { .. })), "existing storage is reused");
     assert_eq!(engine.store.volume_count(), 1);
 }
+
+#[test]
+fn reconcile_finishes_deletes_and_reports_unaccounted_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stat = FsStat { magic: 0xEF53, total_bytes: 1 << 30, available_bytes: 1 << 30, ..FsStat::default() };
+    let fake = Arc::new(RecordingSyscall::new(stat, ""));
+    let engine = engine_on(Arc::clone(&fake), dir.path(), "auto");
+    let doomed = engine.create_volume(create("doomed", 1 << 20)).expect("create");
+    let mut deleting = engine.store.volume(&doomed.id).expect("record");
+    deleting.phase = crate::state::Phase::Deleting;
+    engine.store.put_volume(&deleting).expect("crash after the intent");
+    let stranger = dir.path().join("pool/volumes/not-a-berth-volume");
+    std::fs::create_dir(&stranger).expect("someone else's data");
+    drop(engine);
+
+    let engine = engine_on(fake, dir.path(), "auto");
+    assert!(engine.store.volume(&doomed.id).is_none(), "the interrupted delete was finished at start");
+    assert!(!dir.path().join("pool/volumes").join(&doomed.key).exists());
+    let report = engine.reconcile();
+    assert_eq!(report.unaccounted, vec![stranger.clone()]);
+    assert!(stranger.exists(), "data berth cannot account for is reported, never deleted");
+}

@@ -92,6 +92,60 @@ fn bind_twice(sys: &dyn Syscall, source: &Path, target: &Path, flags: Flags) -> 
     Ok(())
 }
 
+/// What a path looks like, asked without risking a hang.
+#[derive(Debug)]
+pub enum Probe {
+    Missing,
+    /// A mount whose server or daemon is gone: the kernel answered ESTALE, ENOTCONN or
+    /// EIO, or did not answer within the time limit (a hard NFS mount of a dead server).
+    Stale,
+    Present(std::fs::Metadata),
+}
+
+/// How long berth waits for the kernel to describe a path before calling it stale.
+pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// lstat(2) on a worker thread with a time limit: a mount whose server is gone can block
+/// the calling thread forever, and an RPC must still answer. A thread stuck in the kernel
+/// is left behind; it wakes when the mount is detached.
+pub fn probe(path: &Path) -> io::Result<Probe> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = path.to_path_buf();
+    std::thread::Builder::new().name("berth-probe".into()).spawn(move || {
+        let _ = tx.send(std::fs::symlink_metadata(&owned));
+    })?;
+    match rx.recv_timeout(PROBE_TIMEOUT) {
+        Ok(Ok(meta)) => Ok(Probe::Present(meta)),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => Ok(Probe::Missing),
+        Ok(Err(e)) if matches!(e.raw_os_error(), Some(libc::ESTALE) | Some(libc::ENOTCONN) | Some(libc::EIO)) => {
+            Ok(Probe::Stale)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Ok(Probe::Stale),
+    }
+}
+
+/// Detaches every mount stacked at `target` without touching the filesystems (lazy
+/// unmount), for mounts whose server is gone. A failure counts in the `unmount` errors
+/// metric.
+pub fn detach_all(sys: &dyn Syscall, target: &Path) -> io::Result<()> {
+    detach_stack(sys, target).inspect_err(|_| crate::metrics::record_error("unmount"))
+}
+
+fn detach_stack(sys: &dyn Syscall, target: &Path) -> io::Result<()> {
+    for _ in 0..64 {
+        if mountinfo::at(&table(sys)?, target).is_empty() {
+            return Ok(());
+        }
+        match sys.umount(target, MntFlags::MNT_DETACH) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(format!("{} is still mounted after 64 detaches", target.display())))
+}
+
 /// Unmounts every mount stacked at `target`. Not mounted (or not existing) is success; a
 /// mount whose server or daemon is gone (ESTALE, ENOTCONN, EIO) is detached lazily so the
 /// call never hangs on it. A failure counts in the `unmount` errors metric.

@@ -143,12 +143,14 @@ pub struct Berth {
     pub node_id: String,
     pub log: PathBuf,
     args: Vec<String>,
+    /// Extra environment for the process (fault points).
+    pub env: Vec<(String, String)>,
     pub identity: IdentityClient<Channel>,
     pub controller: ControllerClient<Channel>,
     pub node: NodeClient<Channel>,
 }
 
-async fn connect(socket: &Path) -> Channel {
+async fn connect(socket: &Path) -> Option<Channel> {
     let socket = socket.to_path_buf();
     Endpoint::try_from("http://[::1]:1")
         .expect("endpoint")
@@ -157,7 +159,7 @@ async fn connect(socket: &Path) -> Channel {
             async move { tokio::net::UnixStream::connect(socket).await.map(hyper_util::rt::TokioIo::new) }
         }))
         .await
-        .expect("connect to berth")
+        .ok()
 }
 
 impl Berth {
@@ -187,6 +189,7 @@ impl Berth {
             node_id: node_id.to_string(),
             log,
             args,
+            env: Vec::new(),
             identity: IdentityClient::new(Channel::from_static("http://[::1]:1").connect_lazy()),
             controller: ControllerClient::new(Channel::from_static("http://[::1]:1").connect_lazy()),
             node: NodeClient::new(Channel::from_static("http://[::1]:1").connect_lazy()),
@@ -199,6 +202,7 @@ impl Berth {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_berth"))
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("RUST_LOG")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -210,8 +214,10 @@ impl Berth {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("berth exited with {status} before serving:\n{}", self.logs());
             }
-            if self.socket.exists() {
-                let channel = connect(&self.socket).await;
+            // A socket left by a killed process refuses connections until berth replaces it.
+            if self.socket.exists()
+                && let Some(channel) = connect(&self.socket).await
+            {
                 let mut identity = IdentityClient::new(channel.clone());
                 if let Ok(r) = identity.probe(pb::ProbeRequest {}).await
                     && r.into_inner().ready == Some(true)
@@ -248,6 +254,26 @@ impl Berth {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself (a fault point killed it).
+    pub fn exited_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(_))) | None => {
+                    self.child = None;
+                    return true;
+                }
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        false
+    }
+
+    /// Starts berth again after it died, with the same arguments and `env`.
+    pub async fn respawn(&mut self) {
+        self.spawn().await;
     }
 
     /// Kills berth with SIGKILL (a crash).
@@ -376,4 +402,17 @@ pub fn http_get(address: &str, path: &str) -> (u16, String) {
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status code");
     (status, body.to_string())
+}
+
+/// Mounts a FUSE filesystem at `target` whose daemon is already gone (the fuse device is
+/// closed right after mounting): every access fails with ENOTCONN, the way a mount of a
+/// dead NFS server misbehaves. A stand-in the kernel here can provide.
+pub fn mount_dead_fuse(target: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fuse = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
+    let data = format!("fd={},rootmode=40000,user_id=0,group_id=0", fuse.as_raw_fd());
+    nix::mount::mount(Some("berth-dead"), target, Some("fuse"), nix::mount::MsFlags::empty(), Some(data.as_str()))
+        .map_err(std::io::Error::from)?;
+    drop(fuse);
+    Ok(())
 }

@@ -1,0 +1,297 @@
+//! Crash consistency: berth is SIGKILLed at every fault point of a full volume lifecycle
+//! (hostPath on btrfs and block volumes: create, stage, publish, snapshot, restore, expand
+//! and their reverses), restarted, and the interrupted call replayed the way the CO
+//! would. Every replay must succeed (creates with the same ID), no data may be lost, and
+//! afterwards nothing may be left: no directory, subvolume, image, loop device, mount or
+//! record. Needs the binary built with `--features failpoints` (the test command does).
+//! BERTH_LONG_TESTS=1 adds 200+ kills at random hits of random points.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth::csi::pb;
+use common::*;
+
+const MIB: i64 = 1 << 20;
+
+struct Run {
+    b: Berth,
+    kills: usize,
+    replays: usize,
+}
+
+impl Run {
+    /// Runs one CO call; if berth died at a fault point, restarts it without fault points
+    /// and replays the call, which must then succeed.
+    async fn step<T>(&mut self, what: &str, call: impl AsyncFn(&mut Berth) -> Result<T, tonic::Status>) -> T {
+        match call(&mut self.b).await {
+            Ok(v) => v,
+            Err(status) => {
+                assert!(self.b.exited_within(Duration::from_secs(5)), "{what} failed without a crash: {status:?}");
+                self.kills += 1;
+                self.b.env.clear();
+                self.b.respawn().await;
+                self.replays += 1;
+                call(&mut self.b)
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: replay after a crash failed: {e:?}\n{}", self.b.logs()))
+            }
+        }
+    }
+}
+
+fn fs_cap() -> pb::VolumeCapability {
+    rwo()
+}
+
+fn req(name: &str, bytes: i64, pool: &str) -> pb::CreateVolumeRequest {
+    let mut r = create_req(name, bytes);
+    r.parameters.insert("pool".into(), pool.into());
+    r
+}
+
+async fn stage_publish(run: &mut Run, id: &str, staging: &Path, target: &Path) {
+    let (id2, st, tg) = (id.to_string(), staging.display().to_string(), target.display().to_string());
+    run.step("NodeStageVolume", async |b: &mut Berth| {
+        b.node
+            .node_stage_volume(pb::NodeStageVolumeRequest {
+                volume_id: id2.clone(),
+                staging_target_path: st.clone(),
+                volume_capability: Some(fs_cap()),
+                ..Default::default()
+            })
+            .await
+    })
+    .await;
+    run.step("NodePublishVolume", async |b: &mut Berth| {
+        b.node
+            .node_publish_volume(pb::NodePublishVolumeRequest {
+                volume_id: id2.clone(),
+                staging_target_path: st.clone(),
+                target_path: tg.clone(),
+                volume_capability: Some(fs_cap()),
+                ..Default::default()
+            })
+            .await
+    })
+    .await;
+}
+
+async fn unpublish_unstage(run: &mut Run, id: &str, staging: &Path, target: &Path) {
+    let (id2, st, tg) = (id.to_string(), staging.display().to_string(), target.display().to_string());
+    run.step("NodeUnpublishVolume", async |b: &mut Berth| {
+        b.node
+            .node_unpublish_volume(pb::NodeUnpublishVolumeRequest { volume_id: id2.clone(), target_path: tg.clone() })
+            .await
+    })
+    .await;
+    run.step("NodeUnstageVolume", async |b: &mut Berth| {
+        b.node
+            .node_unstage_volume(pb::NodeUnstageVolumeRequest {
+                volume_id: id2.clone(),
+                staging_target_path: st.clone(),
+            })
+            .await
+    })
+    .await;
+}
+
+async fn create(run: &mut Run, r: pb::CreateVolumeRequest) -> String {
+    let id = run
+        .step("CreateVolume", async |b: &mut Berth| b.controller.create_volume(r.clone()).await)
+        .await
+        .into_inner()
+        .volume
+        .expect("volume")
+        .volume_id;
+    // The replay returned the one volume of that name: no duplicate was made.
+    let listed = run.b.controller.list_volumes(pb::ListVolumesRequest::default()).await.expect("list").into_inner();
+    let named: Vec<_> = listed.entries.iter().filter_map(|e| e.volume.as_ref()).filter(|v| v.volume_id == id).collect();
+    assert_eq!(named.len(), 1, "exactly one volume {id}");
+    id
+}
+
+async fn snapshot(run: &mut Run, source: &str, name: &str) -> String {
+    let r = pb::CreateSnapshotRequest { source_volume_id: source.into(), name: name.into(), ..Default::default() };
+    run.step("CreateSnapshot", async |b: &mut Berth| b.controller.create_snapshot(r.clone()).await)
+        .await
+        .into_inner()
+        .snapshot
+        .expect("snapshot")
+        .snapshot_id
+}
+
+/// One whole lifecycle in `dir`, with `faults` set for the first berth process.
+async fn lifecycle(dir: &Path, pool_fs: &Path, tag: &str, faults: &[(String, String)]) -> (usize, usize) {
+    let hp = pool_fs.join(format!("hp-{tag}"));
+    let blk = pool_fs.join(format!("blk-{tag}"));
+    let config = format!(
+        "stateDir: {}\npools:\n  - {{name: hp, type: hostpath, path: {}, capacityEnforcement: required}}\n  - {{name: blk, type: block, path: {}}}\n",
+        dir.join("state").display(),
+        hp.display(),
+        blk.display()
+    );
+    fs::create_dir_all(dir).expect("mkdir");
+    let mut b = Berth::start(dir, &config, "node-a", &["--log-level", "info"]).await;
+    if !faults.is_empty() {
+        // Faults apply from the next start: restart with them so startup stays clean.
+        b.stop();
+        b.env = faults.to_vec();
+        b.respawn().await;
+    }
+    let mut run = Run { b, kills: 0, replays: 0 };
+
+    let v_hp = create(&mut run, req("v-hp", 16 * MIB, "hp")).await;
+    let v_blk = create(&mut run, req("v-blk", 32 * MIB, "blk")).await;
+    let paths = |name: &str| (dir.join(format!("staging-{name}")), dir.join(format!("pods/{name}/mount")));
+    fs::create_dir_all(dir.join("pods/hp")).expect("mkdir");
+    fs::create_dir_all(dir.join("pods/blk")).expect("mkdir");
+    fs::create_dir_all(dir.join("pods/restored")).expect("mkdir");
+    let (s_hp, t_hp) = paths("hp");
+    let (s_blk, t_blk) = paths("blk");
+    stage_publish(&mut run, &v_hp, &s_hp, &t_hp).await;
+    fs::write(t_hp.join("a"), b"hostpath data").expect("write");
+    stage_publish(&mut run, &v_blk, &s_blk, &t_blk).await;
+    fs::write(t_blk.join("b"), b"block data").expect("write");
+
+    let snap_hp = snapshot(&mut run, &v_hp, "s-hp").await;
+    let snap_blk = snapshot(&mut run, &v_blk, "s-blk").await;
+    let mut restore = req("r-hp", 16 * MIB, "hp");
+    restore.volume_content_source = Some(pb::VolumeContentSource {
+        r#type: Some(pb::volume_content_source::Type::Snapshot(pb::volume_content_source::SnapshotSource {
+            snapshot_id: snap_hp.clone(),
+        })),
+    });
+    let r_hp = create(&mut run, restore).await;
+    let expand = pb::ControllerExpandVolumeRequest {
+        volume_id: v_hp.clone(),
+        capacity_range: Some(pb::CapacityRange { required_bytes: 32 * MIB, limit_bytes: 0 }),
+        ..Default::default()
+    };
+    run.step("ControllerExpandVolume", async |b: &mut Berth| {
+        b.controller.controller_expand_volume(expand.clone()).await
+    })
+    .await;
+
+    // Nothing written before a crash is lost.
+    assert_eq!(fs::read(t_hp.join("a")).expect("hostpath data survives"), b"hostpath data");
+    assert_eq!(fs::read(t_blk.join("b")).expect("block data survives"), b"block data");
+    unpublish_unstage(&mut run, &v_hp, &s_hp, &t_hp).await;
+    unpublish_unstage(&mut run, &v_blk, &s_blk, &t_blk).await;
+    let (s_r, t_r) = paths("restored");
+    stage_publish(&mut run, &r_hp, &s_r, &t_r).await;
+    assert_eq!(fs::read(t_r.join("a")).expect("restored data"), b"hostpath data");
+    unpublish_unstage(&mut run, &r_hp, &s_r, &t_r).await;
+
+    for s in [snap_hp, snap_blk] {
+        let r = pb::DeleteSnapshotRequest { snapshot_id: s, ..Default::default() };
+        run.step("DeleteSnapshot", async |b: &mut Berth| b.controller.delete_snapshot(r.clone()).await).await;
+    }
+    for v in [v_hp, v_blk, r_hp] {
+        let r = pb::DeleteVolumeRequest { volume_id: v, ..Default::default() };
+        run.step("DeleteVolume", async |b: &mut Berth| b.controller.delete_volume(r.clone()).await).await;
+    }
+
+    // Zero orphans: storage, records, loop devices, mounts; and nothing unaccounted.
+    let logs = run.b.logs();
+    for dir in [
+        hp.join("volumes"),
+        hp.join("snapshots"),
+        blk.join("volumes"),
+        blk.join("snapshots"),
+        dir.join("state/state/volumes"),
+        dir.join("state/state/snapshots"),
+    ] {
+        let left: Vec<PathBuf> =
+            fs::read_dir(&dir).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "orphans in {}: {left:?} (faults {faults:?})\n{logs}", dir.display());
+    }
+    let loops = sh("losetup", &["-l", "-n", "-O", "BACK-FILE"]);
+    assert!(!loops.contains(blk.to_str().expect("utf8")), "orphan loop devices: {loops}");
+    assert!(mounts_below(dir).is_empty(), "orphan mounts: {:?}", mounts_below(dir));
+    assert!(!logs.contains("accounts for; left in place"), "unaccounted data reported (faults {faults:?})");
+    (run.kills, run.replays)
+}
+
+fn points_of(log: &Path) -> Vec<String> {
+    fs::read_to_string(log).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn sigkill_at_every_fault_point_then_replay_leaves_nothing_behind() {
+    let test = "sigkill_at_every_fault_point_then_replay_leaves_nothing_behind";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(pool_fs) = FsImage::new(&scratch, test, "btrfs", "4G") else { return };
+
+    // A clean run enumerates every fault point reached, in order.
+    let log = scratch.path().join("points.log");
+    let log_env = vec![("BERTH_FAILPOINT_LOG".to_string(), log.display().to_string())];
+    lifecycle(&scratch.path().join("clean"), &pool_fs.mount, "clean", &log_env).await;
+    let hits = points_of(&log);
+    if hits.is_empty() {
+        println!("SKIPPED: {test}: berth was built without --features failpoints");
+        return;
+    }
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for h in &hits {
+        *counts.entry(h.clone()).or_default() += 1;
+    }
+
+    // Kill at the first hit of every point, and at the last.
+    let mut plan: Vec<(String, u64)> = Vec::new();
+    for (name, n) in &counts {
+        plan.push((name.clone(), 1));
+        if *n > 1 {
+            plan.push((name.clone(), *n));
+        }
+    }
+    let long = std::env::var("BERTH_LONG_TESTS").is_ok_and(|v| v == "1");
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let random = if long { 210 } else { 12 };
+    for _ in 0..random {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let at = usize::try_from(seed % hits.len() as u64).expect("index");
+        let name = &hits[at];
+        let nth = hits[..=at].iter().filter(|h| *h == name).count() as u64;
+        plan.push((name.clone(), nth));
+    }
+
+    let (mut kills, mut replays) = (0, 0);
+    for (i, (name, nth)) in plan.iter().enumerate() {
+        let run_log = scratch.path().join(format!("run-{i}.log"));
+        let faults = vec![
+            ("BERTH_FAILPOINTS".to_string(), format!("{name}=kill@{nth}")),
+            ("BERTH_FAILPOINT_LOG".to_string(), run_log.display().to_string()),
+        ];
+        let (k, r) =
+            lifecycle(&scratch.path().join(format!("run-{i}")), &pool_fs.mount, &format!("run{i}"), &faults).await;
+        if k != 1 {
+            let got = points_of(&run_log);
+            let at = got.iter().zip(&hits).position(|(a, b)| a != b).unwrap_or(got.len().min(hits.len()));
+            let window = |v: &[String]| v[at.saturating_sub(3)..(at + 3).min(v.len())].to_vec();
+            panic!(
+                "the kill at {name}@{nth} happened {k} times; this run's fault points diverged from the clean run at hit {at}: clean {:?}, this run {:?}",
+                window(&hits),
+                window(&got)
+            );
+        }
+        kills += k;
+        replays += r;
+    }
+    println!(
+        "crash: {} fault points, {} hits per lifecycle, {} kills, {} replays, 0 orphans, 0 lost volumes",
+        counts.len(),
+        hits.len(),
+        kills,
+        replays
+    );
+}
