@@ -8,6 +8,7 @@
 //! command exit non-zero.
 
 mod checks;
+mod pools;
 #[cfg(test)]
 mod tests;
 
@@ -202,8 +203,8 @@ pub fn run_on(args: &DoctorArgs, host: &Host) -> Report {
 /// writable) adds its arm here, and what it needs of the machine in [`checks::Needs::of`].
 fn pool_checks(host: &Host, pool: &PoolConfig) -> Vec<Check> {
     match pool {
-        PoolConfig::Hostpath(p) => checks::hostpath(host, p),
-        PoolConfig::Block(p) => checks::block(host, p),
-        PoolConfig::Device(p) => checks::device(host, p),
+        PoolConfig::Hostpath(p) => pools::hostpath(host, p),
+        PoolConfig::Block(p) => pools::block(host, p),
+        PoolConfig::Device(p) => pools::device(host, p),
     }
 }

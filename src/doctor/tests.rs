@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::checks::{self, Host, Needs};
+use super::pools;
 use super::*;
 use crate::config::{Config, HostPathPool, PoolConfig};
 use crate::mount::fake::RecordingSyscall;
@@ -44,7 +45,7 @@ fn verdicts(checks: &[Check]) -> Vec<(&'static str, Verdict)> {
 fn a_missing_pool_path_fails_and_skips_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sys = Arc::new(fake(EXT4, ""));
-    let checks = checks::hostpath(&host(&sys, dir.path()), &pool(&dir.path().join("absent"), Enforcement::Auto));
+    let checks = pools::hostpath(&host(&sys, dir.path()), &pool(&dir.path().join("absent"), Enforcement::Auto));
     assert_eq!(verdicts(&checks), vec![("path", Verdict::Fail)]);
     assert!(checks[0].fix.as_deref().is_some_and(|f| f.contains("mkdir -p")), "{checks:?}");
 }
@@ -57,25 +58,25 @@ fn project_quota_enforcement_depends_on_mount_options_and_policy() {
     let without = format!("30 1 8:1 / {} rw shared:1 - ext4 /dev/sdb1 rw\n", root.display());
 
     let sys = Arc::new(fake(EXT4, &with).with_project_quota(ProjectQuotaState::Enforced));
-    let checks = checks::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::Required));
+    let checks = pools::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::Required));
     let names = verdicts(&checks);
     assert_eq!(names[..3], [("path", Verdict::Ok), ("filesystem", Verdict::Ok), ("capacity enforcement", Verdict::Ok)]);
     assert!(checks[1].detail.starts_with("ext4 (/dev/sdb1 mounted at"), "{}", checks[1].detail);
     assert!(probe_files_gone(&root));
 
     let sys = Arc::new(fake(EXT4, &without));
-    let required = checks::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::Required));
+    let required = pools::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::Required));
     assert_eq!(required[2].verdict, Verdict::Fail);
     assert!(required[2].fix.as_deref().is_some_and(|f| f.contains("tune2fs -O project,quota /dev/sdb1")));
-    let auto = checks::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::Auto));
+    let auto = pools::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::Auto));
     assert_eq!(auto[2].verdict, Verdict::Warn);
-    let none = checks::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::None));
+    let none = pools::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::None));
     assert_eq!(none[2].verdict, Verdict::Ok);
 
     let sys = Arc::new(fake(EXT4, &with).with_project_quota(ProjectQuotaState::Enforced));
     let mut no_kernel = host(&sys, dir.path());
     no_kernel.kernel_quota = false;
-    assert_eq!(checks::hostpath(&no_kernel, &pool(&root, Enforcement::Auto))[2].verdict, Verdict::Warn);
+    assert_eq!(pools::hostpath(&no_kernel, &pool(&root, Enforcement::Auto))[2].verdict, Verdict::Warn);
 }
 
 fn probe_files_gone(root: &Path) -> bool {
@@ -88,7 +89,7 @@ fn probe_files_gone(root: &Path) -> bool {
 fn btrfs_without_qgroups_warns_that_serve_enables_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sys = Arc::new(fake(BTRFS, ""));
-    let checks = checks::hostpath(&host(&sys, dir.path()), &pool(dir.path(), Enforcement::Auto));
+    let checks = pools::hostpath(&host(&sys, dir.path()), &pool(dir.path(), Enforcement::Auto));
     assert_eq!(checks[2].verdict, Verdict::Warn);
     assert!(checks[2].detail.contains("berth serve enables them"), "{:?}", checks[2]);
     assert_eq!(checks[3], Check::ok("pool fast", "reflink", "snapshots and clones are btrfs snapshots (instant)"));
@@ -208,16 +209,16 @@ fn block_and_device_pools_turn_missing_pieces_into_failures() {
     assert!(checks.iter().any(|c| c.check == "device tools" && c.detail.starts_with("wipefs not found")));
 
     let PoolConfig::Block(img) = &config.pools[0] else { panic!("block pool") };
-    assert_eq!(verdicts(&checks::block(&h, img)), vec![("path", Verdict::Fail)]);
+    assert_eq!(verdicts(&pools::block(&h, img)), vec![("path", Verdict::Fail)]);
     std::fs::create_dir_all(&img.path).expect("mkdir");
-    let pool = checks::block(&h, img);
+    let pool = pools::block(&h, img);
     assert_eq!(verdicts(&pool)[..2], [("path", Verdict::Ok), ("filesystem", Verdict::Ok)]);
     // Whether the temp filesystem clones files varies; that the probe could write does not.
     assert_eq!(pool[2].check, "reflink");
     assert_ne!(pool[2].verdict, Verdict::Fail, "{:?}", pool[2]);
     assert_ne!(pool[2].detail, "snapshots and clones are btrfs snapshots (instant)");
     let PoolConfig::Device(disks) = &config.pools[1] else { panic!("device pool") };
-    let found = checks::device(&h, disks);
+    let found = pools::device(&h, disks);
     assert_eq!(verdicts(&found), vec![("devices", Verdict::Warn)]);
     assert!(found[0].detail.contains("/dev/nothing-here-*"), "{:?}", found[0]);
 }
