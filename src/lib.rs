@@ -5,13 +5,17 @@
 //! holds one module per pool type, and `mount` every syscall that touches the kernel.
 
 pub mod backend;
+pub mod client;
 pub mod config;
 pub mod csi;
+pub mod doctor;
 pub mod engine;
 pub mod failpoint;
 pub mod ids;
 pub mod locks;
+pub mod metrics;
 pub mod mount;
+pub mod progress;
 pub mod safepath;
 pub mod server;
 pub mod state;

@@ -1,4 +1,4 @@
-//! The berth command line: `berth serve`, `berth version`.
+//! The berth command line: `berth serve`, `berth doctor`, `berth csi`, `berth version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +22,10 @@ struct Cli {
 enum Command {
     /// Serve the CSI Identity, Controller and Node services on a unix socket.
     Serve(ServeArgs),
+    /// Check that this machine can run berth with a configuration; exits non-zero on any fail.
+    Doctor(berth::doctor::DoctorArgs),
+    /// Call any CSI driver's RPCs on its unix socket: identity, controller and node commands.
+    Csi(berth::client::CsiArgs),
     /// Print berth's version.
     Version,
 }
@@ -58,6 +62,10 @@ struct ServeArgs {
     /// Log line format.
     #[arg(long, env = "BERTH_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// Serve Prometheus metrics on /metrics and readiness on /healthz at this HOST:PORT
+    /// (e.g. 127.0.0.1:9808, or :9808 for every IPv4 address); off when unset.
+    #[arg(long, env = "BERTH_METRICS_ADDRESS", value_name = "HOST:PORT")]
+    metrics_address: Option<String>,
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -89,7 +97,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
     runtime
-        .block_on(server::serve(Arc::new(engine), &args.endpoint, &args.driver_name, args.mode))
+        .block_on(server::serve(
+            Arc::new(engine),
+            &args.endpoint,
+            &args.driver_name,
+            args.mode,
+            args.metrics_address.as_deref(),
+        ))
         .map_err(|e| e.to_string())
 }
 
@@ -99,6 +113,21 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("berth {}", berth::VERSION);
             ExitCode::SUCCESS
+        }
+        Command::Doctor(args) => {
+            let report = berth::doctor::run(&args, Arc::new(LinuxSyscall));
+            match args.output {
+                berth::doctor::Output::Table => print!("{}", report.table()),
+                berth::doctor::Output::Json => println!("{}", report.json()),
+            }
+            if report.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+        }
+        Command::Csi(args) => {
+            if berth::client::main(&args) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,

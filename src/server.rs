@@ -34,6 +34,8 @@ pub enum ServeError {
     NotASocket { path: PathBuf },
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("metrics address {address}: {source}")]
+    Metrics { address: String, source: io::Error },
 }
 
 /// The socket path of a `unix://` endpoint.
@@ -108,9 +110,29 @@ async fn shutdown_signal() {
 }
 
 /// Serves until SIGTERM or SIGINT: then stops accepting, lets in-flight RPCs finish, and
-/// returns without unmounting anything.
-pub async fn serve(engine: Arc<Engine>, endpoint: &str, driver_name: &str, mode: Mode) -> Result<(), ServeError> {
+/// returns without unmounting anything. With `metrics_address` (`HOST:PORT`), Prometheus
+/// metrics and `/healthz` are served there too.
+pub async fn serve(
+    engine: Arc<Engine>,
+    endpoint: &str,
+    driver_name: &str,
+    mode: Mode,
+    metrics_address: Option<&str>,
+) -> Result<(), ServeError> {
     let path = socket_path(endpoint)?;
+    let metrics = match metrics_address {
+        Some(address) => {
+            let listener = crate::metrics::http::bind(address)
+                .await
+                .map_err(|source| ServeError::Metrics { address: address.to_string(), source })?;
+            let local =
+                listener.local_addr().map_err(|source| ServeError::Metrics { address: address.to_string(), source })?;
+            tracing::info!(address = %local, "serving metrics on /metrics and /healthz");
+            let collector = Arc::new(crate::metrics::collect::Collector::new(Some(Arc::clone(&engine))));
+            Some(tokio::spawn(crate::metrics::http::serve(listener, collector)))
+        }
+        None => None,
+    };
     let listener = bind(&path)?;
     let controller = mode != Mode::Node;
     let shared = Shared { engine, driver_name: driver_name.to_string(), controller };
@@ -128,9 +150,11 @@ pub async fn serve(engine: Arc<Engine>, endpoint: &str, driver_name: &str, mode:
         let _ = stop_rx.await;
     });
     tokio::pin!(server);
+    crate::csi::set_ready(true);
     tokio::select! {
         result = &mut server => result?,
         () = shutdown_signal() => {
+            crate::csi::set_ready(false);
             // Stop accepting, then wait for the calls in flight. Idle client connections
             // (a sidecar keeps one open) must not hold the exit hostage.
             let _ = stop_tx.send(());
@@ -139,6 +163,10 @@ pub async fn serve(engine: Arc<Engine>, endpoint: &str, driver_name: &str, mode:
                 () = drained() => {}
             }
         }
+    }
+    crate::csi::set_ready(false);
+    if let Some(task) = metrics {
+        task.abort();
     }
     let _ = fs::remove_file(&path);
     tracing::info!("stopped");

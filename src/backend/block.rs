@@ -14,6 +14,7 @@ use super::tree::{self, Reflink};
 use super::{Backend, Capability, Capacity, Condition, Error, Result, Source, StageSource, Usage, blockvol};
 use crate::config::BlockPool as BlockPoolConfig;
 use crate::mount::{LOOP_TAG_PREFIX, LoopDevice, Syscall};
+use crate::progress::Progress;
 use crate::state::{AccessKind, Enforced, SnapshotMethod, SnapshotRecord, VolumeRecord};
 
 const VOLUMES: &str = "volumes";
@@ -119,10 +120,15 @@ impl BlockPool {
     /// Clones or copies `from` into this pool's `dir/<key>.img`, sized `bytes` (at least).
     fn copy_image(&self, from: &Path, dir: &Path, key: &str, bytes: u64, freeze: Option<&Path>) -> Result<bool> {
         let src = File::open(from).map_err(Error::io("open source image", from))?;
+        let mut progress = Progress::new("copy image", src.metadata().ok().map(|m| m.blocks() * 512));
         let mut cloned = false;
         write_whole_file(dir, &format!("{key}.img"), |dst| {
-            let copy =
-                || tree::copy_file_data(src.as_fd(), dst.as_fd(), Reflink::Auto).map_err(Error::io("copy image", from));
+            let copy = || {
+                tree::copy_file_data_with_progress(src.as_fd(), dst.as_fd(), Reflink::Auto, &mut |done| {
+                    progress.update(done)
+                })
+                .map_err(Error::io("copy image", from))
+            };
             let (_, c) = blockvol::frozen(self.sys.as_ref(), freeze, copy).map_err(std::io::Error::other)?;
             cloned = c;
             if dst.metadata()?.len() < bytes {
@@ -227,10 +233,14 @@ impl Backend for BlockPool {
             // Not attached here: the next stage attaches at the new size and grows then.
             return Ok(());
         };
-        self.sys.loop_set_capacity(&l.path).map_err(Error::io("refresh loop capacity", &l.path))?;
+        self.sys
+            .loop_set_capacity(&l.path)
+            .inspect_err(|_| crate::metrics::record_error("loop"))
+            .map_err(Error::io("refresh loop capacity", &l.path))?;
         if volume.access == AccessKind::Mount {
             self.sys
                 .grow_fs(Self::fs_type(volume), &l.path, volume_path)
+                .inspect_err(|_| crate::metrics::record_error("resize"))
                 .map_err(Error::io("grow filesystem", volume_path))?;
         }
         Ok(())
@@ -307,6 +317,7 @@ impl Backend for BlockPool {
                 let l = self
                     .sys
                     .loop_attach(&image, &Self::tag(&volume.key), false)
+                    .inspect_err(|_| crate::metrics::record_error("loop"))
                     .map_err(Error::io("attach loop device", &image))?;
                 tracing::info!(volume.id = %volume.id, device = %l.path.display(), direct_io = l.direct_io, "loop device attached");
                 (l.path, true)

@@ -46,7 +46,10 @@ pub fn stage(sys: &dyn Syscall, device: &Path, staging: &Path, capability: &Capa
         Signature::None => {
             tracing::info!(device = %device.display(), fs_type, "formatting a blank device");
             super::failpoint("block.mkfs", device)?;
-            sys.mkfs(device, fs_type).map_err(Error::io("format", device))?;
+            let total = sys.device_size(device).ok();
+            crate::progress::heartbeat("format", total, || sys.mkfs(device, fs_type))
+                .inspect_err(|_| crate::metrics::record_error("format"))
+                .map_err(Error::io("format", device))?;
         }
         Signature::Filesystem(found) if found == fs_type => {}
         Signature::Filesystem(found) => {
@@ -65,19 +68,26 @@ pub fn stage(sys: &dyn Syscall, device: &Path, staging: &Path, capability: &Capa
     let mut ms = flags.extra;
     if readonly {
         ms |= MsFlags::MS_RDONLY;
-    } else if sys.grow_fs_offline(fs_type, device).map_err(Error::io("grow filesystem", device))? {
+    } else if sys
+        .grow_fs_offline(fs_type, device)
+        .inspect_err(|_| crate::metrics::record_error("resize"))
+        .map_err(Error::io("grow filesystem", device))?
+    {
         tracing::info!(device = %device.display(), fs_type, "grew the filesystem to fill its device");
     }
     // Restored and cloned volumes carry their source's filesystem UUID; xfs refuses a
     // second mount of a UUID unless told not to check.
     let data = (fs_type == "xfs").then_some("nouuid");
     super::failpoint("block.mount", staging)?;
-    sys.mount(Some(device), staging, Some(fs_type), ms, data).map_err(Error::io("mount", staging))?;
+    sys.mount(Some(device), staging, Some(fs_type), ms, data)
+        .inspect_err(|_| crate::metrics::record_error("mount"))
+        .map_err(Error::io("mount", staging))?;
     // ext4 was grown before mounting; xfs and btrfs grow only while mounted.
     if !readonly
         && fs_type != "ext4"
         && let Err(e) = sys.grow_fs(fs_type, device, staging)
     {
+        crate::metrics::record_error("resize");
         let _ = ops::unmount_all(sys, staging);
         return Err(Error::io("grow filesystem", device)(e));
     }
@@ -196,6 +206,22 @@ mod tests {
         fake.set_signature(dev, Signature::PartitionTable("gpt".into()));
         assert!(stage(&fake, dev, dir.path(), &cap(false, AccessMode::SingleNodeWriter), "ext4").is_err());
         assert!(fake.calls().is_empty(), "nothing formatted or mounted: {:?}", fake.calls());
+    }
+
+    #[test]
+    fn failed_formats_mounts_and_growth_count_in_the_errors_metric() {
+        let errors = |kind: &str| crate::metrics::counters().errors.get(kind).copied().unwrap_or(0);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = Path::new("/dev/loop100");
+        let rw = cap(false, AccessMode::SingleNodeWriter);
+        for (op, kind) in [("mkfs", "format"), ("mount", "mount"), ("grow_fs_offline", "resize"), ("grow_fs", "resize")]
+        {
+            let before = errors(kind);
+            let fake = RecordingSyscall::new(FsStat::default(), "");
+            fake.fail(op, libc::EIO);
+            assert!(stage(&fake, dev, dir.path(), &rw, "xfs").is_err(), "{op}");
+            assert!(errors(kind) > before, "{op} counts as {kind}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::block::write_whole_file;
 use super::{Backend, Capability, Capacity, Condition, Error, Result, Source, StageSource, Usage, blockvol};
 use crate::config::{DevicePool as DevicePoolConfig, Wipe};
 use crate::mount::{Signature, Syscall};
+use crate::progress::{self, Progress};
 use crate::state::{AccessKind, Enforced, SnapshotMethod, SnapshotRecord, VolumeRecord};
 
 const CHUNK: usize = 1 << 20;
@@ -53,7 +54,8 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
-fn copy_all(from: &mut File, to: &mut File, sparse: bool) -> std::io::Result<u64> {
+/// Copies `from` to `to` in chunks, reporting bytes done to `progress`.
+fn copy_all(from: &mut File, to: &mut File, sparse: bool, progress: &mut Progress) -> std::io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     loop {
@@ -68,6 +70,7 @@ fn copy_all(from: &mut File, to: &mut File, sparse: bool) -> std::io::Result<u64
             to.write_all(&buf[..n])?;
         }
         total += n as u64;
+        progress.update(total);
     }
     Ok(total)
 }
@@ -154,7 +157,8 @@ impl DevicePool {
             .custom_flags(libc::O_CLOEXEC | libc::O_EXCL)
             .open(device)
             .map_err(Error::io("open device", device))?;
-        copy_all(&mut src, &mut dst, false)
+        let size = src.metadata().ok().map(|m| m.len());
+        copy_all(&mut src, &mut dst, false, &mut Progress::new("copy onto device", size))
             .and_then(|_| dst.sync_all())
             .map_err(Error::io("copy onto device", device))?;
         Ok(())
@@ -250,8 +254,13 @@ impl Backend for DevicePool {
             self.sys.wipe_signatures(&device).map_err(Error::io("wipe signatures", &device))?;
             match self.wipe {
                 Wipe::Signatures => {}
-                Wipe::Discard => self.sys.clear_device(&device, false).map_err(Error::io("discard", &device))?,
-                Wipe::Zero => self.sys.clear_device(&device, true).map_err(Error::io("zero", &device))?,
+                Wipe::Discard | Wipe::Zero => {
+                    let zero = self.wipe == Wipe::Zero;
+                    let total = self.sys.device_size(&device).ok();
+                    let what = if zero { "zero device" } else { "discard device" };
+                    progress::heartbeat(what, total, || self.sys.clear_device(&device, zero))
+                        .map_err(Error::io(what, &device))?
+                }
             }
         }
         self.allocated.lock().unwrap_or_else(|e| e.into_inner()).remove(&device);
@@ -276,7 +285,10 @@ impl Backend for DevicePool {
         if volume.access == AccessKind::Mount {
             let device = self.device_of(volume)?;
             let fs_type = volume.fs_type.as_deref().unwrap_or(super::block::DEFAULT_FS);
-            self.sys.grow_fs(fs_type, device, volume_path).map_err(Error::io("grow filesystem", volume_path))?;
+            self.sys
+                .grow_fs(fs_type, device, volume_path)
+                .inspect_err(|_| crate::metrics::record_error("resize"))
+                .map_err(Error::io("grow filesystem", volume_path))?;
         }
         Ok(())
     }
@@ -292,7 +304,7 @@ impl Backend for DevicePool {
                 write_whole_file(&dir, &format!("{}.img", snapshot.key), |dst| {
                     let mut src = File::open(&device)?;
                     let mut out = dst.try_clone()?;
-                    copy_all(&mut src, &mut out, true)?;
+                    copy_all(&mut src, &mut out, true, &mut Progress::new("copy device", Some(size)))?;
                     dst.set_len(size)
                 })
             })?;

@@ -19,6 +19,7 @@ use super::{Backend, Capability, Capacity, Condition, Error, Result, Source, Sta
 use crate::config::{Enforcement, HostPathPool};
 use crate::mount::ops;
 use crate::mount::{FsKind, ProjectQuotaState, Syscall, mountinfo};
+use crate::progress::Progress;
 use crate::safepath;
 use crate::state::{Enforced, SnapshotMethod, SnapshotRecord, VolumeRecord};
 
@@ -102,7 +103,12 @@ impl HostPath {
         Ok(usage)
     }
 
+    /// Sets a volume's size limit; a failure counts in the `quota` errors metric.
     fn apply_limit(&self, volume: &VolumeRecord, bytes: u64) -> Result<()> {
+        self.set_limit(volume, bytes).inspect_err(|_| crate::metrics::record_error("quota"))
+    }
+
+    fn set_limit(&self, volume: &VolumeRecord, bytes: u64) -> Result<()> {
         let dir = self.volume_dir(&volume.key);
         match (volume.enforced, &self.mode) {
             (Enforced::BtrfsQgroup, _) => {
@@ -146,7 +152,9 @@ impl HostPath {
                 .btrfs_snapshot(&from, &parent, &volume.key, false)
                 .map_err(Error::io("snapshot into volume", &dir))?,
             (Some(from), false) => {
-                let stats = tree::copy_tree(&from, &parent, &volume.key, Reflink::Auto, &mut |_| {
+                let mut progress = Progress::new("copy into volume", tree::usage(&from).ok().map(|u| u.bytes));
+                let stats = tree::copy_tree(&from, &parent, &volume.key, Reflink::Auto, &mut |done| {
+                    progress.update(done);
                     let _ = crate::failpoint::hit("hostpath.copy");
                 })
                 .map_err(Error::io("copy into volume", &dir))?;
@@ -314,7 +322,9 @@ impl Backend for HostPath {
             return Ok(());
         }
         if !dest.exists() {
-            let stats = tree::copy_tree(&source, &parent, &snapshot.key, Reflink::Auto, &mut |_| {
+            let mut progress = Progress::new("copy snapshot", tree::usage(&source).ok().map(|u| u.bytes));
+            let stats = tree::copy_tree(&source, &parent, &snapshot.key, Reflink::Auto, &mut |done| {
+                progress.update(done);
                 let _ = crate::failpoint::hit("hostpath.snapshot.copy");
             })
             .map_err(Error::io("copy snapshot", &dest))?;

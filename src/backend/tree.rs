@@ -304,6 +304,16 @@ pub fn copy_file_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, reflink: Reflink
     copy_data(src, dst, reflink, &mut |_| {})
 }
 
+/// [`copy_file_data`], reporting the bytes copied so far to `progress`.
+pub fn copy_file_data_with_progress(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    reflink: Reflink,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<(u64, bool)> {
+    copy_data(src, dst, reflink, progress)
+}
+
 fn copy_data(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,

@@ -6,7 +6,9 @@ use prost_types::Timestamp;
 use tonic::{Request, Response, Status};
 
 use super::pb::{self, controller_service_capability as csc};
-use super::{Shared, capabilities, capability, check_secrets, id, map, request_bytes, run, wire_bytes};
+use super::{
+    Describe, Shared, answer, capabilities, capability, check_secrets, id, map, request_bytes, run, wire_bytes,
+};
 use crate::engine::{CapacityQuery, CreateVolume, Engine, TOPOLOGY_KEY};
 use crate::state::{ContentSource, SnapshotRecord, VolumeRecord};
 
@@ -79,7 +81,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::CreateVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("CreateVolume", &req.name.clone(), move || {
+        run("CreateVolume", req.fields(), move || {
             id("name", &req.name)?;
             check_secrets(&req.secrets)?;
             let parameters = map("parameters", &req.parameters)?;
@@ -124,7 +126,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("DeleteVolume", &req.volume_id.clone(), move || {
+        run("DeleteVolume", req.fields(), move || {
             id("volume_id", &req.volume_id)?;
             check_secrets(&req.secrets)?;
             engine.delete_volume(&req.volume_id)?;
@@ -140,7 +142,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::ControllerPublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("ControllerPublishVolume", &req.volume_id.clone(), move || {
+        run("ControllerPublishVolume", req.fields(), move || {
             id("volume_id", &req.volume_id)?;
             if req.node_id.is_empty() {
                 return Err(Status::invalid_argument("node_id is required"));
@@ -165,7 +167,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::ControllerUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("ControllerUnpublishVolume", &req.volume_id.clone(), move || {
+        run("ControllerUnpublishVolume", req.fields(), move || {
             id("volume_id", &req.volume_id)?;
             check_secrets(&req.secrets)?;
             engine.controller_unpublish(&req.volume_id, &req.node_id)?;
@@ -181,7 +183,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::ValidateVolumeCapabilitiesResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("ValidateVolumeCapabilities", &req.volume_id.clone(), move || {
+        run("ValidateVolumeCapabilities", req.fields(), move || {
             id("volume_id", &req.volume_id)?;
             check_secrets(&req.secrets)?;
             if req.volume_capabilities.is_empty() {
@@ -213,7 +215,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::ListVolumesResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("ListVolumes", "", move || {
+        run("ListVolumes", req.fields(), move || {
             let page = engine.list_volumes(max_entries(req.max_entries)?, &req.starting_token)?;
             let entries = page
                 .items
@@ -238,7 +240,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::GetCapacityResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("GetCapacity", "", move || {
+        run("GetCapacity", req.fields(), move || {
             let query = CapacityQuery {
                 parameters: map("parameters", &req.parameters)?,
                 node: req
@@ -282,7 +284,7 @@ impl pb::controller_server::Controller for ControllerService {
         .into_iter()
         .map(|t| pb::ControllerServiceCapability { r#type: Some(csc::Type::Rpc(csc::Rpc { r#type: t as i32 })) })
         .collect();
-        Ok(Response::new(pb::ControllerGetCapabilitiesResponse { capabilities }))
+        answer("ControllerGetCapabilities", || Ok(pb::ControllerGetCapabilitiesResponse { capabilities }))
     }
 
     /// Snapshots a volume; idempotent by name and source.
@@ -292,7 +294,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("CreateSnapshot", &req.source_volume_id.clone(), move || {
+        run("CreateSnapshot", req.fields(), move || {
             id("source_volume_id", &req.source_volume_id)?;
             id("name", &req.name)?;
             check_secrets(&req.secrets)?;
@@ -314,7 +316,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("DeleteSnapshot", "", move || {
+        run("DeleteSnapshot", req.fields(), move || {
             id("snapshot_id", &req.snapshot_id)?;
             check_secrets(&req.secrets)?;
             engine.delete_snapshot(&req.snapshot_id)?;
@@ -330,7 +332,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("ListSnapshots", "", move || {
+        run("ListSnapshots", req.fields(), move || {
             check_secrets(&req.secrets)?;
             let page = engine.list_snapshots(
                 max_entries(req.max_entries)?,
@@ -353,7 +355,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::ControllerExpandVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("ControllerExpandVolume", &req.volume_id.clone(), move || {
+        run("ControllerExpandVolume", req.fields(), move || {
             id("volume_id", &req.volume_id)?;
             check_secrets(&req.secrets)?;
             let range = req.capacity_range.ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
@@ -377,7 +379,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::ControllerGetVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("ControllerGetVolume", &req.volume_id.clone(), move || {
+        run("ControllerGetVolume", req.fields(), move || {
             id("volume_id", &req.volume_id)?;
             let item = engine.get_volume(&req.volume_id)?;
             Ok(pb::ControllerGetVolumeResponse {
@@ -396,7 +398,7 @@ impl pb::controller_server::Controller for ControllerService {
         &self,
         _: Request<pb::ControllerModifyVolumeRequest>,
     ) -> Result<Response<pb::ControllerModifyVolumeResponse>, Status> {
-        Err(Status::unimplemented("berth does not offer ControllerModifyVolume"))
+        answer("ControllerModifyVolume", || Err(Status::unimplemented("berth does not offer ControllerModifyVolume")))
     }
 
     /// A snapshot by ID.
@@ -406,7 +408,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::GetSnapshotResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("GetSnapshot", "", move || {
+        run("GetSnapshot", req.fields(), move || {
             id("snapshot_id", &req.snapshot_id)?;
             check_secrets(&req.secrets)?;
             let record = engine.get_snapshot(&req.snapshot_id)?;

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use tonic::{Request, Response, Status};
 
-use super::Shared;
 use super::pb::{self, plugin_capability};
+use super::{Shared, answer};
 
 /// Serves GetPluginInfo, GetPluginCapabilities and Probe.
 pub struct IdentityService(pub Shared);
@@ -17,11 +17,13 @@ impl pb::identity_server::Identity for IdentityService {
         &self,
         _: Request<pb::GetPluginInfoRequest>,
     ) -> Result<Response<pb::GetPluginInfoResponse>, Status> {
-        Ok(Response::new(pb::GetPluginInfoResponse {
-            name: self.0.driver_name.clone(),
-            vendor_version: crate::VERSION.to_string(),
-            manifest: HashMap::from([("node-id".to_string(), self.0.engine.node_id.clone())]),
-        }))
+        answer("GetPluginInfo", || {
+            Ok(pb::GetPluginInfoResponse {
+                name: self.0.driver_name.clone(),
+                vendor_version: crate::VERSION.to_string(),
+                manifest: HashMap::from([("node-id".to_string(), self.0.engine.node_id.clone())]),
+            })
+        })
     }
 
     /// The controller service (when this process serves it), topology, and online expansion.
@@ -42,11 +44,12 @@ impl pb::identity_server::Identity for IdentityService {
                 r#type: volume_expansion::Type::Online as i32,
             })),
         });
-        Ok(Response::new(pb::GetPluginCapabilitiesResponse { capabilities }))
+        answer("GetPluginCapabilities", || Ok(pb::GetPluginCapabilitiesResponse { capabilities }))
     }
 
-    /// Ready once the state is loaded and every pool is open, which happens before serving.
+    /// Ready once the state is loaded, every pool is open and the socket is served; not
+    /// ready while shutting down (the same answer as the metrics server's `/healthz`).
     async fn probe(&self, _: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeResponse>, Status> {
-        Ok(Response::new(pb::ProbeResponse { ready: Some(true) }))
+        answer("Probe", || Ok(pb::ProbeResponse { ready: Some(super::ready()) }))
     }
 }

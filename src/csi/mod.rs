@@ -5,16 +5,19 @@
 //! wraps every RPC in one span and logs its outcome once.
 
 pub mod controller;
+pub mod fields;
 pub mod identity;
 pub mod node;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use tonic::{Response, Status};
+use tonic::{Code, Response, Status};
 use tracing::Instrument;
+
+pub use fields::{Describe, Fields};
 
 use crate::engine::{AccessMode, Capability, Engine};
 
@@ -26,6 +29,43 @@ pub mod pb {
 
 /// RPCs being served right now; shutdown waits for this to reach zero.
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+static READY: AtomicBool = AtomicBool::new(false);
+
+/// Whether berth is ready: its state is loaded, every pool is open and the socket is
+/// served, and it is not shutting down. Probe and the metrics server's `/healthz` answer this.
+pub fn ready() -> bool {
+    READY.load(Ordering::SeqCst)
+}
+
+/// Sets what [`ready`] answers; the server sets it once serving and clears it at shutdown.
+pub fn set_ready(ready: bool) {
+    READY.store(ready, Ordering::SeqCst);
+}
+
+/// The canonical name of a gRPC code (`OK`, `NOT_FOUND`, ...), as the CSI spec writes it;
+/// logs, metrics labels and `berth csi` all use it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
 
 struct InFlight;
 
@@ -48,43 +88,75 @@ pub const MAX_MAP_BYTES: usize = 4096;
 /// Volume context keys whose values must never be logged.
 pub const SENSITIVE_KEYS: &[&str] = &["csi.storage.k8s.io/serviceAccount.tokens"];
 
-/// Renders a map for logs with secret values replaced: every key in [`SENSITIVE_KEYS`] and
-/// anything that looks like a token, password or key.
+/// True for a map key whose value must never be logged: every key in [`SENSITIVE_KEYS`]
+/// and anything that looks like a token, password or key.
+pub fn is_sensitive_key(key: &str) -> bool {
+    let lower = key.to_ascii_lowercase();
+    SENSITIVE_KEYS.contains(&key) || ["token", "secret", "password", "key"].iter().any(|w| lower.contains(w))
+}
+
+/// Renders a map for logs with secret values replaced (see [`is_sensitive_key`]).
 pub fn redacted(map: &HashMap<String, String>) -> String {
     let mut keys: Vec<_> = map.keys().collect();
     keys.sort();
     let parts: Vec<String> = keys
         .into_iter()
-        .map(|k| {
-            let lower = k.to_ascii_lowercase();
-            let secret = SENSITIVE_KEYS.contains(&k.as_str())
-                || ["token", "secret", "password", "key"].iter().any(|w| lower.contains(w));
-            if secret { format!("{k}=<redacted>") } else { format!("{k}={}", map[k]) }
-        })
+        .map(|k| if is_sensitive_key(k) { format!("{k}=<redacted>") } else { format!("{k}={}", map[k]) })
         .collect();
     parts.join(",")
 }
 
-/// Runs one RPC's work on a blocking thread inside a span, logging its outcome and duration.
-/// A panic inside becomes INTERNAL for this call only.
-pub async fn run<T, F>(method: &'static str, volume_id: &str, work: F) -> Result<Response<T>, Status>
+/// Runs one RPC's work on a blocking thread inside a span naming its volume, snapshot,
+/// node and paths; counts it in the metrics and logs its outcome, code and duration once.
+/// A panic inside becomes INTERNAL for this call only. No error message leaves this
+/// function (to the log or the caller) with a secret or sensitive context value in it.
+pub async fn run<T, F>(method: &'static str, fields: impl Into<Fields>, work: F) -> Result<Response<T>, Status>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, Status> + Send + 'static,
 {
+    use tracing::field::Empty;
+    let fields = fields.into();
     let _in_flight = InFlight::enter();
-    let span = tracing::info_span!("rpc", method, volume.id = volume_id);
+    let span = tracing::info_span!(
+        "rpc",
+        method,
+        volume.id = Empty,
+        snapshot.id = Empty,
+        node.id = Empty,
+        target.path = Empty,
+        staging.path = Empty
+    );
+    fields.record(&span);
     let start = Instant::now();
     let inner = span.clone();
     let result = tokio::task::spawn_blocking(move || inner.in_scope(work))
         .instrument(span.clone())
         .await
-        .unwrap_or_else(|e| Err(Status::internal(format!("{method} failed unexpectedly: {e}"))));
-    let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
+        .unwrap_or_else(|e| Err(Status::internal(format!("{method} failed unexpectedly: {e}"))))
+        .map_err(|s| fields.scrub_status(s));
+    let elapsed = start.elapsed();
+    let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+    let code = code_name(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
+    crate::metrics::observe_rpc(method, code, elapsed);
     span.in_scope(|| match &result {
-        Ok(_) => tracing::info!(code = "OK", elapsed_ms, "rpc finished"),
-        Err(s) => tracing::warn!(code = ?s.code(), message = s.message(), elapsed_ms, "rpc failed"),
+        Ok(_) => tracing::info!(code, elapsed_ms, "rpc finished"),
+        Err(s) => tracing::warn!(code, error = s.message(), elapsed_ms, "rpc failed"),
     });
+    result.map(Response::new)
+}
+
+/// Answers an RPC that only reads in-memory facts (plugin info, capabilities, Probe) on the
+/// calling task: counted in the metrics like any other, logged at debug level because
+/// sidecars call some of them every few seconds.
+pub fn answer<T>(method: &'static str, work: impl FnOnce() -> Result<T, Status>) -> Result<Response<T>, Status> {
+    let _in_flight = InFlight::enter();
+    let start = Instant::now();
+    let result = work();
+    let elapsed = start.elapsed();
+    let code = code_name(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
+    crate::metrics::observe_rpc(method, code, elapsed);
+    tracing::debug!(method, code, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "rpc finished");
     result.map(Response::new)
 }
 

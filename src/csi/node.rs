@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::pb::{self, node_service_capability as nsc};
-use super::{Shared, capability, check_secrets, id, map, request_bytes, run, wire_bytes};
+use super::{Describe, Shared, answer, capability, check_secrets, id, map, request_bytes, run, wire_bytes};
 use crate::engine::{NodePublish, NodeStage, TOPOLOGY_KEY};
 
 /// Checks the volume_path of stats and expansion: missing or with control characters is
@@ -45,7 +45,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeStageVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodeStageVolume", &req.volume_id.clone(), move || {
+        run("NodeStageVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let staging = node_path("staging_target_path", &req.staging_target_path)?;
             let cap = req
@@ -71,7 +71,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeUnstageVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodeUnstageVolume", &req.volume_id.clone(), move || {
+        run("NodeUnstageVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let staging = node_path("staging_target_path", &req.staging_target_path)?;
             engine.node_unstage(&req.volume_id, &staging)?;
@@ -87,7 +87,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodePublishVolume", &req.volume_id.clone(), move || {
+        run("NodePublishVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let target = node_path("target_path", &req.target_path)?;
             let staging = if req.staging_target_path.is_empty() {
@@ -121,7 +121,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodeUnpublishVolume", &req.volume_id.clone(), move || {
+        run("NodeUnpublishVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let target = node_path("target_path", &req.target_path)?;
             engine.node_unpublish(&req.volume_id, &target)?;
@@ -137,7 +137,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodeGetVolumeStats", &req.volume_id.clone(), move || {
+        run("NodeGetVolumeStats", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let volume_path = volume_path(&req.volume_path)?;
             let (usage, condition) = engine.node_stats(&req.volume_id, &volume_path)?;
@@ -175,7 +175,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodeExpandVolume", &req.volume_id.clone(), move || {
+        run("NodeExpandVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let volume_path = volume_path(&req.volume_path)?;
             check_secrets(&req.secrets)?;
@@ -210,7 +210,7 @@ impl pb::node_server::Node for NodeService {
         .into_iter()
         .map(|t| pb::NodeServiceCapability { r#type: Some(nsc::Type::Rpc(nsc::Rpc { r#type: t as i32 })) })
         .collect();
-        Ok(Response::new(pb::NodeGetCapabilitiesResponse { capabilities }))
+        answer("NodeGetCapabilities", || Ok(pb::NodeGetCapabilitiesResponse { capabilities }))
     }
 
     /// The node's ID, its topology segment and its volume limit.
@@ -219,12 +219,14 @@ impl pb::node_server::Node for NodeService {
         _: Request<pb::NodeGetInfoRequest>,
     ) -> Result<Response<pb::NodeGetInfoResponse>, Status> {
         let engine = &self.0.engine;
-        Ok(Response::new(pb::NodeGetInfoResponse {
-            node_id: engine.node_id.clone(),
-            max_volumes_per_node: i64::try_from(engine.config.max_volumes_per_node).unwrap_or(i64::MAX),
-            accessible_topology: Some(pb::Topology {
-                segments: HashMap::from([(TOPOLOGY_KEY.to_string(), engine.node_id.clone())]),
-            }),
-        }))
+        answer("NodeGetInfo", || {
+            Ok(pb::NodeGetInfoResponse {
+                node_id: engine.node_id.clone(),
+                max_volumes_per_node: i64::try_from(engine.config.max_volumes_per_node).unwrap_or(i64::MAX),
+                accessible_topology: Some(pb::Topology {
+                    segments: HashMap::from([(TOPOLOGY_KEY.to_string(), engine.node_id.clone())]),
+                }),
+            })
+        })
     }
 }

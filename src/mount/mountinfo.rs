@@ -16,6 +16,8 @@ pub struct MountEntry {
     pub mount_point: PathBuf,
     /// Per-mount options (`rw`, `ro`, `nosuid`, ...).
     pub options: String,
+    /// Propagation tags (`shared:N`, `master:N`, `propagate_from:N`, `unbindable`).
+    pub optional_fields: Vec<String>,
     pub fs_type: String,
     pub source: String,
     /// Per-superblock options (`prjquota`, `subvol=/x`, ...).
@@ -26,6 +28,12 @@ impl MountEntry {
     /// True when the per-mount options include `ro`.
     pub fn read_only(&self) -> bool {
         self.options.split(',').any(|o| o == "ro")
+    }
+
+    /// True when mounts made below this mount propagate to its peers (`shared:N`): what
+    /// the kubelet directory needs so that the kubelet and pods see berth's mounts.
+    pub fn is_shared(&self) -> bool {
+        self.optional_fields.iter().any(|f| f.starts_with("shared:"))
     }
 
     /// True when `option` (e.g. `prjquota`) is among the superblock options.
@@ -64,12 +72,24 @@ fn parse_line(line: &str) -> Result<MountEntry, &'static str> {
     let root = unescape(fields.next().ok_or("missing root")?);
     let mount_point = unescape(fields.next().ok_or("missing mount point")?);
     let options = fields.next().ok_or("missing mount options")?.to_string();
-    // Optional fields (shared:N, master:N, ...) follow until the separator; not needed.
+    let optional_fields = fields.filter(|f| !f.is_empty()).map(str::to_string).collect();
     let mut tail_fields = tail.split(' ');
     let fs_type = tail_fields.next().ok_or("missing filesystem type")?.to_string();
     let source = unescape_string(tail_fields.next().ok_or("missing source")?);
     let super_options = tail_fields.next().unwrap_or("").to_string();
-    Ok(MountEntry { mount_id, parent_id, major, minor, root, mount_point, options, fs_type, source, super_options })
+    Ok(MountEntry {
+        mount_id,
+        parent_id,
+        major,
+        minor,
+        root,
+        mount_point,
+        options,
+        optional_fields,
+        fs_type,
+        source,
+        super_options,
+    })
 }
 
 /// Decodes the kernel's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134` backslash).
@@ -159,6 +179,19 @@ mod tests {
         assert!(entries[5].has_super_option("prjquota"));
         assert!(entries[3].read_only());
         assert!(!entries[2].read_only());
+        assert_eq!(entries[1].optional_fields, vec!["shared:20".to_string()]);
+        assert!(entries[1].is_shared());
+        assert!(entries[4].optional_fields.is_empty() && !entries[4].is_shared());
+    }
+
+    #[test]
+    fn reads_every_propagation_tag() {
+        let line = "50 22 0:46 / /var/lib/kubelet rw master:3 shared:7 propagate_from:2 - tmpfs t rw";
+        let e = &parse(line).expect("parses")[0];
+        assert_eq!(e.optional_fields, vec!["master:3", "shared:7", "propagate_from:2"]);
+        assert!(e.is_shared());
+        let slave = &parse("51 22 0:46 / /x rw master:3 - tmpfs t rw").expect("parses")[0];
+        assert!(!slave.is_shared());
     }
 
     #[test]

@@ -72,7 +72,12 @@ pub fn is_mount_point(sys: &dyn Syscall, path: &Path) -> io::Result<bool> {
 
 /// Bind-mounts `source` on `target`. Read-only and the extra flags are applied by a
 /// second, remounting step (a plain bind ignores them); if that fails the bind is undone.
+/// A failure counts in the `mount` errors metric.
 pub fn bind(sys: &dyn Syscall, source: &Path, target: &Path, flags: Flags) -> io::Result<()> {
+    bind_twice(sys, source, target, flags).inspect_err(|_| crate::metrics::record_error("mount"))
+}
+
+fn bind_twice(sys: &dyn Syscall, source: &Path, target: &Path, flags: Flags) -> io::Result<()> {
     sys.mount(Some(source), target, None, MsFlags::MS_BIND, None)?;
     if flags.readonly || !flags.extra.is_empty() {
         let mut remount = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags.extra;
@@ -121,8 +126,13 @@ pub fn probe(path: &Path) -> io::Result<Probe> {
 }
 
 /// Detaches every mount stacked at `target` without touching the filesystems (lazy
-/// unmount), for mounts whose server is gone.
+/// unmount), for mounts whose server is gone. A failure counts in the `unmount` errors
+/// metric.
 pub fn detach_all(sys: &dyn Syscall, target: &Path) -> io::Result<()> {
+    detach_stack(sys, target).inspect_err(|_| crate::metrics::record_error("unmount"))
+}
+
+fn detach_stack(sys: &dyn Syscall, target: &Path) -> io::Result<()> {
     for _ in 0..64 {
         if mountinfo::at(&table(sys)?, target).is_empty() {
             return Ok(());
@@ -138,8 +148,12 @@ pub fn detach_all(sys: &dyn Syscall, target: &Path) -> io::Result<()> {
 
 /// Unmounts every mount stacked at `target`. Not mounted (or not existing) is success; a
 /// mount whose server or daemon is gone (ESTALE, ENOTCONN, EIO) is detached lazily so the
-/// call never hangs on it.
+/// call never hangs on it. A failure counts in the `unmount` errors metric.
 pub fn unmount_all(sys: &dyn Syscall, target: &Path) -> io::Result<()> {
+    unmount_stack(sys, target).inspect_err(|_| crate::metrics::record_error("unmount"))
+}
+
+fn unmount_stack(sys: &dyn Syscall, target: &Path) -> io::Result<()> {
     for _ in 0..64 {
         if mountinfo::at(&table(sys)?, target).is_empty() {
             return Ok(());
@@ -193,6 +207,19 @@ mod tests {
         assert!(
             bind(&fake, Path::new("/s"), Path::new("/d"), Flags { readonly: true, extra: MsFlags::empty() }).is_err()
         );
+    }
+
+    #[test]
+    fn failures_count_in_the_errors_metric() {
+        let errors = |kind: &str| crate::metrics::counters().errors.get(kind).copied().unwrap_or(0);
+        let (mounts, unmounts) = (errors("mount"), errors("unmount"));
+        let fake = RecordingSyscall::new(FsStat::default(), "1 0 0:1 / /d rw - tmpfs t rw\n");
+        fake.fail("mount", libc::EPERM);
+        fake.fail("umount", libc::EBUSY);
+        assert!(bind(&fake, Path::new("/s"), Path::new("/d"), Flags::default()).is_err());
+        assert!(unmount_all(&fake, Path::new("/d")).is_err());
+        assert!(errors("mount") > mounts);
+        assert!(errors("unmount") > unmounts);
     }
 
     #[test]

@@ -95,7 +95,7 @@ def test_default_install_is_the_local_driver_only():
     assert names(objects, "VolumeSnapshotClass") == ["berth-local"]
     assert names(objects, "ConfigMap") == ["berth-local-config"]
     assert names(objects, "ServiceAccount") == ["berth-local-controller", "berth-node"]
-    # Metrics are off until berth has --metrics-address.
+    # Metrics are opt-in.
     assert not of_kind(objects, "Service") and not of_kind(objects, "ServiceMonitor")
     assert merged_values("default")["metrics"]["enabled"] is False
     assert merged_values("default")["nfs"]["enabled"] is False

@@ -342,6 +342,68 @@ pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Code
     }
 }
 
+/// Runs the berth binary with `args` (e.g. `doctor ...`, `csi ...`) and returns its output.
+pub fn berth_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .env_remove("CSI_ENDPOINT")
+        .env_remove("BERTH_CONFIG")
+        .env_remove("BERTH_ENDPOINT")
+        .output()
+        .unwrap_or_else(|e| panic!("running berth {args:?}: {e}"))
+}
+
+/// Removes ANSI colour escapes from log text.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Berth {
+    /// The address berth logged for its metrics server (`--metrics-address HOST:0`).
+    pub fn metrics_address(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = strip_ansi(&self.logs());
+            let found = logs.lines().filter(|l| l.contains("serving metrics")).find_map(|l| {
+                let rest = l.split("address").nth(1)?;
+                let rest = rest.trim_start_matches(['=', '"', ':', ' ']);
+                Some(rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect::<String>())
+            });
+            if let Some(address) = found.filter(|a| a.contains(':')) {
+                return address;
+            }
+            assert!(Instant::now() < deadline, "berth never logged its metrics address:\n{logs}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET: the status code and the body.
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the metrics address");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status code");
+    (status, body.to_string())
+}
+
 /// Mounts a FUSE filesystem at `target` whose daemon is already gone (the fuse device is
 /// closed right after mounting): every access fails with ENOTCONN, the way a mount of a
 /// dead NFS server misbehaves. A stand-in the kernel here can provide.

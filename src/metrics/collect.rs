@@ -1,0 +1,245 @@
+//! One scrape: the counters, plus what is measured from the engine at scrape time (pool
+//! capacity, volume and snapshot counts, per-volume usage).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::exposition::{Kind, Writer, format_value};
+use super::{Counters, LATENCY_BUCKETS, counters};
+use crate::backend::StageSource;
+use crate::engine::Engine;
+use crate::state::{Phase, VolumeRecord};
+
+/// How long a volume's measured usage is reused: walking a large tree or syncing a btrfs
+/// filesystem on every scrape would cost more than the number is worth.
+pub const USAGE_TTL: Duration = Duration::from_secs(30);
+/// Time one scrape may spend refreshing usage; volumes left over keep their last value and
+/// are refreshed by the next scrape, so a huge volume never makes a scrape time out.
+pub const USAGE_BUDGET: Duration = Duration::from_secs(5);
+
+/// The StorageClass parameters csi-provisioner's `--extra-create-metadata` adds.
+const PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
+const PVC_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
+
+/// Renders scrapes of one engine, remembering volume usage between them.
+pub struct Collector {
+    engine: Option<Arc<Engine>>,
+    usage: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl Collector {
+    /// A collector for `engine`; `None` renders the counters only.
+    pub fn new(engine: Option<Arc<Engine>>) -> Collector {
+        Collector { engine, usage: Mutex::new(HashMap::new()) }
+    }
+
+    /// The whole exposition document. It may touch the filesystem: call it on a blocking thread.
+    pub fn render(&self) -> String {
+        let mut w = Writer::default();
+        w.family("berth_build_info", Kind::Gauge, "berth's version; always 1.");
+        w.sample("berth_build_info", &[("version", crate::VERSION)], 1.0);
+        w.family("berth_ready", Kind::Gauge, "1 when berth answers Probe with ready, else 0.");
+        w.sample("berth_ready", &[], if crate::csi::ready() { 1.0 } else { 0.0 });
+        w.family("berth_rpc_in_flight", Kind::Gauge, "CSI calls being served right now.");
+        w.sample("berth_rpc_in_flight", &[], crate::csi::IN_FLIGHT.load(Ordering::SeqCst) as f64);
+        write_counters(&mut w, &counters());
+        if let Some(engine) = &self.engine {
+            write_pools(&mut w, engine);
+            self.write_volumes(&mut w, engine);
+        }
+        w.finish()
+    }
+
+    fn write_volumes(&self, w: &mut Writer, engine: &Engine) {
+        let volumes = engine.store.volumes_where(|v| v.phase == Phase::Ready && engine.pools.contains_key(&v.pool));
+        let mut cache = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|id, _| volumes.iter().any(|v| &v.id == id));
+        let start = Instant::now();
+        for volume in &volumes {
+            let fresh = cache.get(&volume.id).is_some_and(|(at, _)| at.elapsed() < USAGE_TTL);
+            if fresh || start.elapsed() > USAGE_BUDGET {
+                continue;
+            }
+            let Some(pool) = engine.pools.get(&volume.pool) else { continue };
+            // Block volumes are measured where they are mounted; hostPath volumes and raw
+            // block volumes are measured in the pool, whatever path is given.
+            let mounted = pool.mounts(StageSource::Managed(volume)).ok().and_then(|m| m.into_iter().next());
+            match pool.usage(volume, &mounted.unwrap_or_default()) {
+                Ok(usage) => {
+                    cache.insert(volume.id.clone(), (Instant::now(), usage.used_bytes));
+                }
+                Err(e) => tracing::debug!(volume.id = %volume.id, error = %e, "volume usage unavailable for metrics"),
+            }
+        }
+        w.family("berth_volume_capacity_bytes", Kind::Gauge, "Size of each volume as provisioned or expanded.");
+        for v in &volumes {
+            let labels = volume_labels(v);
+            w.sample("berth_volume_capacity_bytes", &refs(&labels), v.capacity as f64);
+        }
+        w.family(
+            "berth_volume_used_bytes",
+            Kind::Gauge,
+            "Bytes each volume uses, as its pool measures it: qgroup, project quota or a walk of its tree \
+             (hostPath), allocated image blocks (raw block), its filesystem (block, while mounted).",
+        );
+        for v in &volumes {
+            if let Some((_, used)) = cache.get(&v.id) {
+                let labels = volume_labels(v);
+                w.sample("berth_volume_used_bytes", &refs(&labels), *used as f64);
+            }
+        }
+    }
+}
+
+/// A volume's labels: its ID and name, its pool, and the PVC it was provisioned for when
+/// csi-provisioner passed that (`--extra-create-metadata`), else empty.
+fn volume_labels(v: &VolumeRecord) -> [(&'static str, String); 5] {
+    let param = |k: &str| v.parameters.get(k).cloned().unwrap_or_default();
+    [
+        ("volume_id", v.id.clone()),
+        ("volume_name", v.name.clone()),
+        ("pool", v.pool.clone()),
+        ("pvc_namespace", param(PVC_NAMESPACE)),
+        ("pvc_name", param(PVC_NAME)),
+    ]
+}
+
+fn refs<'a>(labels: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    labels.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn write_counters(w: &mut Writer, c: &Counters) {
+    w.family("berth_rpc_requests_total", Kind::Counter, "Finished CSI calls by method and gRPC code.");
+    for ((method, code), n) in &c.requests {
+        w.sample("berth_rpc_requests_total", &[("method", method), ("code", code)], *n as f64);
+    }
+    w.family("berth_rpc_duration_seconds", Kind::Histogram, "Time to serve a CSI call, by method.");
+    for (method, h) in &c.latency {
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += h.counts[i];
+            let le = format_value(*bound);
+            w.sample("berth_rpc_duration_seconds_bucket", &[("method", method), ("le", &le)], cumulative as f64);
+        }
+        w.sample("berth_rpc_duration_seconds_bucket", &[("method", method), ("le", "+Inf")], h.count() as f64);
+        w.sample("berth_rpc_duration_seconds_sum", &[("method", method)], h.sum);
+        w.sample("berth_rpc_duration_seconds_count", &[("method", method)], h.count() as f64);
+    }
+    w.family("berth_errors_total", Kind::Counter, "Failed mounts, unmounts, formats, loop attaches and quota changes.");
+    for (kind, n) in &c.errors {
+        w.sample("berth_errors_total", &[("kind", kind)], *n as f64);
+    }
+}
+
+fn write_pools(w: &mut Writer, engine: &Engine) {
+    let mut capacities = Vec::new();
+    for (name, pool) in &engine.pools {
+        match pool.capacity() {
+            Ok(c) => capacities.push((name.as_str(), pool.kind(), c)),
+            Err(e) => tracing::warn!(pool = %name, error = %e, "pool capacity unavailable for metrics"),
+        }
+    }
+    w.family("berth_pool_capacity_bytes", Kind::Gauge, "Total size of the filesystem or device holding each pool.");
+    for (name, kind, c) in &capacities {
+        w.sample("berth_pool_capacity_bytes", &[("pool", name), ("type", kind)], c.total_bytes as f64);
+    }
+    w.family("berth_pool_free_bytes", Kind::Gauge, "Bytes each pool has left for new data.");
+    for (name, kind, c) in &capacities {
+        w.sample("berth_pool_free_bytes", &[("pool", name), ("type", kind)], c.available_bytes as f64);
+    }
+    let mut volumes: BTreeMap<&str, u64> = engine.pools.keys().map(|k| (k.as_str(), 0)).collect();
+    for v in engine.store.volumes_where(|_| true) {
+        if let Some(n) = volumes.get_mut(v.pool.as_str()) {
+            *n += 1;
+        }
+    }
+    let mut snapshots: BTreeMap<&str, u64> = engine.pools.keys().map(|k| (k.as_str(), 0)).collect();
+    for s in engine.store.snapshots_page(None, usize::MAX, |_| true).0 {
+        if let Some(n) = snapshots.get_mut(s.pool.as_str()) {
+            *n += 1;
+        }
+    }
+    w.family("berth_pool_volumes", Kind::Gauge, "Volumes berth keeps in each pool.");
+    for (pool, n) in &volumes {
+        w.sample("berth_pool_volumes", &[("pool", pool)], *n as f64);
+    }
+    w.family("berth_pool_snapshots", Kind::Gauge, "Snapshots berth keeps in each pool.");
+    for (pool, n) in &snapshots {
+        w.sample("berth_pool_snapshots", &[("pool", pool)], *n as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::{AccessMode, Capability, CreateVolume, Placement};
+    use crate::metrics::exposition::{find, parse};
+    use crate::mount::FsStat;
+    use crate::mount::fake::RecordingSyscall;
+
+    fn engine(dir: &std::path::Path) -> Arc<Engine> {
+        let text = format!(
+            "stateDir: {}\npools:\n  - name: fast\n    type: hostpath\n    path: {}\n    capacityEnforcement: none\n",
+            dir.join("state").display(),
+            dir.join("pool").display()
+        );
+        let stat = FsStat { magic: 0xEF53, total_bytes: 10 << 30, available_bytes: 8 << 30, ..FsStat::default() };
+        let fake = Arc::new(RecordingSyscall::new(stat, ""));
+        let config = Config::parse(&text, "test").expect("config");
+        Arc::new(Engine::open(config, "node-a".into(), fake, Placement::OnNode).expect("engine"))
+    }
+
+    #[test]
+    fn a_scrape_reports_pools_volumes_and_their_usage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = engine(dir.path());
+        let cap = Capability {
+            block: false,
+            fs_type: String::new(),
+            mount_flags: vec![],
+            mode: AccessMode::SingleNodeWriter,
+        };
+        let vol = engine
+            .create_volume(CreateVolume {
+                name: "pv-1".into(),
+                required_bytes: 5 << 20,
+                limit_bytes: 0,
+                capabilities: vec![cap],
+                parameters: [
+                    (PVC_NAME.to_string(), "data".to_string()),
+                    (PVC_NAMESPACE.to_string(), "shop".to_string()),
+                ]
+                .into(),
+                source: None,
+                allowed_nodes: None,
+            })
+            .expect("create");
+        let key = vol.id.rsplit(':').next().expect("key");
+        std::fs::write(dir.path().join("pool/volumes").join(key).join("f"), vec![1u8; 64 << 10]).expect("write");
+
+        let text = Collector::new(Some(Arc::clone(&engine))).render();
+        let samples = parse(&text).expect("the scrape is valid exposition text");
+        let pool = [("pool", "fast")];
+        assert_eq!(find(&samples, "berth_pool_capacity_bytes", &pool), Some((10u64 << 30) as f64));
+        assert_eq!(find(&samples, "berth_pool_free_bytes", &pool), Some((8u64 << 30) as f64));
+        assert_eq!(find(&samples, "berth_pool_volumes", &pool), Some(1.0));
+        assert_eq!(find(&samples, "berth_pool_snapshots", &pool), Some(0.0));
+        let labels = [("volume_id", vol.id.as_str()), ("pvc_namespace", "shop"), ("pvc_name", "data")];
+        assert_eq!(find(&samples, "berth_volume_capacity_bytes", &labels), Some((5u64 << 20) as f64));
+        let used = find(&samples, "berth_volume_used_bytes", &labels).expect("usage measured");
+        assert!(used >= (64 << 10) as f64, "{used}");
+        assert_eq!(find(&samples, "berth_errors_total", &[("kind", "format")]), Some(0.0));
+        assert_eq!(find(&samples, "berth_build_info", &[("version", crate::VERSION)]), Some(1.0));
+    }
+
+    #[test]
+    fn without_an_engine_only_the_counters_are_rendered() {
+        let text = Collector::new(None).render();
+        let samples = parse(&text).expect("valid");
+        assert!(samples.iter().all(|s| !s.name.starts_with("berth_pool_")));
+        assert!(samples.iter().any(|s| s.name == "berth_rpc_in_flight"));
+    }
+}

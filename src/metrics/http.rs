@@ -1,0 +1,139 @@
+//! The metrics endpoint: HTTP/1.1 on a TCP address, with `GET /metrics` (Prometheus text
+//! format) and `GET /healthz` (200 when berth answers Probe with ready, else 503).
+//!
+//! hyper (already compiled in for tonic) does the HTTP; this module only routes. A scrape
+//! renders on a blocking thread, since measuring volumes touches the filesystem.
+
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use super::collect::Collector;
+use super::exposition::CONTENT_TYPE;
+
+/// Connections served at once; more are closed at accept. Scrapers hold one or two.
+pub const MAX_CONNECTIONS: usize = 32;
+/// A client must send its request head within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds the metrics address. `:PORT` means every IPv4 address.
+pub async fn bind(address: &str) -> io::Result<TcpListener> {
+    let address = if address.starts_with(':') { format!("0.0.0.0{address}") } else { address.to_string() };
+    TcpListener::bind(address.as_str()).await
+}
+
+/// Serves until the task is dropped.
+pub async fn serve(listener: TcpListener, collector: Arc<Collector>) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: wait instead of spinning.
+                tracing::warn!(error = %e, "metrics endpoint cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            tracing::debug!("metrics endpoint busy; closing a connection");
+            continue;
+        };
+        let collector = Arc::clone(&collector);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| respond(req, Arc::clone(&collector)));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    response
+}
+
+async fn respond(req: Request<Incoming>, collector: Arc<Collector>) -> Result<Response<Full<Bytes>>, Infallible> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    let path = req.uri().path();
+    if path != "/metrics" && path != "/healthz" {
+        return Ok(text(StatusCode::NOT_FOUND, PLAIN, "not found: berth serves /metrics and /healthz\n"));
+    }
+    if req.method() != Method::GET {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET is allowed\n");
+        response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+        return Ok(response);
+    }
+    if path == "/healthz" {
+        return Ok(if crate::csi::ready() {
+            text(StatusCode::OK, PLAIN, "ok\n")
+        } else {
+            text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not ready\n")
+        });
+    }
+    Ok(match tokio::task::spawn_blocking(move || collector.render()).await {
+        Ok(body) => text(StatusCode::OK, CONTENT_TYPE, body),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering metrics failed");
+            text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, "rendering metrics failed\n")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(address: std::net::SocketAddr, request: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        response
+    }
+
+    #[tokio::test]
+    async fn routes_metrics_healthz_and_nothing_else() {
+        let listener = bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(serve(listener, Arc::new(Collector::new(None))));
+        let close = "Connection: close\r\n\r\n";
+
+        let metrics = get(address, &format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+        assert!(metrics.contains("content-type: text/plain; version=0.0.4"), "{metrics}");
+        let body = metrics.split("\r\n\r\n").nth(1).expect("body");
+        crate::metrics::exposition::parse(body).expect("valid exposition text");
+
+        crate::csi::set_ready(false);
+        let health = get(address, &format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+        crate::csi::set_ready(true);
+        let health = get(address, &format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"), "{health}");
+
+        let missing = get(address, &format!("GET /other HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        let post = get(address, &format!("POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n{close}")).await;
+        assert!(post.starts_with("HTTP/1.1 405") && post.contains("allow: GET"), "{post}");
+        let garbage = get(address, "NOT HTTP AT ALL\r\n\r\n").await;
+        assert!(garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+        server.abort();
+    }
+}

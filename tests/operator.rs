@@ -1,0 +1,533 @@
+//! What operators use every day, against the real binary: the metrics endpoint after a
+//! known sequence of RPCs, structured logs without secrets, `berth doctor` on good and
+//! broken machines, and a whole volume lifecycle driven by `berth csi` alone.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use berth::csi::pb;
+use berth::metrics::exposition::{Sample, find, parse};
+use common::*;
+
+const MIB: i64 = 1 << 20;
+const SENTINEL: &str = "SENTINEL-OPS-9c1e";
+
+fn scrape(address: &str) -> (String, Vec<Sample>) {
+    let (status, body) = http_get(address, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    let samples = parse(&body).unwrap_or_else(|e| panic!("invalid exposition text: {e}\n{body}"));
+    (body, samples)
+}
+
+fn requests(samples: &[Sample], method: &str, code: &str) -> f64 {
+    find(samples, "berth_rpc_requests_total", &[("method", method), ("code", code)]).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_count_rpcs_by_code_time_them_and_measure_pools() {
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    let config = hostpath_config(&scratch.path().join("state"), &pool, "auto");
+    let mut b = Berth::start(scratch.path(), &config, "node-a", &["--metrics-address", "127.0.0.1:0"]).await;
+    let address = b.metrics_address();
+
+    let secrets: std::collections::HashMap<String, String> = [("password".to_string(), SENTINEL.to_string())].into();
+    let mut first = create_req("pvc-m1", 8 * MIB);
+    first.secrets = secrets.clone();
+    first.parameters = [
+        ("csi.storage.k8s.io/pvc/name".to_string(), "data".to_string()),
+        ("csi.storage.k8s.io/pvc/namespace".to_string(), "shop".to_string()),
+    ]
+    .into();
+    let kept = b.controller.create_volume(first).await.expect("create").into_inner().volume.expect("volume");
+    let gone = b.controller.create_volume(create_req("pvc-m2", MIB)).await.expect("create").into_inner().volume;
+    let mut bad = create_req("pvc-m3", MIB);
+    bad.parameters.insert("colour".into(), "red".into());
+    assert_eq!(code(b.controller.create_volume(bad).await), tonic::Code::InvalidArgument);
+    let unknown = pb::ControllerGetVolumeRequest { volume_id: "fake-vol-id-1".into() };
+    assert_eq!(code(b.controller.controller_get_volume(unknown).await), tonic::Code::NotFound);
+    let gone_id = gone.expect("volume").volume_id;
+    b.controller
+        .delete_volume(pb::DeleteVolumeRequest { volume_id: gone_id, secrets: secrets.clone() })
+        .await
+        .expect("delete");
+    b.controller
+        .create_snapshot(pb::CreateSnapshotRequest {
+            source_volume_id: kept.volume_id.clone(),
+            name: "snap-m1".into(),
+            secrets,
+            ..Default::default()
+        })
+        .await
+        .expect("snapshot");
+    let key = kept.volume_id.rsplit(':').next().expect("key");
+    fs::write(pool.join("volumes").join(key).join("data"), vec![7u8; 1 << 20]).expect("write into the volume");
+
+    let (body, samples) = scrape(&address);
+    assert_eq!(requests(&samples, "CreateVolume", "OK"), 2.0, "{body}");
+    assert_eq!(requests(&samples, "CreateVolume", "INVALID_ARGUMENT"), 1.0);
+    assert_eq!(requests(&samples, "ControllerGetVolume", "NOT_FOUND"), 1.0);
+    assert_eq!(requests(&samples, "DeleteVolume", "OK"), 1.0);
+    assert_eq!(requests(&samples, "CreateSnapshot", "OK"), 1.0);
+    assert!(requests(&samples, "Probe", "OK") >= 1.0, "the harness probed until ready");
+
+    // The latency histogram of CreateVolume: three calls, cumulative buckets.
+    let method = [("method", "CreateVolume")];
+    assert_eq!(find(&samples, "berth_rpc_duration_seconds_count", &method), Some(3.0));
+    let buckets: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.name == "berth_rpc_duration_seconds_bucket" && s.labels["method"] == "CreateVolume")
+        .map(|s| (s.labels["le"].parse::<f64>().expect("le is a number or +Inf"), s.value))
+        .collect();
+    assert_eq!(buckets.len(), berth::metrics::LATENCY_BUCKETS.len() + 1);
+    assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "{buckets:?}");
+    assert_eq!(buckets.last(), Some(&(f64::INFINITY, 3.0)));
+    let sum = find(&samples, "berth_rpc_duration_seconds_sum", &method).expect("sum");
+    assert!(sum > 0.0 && sum < 60.0, "{sum}");
+
+    assert_eq!(find(&samples, "berth_rpc_in_flight", &[]), Some(0.0));
+    assert_eq!(find(&samples, "berth_ready", &[]), Some(1.0));
+    let pool_label = [("pool", "default")];
+    assert_eq!(find(&samples, "berth_pool_volumes", &pool_label), Some(1.0));
+    assert_eq!(find(&samples, "berth_pool_snapshots", &pool_label), Some(1.0));
+    let total = find(&samples, "berth_pool_capacity_bytes", &pool_label).expect("capacity");
+    let free = find(&samples, "berth_pool_free_bytes", &pool_label).expect("free");
+    assert!(total > 0.0 && free > 0.0 && free <= total, "{total} {free}");
+    let pvc = [("volume_id", kept.volume_id.as_str()), ("pvc_namespace", "shop"), ("pvc_name", "data")];
+    assert_eq!(find(&samples, "berth_volume_capacity_bytes", &pvc), Some((8 * MIB) as f64));
+    let used = find(&samples, "berth_volume_used_bytes", &pvc).expect("per-volume usage");
+    assert!(used >= MIB as f64, "{used}");
+    for kind in berth::metrics::ERROR_KINDS {
+        assert_eq!(find(&samples, "berth_errors_total", &[("kind", kind)]), Some(0.0), "{kind}");
+    }
+    assert!(!body.contains(SENTINEL), "a secret reached the metrics");
+
+    let (status, health) = http_get(&address, "/healthz");
+    assert_eq!((status, health.as_str()), (200, "ok\n"));
+    let (status, _) = http_get(&address, "/nothing");
+    assert_eq!(status, 404);
+
+    // A scrape is not an RPC and changes no count.
+    let (_, again) = scrape(&address);
+    assert_eq!(requests(&again, "CreateVolume", "OK"), 2.0);
+    assert!(b.stop().success());
+}
+
+#[tokio::test]
+async fn metrics_measure_block_volumes_where_they_are_mounted() {
+    let test = "metrics_measure_block_volumes_where_they_are_mounted";
+    if !require_root(test) {
+        return;
+    }
+    if !have("mkfs.ext4") {
+        println!("SKIPPED: {test}: mkfs.ext4 is not installed");
+        return;
+    }
+    let scratch = Scratch::new();
+    let config = format!(
+        "stateDir: {}\npools:\n  - name: img\n    type: block\n    path: {}\n",
+        scratch.path().join("state").display(),
+        scratch.path().join("img").display()
+    );
+    let mut b = Berth::start(scratch.path(), &config, "node-a", &["--metrics-address", "127.0.0.1:0"]).await;
+    let address = b.metrics_address();
+    let vol = b.controller.create_volume(create_req("pvc-blk", 64 * MIB)).await.expect("create").into_inner();
+    let vol = vol.volume.expect("volume").volume_id;
+    let staging = scratch.path().join("staging");
+    let stage = pb::NodeStageVolumeRequest {
+        volume_id: vol.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(rwo()),
+        ..Default::default()
+    };
+    b.node.node_stage_volume(stage).await.expect("stage formats and mounts the image");
+    fs::write(staging.join("data"), vec![3u8; 8 << 20]).expect("write into the filesystem");
+    sh("sync", &[]);
+
+    let (body, samples) = scrape(&address);
+    let pool = [("pool", "img"), ("type", "block")];
+    assert!(find(&samples, "berth_pool_capacity_bytes", &pool).is_some_and(|v| v > 0.0), "{body}");
+    let used =
+        find(&samples, "berth_volume_used_bytes", &[("volume_id", vol.as_str())]).expect("usage of the mounted volume");
+    assert!(used >= (8 * MIB) as f64, "{used}");
+    assert_eq!(find(&samples, "berth_volume_capacity_bytes", &[("volume_id", vol.as_str())]), Some((64 * MIB) as f64));
+    assert_eq!(find(&samples, "berth_errors_total", &[("kind", "format")]), Some(0.0));
+    assert_eq!(requests(&samples, "NodeStageVolume", "OK"), 1.0);
+
+    b.node
+        .node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: vol.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .expect("unstage");
+    b.controller.delete_volume(pb::DeleteVolumeRequest { volume_id: vol, ..Default::default() }).await.expect("delete");
+}
+
+#[tokio::test]
+async fn json_logs_name_volume_node_and_paths_and_never_a_secret() {
+    let test = "json_logs_name_volume_node_and_paths_and_never_a_secret";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    let config = hostpath_config(&scratch.path().join("state"), &pool, "auto");
+    let args = ["--log-level", "trace", "--log-format", "json", "--metrics-address", "127.0.0.1:0"];
+    let mut b = Berth::start(scratch.path(), &config, "node-a", &args).await;
+    let endpoint = format!("unix://{}", b.socket.display());
+    let secrets: std::collections::HashMap<String, String> = [("token".to_string(), SENTINEL.to_string())].into();
+    let context: std::collections::HashMap<String, String> =
+        [("csi.storage.k8s.io/serviceAccount.tokens".to_string(), SENTINEL.to_string())].into();
+
+    let vol = b.controller.create_volume(create_req("pvc-log", MIB)).await.expect("create").into_inner();
+    let vol = vol.volume.expect("volume").volume_id;
+    let staging = scratch.path().join("staging");
+    let target = scratch.path().join("target");
+    let stage = pb::NodeStageVolumeRequest {
+        volume_id: vol.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(rwo()),
+        secrets: secrets.clone(),
+        volume_context: context.clone(),
+        ..Default::default()
+    };
+    b.node.node_stage_volume(stage).await.expect("stage");
+    let publish = pb::NodePublishVolumeRequest {
+        volume_id: vol.clone(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(rwo()),
+        secrets: secrets.clone(),
+        volume_context: context.clone(),
+        ..Default::default()
+    };
+    b.node.node_publish_volume(publish.clone()).await.expect("publish");
+    let mut unknown = publish.clone();
+    unknown.volume_id = "fake-vol-id-2".into();
+    let status = b.node.node_publish_volume(unknown).await.expect_err("unknown volume");
+    assert!(!status.message().contains(SENTINEL), "{}", status.message());
+
+    // The same secrets through `berth csi`: a failing call and an echoed context.
+    let token_flag = format!("csi.storage.k8s.io/serviceAccount.tokens={SENTINEL}");
+    let secret_flag = format!("token={SENTINEL}");
+    let target2 = scratch.path().join("target2").display().to_string();
+    let staging_s = staging.display().to_string();
+    let out = berth_cmd(&[
+        "csi",
+        "--endpoint",
+        &endpoint,
+        "node",
+        "publish",
+        "--volume-id",
+        "fake-vol-id-3",
+        "--staging-path",
+        &staging_s,
+        "--target-path",
+        &target2,
+        "--secret",
+        &secret_flag,
+        "--context",
+        &token_flag,
+    ]);
+    assert!(!out.status.success());
+    let cli_text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(cli_text.contains("NOT_FOUND"), "{cli_text}");
+    let out = berth_cmd(&[
+        "csi",
+        "--endpoint",
+        &endpoint,
+        "controller",
+        "validate",
+        "--volume-id",
+        &vol,
+        "--context",
+        &token_flag,
+        "--secret",
+        &secret_flag,
+        "--output",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let validated: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(validated["confirmed"]["volume_context"]["csi.storage.k8s.io/serviceAccount.tokens"], "<redacted>");
+    let cli_text = format!("{cli_text}{}", String::from_utf8_lossy(&out.stdout));
+    assert!(!cli_text.contains(SENTINEL), "berth csi printed a secret: {cli_text}");
+
+    b.node
+        .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: vol.clone(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .expect("unpublish");
+    let (metrics, _) = scrape(&b.metrics_address());
+    assert!(!metrics.contains(SENTINEL), "a secret reached the metrics");
+
+    let logs = b.logs();
+    assert_eq!(logs.matches(SENTINEL).count(), 0, "a secret reached the log");
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {e}: {l}")))
+        .collect();
+    let outcome = |method: &str, message: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message && l["span"]["method"] == method)
+            .unwrap_or_else(|| panic!("no {message:?} line for {method}:\n{logs}"))
+            .clone()
+    };
+    let published = outcome("NodePublishVolume", "rpc finished");
+    assert_eq!(published["code"], "OK");
+    assert!(published["elapsed_ms"].as_f64().is_some());
+    assert_eq!(published["span"]["volume.id"], vol.as_str());
+    assert_eq!(published["span"]["node.id"], "node-a");
+    assert_eq!(published["span"]["target.path"], target.display().to_string());
+    assert_eq!(published["span"]["staging.path"], staging.display().to_string());
+    let failed = outcome("NodePublishVolume", "rpc failed");
+    assert_eq!(failed["code"], "NOT_FOUND");
+    assert!(failed["error"].as_str().is_some_and(|e| e.contains("fake-vol-id-2")), "{failed}");
+    let staged = outcome("NodeStageVolume", "rpc finished");
+    assert!(staged["span"].get("target.path").is_none(), "empty fields stay out of the span: {staged}");
+    unmount_below(scratch.path());
+}
+
+fn doctor_json(args: &[&str]) -> (bool, serde_json::Value) {
+    let mut all = vec!["doctor", "--output", "json"];
+    all.extend_from_slice(args);
+    let out = berth_cmd(&all);
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.success(), report)
+}
+
+fn verdict<'a>(report: &'a serde_json::Value, subject: &str, check: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["subject"] == subject && c["check"] == check))
+        .unwrap_or_else(|| panic!("no check {subject}/{check} in {report:#}"))
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    fs::write(&path, text).expect("write config");
+    path.display().to_string()
+}
+
+#[test]
+fn doctor_passes_a_good_machine_and_fails_a_broken_one() {
+    let test = "doctor_passes_a_good_machine_and_fails_a_broken_one";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(btrfs) = FsImage::new(&scratch, test, "btrfs", "256M") else {
+        return;
+    };
+    use berth::mount::Syscall;
+    berth::mount::LinuxSyscall.btrfs_quota_enable(&btrfs.mount).expect("enable qgroups");
+    // A kubelet directory on its own shared mount, and one on a private mount.
+    let kubelet = scratch.path().join("kubelet");
+    let private = scratch.path().join("kubelet-private");
+    for (dir, propagation) in [(&kubelet, "--make-shared"), (&private, "--make-private")] {
+        fs::create_dir_all(dir).expect("mkdir");
+        sh("mount", &["-t", "tmpfs", "kubelet", dir.to_str().expect("utf8")]);
+        sh("mount", &[propagation, dir.to_str().expect("utf8")]);
+    }
+    let state = scratch.path().join("state");
+    let endpoint = format!("unix://{}/run/csi.sock", scratch.path().display());
+    let kubelet_s = kubelet.display().to_string();
+
+    let good = write_config(scratch.path(), "good.yaml", &hostpath_config(&state, &btrfs.mount, "required"));
+    let (ok, report) = doctor_json(&["--config", &good, "--kubelet-dir", &kubelet_s, "--endpoint", &endpoint]);
+    assert!(ok, "{report:#}");
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["summary"]["fail"], 0);
+    assert_eq!(verdict(&report, "pool default", "path")["verdict"], "ok");
+    let fs_check = verdict(&report, "pool default", "filesystem");
+    assert!(fs_check["detail"].as_str().is_some_and(|d| d.starts_with("btrfs")), "{fs_check}");
+    assert_eq!(verdict(&report, "pool default", "capacity enforcement")["detail"], "btrfs qgroups are enabled");
+    assert_eq!(verdict(&report, "pool default", "reflink")["verdict"], "ok");
+    assert_eq!(verdict(&report, "kubelet", "mount propagation")["verdict"], "ok");
+    assert_eq!(verdict(&report, "socket", "path")["verdict"], "ok");
+    assert_eq!(verdict(&report, "machine", "state directory")["verdict"], "ok");
+    assert!(
+        fs::read_dir(&btrfs.mount).expect("ls").all(|e| !e
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".berth-doctor")),
+        "the reflink probe cleaned up"
+    );
+    // A block pool beside it: its path and reflinks are checked, loop devices and the ext4
+    // tools become needs.
+    let images = btrfs.mount.join("images");
+    fs::create_dir_all(&images).expect("mkdir");
+    let with_block = format!(
+        "{}  - name: img\n    type: block\n    path: {}\n",
+        hostpath_config(&state, &btrfs.mount, "required"),
+        images.display()
+    );
+    let with_block = write_config(scratch.path(), "block.yaml", &with_block);
+    let (ok, report) = doctor_json(&["--config", &with_block, "--kubelet-dir", &kubelet_s, "--endpoint", &endpoint]);
+    assert!(ok, "{report:#}");
+    assert_eq!(verdict(&report, "pool img", "path")["verdict"], "ok");
+    let clone = verdict(&report, "pool img", "reflink");
+    assert!(clone["detail"].as_str().is_some_and(|d| d.starts_with("FICLONE works")), "{clone}");
+    assert_eq!(verdict(&report, "machine", "loop devices")["verdict"], "ok");
+    assert_eq!(verdict(&report, "machine", "ext4 tools")["verdict"], "ok");
+
+    let table = berth_cmd(&["doctor", "--config", &good, "--kubelet-dir", &kubelet_s, "--endpoint", &endpoint]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(table.status.success(), "{text}");
+    assert!(text.starts_with("SUBJECT") && text.contains(" 0 fail"), "{text}");
+
+    // Broken: the pool path is missing, the kubelet dir does not propagate mounts.
+    let missing = scratch.path().join("no-such-pool");
+    let broken = write_config(scratch.path(), "broken.yaml", &hostpath_config(&state, &missing, "auto"));
+    let private_s = private.display().to_string();
+    let (ok, report) = doctor_json(&["--config", &broken, "--kubelet-dir", &private_s, "--endpoint", &endpoint]);
+    assert!(!ok, "any fail exits non-zero");
+    assert_eq!(report["ok"], false);
+    let path = verdict(&report, "pool default", "path");
+    assert_eq!(path["verdict"], "fail");
+    assert!(path["fix"].as_str().is_some_and(|f| f.contains(&missing.display().to_string())), "{path}");
+    assert_eq!(verdict(&report, "kubelet", "mount propagation")["verdict"], "fail");
+    let table = berth_cmd(&["doctor", "--config", &broken, "--kubelet-dir", &private_s, "--endpoint", &endpoint]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert_eq!(table.status.code(), Some(1), "{text}");
+    assert!(text.contains("fail") && text.contains("fix: mount the pool's disk"), "{text}");
+
+    // Required enforcement on ext4 without project quotas cannot work.
+    let Some(ext4) = FsImage::new(&scratch, test, "ext4", "64M") else {
+        return;
+    };
+    let plain = write_config(scratch.path(), "plain.yaml", &hostpath_config(&state, &ext4.mount, "required"));
+    let (ok, report) = doctor_json(&["--config", &plain, "--kubelet-dir", &kubelet_s, "--endpoint", &endpoint]);
+    assert!(!ok);
+    let enforcement = verdict(&report, "pool default", "capacity enforcement");
+    assert_eq!(enforcement["verdict"], "fail", "{enforcement}");
+    assert!(enforcement["fix"].as_str().is_some_and(|f| f.contains("tune2fs")), "{enforcement}");
+}
+
+/// Runs `berth csi --output json` against `endpoint`, expecting success.
+fn csi(endpoint: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["csi", "--endpoint", endpoint, "--output", "json"];
+    all.extend_from_slice(args);
+    let out = berth_cmd(&all);
+    assert!(
+        out.status.success(),
+        "berth {all:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("berth {all:?} printed no JSON: {e}"))
+}
+
+#[tokio::test]
+async fn berth_csi_alone_drives_a_whole_volume_lifecycle() {
+    let test = "berth_csi_alone_drives_a_whole_volume_lifecycle";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    let config = hostpath_config(&scratch.path().join("state"), &pool, "auto");
+    let b = Berth::start(scratch.path(), &config, "node-a", &[]).await;
+    let ep = format!("unix://{}", b.socket.display());
+    let ep = ep.as_str();
+
+    assert_eq!(csi(ep, &["identity", "info"])["name"], "local.berth.csi.io");
+    assert_eq!(csi(ep, &["identity", "probe"])["ready"], true);
+    assert_eq!(csi(ep, &["node", "info"])["node_id"], "node-a");
+    let caps = csi(ep, &["controller", "capabilities"]);
+    assert!(caps["capabilities"].as_array().is_some_and(|c| c.iter().any(|x| x == "CREATE_DELETE_SNAPSHOT")));
+
+    let created = csi(
+        ep,
+        &[
+            "controller",
+            "create-volume",
+            "--name",
+            "pvc-cli",
+            "--capacity",
+            "16Mi",
+            "--param",
+            "pool=default",
+            "--access-mode",
+            "single-node-writer",
+        ],
+    );
+    let vol = created["volume"]["volume_id"].as_str().expect("volume id").to_string();
+    assert_eq!(created["volume"]["capacity_bytes"], 16 * MIB);
+    let staging = scratch.path().join("staging").display().to_string();
+    let target = scratch.path().join("target");
+    let target_s = target.display().to_string();
+    csi(ep, &["node", "stage", "--volume-id", &vol, "--staging-path", &staging]);
+    csi(ep, &["node", "publish", "--volume-id", &vol, "--staging-path", &staging, "--target-path", &target_s]);
+    assert_eq!(mounts_below(&target).len(), 1, "the target is mounted");
+    fs::write(target.join("hello.txt"), vec![b'x'; 2 << 20]).expect("a pod writes through the mount");
+
+    let stats = csi(ep, &["node", "stats", "--volume-id", &vol, "--volume-path", &target_s]);
+    let bytes = stats["usage"].as_array().and_then(|u| u.iter().find(|u| u["unit"] == "BYTES")).expect("bytes usage");
+    assert!(bytes["used"].as_i64().is_some_and(|u| u >= 2 * MIB), "{stats}");
+    assert_eq!(bytes["total"], 16 * MIB);
+    assert_eq!(stats["volume_condition"]["abnormal"], false);
+    let human = berth_cmd(&["csi", "--endpoint", ep, "node", "stats", "--volume-id", &vol, "--volume-path", &target_s]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.starts_with("UNIT") && text.contains("BYTES") && text.contains("healthy"), "{text}");
+
+    let snap = csi(ep, &["controller", "create-snapshot", "--source-volume-id", &vol, "--name", "snap-cli"]);
+    let snap_id = snap["snapshot"]["snapshot_id"].as_str().expect("snapshot id").to_string();
+    assert_eq!(snap["snapshot"]["ready_to_use"], true);
+    let listed = csi(ep, &["controller", "list-snapshots", "--source-volume-id", &vol]);
+    assert_eq!(listed["entries"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        csi(ep, &["controller", "get-snapshot", "--snapshot-id", &snap_id])["snapshot"]["source_volume_id"],
+        vol.as_str()
+    );
+
+    // A restore from the snapshot, then paging over the two volumes.
+    let restored = csi(
+        ep,
+        &["controller", "create-volume", "--name", "pvc-cli-2", "--capacity", "16Mi", "--from-snapshot", &snap_id],
+    );
+    let vol2 = restored["volume"]["volume_id"].as_str().expect("volume id").to_string();
+    assert_eq!(restored["volume"]["content_source"]["snapshot_id"], snap_id.as_str());
+    let all = csi(ep, &["controller", "list-volumes", "--page-size", "1"]);
+    assert_eq!(all["entries"].as_array().map(Vec::len), Some(2), "every page is followed: {all}");
+    assert_eq!(all["next_token"], "");
+    let one = csi(ep, &["controller", "list-volumes", "--max-entries", "1"]);
+    assert_eq!(one["entries"].as_array().map(Vec::len), Some(1));
+    let token = one["next_token"].as_str().expect("token").to_string();
+    assert!(!token.is_empty());
+    let rest = csi(ep, &["controller", "list-volumes", "--starting-token", &token]);
+    assert_eq!(rest["entries"].as_array().map(Vec::len), Some(1));
+    assert_ne!(rest["entries"][0]["volume"]["volume_id"], one["entries"][0]["volume"]["volume_id"]);
+    let expanded = csi(ep, &["controller", "expand", "--volume-id", &vol, "--capacity", "32Mi"]);
+    assert_eq!(expanded["capacity_bytes"], 32 * MIB);
+
+    csi(ep, &["node", "unpublish", "--volume-id", &vol, "--target-path", &target_s]);
+    csi(ep, &["node", "unstage", "--volume-id", &vol, "--staging-path", &staging]);
+    assert!(mounts_below(scratch.path()).is_empty(), "nothing stays mounted");
+    assert!(!target.exists(), "the target path is removed");
+    csi(ep, &["controller", "delete-volume", "--volume-id", &vol2]);
+    csi(ep, &["controller", "delete-snapshot", "--snapshot-id", &snap_id]);
+    csi(ep, &["controller", "delete-volume", "--volume-id", &vol]);
+    assert_eq!(csi(ep, &["controller", "list-volumes"])["entries"].as_array().map(Vec::len), Some(0));
+
+    let out = berth_cmd(&["csi", "--endpoint", ep, "controller", "get-volume", "--volume-id", &vol]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("berth csi: NOT_FOUND: ") && err.contains(&vol), "{err}");
+    let out =
+        berth_cmd(&["csi", "--endpoint", ep, "--output", "json", "controller", "get-volume", "--volume-id", &vol]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json error");
+    assert_eq!(doc["error"]["code"], "NOT_FOUND");
+    let out = berth_cmd(&["csi", "--endpoint", "unix:///nonexistent/csi.sock", "identity", "probe"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UNAVAILABLE: no socket at /nonexistent/csi.sock"));
+}
