@@ -11,6 +11,7 @@ pub mod engine;
 pub mod ids;
 pub mod locks;
 pub mod mount;
+pub mod nfs;
 pub mod safepath;
 pub mod server;
 pub mod state;
