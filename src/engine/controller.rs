@@ -6,7 +6,6 @@ use std::sync::Arc;
 use super::{Capability, DEFAULT_PAGE, Engine, Error, FS_TYPES, Result};
 use crate::backend::{Backend, Capacity, Condition, Source};
 use crate::ids::{self, Kind};
-use crate::mount::ops;
 use crate::state::{self, AccessKind, ContentSource, Enforced, Phase, SnapshotRecord, VolumeRecord};
 
 /// StorageClass parameters berth reads; the provisioner's own keys are accepted too.
@@ -63,8 +62,8 @@ pub fn check_parameters(parameters: &BTreeMap<String, String>) -> Result<Option<
 }
 
 /// Why `pool` cannot serve `capability`, if it cannot.
-fn unsupported(pool: &dyn Backend, capability: &Capability) -> Option<String> {
-    if capability.mode.multi_node() {
+pub(super) fn unsupported(pool: &dyn Backend, capability: &Capability) -> Option<String> {
+    if capability.mode.multi_node() && pool.node_local() {
         return Some(format!(
             "access mode {:?} needs several nodes, but {} pool {} is local to one node",
             capability.mode,
@@ -75,11 +74,15 @@ fn unsupported(pool: &dyn Backend, capability: &Capability) -> Option<String> {
     if capability.block && !pool.supports_block() {
         return Some(format!("{} pool {} serves filesystem volumes only, not raw block", pool.kind(), pool.name()));
     }
-    if !FS_TYPES.contains(&capability.fs_type.as_str()) {
-        return Some(format!("filesystem type {:?} is not one of ext4, xfs, btrfs", capability.fs_type));
+    if !pool.fs_types().contains(&capability.fs_type.as_str()) {
+        return Some(format!(
+            "filesystem type {:?} is not one of {}",
+            capability.fs_type,
+            pool.fs_types().iter().filter(|t| !t.is_empty()).copied().collect::<Vec<_>>().join(", ")
+        ));
     }
-    if let Err(e) = ops::parse_flags(&capability.mount_flags) {
-        return Some(e.to_string());
+    if let Err(e) = pool.parse_mount_flags(&capability.mount_flags) {
+        return Some(e);
     }
     None
 }
@@ -131,7 +134,9 @@ impl Engine {
         let size = volume_size(&req, self.config.default_volume_size.0)?;
         let access = if req.capabilities.iter().any(|c| c.block) { AccessKind::Block } else { AccessKind::Mount };
         let fs_type = choose_fs_type(pool.as_ref(), &req, access)?;
+        // A shared pool's volumes are reachable from every node: any topology fits.
         if let Some(allowed) = &req.allowed_nodes
+            && pool.node_local()
             && !allowed.contains(&self.node_id)
         {
             return Err(Error::ResourceExhausted(format!(
@@ -227,7 +232,7 @@ impl Engine {
                     name: req.name.clone(),
                     pool: pool.name().to_string(),
                     key,
-                    node: self.node_id.clone(),
+                    node: if pool.node_local() { self.node_id.clone() } else { String::new() },
                     capacity: size,
                     phase: Phase::Creating,
                     access,
@@ -274,7 +279,7 @@ impl Engine {
     fn roll_back(&self, pool: &dyn Backend, record: &VolumeRecord) {
         match pool.delete_volume(record) {
             Ok(()) => {
-                if let Err(e) = self.store.remove_volume(&record.id) {
+                if let Err(e) = self.remove_volume_record(record) {
                     tracing::error!(volume.id = %record.id, error = %e, "removing the record of a failed volume");
                 }
             }
@@ -284,12 +289,35 @@ impl Engine {
         }
     }
 
+    /// Records a volume: first where its pool keeps its durable truth (an NFS export),
+    /// then in the local store.
     pub(super) fn put_volume(&self, record: &VolumeRecord) -> Result<()> {
+        if let Some(pool) = self.pools.get(&record.pool) {
+            pool.persist_volume(record)?;
+        }
         self.store.put_volume(record).map_err(|source| Error::State { id: record.id.clone(), source })
     }
 
     fn put_snapshot(&self, record: &SnapshotRecord) -> Result<()> {
+        if let Some(pool) = self.pools.get(&record.pool) {
+            pool.persist_snapshot(record)?;
+        }
         self.store.put_snapshot(record).map_err(|source| Error::State { id: record.id.clone(), source })
+    }
+
+    /// Forgets a volume in its pool's own records and in the local store.
+    pub(super) fn remove_volume_record(&self, record: &VolumeRecord) -> Result<()> {
+        if let Some(pool) = self.pools.get(&record.pool) {
+            pool.forget_volume(record)?;
+        }
+        self.store.remove_volume(&record.id).map_err(|source| Error::State { id: record.id.clone(), source })
+    }
+
+    fn remove_snapshot_record(&self, record: &SnapshotRecord) -> Result<()> {
+        if let Some(pool) = self.pools.get(&record.pool) {
+            pool.forget_snapshot(record)?;
+        }
+        self.store.remove_snapshot(&record.id).map_err(|source| Error::State { id: record.id.clone(), source })
     }
 
     /// Deletes a volume; unknown IDs are already gone. A volume still published or mounted
@@ -316,7 +344,7 @@ impl Engine {
         record.phase = Phase::Deleting;
         self.put_volume(&record)?;
         pool.delete_volume(&record)?;
-        self.store.remove_volume(id).map_err(|source| Error::State { id: id.to_string(), source })?;
+        self.remove_volume_record(&record)?;
         tracing::info!(volume.id = %id, "volume deleted");
         Ok(())
     }
@@ -331,6 +359,9 @@ impl Engine {
     pub fn controller_publish(&self, id: &str, node: &str, capability: &Capability, readonly: bool) -> Result<()> {
         let _guard = self.lock(&[id.to_string()])?;
         let mut record = self.ready_volume(id)?;
+        if record.node.is_empty() {
+            return self.publish_shared(record, node, capability, readonly);
+        }
         if node != record.node {
             if !self.known_node(node) {
                 return Err(Error::NotFound(format!("node {node:?} is not known to berth")));
@@ -452,7 +483,8 @@ impl Engine {
     pub fn capacity(&self, query: &CapacityQuery) -> Result<Capacity> {
         let pool = Arc::clone(self.select_pool(check_parameters(&query.parameters)?)?);
         let none = Capacity { total_bytes: 0, available_bytes: 0, maximum_volume_bytes: 0 };
-        if query.node.as_ref().is_some_and(|n| n != &self.node_id) {
+        // A shared pool's free space is the same whichever node asks.
+        if pool.node_local() && query.node.as_ref().is_some_and(|n| n != &self.node_id) {
             return Ok(none);
         }
         if query.capabilities.iter().any(|c| unsupported(pool.as_ref(), c).is_some()) {
@@ -549,7 +581,7 @@ impl Engine {
         };
         if let Err(e) = pool.create_snapshot(&volume, &mut record) {
             if pool.delete_snapshot(&record).is_ok() {
-                let _ = self.store.remove_snapshot(&record.id);
+                let _ = self.remove_snapshot_record(&record);
             }
             return Err(e.into());
         }
@@ -569,7 +601,7 @@ impl Engine {
         record.phase = Phase::Deleting;
         self.put_snapshot(&record)?;
         pool.delete_snapshot(&record)?;
-        self.store.remove_snapshot(id).map_err(|source| Error::State { id: id.to_string(), source })?;
+        self.remove_snapshot_record(&record)?;
         tracing::info!(snapshot.id = %id, "snapshot deleted");
         Ok(())
     }

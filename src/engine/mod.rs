@@ -3,13 +3,14 @@
 
 mod controller;
 mod node;
+mod shared;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::backend::{self, Backend, block::BlockPool, device::DevicePool, hostpath::HostPath};
+use crate::backend::{self, Backend, block::BlockPool, device::DevicePool, hostpath::HostPath, nfs::NfsPool};
 use crate::config::{Config, PoolConfig};
 use crate::locks::{Guard, Locks};
 use crate::mount::Syscall;
@@ -78,6 +79,8 @@ impl From<Error> for tonic::Status {
                 backend::Error::OutOfRange(_) => Status::out_of_range(message),
                 backend::Error::FailedPrecondition(_) => Status::failed_precondition(message),
                 backend::Error::Unimplemented(_) => Status::unimplemented(message),
+                backend::Error::AlreadyExists(_) => Status::already_exists(message),
+                backend::Error::Unavailable(_) => Status::unavailable(message),
             },
         }
     }
@@ -156,10 +159,15 @@ impl Engine {
                             .map_err(|e| format!("pool {}: {e}", dp.name))?,
                     )
                 }
+                PoolConfig::Nfs(np) => {
+                    Arc::new(NfsPool::open(np, Arc::clone(&sys)).map_err(|e| format!("pool {}: {e}", np.name))?)
+                }
             };
             pools.insert(pool.name().to_string(), backend);
         }
-        Ok(Engine { config, node_id, store, locks: Locks::default(), pools, sys, remote_pools })
+        let engine = Engine { config, node_id, store, locks: Locks::default(), pools, sys, remote_pools };
+        engine.start_shared(placement)?;
+        Ok(engine)
     }
 
     /// Takes the per-object locks for `keys`, or answers ABORTED naming what is busy.

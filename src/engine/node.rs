@@ -148,7 +148,11 @@ impl Drop for CreatedDir {
 }
 
 /// Unmounts whatever is at `path` and removes what berth created there. Absent is success.
+/// Mount-ness comes from the mount table first: a stat of a dead hard NFS mount would hang.
 fn tear_down(engine: &Engine, field: &str, path: &Path) -> Result<()> {
+    if ops::is_mount_point(engine.sys.as_ref(), path).map_err(io_err("read mount table", path))? {
+        ops::unmount_all(engine.sys.as_ref(), path).map_err(io_err("unmount", path))?;
+    }
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -201,11 +205,14 @@ impl Engine {
             let rel = pool.static_path(sub_path)?;
             return Ok(Resolved::Static(pool, rel));
         }
+        if let Some((pool, rel)) = self.resolve_shared(id, context)? {
+            return Ok(Resolved::Static(pool, rel));
+        }
         Err(Error::NotFound(format!("volume {id} does not exist on node {}", self.node_id)))
     }
 
     fn check_node_capability(&self, pool: &dyn Backend, capability: &Capability) -> Result<ops::Flags> {
-        if capability.mode.multi_node() {
+        if capability.mode.multi_node() && pool.node_local() {
             return Err(Error::FailedPrecondition(format!(
                 "access mode {:?} is not supported by {} pool {}, which is local to one node",
                 capability.mode,
@@ -220,13 +227,14 @@ impl Engine {
                 pool.name()
             )));
         }
-        if !super::FS_TYPES.contains(&capability.fs_type.as_str()) {
+        if !pool.fs_types().contains(&capability.fs_type.as_str()) {
             return Err(Error::InvalidArgument(format!(
-                "filesystem type {:?} is not one of ext4, xfs, btrfs",
-                capability.fs_type
+                "filesystem type {:?} is not one of {}",
+                capability.fs_type,
+                pool.fs_types().iter().filter(|t| !t.is_empty()).copied().collect::<Vec<_>>().join(", ")
             )));
         }
-        ops::parse_flags(&capability.mount_flags).map_err(|e| Error::InvalidArgument(e.to_string()))
+        pool.parse_mount_flags(&capability.mount_flags).map_err(Error::InvalidArgument)
     }
 
     /// Mounts the volume at the staging path. Already staged there: success; something
@@ -236,6 +244,7 @@ impl Engine {
         let resolved = self.resolve(&req.volume_id, &req.context)?;
         let (pool, source) = resolved.parts();
         self.check_node_capability(pool.as_ref(), &req.capability)?;
+        self.clear_stale_mount(&req.staging)?;
         let created = prepare_dir(self, "staging_target_path", &req.staging)?;
         let staged_at = backend::publish_source(&req.staging, req.capability.block);
         if ops::is_mount_point(self.sys.as_ref(), &staged_at).map_err(io_err("read mount table", &staged_at))? {
@@ -294,6 +303,7 @@ impl Engine {
                 staging.display()
             )));
         }
+        self.clear_stale_mount(&req.target)?;
         let created = if req.capability.block {
             prepare_file("target_path", &req.target)?
         } else {
@@ -359,7 +369,7 @@ impl Engine {
             deleting.phase = Phase::Deleting;
             self.put_volume(&deleting)?;
             pool.delete_volume(&deleting)?;
-            self.store.remove_volume(volume_id).map_err(|source| Error::State { id: volume_id.to_string(), source })?;
+            self.remove_volume_record(&deleting)?;
             tracing::info!(volume.id = %volume_id, "ephemeral volume deleted");
         }
         tracing::info!(volume.id = %volume_id, target.path = %target.display(), "volume unpublished");
@@ -433,6 +443,9 @@ impl Engine {
 
     /// Usage of the volume mounted at `volume_path`, and whether it looks healthy.
     pub fn node_stats(&self, volume_id: &str, volume_path: &Path) -> Result<(Usage, Condition)> {
+        if let Some(answer) = self.shared_stats(volume_id, volume_path)? {
+            return Ok(answer);
+        }
         let meta = fs::symlink_metadata(volume_path)
             .map_err(|_| Error::NotFound(format!("volume path {} does not exist", volume_path.display())))?;
         let raw = self.store.volume(volume_id).is_some_and(|v| v.access == AccessKind::Block);

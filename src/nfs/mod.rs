@@ -10,4 +10,4 @@ pub mod client;
 pub mod rpc;
 pub mod xdr;
 
-pub use client::{Attr, Client, Endpoint, Entry, Error, Fh, FileType, FsStat, SetAttr, Status, Time};
+pub use client::{Attr, Client, Endpoint, Entry, Error, Fh, FileType, FsStat, Result, SetAttr, Status, Time};
