@@ -47,16 +47,19 @@ fn entries(client: &mut Client, dir: &Fh) -> Result<Vec<(Vec<u8>, Fh, Attr)>> {
     Ok(out)
 }
 
-/// The attributes that make a copy faithful: mode, owner, access and modification time.
-fn faithful(attr: &Attr) -> SetAttr {
-    SetAttr {
-        mode: Some(attr.mode & 0o7777),
-        uid: Some(attr.uid),
-        gid: Some(attr.gid),
-        size: None,
-        atime: Some(attr.atime),
-        mtime: Some(attr.mtime),
-    }
+/// Gives `dst` the owner, mode and times of `attr`. The owner goes first and alone: a
+/// change of owner clears the setuid and setgid bits, which the mode then restores.
+fn make_faithful(client: &mut Client, dst: &Fh, attr: &Attr) -> Result<()> {
+    client.setattr(dst, &SetAttr { uid: Some(attr.uid), gid: Some(attr.gid), ..SetAttr::default() })?;
+    client.setattr(
+        dst,
+        &SetAttr {
+            mode: Some(attr.mode & 0o7777),
+            atime: Some(attr.atime),
+            mtime: Some(attr.mtime),
+            ..SetAttr::default()
+        },
+    )
 }
 
 struct Progress<'a> {
@@ -151,7 +154,7 @@ pub fn copy_tree(client: &mut Client, src: &Fh, dst_parent: &Fh, name: &[u8], la
                     }
                     let (made, _) = client.create(&to, &entry, 0o600, true)?;
                     copy_file(client, &fh, &attr, &made, &mut progress)?;
-                    client.setattr(&made, &faithful(&attr))?;
+                    make_faithful(client, &made, &attr)?;
                     if attr.nlink > 1 {
                         linked.insert(attr.fileid, made);
                     }
@@ -173,7 +176,7 @@ pub fn copy_tree(client: &mut Client, src: &Fh, dst_parent: &Fh, name: &[u8], la
                 }
                 kind @ (FileType::Block | FileType::Char | FileType::Socket | FileType::Fifo) => {
                     let (made, _) = client.mknod(&to, &entry, kind, attr.mode & 0o7777, attr.rdev)?;
-                    client.setattr(&made, &faithful(&attr))?;
+                    make_faithful(client, &made, &attr)?;
                     progress.stats.files += 1;
                 }
             }
@@ -181,7 +184,7 @@ pub fn copy_tree(client: &mut Client, src: &Fh, dst_parent: &Fh, name: &[u8], la
     }
     // Children before parents, so setting a parent's mtime is the last change to it.
     for (dir, attr) in finish.iter().rev() {
-        client.setattr(dir, &faithful(attr))?;
+        make_faithful(client, dir, attr)?;
     }
     let stats = progress.stats;
     if progress.started.elapsed() >= PROGRESS_EVERY {
