@@ -197,3 +197,7 @@ impl Engine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "shared_tests.rs"]
+mod tests;
