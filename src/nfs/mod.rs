@@ -8,6 +8,8 @@
 
 pub mod client;
 pub mod rpc;
+pub mod types;
 pub mod xdr;
 
-pub use client::{Attr, Client, Endpoint, Entry, Error, Fh, FileType, FsStat, Result, SetAttr, Status, Time};
+pub use client::{Client, Endpoint};
+pub use types::{Attr, Entry, Error, Fh, FileType, FsStat, Result, SetAttr, Status, Time};
