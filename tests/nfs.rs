@@ -660,3 +660,31 @@ async fn nfs_mount_for_real() {
     node.stop();
     ctl.stop();
 }
+
+#[tokio::test]
+async fn a_dead_server_is_unavailable_not_a_hang() {
+    let test = "a_dead_server_is_unavailable_not_a_hang";
+    let scratch = Scratch::new();
+    let Some((mut g, mut b)) = start(&scratch, test, &[("shared", "")]).await else { return };
+    let v = b.controller.create_volume(req("before", &[])).await.expect("create").into_inner().volume.expect("v");
+    g.stop();
+    let started = std::time::Instant::now();
+    assert_eq!(code(b.controller.create_volume(req("after", &[])).await), Code::Unavailable);
+    assert_eq!(code(b.controller.get_capacity(pb::GetCapacityRequest::default()).await), Code::Unavailable);
+    let got =
+        b.controller.controller_get_volume(pb::ControllerGetVolumeRequest { volume_id: v.volume_id.clone() }).await;
+    let condition = got.expect("get").into_inner().status.expect("status").volume_condition.expect("condition");
+    assert!(condition.abnormal, "{condition:?}");
+    assert_eq!(
+        code(
+            b.controller
+                .delete_volume(pb::DeleteVolumeRequest { volume_id: v.volume_id.clone(), ..Default::default() })
+                .await
+        ),
+        Code::Unavailable,
+        "retryable, and the record stays for the retry"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "answers came in {:?}", started.elapsed());
+    assert!(g.export.join("before").is_dir());
+    b.stop();
+}
