@@ -686,5 +686,22 @@ async fn a_dead_server_is_unavailable_not_a_hang() {
     );
     assert!(started.elapsed() < Duration::from_secs(30), "answers came in {:?}", started.elapsed());
     assert!(g.export.join("before").is_dir());
+
+    // A controller that starts while the server is down serves at once, and answers
+    // UNAVAILABLE (never a wrong "deleted") until it can load the records.
+    b.kill();
+    let _ = fs::remove_file(&b.socket);
+    fs::remove_dir_all(scratch.path().join("state")).expect("wipe state");
+    b.restart().await;
+    assert_eq!(
+        code(
+            b.controller
+                .delete_volume(pb::DeleteVolumeRequest { volume_id: v.volume_id.clone(), ..Default::default() })
+                .await
+        ),
+        Code::Unavailable
+    );
+    assert_eq!(code(b.controller.list_volumes(pb::ListVolumesRequest::default()).await), Code::Unavailable);
+    assert_eq!(code(b.controller.create_volume(req("before", &[])).await), Code::Unavailable);
     b.stop();
 }

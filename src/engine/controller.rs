@@ -123,6 +123,7 @@ impl Engine {
     pub fn create_volume(&self, req: CreateVolume) -> Result<VolumeRecord> {
         let pool_name = check_parameters(&req.parameters)?;
         let pool = Arc::clone(self.select_pool(pool_name)?);
+        self.ensure_synced(Some(pool.name()))?;
         if req.capabilities.is_empty() {
             return Err(Error::InvalidArgument("volume_capabilities is required".into()));
         }
@@ -323,6 +324,7 @@ impl Engine {
     /// Deletes a volume; unknown IDs are already gone. A volume still published or mounted
     /// is FAILED_PRECONDITION and left untouched.
     pub fn delete_volume(&self, id: &str) -> Result<()> {
+        self.sync_for_id(Kind::Volume, id)?;
         let _guard = self.lock(&[id.to_string()])?;
         let Some(mut record) = self.store.volume(id) else {
             return Ok(());
@@ -357,6 +359,7 @@ impl Engine {
     /// node than the one holding a node-local volume: FAILED_PRECONDITION naming the owner;
     /// already published there with another readonly flag: ALREADY_EXISTS.
     pub fn controller_publish(&self, id: &str, node: &str, capability: &Capability, readonly: bool) -> Result<()> {
+        self.sync_for_id(Kind::Volume, id)?;
         let _guard = self.lock(&[id.to_string()])?;
         let mut record = self.ready_volume(id)?;
         if record.node.is_empty() {
@@ -390,6 +393,7 @@ impl Engine {
 
     /// Forgets that `node` (or every node, when empty) may use the volume. Idempotent.
     pub fn controller_unpublish(&self, id: &str, node: &str) -> Result<()> {
+        self.sync_for_id(Kind::Volume, id)?;
         let _guard = self.lock(&[id.to_string()])?;
         let Some(mut record) = self.store.volume(id) else {
             return Ok(());
@@ -420,6 +424,7 @@ impl Engine {
         capabilities: &[Capability],
         parameters: &BTreeMap<String, String>,
     ) -> Result<std::result::Result<(), String>> {
+        self.sync_for_id(Kind::Volume, id)?;
         let record = self.ready_volume(id)?;
         if capabilities.is_empty() {
             return Err(Error::InvalidArgument("volume_capabilities is required".into()));
@@ -449,6 +454,7 @@ impl Engine {
 
     /// A page of volumes after `token`. A token berth did not hand out is ABORTED.
     pub fn list_volumes(&self, max_entries: usize, token: &str) -> Result<Page<ListedVolume>> {
+        self.ensure_synced(None)?;
         let after = if token.is_empty() {
             None
         } else if ids::parse(Kind::Volume, token).is_some() || self.store.volume(token).is_some() {
@@ -474,6 +480,7 @@ impl Engine {
 
     /// A volume and its condition.
     pub fn get_volume(&self, id: &str) -> Result<ListedVolume> {
+        self.sync_for_id(Kind::Volume, id)?;
         let volume = self.ready_volume(id)?;
         let condition = self.pool(&volume.pool)?.condition(&volume);
         Ok(ListedVolume { volume, condition })
@@ -500,6 +507,7 @@ impl Engine {
         if limit > 0 && required > limit {
             return Err(Error::OutOfRange(format!("required_bytes {required} exceeds limit_bytes {limit}")));
         }
+        self.sync_for_id(Kind::Volume, id)?;
         if self.store.volume(id).is_none()
             && let Some(parsed) = ids::parse(Kind::Volume, id)
             && self.remote_pools.contains(parsed.pool)
@@ -544,6 +552,7 @@ impl Engine {
 
     /// Snapshots a volume, or returns the snapshot this name already made of it.
     pub fn create_snapshot(&self, source: &str, name: &str) -> Result<SnapshotRecord> {
+        self.sync_for_id(Kind::Volume, source)?;
         let _guard = self.lock(&[format!("snapshot-name:{name}"), source.to_string()])?;
         let existing = self.store.snapshot_by_name(name);
         if let Some(s) = &existing {
@@ -593,6 +602,7 @@ impl Engine {
 
     /// Deletes a snapshot; unknown IDs are already gone.
     pub fn delete_snapshot(&self, id: &str) -> Result<()> {
+        self.sync_for_id(Kind::Snapshot, id)?;
         let _guard = self.lock(&[id.to_string()])?;
         let Some(mut record) = self.store.snapshot(id) else {
             return Ok(());
@@ -614,6 +624,7 @@ impl Engine {
         snapshot_id: &str,
         source: &str,
     ) -> Result<Page<SnapshotRecord>> {
+        self.ensure_synced(None)?;
         let after = if token.is_empty() {
             None
         } else if ids::parse(Kind::Snapshot, token).is_some() {
@@ -633,6 +644,7 @@ impl Engine {
 
     /// A snapshot by ID.
     pub fn get_snapshot(&self, id: &str) -> Result<SnapshotRecord> {
+        self.sync_for_id(Kind::Snapshot, id)?;
         self.store
             .snapshot(id)
             .filter(|s| s.phase == Phase::Ready)

@@ -97,6 +97,8 @@ pub struct Engine {
     /// Node-local pools this process does not open: it is the central controller, and the
     /// pools live on the nodes (see [`Placement::Central`]).
     pub remote_pools: std::collections::BTreeSet<String>,
+    /// Shared pools whose records the central controller still has to load.
+    pub shared_sync: shared::SyncState,
 }
 
 /// Where this process runs relative to the node-local pools it is configured with.
@@ -165,7 +167,16 @@ impl Engine {
             };
             pools.insert(pool.name().to_string(), backend);
         }
-        let engine = Engine { config, node_id, store, locks: Locks::default(), pools, sys, remote_pools };
+        let engine = Engine {
+            config,
+            node_id,
+            store,
+            locks: Locks::default(),
+            pools,
+            sys,
+            remote_pools,
+            shared_sync: shared::SyncState::default(),
+        };
         engine.start_shared(placement)?;
         Ok(engine)
     }

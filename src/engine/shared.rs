@@ -18,6 +18,12 @@ use crate::ids::{self, Kind};
 use crate::mount::{MntFlags, mountinfo, ops};
 use crate::state::VolumeRecord;
 
+/// Shared pools whose records the central controller has not loaded yet.
+#[derive(Debug, Default)]
+pub struct SyncState {
+    pending: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
 /// How long a mount may take to answer a stat before berth treats it as dead.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -26,40 +32,65 @@ impl Engine {
         self.pools.values().filter(|p| !p.node_local())
     }
 
-    /// Rebuilds the central controller's cache from each shared pool's own records (a
-    /// failure is fatal: a stale cache could hand out a name twice), or, on a node,
-    /// announces this node to each shared pool in the background.
+    /// On a node, announces this node to each shared pool in the background. On the
+    /// central controller, marks each shared pool's records as still to be loaded: the
+    /// first call that needs them loads them ([`Engine::ensure_synced`]), so the controller
+    /// starts serving even while a server is unreachable.
     pub(super) fn start_shared(&self, placement: Placement) -> std::result::Result<(), String> {
+        let mut pending = self.shared_sync.pending.lock().unwrap_or_else(|e| e.into_inner());
         for pool in self.shared_pools() {
-            if placement == Placement::OnNode {
-                Arc::clone(pool).register_node(&self.node_id);
-                continue;
+            match placement {
+                Placement::OnNode => Arc::clone(pool).register_node(&self.node_id),
+                Placement::Central => {
+                    pending.insert(pool.name().to_string());
+                }
             }
-            let Some((volumes, snapshots)) =
-                pool.stored_records().map_err(|e| format!("pool {}: reading its records: {e}", pool.name()))?
-            else {
-                continue;
-            };
-            let keep: std::collections::HashSet<_> = volumes.iter().map(|v| v.id.clone()).collect();
-            for stale in self.store.volumes_where(|v| v.pool == pool.name() && !keep.contains(&v.id)) {
-                self.store.remove_volume(&stale.id).map_err(|e| format!("state {}: {e}", stale.id))?;
-            }
-            let keep: std::collections::HashSet<_> = snapshots.iter().map(|s| s.id.clone()).collect();
-            let stale_snaps =
-                self.store.snapshots_page(None, usize::MAX, |s| s.pool == pool.name() && !keep.contains(&s.id)).0;
-            for stale in stale_snaps {
-                self.store.remove_snapshot(&stale.id).map_err(|e| format!("state {}: {e}", stale.id))?;
-            }
-            let (nv, ns) = (volumes.len(), snapshots.len());
-            for v in volumes {
-                self.store.put_volume(&v).map_err(|e| format!("state {}: {e}", v.id))?;
-            }
-            for s in snapshots {
-                self.store.put_snapshot(&s).map_err(|e| format!("state {}: {e}", s.id))?;
-            }
-            tracing::info!(pool = %pool.name(), volumes = nv, snapshots = ns, "records loaded from the pool");
         }
         Ok(())
+    }
+
+    /// Loads into the local store the records a shared pool keeps itself (all pools when
+    /// `pool` is `None`), once; the export is the truth, so cached records it no longer
+    /// has are dropped. Until that succeeds, calls on the pool answer UNAVAILABLE: a cache
+    /// that missed records could hand out a name twice or leave a deleted volume behind.
+    pub(super) fn ensure_synced(&self, pool: Option<&str>) -> Result<()> {
+        let mut pending = self.shared_sync.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let todo: Vec<String> =
+            pending.iter().filter(|p| pool.is_none_or(|want| want == p.as_str())).cloned().collect();
+        for name in todo {
+            let Some(backend) = self.pools.get(&name) else { continue };
+            let state = |id: &str, e: std::io::Error| Error::State { id: id.to_string(), source: e };
+            if let Some((volumes, snapshots)) = backend.stored_records()? {
+                let keep: std::collections::HashSet<_> = volumes.iter().map(|v| v.id.clone()).collect();
+                for stale in self.store.volumes_where(|v| v.pool == name && !keep.contains(&v.id)) {
+                    self.store.remove_volume(&stale.id).map_err(|e| state(&stale.id, e))?;
+                }
+                let keep: std::collections::HashSet<_> = snapshots.iter().map(|s| s.id.clone()).collect();
+                let stale = self.store.snapshots_page(None, usize::MAX, |s| s.pool == name && !keep.contains(&s.id)).0;
+                for s in stale {
+                    self.store.remove_snapshot(&s.id).map_err(|e| state(&s.id, e))?;
+                }
+                let (nv, ns) = (volumes.len(), snapshots.len());
+                for v in volumes {
+                    self.store.put_volume(&v).map_err(|e| state(&v.id, e))?;
+                }
+                for s in snapshots {
+                    self.store.put_snapshot(&s).map_err(|e| state(&s.id, e))?;
+                }
+                tracing::info!(pool = %name, volumes = nv, snapshots = ns, "records loaded from the pool");
+            }
+            pending.remove(&name);
+        }
+        Ok(())
+    }
+
+    /// [`Engine::ensure_synced`] for the pool a berth volume or snapshot ID names; other
+    /// IDs need nothing loaded.
+    pub(super) fn sync_for_id(&self, kind: Kind, id: &str) -> Result<()> {
+        match ids::parse(kind, id) {
+            Some(parsed) => self.ensure_synced(Some(parsed.pool)),
+            None => Ok(()),
+        }
     }
 
     /// ControllerPublishVolume for a shared pool's volume: the node must have announced

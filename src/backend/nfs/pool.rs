@@ -18,7 +18,7 @@ use crate::safepath;
 use crate::state::VolumeRecord;
 
 /// Deadline of every call of the controller's client.
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Checks an NFS pool's configuration: server, export, options, template, permissions.
 pub fn check_config(pool: &config::NfsPool) -> std::result::Result<(), String> {
