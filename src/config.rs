@@ -62,6 +62,8 @@ pub enum PoolConfig {
     Block(BlockPool),
     /// A whole disk or partition per volume, from an allow-list.
     Device(DevicePool),
+    /// A subdirectory of an existing NFS export per volume (shared by every node).
+    Nfs(NfsPool),
 }
 
 impl PoolConfig {
@@ -71,6 +73,7 @@ impl PoolConfig {
             PoolConfig::Hostpath(p) => &p.name,
             PoolConfig::Block(p) => &p.name,
             PoolConfig::Device(p) => &p.name,
+            PoolConfig::Nfs(p) => &p.name,
         }
     }
 
@@ -78,6 +81,7 @@ impl PoolConfig {
     pub fn node_local(&self) -> bool {
         match self {
             PoolConfig::Hostpath(_) | PoolConfig::Block(_) | PoolConfig::Device(_) => true,
+            PoolConfig::Nfs(_) => false,
         }
     }
 
@@ -86,7 +90,7 @@ impl PoolConfig {
         match self {
             PoolConfig::Hostpath(p) => Some(&p.path),
             PoolConfig::Block(p) => Some(&p.path),
-            PoolConfig::Device(_) => None,
+            PoolConfig::Device(_) | PoolConfig::Nfs(_) => None,
         }
     }
 }
@@ -129,6 +133,62 @@ pub struct DevicePool {
     /// A block pool on this node to keep snapshots of device volumes in.
     #[serde(default)]
     pub snapshot_pool: Option<String>,
+}
+
+/// An NFS pool: each volume a subdirectory of `export` on `server`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NfsPool {
+    pub name: String,
+    /// Host name or address of the NFS server (IPv6 literals may be bracketed).
+    pub server: String,
+    /// The exported path on the server.
+    pub export: String,
+    /// Mount options for the nodes' kernel mounts, from berth's allow-list. `port=` and
+    /// `mountport=` also tell the controller's userspace client where to connect.
+    #[serde(default)]
+    pub mount_options: Vec<String>,
+    /// Template of each volume's directory under the export.
+    #[serde(default = "default_sub_dir")]
+    pub sub_dir: String,
+    /// What DeleteVolume does with the directory.
+    #[serde(default)]
+    pub on_delete: OnDelete,
+    /// Octal mode of new volume directories, e.g. "0770".
+    #[serde(default = "default_permissions")]
+    pub permissions: String,
+}
+
+fn default_sub_dir() -> String {
+    crate::backend::nfs::template::DEFAULT.to_string()
+}
+
+fn default_permissions() -> String {
+    "0777".to_string()
+}
+
+impl NfsPool {
+    /// The permissions as a mode.
+    pub fn mode(&self) -> Result<u32, String> {
+        let digits = self.permissions.as_str();
+        if !(3..=4).contains(&digits.len()) || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+            return Err(format!("permissions {digits:?} must be 3 or 4 octal digits, e.g. \"0770\""));
+        }
+        u32::from_str_radix(digits, 8).map_err(|e| e.to_string())
+    }
+}
+
+/// What DeleteVolume does with an NFS volume's directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDelete {
+    /// Remove it and everything in it.
+    #[default]
+    Delete,
+    /// Leave it in place.
+    Retain,
+    /// Rename it to `archived-<name>-<timestamp>`.
+    Archive,
 }
 
 /// How a released device is cleaned.
@@ -236,6 +296,9 @@ impl Config {
                     return Err(format!("pool {name:?}: snapshotPool {snap:?} must name a block pool"));
                 }
             }
+            if let PoolConfig::Nfs(n) = pool {
+                crate::backend::nfs::check_config(n).map_err(|e| format!("pool {name:?}: {e}"))?;
+            }
         }
         Ok(())
     }
@@ -278,6 +341,14 @@ mod tests {
             ("pools: [{name: d, type: device, devices: [/dev/sdb], snapshotPool: nope}]", "must name a block pool"),
             ("pools: [{name: d, type: device, devices: [/dev/sdb], wipe: shred}]", "unknown variant `shred`"),
             ("pools: [{name: b, type: block, path: /x, thin: true}]", "unknown field `thin`"),
+            ("pools: [{name: n, type: nfs, export: /x}]", "missing field `server`"),
+            ("pools: [{name: n, type: nfs, server: s, export: x}]", "export"),
+            ("pools: [{name: n, type: nfs, server: s, export: /x/../y}]", "export"),
+            ("pools: [{name: n, type: nfs, server: 's,x', export: /x}]", "server"),
+            ("pools: [{name: n, type: nfs, server: s, export: /x, mountOptions: [bogus]}]", "not allowed"),
+            ("pools: [{name: n, type: nfs, server: s, export: /x, subDir: '../${pv.metadata.name}'}]", "subDir"),
+            ("pools: [{name: n, type: nfs, server: s, export: /x, permissions: '999'}]", "permissions"),
+            ("pools: [{name: n, type: nfs, server: s, export: /x, onDelete: shred}]", "unknown variant `shred`"),
         ];
         for (text, want) in cases {
             let err = Config::parse(text, "test").expect_err(text).to_string();
@@ -296,6 +367,20 @@ mod tests {
         assert!(b.preallocate);
         let PoolConfig::Device(d) = &config.pools[1] else { panic!("device") };
         assert_eq!((d.wipe, d.snapshot_pool.as_deref()), (Wipe::Discard, Some("img")));
+    }
+
+    #[test]
+    fn reads_nfs_pools() {
+        let config = Config::parse(
+            "pools:\n  - {name: shared, type: nfs, server: nfs.example.com, export: /exports/k8s, mountOptions: [nfsvers=4.2], onDelete: archive, permissions: \"0770\", subDir: '${pvc.metadata.namespace}/${pvc.metadata.name}'}",
+            "test",
+        )
+        .expect("valid");
+        let PoolConfig::Nfs(n) = &config.pools[0] else { panic!("nfs") };
+        assert_eq!((n.on_delete, n.mode(), config.pools[0].node_local()), (OnDelete::Archive, Ok(0o770), false));
+        let defaults = Config::parse("pools: [{name: n, type: nfs, server: '[::1]', export: /x}]", "t").expect("valid");
+        let PoolConfig::Nfs(n) = &defaults.pools[0] else { panic!("nfs") };
+        assert_eq!((n.sub_dir.as_str(), n.mode(), n.on_delete), ("${pv.metadata.name}", Ok(0o777), OnDelete::Delete));
     }
 
     #[test]

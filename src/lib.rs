@@ -15,6 +15,7 @@ pub mod ids;
 pub mod locks;
 pub mod metrics;
 pub mod mount;
+pub mod nfs;
 pub mod progress;
 pub mod safepath;
 pub mod server;

@@ -5,11 +5,14 @@ pub mod block;
 pub mod blockvol;
 pub mod device;
 pub mod hostpath;
+pub mod nfs;
 pub mod tree;
 pub mod walk;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::state::{Enforced, SnapshotRecord, VolumeRecord};
 
@@ -73,6 +76,11 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Unimplemented(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The storage (an NFS server) cannot be reached now; a retry may succeed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Error {
@@ -196,6 +204,61 @@ pub trait Backend: Send + Sync {
     fn unaccounted(&self, known: &std::collections::HashSet<String>) -> Vec<PathBuf> {
         let _ = known;
         Vec::new()
+    }
+
+    // Shared (not node-local) pools, such as NFS, override the methods below.
+
+    /// True when the pool's storage is on one node's disks; false when every node can
+    /// reach it (multi-node access modes, no topology, one central controller).
+    fn node_local(&self) -> bool {
+        true
+    }
+    /// Filesystem types a capability may name.
+    fn fs_types(&self) -> &'static [&'static str] {
+        FS_TYPES
+    }
+    /// Validates a capability's mount flags into what a bind mount applies.
+    fn parse_mount_flags(&self, flags: &[String]) -> std::result::Result<crate::mount::ops::Flags, String> {
+        crate::mount::ops::parse_flags(flags).map_err(|e| e.to_string())
+    }
+    /// Writes a volume record where the pool keeps its durable truth (before the local store).
+    fn persist_volume(&self, _volume: &VolumeRecord) -> Result<()> {
+        Ok(())
+    }
+    /// Removes what [`Backend::persist_volume`] wrote.
+    fn forget_volume(&self, _volume: &VolumeRecord) -> Result<()> {
+        Ok(())
+    }
+    /// Writes a snapshot record where the pool keeps its durable truth.
+    fn persist_snapshot(&self, _snapshot: &SnapshotRecord) -> Result<()> {
+        Ok(())
+    }
+    /// Removes what [`Backend::persist_snapshot`] wrote.
+    fn forget_snapshot(&self, _snapshot: &SnapshotRecord) -> Result<()> {
+        Ok(())
+    }
+    /// Every record the pool keeps itself, to rebuild a controller's cache; `None` when the
+    /// pool keeps none (the local store is the truth).
+    #[allow(clippy::type_complexity)]
+    fn stored_records(&self) -> Result<Option<(Vec<VolumeRecord>, Vec<SnapshotRecord>)>> {
+        Ok(None)
+    }
+    /// Announces, in the background, that this node can use the pool's volumes.
+    fn register_node(self: Arc<Self>, _node: &str) {}
+    /// Whether `node` announced itself with [`Backend::register_node`].
+    fn knows_node(&self, _node: &str) -> Result<bool> {
+        Ok(false)
+    }
+    /// The directory a volume context names (a volume of this pool unknown to this
+    /// process, or a static volume), relative to the pool; `None` when the context names
+    /// none of this pool's storage.
+    fn context_path(&self, _context: &BTreeMap<String, String>) -> Result<Option<PathBuf>> {
+        Ok(None)
+    }
+    /// Usage of a volume of this pool mounted at `volume_path` that this process holds no
+    /// record of; `None` when the pool cannot tell.
+    fn unrecorded_usage(&self, _volume_path: &Path) -> Option<Result<Usage>> {
+        None
     }
 }
 

@@ -28,15 +28,21 @@ pub fn volume(v: &VolumeRecord) -> pb::Volume {
             ContentSource::Volume(id) => Type::Volume(VolumeSource { volume_id: id.clone() }),
         }),
     });
+    let mut volume_context = HashMap::from([
+        ("berth.csi.io/pool".to_string(), v.pool.clone()),
+        ("berth.csi.io/capacity-enforcement".to_string(), v.enforced.as_str().to_string()),
+    ]);
+    // A shared (NFS) volume: its node plugins, which hold no records, mount this directory.
+    if let Some(sub_dir) = v.parameters.get(crate::backend::nfs::SUBDIR_KEY) {
+        volume_context.insert(crate::backend::nfs::CONTEXT_SUBDIR.to_string(), sub_dir.clone());
+    }
     pb::Volume {
         capacity_bytes: wire_bytes(v.capacity),
         volume_id: v.id.clone(),
-        volume_context: HashMap::from([
-            ("berth.csi.io/pool".to_string(), v.pool.clone()),
-            ("berth.csi.io/capacity-enforcement".to_string(), v.enforced.as_str().to_string()),
-        ]),
+        volume_context,
         content_source,
-        accessible_topology: topology(&v.node),
+        // A volume of a shared pool has no node: it is reachable from every node.
+        accessible_topology: if v.node.is_empty() { Vec::new() } else { topology(&v.node) },
     }
 }
 

@@ -102,7 +102,7 @@ pub struct Needs {
     pub formats: bool,
     /// Device pools wipe released devices with wipefs.
     pub wipefs: bool,
-    /// NFS pools mount NFS (no NFS pool type exists yet).
+    /// NFS pools mount NFS on the nodes.
     pub nfs: bool,
 }
 
@@ -121,6 +121,7 @@ impl Needs {
                     needs.formats = true;
                     needs.wipefs = true;
                 }
+                PoolConfig::Nfs(_) => needs.nfs = true,
             }
         }
         needs

@@ -199,12 +199,13 @@ pub fn run_on(args: &DoctorArgs, host: &Host) -> Report {
     report
 }
 
-/// The checks of one pool, by type: a new pool type (NFS: server reachable, export
-/// writable) adds its arm here, and what it needs of the machine in [`checks::Needs::of`].
+/// The checks of one pool, by type: a new pool type adds its arm here, and what it needs
+/// of the machine in [`checks::Needs::of`].
 fn pool_checks(host: &Host, pool: &PoolConfig) -> Vec<Check> {
     match pool {
         PoolConfig::Hostpath(p) => pools::hostpath(host, p),
         PoolConfig::Block(p) => pools::block(host, p),
         PoolConfig::Device(p) => pools::device(host, p),
+        PoolConfig::Nfs(p) => pools::nfs(host, p),
     }
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use super::{Capability, DEFAULT_PAGE, Engine, Error, FS_TYPES, Result};
 use crate::backend::{Backend, Capacity, Condition, Source};
 use crate::ids::{self, Kind};
-use crate::mount::ops;
 use crate::state::{self, AccessKind, ContentSource, Enforced, Phase, SnapshotRecord, VolumeRecord};
 
 /// StorageClass parameters berth reads; the provisioner's own keys are accepted too.
@@ -63,8 +62,8 @@ pub fn check_parameters(parameters: &BTreeMap<String, String>) -> Result<Option<
 }
 
 /// Why `pool` cannot serve `capability`, if it cannot.
-fn unsupported(pool: &dyn Backend, capability: &Capability) -> Option<String> {
-    if capability.mode.multi_node() {
+pub(super) fn unsupported(pool: &dyn Backend, capability: &Capability) -> Option<String> {
+    if capability.mode.multi_node() && pool.node_local() {
         return Some(format!(
             "access mode {:?} needs several nodes, but {} pool {} is local to one node",
             capability.mode,
@@ -75,11 +74,15 @@ fn unsupported(pool: &dyn Backend, capability: &Capability) -> Option<String> {
     if capability.block && !pool.supports_block() {
         return Some(format!("{} pool {} serves filesystem volumes only, not raw block", pool.kind(), pool.name()));
     }
-    if !FS_TYPES.contains(&capability.fs_type.as_str()) {
-        return Some(format!("filesystem type {:?} is not one of ext4, xfs, btrfs", capability.fs_type));
+    if !pool.fs_types().contains(&capability.fs_type.as_str()) {
+        return Some(format!(
+            "filesystem type {:?} is not one of {}",
+            capability.fs_type,
+            pool.fs_types().iter().filter(|t| !t.is_empty()).copied().collect::<Vec<_>>().join(", ")
+        ));
     }
-    if let Err(e) = ops::parse_flags(&capability.mount_flags) {
-        return Some(e.to_string());
+    if let Err(e) = pool.parse_mount_flags(&capability.mount_flags) {
+        return Some(e);
     }
     None
 }
@@ -120,6 +123,7 @@ impl Engine {
     pub fn create_volume(&self, req: CreateVolume) -> Result<VolumeRecord> {
         let pool_name = check_parameters(&req.parameters)?;
         let pool = Arc::clone(self.select_pool(pool_name)?);
+        self.ensure_synced(Some(pool.name()))?;
         if req.capabilities.is_empty() {
             return Err(Error::InvalidArgument("volume_capabilities is required".into()));
         }
@@ -131,7 +135,9 @@ impl Engine {
         let size = volume_size(&req, self.config.default_volume_size.0)?;
         let access = if req.capabilities.iter().any(|c| c.block) { AccessKind::Block } else { AccessKind::Mount };
         let fs_type = choose_fs_type(pool.as_ref(), &req, access)?;
+        // A shared pool's volumes are reachable from every node: any topology fits.
         if let Some(allowed) = &req.allowed_nodes
+            && pool.node_local()
             && !allowed.contains(&self.node_id)
         {
             return Err(Error::ResourceExhausted(format!(
@@ -227,7 +233,7 @@ impl Engine {
                     name: req.name.clone(),
                     pool: pool.name().to_string(),
                     key,
-                    node: self.node_id.clone(),
+                    node: if pool.node_local() { self.node_id.clone() } else { String::new() },
                     capacity: size,
                     phase: Phase::Creating,
                     access,
@@ -276,7 +282,7 @@ impl Engine {
     fn roll_back(&self, pool: &dyn Backend, record: &VolumeRecord) {
         match pool.delete_volume(record) {
             Ok(()) => {
-                if let Err(e) = self.store.remove_volume(&record.id) {
+                if let Err(e) = self.remove_volume_record(record) {
                     tracing::error!(volume.id = %record.id, error = %e, "removing the record of a failed volume");
                 }
             }
@@ -286,17 +292,41 @@ impl Engine {
         }
     }
 
+    /// Records a volume: first where its pool keeps its durable truth (an NFS export),
+    /// then in the local store.
     pub(super) fn put_volume(&self, record: &VolumeRecord) -> Result<()> {
+        if let Some(pool) = self.pools.get(&record.pool) {
+            pool.persist_volume(record)?;
+        }
         self.store.put_volume(record).map_err(|source| Error::State { id: record.id.clone(), source })
     }
 
     fn put_snapshot(&self, record: &SnapshotRecord) -> Result<()> {
+        if let Some(pool) = self.pools.get(&record.pool) {
+            pool.persist_snapshot(record)?;
+        }
         self.store.put_snapshot(record).map_err(|source| Error::State { id: record.id.clone(), source })
+    }
+
+    /// Forgets a volume in its pool's own records and in the local store.
+    pub(super) fn remove_volume_record(&self, record: &VolumeRecord) -> Result<()> {
+        if let Some(pool) = self.pools.get(&record.pool) {
+            pool.forget_volume(record)?;
+        }
+        self.store.remove_volume(&record.id).map_err(|source| Error::State { id: record.id.clone(), source })
+    }
+
+    fn remove_snapshot_record(&self, record: &SnapshotRecord) -> Result<()> {
+        if let Some(pool) = self.pools.get(&record.pool) {
+            pool.forget_snapshot(record)?;
+        }
+        self.store.remove_snapshot(&record.id).map_err(|source| Error::State { id: record.id.clone(), source })
     }
 
     /// Deletes a volume; unknown IDs are already gone. A volume still published or mounted
     /// is FAILED_PRECONDITION and left untouched.
     pub fn delete_volume(&self, id: &str) -> Result<()> {
+        self.sync_for_id(Kind::Volume, id)?;
         let _guard = self.lock(&[id.to_string()])?;
         let Some(mut record) = self.store.volume(id) else {
             return Ok(());
@@ -320,7 +350,7 @@ impl Engine {
         super::failpoint("volume.delete.after-intent")?;
         pool.delete_volume(&record)?;
         super::failpoint("volume.delete.before-forget")?;
-        self.store.remove_volume(id).map_err(|source| Error::State { id: id.to_string(), source })?;
+        self.remove_volume_record(&record)?;
         tracing::info!(volume.id = %id, "volume deleted");
         Ok(())
     }
@@ -333,8 +363,12 @@ impl Engine {
     /// node than the one holding a node-local volume: FAILED_PRECONDITION naming the owner;
     /// already published there with another readonly flag: ALREADY_EXISTS.
     pub fn controller_publish(&self, id: &str, node: &str, capability: &Capability, readonly: bool) -> Result<()> {
+        self.sync_for_id(Kind::Volume, id)?;
         let _guard = self.lock(&[id.to_string()])?;
         let mut record = self.ready_volume(id)?;
+        if record.node.is_empty() {
+            return self.publish_shared(record, node, capability, readonly);
+        }
         if node != record.node {
             if !self.known_node(node) {
                 return Err(Error::NotFound(format!("node {node:?} is not known to berth")));
@@ -363,6 +397,7 @@ impl Engine {
 
     /// Forgets that `node` (or every node, when empty) may use the volume. Idempotent.
     pub fn controller_unpublish(&self, id: &str, node: &str) -> Result<()> {
+        self.sync_for_id(Kind::Volume, id)?;
         let _guard = self.lock(&[id.to_string()])?;
         let Some(mut record) = self.store.volume(id) else {
             return Ok(());
@@ -393,6 +428,7 @@ impl Engine {
         capabilities: &[Capability],
         parameters: &BTreeMap<String, String>,
     ) -> Result<std::result::Result<(), String>> {
+        self.sync_for_id(Kind::Volume, id)?;
         let record = self.ready_volume(id)?;
         if capabilities.is_empty() {
             return Err(Error::InvalidArgument("volume_capabilities is required".into()));
@@ -422,6 +458,7 @@ impl Engine {
 
     /// A page of volumes after `token`. A token berth did not hand out is ABORTED.
     pub fn list_volumes(&self, max_entries: usize, token: &str) -> Result<Page<ListedVolume>> {
+        self.ensure_synced(None)?;
         let after = if token.is_empty() {
             None
         } else if ids::parse(Kind::Volume, token).is_some() || self.store.volume(token).is_some() {
@@ -447,6 +484,7 @@ impl Engine {
 
     /// A volume and its condition.
     pub fn get_volume(&self, id: &str) -> Result<ListedVolume> {
+        self.sync_for_id(Kind::Volume, id)?;
         let volume = self.ready_volume(id)?;
         let condition = self.pool(&volume.pool)?.condition(&volume);
         Ok(ListedVolume { volume, condition })
@@ -456,7 +494,8 @@ impl Engine {
     pub fn capacity(&self, query: &CapacityQuery) -> Result<Capacity> {
         let pool = Arc::clone(self.select_pool(check_parameters(&query.parameters)?)?);
         let none = Capacity { total_bytes: 0, available_bytes: 0, maximum_volume_bytes: 0 };
-        if query.node.as_ref().is_some_and(|n| n != &self.node_id) {
+        // A shared pool's free space is the same whichever node asks.
+        if pool.node_local() && query.node.as_ref().is_some_and(|n| n != &self.node_id) {
             return Ok(none);
         }
         if query.capabilities.iter().any(|c| unsupported(pool.as_ref(), c).is_some()) {
@@ -472,6 +511,7 @@ impl Engine {
         if limit > 0 && required > limit {
             return Err(Error::OutOfRange(format!("required_bytes {required} exceeds limit_bytes {limit}")));
         }
+        self.sync_for_id(Kind::Volume, id)?;
         if self.store.volume(id).is_none()
             && let Some(parsed) = ids::parse(Kind::Volume, id)
             && self.remote_pools.contains(parsed.pool)
@@ -516,6 +556,7 @@ impl Engine {
 
     /// Snapshots a volume, or returns the snapshot this name already made of it.
     pub fn create_snapshot(&self, source: &str, name: &str) -> Result<SnapshotRecord> {
+        self.sync_for_id(Kind::Volume, source)?;
         let _guard = self.lock(&[format!("snapshot-name:{name}"), source.to_string()])?;
         let existing = self.store.snapshot_by_name(name);
         if let Some(s) = &existing {
@@ -554,7 +595,7 @@ impl Engine {
         super::failpoint("snapshot.create.after-intent")?;
         if let Err(e) = pool.create_snapshot(&volume, &mut record) {
             if pool.delete_snapshot(&record).is_ok() {
-                let _ = self.store.remove_snapshot(&record.id);
+                let _ = self.remove_snapshot_record(&record);
             }
             return Err(e.into());
         }
@@ -567,6 +608,7 @@ impl Engine {
 
     /// Deletes a snapshot; unknown IDs are already gone.
     pub fn delete_snapshot(&self, id: &str) -> Result<()> {
+        self.sync_for_id(Kind::Snapshot, id)?;
         let _guard = self.lock(&[id.to_string()])?;
         let Some(mut record) = self.store.snapshot(id) else {
             return Ok(());
@@ -577,7 +619,7 @@ impl Engine {
         super::failpoint("snapshot.delete.after-intent")?;
         pool.delete_snapshot(&record)?;
         super::failpoint("snapshot.delete.before-forget")?;
-        self.store.remove_snapshot(id).map_err(|source| Error::State { id: id.to_string(), source })?;
+        self.remove_snapshot_record(&record)?;
         tracing::info!(snapshot.id = %id, "snapshot deleted");
         Ok(())
     }
@@ -590,6 +632,7 @@ impl Engine {
         snapshot_id: &str,
         source: &str,
     ) -> Result<Page<SnapshotRecord>> {
+        self.ensure_synced(None)?;
         let after = if token.is_empty() {
             None
         } else if ids::parse(Kind::Snapshot, token).is_some() {
@@ -609,6 +652,7 @@ impl Engine {
 
     /// A snapshot by ID.
     pub fn get_snapshot(&self, id: &str) -> Result<SnapshotRecord> {
+        self.sync_for_id(Kind::Snapshot, id)?;
         self.store
             .snapshot(id)
             .filter(|s| s.phase == Phase::Ready)

@@ -4,13 +4,14 @@
 mod controller;
 mod node;
 mod reconcile;
+mod shared;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::backend::{self, Backend, block::BlockPool, device::DevicePool, hostpath::HostPath};
+use crate::backend::{self, Backend, block::BlockPool, device::DevicePool, hostpath::HostPath, nfs::NfsPool};
 use crate::config::{Config, PoolConfig};
 use crate::locks::{Guard, Locks};
 use crate::mount::Syscall;
@@ -80,6 +81,8 @@ impl From<Error> for tonic::Status {
                 backend::Error::OutOfRange(_) => Status::out_of_range(message),
                 backend::Error::FailedPrecondition(_) => Status::failed_precondition(message),
                 backend::Error::Unimplemented(_) => Status::unimplemented(message),
+                backend::Error::AlreadyExists(_) => Status::already_exists(message),
+                backend::Error::Unavailable(_) => Status::unavailable(message),
             },
         }
     }
@@ -96,6 +99,8 @@ pub struct Engine {
     /// Node-local pools this process does not open: it is the central controller, and the
     /// pools live on the nodes (see [`Placement::Central`]).
     pub remote_pools: std::collections::BTreeSet<String>,
+    /// Shared pools whose records the central controller still has to load.
+    pub shared_sync: shared::SyncState,
 }
 
 /// Where this process runs relative to the node-local pools it is configured with.
@@ -161,11 +166,24 @@ impl Engine {
                             .map_err(|e| format!("pool {}: {e}", dp.name))?,
                     )
                 }
+                PoolConfig::Nfs(np) => {
+                    Arc::new(NfsPool::open(np, Arc::clone(&sys)).map_err(|e| format!("pool {}: {e}", np.name))?)
+                }
             };
             pools.insert(pool.name().to_string(), backend);
         }
-        let engine = Engine { config, node_id, store, locks: Locks::default(), pools, sys, remote_pools };
+        let engine = Engine {
+            config,
+            node_id,
+            store,
+            locks: Locks::default(),
+            pools,
+            sys,
+            remote_pools,
+            shared_sync: shared::SyncState::default(),
+        };
         engine.reconcile();
+        engine.start_shared(placement)?;
         Ok(engine)
     }
 

@@ -148,18 +148,24 @@ impl Drop for CreatedDir {
 }
 
 /// Unmounts whatever is at `path` and removes what berth created there. Absent is success.
+/// Mount-ness comes from the mount table first: a stat of a dead hard NFS mount would hang.
 fn tear_down(engine: &Engine, field: &str, path: &Path) -> Result<()> {
+    if ops::is_mount_point(engine.sys.as_ref(), path).map_err(io_err("read mount table", path))? {
+        match ops::probe(path).map_err(io_err("inspect", path))? {
+            ops::Probe::Stale => {
+                tracing::warn!(path = %path.display(), "the mount is stale (server or daemon gone); detaching it");
+                ops::detach_all(engine.sys.as_ref(), path).map_err(io_err("detach stale mount", path))?;
+            }
+            _ => ops::unmount_all(engine.sys.as_ref(), path).map_err(io_err("unmount", path))?,
+        }
+    }
+    // Nothing is mounted here any more: what remains is the directory (or file) itself.
     let meta = match ops::probe(path).map_err(io_err("inspect", path))? {
         ops::Probe::Present(m) => m,
-        ops::Probe::Missing => {
-            // A mount whose server is gone can make the path unreachable yet still mounted.
-            return ops::unmount_all(engine.sys.as_ref(), path).map_err(io_err("unmount", path));
-        }
+        ops::Probe::Missing => return Ok(()),
         ops::Probe::Stale => {
-            tracing::warn!(path = %path.display(), "the mount is stale (server or daemon gone); detaching it");
             ops::detach_all(engine.sys.as_ref(), path).map_err(io_err("detach stale mount", path))?;
-            let dir = fs::symlink_metadata(path).map(|m| m.is_dir()).unwrap_or(true);
-            return remove_path(path, dir);
+            return remove_path(path, true);
         }
     };
     if meta.file_type().is_symlink() {
@@ -168,7 +174,6 @@ fn tear_down(engine: &Engine, field: &str, path: &Path) -> Result<()> {
             path.display()
         )));
     }
-    ops::unmount_all(engine.sys.as_ref(), path).map_err(io_err("unmount", path))?;
     remove_path(path, meta.is_dir())
 }
 
@@ -202,11 +207,14 @@ impl Engine {
             let rel = pool.static_path(sub_path)?;
             return Ok(Resolved::Static(pool, rel));
         }
+        if let Some((pool, rel)) = self.resolve_shared(id, context)? {
+            return Ok(Resolved::Static(pool, rel));
+        }
         Err(Error::NotFound(format!("volume {id} does not exist on node {}", self.node_id)))
     }
 
     fn check_node_capability(&self, pool: &dyn Backend, capability: &Capability) -> Result<ops::Flags> {
-        if capability.mode.multi_node() {
+        if capability.mode.multi_node() && pool.node_local() {
             return Err(Error::FailedPrecondition(format!(
                 "access mode {:?} is not supported by {} pool {}, which is local to one node",
                 capability.mode,
@@ -221,13 +229,14 @@ impl Engine {
                 pool.name()
             )));
         }
-        if !super::FS_TYPES.contains(&capability.fs_type.as_str()) {
+        if !pool.fs_types().contains(&capability.fs_type.as_str()) {
             return Err(Error::InvalidArgument(format!(
-                "filesystem type {:?} is not one of ext4, xfs, btrfs",
-                capability.fs_type
+                "filesystem type {:?} is not one of {}",
+                capability.fs_type,
+                pool.fs_types().iter().filter(|t| !t.is_empty()).copied().collect::<Vec<_>>().join(", ")
             )));
         }
-        ops::parse_flags(&capability.mount_flags).map_err(|e| Error::InvalidArgument(e.to_string()))
+        pool.parse_mount_flags(&capability.mount_flags).map_err(Error::InvalidArgument)
     }
 
     /// Mounts the volume at the staging path. Already staged there: success; something
@@ -237,6 +246,7 @@ impl Engine {
         let resolved = self.resolve(&req.volume_id, &req.context)?;
         let (pool, source) = resolved.parts();
         self.check_node_capability(pool.as_ref(), &req.capability)?;
+        self.clear_stale_mount(&req.staging)?;
         let created = prepare_dir(self, "staging_target_path", &req.staging)?;
         let staged_at = backend::publish_source(&req.staging, req.capability.block);
         if ops::is_mount_point(self.sys.as_ref(), &staged_at).map_err(io_err("read mount table", &staged_at))? {
@@ -297,6 +307,7 @@ impl Engine {
                 staging.display()
             )));
         }
+        self.clear_stale_mount(&req.target)?;
         let created = if req.capability.block {
             prepare_file("target_path", &req.target)?
         } else {
@@ -364,7 +375,7 @@ impl Engine {
             deleting.phase = Phase::Deleting;
             self.put_volume(&deleting)?;
             pool.delete_volume(&deleting)?;
-            self.store.remove_volume(volume_id).map_err(|source| Error::State { id: volume_id.to_string(), source })?;
+            self.remove_volume_record(&deleting)?;
             tracing::info!(volume.id = %volume_id, "ephemeral volume deleted");
         }
         tracing::info!(volume.id = %volume_id, target.path = %target.display(), "volume unpublished");
@@ -438,6 +449,9 @@ impl Engine {
 
     /// Usage of the volume mounted at `volume_path`, and whether it looks healthy.
     pub fn node_stats(&self, volume_id: &str, volume_path: &Path) -> Result<(Usage, Condition)> {
+        if let Some(answer) = self.shared_stats(volume_id, volume_path)? {
+            return Ok(answer);
+        }
         let meta = match ops::probe(volume_path).map_err(io_err("inspect", volume_path))? {
             ops::Probe::Present(m) => m,
             ops::Probe::Missing => {

@@ -45,6 +45,9 @@ struct Inner {
     loops: Vec<(PathBuf, LoopDevice)>,
     signatures: HashMap<PathBuf, Signature>,
     device_sizes: HashMap<PathBuf, u64>,
+    /// When set, mount and umount edit `mountinfo` as the kernel would.
+    track_mounts: bool,
+    next_mount_id: u32,
 }
 
 /// The recording fake. Configure it with the builder methods, then read [`Self::calls`].
@@ -69,6 +72,17 @@ impl RecordingSyscall {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Makes mount(2) add a line to the mount table and umount(2) remove the topmost one
+    /// at its target, so a sequence of node operations sees its own mounts.
+    pub fn tracking_mounts(self) -> Self {
+        {
+            let mut inner = self.lock();
+            inner.track_mounts = true;
+            inner.next_mount_id = 1000;
+        }
+        self
+    }
+
     /// Makes project quota queries answer `state`.
     pub fn with_project_quota(self, state: ProjectQuotaState) -> Self {
         self.lock().project_state = Some(state);
@@ -76,6 +90,7 @@ impl RecordingSyscall {
     }
 
     /// Makes the named operation (`"mount"`, `"set_project_limit"`, ...) fail with `errno`.
+    /// `"umount"` is a plain unmount; a lazy one (`MNT_DETACH`) is `"umount_detach"`.
     pub fn fail(&self, op: &'static str, errno: i32) {
         self.lock().failures.insert(op, errno);
     }
@@ -135,11 +150,39 @@ impl Syscall for RecordingSyscall {
                 flags,
                 data: data.map(str::to_string),
             },
-        )
+        )?;
+        let mut inner = self.lock();
+        if inner.track_mounts && !flags.contains(MsFlags::MS_REMOUNT) {
+            inner.next_mount_id += 1;
+            let id = inner.next_mount_id;
+            let ro = if flags.contains(MsFlags::MS_RDONLY) { "ro" } else { "rw" };
+            let (fs, src) = match (fs_type, source) {
+                (Some(t), Some(s)) => (t.to_string(), s.display().to_string()),
+                _ => ("bind".to_string(), source.map(|s| s.display().to_string()).unwrap_or_default()),
+            };
+            let line = format!("{id} 1 0:{id} / {} {ro} - {fs} {src} rw\n", target.display());
+            inner.mountinfo.push_str(&line);
+        }
+        Ok(())
     }
 
     fn umount(&self, target: &Path, flags: MntFlags) -> io::Result<()> {
-        self.record("umount", Call::Umount { target: target.to_path_buf(), flags })
+        let op = if flags.contains(MntFlags::MNT_DETACH) { "umount_detach" } else { "umount" };
+        self.record(op, Call::Umount { target: target.to_path_buf(), flags })?;
+        let mut inner = self.lock();
+        if inner.track_mounts {
+            let needle = format!(" / {} ", target.display());
+            let mut lines: Vec<&str> = inner.mountinfo.lines().collect();
+            if let Some(pos) = lines.iter().rposition(|l| l.contains(&needle)) {
+                lines.remove(pos);
+            }
+            let mut text = lines.join("\n");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            inner.mountinfo = text;
+        }
+        Ok(())
     }
 
     fn mountinfo(&self) -> io::Result<String> {

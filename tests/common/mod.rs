@@ -14,6 +14,8 @@ use berth::csi::pb::identity_client::IdentityClient;
 use berth::csi::pb::node_client::NodeClient;
 use tonic::transport::{Channel, Endpoint};
 
+pub mod ganesha;
+
 /// True when running as root; otherwise prints the SKIPPED line naming the test.
 pub fn require_root(test: &str) -> bool {
     if nix::unistd::Uid::effective().is_root() {

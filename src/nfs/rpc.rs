@@ -1,0 +1,266 @@
+//! ONC RPC v2 (RFC 5531) over TCP with record marking, AUTH_SYS credentials, and a
+//! deadline on every call: a dead server costs at most the configured timeout.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use super::xdr::{Dec, Enc, XdrError};
+
+/// The largest reply berth accepts (a READ or READDIRPLUS of 1 MiB plus headers fits).
+const MAX_REPLY: usize = 8 << 20;
+/// Reserved ports tried when the process may bind them (servers exporting with `secure`).
+const RESERVED: std::ops::RangeInclusive<u16> = 600..=1023;
+
+/// Why a call failed below the NFS layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("malformed reply: {0}")]
+    Xdr(#[from] XdrError),
+    #[error("reply {got:#x} does not answer call {want:#x}")]
+    Xid { want: u32, got: u32 },
+    #[error("reply of {0} bytes is larger than berth accepts")]
+    TooLarge(usize),
+    #[error("server refused the call: {0}")]
+    Denied(String),
+    #[error("server did not run the call: {0}")]
+    NotRun(String),
+}
+
+/// The AUTH_SYS identity berth presents (RFC 5531 appendix A). The server trusts it as
+/// given; berth presents root so it can create directories and set owners.
+#[derive(Debug, Clone)]
+pub struct AuthSys {
+    pub machine: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl AuthSys {
+    fn body(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        let machine: String = self.machine.chars().take(255).collect();
+        e.u32(0).opaque(machine.as_bytes()).u32(self.uid).u32(self.gid).u32(0);
+        e.into_bytes()
+    }
+}
+
+/// One TCP connection to one RPC program.
+#[derive(Debug)]
+pub struct Transport {
+    stream: TcpStream,
+    xid: u32,
+    cred: Vec<u8>,
+    pub peer: SocketAddr,
+}
+
+fn bind_reserved(socket: &socket2::Socket, addr: &SocketAddr) -> io::Result<bool> {
+    let span = u32::from(RESERVED.end() - RESERVED.start()) + 1;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for i in 0..span {
+        let offset = u16::try_from((start + i) % span).unwrap_or(0);
+        let port = RESERVED.start() + offset;
+        let local: SocketAddr = match addr {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, port).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, port).into(),
+        };
+        match socket.bind(&local.into()) {
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+            // Not permitted (no CAP_NET_BIND_SERVICE): use an ordinary port.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+impl Transport {
+    /// Connects to `addr`, from a reserved port when this process may bind one, and sets
+    /// `timeout` on the connect and on every read and write.
+    pub fn connect(addr: SocketAddr, timeout: Duration, auth: &AuthSys) -> io::Result<Transport> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let mut last = None;
+        // A reserved port can be refused at connect (EADDRNOTAVAIL: the same 4-tuple is in
+        // TIME_WAIT); a few fresh sockets get past that.
+        for _ in 0..4 {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            bind_reserved(&socket, &addr)?;
+            match socket.connect_timeout(&addr.into(), timeout) {
+                Ok(()) => {
+                    let stream: TcpStream = socket.into();
+                    stream.set_nodelay(true)?;
+                    stream.set_read_timeout(Some(timeout))?;
+                    stream.set_write_timeout(Some(timeout))?;
+                    let xid = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.subsec_nanos() ^ std::process::id())
+                        .unwrap_or(1);
+                    return Ok(Transport { stream, xid, cred: auth.body(), peer: addr });
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EADDRNOTAVAIL)))
+    }
+
+    /// Calls `proc` of `prog` version `vers` with XDR-encoded `args`; returns the encoded
+    /// results. Any error leaves the connection unusable: callers drop it.
+    pub fn call(&mut self, prog: u32, vers: u32, proc: u32, args: &[u8]) -> Result<Vec<u8>, RpcError> {
+        self.xid = self.xid.wrapping_add(1);
+        let xid = self.xid;
+        let mut msg = Enc::new();
+        msg.u32(0); // record mark, filled in below
+        msg.u32(xid).u32(0).u32(2).u32(prog).u32(vers).u32(proc);
+        msg.u32(1).opaque(&self.cred); // AUTH_SYS
+        msg.u32(0).opaque(&[]); // AUTH_NONE verifier
+        let mut bytes = msg.into_bytes();
+        bytes.extend_from_slice(args);
+        let len = u32::try_from(bytes.len() - 4).map_err(|_| RpcError::TooLarge(bytes.len()))?;
+        bytes[..4].copy_from_slice(&(0x8000_0000 | len).to_be_bytes());
+        self.stream.write_all(&bytes)?;
+
+        let reply = self.read_record()?;
+        let mut d = Dec::new(&reply);
+        let got = d.u32()?;
+        if got != xid {
+            return Err(RpcError::Xid { want: xid, got });
+        }
+        if d.u32()? != 1 {
+            return Err(RpcError::Xdr(XdrError::Invalid("message type")));
+        }
+        match d.u32()? {
+            0 => {
+                d.u32()?; // verifier flavor
+                d.opaque("verifier", 400)?;
+                match d.u32()? {
+                    0 => Ok(d.rest().to_vec()),
+                    1 => Err(RpcError::NotRun(format!("program {prog} is not available"))),
+                    2 => {
+                        let (low, high) = (d.u32()?, d.u32()?);
+                        Err(RpcError::NotRun(format!(
+                            "program {prog} version {vers} is not offered (versions {low} to {high} are)"
+                        )))
+                    }
+                    3 => Err(RpcError::NotRun(format!("procedure {proc} of program {prog} is not offered"))),
+                    4 => Err(RpcError::NotRun("the server could not decode the arguments".into())),
+                    other => Err(RpcError::NotRun(format!("server error (accept status {other})"))),
+                }
+            }
+            1 => match d.u32()? {
+                0 => Err(RpcError::Denied("RPC version mismatch".into())),
+                _ => {
+                    let why = match d.u32()? {
+                        1 => "bad credential",
+                        2 => {
+                            "credential rejected (the export may require a reserved source port or another security flavor)"
+                        }
+                        3 => "bad verifier",
+                        4 => "verifier rejected",
+                        5 => "security flavor too weak",
+                        _ => "authentication failed",
+                    };
+                    Err(RpcError::Denied(why.into()))
+                }
+            },
+            _ => Err(RpcError::Xdr(XdrError::Invalid("reply status"))),
+        }
+    }
+
+    fn read_record(&mut self) -> Result<Vec<u8>, RpcError> {
+        let mut out = Vec::new();
+        loop {
+            let mut mark = [0u8; 4];
+            self.stream.read_exact(&mut mark)?;
+            let mark = u32::from_be_bytes(mark);
+            let len = usize::try_from(mark & 0x7fff_ffff).unwrap_or(usize::MAX);
+            if out.len().saturating_add(len) > MAX_REPLY {
+                return Err(RpcError::TooLarge(out.len().saturating_add(len)));
+            }
+            let start = out.len();
+            out.resize(start + len, 0);
+            self.stream.read_exact(&mut out[start..])?;
+            if mark & 0x8000_0000 != 0 {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A one-shot server that answers one call with `reply` split into two fragments.
+    fn serve(reply: impl FnOnce(u32) -> Vec<u8> + Send + 'static) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut mark = [0u8; 4];
+            s.read_exact(&mut mark).expect("mark");
+            let len = (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize;
+            let mut call = vec![0u8; len];
+            s.read_exact(&mut call).expect("call");
+            let xid = u32::from_be_bytes([call[0], call[1], call[2], call[3]]);
+            let body = reply(xid);
+            let (a, b) = body.split_at(body.len() / 2);
+            s.write_all(&(a.len() as u32).to_be_bytes()).expect("write");
+            s.write_all(a).expect("write");
+            s.write_all(&(0x8000_0000 | b.len() as u32).to_be_bytes()).expect("write");
+            s.write_all(b).expect("write");
+        });
+        addr
+    }
+
+    fn auth() -> AuthSys {
+        AuthSys { machine: "test".into(), uid: 0, gid: 0 }
+    }
+
+    #[test]
+    fn multi_fragment_replies_are_joined() {
+        let addr = serve(|xid| {
+            let mut e = Enc::new();
+            e.u32(xid).u32(1).u32(0).u32(0).opaque(&[]).u32(0).u32(42).u32(43);
+            e.into_bytes()
+        });
+        let mut t = Transport::connect(addr, Duration::from_secs(5), &auth()).expect("connect");
+        let body = t.call(100003, 3, 0, &[]).expect("call");
+        assert_eq!(body, [0, 0, 0, 42, 0, 0, 0, 43]);
+    }
+
+    #[test]
+    fn denied_and_mismatched_replies_are_errors() {
+        let addr = serve(|xid| {
+            let mut e = Enc::new();
+            e.u32(xid).u32(1).u32(1).u32(1).u32(2);
+            e.into_bytes()
+        });
+        let mut t = Transport::connect(addr, Duration::from_secs(5), &auth()).expect("connect");
+        let err = t.call(100003, 3, 0, &[]).expect_err("denied");
+        assert!(err.to_string().contains("reserved source port"), "{err}");
+
+        let addr = serve(|xid| {
+            let mut e = Enc::new();
+            e.u32(xid.wrapping_add(9)).u32(1).u32(0);
+            e.into_bytes()
+        });
+        let mut t = Transport::connect(addr, Duration::from_secs(5), &auth()).expect("connect");
+        assert!(matches!(t.call(1, 1, 1, &[]), Err(RpcError::Xid { .. })));
+    }
+
+    #[test]
+    fn a_silent_server_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut t = Transport::connect(addr, Duration::from_millis(200), &auth()).expect("connect");
+        let start = std::time::Instant::now();
+        assert!(matches!(t.call(1, 1, 1, &[]), Err(RpcError::Io(_))));
+        assert!(start.elapsed() < Duration::from_secs(3));
+        drop(listener);
+    }
+}
