@@ -705,3 +705,44 @@ async fn a_dead_server_is_unavailable_not_a_hang() {
     assert_eq!(code(b.controller.create_volume(req("before", &[])).await), Code::Unavailable);
     b.stop();
 }
+
+#[test]
+fn doctor_reaches_the_export_and_reports_a_dead_server() {
+    let test = "doctor_reaches_the_export_and_reports_a_dead_server";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(mut g) = Ganesha::start(scratch.path(), test) else { return };
+    let config = scratch.path().join("nfs.yaml");
+    fs::write(&config, nfs_config(&scratch.path().join("state"), &g, &[("shared", "")])).expect("config");
+    let doctor = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["doctor", "--output", "json", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run doctor");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let export = report["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["subject"] == "pool shared" && c["check"] == "export"))
+            .cloned()
+            .expect("an export check");
+        (out.status.success(), export)
+    };
+    let (_, alive) = doctor();
+    assert_eq!(alive["verdict"], "ok", "{alive}");
+    assert!(alive["detail"].as_str().is_some_and(|d| d.contains("writable")), "{alive}");
+    assert!(
+        fs::read_dir(&g.export).expect("ls").all(|e| !e
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".berth-doctor")),
+        "the probe file was removed"
+    );
+    g.stop();
+    let (ok, dead) = doctor();
+    assert!(!ok, "a dead server fails the doctor");
+    assert_eq!(dead["verdict"], "fail", "{dead}");
+}
