@@ -136,14 +136,23 @@ pub async fn serve(
     let listener = bind(&path)?;
     let controller = mode != Mode::Node;
     let shared = Shared { engine, driver_name: driver_name.to_string(), controller };
+    // Each connection carries at most this many calls at once (a call's reply counts until
+    // it is sent), so memory stays bounded however many calls a client fires; the client
+    // queues the rest.
     let builder = tonic::transport::Server::builder()
-        .add_service(pb::identity_server::IdentityServer::new(IdentityService(shared.clone())))
-        .add_optional_service(
-            controller.then(|| pb::controller_server::ControllerServer::new(ControllerService(shared.clone()))),
+        .max_concurrent_streams(Some(crate::csi::MAX_STREAMS))
+        .add_service(
+            pb::identity_server::IdentityServer::new(IdentityService(shared.clone()))
+                .max_decoding_message_size(crate::csi::MAX_REQUEST_BYTES),
         )
-        .add_optional_service(
-            (mode != Mode::Controller).then(|| pb::node_server::NodeServer::new(NodeService(shared.clone()))),
-        );
+        .add_optional_service(controller.then(|| {
+            pb::controller_server::ControllerServer::new(ControllerService(shared.clone()))
+                .max_decoding_message_size(crate::csi::MAX_REQUEST_BYTES)
+        }))
+        .add_optional_service((mode != Mode::Controller).then(|| {
+            pb::node_server::NodeServer::new(NodeService(shared.clone()))
+                .max_decoding_message_size(crate::csi::MAX_REQUEST_BYTES)
+        }));
     tracing::info!(endpoint, driver = driver_name, mode = ?mode, node.id = %shared.engine.node_id, version = crate::VERSION, "serving CSI");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = builder.serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {

@@ -130,11 +130,17 @@ where
     fields.record(&span);
     let start = Instant::now();
     let inner = span.clone();
-    let result = tokio::task::spawn_blocking(move || inner.in_scope(work))
-        .instrument(span.clone())
-        .await
-        .unwrap_or_else(|e| Err(Status::internal(format!("{method} failed unexpectedly: {e}"))))
-        .map_err(|s| fields.scrub_status(s));
+    // At most WORKERS calls run at once; the rest wait here as small futures, so a flood
+    // of calls costs memory for requests, not a thread and a reply each.
+    let permit = WORKERS.acquire().await.map_err(|_| Status::unavailable("berth is shutting down"))?;
+    let result = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        inner.in_scope(work)
+    })
+    .instrument(span.clone())
+    .await
+    .unwrap_or_else(|e| Err(Status::internal(format!("{method} failed unexpectedly: {e}"))))
+    .map_err(|s| fields.scrub_status(s));
     let elapsed = start.elapsed();
     let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
     let code = code_name(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
@@ -145,6 +151,17 @@ where
     });
     result.map(Response::new)
 }
+
+/// How many RPCs do their (blocking) work at once.
+pub const MAX_WORKERS: usize = 64;
+static WORKERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_WORKERS);
+
+/// How many calls one client connection may have open at once (HTTP/2 streams).
+pub const MAX_STREAMS: u32 = 32;
+
+/// The largest request berth decodes: CSI requests are small (each map at most 4 KiB), so
+/// anything bigger is refused by the transport before any work starts.
+pub const MAX_REQUEST_BYTES: usize = 256 << 10;
 
 /// Answers an RPC that only reads in-memory facts (plugin info, capabilities, Probe) on the
 /// calling task: counted in the metrics like any other, logged at debug level because

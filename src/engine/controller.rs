@@ -466,7 +466,7 @@ impl Engine {
         } else {
             return Err(Error::Aborted(format!("starting_token {token:?} was not issued by this driver")));
         };
-        let limit = if max_entries == 0 { DEFAULT_PAGE } else { max_entries };
+        let limit = if max_entries == 0 { DEFAULT_PAGE } else { max_entries.min(super::MAX_PAGE) };
         let (records, more) = self.store.volumes_page(after, limit);
         let next_token = if more { records.last().map(|v| v.id.clone()).unwrap_or_default() } else { String::new() };
         let items = records
@@ -640,7 +640,7 @@ impl Engine {
         } else {
             return Err(Error::Aborted(format!("starting_token {token:?} was not issued by this driver")));
         };
-        let limit = if max_entries == 0 { DEFAULT_PAGE } else { max_entries };
+        let limit = if max_entries == 0 { DEFAULT_PAGE } else { max_entries.min(super::MAX_PAGE) };
         let (items, more) = self.store.snapshots_page(after, limit, |s| {
             s.phase == Phase::Ready
                 && (snapshot_id.is_empty() || s.id == snapshot_id)

@@ -27,6 +27,9 @@ pub const TOPOLOGY_KEY: &str = "topology.berth.csi.io/node";
 /// ListVolumes/ListSnapshots page size when the CO sets none: small enough that a page of
 /// the largest records stays far below gRPC's 4 MiB message limit.
 pub const DEFAULT_PAGE: usize = 500;
+/// The most entries one page holds whatever max_entries asks (the spec lets a plugin
+/// return fewer): a page of the largest records stays under 4 MiB.
+pub const MAX_PAGE: usize = 1000;
 
 /// An operation's failure, classified the way the CSI spec classifies it.
 #[derive(Debug, thiserror::Error)]

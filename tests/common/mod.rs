@@ -235,6 +235,11 @@ impl Berth {
         }
     }
 
+    /// The process ID of the running berth.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Everything berth logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
