@@ -554,3 +554,89 @@ async fn device_pool_picks_the_smallest_fit_and_wipes_on_delete() {
         .await
         .expect("delete snapshot");
 }
+
+#[tokio::test]
+async fn preallocated_images_and_device_pools_without_a_snapshot_pool() {
+    let test = "preallocated_images_and_device_pools_without_a_snapshot_pool";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(pool_fs) = FsImage::new(&scratch, test, "xfs", "1G") else { return };
+    let disks = Disks::new(scratch.path(), &[32]);
+    let config = format!(
+        "stateDir: {}\npools:\n  - {{name: thick, type: block, path: {}, preallocate: true}}\n  - {{name: disks, type: device, devices: ['{}'], wipe: signatures}}\n",
+        scratch.path().join("state").display(),
+        pool_fs.mount.join("thick").display(),
+        disks.devices[0]
+    );
+    let mut b = Berth::start(scratch.path(), &config, "node-a", &[]).await;
+    let in_pool = |name: &str, pool: &str, bytes: i64| {
+        let mut r = create_req(name, bytes);
+        r.parameters.insert("pool".into(), pool.into());
+        r
+    };
+    let capacity = |b: &mut Berth| {
+        let mut c = b.controller.clone();
+        async move {
+            c.get_capacity(pb::GetCapacityRequest {
+                parameters: [("pool".to_string(), "thick".to_string())].into(),
+                ..Default::default()
+            })
+            .await
+            .expect("capacity")
+            .into_inner()
+            .available_capacity
+        }
+    };
+    let before = capacity(&mut b).await;
+    let vol = b
+        .controller
+        .create_volume(in_pool("thick-vol", "thick", 128 * MIB))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .expect("v");
+    let image =
+        pool_fs.mount.join("thick/volumes").join(format!("{}.img", vol.volume_id.rsplit(':').next().expect("key")));
+    let allocated = std::os::unix::fs::MetadataExt::blocks(&fs::metadata(&image).expect("image")) * 512;
+    assert!(allocated >= 128 << 20, "preallocate: true allocates every block up front ({allocated} bytes)");
+    let after = capacity(&mut b).await;
+    assert!(before - after >= 128 * MIB, "GetCapacity reports the space the image took: {before} -> {after}");
+
+    let dvol = b
+        .controller
+        .create_volume(in_pool("dev-vol", "disks", 16 * MIB))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .expect("v");
+    let p = stage_publish(&mut b, scratch.path(), &dvol.volume_id, "d", fs_cap("")).await;
+    let snap = b
+        .controller
+        .create_snapshot(pb::CreateSnapshotRequest {
+            source_volume_id: dvol.volume_id.clone(),
+            name: "no-pool".into(),
+            ..Default::default()
+        })
+        .await;
+    let err = snap.expect_err("no snapshot pool");
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("snapshotPool"), "{}", err.message());
+    unpublish_unstage(&mut b, &dvol.volume_id, &p).await;
+    b.controller
+        .delete_volume(pb::DeleteVolumeRequest { volume_id: dvol.volume_id, ..Default::default() })
+        .await
+        .expect("delete");
+    assert_eq!(
+        berth::mount::tools::blkid(Path::new(&disks.devices[0])).expect("blkid"),
+        berth::mount::Signature::None,
+        "wipe: signatures erased the filesystem signature"
+    );
+    b.controller
+        .delete_volume(pb::DeleteVolumeRequest { volume_id: vol.volume_id, ..Default::default() })
+        .await
+        .expect("delete");
+}

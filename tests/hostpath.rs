@@ -561,3 +561,56 @@ async fn stats_report_an_abnormal_volume_when_its_directory_vanishes() {
     assert!(got.status.expect("status").volume_condition.expect("condition").abnormal);
     unpublish_and_unstage(&mut b, &vol.volume_id, &p).await;
 }
+
+#[tokio::test]
+async fn xfs_project_quota_enforces_sizes_where_the_kernel_supports_it() {
+    let test = "xfs_project_quota_enforces_sizes_where_the_kernel_supports_it";
+    if !require_root(test) {
+        return;
+    }
+    if !have("mkfs.xfs") {
+        println!("SKIPPED: {test}: mkfs.xfs is not installed");
+        return;
+    }
+    let scratch = Scratch::new();
+    let image = scratch.path().join("prj.img");
+    let mnt = scratch.path().join("prj");
+    fs::create_dir_all(&mnt).expect("mkdir");
+    sh("truncate", &["-s", "512M", image.to_str().expect("utf8")]);
+    sh("mkfs.xfs", &["-q", "-f", image.to_str().expect("utf8")]);
+    let mounted = std::process::Command::new("mount")
+        .args(["-o", "loop,prjquota", image.to_str().expect("utf8"), mnt.to_str().expect("utf8")])
+        .output()
+        .expect("mount");
+    if !mounted.status.success() {
+        println!(
+            "SKIPPED: {test}: this kernel cannot mount xfs with prjquota ({}); the project-quota path is checked call by call with the recording fake in engine::tests",
+            String::from_utf8_lossy(&mounted.stderr).trim()
+        );
+        return;
+    }
+    let pool = mnt.join("pool");
+    let mut b =
+        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "required"), "node-a", &[])
+            .await;
+    let vol = create(&mut b, "pvc-prj", 8 * MIB).await;
+    assert_eq!(vol.volume_context["berth.csi.io/capacity-enforcement"], "project-quota");
+    let p = stage_and_publish(&mut b, scratch.path(), &vol.volume_id, "q", false).await;
+    let err = write_bytes(&p.target.join("big"), 16 << 20).expect_err("the project quota stops the write");
+    assert!(matches!(err.raw_os_error(), Some(libc::EDQUOT) | Some(libc::ENOSPC)), "{err}");
+    fs::remove_file(p.target.join("big")).expect("rm");
+    b.controller
+        .controller_expand_volume(pb::ControllerExpandVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            capacity_range: Some(pb::CapacityRange { required_bytes: 32 * MIB, limit_bytes: 0 }),
+            ..Default::default()
+        })
+        .await
+        .expect("expand");
+    write_bytes(&p.target.join("big"), 16 << 20).expect("after expansion the write fits");
+    unpublish_and_unstage(&mut b, &vol.volume_id, &p).await;
+    b.controller
+        .delete_volume(pb::DeleteVolumeRequest { volume_id: vol.volume_id, ..Default::default() })
+        .await
+        .expect("delete");
+}

@@ -279,7 +279,10 @@ impl Backend for BlockPool {
     fn condition(&self, volume: &VolumeRecord) -> Condition {
         let image = self.image(&volume.key);
         match fs::symlink_metadata(&image) {
-            Ok(m) if m.is_file() => Condition::healthy(),
+            Ok(m) if m.is_file() => match self.attached(&volume.key) {
+                Ok(Some(l)) => blockvol::filesystem_condition(&l.path),
+                _ => Condition::healthy(),
+            },
             Ok(_) => Condition::abnormal(format!("{} is not a regular file", image.display())),
             Err(e) => Condition::abnormal(format!("image {} is unavailable: {e}", image.display())),
         }

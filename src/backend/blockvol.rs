@@ -136,6 +136,25 @@ pub fn filesystem_mount(sys: &dyn Syscall, device: &Path) -> Result<Option<PathB
         .map(|e| e.mount_point.clone()))
 }
 
+/// Errors the kernel counted on the ext4 filesystem of `device` (`/sys/fs/ext4/<dev>/
+/// errors_count` under `sysfs`); `None` when the device carries no mounted ext4.
+pub fn ext4_errors(sysfs: &Path, device: &Path) -> Option<u64> {
+    let name = fs::canonicalize(device).ok()?.file_name()?.to_owned();
+    fs::read_to_string(sysfs.join("fs/ext4").join(name).join("errors_count")).ok()?.trim().parse().ok()
+}
+
+/// The condition of a block volume whose storage exists: abnormal when its mounted
+/// filesystem has counted errors.
+pub fn filesystem_condition(device: &Path) -> super::Condition {
+    match ext4_errors(Path::new("/sys"), device) {
+        Some(n) if n > 0 => super::Condition::abnormal(format!(
+            "the ext4 filesystem on {} has recorded {n} errors; unmount it and run e2fsck",
+            device.display()
+        )),
+        _ => super::Condition::healthy(),
+    }
+}
+
 /// Runs `work` with the filesystem at `mount_point` frozen (if any), always thawing after.
 pub fn frozen<T>(sys: &dyn Syscall, mount_point: Option<&Path>, work: impl FnOnce() -> Result<T>) -> Result<T> {
     let Some(mp) = mount_point else {
@@ -222,6 +241,18 @@ mod tests {
             assert!(stage(&fake, dev, dir.path(), &rw, "xfs").is_err(), "{op}");
             assert!(errors(kind) > before, "{op} counts as {kind}");
         }
+    }
+
+    #[test]
+    fn ext4_error_counts_come_from_sysfs() {
+        let sysfs = tempfile::tempdir().expect("tempdir");
+        let dev_dir = tempfile::tempdir().expect("tempdir");
+        let device = dev_dir.path().join("loop42");
+        fs::write(&device, b"").expect("stand-in device");
+        assert_eq!(ext4_errors(sysfs.path(), &device), None, "no ext4 mounted");
+        fs::create_dir_all(sysfs.path().join("fs/ext4/loop42")).expect("mkdir");
+        fs::write(sysfs.path().join("fs/ext4/loop42/errors_count"), b"3\n").expect("write");
+        assert_eq!(ext4_errors(sysfs.path(), &device), Some(3));
     }
 
     #[test]

@@ -325,7 +325,10 @@ impl Backend for DevicePool {
 
     fn condition(&self, volume: &VolumeRecord) -> Condition {
         match volume.device.as_deref().map(fs::metadata) {
-            Some(Ok(m)) if m.file_type().is_block_device() => Condition::healthy(),
+            Some(Ok(m)) if m.file_type().is_block_device() => volume
+                .device
+                .as_deref()
+                .map_or_else(Condition::healthy, |d| blockvol::filesystem_condition(Path::new(d))),
             Some(Ok(_)) => Condition::abnormal(format!("{:?} is not a block device", volume.device)),
             Some(Err(e)) => Condition::abnormal(format!("device {:?} is unavailable: {e}", volume.device)),
             None => Condition::abnormal("no device is recorded for this volume"),
