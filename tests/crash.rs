@@ -1,5 +1,5 @@
 //! Crash consistency: berth is SIGKILLed at every fault point of a full volume lifecycle
-//! (hostPath on btrfs and block volumes: create, stage, publish, snapshot, restore, expand
+//! (hostPath on btrfs, block and device volumes: create, stage, publish, snapshot, restore, expand
 //! and their reverses), restarted, and the interrupted call replayed the way the CO
 //! would. Every replay must succeed (creates with the same ID), no data may be lost, and
 //! afterwards nothing may be left: no directory, subvolume, image, loop device, mount or
@@ -126,11 +126,11 @@ async fn snapshot(run: &mut Run, source: &str, name: &str) -> String {
 }
 
 /// One whole lifecycle in `dir`, with `faults` set for the first berth process.
-async fn lifecycle(dir: &Path, pool_fs: &Path, tag: &str, faults: &[(String, String)]) -> (usize, usize) {
+async fn lifecycle(dir: &Path, pool_fs: &Path, disk: &str, tag: &str, faults: &[(String, String)]) -> (usize, usize) {
     let hp = pool_fs.join(format!("hp-{tag}"));
     let blk = pool_fs.join(format!("blk-{tag}"));
     let config = format!(
-        "stateDir: {}\npools:\n  - {{name: hp, type: hostpath, path: {}, capacityEnforcement: required}}\n  - {{name: blk, type: block, path: {}}}\n",
+        "stateDir: {}\npools:\n  - {{name: hp, type: hostpath, path: {}, capacityEnforcement: required}}\n  - {{name: blk, type: block, path: {}}}\n  - {{name: dev, type: device, devices: ['{disk}'], wipe: signatures}}\n",
         dir.join("state").display(),
         hp.display(),
         blk.display()
@@ -147,16 +147,21 @@ async fn lifecycle(dir: &Path, pool_fs: &Path, tag: &str, faults: &[(String, Str
 
     let v_hp = create(&mut run, req("v-hp", 16 * MIB, "hp")).await;
     let v_blk = create(&mut run, req("v-blk", 32 * MIB, "blk")).await;
+    let v_dev = create(&mut run, req("v-dev", 16 * MIB, "dev")).await;
     let paths = |name: &str| (dir.join(format!("staging-{name}")), dir.join(format!("pods/{name}/mount")));
     fs::create_dir_all(dir.join("pods/hp")).expect("mkdir");
     fs::create_dir_all(dir.join("pods/blk")).expect("mkdir");
     fs::create_dir_all(dir.join("pods/restored")).expect("mkdir");
+    fs::create_dir_all(dir.join("pods/dev")).expect("mkdir");
     let (s_hp, t_hp) = paths("hp");
     let (s_blk, t_blk) = paths("blk");
     stage_publish(&mut run, &v_hp, &s_hp, &t_hp).await;
     fs::write(t_hp.join("a"), b"hostpath data").expect("write");
     stage_publish(&mut run, &v_blk, &s_blk, &t_blk).await;
     fs::write(t_blk.join("b"), b"block data").expect("write");
+    let (s_dev, t_dev) = paths("dev");
+    stage_publish(&mut run, &v_dev, &s_dev, &t_dev).await;
+    fs::write(t_dev.join("d"), b"device data").expect("write");
 
     let snap_hp = snapshot(&mut run, &v_hp, "s-hp").await;
     let snap_blk = snapshot(&mut run, &v_blk, "s-blk").await;
@@ -180,6 +185,8 @@ async fn lifecycle(dir: &Path, pool_fs: &Path, tag: &str, faults: &[(String, Str
     // Nothing written before a crash is lost.
     assert_eq!(fs::read(t_hp.join("a")).expect("hostpath data survives"), b"hostpath data");
     assert_eq!(fs::read(t_blk.join("b")).expect("block data survives"), b"block data");
+    assert_eq!(fs::read(t_dev.join("d")).expect("device data survives"), b"device data");
+    unpublish_unstage(&mut run, &v_dev, &s_dev, &t_dev).await;
     unpublish_unstage(&mut run, &v_hp, &s_hp, &t_hp).await;
     unpublish_unstage(&mut run, &v_blk, &s_blk, &t_blk).await;
     let (s_r, t_r) = paths("restored");
@@ -191,7 +198,7 @@ async fn lifecycle(dir: &Path, pool_fs: &Path, tag: &str, faults: &[(String, Str
         let r = pb::DeleteSnapshotRequest { snapshot_id: s, ..Default::default() };
         run.step("DeleteSnapshot", async |b: &mut Berth| b.controller.delete_snapshot(r.clone()).await).await;
     }
-    for v in [v_hp, v_blk, r_hp] {
+    for v in [v_hp, v_blk, r_hp, v_dev] {
         let r = pb::DeleteVolumeRequest { volume_id: v, ..Default::default() };
         run.step("DeleteVolume", async |b: &mut Berth| b.controller.delete_volume(r.clone()).await).await;
     }
@@ -213,6 +220,11 @@ async fn lifecycle(dir: &Path, pool_fs: &Path, tag: &str, faults: &[(String, Str
     let loops = sh("losetup", &["-l", "-n", "-O", "BACK-FILE"]);
     assert!(!loops.contains(blk.to_str().expect("utf8")), "orphan loop devices: {loops}");
     assert!(mounts_below(dir).is_empty(), "orphan mounts: {:?}", mounts_below(dir));
+    assert_eq!(
+        berth::mount::tools::blkid(Path::new(disk)).expect("blkid"),
+        berth::mount::Signature::None,
+        "the device was wiped and released (faults {faults:?})"
+    );
     assert!(!logs.contains("accounts for; left in place"), "unaccounted data reported (faults {faults:?})");
     (run.kills, run.replays)
 }
@@ -229,11 +241,22 @@ async fn sigkill_at_every_fault_point_then_replay_leaves_nothing_behind() {
     }
     let scratch = Scratch::new();
     let Some(pool_fs) = FsImage::new(&scratch, test, "btrfs", "4G") else { return };
+    // A stand-in disk for the device pool, detached on drop.
+    let disk_image = scratch.path().join("disk.img");
+    sh("truncate", &["-s", "64M", disk_image.to_str().expect("utf8")]);
+    let disk = sh("losetup", &["--find", "--show", disk_image.to_str().expect("utf8")]).trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _disk_guard = Detach(disk.clone());
 
     // A clean run enumerates every fault point reached, in order.
     let log = scratch.path().join("points.log");
     let log_env = vec![("BERTH_FAILPOINT_LOG".to_string(), log.display().to_string())];
-    lifecycle(&scratch.path().join("clean"), &pool_fs.mount, "clean", &log_env).await;
+    lifecycle(&scratch.path().join("clean"), &pool_fs.mount, &disk, "clean", &log_env).await;
     let hits = points_of(&log);
     if hits.is_empty() {
         println!("SKIPPED: {test}: berth was built without --features failpoints");
@@ -273,7 +296,8 @@ async fn sigkill_at_every_fault_point_then_replay_leaves_nothing_behind() {
             ("BERTH_FAILPOINT_LOG".to_string(), run_log.display().to_string()),
         ];
         let (k, r) =
-            lifecycle(&scratch.path().join(format!("run-{i}")), &pool_fs.mount, &format!("run{i}"), &faults).await;
+            lifecycle(&scratch.path().join(format!("run-{i}")), &pool_fs.mount, &disk, &format!("run{i}"), &faults)
+                .await;
         if k != 1 {
             let got = points_of(&run_log);
             let at = got.iter().zip(&hits).position(|(a, b)| a != b).unwrap_or(got.len().min(hits.len()));
