@@ -102,6 +102,7 @@ impl Backend for NfsPool {
                 self.location(&sub).display()
             ))
         })?;
+        super::failpoint("nfs.claim", &self.location(&sub))?;
         if self.sub_dir(volume).is_none() {
             volume.parameters.insert(SUBDIR_KEY.to_string(), sub.clone());
             self.persist_volume(volume)?;
@@ -127,6 +128,7 @@ impl Backend for NfsPool {
         }
         let (parent_rel, leaf) = split_last(&sub);
         let mode = self.mode;
+        super::failpoint("nfs.create.dir", &self.location(&sub))?;
         match source {
             None => self.with("create volume directory", &sub, |c| {
                 let root = c.root.clone();
@@ -153,6 +155,9 @@ impl Backend for NfsPool {
                     let tmp = export::meta_dir(c, export::TMP)?;
                     copy::remove_tree(c, &tmp, key.as_bytes())?;
                     let stats = copy::copy_tree(c, &from, &tmp, key.as_bytes(), &label)?;
+                    // NFS3ERR_IO stands for the injected fault.
+                    crate::failpoint::hit("nfs.copy.before-rename")
+                        .map_err(|_| nfs::Error::Status { proc: "nfs.copy.before-rename", status: nfs::Status(5) })?;
                     let parent = export::mkdir_all(c, &root, parent_rel, 0o755)?;
                     c.rename(&tmp, key.as_bytes(), &parent, leaf.as_bytes())?;
                     Ok(stats)
@@ -164,6 +169,7 @@ impl Backend for NfsPool {
     }
 
     fn delete_volume(&self, volume: &VolumeRecord) -> Result<()> {
+        super::failpoint("nfs.delete", Path::new(&volume.key))?;
         let key = volume.key.clone();
         // A failed copy leaves its partial tree here.
         self.with("remove partial copy", &key, |c| {
@@ -241,6 +247,7 @@ impl Backend for NfsPool {
             .to_string();
         let key = snapshot.key.clone();
         let label = format!("snapshot {}", snapshot.id);
+        super::failpoint("nfs.snapshot.copy", &self.location(&sub))?;
         snapshot.method = Some(SnapshotMethod::Copy);
         let done_size = snapshot.size;
         let size = self.dedicated("snapshot", &sub, |c| {
@@ -372,6 +379,7 @@ impl Backend for NfsPool {
     }
 
     fn persist_volume(&self, volume: &VolumeRecord) -> Result<()> {
+        super::failpoint("nfs.record.write", Path::new(&volume.key))?;
         let bytes = Self::record_json(volume)?;
         let name = format!("{}.json", volume.key);
         self.with("write volume record", &format!("{}/{}/{name}", export::META, export::VOLUMES), |c| {
