@@ -159,8 +159,8 @@ impl pb::controller_server::Controller for ControllerService {
                 .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
             let cap = capability("volume_capability", cap)?;
             check_secrets(&req.secrets)?;
-            map("volume_context", &req.volume_context)?;
-            engine.controller_publish(&req.volume_id, &req.node_id, &cap, req.readonly)?;
+            let context = map("volume_context", &req.volume_context)?;
+            engine.controller_publish(&req.volume_id, &req.node_id, &cap, req.readonly, &context)?;
             Ok(pb::ControllerPublishVolumeResponse { publish_context: HashMap::new() })
         })
         .await

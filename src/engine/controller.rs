@@ -362,9 +362,33 @@ impl Engine {
     /// Records that `node` may use the volume. Unknown volume or node: NOT_FOUND; another
     /// node than the one holding a node-local volume: FAILED_PRECONDITION naming the owner;
     /// already published there with another readonly flag: ALREADY_EXISTS.
-    pub fn controller_publish(&self, id: &str, node: &str, capability: &Capability, readonly: bool) -> Result<()> {
+    pub fn controller_publish(
+        &self,
+        id: &str,
+        node: &str,
+        capability: &Capability,
+        readonly: bool,
+        context: &BTreeMap<String, String>,
+    ) -> Result<()> {
         self.sync_for_id(Kind::Volume, id)?;
         let _guard = self.lock(&[id.to_string()])?;
+        // A static volume an administrator made on a shared pool (server, export, subDir in
+        // its attributes): berth keeps no record of it, so attaching it checks only that
+        // the attributes are valid and the node is one that mounts the pool. Handles berth
+        // minted never take this path: a deleted volume stays NOT_FOUND.
+        if self.store.volume(id).is_none()
+            && ids::parse(Kind::Volume, id).is_none()
+            && !context.is_empty()
+            && let Some((pool, _)) = self.resolve_shared(id, context)?
+        {
+            if !pool.knows_node(node)? {
+                return Err(Error::NotFound(format!("node {node:?} has not registered with pool {}", pool.name())));
+            }
+            if let Some(reason) = unsupported(pool.as_ref(), capability) {
+                return Err(Error::InvalidArgument(reason));
+            }
+            return Ok(());
+        }
         let mut record = self.ready_volume(id)?;
         if record.node.is_empty() {
             return self.publish_shared(record, node, capability, readonly);

@@ -161,14 +161,20 @@ fn error_codes_follow_the_spec() {
         Some(crate::state::ContentSource::Snapshot("snap:fast:00000000000000000000000000000000".into()));
     assert_eq!(code(engine.create_volume(missing_source).unwrap_err()), Code::NotFound);
 
-    assert_eq!(code(engine.controller_publish("fake-vol-id-1", "node-a", &cap(), false).unwrap_err()), Code::NotFound);
     assert_eq!(
-        code(engine.controller_publish(&vol.id, "some-fake-node-id", &cap(), false).unwrap_err()),
+        code(engine.controller_publish("fake-vol-id-1", "node-a", &cap(), false, &BTreeMap::new()).unwrap_err()),
         Code::NotFound
     );
-    engine.controller_publish(&vol.id, "node-a", &cap(), false).expect("publish");
-    engine.controller_publish(&vol.id, "node-a", &cap(), false).expect("idempotent");
-    assert_eq!(code(engine.controller_publish(&vol.id, "node-a", &cap(), true).unwrap_err()), Code::AlreadyExists);
+    assert_eq!(
+        code(engine.controller_publish(&vol.id, "some-fake-node-id", &cap(), false, &BTreeMap::new()).unwrap_err()),
+        Code::NotFound
+    );
+    engine.controller_publish(&vol.id, "node-a", &cap(), false, &BTreeMap::new()).expect("publish");
+    engine.controller_publish(&vol.id, "node-a", &cap(), false, &BTreeMap::new()).expect("idempotent");
+    assert_eq!(
+        code(engine.controller_publish(&vol.id, "node-a", &cap(), true, &BTreeMap::new()).unwrap_err()),
+        Code::AlreadyExists
+    );
     assert_eq!(code(engine.delete_volume(&vol.id).unwrap_err()), Code::FailedPrecondition, "published volumes stay");
     engine.controller_unpublish(&vol.id, "node-a").expect("unpublish");
     engine.controller_unpublish(&vol.id, "node-a").expect("idempotent");
