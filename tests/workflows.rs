@@ -475,6 +475,7 @@ async fn workflow_8_capacity() {
         driver: Driver::chart(),
         nodes: vec![NodeSpec::btrfs("big"), NodeSpec::ext4("small", "64M")],
         central_controller: false,
+        nfs: None,
     };
     let Some(mut k) = Cluster::start(test, spec).await else { return };
     k.create_class(StorageClass::new("berth-local", DRIVER)).await;

@@ -70,7 +70,7 @@ impl Cluster {
             .filter(|c| {
                 self.classes
                     .get(&c.class)
-                    .is_some_and(|sc| sc.provisioner == self.driver.name && sc.binding == Binding::Immediate)
+                    .is_some_and(|sc| self.has_driver(&sc.provisioner) && sc.binding == Binding::Immediate)
             })
             .map(|c| c.name.clone())
             .collect();
@@ -132,7 +132,10 @@ impl Cluster {
                             continue 'nodes;
                         }
                     }
-                    None if self.driver.storage_capacity => {
+                    None if self.classes.get(&pvc.class).is_some_and(|sc| {
+                        self.has_driver(&sc.provisioner) && self.driver_named(&sc.provisioner).storage_capacity
+                    }) =>
+                    {
                         let room = self.capacity.get(&(node.name.clone(), pvc.class.clone())).copied().unwrap_or(0);
                         if u64::try_from(room).unwrap_or(0) < pvc.request {
                             reasons.push("did not have enough free storage");

@@ -89,6 +89,8 @@ pub fn path_str(path: &Path) -> &str {
 /// A volume the kubelet has published for a pod on this node.
 #[derive(Debug, Clone)]
 pub struct Published {
+    /// The CSI driver that published it.
+    pub driver: String,
     pub handle: String,
     pub target: PathBuf,
     /// The staging path, for volumes that were staged (not inline ephemeral ones).
