@@ -19,6 +19,30 @@ use kube::*;
 
 const MIB: u64 = 1 << 20;
 
+/// Whether this kernel can mount NFS (`/proc/filesystems` lists nfs or nfs4).
+fn kernel_nfs() -> bool {
+    fs::read_to_string("/proc/filesystems")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| matches!(l.split_whitespace().last(), Some("nfs" | "nfs4")))
+}
+
+/// A ganesha export for a workflow's NFS part, in its own scratch directory (kept alive
+/// with the server). `None`, with a SKIPPED line for `part`, when ganesha cannot run here.
+fn start_nfs_server(part: &str) -> Option<(common::Scratch, common::ganesha::Ganesha)> {
+    if !common::require_root(part) {
+        return None;
+    }
+    let scratch = common::Scratch::new();
+    let g = common::ganesha::Ganesha::start(scratch.path(), part)?;
+    Some((scratch, g))
+}
+
+/// What the NFS node plugins have mounted below a node's kubelet root.
+fn nfs_mounts(k: &Cluster, node: &str) -> Vec<berth::mount::mountinfo::MountEntry> {
+    common::mounts_below(&k.node(node).kubelet_root).into_iter().filter(|m| m.fs_type.starts_with("nfs")).collect()
+}
+
 /// Writes `mib` MiB to `path`, 1 MiB at a time with fsync, so a quota stops it promptly.
 fn write_mib(path: &Path, mib: usize) -> std::io::Result<()> {
     let mut f = fs::File::create(path)?;
@@ -402,7 +426,14 @@ async fn workflow_6_online_expansion() {
 #[tokio::test]
 async fn workflow_7_access_modes() {
     let test = "workflow_7_access_modes";
-    let Some(mut k) = Cluster::start(test, ClusterSpec::btrfs_nodes(&["node-a", "node-b"])).await else { return };
+    let rwx = format!("{test}/rwx-nfs");
+    // Declared before the cluster, so the cluster (and its mounts) goes first.
+    let server = start_nfs_server(&rwx);
+    let mut spec = ClusterSpec::btrfs_nodes(&["node-a", "node-b"]);
+    if let Some((_, g)) = &server {
+        spec = spec.with_nfs(NfsSpec::on(g, &[("shared", ""), ("keep", "onDelete: archive")]));
+    }
+    let Some(mut k) = Cluster::start(test, spec).await else { return };
     k.create_class(StorageClass::new("berth-local", DRIVER)).await;
 
     // ReadWriteOncePod: one pod, whatever the node.
@@ -459,13 +490,128 @@ async fn workflow_7_access_modes() {
     assert_eq!(denied.raw_os_error(), Some(libc::EROFS), "{denied}");
     write_synced(&k.volume_path("rwo-1", "data").join("note"), "still writable");
     assert_eq!(read(&ro.join("note")), "still writable", "the reader sees the writer's data");
-    println!("SKIPPED: {test}/rwx-nfs: NFS backend not implemented yet");
+    let nfs = match &server {
+        Some((_, g)) => rwx_on_nfs(&mut k, g, test).await,
+        None => "RWX on NFS skipped (no NFS server)".to_string(),
+    };
     println!(
         "workflow 7: RWOP: a second pod was unschedulable and one that bypassed the scheduler was refused by \
          NodePublish until the first left; RWO: two pods on {home} shared the volume while {away} was refused by the \
          scheduler (node affinity), NodeStage (NOT_FOUND) and ControllerPublish (NOT_FOUND); ROX claims are refused at \
-         provisioning on node-local pools and read-only mounts got EROFS"
+         provisioning on node-local pools and read-only mounts got EROFS; {nfs}"
     );
+}
+
+/// The names in `dir`.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Workflow 7's ReadWriteMany part on the NFS driver (ganesha). Everything up to the kernel
+/// mount runs for real; the mount and the data sharing between nodes only where the kernel
+/// has an NFS client. Returns what it verified.
+async fn rwx_on_nfs(k: &mut Cluster, g: &common::ganesha::Ganesha, test: &str) -> String {
+    let nfs_class =
+        |name: &str, pool: &str| StorageClass::new(name, NFS_DRIVER).param("pool", pool).binding(Binding::Immediate);
+    k.create_class(nfs_class("berth-nfs", "shared")).await;
+    k.create_class(nfs_class("berth-nfs-archive", "keep")).await;
+
+    // csi-provisioner (central, Immediate): the subdirectory appears on the export.
+    k.create_pvc(Pvc::new("team", "berth-nfs", 64 * MIB).access(&[AccessMode::ReadWriteMany])).await;
+    assert_eq!(k.pvc("team").phase, ClaimPhase::Bound, "{:?}", k.pvc("team").events);
+    let team = k.pv_of("team").clone();
+    assert_eq!(team.driver, NFS_DRIVER);
+    assert!(team.node_affinity.is_empty(), "NFS volumes have no topology: {:?}", team.node_affinity);
+    let sub = team.attributes.get("subDir").cloned().expect("subDir in the volume context");
+    assert_eq!(sub, team.name, "the default subDir is the PV name");
+    let team_dir = g.export.join(&sub);
+    assert!(team_dir.is_dir(), "{} on the export", team_dir.display());
+
+    // csi-attacher: MULTI_NODE_MULTI_WRITER is published to both nodes, and recorded.
+    for node in ["node-a", "node-b"] {
+        k.attach(&team, node).await.unwrap_or_else(|e| panic!("ControllerPublishVolume to {node}: {e}"));
+    }
+    let records: String = fs::read_dir(g.export.join(".berth/volumes"))
+        .expect("records")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| fs::read_to_string(e.path()).ok())
+        .filter(|t| t.contains(&team.handle))
+        .collect();
+    assert!(records.contains("node-a") && records.contains("node-b"), "both nodes recorded: {records}");
+
+    // RWO on NFS: a second node is refused, naming the first.
+    k.create_pvc(Pvc::new("own", "berth-nfs-archive", 16 * MIB)).await;
+    assert_eq!(k.pvc("own").phase, ClaimPhase::Bound, "{:?}", k.pvc("own").events);
+    let own = k.pv_of("own").clone();
+    let own_dir = g.export.join(own.attributes.get("subDir").expect("subDir"));
+    assert!(own_dir.is_dir());
+    k.attach(&own, "node-a").await.expect("ControllerPublishVolume of an RWO NFS volume to node-a");
+    let err = k.attach(&own, "node-b").await.expect_err("an RWO NFS volume on a second node");
+    assert!(err.contains("ControllerPublishVolume: FailedPrecondition") && err.contains("node-a"), "{err}");
+
+    // The kubelets: a pod on each node.
+    k.create_pod(Pod::new("nfs-a").claim("data", "team").on_node("node-a")).await;
+    k.create_pod(Pod::new("nfs-b").claim("data", "team").on_node("node-b")).await;
+    let mounted = if kernel_nfs() {
+        k.running("nfs-a");
+        k.running("nfs-b");
+        write_synced(&k.volume_path("nfs-a", "data").join("from-a"), "written on node-a");
+        write_synced(&k.volume_path("nfs-b", "data").join("from-b"), "written on node-b");
+        assert_eq!(read(&k.volume_path("nfs-b", "data").join("from-a")), "written on node-a");
+        assert_eq!(read(&k.volume_path("nfs-a", "data").join("from-b")), "written on node-b");
+        assert_eq!(read(&team_dir.join("from-a")), "written on node-a", "the data is on the export");
+        for node in ["node-a", "node-b"] {
+            assert!(!nfs_mounts(k, node).is_empty(), "{node} mounted the export");
+        }
+        "pods on node-a and node-b mounted it and read each other's writes"
+    } else {
+        for pod in ["nfs-a", "nfs-b"] {
+            match &k.pod(pod).phase {
+                PodPhase::ContainerCreating(e) => {
+                    assert!(e.contains("NodeStageVolume: FailedPrecondition") && e.contains("NFS client"), "{e}")
+                }
+                other => panic!("{pod} cannot run without a kernel NFS client: {other:?}"),
+            }
+        }
+        for node in ["node-a", "node-b"] {
+            assert!(nfs_mounts(k, node).is_empty(), "nothing NFS mounted on {node}");
+        }
+        println!("SKIPPED: {test}/rwx-nfs-mount: kernel has no NFS client");
+        "the kubelets' NodeStage answered FAILED_PRECONDITION (no kernel NFS client; mount part skipped)"
+    };
+
+    // Pods gone: the kubelets unstage, the attach/detach controller detaches; deleting the
+    // claims removes one directory (onDelete: delete) and archives the other.
+    for pod in ["nfs-a", "nfs-b"] {
+        k.delete_pod(pod).await;
+    }
+    assert!(k.attachments.keys().all(|(h, _)| *h != team.handle && *h != own.handle), "{:?}", k.attachments);
+    k.delete_pvc("team").await;
+    k.delete_pvc("own").await;
+    assert!(
+        !k.pvs.contains_key(&team.name) && !k.pvs.contains_key(&own.name),
+        "DeleteVolume succeeded: {:#?}",
+        k.events
+    );
+    assert!(!team_dir.exists(), "onDelete delete: the directory is gone");
+    assert!(!own_dir.exists(), "onDelete archive: renamed away");
+    let own_name = own_dir.file_name().expect("name").to_string_lossy().into_owned();
+    let archived: Vec<String> = names_in(own_dir.parent().expect("parent"))
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("archived-{own_name}-")))
+        .collect();
+    assert_eq!(archived.len(), 1, "onDelete archive keeps the data as archived-<name>-<time>");
+    format!(
+        "RWX on NFS: a claim was provisioned centrally as {sub}/ on the ganesha export, ControllerPublish to \
+         node-a and node-b both succeeded and were recorded on the export, an RWO NFS claim on node-b was refused \
+         (FAILED_PRECONDITION naming node-a); {mounted}; deleting the claims detached them, removed one directory \
+         and archived the other as {}",
+        archived[0]
+    )
 }
 
 #[tokio::test]

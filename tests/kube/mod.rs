@@ -559,6 +559,7 @@ impl Cluster {
         self.schedule_pending().await;
         self.kubelet_sync().await;
         self.finalize_claims();
+        self.detach_unused().await;
         self.reclaim_released().await;
     }
 
