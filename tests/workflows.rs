@@ -852,3 +852,71 @@ async fn workflow_10_inline_ephemeral() {
          its size, and was deleted with its data at NodeUnpublish; the next pod got a fresh one"
     );
 }
+
+#[tokio::test]
+async fn workflow_11_raw_block() {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::FileTypeExt;
+    let test = "workflow_11_raw_block";
+    if !common::have("losetup") {
+        println!("SKIPPED: {test}: losetup is not installed");
+        return;
+    }
+    let spec = ClusterSpec {
+        driver: Driver::chart(),
+        nodes: vec![NodeSpec::btrfs("node-a").block_pool("img")],
+        central_controller: false,
+        nfs: None,
+    };
+    let Some(mut k) = Cluster::start(test, spec).await else { return };
+    k.create_class(StorageClass::new("raw", DRIVER).param("pool", "img")).await;
+    k.create_pvc(Pvc::new("disk", "raw", 16 * MIB).block()).await;
+    let device = |k: &Cluster, pod: &str| {
+        let path = k.volume_path(pod, "data");
+        let pv = k.pv_of("disk");
+        let uid = &k.pod(pod).uid;
+        assert_eq!(path, k.node("node-a").block_publish_path(&pv.name, uid), "volumeDevices/publish/<pv>/<pod uid>");
+        let kind = fs::metadata(&path).expect("stat the device").file_type();
+        assert!(kind.is_block_device(), "the pod sees a block device at {}", path.display());
+        path
+    };
+    let offset = 5 * MIB + 123;
+    k.create_pod(Pod::new("db").claim("data", "disk")).await;
+    let dev = device(&k, "db");
+    let pv = k.pv_of("disk").clone();
+    let staging = k.node("node-a").block_staging_path(&pv.name);
+    assert!(staging.exists(), "staged at volumeDevices/staging/<pv>");
+    {
+        let mut f = fs::OpenOptions::new().read(true).write(true).open(&dev).expect("open the device");
+        let size = f.seek(SeekFrom::End(0)).expect("size");
+        assert_eq!(size, 16 * MIB, "the device has the claim's size");
+        f.seek(SeekFrom::Start(offset)).expect("seek");
+        f.write_all(b"raw bytes at an offset").expect("write");
+        f.sync_all().expect("sync");
+    }
+    k.delete_pod("db").await;
+    assert!(!dev.exists(), "NodeUnpublish removed the device file");
+    assert!(common::mounts_below(&k.node("node-a").kubelet_root).is_empty(), "nothing left bound");
+    let disk = k.node("node-a").disk.mount.join("img");
+    let loops = common::sh("losetup", &["-n", "-O", "BACK-FILE", "-l"]);
+    assert!(!loops.contains(disk.to_str().expect("utf8")), "NodeUnstage detached the loop device: {loops}");
+
+    k.create_pod(Pod::new("db-2").claim("data", "disk")).await;
+    let dev = device(&k, "db-2");
+    let mut back = vec![0u8; 22];
+    {
+        let mut f = fs::File::open(&dev).expect("open the device");
+        f.seek(SeekFrom::Start(offset)).expect("seek");
+        f.read_exact(&mut back).expect("read");
+    }
+    assert_eq!(&back, b"raw bytes at an offset", "the data survived the pod");
+    k.delete_pod("db-2").await;
+    k.delete_pvc("disk").await;
+    assert!(!k.pvs.contains_key(&pv.name), "DeleteVolume succeeded: {:#?}", k.events);
+    assert!(volumes_on(&k, "node-a").await.is_empty(), "the volume is gone");
+    println!(
+        "workflow 11: a volumeMode: Block claim on a block pool was staged at volumeDevices/staging/<pv> and \
+         published to the pod as a 16 MiB block device at volumeDevices/publish/<pv>/<pod uid>; bytes written at \
+         offset {offset} were read back by the next pod; deleting the claim deleted the volume"
+    );
+}

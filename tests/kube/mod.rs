@@ -213,7 +213,7 @@ impl Cluster {
             let kubelet_root = dir.join("kubelet");
             let plugin_dir = Node::plugin_dir(&kubelet_root, &spec.driver.name);
             std::fs::create_dir_all(&plugin_dir).expect("mkdir plugin dir");
-            let config = common::hostpath_config(&dir.join("state"), &pool, "auto") + &ns.extra_pools;
+            let config = common::hostpath_config(&dir.join("state"), &pool, "auto") + &ns.extra_pools_on(&disk.mount);
             // A node-deployed driver serves its Controller on every node (csi-provisioner and
             // csi-snapshotter run next to it); otherwise the node runs the Node service only.
             let mode = if spec.driver.provisioner.node_deployment { "all" } else { "node" };
@@ -244,7 +244,7 @@ impl Cluster {
             // The same pool list as the nodes (the chart shares one ConfigMap); the central
             // controller never opens node-local pools, it knows them by name.
             let config = common::hostpath_config(&dir.join("state"), &dir.join("no-pool-here"), "auto")
-                + &spec.nodes[0].extra_pools;
+                + &spec.nodes[0].extra_pools_on(&dir.join("no-disk-here"));
             Some(
                 Berth::start(
                     &dir,
