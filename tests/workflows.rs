@@ -1,7 +1,7 @@
 //! The storage workflows users try first, run end to end against the real berth binaries
 //! through the Kubernetes harness in `tests/kube` (docs/harness.md). Each test prints one
-//! line, `workflow N: <what it verified>`; parts that need a backend berth does not have yet
-//! print `SKIPPED: <test>: <reason>` instead.
+//! line, `workflow N: <what it verified>`; parts that cannot run here (no NFS server, no
+//! kernel NFS client) print `SKIPPED: <test>/<part>: <reason>` instead, and the rest runs.
 //!
 //! "The pod writes" means the test writes through the pod's publish target, which is what a
 //! container sees at its mount point.
