@@ -70,7 +70,7 @@ impl Cluster {
             .filter(|c| {
                 self.classes
                     .get(&c.class)
-                    .is_some_and(|sc| sc.provisioner == self.driver.name && sc.binding == Binding::Immediate)
+                    .is_some_and(|sc| self.has_driver(&sc.provisioner) && sc.binding == Binding::Immediate)
             })
             .map(|c| c.name.clone())
             .collect();
@@ -132,7 +132,10 @@ impl Cluster {
                             continue 'nodes;
                         }
                     }
-                    None if self.driver.storage_capacity => {
+                    None if self.classes.get(&pvc.class).is_some_and(|sc| {
+                        self.has_driver(&sc.provisioner) && self.driver_named(&sc.provisioner).storage_capacity
+                    }) =>
+                    {
                         let room = self.capacity.get(&(node.name.clone(), pvc.class.clone())).copied().unwrap_or(0);
                         if u64::try_from(room).unwrap_or(0) < pvc.request {
                             reasons.push("did not have enough free storage");
@@ -212,6 +215,41 @@ impl Cluster {
             self.pvs.values().filter(|pv| pv.phase == VolumePhase::Released).map(|pv| pv.name.clone()).collect();
         for pv in released {
             self.reclaim(&pv).await;
+        }
+    }
+
+    /// The attach/detach controller: a VolumeAttachment whose volume no pod on that node
+    /// needs any more, and which that node's kubelet no longer has staged, is detached
+    /// (ControllerUnpublishVolume). Nodes that are down keep theirs.
+    pub(super) async fn detach_unused(&mut self) {
+        let mut wanted = std::collections::BTreeSet::new();
+        for pod in self.pods.values() {
+            let Some(node) = &pod.node else { continue };
+            for claim in Self::claims_of(pod) {
+                if let Some(pv) =
+                    self.pvcs.get(&claim).and_then(|c| c.volume_name.as_ref()).and_then(|n| self.pvs.get(n))
+                {
+                    wanted.insert((pv.handle.clone(), node.clone()));
+                }
+            }
+        }
+        let stale: Vec<(String, String)> = self
+            .attachments
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .filter(|(handle, node)| {
+                self.nodes.iter().find(|n| n.name == *node).is_some_and(|n| !n.down && !n.staged.contains_key(handle))
+            })
+            .cloned()
+            .collect();
+        for (handle, node) in stale {
+            let Some(pv) = self.pvs.values().find(|pv| pv.handle == handle).cloned() else {
+                self.attachments.remove(&(handle, node));
+                continue;
+            };
+            if let Err(e) = self.detach(&pv, &node).await {
+                self.event(&format!("volumeattachment/{}-{node}", pv.name), e);
+            }
         }
     }
 }

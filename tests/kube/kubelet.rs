@@ -41,9 +41,15 @@ fn is_final(status: &tonic::Status) -> bool {
 
 /// The volume handle in a `vol_data.json`.
 fn volume_handle(dir: &Path) -> Option<String> {
+    volume_data(dir).map(|(_, handle)| handle)
+}
+
+/// The driver name and volume handle in a `vol_data.json`.
+fn volume_data(dir: &Path) -> Option<(String, String)> {
     let text = std::fs::read_to_string(dir.join("vol_data.json")).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    json.get("volumeHandle")?.as_str().map(str::to_string)
+    let field = |k: &str| json.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    Some((field("driverName")?, field("volumeHandle")?))
 }
 
 fn subdirs(dir: &Path) -> Vec<PathBuf> {
@@ -51,15 +57,15 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
     entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect()
 }
 
-/// Published volumes found on disk: (pod UID, volume handle, target) for every
+/// Published volumes found on disk: (pod UID, driver, volume handle, target) for every
 /// `pods/<uid>/volumes/kubernetes.io~csi/<name>/vol_data.json`.
-fn reconstruct_published(kubelet_root: &Path) -> Vec<(String, String, PathBuf)> {
+fn reconstruct_published(kubelet_root: &Path) -> Vec<(String, String, String, PathBuf)> {
     let mut found = Vec::new();
     for pod in subdirs(&kubelet_root.join("pods")) {
         let uid = pod.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         for volume in subdirs(&pod.join("volumes/kubernetes.io~csi")) {
-            if let Some(handle) = volume_handle(&volume) {
-                found.push((uid.clone(), handle, volume.join("mount")));
+            if let Some((driver, handle)) = volume_data(&volume) {
+                found.push((uid.clone(), driver, handle, volume.join("mount")));
             }
         }
     }
@@ -79,6 +85,7 @@ pub fn ephemeral_handle(pod_uid: &str, volume: &str) -> String {
 
 /// One pod volume, resolved the way the kubelet's volume manager resolves it.
 struct Resolved {
+    driver: String,
     handle: String,
     /// The name in the publish path: the PV name, or the pod's volume name when inline.
     spec_name: String,
@@ -97,12 +104,14 @@ impl Cluster {
                 let pvc = self.pvcs.get(claim).ok_or_else(|| format!("persistentvolumeclaim {claim:?} not found"))?;
                 let pv_name = pvc.volume_name.as_ref().ok_or_else(|| format!("PVC {claim} is not bound"))?;
                 let pv = self.pvs.get(pv_name).ok_or_else(|| format!("PV {pv_name} not found"))?.clone();
-                if pv.driver != self.driver.name {
+                if !self.has_driver(&pv.driver) {
                     return Err(format!("driver {} is not registered on this node", pv.driver));
                 }
                 // The kubelet passes the PV's first access mode.
-                let capability = self.capability(pv.block, &pv.fs_type, &pv.mount_options, pv.access_modes[0]);
+                let capability =
+                    self.capability(&pv.driver, pv.block, &pv.fs_type, &pv.mount_options, pv.access_modes[0]);
                 Ok(Resolved {
+                    driver: pv.driver.clone(),
                     handle: pv.handle.clone(),
                     spec_name: pv.name.clone(),
                     claim: Some(claim.clone()),
@@ -118,11 +127,12 @@ impl Cluster {
                     return Err(format!("driver {driver} is not registered on this node"));
                 }
                 Ok(Resolved {
+                    driver: driver.clone(),
                     handle: ephemeral_handle(&pod.uid, &volume.name),
                     spec_name: volume.name.clone(),
                     pv: None,
                     claim: None,
-                    capability: self.capability(false, "", &[], super::AccessMode::ReadWriteOnce),
+                    capability: self.capability(driver, false, "", &[], super::AccessMode::ReadWriteOnce),
                     read_only: volume.read_only,
                     attributes: attributes.clone(),
                     ephemeral: true,
@@ -135,7 +145,7 @@ impl Cluster {
     /// information when the CSIDriver sets podInfoOnMount.
     fn publish_context(&self, pod: &super::Pod, r: &Resolved) -> HashMap<String, String> {
         let mut context: HashMap<String, String> = r.attributes.clone().into_iter().collect();
-        if self.driver.pod_info_on_mount {
+        if self.driver_named(&r.driver).pod_info_on_mount {
             let k = |s: &str| format!("csi.storage.k8s.io/{s}");
             context.insert(k("pod.name"), pod.name.clone());
             context.insert(k("pod.namespace"), NAMESPACE.to_string());
@@ -150,13 +160,13 @@ impl Cluster {
     async fn kubelet_mount(&mut self, pod_name: &str) -> Result<(), String> {
         let pod = self.pod(pod_name).clone();
         let node_name = pod.node.clone().expect("the kubelet only runs pods bound to its node");
-        let driver = self.driver.name.clone();
         for volume in &pod.volumes {
             let r = self.resolve(&pod, volume)?;
+            let driver = r.driver.clone();
             let key = (pod.uid.clone(), volume.name.clone());
             let mut publish_context = BTreeMap::new();
             if let Some(pv) = &r.pv
-                && self.driver.attach_required
+                && self.driver_named(&driver).attach_required
             {
                 publish_context = self.attach(pv, &node_name).await?;
             }
@@ -168,7 +178,7 @@ impl Cluster {
                 if !node.staged.contains_key(&r.handle) {
                     std::fs::create_dir_all(&path).expect("mkdir staging path");
                     save_volume_data(path.parent().expect("parent"), &driver, &r.handle);
-                    let mut client = node.berth.node.clone();
+                    let mut client = self.node_client(&node_name, &driver);
                     let result = client
                         .node_stage_volume(pb::NodeStageVolumeRequest {
                             volume_id: r.handle.clone(),
@@ -202,7 +212,7 @@ impl Cluster {
                 };
                 let parent = target.parent().expect("parent").to_path_buf();
                 save_volume_data(&parent, &driver, &r.handle);
-                let mut client = node.berth.node.clone();
+                let mut client = self.node_client(&node_name, &driver);
                 let result = client
                     .node_publish_volume(pb::NodePublishVolumeRequest {
                         volume_id: r.handle.clone(),
@@ -221,8 +231,13 @@ impl Cluster {
                     }
                     return Err(rpc_error("MountVolume.SetUp failed: NodePublishVolume", &s));
                 }
-                let published =
-                    Published { handle: r.handle.clone(), target, staging: staging.clone(), claim: r.claim };
+                let published = Published {
+                    driver: driver.clone(),
+                    handle: r.handle.clone(),
+                    target,
+                    staging: staging.clone(),
+                    claim: r.claim,
+                };
                 self.node_mut(&node_name).published.insert(key, published);
             }
         }
@@ -240,14 +255,20 @@ impl Cluster {
         staging: Option<&Path>,
     ) -> Result<(), String> {
         let pv = self.pv_of(claim).clone();
-        let mut client = self.node(node).berth.node.clone();
+        let mut client = self.node_client(node, &pv.driver);
         client
             .node_expand_volume(pb::NodeExpandVolumeRequest {
                 volume_id: pv.handle.clone(),
                 volume_path: volume_path.display().to_string(),
                 capacity_range: Some(pb::CapacityRange { required_bytes: pv.capacity as i64, limit_bytes: 0 }),
                 staging_target_path: staging.map(|s| s.display().to_string()).unwrap_or_default(),
-                volume_capability: Some(self.capability(pv.block, &pv.fs_type, &pv.mount_options, pv.access_modes[0])),
+                volume_capability: Some(self.capability(
+                    &pv.driver,
+                    pv.block,
+                    &pv.fs_type,
+                    &pv.mount_options,
+                    pv.access_modes[0],
+                )),
                 secrets: HashMap::new(),
             })
             .await
@@ -308,7 +329,7 @@ impl Cluster {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (key, p) in mine {
-            let mut client = self.node(&node_name).berth.node.clone();
+            let mut client = self.node_client(&node_name, &p.driver);
             client
                 .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
                     volume_id: p.handle.clone(),
@@ -320,7 +341,7 @@ impl Cluster {
             self.node_mut(&node_name).published.remove(&key);
             let still_used = self.node(&node_name).published.values().any(|o| o.handle == p.handle);
             if let (Some(staging), false) = (&p.staging, still_used) {
-                let mut client = self.node(&node_name).berth.node.clone();
+                let mut client = self.node_client(&node_name, &p.driver);
                 client
                     .node_unstage_volume(pb::NodeUnstageVolumeRequest {
                         volume_id: p.handle.clone(),
@@ -331,7 +352,7 @@ impl Cluster {
                 remove_mount_dir(staging);
                 self.node_mut(&node_name).staged.remove(&p.handle);
                 if let Some(claim) = &p.claim
-                    && self.driver.attach_required
+                    && self.driver_named(&p.driver).attach_required
                 {
                     let pv = self.pv_of(claim).clone();
                     self.detach(&pv, &node_name).await?;
@@ -352,11 +373,11 @@ impl Cluster {
         let live: Vec<String> =
             self.pods.values().filter(|p| p.node.as_deref() == Some(node)).map(|p| p.uid.clone()).collect();
         let root = self.node(node).kubelet_root.clone();
-        let mut client = self.node(node).berth.node.clone();
-        for (uid, handle, target) in reconstruct_published(&root) {
-            if live.contains(&uid) {
+        for (uid, driver, handle, target) in reconstruct_published(&root) {
+            if live.contains(&uid) || !self.has_driver(&driver) {
                 continue;
             }
+            let mut client = self.node_client(node, &driver);
             match client
                 .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
                     volume_id: handle,
@@ -376,11 +397,20 @@ impl Cluster {
             }
         }
         self.kubelet_sync().await;
-        let staged = reconstruct_staged(&root.join("plugins/kubernetes.io/csi").join(&self.driver.name));
-        for (handle, staging) in staged {
+        let mut drivers = vec![self.driver.name.clone()];
+        drivers.extend(self.nfs.as_ref().map(|n| n.driver.name.clone()));
+        let staged: Vec<(String, String, PathBuf)> = drivers
+            .iter()
+            .flat_map(|d| {
+                let dir = root.join("plugins/kubernetes.io/csi").join(d);
+                reconstruct_staged(&dir).into_iter().map(move |(h, p)| (d.clone(), h, p))
+            })
+            .collect();
+        for (driver, handle, staging) in staged {
             if self.node(node).staged.contains_key(&handle) {
                 continue;
             }
+            let mut client = self.node_client(node, &driver);
             match client
                 .node_unstage_volume(pb::NodeUnstageVolumeRequest {
                     volume_id: handle,
@@ -397,6 +427,10 @@ impl Cluster {
     /// Shuts `node` down: berth stops, and every mount under the kubelet root and the pool's
     /// disk vanishes. The node is NotReady until [`Cluster::boot_node`].
     pub async fn shutdown_node(&mut self, node: &str) {
+        if let Some(plugin) = self.nfs.as_mut().and_then(|nfs| nfs.nodes.get_mut(node)) {
+            let status = plugin.stop();
+            assert!(status.success(), "the NFS node plugin on {node} exited with {status}");
+        }
         let n = self.node_mut(node);
         let status = n.berth.stop();
         assert!(status.success(), "berth on {node} exited with {status}");
@@ -414,6 +448,9 @@ impl Cluster {
         n.disk.attach();
         n.berth.restart().await;
         n.down = false;
+        if let Some(plugin) = self.nfs.as_mut().and_then(|nfs| nfs.nodes.get_mut(node)) {
+            plugin.restart().await;
+        }
         self.restart_kubelet(node).await;
     }
 
@@ -428,7 +465,7 @@ impl Cluster {
         let p = self.running(pod);
         let node = self.node(p.node.as_deref().expect("node"));
         let published = node.published.get(&(p.uid.clone(), volume.to_string())).expect("published");
-        let mut client = node.berth.node.clone();
+        let mut client = self.node_client(&node.name, &published.driver);
         client
             .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
                 volume_id: published.handle.clone(),

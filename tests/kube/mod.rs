@@ -26,6 +26,8 @@ pub use objects::*;
 
 /// The node-local driver's name (the chart's `local.driverName`).
 pub const DRIVER: &str = "local.berth.csi.io";
+/// The NFS driver's name (the chart's `nfs.driverName`).
+pub const NFS_DRIVER: &str = "nfs.berth.csi.io";
 
 /// How csi-provisioner is run (its command-line flags).
 #[derive(Debug, Clone)]
@@ -74,6 +76,59 @@ impl Driver {
             },
         }
     }
+
+    /// The NFS driver as charts/berth deploys it (`nfs.enabled`): provisioned centrally,
+    /// attached by csi-attacher, no capacity tracking.
+    pub fn nfs() -> Driver {
+        Driver {
+            name: NFS_DRIVER.to_string(),
+            attach_required: true,
+            pod_info_on_mount: true,
+            storage_capacity: false,
+            provisioner: ProvisionerFlags {
+                node_deployment: false,
+                strict_topology: false,
+                immediate_topology: false,
+                extra_create_metadata: true,
+            },
+        }
+    }
+}
+
+/// The NFS driver's deployment: its pools (the chart's `<release>-nfs-config` ConfigMap,
+/// shared by the central controller and every node plugin) and the export they name.
+#[derive(Debug, Clone)]
+pub struct NfsSpec {
+    /// The YAML list items under `pools:`.
+    pub pools: String,
+    /// The export's directory on this machine (the ganesha export), where node plugins
+    /// register under `.berth/nodes/<node id>`.
+    pub export: PathBuf,
+}
+
+impl NfsSpec {
+    /// NFS pools `(name, extra YAML)` on the ganesha server `g`.
+    pub fn on(g: &common::ganesha::Ganesha, pools: &[(&str, &str)]) -> NfsSpec {
+        let config = common::ganesha::nfs_config(std::path::Path::new("/"), g, pools);
+        let pools = config.split_once("pools:\n").map(|(_, p)| p.to_string()).expect("pools list");
+        NfsSpec { pools, export: g.export.clone() }
+    }
+
+    fn config(&self, state: &std::path::Path) -> String {
+        format!("stateDir: {}\npools:\n{}", state.display(), self.pools)
+    }
+}
+
+/// The NFS driver when the cluster runs it: the central `berth --mode controller` (with
+/// csi-provisioner, csi-attacher and csi-resizer next to it) and one `berth --mode node`
+/// per node, each on its own socket under `plugins/nfs.berth.csi.io/`.
+pub struct NfsDriver {
+    pub driver: Driver,
+    pub controller: Berth,
+    /// Node name → that node's NFS node plugin.
+    pub nodes: BTreeMap<String, Berth>,
+    pub export: PathBuf,
+    single_node_multi_writer: bool,
 }
 
 /// What to build.
@@ -85,6 +140,8 @@ pub struct ClusterSpec {
     /// with node_expansion_required, and the kubelet's NodeExpandVolume applies the size.
     /// Without it, csi-resizer calls the controller of the node that holds the volume.
     pub central_controller: bool,
+    /// Also deploy the NFS driver (`nfs.enabled`) on every node.
+    pub nfs: Option<NfsSpec>,
 }
 
 impl ClusterSpec {
@@ -94,7 +151,14 @@ impl ClusterSpec {
             driver: Driver::chart(),
             nodes: names.iter().map(|n| NodeSpec::btrfs(n)).collect(),
             central_controller: false,
+            nfs: None,
         }
+    }
+
+    /// Adds the NFS driver.
+    pub fn with_nfs(mut self, nfs: NfsSpec) -> ClusterSpec {
+        self.nfs = Some(nfs);
+        self
     }
 }
 
@@ -104,6 +168,8 @@ pub struct Cluster {
     /// The central `berth --mode controller`, when the spec asks for it.
     pub controller: Option<Berth>,
     pub driver: Driver,
+    /// The NFS driver, when the spec deploys it.
+    pub nfs: Option<NfsDriver>,
     /// From ControllerGetCapabilities / NodeGetCapabilities: whether RWO maps to
     /// SINGLE_NODE_MULTI_WRITER and RWOP to SINGLE_NODE_SINGLE_WRITER.
     single_node_multi_writer: bool,
@@ -147,7 +213,7 @@ impl Cluster {
             let kubelet_root = dir.join("kubelet");
             let plugin_dir = Node::plugin_dir(&kubelet_root, &spec.driver.name);
             std::fs::create_dir_all(&plugin_dir).expect("mkdir plugin dir");
-            let config = common::hostpath_config(&dir.join("state"), &pool, "auto") + &ns.extra_pools;
+            let config = common::hostpath_config(&dir.join("state"), &pool, "auto") + &ns.extra_pools_on(&disk.mount);
             // A node-deployed driver serves its Controller on every node (csi-provisioner and
             // csi-snapshotter run next to it); otherwise the node runs the Node service only.
             let mode = if spec.driver.provisioner.node_deployment { "all" } else { "node" };
@@ -178,7 +244,7 @@ impl Cluster {
             // The same pool list as the nodes (the chart shares one ConfigMap); the central
             // controller never opens node-local pools, it knows them by name.
             let config = common::hostpath_config(&dir.join("state"), &dir.join("no-pool-here"), "auto")
-                + &spec.nodes[0].extra_pools;
+                + &spec.nodes[0].extra_pools_on(&dir.join("no-disk-here"));
             Some(
                 Berth::start(
                     &dir,
@@ -206,10 +272,15 @@ impl Cluster {
             .capabilities
             .iter()
             .any(|c| matches!(&c.r#type, Some(pb::controller_service_capability::Type::Rpc(r)) if r.r#type == snmw));
+        let nfs = match &spec.nfs {
+            Some(nfs) => Some(Self::start_nfs(&scratch, &nodes, nfs).await),
+            None => None,
+        };
         Some(Cluster {
             nodes,
             controller,
             driver: spec.driver,
+            nfs,
             single_node_multi_writer,
             classes: BTreeMap::new(),
             pvcs: BTreeMap::new(),
@@ -222,6 +293,97 @@ impl Cluster {
             events: Vec::new(),
             scratch,
         })
+    }
+
+    /// Starts the NFS driver: the central controller, then a node plugin per node, which
+    /// registers itself on the export (as the DaemonSet's pods do at start).
+    async fn start_nfs(scratch: &Scratch, nodes: &[Node], spec: &NfsSpec) -> NfsDriver {
+        let driver = Driver::nfs();
+        let dir = scratch.path().join("nfs-controller");
+        std::fs::create_dir_all(&dir).expect("mkdir nfs controller");
+        let mut controller = Berth::start(
+            &dir,
+            &spec.config(&dir.join("state")),
+            "nfs-controller",
+            &["--mode", "controller", "--driver-name", &driver.name],
+        )
+        .await;
+        let mut plugins = BTreeMap::new();
+        for node in nodes {
+            let plugin_dir = Node::plugin_dir(&node.kubelet_root, &driver.name);
+            std::fs::create_dir_all(&plugin_dir).expect("mkdir nfs plugin dir");
+            let state = node.kubelet_root.parent().expect("node dir").join("nfs-state");
+            let mut berth = Berth::start(
+                &plugin_dir,
+                &spec.config(&state),
+                &node.name,
+                &["--mode", "node", "--driver-name", &driver.name],
+            )
+            .await;
+            let info = berth.identity.get_plugin_info(pb::GetPluginInfoRequest {}).await.expect("GetPluginInfo");
+            assert_eq!(info.into_inner().name, driver.name, "NFS driver name");
+            plugins.insert(node.name.clone(), berth);
+        }
+        let registered = |n: &str| spec.export.join(".berth/nodes").join(n).exists();
+        for _ in 0..200 {
+            if nodes.iter().all(|n| registered(&n.name)) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert!(nodes.iter().all(|n| registered(&n.name)), "every NFS node plugin registered on the export");
+        let caps = controller
+            .controller
+            .controller_get_capabilities(pb::ControllerGetCapabilitiesRequest {})
+            .await
+            .expect("ControllerGetCapabilities (nfs)")
+            .into_inner();
+        let snmw = pb::controller_service_capability::rpc::Type::SingleNodeMultiWriter as i32;
+        let single_node_multi_writer = caps
+            .capabilities
+            .iter()
+            .any(|c| matches!(&c.r#type, Some(pb::controller_service_capability::Type::Rpc(r)) if r.r#type == snmw));
+        NfsDriver { driver, controller, nodes: plugins, export: spec.export.clone(), single_node_multi_writer }
+    }
+
+    /// The CSIDriver object for a driver name (the node-local driver or the NFS driver).
+    pub fn driver_named(&self, name: &str) -> &Driver {
+        match &self.nfs {
+            Some(nfs) if nfs.driver.name == name => &nfs.driver,
+            _ => &self.driver,
+        }
+    }
+
+    /// Whether `name` is a driver this cluster runs (a registered CSIDriver).
+    pub fn has_driver(&self, name: &str) -> bool {
+        self.driver.name == name || self.nfs.as_ref().is_some_and(|n| n.driver.name == name)
+    }
+
+    fn is_nfs(&self, driver: &str) -> bool {
+        self.nfs.as_ref().is_some_and(|n| n.driver.name == driver)
+    }
+
+    /// The driver's answer to "SINGLE_NODE_MULTI_WRITER?" from its capabilities.
+    pub(super) fn snmw(&self, driver: &str) -> bool {
+        match &self.nfs {
+            Some(nfs) if nfs.driver.name == driver => nfs.single_node_multi_writer,
+            _ => self.single_node_multi_writer,
+        }
+    }
+
+    /// The Node service of `driver` on `node` (the socket the kubelet found through that
+    /// driver's registrar).
+    pub(super) fn node_client(
+        &self,
+        node: &str,
+        driver: &str,
+    ) -> berth::csi::pb::node_client::NodeClient<tonic::transport::Channel> {
+        match &self.nfs {
+            Some(nfs) if nfs.driver.name == driver => {
+                nfs.nodes.get(node).unwrap_or_else(|| panic!("no NFS node plugin on {node}")).node.clone()
+            }
+            _ => self.node(node).berth.node.clone(),
+        }
     }
 
     // ---- reading objects (kubectl get) ----
@@ -285,7 +447,8 @@ impl Cluster {
 
     /// The staging path the kubelet used for `claim` on `node`.
     pub fn staging_path(&self, node: &str, claim: &str) -> PathBuf {
-        self.node(node).staging_path(&self.driver.name, &self.pv_of(claim).handle)
+        let pv = self.pv_of(claim);
+        self.node(node).staging_path(&pv.driver, &pv.handle)
     }
 
     fn event(&mut self, object: &str, message: String) {
@@ -396,6 +559,7 @@ impl Cluster {
         self.schedule_pending().await;
         self.kubelet_sync().await;
         self.finalize_claims();
+        self.detach_unused().await;
         self.reclaim_released().await;
     }
 

@@ -18,7 +18,8 @@ pub struct NodeSpec {
     /// Size of the disk image, as `truncate -s` reads it.
     pub size: &'static str,
     /// More entries for berth's `pools:` list (YAML, indented as list items), after the
-    /// hostPath pool `default` on the disk. A new backend's pool goes here.
+    /// hostPath pool `default` on the disk. A new backend's pool goes here; `$DISK` stands
+    /// for the directory the node's disk is mounted on.
     pub extra_pools: String,
 }
 
@@ -37,6 +38,17 @@ impl NodeSpec {
     pub fn pools(mut self, yaml: &str) -> NodeSpec {
         self.extra_pools.push_str(yaml);
         self
+    }
+
+    /// Adds a block pool `name` (volumes are image files on the node's disk, attached
+    /// through loop devices at NodeStage).
+    pub fn block_pool(self, name: &str) -> NodeSpec {
+        self.pools(&format!("  - {{name: {name}, type: block, path: $DISK/{name}}}\n"))
+    }
+
+    /// The extra pools with `$DISK` replaced by `disk`.
+    pub fn extra_pools_on(&self, disk: &Path) -> String {
+        self.extra_pools.replace("$DISK", path_str(disk))
     }
 }
 
@@ -89,6 +101,8 @@ pub fn path_str(path: &Path) -> &str {
 /// A volume the kubelet has published for a pod on this node.
 #[derive(Debug, Clone)]
 pub struct Published {
+    /// The CSI driver that published it.
+    pub driver: String,
     pub handle: String,
     pub target: PathBuf,
     /// The staging path, for volumes that were staged (not inline ephemeral ones).

@@ -56,6 +56,7 @@ impl Cluster {
     /// A volume capability as csi-provisioner and the kubelet build it.
     pub(super) fn capability(
         &self,
+        driver: &str,
         block: bool,
         fs_type: &str,
         mount_options: &[String],
@@ -73,13 +74,24 @@ impl Cluster {
         };
         pb::VolumeCapability {
             access_type: Some(access_type),
-            access_mode: Some(AccessMode { mode: mode.csi(self.single_node_multi_writer) as i32 }),
+            access_mode: Some(AccessMode { mode: mode.csi(self.snmw(driver)) as i32 }),
         }
     }
 
     /// The Controller service a sidecar for a volume on `node` talks to: with
     /// `--node-deployment` that node's berth, otherwise the central controller.
     pub(super) fn controller_on(&self, node: Option<&str>) -> Result<ControllerClient<Channel>, String> {
+        self.controller_for(&self.driver.name, node)
+    }
+
+    /// The Controller service that serves `driver`'s volumes on `node`: the NFS driver's
+    /// central controller, or [`Cluster::controller_on`]'s choice for the node-local driver.
+    pub(super) fn controller_for(&self, driver: &str, node: Option<&str>) -> Result<ControllerClient<Channel>, String> {
+        if let Some(nfs) = &self.nfs
+            && nfs.driver.name == driver
+        {
+            return Ok(nfs.controller.controller.clone());
+        }
         if self.driver.provisioner.node_deployment
             && let Some(node) = node
         {
@@ -92,8 +104,8 @@ impl Cluster {
     }
 
     /// csi-provisioner's `GenerateAccessibilityRequirements` for the flags in use.
-    fn accessibility_requirements(&self, selected: Option<&str>) -> Option<pb::TopologyRequirement> {
-        let flags = &self.driver.provisioner;
+    fn accessibility_requirements(&self, driver: &str, selected: Option<&str>) -> Option<pb::TopologyRequirement> {
+        let flags = &self.driver_named(driver).provisioner;
         let all: Vec<pb::Topology> = self.nodes.iter().map(|n| topology(&n.topology)).collect();
         match selected {
             Some(node) => {
@@ -154,7 +166,11 @@ impl Cluster {
         let pvc = self.pvc(claim).clone();
         let sc = self.classes.get(&pvc.class).ok_or_else(|| format!("storageclass {:?} not found", pvc.class))?.clone();
         let mut selected = pvc.selected_node.clone();
-        if selected.is_none() && sc.binding == Binding::Immediate && self.driver.provisioner.node_deployment {
+        if !self.has_driver(&sc.provisioner) {
+            return Err(format!("no provisioner runs for {}", sc.provisioner));
+        }
+        let driver = self.driver_named(&sc.provisioner).clone();
+        if selected.is_none() && sc.binding == Binding::Immediate && driver.provisioner.node_deployment {
             let owner = self
                 .capacity
                 .iter()
@@ -168,14 +184,17 @@ impl Cluster {
         }
         let pv_name = format!("pvc-{}", pvc.uid);
         let mut parameters = strip_prefixed(&sc.parameters)?;
-        if self.driver.provisioner.extra_create_metadata {
+        if driver.provisioner.extra_create_metadata {
             parameters.insert("csi.storage.k8s.io/pvc/name".into(), pvc.name.clone());
             parameters.insert("csi.storage.k8s.io/pvc/namespace".into(), NAMESPACE.into());
             parameters.insert("csi.storage.k8s.io/pv/name".into(), pv_name.clone());
         }
         let fs_type = sc.parameters.get(FSTYPE).cloned().unwrap_or_default();
-        let capabilities: Vec<_> =
-            pvc.access_modes.iter().map(|m| self.capability(pvc.block, &fs_type, &sc.mount_options, *m)).collect();
+        let capabilities: Vec<_> = pvc
+            .access_modes
+            .iter()
+            .map(|m| self.capability(&driver.name, pvc.block, &fs_type, &sc.mount_options, *m))
+            .collect();
         let content_source = match &pvc.data_source {
             None => None,
             Some(DataSource::Snapshot(name)) => {
@@ -213,10 +232,10 @@ impl Cluster {
             parameters,
             secrets: HashMap::new(),
             volume_content_source: content_source.map(|t| pb::VolumeContentSource { r#type: Some(t) }),
-            accessibility_requirements: self.accessibility_requirements(selected.as_deref()),
+            accessibility_requirements: self.accessibility_requirements(&driver.name, selected.as_deref()),
             mutable_parameters: HashMap::new(),
         };
-        let mut controller = self.controller_on(selected.as_deref())?;
+        let mut controller = self.controller_for(&driver.name, selected.as_deref())?;
         let volume = match controller.create_volume(req).await {
             Ok(r) => r.into_inner().volume.ok_or("CreateVolume returned no volume")?,
             Err(s) => {
@@ -241,7 +260,7 @@ impl Cluster {
             class: sc.name.clone(),
             mount_options: sc.mount_options.clone(),
             block: pvc.block,
-            driver: self.driver.name.clone(),
+            driver: driver.name.clone(),
             handle: volume.volume_id,
             fs_type,
             attributes: volume.volume_context.into_iter().collect(),
@@ -249,7 +268,7 @@ impl Cluster {
             node_affinity: volume.accessible_topology.into_iter().map(|t| t.segments.into_iter().collect()).collect(),
             claim: Some(ClaimRef { name: pvc.name.clone(), uid: pvc.uid.clone() }),
             phase: VolumePhase::Bound,
-            provisioned_by: Some(self.driver.name.clone()),
+            provisioned_by: Some(driver.name.clone()),
         };
         self.pvs.insert(pv_name.clone(), pv);
         let pvc = self.pvcs.get_mut(claim).expect("PVC");
@@ -266,7 +285,7 @@ impl Cluster {
     pub(super) async fn delete_volume(&mut self, pv_name: &str) -> Result<(), String> {
         let pv = self.pv(pv_name).clone();
         let node = self.node_of_pv(&pv);
-        let mut controller = self.controller_on(node.as_deref())?;
+        let mut controller = self.controller_for(&pv.driver, node.as_deref())?;
         controller
             .delete_volume(pb::DeleteVolumeRequest { volume_id: pv.handle.clone(), secrets: HashMap::new() })
             .await
@@ -344,10 +363,10 @@ impl Cluster {
         let pv = self.pv_of(claim).clone();
         let node = self.node_of_pv(&pv);
         let mut controller = match &self.controller {
-            Some(central) => central.controller.clone(),
-            None => self.controller_on(node.as_deref())?,
+            Some(central) if !self.is_nfs(&pv.driver) => central.controller.clone(),
+            _ => self.controller_for(&pv.driver, node.as_deref())?,
         };
-        let cap = self.capability(pv.block, &pv.fs_type, &pv.mount_options, pv.access_modes[0]);
+        let cap = self.capability(&pv.driver, pv.block, &pv.fs_type, &pv.mount_options, pv.access_modes[0]);
         let resp = controller
             .controller_expand_volume(pb::ControllerExpandVolumeRequest {
                 volume_id: pv.handle.clone(),
@@ -377,8 +396,8 @@ impl Cluster {
             return Ok(context.clone());
         }
         let owner = self.node_of_pv(pv);
-        let mut controller = self.controller_on(owner.as_deref())?;
-        let cap = self.capability(pv.block, &pv.fs_type, &pv.mount_options, pv.access_modes[0]);
+        let mut controller = self.controller_for(&pv.driver, owner.as_deref())?;
+        let cap = self.capability(&pv.driver, pv.block, &pv.fs_type, &pv.mount_options, pv.access_modes[0]);
         let resp = controller
             .controller_publish_volume(pb::ControllerPublishVolumeRequest {
                 volume_id: pv.handle.clone(),
@@ -398,13 +417,13 @@ impl Cluster {
 
     /// Detaches after the kubelet has unstaged: ControllerUnpublishVolume, then the
     /// VolumeAttachment goes.
-    pub(super) async fn detach(&mut self, pv: &Pv, node: &str) -> Result<(), String> {
+    pub async fn detach(&mut self, pv: &Pv, node: &str) -> Result<(), String> {
         let key = (pv.handle.clone(), node.to_string());
         if !self.attachments.contains_key(&key) {
             return Ok(());
         }
         let owner = self.node_of_pv(pv);
-        let mut controller = self.controller_on(owner.as_deref())?;
+        let mut controller = self.controller_for(&pv.driver, owner.as_deref())?;
         controller
             .controller_unpublish_volume(pb::ControllerUnpublishVolumeRequest {
                 volume_id: pv.handle.clone(),
@@ -422,7 +441,7 @@ impl Cluster {
         let pv = self.pv(pv_name).clone();
         match (pv.reclaim, &pv.provisioned_by) {
             (Reclaim::Retain, _) => {}
-            (Reclaim::Delete, Some(driver)) if *driver == self.driver.name => {
+            (Reclaim::Delete, Some(driver)) if self.has_driver(driver) => {
                 if let Err(e) = self.delete_volume(pv_name).await {
                     self.event(&format!("pv/{pv_name}"), format!("VolumeFailedDelete: {e}"));
                 }
