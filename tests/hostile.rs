@@ -123,12 +123,6 @@ async fn every_rpc_answers_hostile_input_with_the_exact_code() {
     fs::write(pool.join("shared/app/marker"), b"app").expect("write");
     std::os::unix::fs::symlink(&sentinel, pool.join("shared/to-outside")).expect("symlink");
     std::os::unix::fs::symlink("/", pool.join("shared/to-root")).expect("symlink");
-    let mounts_before: Vec<_> = fs::read_to_string("/proc/self/mountinfo")
-        .expect("mountinfo")
-        .lines()
-        .filter(|l| !l.contains("berth-test-"))
-        .map(str::to_string)
-        .collect();
 
     let mut b =
         Berth::start(root, &hostpath_config(&root.join("state"), &pool, "auto"), "node-a", &["--log-level", "trace"])
@@ -358,6 +352,10 @@ async fn every_rpc_answers_hostile_input_with_the_exact_code() {
         ("a file", file_target.display().to_string()),
         ("a non-empty directory", full_dir.display().to_string()),
     ];
+    let table =
+        berth::mount::mountinfo::parse(&fs::read_to_string("/proc/self/mountinfo").expect("mountinfo")).expect("parse");
+    let mounted_before: HashMap<&str, usize> =
+        paths.iter().map(|(_, p)| (p.as_str(), berth::mount::mountinfo::at(&table, Path::new(p)).len())).collect();
     b_stage(n, &real, &staging).await;
     for (class, p) in &paths {
         let stage = pb::NodeStageVolumeRequest {
@@ -660,13 +658,21 @@ async fn every_rpc_answers_hostile_input_with_the_exact_code() {
 
     // Nothing outside was touched; no panic; the same process answered everything.
     assert_eq!(snapshot_of(&sentinel), before, "a sentinel changed");
-    let mounts_after: Vec<_> = fs::read_to_string("/proc/self/mountinfo")
-        .expect("mountinfo")
-        .lines()
-        .filter(|l| !l.contains("berth-test-"))
-        .map(str::to_string)
-        .collect();
-    assert_eq!(mounts_before.len(), mounts_after.len(), "mounts appeared outside the test's scratch space");
+    // Other tests mount things concurrently: what matters is that nothing of berth's pool
+    // is mounted outside this test's space, and that no hostile path became a mount.
+    let table =
+        berth::mount::mountinfo::parse(&fs::read_to_string("/proc/self/mountinfo").expect("mountinfo")).expect("parse");
+    for bind in berth::mount::mountinfo::binds_of(&table, &pool) {
+        assert!(
+            bind.mount_point.starts_with(root),
+            "pool content mounted outside the test: {}",
+            bind.mount_point.display()
+        );
+    }
+    for (class, p) in &paths {
+        let now = berth::mount::mountinfo::at(&table, Path::new(p)).len();
+        assert_eq!(now, *mounted_before.get(p.as_str()).unwrap_or(&0), "{class} {p:?} gained a mount");
+    }
     assert!(mounts_below(root).is_empty());
     let logs = b.logs();
     assert_eq!(logs.matches("panicked").count(), 0, "a handler panicked");
