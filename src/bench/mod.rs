@@ -51,6 +51,9 @@ pub struct BenchArgs {
     /// Volumes to pre-create before timing pairs (deleted afterwards).
     #[arg(long, default_value_t = 0)]
     pub existing: usize,
+    /// Leave the pre-created volumes in place (to measure a restart with them recorded).
+    #[arg(long)]
+    pub keep_existing: bool,
     /// CreateVolume+DeleteVolume pairs per run.
     #[arg(long, default_value_t = 100)]
     pub pairs: usize,
@@ -200,7 +203,9 @@ async fn provision(args: &BenchArgs, ctx: &Ctx) -> Result<Vec<Value>, String> {
     {
         last["rss_kib_after"] = json!(mem.rss_kib);
     }
-    workloads::delete_all(ctx, existing, conc).await?;
+    if !args.keep_existing {
+        workloads::delete_all(ctx, existing, conc).await?;
+    }
     result.map(|()| out)
 }
 
