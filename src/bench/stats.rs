@@ -153,7 +153,7 @@ impl Progress {
             return;
         }
         let step = (total / 100).max(1);
-        if done % step == 0 || done == total {
+        if done.is_multiple_of(step) || done == total {
             let mut err = std::io::stderr().lock();
             let _ = write!(err, "\r{what}: {done}/{total} ({}%)\x1b[K", done * 100 / total);
             if done == total {
