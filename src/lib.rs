@@ -5,6 +5,7 @@
 //! holds one module per pool type, and `mount` every syscall that touches the kernel.
 
 pub mod backend;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod csi;

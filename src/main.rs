@@ -1,4 +1,5 @@
-//! The berth command line: `berth serve`, `berth doctor`, `berth csi`, `berth version`.
+//! The berth command line: `berth serve`, `berth doctor`, `berth csi`, `berth bench`,
+//! `berth version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ enum Command {
     Doctor(berth::doctor::DoctorArgs),
     /// Call any CSI driver's RPCs on its unix socket: identity, controller and node commands.
     Csi(berth::client::CsiArgs),
+    /// Benchmark any CSI driver's socket: provisioning at scale, attach cycles, snapshots, footprint.
+    Bench(berth::bench::BenchArgs),
     /// Print berth's version.
     Version,
 }
@@ -124,6 +127,13 @@ fn main() -> ExitCode {
         }
         Command::Csi(args) => {
             if berth::client::main(&args) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Bench(args) => {
+            if berth::bench::main(&args) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
