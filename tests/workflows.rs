@@ -242,40 +242,35 @@ async fn static_nfs(k: &mut Cluster, g: &common::ganesha::Ganesha, test: &str) -
     let claim = |name: &str| Pvc::new(name, "", 64 * MIB).access(&[AccessMode::ReadWriteMany]).volume_name(name);
 
     // The CSIDriver says attachRequired, so csi-attacher calls ControllerPublishVolume for
-    // the static PV first. The central controller holds no record of a volume it did not
-    // create and answers NOT_FOUND: csi-attacher never attaches it and the pod would wait
-    // for ever. Until berth accepts static NFS volumes there, the node-side checks run with
-    // the VolumeAttachment marked attached (as if the attacher had succeeded).
+    // the static PV first: the central controller accepts a static volume by its validated
+    // attributes for a node that registered with the pool (it keeps no record of it).
     k.create_pv(static_pv("blog", "sites/blog")).await;
     k.create_pvc(claim("blog")).await;
     assert_eq!((k.pvc("blog").phase, k.pv("blog").phase.clone()), (ClaimPhase::Bound, VolumePhase::Bound));
     k.create_pod(Pod::new("blog").claim("html", "blog")).await;
-    let attach_gap = matches!(&k.pod("blog").phase,
-        PodPhase::ContainerCreating(e) if e.contains("ControllerPublishVolume: NotFound"));
-    let mark_attached = |k: &mut Cluster, name: &str| {
-        if attach_gap {
-            k.attachments.insert((k.pv(name).handle.clone(), "node-a".to_string()), Default::default());
-        }
-    };
-    if attach_gap {
-        println!(
-            "KNOWN GAP: {test}/nfs-export: ControllerPublishVolume answers NOT_FOUND for a static NFS PV while the \
-             NFS CSIDriver has attachRequired: true; node-side checks continue as if attached"
-        );
-        mark_attached(k, "blog");
-        k.sync().await;
-    }
+    assert!(
+        !matches!(&k.pod("blog").phase, PodPhase::ContainerCreating(e) if e.contains("ControllerPublishVolume")),
+        "the static NFS PV must attach: {:?}",
+        k.pod("blog").phase
+    );
 
     // Hostile subDir values: the node plugin refuses them before mounting anything.
     let hostile = [("nfs-up", "../.."), ("nfs-abs", "/etc"), ("nfs-records", ".berth"), ("nfs-sneak", "sites/../..")];
+    let mut refused_at = std::collections::BTreeSet::new();
     for (name, sub_dir) in hostile {
         k.create_pv(static_pv(name, sub_dir)).await;
         k.create_pvc(claim(name)).await;
         assert_eq!(k.pvc(name).phase, ClaimPhase::Bound);
-        mark_attached(k, name);
         k.create_pod(Pod::new(&format!("evil-{name}")).claim("x", name)).await;
         match &k.pod(&format!("evil-{name}")).phase {
-            PodPhase::ContainerCreating(e) => assert!(e.contains("InvalidArgument"), "{name}: {e}"),
+            PodPhase::ContainerCreating(e) => {
+                assert!(e.contains("InvalidArgument"), "{name}: {e}");
+                refused_at.insert(if e.contains("ControllerPublishVolume") {
+                    "ControllerPublishVolume"
+                } else {
+                    "NodeStage"
+                });
+            }
             other => panic!("{name}: a pod with subDir {sub_dir:?} must not start: {other:?}"),
         }
         assert!(nfs_mounts(k, "node-a").is_empty(), "{name}: nothing mounted");
@@ -308,10 +303,12 @@ async fn static_nfs(k: &mut Cluster, g: &common::ganesha::Ganesha, test: &str) -
     assert_eq!(k.pv("blog").phase, VolumePhase::Released, "Retain: the PV stays");
     assert_eq!(read(&g.export.join("sites/blog/index.html")), "<h1>nfs</h1>", "the export's data stays");
     assert!(nfs_mounts(k, "node-a").is_empty());
-    let gap = if attach_gap { " (ControllerPublishVolume refused the static PV: NOT_FOUND, a known gap)" } else { "" };
+    let refused: Vec<_> = refused_at.into_iter().collect();
     format!(
-        "NFS{gap}: PVs whose subDir was ../.., /etc, .berth or sites/../.. were refused at NodeStage \
-         (INVALID_ARGUMENT) with nothing mounted; {mounted}; the data stayed after the claim was deleted"
+        "NFS: the admin's static PV was attached (ControllerPublishVolume by its attributes); PVs whose subDir was \
+         ../.., /etc, .berth or sites/../.. were refused at {} (INVALID_ARGUMENT) with nothing mounted; {mounted}; \
+         the data stayed after the claim was deleted",
+        refused.join(" and ")
     )
 }
 
