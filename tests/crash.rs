@@ -228,26 +228,14 @@ async fn lifecycle(dir: &Path, pool_fs: &Path, disk: &str, tag: &str, faults: &[
     (run.kills, run.replays)
 }
 
-/// Everything below `dir` that is not a directory (records live in shard directories,
-/// which stay; a volume directory or image is an entry of its own).
+/// Every entry below `dir` except the two-letter record shard directories of berth's
+/// state, which stay when they empty (a volume directory or image counts as one entry).
 fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let in_state = dir.parent().is_some_and(|p| p.ends_with("state"));
     let mut out = Vec::new();
-    for e in entries.flatten() {
-        let p = e.path();
-        let is_shard = e.file_type().is_ok_and(|t| t.is_dir())
-            && e.file_name().len() == 2
-            && dir.ends_with("volumes")
-            && dir.parent().is_some_and(|s| s.ends_with("state"));
-        let is_snap_shard = e.file_type().is_ok_and(|t| t.is_dir())
-            && e.file_name().len() == 2
-            && dir.ends_with("snapshots")
-            && dir.parent().is_some_and(|s| s.ends_with("state"));
-        if is_shard || is_snap_shard {
-            out.extend(files_below(&p));
-        } else {
-            out.push(p);
-        }
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let shard = in_state && e.file_name().len() == 2 && e.file_type().is_ok_and(|t| t.is_dir());
+        if shard { out.extend(files_below(&e.path())) } else { out.push(e.path()) }
     }
     out
 }

@@ -181,27 +181,12 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    /// `Some` when `test` can run here; otherwise prints why not.
-    fn runnable(test: &str) -> Option<()> {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let reason = if unsafe { libc::geteuid() } != 0 {
-            "not root"
-        } else if !Path::new("/dev/loop-control").exists() {
-            "no /dev/loop-control"
-        } else {
-            return Some(());
-        };
-        eprintln!("SKIPPED: {test}: {reason}");
-        None
-    }
+    use crate::mount::testutil::runnable;
 
     /// A temporary directory on a disk-backed filesystem (not tmpfs) holding a
     /// sparse `disk.img` of `size` bytes.
     fn image(size: u64) -> (tempfile::TempDir, PathBuf) {
-        use nix::sys::statfs::{TMPFS_MAGIC, statfs};
-        let on_disk = |d: &&str| statfs(*d).is_ok_and(|s| s.filesystem_type() != TMPFS_MAGIC);
-        let base = ["/var/tmp", "/tmp"].into_iter().find(on_disk).expect("no disk-backed temp directory");
-        let dir = tempfile::Builder::new().prefix("berth-blk-").tempdir_in(base).unwrap();
+        let dir = crate::mount::testutil::disk_backed_tempdir("berth-blk-");
         let path = dir.path().join("disk.img");
         File::create(&path).and_then(|f| f.set_len(size)).unwrap();
         (dir, path)

@@ -404,27 +404,12 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    /// `Some` when `test` can run here; otherwise prints why not.
-    fn runnable(test: &str) -> Option<()> {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let reason = if unsafe { libc::geteuid() } != 0 {
-            "not root"
-        } else if !Path::new("/dev/loop-control").exists() {
-            "no /dev/loop-control"
-        } else {
-            return Some(());
-        };
-        eprintln!("SKIPPED: {test}: {reason}");
-        None
-    }
+    use crate::mount::testutil::runnable;
 
     /// A sparse read-write image of `size` bytes in a temporary directory on a
     /// disk-backed filesystem (not tmpfs).
     fn image(size: u64) -> (tempfile::TempDir, File) {
-        use nix::sys::statfs::{TMPFS_MAGIC, statfs};
-        let on_disk = |d: &&str| statfs(*d).is_ok_and(|s| s.filesystem_type() != TMPFS_MAGIC);
-        let base = ["/var/tmp", "/tmp"].into_iter().find(on_disk).expect("no disk-backed temp directory");
-        let dir = tempfile::Builder::new().prefix("berth-loop-").tempdir_in(base).unwrap();
+        let dir = crate::mount::testutil::disk_backed_tempdir("berth-loop-");
         let path = dir.path().join("disk.img");
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(path).unwrap();
         file.set_len(size).unwrap();

@@ -13,6 +13,8 @@ pub mod loopdev;
 pub mod mountinfo;
 pub mod ops;
 pub mod quota;
+#[cfg(test)]
+mod testutil;
 pub mod tools;
 
 use std::io;
