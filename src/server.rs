@@ -94,6 +94,37 @@ async fn drained() {
     }
 }
 
+/// Keeps the record catalog current in the background (see [`crate::state`]), logging a
+/// failure once rather than every second.
+async fn keep_catalog(engine: Arc<Engine>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        every.tick().await;
+        let engine = Arc::clone(&engine);
+        match tokio::task::spawn_blocking(move || engine.store.refresh_catalog()).await {
+            Ok(Ok(_)) => failing = false,
+            Ok(Err(e)) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot write the record catalog; the next start reads every record file");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Writes the catalog as the process stops, so the next start reads one file.
+async fn save_catalog(engine: Arc<Engine>) {
+    match tokio::task::spawn_blocking(move || engine.store.write_catalog()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot write the record catalog; the next start reads every record file")
+        }
+        Err(e) => tracing::warn!(error = %e, "writing the record catalog failed"),
+    }
+}
+
 async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -134,6 +165,7 @@ pub async fn serve(
         None => None,
     };
     let listener = bind(&path)?;
+    let catalog = tokio::spawn(keep_catalog(Arc::clone(&engine)));
     let controller = mode != Mode::Node;
     let shared = Shared { engine, driver_name: driver_name.to_string(), controller };
     // Each connection carries at most this many calls at once (a call's reply counts until
@@ -177,6 +209,8 @@ pub async fn serve(
     if let Some(task) = metrics {
         task.abort();
     }
+    catalog.abort();
+    save_catalog(Arc::clone(&shared.engine)).await;
     let _ = fs::remove_file(&path);
     tracing::info!("stopped");
     Ok(())

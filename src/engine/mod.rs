@@ -185,7 +185,9 @@ impl Engine {
             remote_pools,
             shared_sync: shared::SyncState::default(),
         };
+        let started = std::time::Instant::now();
         engine.reconcile();
+        tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "reconciled records with the pools");
         engine.start_shared(placement)?;
         Ok(engine)
     }

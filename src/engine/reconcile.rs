@@ -2,7 +2,6 @@
 //! when it cannot be, rolled back), and storage no record accounts for is reported, never
 //! deleted, since it may be someone's data.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::Engine;
@@ -135,13 +134,7 @@ impl Engine {
                 },
             }
         }
-        let known: HashSet<String> = self
-            .store
-            .volumes_where(|_| true)
-            .into_iter()
-            .map(|v| v.key)
-            .chain(self.store.snapshots_page(None, usize::MAX, |_| true).0.into_iter().map(|s| s.key))
-            .collect();
+        let known = self.store.storage_keys();
         for pool in self.pools.values() {
             for path in pool.unaccounted(&known) {
                 tracing::warn!(pool = pool.name(), path = %path.display(), "data no volume or snapshot record accounts for; left in place");

@@ -4,13 +4,17 @@
 //! so a crash leaves either the old or the new record, never a torn one. Records carry a
 //! [`Phase`]: berth writes `Creating` (its intent) before any side effect and `Ready` after,
 //! so a retried CreateVolume finds its own half-done work and finishes it. The maps are
-//! held in memory; lookups by ID or name never touch the disk.
+//! held in memory; lookups by ID or name never touch the disk. A start reads the records
+//! from the [`catalog`], a compacted copy of them in one file, and only the shard
+//! directories that changed since it was written from their files.
 
-use std::collections::{BTreeMap, HashMap};
+mod catalog;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -136,9 +140,14 @@ struct Maps {
 /// The record store. Writers must hold the per-object lock of what they write.
 #[derive(Debug)]
 pub struct Store {
+    root: PathBuf,
     volumes_dir: PathBuf,
     snapshots_dir: PathBuf,
     maps: Mutex<Maps>,
+    /// Record writers share it from their file write to their map update; a catalog
+    /// capture takes it alone, so the maps it copies match the directories it stats.
+    gate: RwLock<()>,
+    catalog: catalog::Tracker,
 }
 
 /// A record file that could not be read; reported at start, never deleted.
@@ -188,7 +197,11 @@ fn remove_durably(dir: &Path, name: &str) -> io::Result<()> {
 /// directory holds more than a few dozen records at 10,000 (creating a file in a directory
 /// of 10,000 entries cost ext4 four times as much as in a small one).
 fn shard(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name.get(..2).unwrap_or("00"))
+    dir.join(shard_name(name))
+}
+
+fn shard_name(name: &str) -> &str {
+    name.get(..2).unwrap_or("00")
 }
 
 /// Makes sure a record's shard directory exists, durably: a new directory's entry is
@@ -203,28 +216,50 @@ fn shard_for_write(dir: &Path, name: &str) -> io::Result<PathBuf> {
     Ok(shard)
 }
 
-fn load_dir<T: for<'de> Deserialize<'de>>(dir: &Path, bad: &mut Vec<Unreadable>) -> io::Result<Vec<T>> {
+/// Loads one record directory: each shard the catalog holds unchanged from the catalog,
+/// every other shard from its files. Shards holding unreadable records are `tainted`, so
+/// no catalog ever stands in for them and they are reported at every start; `reread`
+/// says whether anything did not come from the catalog.
+fn load_dir<T: for<'de> Deserialize<'de>>(
+    dir: &Path,
+    kind: &str,
+    mut cached: BTreeMap<String, catalog::Shard<T>>,
+    loaded: &mut Loaded,
+) -> io::Result<Vec<T>> {
     let mut out = Vec::new();
     let mut paths = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
         if entry.file_type()?.is_dir() {
-            for inner in fs::read_dir(entry.path())? {
-                paths.push(inner?.path());
+            let modified = catalog::Stamp::of(&entry.metadata()?);
+            match cached.remove(&name) {
+                Some(shard) if modified == Some(shard.modified) => {
+                    out.extend(shard.records);
+                    loaded.from_catalog += 1;
+                    continue;
+                }
+                _ => loaded.reread = true,
             }
-        } else if entry.file_name().to_str().is_some_and(|n| n.ends_with(".json")) {
+            loaded.from_files += 1;
+            for inner in fs::read_dir(entry.path())? {
+                paths.push((inner?.path(), format!("{kind}/{name}")));
+            }
+        } else if name.ends_with(".json") {
             // A record written before sharding (or by hand) moves into its shard, so the
             // next write of it cannot leave a stale copy behind.
-            let name = entry.file_name().to_string_lossy().into_owned();
             let shard = shard_for_write(dir, &name)?;
             fs::rename(entry.path(), shard.join(&name))?;
             File::open(&shard)?.sync_all()?;
-            paths.push(shard.join(&name));
+            loaded.reread = true;
+            paths.push((shard.join(&name), format!("{kind}/{}", shard_name(&name))));
         } else {
-            paths.push(entry.path());
+            paths.push((entry.path(), String::new()));
         }
     }
-    for path in paths {
+    // A shard the catalog holds but the disk does not: the catalog is out of date.
+    loaded.reread |= !cached.is_empty();
+    for (path, shard) in paths {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.starts_with('.') && name.ends_with(".tmp") {
             // A write interrupted before its rename: the previous record (if any) stands.
@@ -239,10 +274,24 @@ fn load_dir<T: for<'de> Deserialize<'de>>(dir: &Path, bad: &mut Vec<Unreadable>)
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         {
             Ok(record) => out.push(record),
-            Err(reason) => bad.push(Unreadable { path, reason }),
+            Err(reason) => {
+                loaded.tainted.insert(shard);
+                loaded.bad.push(Unreadable { path, reason });
+            }
         }
     }
     Ok(out)
+}
+
+/// What a start learned besides the records themselves.
+#[derive(Default)]
+struct Loaded {
+    bad: Vec<Unreadable>,
+    tainted: BTreeSet<String>,
+    reread: bool,
+    /// Shard directories taken from the catalog, and read from their files.
+    from_catalog: usize,
+    from_files: usize,
 }
 
 impl Store {
@@ -254,17 +303,30 @@ impl Store {
         for dir in [&volumes_dir, &snapshots_dir] {
             fs::create_dir_all(dir)?;
         }
-        let mut bad = Vec::new();
+        let started = std::time::Instant::now();
+        let cached = catalog::read(&root);
+        let (volumes, snapshots) = cached.map_or_else(Default::default, |c| (c.volumes, c.snapshots));
+        let mut loaded = Loaded::default();
         let mut maps = Maps::default();
-        for v in load_dir::<VolumeRecord>(&volumes_dir, &mut bad)? {
+        for v in load_dir::<VolumeRecord>(&volumes_dir, "volumes", volumes, &mut loaded)? {
             maps.volume_names.insert(v.name.clone(), v.id.clone());
             maps.volumes.insert(v.id.clone(), v);
         }
-        for s in load_dir::<SnapshotRecord>(&snapshots_dir, &mut bad)? {
+        for s in load_dir::<SnapshotRecord>(&snapshots_dir, "snapshots", snapshots, &mut loaded)? {
             maps.snapshot_names.insert(s.name.clone(), s.id.clone());
             maps.snapshots.insert(s.id.clone(), s);
         }
-        Ok((Store { volumes_dir, snapshots_dir, maps: Mutex::new(maps) }, bad))
+        tracing::debug!(
+            volumes = maps.volumes.len(),
+            snapshots = maps.snapshots.len(),
+            shards.from_catalog = loaded.from_catalog,
+            shards.from_files = loaded.from_files,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "records loaded"
+        );
+        let catalog = catalog::Tracker::new(!loaded.reread, loaded.tainted);
+        let store = Store { root, volumes_dir, snapshots_dir, maps: Mutex::new(maps), gate: RwLock::new(()), catalog };
+        Ok((store, loaded.bad))
     }
 
     fn maps(&self) -> MutexGuard<'_, Maps> {
@@ -275,7 +337,10 @@ impl Store {
     pub fn put_volume(&self, record: &VolumeRecord) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
         let name = file_name(&record.id);
-        write_atomic(&shard_for_write(&self.volumes_dir, &name)?, &name, &bytes)?;
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let written = shard_for_write(&self.volumes_dir, &name).and_then(|dir| write_atomic(&dir, &name, &bytes));
+        self.catalog.changed("volumes", shard_name(&name), written.is_ok());
+        written?;
         let mut maps = self.maps();
         maps.volume_names.insert(record.name.clone(), record.id.clone());
         maps.volumes.insert(record.id.clone(), record.clone());
@@ -285,7 +350,10 @@ impl Store {
     /// Durably removes a volume record.
     pub fn remove_volume(&self, id: &str) -> io::Result<()> {
         let name = file_name(id);
-        remove_durably(&shard(&self.volumes_dir, &name), &name)?;
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let removed = remove_durably(&shard(&self.volumes_dir, &name), &name);
+        self.catalog.changed("volumes", shard_name(&name), removed.is_ok());
+        removed?;
         let mut maps = self.maps();
         if let Some(v) = maps.volumes.remove(id) {
             maps.volume_names.remove(&v.name);
@@ -313,6 +381,12 @@ impl Store {
         self.maps().volumes.values().filter(|v| pred(v)).cloned().collect()
     }
 
+    /// The storage key of every volume and snapshot (to find data no record accounts for).
+    pub fn storage_keys(&self) -> std::collections::HashSet<String> {
+        let maps = self.maps();
+        maps.volumes.values().map(|v| v.key.clone()).chain(maps.snapshots.values().map(|s| s.key.clone())).collect()
+    }
+
     pub fn volume_count(&self) -> usize {
         self.maps().volumes.len()
     }
@@ -321,7 +395,10 @@ impl Store {
     pub fn put_snapshot(&self, record: &SnapshotRecord) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
         let name = file_name(&record.id);
-        write_atomic(&shard_for_write(&self.snapshots_dir, &name)?, &name, &bytes)?;
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let written = shard_for_write(&self.snapshots_dir, &name).and_then(|dir| write_atomic(&dir, &name, &bytes));
+        self.catalog.changed("snapshots", shard_name(&name), written.is_ok());
+        written?;
         let mut maps = self.maps();
         maps.snapshot_names.insert(record.name.clone(), record.id.clone());
         maps.snapshots.insert(record.id.clone(), record.clone());
@@ -331,7 +408,10 @@ impl Store {
     /// Durably removes a snapshot record.
     pub fn remove_snapshot(&self, id: &str) -> io::Result<()> {
         let name = file_name(id);
-        remove_durably(&shard(&self.snapshots_dir, &name), &name)?;
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let removed = remove_durably(&shard(&self.snapshots_dir, &name), &name);
+        self.catalog.changed("snapshots", shard_name(&name), removed.is_ok());
+        removed?;
         let mut maps = self.maps();
         if let Some(s) = maps.snapshots.remove(id) {
             maps.snapshot_names.remove(&s.name);
@@ -457,5 +537,152 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 7);
+    }
+
+    /// Moves every shard directory's mtime back past the settle time, as if the records
+    /// had been written a while ago.
+    fn settle_shards(state_dir: &Path) {
+        let back = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        for kind in ["volumes", "snapshots"] {
+            for entry in fs::read_dir(state_dir.join("state").join(kind)).expect("read_dir") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    File::open(&path).and_then(|f| f.set_modified(back)).expect("set mtime");
+                }
+            }
+        }
+    }
+
+    fn record_path(state_dir: &Path, id: &str) -> PathBuf {
+        let name = file_name(id);
+        state_dir.join("state/volumes").join(shard_name(&name)).join(name)
+    }
+
+    /// An ID whose record lives in another shard than `other`'s.
+    fn id_beside(other: &str, stem: &str) -> String {
+        let taken = shard_name(&file_name(other)).to_string();
+        (0..)
+            .map(|i| format!("vol:p:{stem}-{i}"))
+            .find(|id| shard_name(&file_name(id)) != taken)
+            .expect("some ID lands in another shard")
+    }
+
+    /// Overwrites a record in place: its shard directory's mtime stays, so a catalog that
+    /// holds the shard is believed and the damage goes unseen; a reread reports it.
+    fn damage_in_place(path: &Path) {
+        let mut file = fs::OpenOptions::new().write(true).truncate(true).open(path).expect("open record");
+        file.write_all(b"{damaged").expect("write");
+    }
+
+    #[test]
+    fn catalog_stands_in_for_settled_shards_and_later_changes_are_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path()).expect("open");
+        let first = volume("vol:p:first", "first");
+        store.put_volume(&first).expect("put");
+        let changed_id = id_beside("vol:p:first", "changed");
+        store.put_volume(&volume(&changed_id, "changed")).expect("put");
+        let gone_id = id_beside("vol:p:first", "gone");
+        store.put_volume(&volume(&gone_id, "gone")).expect("put");
+        let snap = SnapshotRecord {
+            id: "snap:p:1".into(),
+            name: "s1".into(),
+            pool: "p".into(),
+            key: "1".repeat(32),
+            node: "n".into(),
+            source_volume: "vol:p:first".into(),
+            phase: Phase::Ready,
+            size: 1,
+            method: None,
+            created_unix_ms: 1,
+        };
+        store.put_snapshot(&snap).expect("put snapshot");
+        settle_shards(dir.path());
+        store.write_catalog().expect("catalog");
+        assert!(dir.path().join("state/catalog").is_file());
+
+        // After the capture: one record changes, one goes, one comes, all in other shards.
+        let mut changed = volume(&changed_id, "changed");
+        changed.phase = Phase::Ready;
+        store.put_volume(&changed).expect("update");
+        store.remove_volume(&gone_id).expect("remove");
+        let new_id = id_beside("vol:p:first", "new");
+        store.put_volume(&volume(&new_id, "new")).expect("put");
+        drop(store);
+        damage_in_place(&record_path(dir.path(), "vol:p:first"));
+
+        let (reopened, bad) = Store::open(dir.path()).expect("reopen");
+        assert!(bad.is_empty(), "the first record's shard came from the catalog: {bad:?}");
+        assert_eq!(reopened.volume("vol:p:first"), Some(first));
+        assert_eq!(reopened.volume(&changed_id).map(|v| v.phase), Some(Phase::Ready));
+        assert!(reopened.volume(&gone_id).is_none());
+        assert!(reopened.volume_by_name("new").is_some());
+        assert_eq!(reopened.snapshot("snap:p:1"), Some(snap));
+        assert_eq!((reopened.volume_count(), reopened.snapshot_count()), (3, 1));
+    }
+
+    #[test]
+    fn shards_modified_just_before_a_capture_are_read_from_their_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path()).expect("open");
+        store.put_volume(&volume("vol:p:1", "a")).expect("put");
+        store.write_catalog().expect("catalog");
+        drop(store);
+        damage_in_place(&record_path(dir.path(), "vol:p:1"));
+        let (reopened, bad) = Store::open(dir.path()).expect("reopen");
+        assert_eq!(bad.len(), 1, "the unsettled shard was read from its files");
+        assert_eq!(reopened.volume_count(), 0);
+    }
+
+    #[test]
+    fn a_damaged_catalog_costs_a_full_read_and_nothing_else() {
+        for damage in [
+            &b""[..],
+            b"{\"version\":1,\"volu",
+            b"not json at all",
+            b"{\"version\":99,\"volumes\":{},\"snapshots\":{}}",
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (store, _) = Store::open(dir.path()).expect("open");
+            for i in 0..5 {
+                store.put_volume(&volume(&format!("vol:p:{i}"), &format!("n{i}"))).expect("put");
+            }
+            settle_shards(dir.path());
+            store.write_catalog().expect("catalog");
+            drop(store);
+            fs::write(dir.path().join("state/catalog"), damage).expect("damage");
+            let (reopened, bad) = Store::open(dir.path()).expect("reopen");
+            assert!(bad.is_empty());
+            assert_eq!(reopened.volume_count(), 5);
+        }
+    }
+
+    #[test]
+    fn unreadable_records_are_reported_at_every_start_despite_the_catalog() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path()).expect("open");
+        store.put_volume(&volume("vol:p:1", "a")).expect("put");
+        drop(store);
+        damage_in_place(&record_path(dir.path(), "vol:p:1"));
+        for start in 0..2 {
+            let (store, bad) = Store::open(dir.path()).expect("reopen");
+            assert_eq!(bad.len(), 1, "start {start}");
+            settle_shards(dir.path());
+            store.write_catalog().expect("catalog");
+        }
+    }
+
+    #[test]
+    fn a_catalog_is_due_only_after_changes_have_settled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path()).expect("open");
+        assert!(!store.refresh_catalog().expect("refresh"), "nothing changed since the start");
+        store.put_volume(&volume("vol:p:1", "a")).expect("put");
+        assert!(!store.refresh_catalog().expect("refresh"), "the change is too recent");
+        assert!(!dir.path().join("state/catalog").exists());
+        std::thread::sleep(catalog::SETTLE + std::time::Duration::from_millis(100));
+        assert!(store.refresh_catalog().expect("refresh"), "quiet long enough");
+        assert!(dir.path().join("state/catalog").is_file());
+        assert!(!store.refresh_catalog().expect("refresh"), "nothing new since");
     }
 }
