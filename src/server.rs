@@ -102,6 +102,10 @@ async fn keep_catalog(engine: Arc<Engine>) {
     let mut failing = false;
     loop {
         every.tick().await;
+        // Checked here so an idle driver does not wake a blocking thread every second.
+        if !engine.store.catalog_due() {
+            continue;
+        }
         let engine = Arc::clone(&engine);
         match tokio::task::spawn_blocking(move || engine.store.refresh_catalog()).await {
             Ok(Ok(_)) => failing = false,

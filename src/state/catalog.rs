@@ -144,7 +144,8 @@ impl Tracker {
         }
     }
 
-    fn due(&self) -> bool {
+    /// Whether the catalog should be rewritten now (cheap: one uncontended lock).
+    pub fn due(&self) -> bool {
         let state = self.state();
         let quiet = state.last_change.elapsed() >= SETTLE;
         let aged = state.last_capture.elapsed() >= MAX_AGE;
@@ -154,6 +155,11 @@ impl Tracker {
 }
 
 impl Store {
+    /// Whether [`Store::refresh_catalog`] would write, without touching the disk.
+    pub fn catalog_due(&self) -> bool {
+        self.catalog.due()
+    }
+
     /// Writes the catalog if the records changed since the last one and have been quiet
     /// for [`SETTLE`] (or the last one is old). Returns whether it wrote.
     pub fn refresh_catalog(&self) -> io::Result<bool> {
