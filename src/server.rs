@@ -94,38 +94,37 @@ async fn drained() {
     }
 }
 
-/// Keeps the record catalog current in the background (see [`crate::state`]), logging a
-/// failure once rather than every second.
-async fn keep_catalog(engine: Arc<Engine>) {
+/// Checkpoints the records in the background once the journal is half full, so a change
+/// rarely has to wait for one (see [`crate::state`]); a failure is logged once, not every
+/// second.
+async fn keep_checkpoints(engine: Arc<Engine>) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
         every.tick().await;
         // Checked here so an idle driver does not wake a blocking thread every second.
-        if !engine.store.catalog_due() {
+        if !engine.store.checkpoint_due() {
             continue;
         }
         let engine = Arc::clone(&engine);
-        match tokio::task::spawn_blocking(move || engine.store.refresh_catalog()).await {
-            Ok(Ok(_)) => failing = false,
+        match tokio::task::spawn_blocking(move || engine.store.checkpoint()).await {
+            Ok(Ok(())) => failing = false,
             Ok(Err(e)) if !failing => {
                 failing = true;
-                tracing::warn!(error = %e, "cannot write the record catalog; the next start reads every record file");
+                tracing::warn!(error = %e, "cannot checkpoint the records; changes will wait for one when the journal is full");
             }
             _ => {}
         }
     }
 }
 
-/// Writes the catalog as the process stops, so the next start reads one file.
-async fn save_catalog(engine: Arc<Engine>) {
-    match tokio::task::spawn_blocking(move || engine.store.write_catalog()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot write the record catalog; the next start reads every record file")
-        }
-        Err(e) => tracing::warn!(error = %e, "writing the record catalog failed"),
+/// Checkpoints as the process stops, so the next start reads one file.
+async fn save_checkpoint(engine: Arc<Engine>) {
+    match tokio::task::spawn_blocking(move || engine.store.checkpoint_if_changed()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot checkpoint the records; the next start replays the journal"),
+        Err(e) => tracing::warn!(error = %e, "checkpointing the records failed"),
     }
 }
 
@@ -169,7 +168,7 @@ pub async fn serve(
         None => None,
     };
     let listener = bind(&path)?;
-    let catalog = tokio::spawn(keep_catalog(Arc::clone(&engine)));
+    let checkpoints = tokio::spawn(keep_checkpoints(Arc::clone(&engine)));
     let controller = mode != Mode::Node;
     let shared = Shared { engine, driver_name: driver_name.to_string(), controller };
     // Each connection carries at most this many calls at once (a call's reply counts until
@@ -213,8 +212,8 @@ pub async fn serve(
     if let Some(task) = metrics {
         task.abort();
     }
-    catalog.abort();
-    save_catalog(Arc::clone(&shared.engine)).await;
+    checkpoints.abort();
+    save_checkpoint(Arc::clone(&shared.engine)).await;
     let _ = fs::remove_file(&path);
     tracing::info!("stopped");
     Ok(())

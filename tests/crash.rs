@@ -205,17 +205,11 @@ async fn lifecycle(dir: &Path, pool_fs: &Path, disk: &str, tag: &str, faults: &[
 
     // Zero orphans: storage, records, loop devices, mounts; and nothing unaccounted.
     let logs = run.b.logs();
-    for dir in [
-        hp.join("volumes"),
-        hp.join("snapshots"),
-        blk.join("volumes"),
-        blk.join("snapshots"),
-        dir.join("state/state/volumes"),
-        dir.join("state/state/snapshots"),
-    ] {
+    for dir in [hp.join("volumes"), hp.join("snapshots"), blk.join("volumes"), blk.join("snapshots")] {
         let left = files_below(&dir);
         assert!(left.is_empty(), "orphans in {}: {left:?} (faults {faults:?})\n{logs}", dir.display());
     }
+    assert_no_records(&dir.join("state"), &faults);
     let loops = sh("losetup", &["-l", "-n", "-O", "BACK-FILE"]);
     assert!(!loops.contains(blk.to_str().expect("utf8")), "orphan loop devices: {loops}");
     assert!(mounts_below(dir).is_empty(), "orphan mounts: {:?}", mounts_below(dir));
@@ -228,16 +222,15 @@ async fn lifecycle(dir: &Path, pool_fs: &Path, disk: &str, tag: &str, faults: &[
     (run.kills, run.replays)
 }
 
-/// Every entry below `dir` except the two-letter record shard directories of berth's
-/// state, which stay when they empty (a volume directory or image counts as one entry).
+/// Every entry below `dir` (a volume directory or image counts as one entry).
 fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let in_state = dir.parent().is_some_and(|p| p.ends_with("state"));
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let shard = in_state && e.file_name().len() == 2 && e.file_type().is_ok_and(|t| t.is_dir());
-        if shard { out.extend(files_below(&e.path())) } else { out.push(e.path()) }
-    }
-    out
+    fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect()
+}
+
+/// berth's state, as its next start would load it, holds no record.
+fn assert_no_records(state_dir: &Path, faults: &impl std::fmt::Debug) {
+    let (volumes, snapshots) = berth::state::read_records(state_dir).expect("read the records");
+    assert!(volumes.is_empty() && snapshots.is_empty(), "orphan records {volumes:?} {snapshots:?} (faults {faults:?})");
 }
 
 fn points_of(log: &Path) -> Vec<String> {
@@ -393,9 +386,7 @@ async fn nfs_lifecycle(dir: &Path, g: &common::ganesha::Ganesha, faults: &[(Stri
         assert!(left.is_empty(), "orphans in .berth/{meta}: {left:?} (faults {faults:?})\n{logs}");
     }
     assert!(names(g.export.join(".berth-snapshots")).is_empty(), "orphan snapshots (faults {faults:?})");
-    for d in [dir.join("state/state/volumes"), dir.join("state/state/snapshots")] {
-        assert!(files_below(&d).is_empty(), "orphan records in {} (faults {faults:?})", d.display());
-    }
+    assert_no_records(&dir.join("state"), &faults);
     (run.kills, run.replays)
 }
 

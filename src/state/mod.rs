@@ -1,23 +1,27 @@
 //! Crash-safe records of volumes and snapshots.
 //!
-//! Each record is one JSON file, written as temp file → fsync → rename → fsync directory,
-//! so a crash leaves either the old or the new record, never a torn one. Records carry a
-//! [`Phase`]: berth writes `Creating` (its intent) before any side effect and `Ready` after,
-//! so a retried CreateVolume finds its own half-done work and finishes it. The maps are
-//! held in memory; lookups by ID or name never touch the disk. A start reads the records
-//! from the [`catalog`], a compacted copy of them in one file, and only the shard
-//! directories that changed since it was written from their files.
+//! The records live in memory; lookups by ID or name never touch the disk. On disk they
+//! are a [`checkpoint`] (every record in one file) plus the [`journal`] of every change
+//! since it. A change is durable when its journal frame is written: one write of a block
+//! the file already owns, instead of syncing a file and a directory. When the journal
+//! fills, or in the background once it is half full, a new checkpoint takes in everything
+//! and the journal starts over.
+//!
+//! Records carry a [`Phase`]: berth writes `Creating` (its intent) before any side effect
+//! and `Ready` after, so a retried CreateVolume finds its own half-done work and finishes
+//! it.
 
-mod catalog;
+mod checkpoint;
+mod journal;
+mod legacy;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Where an object is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,17 +141,108 @@ struct Maps {
     snapshot_names: HashMap<String, String>,
 }
 
+/// One change to the records, as a journal frame holds it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Change {
+    PutVolume(VolumeRecord),
+    RemoveVolume(String),
+    PutSnapshot(SnapshotRecord),
+    RemoveSnapshot(String),
+}
+
+impl Maps {
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::PutVolume(v) => {
+                if let Some(old) = self.volumes.get(&v.id).filter(|old| old.name != v.name) {
+                    self.volume_names.remove(&old.name);
+                }
+                self.volume_names.insert(v.name.clone(), v.id.clone());
+                self.volumes.insert(v.id.clone(), v);
+            }
+            Change::RemoveVolume(id) => {
+                if let Some(v) = self.volumes.remove(&id) {
+                    self.volume_names.remove(&v.name);
+                }
+            }
+            Change::PutSnapshot(s) => {
+                if let Some(old) = self.snapshots.get(&s.id).filter(|old| old.name != s.name) {
+                    self.snapshot_names.remove(&old.name);
+                }
+                self.snapshot_names.insert(s.name.clone(), s.id.clone());
+                self.snapshots.insert(s.id.clone(), s);
+            }
+            Change::RemoveSnapshot(id) => {
+                if let Some(s) = self.snapshots.remove(&id) {
+                    self.snapshot_names.remove(&s.name);
+                }
+            }
+        }
+    }
+
+    /// Applies a checkpoint's records and the changes journaled since, in order.
+    fn load(checkpoint: Option<checkpoint::Checkpoint>, frames: &[Vec<u8>], journal: &Path) -> io::Result<Maps> {
+        let mut maps = Maps::default();
+        if let Some(c) = checkpoint {
+            c.volumes.into_iter().for_each(|v| maps.apply(Change::PutVolume(v)));
+            c.snapshots.into_iter().for_each(|s| maps.apply(Change::PutSnapshot(s)));
+        }
+        for (i, frame) in frames.iter().enumerate() {
+            let change = serde_json::from_slice(frame).map_err(|e| {
+                let at = journal.display();
+                io::Error::new(io::ErrorKind::InvalidData, format!("frame {i} of {at} is whole but unreadable: {e}"))
+            })?;
+            maps.apply(change);
+        }
+        Ok(maps)
+    }
+}
+
 /// The record store. Writers must hold the per-object lock of what they write.
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
-    volumes_dir: PathBuf,
-    snapshots_dir: PathBuf,
     maps: Mutex<Maps>,
-    /// Record writers share it from their file write to their map update; a catalog
-    /// capture takes it alone, so the maps it copies match the directories it stats.
-    gate: RwLock<()>,
-    catalog: catalog::Tracker,
+    /// Held from a batch's frames to its map update, and through a checkpoint, so a
+    /// checkpoint holds exactly the changes whose frames it retires. Taken before `maps`.
+    journal: Mutex<journal::Journal>,
+    queue: Mutex<Queue>,
+    /// Signalled when a batch is written.
+    written: Condvar,
+}
+
+/// Changes waiting for the journal, and the outcome of those written.
+#[derive(Debug, Default)]
+struct Queue {
+    waiting: VecDeque<Pending>,
+    /// A caller is writing a batch; the others wait for it.
+    writing: bool,
+    next_ticket: u64,
+    done: HashMap<u64, Result<(), (io::ErrorKind, String)>>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    ticket: u64,
+    payload: Vec<u8>,
+    change: Change,
+}
+
+impl Queue {
+    /// The waiting changes, oldest first, as many as an empty journal holds.
+    fn batch(&mut self) -> Vec<Pending> {
+        let mut size = 0;
+        let mut take = 0;
+        for pending in &self.waiting {
+            size += journal::frame_size(pending.payload.len());
+            if take > 0 && size > journal::SIZE {
+                break;
+            }
+            take += 1;
+        }
+        self.waiting.drain(..take).collect()
+    }
 }
 
 /// A record file that could not be read; reported at start, never deleted.
@@ -165,200 +260,184 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn file_name(id: &str) -> String {
-    let digest = Sha256::digest(id.as_bytes());
-    format!("{}.json", hex::encode(&digest[..16]))
-}
+const JOURNAL: &str = "journal";
 
-/// Writes `bytes` to `dir/name` atomically and durably.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    crate::failpoint::hit("state.write.before-rename")?;
-    fs::rename(&tmp, dir.join(name))?;
-    crate::failpoint::hit("state.write.after-rename")?;
-    File::open(dir)?.sync_all()
-}
-
-fn remove_durably(dir: &Path, name: &str) -> io::Result<()> {
-    crate::failpoint::hit("state.remove")?;
-    match fs::remove_file(dir.join(name)) {
-        Ok(()) => File::open(dir)?.sync_all(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// The shard directory of a record file: the first two hex digits of its name, so no
-/// directory holds more than a few dozen records at 10,000 (creating a file in a directory
-/// of 10,000 entries cost ext4 four times as much as in a small one).
-fn shard(dir: &Path, name: &str) -> PathBuf {
-    dir.join(shard_name(name))
-}
-
-fn shard_name(name: &str) -> &str {
-    name.get(..2).unwrap_or("00")
-}
-
-/// Makes sure a record's shard directory exists, durably: a new directory's entry is
-/// synced in its parent before any record is renamed into it.
-fn shard_for_write(dir: &Path, name: &str) -> io::Result<PathBuf> {
-    let shard = shard(dir, name);
-    match fs::create_dir(&shard) {
-        Ok(()) => File::open(dir)?.sync_all()?,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    Ok(shard)
-}
-
-/// Loads one record directory: each shard the catalog holds unchanged from the catalog,
-/// every other shard from its files. Shards holding unreadable records are `tainted`, so
-/// no catalog ever stands in for them and they are reported at every start; `reread`
-/// says whether anything did not come from the catalog.
-fn load_dir<T: for<'de> Deserialize<'de>>(
-    dir: &Path,
-    kind: &str,
-    mut cached: BTreeMap<String, catalog::Shard<T>>,
-    loaded: &mut Loaded,
-) -> io::Result<Vec<T>> {
-    let mut out = Vec::new();
-    let mut paths = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if entry.file_type()?.is_dir() {
-            let modified = catalog::Stamp::of(&entry.metadata()?);
-            match cached.remove(&name) {
-                Some(shard) if modified == Some(shard.modified) => {
-                    out.extend(shard.records);
-                    loaded.from_catalog += 1;
-                    continue;
-                }
-                _ => loaded.reread = true,
-            }
-            loaded.from_files += 1;
-            for inner in fs::read_dir(entry.path())? {
-                paths.push((inner?.path(), format!("{kind}/{name}")));
-            }
-        } else if name.ends_with(".json") {
-            // A record written before sharding (or by hand) moves into its shard, so the
-            // next write of it cannot leave a stale copy behind.
-            let shard = shard_for_write(dir, &name)?;
-            fs::rename(entry.path(), shard.join(&name))?;
-            File::open(&shard)?.sync_all()?;
-            loaded.reread = true;
-            paths.push((shard.join(&name), format!("{kind}/{}", shard_name(&name))));
-        } else {
-            paths.push((entry.path(), String::new()));
-        }
-    }
-    // A shard the catalog holds but the disk does not: the catalog is out of date.
-    loaded.reread |= !cached.is_empty();
-    for (path, shard) in paths {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.starts_with('.') && name.ends_with(".tmp") {
-            // A write interrupted before its rename: the previous record (if any) stands.
-            fs::remove_file(&path)?;
-            continue;
-        }
-        if !name.ends_with(".json") {
-            continue;
-        }
-        match fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        {
-            Ok(record) => out.push(record),
-            Err(reason) => {
-                loaded.tainted.insert(shard);
-                loaded.bad.push(Unreadable { path, reason });
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// What a start learned besides the records themselves.
-#[derive(Default)]
-struct Loaded {
-    bad: Vec<Unreadable>,
-    tainted: BTreeSet<String>,
-    reread: bool,
-    /// Shard directories taken from the catalog, and read from their files.
-    from_catalog: usize,
-    from_files: usize,
+/// Every record as a start would load it from the checkpoint and the journal, read
+/// without changing anything (for tests and tools, while no berth writes the state).
+pub fn read_records(state_dir: &Path) -> io::Result<(Vec<VolumeRecord>, Vec<SnapshotRecord>)> {
+    let root = state_dir.join("state");
+    let base = checkpoint::read(&root)?;
+    let epoch = base.as_ref().map_or(0, |c| c.epoch);
+    let frames = journal::frames(&root.join(JOURNAL), epoch)?.0;
+    let maps = Maps::load(base, &frames, &root.join(JOURNAL))?;
+    Ok((maps.volumes.into_values().collect(), maps.snapshots.into_values().collect()))
 }
 
 impl Store {
-    /// Opens (creating if needed) the store under `state_dir/state`, loading every record.
+    /// Opens (creating if needed) the store under `state_dir/state`, loading every record:
+    /// the checkpoint, then the journal's changes, then any record files to import.
     pub fn open(state_dir: &Path) -> io::Result<(Store, Vec<Unreadable>)> {
         let root = state_dir.join("state");
-        let volumes_dir = root.join("volumes");
-        let snapshots_dir = root.join("snapshots");
-        for dir in [&volumes_dir, &snapshots_dir] {
-            fs::create_dir_all(dir)?;
-        }
+        fs::create_dir_all(&root)?;
         let started = std::time::Instant::now();
-        let cached = catalog::read(&root);
-        let (volumes, snapshots) = cached.map_or_else(Default::default, |c| (c.volumes, c.snapshots));
-        let mut loaded = Loaded::default();
-        let mut maps = Maps::default();
-        for v in load_dir::<VolumeRecord>(&volumes_dir, "volumes", volumes, &mut loaded)? {
-            maps.volume_names.insert(v.name.clone(), v.id.clone());
-            maps.volumes.insert(v.id.clone(), v);
+        let journal_path = root.join(JOURNAL);
+        let base = checkpoint::read(&root)?;
+        if base.is_none() && journal::has_frames(&journal_path) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is missing but {} holds changes to it; restore it (berth does not start on part of its records)",
+                    root.join(checkpoint::FILE_NAME).display(),
+                    journal_path.display()
+                ),
+            ));
         }
-        for s in load_dir::<SnapshotRecord>(&snapshots_dir, "snapshots", snapshots, &mut loaded)? {
-            maps.snapshot_names.insert(s.name.clone(), s.id.clone());
-            maps.snapshots.insert(s.id.clone(), s);
+        let fresh = base.is_none();
+        if !journal_path.exists() {
+            journal::create(&journal_path)?;
         }
+        let epoch = base.as_ref().map_or(0, |c| c.epoch);
+        let replayed = journal::replay(&journal_path, epoch)?;
+        let mut maps = Maps::load(base, &replayed.frames, &journal_path)?;
+        let found = legacy::find(&root)?;
+        let imported = found.imported.len();
+        found.volumes.into_iter().for_each(|v| maps.apply(Change::PutVolume(v)));
+        found.snapshots.into_iter().for_each(|s| maps.apply(Change::PutSnapshot(s)));
+        let store = Store {
+            root,
+            maps: Mutex::new(maps),
+            journal: Mutex::new(replayed.journal),
+            queue: Mutex::default(),
+            written: Condvar::new(),
+        };
+        if fresh || imported > 0 || !store.journal().sized() {
+            store.checkpoint()?;
+            legacy::remove(&store.root, &found.imported)?;
+        }
+        let maps = store.maps();
         tracing::debug!(
             volumes = maps.volumes.len(),
             snapshots = maps.snapshots.len(),
-            shards.from_catalog = loaded.from_catalog,
-            shards.from_files = loaded.from_files,
+            journal.frames = replayed.frames.len(),
+            imported.files = imported,
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "records loaded"
         );
-        let catalog = catalog::Tracker::new(!loaded.reread, loaded.tainted);
-        let store = Store { root, volumes_dir, snapshots_dir, maps: Mutex::new(maps), gate: RwLock::new(()), catalog };
-        Ok((store, loaded.bad))
+        drop(maps);
+        Ok((store, found.bad))
     }
 
     fn maps(&self) -> MutexGuard<'_, Maps> {
         self.maps.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn journal(&self) -> MutexGuard<'_, journal::Journal> {
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `change` durable in the journal, then visible. Changes that arrive while a
+    /// write is under way wait and go together in the next one (group commit), so
+    /// concurrent callers share the cost of a durable write instead of queueing for it.
+    fn commit(&self, change: Change) -> io::Result<()> {
+        let payload = serde_json::to_vec(&change).map_err(io::Error::other)?;
+        let mut queue = self.queue();
+        let ticket = queue.next_ticket;
+        queue.next_ticket += 1;
+        queue.waiting.push_back(Pending { ticket, payload, change });
+        loop {
+            if let Some(result) = queue.done.remove(&ticket) {
+                return result.map_err(|(kind, message)| io::Error::new(kind, message));
+            }
+            if queue.writing {
+                queue = self.written.wait(queue).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            queue.writing = true;
+            let batch = queue.batch();
+            drop(queue);
+            let tickets: Vec<u64> = batch.iter().map(|p| p.ticket).collect();
+            let result = self.write_batch(batch).map_err(|e| (e.kind(), e.to_string()));
+            queue = self.queue();
+            queue.writing = false;
+            for ticket in tickets {
+                queue.done.insert(ticket, result.clone());
+            }
+            self.written.notify_all();
+        }
+    }
+
+    /// Journals a batch of changes in one write (checkpointing first when they do not fit
+    /// or a write failed), then applies them in order.
+    fn write_batch(&self, batch: Vec<Pending>) -> io::Result<()> {
+        let mut journal = self.journal();
+        let size = batch.iter().map(|p| journal::frame_size(p.payload.len())).sum();
+        if journal.broken || !journal.fits(size) {
+            self.checkpoint_locked(&mut journal)?;
+        }
+        let payloads: Vec<&[u8]> = batch.iter().map(|p| p.payload.as_slice()).collect();
+        journal.append(&payloads)?;
+        let mut maps = self.maps();
+        batch.into_iter().for_each(|p| maps.apply(p.change));
+        Ok(())
+    }
+
+    /// Writes every record into a new checkpoint and empties the journal.
+    pub fn checkpoint(&self) -> io::Result<()> {
+        let mut journal = self.journal();
+        self.checkpoint_locked(&mut journal)
+    }
+
+    fn checkpoint_locked(&self, journal: &mut journal::Journal) -> io::Result<()> {
+        let epoch = checkpoint::fresh_epoch(journal.epoch());
+        // Encoded under the map lock, written without it: readers wait for the copy only.
+        let bytes = checkpoint::encode(epoch, &self.maps())?;
+        let resize = !journal.sized();
+        let done = checkpoint::write(&self.root, &bytes).and_then(|()| journal.restart(epoch, resize));
+        if done.is_err() {
+            // The checkpoint on disk may be either one: append nothing until one is whole.
+            journal.broken = true;
+        }
+        done
+    }
+
+    /// Whether the journal is half full (or a write failed), so a background checkpoint
+    /// should empty it before a change has to. Never waits for a change in progress.
+    pub fn checkpoint_due(&self) -> bool {
+        let journal = match self.journal.try_lock() {
+            Ok(journal) => journal,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        let (used, size) = journal.usage();
+        journal.broken || used * 2 >= size
+    }
+
+    /// Checkpoints if anything was journaled since the last checkpoint (at shutdown, so
+    /// the next start reads one file). Returns whether it wrote.
+    pub fn checkpoint_if_changed(&self) -> io::Result<bool> {
+        let mut journal = self.journal();
+        if journal.usage().0 == 0 && !journal.broken {
+            return Ok(false);
+        }
+        self.checkpoint_locked(&mut journal)?;
+        Ok(true)
+    }
+
     /// Durably writes a volume record, then makes it visible.
     pub fn put_volume(&self, record: &VolumeRecord) -> io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-        let name = file_name(&record.id);
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
-        let written = shard_for_write(&self.volumes_dir, &name).and_then(|dir| write_atomic(&dir, &name, &bytes));
-        self.catalog.changed("volumes", shard_name(&name), written.is_ok());
-        written?;
-        let mut maps = self.maps();
-        maps.volume_names.insert(record.name.clone(), record.id.clone());
-        maps.volumes.insert(record.id.clone(), record.clone());
-        Ok(())
+        self.commit(Change::PutVolume(record.clone()))
     }
 
     /// Durably removes a volume record.
     pub fn remove_volume(&self, id: &str) -> io::Result<()> {
-        let name = file_name(id);
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
-        let removed = remove_durably(&shard(&self.volumes_dir, &name), &name);
-        self.catalog.changed("volumes", shard_name(&name), removed.is_ok());
-        removed?;
-        let mut maps = self.maps();
-        if let Some(v) = maps.volumes.remove(id) {
-            maps.volume_names.remove(&v.name);
+        if !self.maps().volumes.contains_key(id) {
+            return Ok(());
         }
-        Ok(())
+        self.commit(Change::RemoveVolume(id.to_string()))
     }
 
     pub fn volume(&self, id: &str) -> Option<VolumeRecord> {
@@ -393,30 +472,15 @@ impl Store {
 
     /// Durably writes a snapshot record, then makes it visible.
     pub fn put_snapshot(&self, record: &SnapshotRecord) -> io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-        let name = file_name(&record.id);
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
-        let written = shard_for_write(&self.snapshots_dir, &name).and_then(|dir| write_atomic(&dir, &name, &bytes));
-        self.catalog.changed("snapshots", shard_name(&name), written.is_ok());
-        written?;
-        let mut maps = self.maps();
-        maps.snapshot_names.insert(record.name.clone(), record.id.clone());
-        maps.snapshots.insert(record.id.clone(), record.clone());
-        Ok(())
+        self.commit(Change::PutSnapshot(record.clone()))
     }
 
     /// Durably removes a snapshot record.
     pub fn remove_snapshot(&self, id: &str) -> io::Result<()> {
-        let name = file_name(id);
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
-        let removed = remove_durably(&shard(&self.snapshots_dir, &name), &name);
-        self.catalog.changed("snapshots", shard_name(&name), removed.is_ok());
-        removed?;
-        let mut maps = self.maps();
-        if let Some(s) = maps.snapshots.remove(id) {
-            maps.snapshot_names.remove(&s.name);
+        if !self.maps().snapshots.contains_key(id) {
+            return Ok(());
         }
-        Ok(())
+        self.commit(Change::RemoveSnapshot(id.to_string()))
     }
 
     pub fn snapshot(&self, id: &str) -> Option<SnapshotRecord> {
@@ -504,22 +568,6 @@ mod tests {
     }
 
     #[test]
-    fn torn_temp_files_are_discarded_and_corrupt_records_reported() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (store, _) = Store::open(dir.path()).expect("open");
-        store.put_volume(&volume("vol:p:1", "a")).expect("put");
-        let vols = dir.path().join("state/volumes");
-        fs::write(vols.join(".x.json.tmp"), b"{half").expect("write");
-        fs::write(vols.join("bad.json"), b"not json").expect("write");
-        let (store, bad) = Store::open(dir.path()).expect("reopen");
-        assert_eq!(store.volume_count(), 1);
-        assert_eq!(bad.len(), 1);
-        assert!(bad[0].path.ends_with("bad.json"));
-        assert!(!vols.join(".x.json.tmp").exists());
-        assert!(vols.join("ba/bad.json").exists(), "unreadable records are kept for the operator (in their shard)");
-    }
-
-    #[test]
     fn pages_walk_every_record_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, _) = Store::open(dir.path()).expect("open");
@@ -539,150 +587,183 @@ mod tests {
         assert_eq!(seen.len(), 7);
     }
 
-    /// Moves every shard directory's mtime back past the settle time, as if the records
-    /// had been written a while ago.
-    fn settle_shards(state_dir: &Path) {
-        let back = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-        for kind in ["volumes", "snapshots"] {
-            for entry in fs::read_dir(state_dir.join("state").join(kind)).expect("read_dir") {
-                let path = entry.expect("entry").path();
-                if path.is_dir() {
-                    File::open(&path).and_then(|f| f.set_modified(back)).expect("set mtime");
-                }
-            }
-        }
-    }
-
-    fn record_path(state_dir: &Path, id: &str) -> PathBuf {
-        let name = file_name(id);
-        state_dir.join("state/volumes").join(shard_name(&name)).join(name)
-    }
-
-    /// An ID whose record lives in another shard than `other`'s.
-    fn id_beside(other: &str, stem: &str) -> String {
-        let taken = shard_name(&file_name(other)).to_string();
-        (0..)
-            .map(|i| format!("vol:p:{stem}-{i}"))
-            .find(|id| shard_name(&file_name(id)) != taken)
-            .expect("some ID lands in another shard")
-    }
-
-    /// Overwrites a record in place: its shard directory's mtime stays, so a catalog that
-    /// holds the shard is believed and the damage goes unseen; a reread reports it.
-    fn damage_in_place(path: &Path) {
-        let mut file = fs::OpenOptions::new().write(true).truncate(true).open(path).expect("open record");
-        file.write_all(b"{damaged").expect("write");
-    }
-
-    #[test]
-    fn catalog_stands_in_for_settled_shards_and_later_changes_are_read() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (store, _) = Store::open(dir.path()).expect("open");
-        let first = volume("vol:p:first", "first");
-        store.put_volume(&first).expect("put");
-        let changed_id = id_beside("vol:p:first", "changed");
-        store.put_volume(&volume(&changed_id, "changed")).expect("put");
-        let gone_id = id_beside("vol:p:first", "gone");
-        store.put_volume(&volume(&gone_id, "gone")).expect("put");
-        let snap = SnapshotRecord {
-            id: "snap:p:1".into(),
-            name: "s1".into(),
+    fn snapshot(id: &str, name: &str) -> SnapshotRecord {
+        SnapshotRecord {
+            id: id.into(),
+            name: name.into(),
             pool: "p".into(),
             key: "1".repeat(32),
             node: "n".into(),
-            source_volume: "vol:p:first".into(),
+            source_volume: "vol:p:1".into(),
             phase: Phase::Ready,
             size: 1,
             method: None,
             created_unix_ms: 1,
-        };
-        store.put_snapshot(&snap).expect("put snapshot");
-        settle_shards(dir.path());
-        store.write_catalog().expect("catalog");
-        assert!(dir.path().join("state/catalog").is_file());
-
-        // After the capture: one record changes, one goes, one comes, all in other shards.
-        let mut changed = volume(&changed_id, "changed");
-        changed.phase = Phase::Ready;
-        store.put_volume(&changed).expect("update");
-        store.remove_volume(&gone_id).expect("remove");
-        let new_id = id_beside("vol:p:first", "new");
-        store.put_volume(&volume(&new_id, "new")).expect("put");
-        drop(store);
-        damage_in_place(&record_path(dir.path(), "vol:p:first"));
-
-        let (reopened, bad) = Store::open(dir.path()).expect("reopen");
-        assert!(bad.is_empty(), "the first record's shard came from the catalog: {bad:?}");
-        assert_eq!(reopened.volume("vol:p:first"), Some(first));
-        assert_eq!(reopened.volume(&changed_id).map(|v| v.phase), Some(Phase::Ready));
-        assert!(reopened.volume(&gone_id).is_none());
-        assert!(reopened.volume_by_name("new").is_some());
-        assert_eq!(reopened.snapshot("snap:p:1"), Some(snap));
-        assert_eq!((reopened.volume_count(), reopened.snapshot_count()), (3, 1));
-    }
-
-    #[test]
-    fn shards_modified_just_before_a_capture_are_read_from_their_files() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (store, _) = Store::open(dir.path()).expect("open");
-        store.put_volume(&volume("vol:p:1", "a")).expect("put");
-        store.write_catalog().expect("catalog");
-        drop(store);
-        damage_in_place(&record_path(dir.path(), "vol:p:1"));
-        let (reopened, bad) = Store::open(dir.path()).expect("reopen");
-        assert_eq!(bad.len(), 1, "the unsettled shard was read from its files");
-        assert_eq!(reopened.volume_count(), 0);
-    }
-
-    #[test]
-    fn a_damaged_catalog_costs_a_full_read_and_nothing_else() {
-        for damage in [
-            &b""[..],
-            b"{\"version\":1,\"volu",
-            b"not json at all",
-            b"{\"version\":99,\"volumes\":{},\"snapshots\":{}}",
-        ] {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let (store, _) = Store::open(dir.path()).expect("open");
-            for i in 0..5 {
-                store.put_volume(&volume(&format!("vol:p:{i}"), &format!("n{i}"))).expect("put");
-            }
-            settle_shards(dir.path());
-            store.write_catalog().expect("catalog");
-            drop(store);
-            fs::write(dir.path().join("state/catalog"), damage).expect("damage");
-            let (reopened, bad) = Store::open(dir.path()).expect("reopen");
-            assert!(bad.is_empty());
-            assert_eq!(reopened.volume_count(), 5);
         }
     }
 
+    fn epoch_on_disk(dir: &Path) -> u64 {
+        checkpoint::read(&dir.join("state")).expect("read").expect("a checkpoint").epoch
+    }
+
     #[test]
-    fn unreadable_records_are_reported_at_every_start_despite_the_catalog() {
+    fn changes_after_the_checkpoint_are_replayed_from_the_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path()).expect("open");
+        let epoch = epoch_on_disk(dir.path());
+        let mut v = volume("vol:p:1", "pvc-1");
+        store.put_volume(&v).expect("put");
+        v.phase = Phase::Ready;
+        store.put_volume(&v).expect("update");
+        store.put_volume(&volume("vol:p:2", "pvc-2")).expect("put");
+        store.put_snapshot(&snapshot("snap:p:1", "s1")).expect("put");
+        store.put_snapshot(&snapshot("snap:p:2", "s2")).expect("put");
+        store.remove_snapshot("snap:p:2").expect("remove");
+        // Dropped without a checkpoint, as a crash would leave it.
+        drop(store);
+        assert_eq!(epoch_on_disk(dir.path()), epoch, "no checkpoint was written");
+        assert_eq!(read_records(dir.path()).expect("read").0.len(), 2);
+
+        let (store, _) = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.volume("vol:p:1"), Some(v));
+        assert_eq!((store.volume_count(), store.snapshot_count()), (2, 1));
+        assert!(store.snapshot_by_name("s2").is_none());
+        assert!(store.checkpoint_if_changed().expect("checkpoint"), "the replayed frames are still in the journal");
+        assert_ne!(epoch_on_disk(dir.path()), epoch);
+        assert_eq!(store.journal().usage().0, 0, "a checkpoint empties the journal");
+        assert!(!store.checkpoint_if_changed().expect("checkpoint"), "nothing changed since");
+        store.remove_volume("vol:p:2").expect("remove");
+        drop(store);
+        let (store, _) = Store::open(dir.path()).expect("reopen");
+        assert_eq!((store.volume_count(), store.snapshot_count()), (1, 1));
+    }
+
+    #[test]
+    fn a_full_journal_is_checkpointed_by_the_change_that_does_not_fit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path()).expect("open");
+        let frames = journal::SIZE as usize / journal::BLOCK;
+        let mut due_seen = false;
+        for i in 0..frames + 10 {
+            store.put_volume(&volume(&format!("vol:p:{i}"), &format!("n{i}"))).expect("put");
+            due_seen |= store.checkpoint_due();
+        }
+        assert!(due_seen, "a background checkpoint was due at half full");
+        assert_eq!(store.journal().usage().0, 10 * journal::BLOCK as u64, "the change that did not fit went first");
+        drop(store);
+        let (store, _) = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.volume_count(), frames + 10);
+    }
+
+    #[test]
+    fn concurrent_changes_share_writes_and_all_survive() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path()).expect("open");
+        let store = std::sync::Arc::new(store);
+        let threads: Vec<_> = (0..16)
+            .map(|t| {
+                let store = std::sync::Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for i in 0..40 {
+                        let id = format!("vol:p:{t}-{i}");
+                        store.put_volume(&volume(&id, &id)).expect("put");
+                        if i % 2 == 0 {
+                            store.remove_volume(&id).expect("remove");
+                        }
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().expect("thread"));
+        assert_eq!(store.volume_count(), 16 * 20);
+        assert!(store.queue().waiting.is_empty() && store.queue().done.is_empty(), "nothing left behind");
+        drop(store);
+        let (store, _) = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.volume_count(), 16 * 20);
+        assert!(store.volume("vol:p:3-1").is_some() && store.volume("vol:p:3-2").is_none());
+    }
+
+    #[test]
+    fn a_failed_write_makes_the_next_change_checkpoint_first() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, _) = Store::open(dir.path()).expect("open");
         store.put_volume(&volume("vol:p:1", "a")).expect("put");
+        let epoch = epoch_on_disk(dir.path());
+        store.journal().broken = true;
+        assert!(store.checkpoint_due());
+        store.put_volume(&volume("vol:p:2", "b")).expect("put");
+        assert_ne!(epoch_on_disk(dir.path()), epoch);
         drop(store);
-        damage_in_place(&record_path(dir.path(), "vol:p:1"));
+        let (store, _) = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.volume_count(), 2);
+    }
+
+    #[test]
+    fn record_files_are_imported_once_and_unreadable_ones_kept_and_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("state");
+        let (vols, snaps) = (root.join("volumes"), root.join("snapshots"));
+        fs::create_dir_all(vols.join("ab")).expect("mkdir");
+        fs::create_dir_all(&snaps).expect("mkdir");
+        let json = |v: &dyn erased::Json| v.json();
+        fs::write(vols.join("flat.json"), json(&volume("vol:p:flat", "flat"))).expect("write");
+        fs::write(vols.join("ab/sharded.json"), json(&volume("vol:p:sharded", "sharded"))).expect("write");
+        fs::write(vols.join("ab/.x.json.tmp"), b"{half").expect("write");
+        fs::write(snaps.join("s.json"), json(&snapshot("snap:p:1", "s1"))).expect("write");
+        fs::write(root.join("catalog"), b"{}").expect("write");
+        fs::write(vols.join("bad.json"), b"not json").expect("write");
+
         for start in 0..2 {
-            let (store, bad) = Store::open(dir.path()).expect("reopen");
-            assert_eq!(bad.len(), 1, "start {start}");
-            settle_shards(dir.path());
-            store.write_catalog().expect("catalog");
+            let (store, bad) = Store::open(dir.path()).expect("open");
+            assert_eq!((store.volume_count(), store.snapshot_count()), (2, 1), "start {start}");
+            assert_eq!(bad.len(), 1, "reported at every start");
+            assert!(bad[0].path.ends_with("volumes/bad.json"));
+        }
+        assert!(vols.join("bad.json").exists(), "unreadable records are kept for the operator");
+        assert!(!vols.join("ab").exists() && !snaps.exists() && !root.join("catalog").exists());
+
+        // A record dropped in by hand, and a hand-made fix of an existing one.
+        fs::remove_file(vols.join("bad.json")).expect("rm");
+        let mut fixed = volume("vol:p:flat", "flat");
+        fixed.capacity = 7;
+        fs::write(vols.join("fixed.json"), json(&fixed)).expect("write");
+        let (store, bad) = Store::open(dir.path()).expect("open");
+        assert!(bad.is_empty());
+        assert_eq!(store.volume("vol:p:flat").map(|v| v.capacity), Some(7));
+        assert!(!vols.exists());
+    }
+
+    mod erased {
+        pub trait Json {
+            fn json(&self) -> Vec<u8>;
+        }
+        impl<T: serde::Serialize> Json for T {
+            fn json(&self) -> Vec<u8> {
+                serde_json::to_vec_pretty(self).expect("json")
+            }
         }
     }
 
     #[test]
-    fn a_catalog_is_due_only_after_changes_have_settled() {
+    fn a_lost_or_damaged_checkpoint_stops_the_start() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, _) = Store::open(dir.path()).expect("open");
-        assert!(!store.refresh_catalog().expect("refresh"), "nothing changed since the start");
         store.put_volume(&volume("vol:p:1", "a")).expect("put");
-        assert!(!store.refresh_catalog().expect("refresh"), "the change is too recent");
-        assert!(!dir.path().join("state/catalog").exists());
-        std::thread::sleep(catalog::SETTLE + std::time::Duration::from_millis(100));
-        assert!(store.refresh_catalog().expect("refresh"), "quiet long enough");
-        assert!(dir.path().join("state/catalog").is_file());
-        assert!(!store.refresh_catalog().expect("refresh"), "nothing new since");
+        drop(store);
+        let records = dir.path().join("state/records");
+        let good = fs::read(&records).expect("read");
+        for damage in
+            [&b""[..], b"{\"version\":2,\"epo", b"{\"version\":9,\"epoch\":1,\"volumes\":[],\"snapshots\":[]}"]
+        {
+            fs::write(&records, damage).expect("damage");
+            let err = Store::open(dir.path()).expect_err("damaged");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            assert!(err.to_string().contains("records cannot be read"), "{err}");
+        }
+        fs::remove_file(&records).expect("rm");
+        let err = Store::open(dir.path()).expect_err("lost");
+        assert!(err.to_string().contains("is missing but"), "{err}");
+        fs::write(&records, good).expect("restore");
+        assert_eq!(Store::open(dir.path()).expect("restored").0.volume_count(), 1);
     }
 }

@@ -1,0 +1,91 @@
+//! The checkpoint: every record in one file, `records`, named by an epoch that the
+//! journal's frames refer to.
+//!
+//! It is written temp → fsync → rename → fsync directory, so a crash leaves the old or
+//! the new checkpoint whole. The old one stays right with the journal's frames of its
+//! epoch; the new one holds everything and no frame names its fresh epoch yet.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Maps, SnapshotRecord, VolumeRecord};
+
+pub const FILE_NAME: &str = "records";
+const VERSION: u32 = 2;
+
+/// The checkpoint as read.
+#[derive(Debug, Deserialize)]
+pub struct Checkpoint {
+    version: u32,
+    pub epoch: u64,
+    pub volumes: Vec<VolumeRecord>,
+    pub snapshots: Vec<SnapshotRecord>,
+}
+
+#[derive(Serialize)]
+struct Out<'a> {
+    version: u32,
+    epoch: u64,
+    volumes: Vec<&'a VolumeRecord>,
+    snapshots: Vec<&'a SnapshotRecord>,
+}
+
+/// Reads the checkpoint under the state root: `None` when there is none yet. One that
+/// cannot be parsed is an error; berth never starts on part of its records.
+pub fn read(root: &Path) -> io::Result<Option<Checkpoint>> {
+    let path = root.join(FILE_NAME);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let damaged = |reason: String| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("{} cannot be read: {reason}", path.display()))
+    };
+    let checkpoint: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+    if checkpoint.version != VERSION {
+        return Err(damaged(format!("version {} is not {VERSION}", checkpoint.version)));
+    }
+    Ok(Some(checkpoint))
+}
+
+/// A new epoch, unlike `previous` and unlike any a lost or restored checkpoint carried.
+pub fn fresh_epoch(previous: u64) -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let digest = Sha256::new()
+        .chain_update(now.as_nanos().to_le_bytes())
+        .chain_update(std::process::id().to_le_bytes())
+        .chain_update(previous.to_le_bytes())
+        .finalize();
+    let epoch = u64::from_le_bytes(digest[..8].try_into().unwrap_or_default());
+    if epoch == previous { epoch.wrapping_add(1) } else { epoch }
+}
+
+/// Every record in `maps` as the checkpoint of `epoch`.
+pub fn encode(epoch: u64, maps: &Maps) -> io::Result<Vec<u8>> {
+    let out = Out {
+        version: VERSION,
+        epoch,
+        volumes: maps.volumes.values().collect(),
+        snapshots: maps.snapshots.values().collect(),
+    };
+    serde_json::to_vec(&out).map_err(io::Error::other)
+}
+
+/// Writes an encoded checkpoint in place of the last one, durably.
+pub fn write(root: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = root.join(format!(".{FILE_NAME}.tmp"));
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    crate::failpoint::hit("state.checkpoint.before-rename")?;
+    fs::rename(&tmp, root.join(FILE_NAME))?;
+    crate::failpoint::hit("state.checkpoint.after-rename")?;
+    File::open(root)?.sync_all()
+}
