@@ -91,6 +91,26 @@ fn writable_dir(subject: &str, check: &'static str, dir: &Path) -> Check {
     }
 }
 
+/// Whether berth's records load as its next start would load them.
+fn records(subject: &str, state_dir: &Path) -> Check {
+    match crate::state::read_records(state_dir) {
+        Ok((volumes, snapshots)) => Check::ok(
+            subject,
+            "records",
+            format!("{} volume and {} snapshot records load", volumes.len(), snapshots.len()),
+        ),
+        Err(e) => Check::fail(
+            subject,
+            "records",
+            e.to_string(),
+            format!(
+                "restore {0}/state/records and {0}/state/journal from a backup taken together (docs/operations.md, Records)",
+                state_dir.display()
+            ),
+        ),
+    }
+}
+
 /// What the configured pools need from the machine; a missing need is a fail, anything
 /// else missing only a warning.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -151,6 +171,7 @@ pub fn machine(host: &Host, config: Option<&Config>, needs: Needs) -> Vec<Check>
     });
     if let Some(config) = config {
         out.push(writable_dir(M, "state directory", &config.state_dir));
+        out.push(records(M, &config.state_dir));
     }
     out.push(match fs::symlink_metadata(&host.loop_control) {
         Ok(m) if m.file_type().is_char_device() => {

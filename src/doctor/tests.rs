@@ -198,6 +198,7 @@ fn block_and_device_pools_turn_missing_pieces_into_failures() {
         got,
         vec![
             ("root", Verdict::Ok),
+            ("records", Verdict::Ok),
             ("loop devices", Verdict::Fail),
             ("device tools", Verdict::Fail),
             ("ext4 tools", Verdict::Fail),
@@ -262,4 +263,35 @@ fn an_unreadable_config_fails_but_the_machine_is_still_checked() {
     assert!(report.checks.iter().any(|c| c.check == "loop devices"));
     assert!(report.checks.iter().any(|c| c.subject == "socket"));
     assert!(report.failed());
+}
+
+#[test]
+fn the_records_check_loads_them_as_a_start_would_and_names_what_is_damaged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let text = format!(
+        "stateDir: {}\npools:\n  - {{name: hp, type: hostpath, path: {}/hp}}\n",
+        state.display(),
+        dir.path().display()
+    );
+    let config = Config::parse(&text, "test").expect("config");
+    let sys = Arc::new(fake(EXT4, ""));
+    let h = host(&sys, dir.path());
+    let records = |h: &Host| {
+        checks::machine(h, Some(&config), Needs::default()).into_iter().find(|c| c.check == "records").expect("checked")
+    };
+    assert_eq!(records(&h).verdict, Verdict::Ok, "no records yet is fine");
+
+    let (store, _) = crate::state::Store::open(&state).expect("open");
+    let (volumes, _) = crate::state::read_records(&state).expect("read");
+    assert!(volumes.is_empty());
+    drop(store);
+    let check = records(&h);
+    assert_eq!((check.verdict, check.detail.as_str()), (Verdict::Ok, "0 volume and 0 snapshot records load"));
+
+    std::fs::write(state.join("state/records"), b"{").expect("damage");
+    let check = records(&h);
+    assert_eq!(check.verdict, Verdict::Fail);
+    assert!(check.detail.contains("records cannot be read"), "{}", check.detail);
+    assert!(check.fix.is_some_and(|f| f.contains("backup")));
 }

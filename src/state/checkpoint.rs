@@ -6,7 +6,7 @@
 //! epoch; the new one holds everything and no frame names its fresh epoch yet.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use super::{Maps, SnapshotRecord, VolumeRecord};
 
 pub const FILE_NAME: &str = "records";
+const TMP_NAME: &str = ".records.tmp";
 const VERSION: u32 = 2;
 
 /// The checkpoint as read.
@@ -65,27 +66,27 @@ pub fn fresh_epoch(previous: u64) -> u64 {
     if epoch == previous { epoch.wrapping_add(1) } else { epoch }
 }
 
-/// Every record in `maps` as the checkpoint of `epoch`.
-pub fn encode(epoch: u64, maps: &Maps) -> io::Result<Vec<u8>> {
+/// Writes every record in `maps` as the checkpoint of `epoch` to a temp file, streamed
+/// (no copy of the records in memory), and returns it unsynced.
+pub fn write_tmp(root: &Path, epoch: u64, maps: &Maps) -> io::Result<File> {
     let out = Out {
         version: VERSION,
         epoch,
         volumes: maps.volumes.values().collect(),
         snapshots: maps.snapshots.values().collect(),
     };
-    serde_json::to_vec(&out).map_err(io::Error::other)
+    let mut writer = BufWriter::with_capacity(1 << 16, File::create(root.join(TMP_NAME))?);
+    serde_json::to_writer(&mut writer, &out).map_err(io::Error::other)?;
+    writer.flush()?;
+    writer.into_inner().map_err(|e| e.into_error())
 }
 
-/// Writes an encoded checkpoint in place of the last one, durably.
-pub fn write(root: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = root.join(format!(".{FILE_NAME}.tmp"));
-    {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
+/// Syncs the temp file and renames it over the last checkpoint, durably.
+pub fn install(root: &Path, tmp: File) -> io::Result<()> {
+    tmp.sync_all()?;
+    drop(tmp);
     crate::failpoint::hit("state.checkpoint.before-rename")?;
-    fs::rename(&tmp, root.join(FILE_NAME))?;
+    fs::rename(root.join(TMP_NAME), root.join(FILE_NAME))?;
     crate::failpoint::hit("state.checkpoint.after-rename")?;
     File::open(root)?.sync_all()
 }

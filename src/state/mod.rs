@@ -229,6 +229,26 @@ struct Pending {
     change: Change,
 }
 
+/// The writer's role while it writes a batch. Dropping it, however the write ends, gives
+/// each change of the batch its result and lets the next writer go, so not even a panic
+/// leaves later changes waiting for a writer that is gone.
+struct Leading<'a> {
+    store: &'a Store,
+    tickets: Vec<u64>,
+    result: Result<(), (io::ErrorKind, String)>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.store.queue();
+        queue.writing = false;
+        for ticket in self.tickets.drain(..) {
+            queue.done.insert(ticket, self.result.clone());
+        }
+        self.store.written.notify_all();
+    }
+}
+
 impl Queue {
     /// The waiting changes, oldest first, as many as an empty journal holds.
     fn batch(&mut self) -> Vec<Pending> {
@@ -263,14 +283,28 @@ pub fn now_ms() -> u64 {
 const JOURNAL: &str = "journal";
 
 /// Every record as a start would load it from the checkpoint and the journal, read
-/// without changing anything (for tests and tools, while no berth writes the state).
+/// without changing anything (for `berth doctor` and tests; record files waiting to be
+/// imported are not included).
 pub fn read_records(state_dir: &Path) -> io::Result<(Vec<VolumeRecord>, Vec<SnapshotRecord>)> {
     let root = state_dir.join("state");
-    let base = checkpoint::read(&root)?;
-    let epoch = base.as_ref().map_or(0, |c| c.epoch);
-    let frames = journal::frames(&root.join(JOURNAL), epoch)?.0;
-    let maps = Maps::load(base, &frames, &root.join(JOURNAL))?;
+    let journal = root.join(JOURNAL);
+    let Some(base) = checkpoint::read(&root)? else {
+        return if journal::has_frames(&journal) { Err(lost_checkpoint(&root)) } else { Ok(Default::default()) };
+    };
+    let frames = journal::frames(&journal, base.epoch)?.0;
+    let maps = Maps::load(Some(base), &frames, &journal)?;
     Ok((maps.volumes.into_values().collect(), maps.snapshots.into_values().collect()))
+}
+
+fn lost_checkpoint(root: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "{} is missing but {} holds changes to it; restore it (berth does not start on part of its records)",
+            root.join(checkpoint::FILE_NAME).display(),
+            root.join(JOURNAL).display()
+        ),
+    )
 }
 
 impl Store {
@@ -283,14 +317,7 @@ impl Store {
         let journal_path = root.join(JOURNAL);
         let base = checkpoint::read(&root)?;
         if base.is_none() && journal::has_frames(&journal_path) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{} is missing but {} holds changes to it; restore it (berth does not start on part of its records)",
-                    root.join(checkpoint::FILE_NAME).display(),
-                    journal_path.display()
-                ),
-            ));
+            return Err(lost_checkpoint(&root));
         }
         let fresh = base.is_none();
         if !journal_path.exists() {
@@ -359,14 +386,14 @@ impl Store {
             queue.writing = true;
             let batch = queue.batch();
             drop(queue);
-            let tickets: Vec<u64> = batch.iter().map(|p| p.ticket).collect();
-            let result = self.write_batch(batch).map_err(|e| (e.kind(), e.to_string()));
+            let mut lead = Leading {
+                store: self,
+                tickets: batch.iter().map(|p| p.ticket).collect(),
+                result: Err((io::ErrorKind::Other, "the journal write did not finish".into())),
+            };
+            lead.result = self.write_batch(batch).map_err(|e| (e.kind(), e.to_string()));
+            drop(lead);
             queue = self.queue();
-            queue.writing = false;
-            for ticket in tickets {
-                queue.done.insert(ticket, result.clone());
-            }
-            self.written.notify_all();
         }
     }
 
@@ -393,10 +420,11 @@ impl Store {
 
     fn checkpoint_locked(&self, journal: &mut journal::Journal) -> io::Result<()> {
         let epoch = checkpoint::fresh_epoch(journal.epoch());
-        // Encoded under the map lock, written without it: readers wait for the copy only.
-        let bytes = checkpoint::encode(epoch, &self.maps())?;
+        // Written under the map lock, synced without it: readers wait for the write only.
         let resize = !journal.sized();
-        let done = checkpoint::write(&self.root, &bytes).and_then(|()| journal.restart(epoch, resize));
+        let done = checkpoint::write_tmp(&self.root, epoch, &self.maps())
+            .and_then(|tmp| checkpoint::install(&self.root, tmp))
+            .and_then(|()| journal.restart(epoch, resize));
         if done.is_err() {
             // The checkpoint on disk may be either one: append nothing until one is whole.
             journal.broken = true;
