@@ -10,7 +10,6 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::{Maps, SnapshotRecord, VolumeRecord};
 
@@ -52,18 +51,6 @@ pub fn read(root: &Path) -> io::Result<Option<Checkpoint>> {
         return Err(damaged(format!("version {} is not {VERSION}", checkpoint.version)));
     }
     Ok(Some(checkpoint))
-}
-
-/// A new epoch, unlike `previous` and unlike any a lost or restored checkpoint carried.
-pub fn fresh_epoch(previous: u64) -> u64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let digest = Sha256::new()
-        .chain_update(now.as_nanos().to_le_bytes())
-        .chain_update(std::process::id().to_le_bytes())
-        .chain_update(previous.to_le_bytes())
-        .finalize();
-    let epoch = u64::from_le_bytes(digest[..8].try_into().unwrap_or_default());
-    if epoch == previous { epoch.wrapping_add(1) } else { epoch }
 }
 
 /// Writes every record in `maps` as the checkpoint of `epoch` to a temp file, streamed

@@ -9,15 +9,22 @@
 //! A frame starts on a [`BLOCK`] boundary:
 //!
 //! ```text
-//! magic "BJ01" | epoch u64 | seq u64 | len u32 | check [u8; 8] | payload (len bytes) | zeros
+//! magic "BJ01" | epoch u64 | seq u64 | len u32 | writer u64 | check [u8; 8] | payload | zeros
 //! ```
 //!
 //! `epoch` names the checkpoint (the `records` file) the frame applies to, `seq` counts
-//! frames from 0 within it, and `check` is the first 8 bytes of SHA-256 over the header
-//! fields and the payload. A replay takes frames from offset 0 while each one is whole and
-//! of the expected epoch and sequence, and stops at the first that is not: frames are
-//! written one at a time, each durable before the next begins, so only the last one can be
-//! torn, and frames left over from an older epoch never match.
+//! frames from 0 within it, `writer` is drawn afresh by each process that opens the
+//! journal, and `check` is the first 8 bytes of SHA-256 over the previous frame's check
+//! (or the epoch, for frame 0), the header fields and the payload. A replay takes frames
+//! from offset 0 while each one is whole, of the expected epoch and sequence, and chained
+//! to the one before, and stops at the first that is not.
+//!
+//! Writes are serialised and each is durable before the next begins, so only frames of
+//! the last write can be torn, and none of them was acknowledged. A torn write may still
+//! leave a whole frame behind the torn one. The next process overwrites from the torn
+//! frame on, and its frames carry another writer and so other checks. A leftover frame
+//! therefore never chains to the new ones, even where its sequence number fits. Frames
+//! left over from an older epoch never match at all.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -31,7 +38,7 @@ pub const BLOCK: usize = 4096;
 /// The journal's size. A frame takes at least one block, so it holds 2,048 changes before
 /// a checkpoint must empty it.
 pub const SIZE: u64 = 8 << 20;
-const HEADER: usize = 32;
+const HEADER: usize = 40;
 const MAGIC: &[u8; 4] = b"BJ01";
 
 /// The open journal and where the next frame goes.
@@ -45,6 +52,10 @@ pub struct Journal {
     seq: u64,
     offset: u64,
     capacity: u64,
+    /// Drawn at open; part of every frame this process writes.
+    writer: u64,
+    /// The check of the last frame, which the next one chains to.
+    last: [u8; 8],
     /// A write or a checkpoint failed midway: what is on disk may differ from what berth
     /// holds, so the next change must checkpoint before it appends.
     pub broken: bool,
@@ -96,18 +107,18 @@ fn open_for_writes(path: &Path, direct: bool) -> io::Result<File> {
 
 /// The payloads of the frames of `epoch` from the start of the journal at `path`, where
 /// the next frame would go, and the journal's usable size.
-pub fn frames(path: &Path, epoch: u64) -> io::Result<(Vec<Vec<u8>>, u64, u64)> {
+pub fn frames(path: &Path, epoch: u64) -> io::Result<Scan> {
     let file = File::open(path)?;
     let len = usize::try_from(file.metadata()?.len()).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
     let capacity = len - len % BLOCK;
     // Read as far as the frames go, not the whole file: a checkpointed journal is empty.
     let mut bytes = Vec::new();
-    let (mut offset, mut frames) = (0usize, Vec::new());
+    let (mut offset, mut frames, mut last) = (0usize, Vec::new(), genesis(epoch));
     loop {
-        match frame_at(&bytes, offset, epoch, frames.len() as u64) {
-            Ok(Some((payload, next))) => {
+        match frame_at(&bytes, offset, epoch, frames.len() as u64, &last) {
+            Ok(Some((payload, next, check))) => {
                 frames.push(payload.to_vec());
-                offset = next;
+                (offset, last) = (next, check);
             }
             Err(needed) if bytes.len() < capacity => {
                 let want = needed.max(bytes.len() * 2).max(64 << 10).min(capacity);
@@ -118,12 +129,25 @@ pub fn frames(path: &Path, epoch: u64) -> io::Result<(Vec<Vec<u8>>, u64, u64)> {
             Ok(None) | Err(_) => break,
         }
     }
-    Ok((frames, offset as u64, capacity as u64))
+    Ok(Scan { frames, offset: offset as u64, capacity: capacity as u64, last })
+}
+
+/// The frames of one epoch as found, and where they end.
+pub struct Scan {
+    pub frames: Vec<Vec<u8>>,
+    offset: u64,
+    capacity: u64,
+    last: [u8; 8],
+}
+
+/// What frame 0 of `epoch` chains to.
+fn genesis(epoch: u64) -> [u8; 8] {
+    epoch.to_le_bytes()
 }
 
 /// Opens the journal at `path` for appending, after the frames of `epoch` it holds.
 pub fn replay(path: &Path, epoch: u64) -> io::Result<Replayed> {
-    let (frames, offset, capacity) = frames(path, epoch)?;
+    let Scan { frames, offset, capacity, last } = frames(path, epoch)?;
     let (file, direct) = match open_for_writes(path, true) {
         Ok(file) => (file, true),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open_for_writes(path, false)?, false),
@@ -137,22 +161,32 @@ pub fn replay(path: &Path, epoch: u64) -> io::Result<Replayed> {
         seq: frames.len() as u64,
         offset,
         capacity,
+        writer: super::unique_u64(0),
+        last,
         broken: false,
         buf: Vec::new(),
     };
     Ok(Replayed { journal, frames })
 }
 
-fn check(fields: &[u8], payload: &[u8]) -> [u8; 8] {
-    let digest = Sha256::new().chain_update(fields).chain_update(payload).finalize();
+fn check(prev: &[u8; 8], fields: &[u8], payload: &[u8]) -> [u8; 8] {
+    let digest = Sha256::new().chain_update(prev).chain_update(fields).chain_update(payload).finalize();
     let mut out = [0u8; 8];
     out.copy_from_slice(&digest[..8]);
     out
 }
 
-/// The payload of the frame at `offset` and where the next one starts, if that frame is
-/// whole and is frame `seq` of `epoch`; `Err` with the length `bytes` must have to tell.
-fn frame_at(bytes: &[u8], offset: usize, epoch: u64, seq: u64) -> Result<Option<(&[u8], usize)>, usize> {
+/// The payload of the frame at `offset`, where the next one starts and its check, if that
+/// frame is whole, is frame `seq` of `epoch` and chains to `prev`; `Err` with the length
+/// `bytes` must have to tell.
+type Frame<'a> = (&'a [u8], usize, [u8; 8]);
+fn frame_at<'a>(
+    bytes: &'a [u8],
+    offset: usize,
+    epoch: u64,
+    seq: u64,
+    prev: &[u8; 8],
+) -> Result<Option<Frame<'a>>, usize> {
     let header = bytes.get(offset..offset + HEADER).ok_or(offset + HEADER)?;
     if &header[..4] != MAGIC || header[4..12] != epoch.to_le_bytes() || header[12..20] != seq.to_le_bytes() {
         return Ok(None);
@@ -161,7 +195,8 @@ fn frame_at(bytes: &[u8], offset: usize, epoch: u64, seq: u64) -> Result<Option<
     len.copy_from_slice(&header[20..24]);
     let end = offset + HEADER + u32::from_le_bytes(len) as usize;
     let payload = bytes.get(offset + HEADER..end).ok_or(end)?;
-    Ok((header[24..32] == check(&header[4..24], payload)).then_some((payload, offset + round_up(end - offset))))
+    let sum = check(prev, &header[4..32], payload);
+    Ok((header[32..40] == sum).then_some((payload, offset + round_up(end - offset), sum)))
 }
 
 impl Journal {
@@ -193,7 +228,7 @@ impl Journal {
             self.file = open_for_writes(&self.path, self.direct)?;
             self.capacity = SIZE;
         }
-        (self.epoch, self.seq, self.offset, self.broken) = (epoch, 0, 0, false);
+        (self.epoch, self.seq, self.offset, self.last, self.broken) = (epoch, 0, 0, genesis(epoch), false);
         Ok(())
     }
 
@@ -212,7 +247,7 @@ impl Journal {
         self.buf.clear();
         self.buf.resize(size + BLOCK, 0);
         let start = self.buf.as_ptr().align_offset(BLOCK);
-        let mut at = start;
+        let (mut at, mut last) = (start, self.last);
         for (seq, payload) in (self.seq..).zip(payloads) {
             let len = u32::try_from(payload.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
             let frame = &mut self.buf[at..at + HEADER + payload.len()];
@@ -220,8 +255,9 @@ impl Journal {
             frame[4..12].copy_from_slice(&self.epoch.to_le_bytes());
             frame[12..20].copy_from_slice(&seq.to_le_bytes());
             frame[20..24].copy_from_slice(&len.to_le_bytes());
-            let sum = check(&frame[4..24], payload);
-            frame[24..32].copy_from_slice(&sum);
+            frame[24..32].copy_from_slice(&self.writer.to_le_bytes());
+            last = check(&last, &frame[4..32], payload);
+            frame[32..40].copy_from_slice(&last);
             frame[HEADER..].copy_from_slice(payload);
             at += round_up(HEADER + payload.len());
         }
@@ -232,6 +268,7 @@ impl Journal {
         written?;
         self.offset += size as u64;
         self.seq += payloads.len() as u64;
+        self.last = last;
         Ok(())
     }
 
@@ -308,7 +345,7 @@ mod tests {
 
     #[test]
     fn a_torn_or_damaged_frame_ends_the_replay() {
-        for damage_at in [4usize, 12, 20, 24, HEADER + 1] {
+        for damage_at in [4usize, 12, 20, 24, 32, HEADER + 1] {
             let (_dir, path) = fresh();
             let mut j = replay(&path, 3).expect("open").journal;
             for i in 0..3 {
@@ -323,6 +360,24 @@ mod tests {
             assert_eq!(replayed.frames, vec![b"change 0".to_vec()], "damage at byte {damage_at}");
             assert_eq!(replayed.journal.usage().0, BLOCK as u64, "the next frame overwrites the damaged one");
         }
+    }
+
+    #[test]
+    fn a_whole_frame_left_behind_a_torn_one_never_joins_the_next_writers_frames() {
+        let (_dir, path) = fresh();
+        let mut j = replay(&path, 5).expect("open").journal;
+        j.append(&[b"a", b"b-torn", b"c-left-over"]).expect("one write of three frames");
+        drop(j);
+        // Frame 1 torn by a power cut, frame 2 written whole.
+        let file = OpenOptions::new().read(true).write(true).open(&path).expect("open");
+        file.write_all_at(&[0xff], (BLOCK + HEADER) as u64).expect("tear");
+        let mut j = replay(&path, 5).expect("replay").journal;
+        assert_eq!(j.usage().0, BLOCK as u64, "the replay stopped at the torn frame");
+        // The next process's frame 1 takes one block, so the left-over frame 2 follows it
+        // with the sequence number the replay expects next.
+        j.append(&[b"b-new"]).expect("append");
+        let frames = replay(&path, 5).expect("replay").frames;
+        assert_eq!(frames, vec![b"a".to_vec(), b"b-new".to_vec()], "the left-over frame does not chain");
     }
 
     #[test]

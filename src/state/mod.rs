@@ -282,6 +282,24 @@ pub fn now_ms() -> u64 {
 
 const JOURNAL: &str = "journal";
 
+/// A number unlike `previous` and, for all practical purposes, unlike any other process
+/// or checkpoint ever drew: a checkpoint's epoch, a journal writer's tag.
+fn unique_u64(previous: u64) -> u64 {
+    use sha2::{Digest, Sha256};
+    static DRAWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let digest = Sha256::new()
+        .chain_update(now.as_nanos().to_le_bytes())
+        .chain_update(std::process::id().to_le_bytes())
+        .chain_update(DRAWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_le_bytes())
+        .chain_update(previous.to_le_bytes())
+        .finalize();
+    let mut drawn = [0u8; 8];
+    drawn.copy_from_slice(&digest[..8]);
+    let drawn = u64::from_le_bytes(drawn);
+    if drawn == previous { drawn.wrapping_add(1) } else { drawn }
+}
+
 /// Every record as a start would load it from the checkpoint and the journal, read
 /// without changing anything (for `berth doctor` and tests; record files waiting to be
 /// imported are not included).
@@ -291,7 +309,7 @@ pub fn read_records(state_dir: &Path) -> io::Result<(Vec<VolumeRecord>, Vec<Snap
     let Some(base) = checkpoint::read(&root)? else {
         return if journal::has_frames(&journal) { Err(lost_checkpoint(&root)) } else { Ok(Default::default()) };
     };
-    let frames = journal::frames(&journal, base.epoch)?.0;
+    let frames = journal::frames(&journal, base.epoch)?.frames;
     let maps = Maps::load(Some(base), &frames, &journal)?;
     Ok((maps.volumes.into_values().collect(), maps.snapshots.into_values().collect()))
 }
@@ -419,7 +437,7 @@ impl Store {
     }
 
     fn checkpoint_locked(&self, journal: &mut journal::Journal) -> io::Result<()> {
-        let epoch = checkpoint::fresh_epoch(journal.epoch());
+        let epoch = unique_u64(journal.epoch());
         // Written under the map lock, synced without it: readers wait for the write only.
         let resize = !journal.sized();
         let done = checkpoint::write_tmp(&self.root, epoch, &self.maps())
