@@ -375,3 +375,37 @@ async fn the_journal_keeps_every_change_through_a_crash_and_a_clean_stop_checkpo
     assert_ne!(fs::read(&records).expect("read"), checkpoint);
     println!("journal: 37 volumes through a SIGKILL ({replayed} frames replayed) and a clean restart (0)");
 }
+
+#[tokio::test]
+async fn a_second_berth_on_the_same_state_refuses_to_start_and_names_the_first() {
+    let test = "a_second_berth_on_the_same_state_refuses_to_start_and_names_the_first";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let b = Berth::start(scratch.path(), &pool_config(scratch.path()), "node-a", &[]).await;
+    let mut c = b.controller.clone();
+    let vol = c.create_volume(create_req("pvc-first", MIB)).await.expect("create").into_inner();
+
+    // Same config, another socket: it waits for the state, then gives up.
+    let socket = scratch.path().join("second.sock");
+    let config = scratch.path().join("berth.yaml");
+    let out = berth_cmd(&[
+        "serve",
+        "--endpoint",
+        &format!("unix://{}", socket.display()),
+        "--config",
+        config.to_str().expect("utf8"),
+        "--node-id",
+        "node-a",
+    ]);
+    let text = strip_ansi(&format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    assert!(!out.status.success(), "the second berth must not run:\n{text}");
+    let pid = b.pid().expect("pid");
+    assert!(text.contains(&format!("is held by another berth (pid {pid})")), "{text}");
+    assert!(!socket.exists(), "the second berth never served");
+
+    // The first is untouched.
+    let ids = listed(&b).await;
+    assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![vol.volume.expect("v").volume_id]);
+}

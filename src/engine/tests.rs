@@ -104,6 +104,7 @@ fn prjquota_mounted_but_not_enforced_is_unenforced_and_required_refuses() {
     let err = engine.create_volume(create("pvc", 1 << 20)).expect_err("cannot enforce");
     assert_eq!(tonic::Status::from(err).code(), tonic::Code::FailedPrecondition);
     assert!(fake.calls().is_empty(), "nothing happened: {:?}", fake.calls());
+    drop(engine);
 
     let auto = engine_on(xfs_with_prjquota(dir.path(), ProjectQuotaState::Accounting), dir.path(), "auto");
     let vol = auto.create_volume(create("pvc", 1 << 20)).expect("create");

@@ -202,6 +202,8 @@ impl Maps {
 /// The record store. Writers must hold the per-object lock of what they write.
 #[derive(Debug)]
 pub struct Store {
+    /// Held for the store's life (see [`lock_state`]).
+    _lock: nix::fcntl::Flock<fs::File>,
     root: PathBuf,
     maps: Mutex<Maps>,
     /// Held from a batch's frames to its map update, and through a checkpoint, so a
@@ -314,6 +316,52 @@ pub fn read_records(state_dir: &Path) -> io::Result<(Vec<VolumeRecord>, Vec<Snap
     Ok((maps.volumes.into_values().collect(), maps.snapshots.into_values().collect()))
 }
 
+/// How long a start waits for another process to release the state (a pod being
+/// replaced stops within seconds).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes `state/lock` exclusively, waiting up to `wait` for a berth that still holds it:
+/// two processes appending to one journal would overwrite each other's changes. The
+/// holder's pid is written into the file, for the error a second process reports.
+fn lock_state(root: &Path, wait: std::time::Duration) -> io::Result<nix::fcntl::Flock<fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::io::{Read, Seek, Write};
+    let path = root.join("lock");
+    let deadline = std::time::Instant::now() + wait;
+    let mut logged = false;
+    loop {
+        let file = fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path)?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut locked) => {
+                locked.set_len(0)?;
+                locked.rewind()?;
+                write!(locked, "{}", std::process::id())?;
+                return Ok(locked);
+            }
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut holder = String::new();
+                file.read_to_string(&mut holder)?;
+                let holder = holder.trim();
+                if std::time::Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ResourceBusy,
+                        format!(
+                            "{} is held by another berth (pid {holder}): two processes must not share a state directory",
+                            path.display()
+                        ),
+                    ));
+                }
+                if !logged {
+                    tracing::info!(path = %path.display(), pid = holder, "waiting for another berth to release the state");
+                    logged = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err((_, errno)) => return Err(errno.into()),
+        }
+    }
+}
+
 fn lost_checkpoint(root: &Path) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -332,6 +380,7 @@ impl Store {
         let root = state_dir.join("state");
         fs::create_dir_all(&root)?;
         let started = std::time::Instant::now();
+        let lock = lock_state(&root, LOCK_WAIT)?;
         let journal_path = root.join(JOURNAL);
         let base = checkpoint::read(&root)?;
         if base.is_none() && journal::has_frames(&journal_path) {
@@ -349,6 +398,7 @@ impl Store {
         found.volumes.into_iter().for_each(|v| maps.apply(Change::PutVolume(v)));
         found.snapshots.into_iter().for_each(|s| maps.apply(Change::PutSnapshot(s)));
         let store = Store {
+            _lock: lock,
             root,
             maps: Mutex::new(maps),
             journal: Mutex::new(replayed.journal),
@@ -605,6 +655,7 @@ mod tests {
         store.put_volume(&volume("vol:p:2", "pvc-2")).expect("put");
         store.remove_volume("vol:p:2").expect("remove");
         store.remove_volume("vol:p:2").expect("removing twice is fine");
+        drop(store);
 
         let (reopened, bad) = Store::open(dir.path()).expect("reopen");
         assert!(bad.is_empty());
@@ -788,6 +839,25 @@ mod tests {
                 serde_json::to_vec_pretty(self).expect("json")
             }
         }
+    }
+
+    #[test]
+    fn a_second_process_on_the_same_state_waits_then_fails_naming_the_holder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path()).expect("open");
+        let root = dir.path().join("state");
+        let started = std::time::Instant::now();
+        let err = lock_state(&root, std::time::Duration::from_millis(300)).expect_err("held");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(300), "it waited");
+        assert_eq!(err.kind(), io::ErrorKind::ResourceBusy);
+        assert!(err.to_string().contains(&format!("pid {}", std::process::id())), "{err}");
+        // Released with the store, and then taken at once.
+        let releasing = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(store);
+        });
+        lock_state(&root, std::time::Duration::from_secs(5)).expect("taken once released");
+        releasing.join().expect("thread");
     }
 
     #[test]
