@@ -409,3 +409,36 @@ async fn a_second_berth_on_the_same_state_refuses_to_start_and_names_the_first()
     let ids = listed(&b).await;
     assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![vol.volume.expect("v").volume_id]);
 }
+
+#[tokio::test]
+async fn a_change_whose_write_failed_never_comes_back_after_a_crash() {
+    let test = "a_change_whose_write_failed_never_comes_back_after_a_crash";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let mut b = Berth::start(scratch.path(), &pool_config(scratch.path()), "node-a", &[]).await;
+    // The next process's third journal write fails after its frame reached the disk, as
+    // an I/O error reported late would.
+    b.stop();
+    b.env = vec![("BERTH_FAILPOINTS".to_string(), "state.journal.after-write=error@3".to_string())];
+    b.respawn().await;
+    let mut c = b.controller.clone();
+    let vol = c.create_volume(create_req("pvc-kept", MIB)).await.expect("create").into_inner().volume.expect("v");
+    let delete = pb::DeleteVolumeRequest { volume_id: vol.volume_id.clone(), ..Default::default() };
+    let Err(status) = c.delete_volume(delete.clone()).await else {
+        println!("SKIPPED: {test}: berth was built without --features failpoints");
+        return;
+    };
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+
+    // A crash now: the failed delete's intent is on disk, and must not be replayed.
+    b.kill();
+    b.env.clear();
+    b.respawn().await;
+    assert_eq!(listed(&b).await, [vol.volume_id.clone()].into(), "the volume the failed delete left stays");
+    assert!(!strip_ansi(&b.logs()).contains("finished an interrupted DeleteVolume"));
+    let mut c = b.controller.clone();
+    c.delete_volume(delete).await.expect("a retried delete succeeds");
+    assert!(listed(&b).await.is_empty());
+}

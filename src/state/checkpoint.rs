@@ -63,7 +63,8 @@ pub fn write_tmp(root: &Path, epoch: u64, maps: &Maps) -> io::Result<File> {
         snapshots: maps.snapshots.values().collect(),
     };
     let mut writer = BufWriter::with_capacity(1 << 16, File::create(root.join(TMP_NAME))?);
-    serde_json::to_writer(&mut writer, &out).map_err(io::Error::other)?;
+    // io::Error::from keeps the kind of an I/O error (a full disk) under serde's.
+    serde_json::to_writer(&mut writer, &out).map_err(io::Error::from)?;
     writer.flush()?;
     writer.into_inner().map_err(|e| e.into_error())
 }

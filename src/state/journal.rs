@@ -261,11 +261,10 @@ impl Journal {
             frame[HEADER..].copy_from_slice(payload);
             at += round_up(HEADER + payload.len());
         }
-        let written = self.write_frames(start, size);
-        if written.is_err() {
-            self.broken = true;
-        }
-        written?;
+        // Broken until the write is known good, so not even a panic leaves it appendable.
+        self.broken = true;
+        self.write_frames(start, size)?;
+        self.broken = false;
         self.offset += size as u64;
         self.seq += payloads.len() as u64;
         self.last = last;

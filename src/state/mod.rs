@@ -306,14 +306,25 @@ fn unique_u64(previous: u64) -> u64 {
 /// without changing anything (for `berth doctor` and tests; record files waiting to be
 /// imported are not included).
 pub fn read_records(state_dir: &Path) -> io::Result<(Vec<VolumeRecord>, Vec<SnapshotRecord>)> {
+    use std::os::unix::fs::MetadataExt;
     let root = state_dir.join("state");
     let journal = root.join(JOURNAL);
-    let Some(base) = checkpoint::read(&root)? else {
-        return if journal::has_frames(&journal) { Err(lost_checkpoint(&root)) } else { Ok(Default::default()) };
-    };
-    let frames = journal::frames(&journal, base.epoch)?.frames;
-    let maps = Maps::load(Some(base), &frames, &journal)?;
-    Ok((maps.volumes.into_values().collect(), maps.snapshots.into_values().collect()))
+    // A running berth may checkpoint between the two reads; a checkpoint replaces
+    // `records` by rename, so a changed inode means: read both again.
+    let inode = || fs::metadata(root.join(checkpoint::FILE_NAME)).map(|m| m.ino()).ok();
+    for _ in 0..10 {
+        let before = inode();
+        let Some(base) = checkpoint::read(&root)? else {
+            return if journal::has_frames(&journal) { Err(lost_checkpoint(&root)) } else { Ok(Default::default()) };
+        };
+        let frames = journal::frames(&journal, base.epoch)?.frames;
+        if inode() != before {
+            continue;
+        }
+        let maps = Maps::load(Some(base), &frames, &journal)?;
+        return Ok((maps.volumes.into_values().collect(), maps.snapshots.into_values().collect()));
+    }
+    Err(io::Error::new(io::ErrorKind::ResourceBusy, "the records kept changing while being read; try again"))
 }
 
 /// How long a start waits for another process to release the state (a pod being
@@ -474,7 +485,14 @@ impl Store {
             self.checkpoint_locked(&mut journal)?;
         }
         let payloads: Vec<&[u8]> = batch.iter().map(|p| p.payload.as_slice()).collect();
-        journal.append(&payloads)?;
+        if let Err(e) = journal.append(&payloads) {
+            // The frames may be on disk all the same (an error after the data landed).
+            // The callers hear that their changes failed, so a checkpoint of the maps,
+            // which lack them, retires those frames before anyone is told. If it fails
+            // too, the journal stays broken and takes no change until one succeeds.
+            let _ = self.checkpoint_locked(&mut journal);
+            return Err(e);
+        }
         let mut maps = self.maps();
         batch.into_iter().for_each(|p| maps.apply(p.change));
         Ok(())
@@ -489,10 +507,14 @@ impl Store {
     fn checkpoint_locked(&self, journal: &mut journal::Journal) -> io::Result<()> {
         let epoch = unique_u64(journal.epoch());
         // Written under the map lock, synced without it: readers wait for the write only.
+        // The journal lock, held throughout, keeps changes out of the maps meanwhile.
         let resize = !journal.sized();
-        let done = checkpoint::write_tmp(&self.root, epoch, &self.maps())
-            .and_then(|tmp| checkpoint::install(&self.root, tmp))
-            .and_then(|()| journal.restart(epoch, resize));
+        let written = {
+            let maps = self.maps();
+            checkpoint::write_tmp(&self.root, epoch, &maps)
+        };
+        let done =
+            written.and_then(|tmp| checkpoint::install(&self.root, tmp)).and_then(|()| journal.restart(epoch, resize));
         if done.is_err() {
             // The checkpoint on disk may be either one: append nothing until one is whole.
             journal.broken = true;
@@ -530,7 +552,7 @@ impl Store {
 
     /// Durably removes a volume record.
     pub fn remove_volume(&self, id: &str) -> io::Result<()> {
-        if !self.maps().volumes.contains_key(id) {
+        if !self.maps().volumes.contains_key(id) && !self.journal().broken {
             return Ok(());
         }
         self.commit(Change::RemoveVolume(id.to_string()))
@@ -573,7 +595,7 @@ impl Store {
 
     /// Durably removes a snapshot record.
     pub fn remove_snapshot(&self, id: &str) -> io::Result<()> {
-        if !self.maps().snapshots.contains_key(id) {
+        if !self.maps().snapshots.contains_key(id) && !self.journal().broken {
             return Ok(());
         }
         self.commit(Change::RemoveSnapshot(id.to_string()))
