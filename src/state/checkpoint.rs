@@ -59,8 +59,8 @@ pub fn write_tmp(root: &Path, epoch: u64, maps: &Maps) -> io::Result<File> {
     let out = Out {
         version: VERSION,
         epoch,
-        volumes: maps.volumes.values().collect(),
-        snapshots: maps.snapshots.values().collect(),
+        volumes: maps.volumes.by_id.values().collect(),
+        snapshots: maps.snapshots.by_id.values().collect(),
     };
     let mut writer = BufWriter::with_capacity(1 << 16, File::create(root.join(TMP_NAME))?);
     // io::Error::from keeps the kind of an I/O error (a full disk) under serde's.
@@ -71,10 +71,5 @@ pub fn write_tmp(root: &Path, epoch: u64, maps: &Maps) -> io::Result<File> {
 
 /// Syncs the temp file and renames it over the last checkpoint, durably.
 pub fn install(root: &Path, tmp: File) -> io::Result<()> {
-    tmp.sync_all()?;
-    drop(tmp);
-    crate::failpoint::hit("state.checkpoint.before-rename")?;
-    fs::rename(root.join(TMP_NAME), root.join(FILE_NAME))?;
-    crate::failpoint::hit("state.checkpoint.after-rename")?;
-    File::open(root)?.sync_all()
+    super::replace_durably(tmp, &root.join(TMP_NAME), &root.join(FILE_NAME))
 }

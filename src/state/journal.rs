@@ -26,7 +26,7 @@
 //! therefore never chains to the new ones, even where its sequence number fits. Frames
 //! left over from an older epoch never match at all.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -86,18 +86,13 @@ pub fn has_frames(path: &Path) -> bool {
 
 /// Creates the journal file full of zeros, durably, replacing whatever was there.
 pub fn create(path: &Path) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(".journal.tmp");
-    {
-        let mut file = File::create(&tmp)?;
-        let zeros = vec![0u8; 1 << 20];
-        for _ in 0..SIZE / zeros.len() as u64 {
-            file.write_all(&zeros)?;
-        }
-        file.sync_all()?;
+    let tmp = path.with_file_name(".journal.tmp");
+    let mut file = File::create(&tmp)?;
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..SIZE / zeros.len() as u64 {
+        file.write_all(&zeros)?;
     }
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    super::replace_durably(file, &tmp, path)
 }
 
 fn open_for_writes(path: &Path, direct: bool) -> io::Result<File> {
@@ -289,6 +284,8 @@ impl Journal {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn fresh() -> (tempfile::TempDir, PathBuf) {

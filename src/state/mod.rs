@@ -133,12 +133,81 @@ pub struct SnapshotRecord {
     pub created_unix_ms: u64,
 }
 
+/// What a [`Table`] needs of a record: its ID and the CO's name for it.
+trait Keyed {
+    fn id(&self) -> &str;
+    fn name(&self) -> &str;
+}
+
+impl Keyed for VolumeRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Keyed for SnapshotRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Records by ID, in ID order (for pages), and IDs by name.
+#[derive(Debug)]
+struct Table<T> {
+    by_id: BTreeMap<String, T>,
+    names: HashMap<String, String>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table { by_id: BTreeMap::new(), names: HashMap::new() }
+    }
+}
+
+impl<T: Keyed + Clone> Table<T> {
+    fn put(&mut self, record: T) {
+        if let Some(old) = self.by_id.get(record.id()).filter(|old| old.name() != record.name()) {
+            self.names.remove(old.name());
+        }
+        self.names.insert(record.name().to_string(), record.id().to_string());
+        self.by_id.insert(record.id().to_string(), record);
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.by_id.remove(id) {
+            self.names.remove(old.name());
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<T> {
+        self.by_id.get(id).cloned()
+    }
+
+    fn by_name(&self, name: &str) -> Option<T> {
+        self.names.get(name).and_then(|id| self.get(id))
+    }
+
+    /// Up to `limit` records matching `pred` with IDs after `after`, in ID order, and
+    /// whether more follow.
+    fn page(&self, after: Option<&str>, limit: usize, pred: impl Fn(&T) -> bool) -> (Vec<T>, bool) {
+        let start = after.map_or(std::ops::Bound::Unbounded, |a| std::ops::Bound::Excluded(a.to_string()));
+        let mut matching = self.by_id.range((start, std::ops::Bound::Unbounded)).map(|(_, r)| r).filter(|r| pred(r));
+        let items: Vec<T> = matching.by_ref().take(limit).cloned().collect();
+        let more = matching.next().is_some();
+        (items, more)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Maps {
-    volumes: BTreeMap<String, VolumeRecord>,
-    volume_names: HashMap<String, String>,
-    snapshots: BTreeMap<String, SnapshotRecord>,
-    snapshot_names: HashMap<String, String>,
+    volumes: Table<VolumeRecord>,
+    snapshots: Table<SnapshotRecord>,
 }
 
 /// One change to the records, as a journal frame holds it.
@@ -154,30 +223,10 @@ enum Change {
 impl Maps {
     fn apply(&mut self, change: Change) {
         match change {
-            Change::PutVolume(v) => {
-                if let Some(old) = self.volumes.get(&v.id).filter(|old| old.name != v.name) {
-                    self.volume_names.remove(&old.name);
-                }
-                self.volume_names.insert(v.name.clone(), v.id.clone());
-                self.volumes.insert(v.id.clone(), v);
-            }
-            Change::RemoveVolume(id) => {
-                if let Some(v) = self.volumes.remove(&id) {
-                    self.volume_names.remove(&v.name);
-                }
-            }
-            Change::PutSnapshot(s) => {
-                if let Some(old) = self.snapshots.get(&s.id).filter(|old| old.name != s.name) {
-                    self.snapshot_names.remove(&old.name);
-                }
-                self.snapshot_names.insert(s.name.clone(), s.id.clone());
-                self.snapshots.insert(s.id.clone(), s);
-            }
-            Change::RemoveSnapshot(id) => {
-                if let Some(s) = self.snapshots.remove(&id) {
-                    self.snapshot_names.remove(&s.name);
-                }
-            }
+            Change::PutVolume(v) => self.volumes.put(v),
+            Change::RemoveVolume(id) => self.volumes.remove(&id),
+            Change::PutSnapshot(s) => self.snapshots.put(s),
+            Change::RemoveSnapshot(id) => self.snapshots.remove(&id),
         }
     }
 
@@ -284,22 +333,38 @@ pub fn now_ms() -> u64 {
 
 const JOURNAL: &str = "journal";
 
-/// A number unlike `previous` and, for all practical purposes, unlike any other process
-/// or checkpoint ever drew: a checkpoint's epoch, a journal writer's tag.
+/// Syncs `file`, written at `tmp`, and renames it over `dest`, then syncs the directory:
+/// a crash leaves the old file or the new one, whole.
+fn replace_durably(file: fs::File, tmp: &Path, dest: &Path) -> io::Result<()> {
+    file.sync_all()?;
+    drop(file);
+    crate::failpoint::hit("state.replace.before-rename")?;
+    fs::rename(tmp, dest)?;
+    crate::failpoint::hit("state.replace.after-rename")?;
+    fs::File::open(dest.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// A random number unlike `previous`: a checkpoint's epoch, a journal writer's tag.
 fn unique_u64(previous: u64) -> u64 {
-    use sha2::{Digest, Sha256};
-    static DRAWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let digest = Sha256::new()
-        .chain_update(now.as_nanos().to_le_bytes())
-        .chain_update(std::process::id().to_le_bytes())
-        .chain_update(DRAWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_le_bytes())
-        .chain_update(previous.to_le_bytes())
-        .finalize();
-    let mut drawn = [0u8; 8];
-    drawn.copy_from_slice(&digest[..8]);
-    let drawn = u64::from_le_bytes(drawn);
+    let drawn = uuid::Uuid::new_v4().as_u64_pair().0;
     if drawn == previous { drawn.wrapping_add(1) } else { drawn }
+}
+
+/// The checkpoint under `root`, or `None` for a new store; an error when it is missing
+/// but the journal holds changes to it.
+fn read_base(root: &Path) -> io::Result<Option<checkpoint::Checkpoint>> {
+    let base = checkpoint::read(root)?;
+    if base.is_none() && journal::has_frames(&root.join(JOURNAL)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is missing but {} holds changes to it; restore it (berth does not start on part of its records)",
+                root.join(checkpoint::FILE_NAME).display(),
+                root.join(JOURNAL).display()
+            ),
+        ));
+    }
+    Ok(base)
 }
 
 /// Every record as a start would load it from the checkpoint and the journal, read
@@ -314,15 +379,15 @@ pub fn read_records(state_dir: &Path) -> io::Result<(Vec<VolumeRecord>, Vec<Snap
     let inode = || fs::metadata(root.join(checkpoint::FILE_NAME)).map(|m| m.ino()).ok();
     for _ in 0..10 {
         let before = inode();
-        let Some(base) = checkpoint::read(&root)? else {
-            return if journal::has_frames(&journal) { Err(lost_checkpoint(&root)) } else { Ok(Default::default()) };
+        let Some(base) = read_base(&root)? else {
+            return Ok(Default::default());
         };
         let frames = journal::frames(&journal, base.epoch)?.frames;
         if inode() != before {
             continue;
         }
         let maps = Maps::load(Some(base), &frames, &journal)?;
-        return Ok((maps.volumes.into_values().collect(), maps.snapshots.into_values().collect()));
+        return Ok((maps.volumes.by_id.into_values().collect(), maps.snapshots.by_id.into_values().collect()));
     }
     Err(io::Error::new(io::ErrorKind::ResourceBusy, "the records kept changing while being read; try again"))
 }
@@ -373,17 +438,6 @@ fn lock_state(root: &Path, wait: std::time::Duration) -> io::Result<nix::fcntl::
     }
 }
 
-fn lost_checkpoint(root: &Path) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!(
-            "{} is missing but {} holds changes to it; restore it (berth does not start on part of its records)",
-            root.join(checkpoint::FILE_NAME).display(),
-            root.join(JOURNAL).display()
-        ),
-    )
-}
-
 impl Store {
     /// Opens (creating if needed) the store under `state_dir/state`, loading every record:
     /// the checkpoint, then the journal's changes, then any record files to import.
@@ -393,10 +447,7 @@ impl Store {
         let started = std::time::Instant::now();
         let lock = lock_state(&root, LOCK_WAIT)?;
         let journal_path = root.join(JOURNAL);
-        let base = checkpoint::read(&root)?;
-        if base.is_none() && journal::has_frames(&journal_path) {
-            return Err(lost_checkpoint(&root));
-        }
+        let base = read_base(&root)?;
         let fresh = base.is_none();
         if !journal_path.exists() {
             journal::create(&journal_path)?;
@@ -422,8 +473,8 @@ impl Store {
         }
         let maps = store.maps();
         tracing::debug!(
-            volumes = maps.volumes.len(),
-            snapshots = maps.snapshots.len(),
+            volumes = maps.volumes.by_id.len(),
+            snapshots = maps.snapshots.by_id.len(),
             journal.frames = replayed.frames.len(),
             imported.files = imported,
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -552,40 +603,39 @@ impl Store {
 
     /// Durably removes a volume record.
     pub fn remove_volume(&self, id: &str) -> io::Result<()> {
-        if !self.maps().volumes.contains_key(id) && !self.journal().broken {
+        if !self.maps().volumes.by_id.contains_key(id) && !self.journal().broken {
             return Ok(());
         }
         self.commit(Change::RemoveVolume(id.to_string()))
     }
 
     pub fn volume(&self, id: &str) -> Option<VolumeRecord> {
-        self.maps().volumes.get(id).cloned()
+        self.maps().volumes.get(id)
     }
 
     pub fn volume_by_name(&self, name: &str) -> Option<VolumeRecord> {
-        let maps = self.maps();
-        maps.volume_names.get(name).and_then(|id| maps.volumes.get(id)).cloned()
+        self.maps().volumes.by_name(name)
     }
 
     /// Up to `limit` volumes with IDs after `after`, in ID order, and whether more follow.
     pub fn volumes_page(&self, after: Option<&str>, limit: usize) -> (Vec<VolumeRecord>, bool) {
-        let maps = self.maps();
-        page(&maps.volumes, after, limit)
+        self.maps().volumes.page(after, limit, |_| true)
     }
 
     /// Every volume matching `pred` (for capacity and node lookups).
     pub fn volumes_where(&self, pred: impl Fn(&VolumeRecord) -> bool) -> Vec<VolumeRecord> {
-        self.maps().volumes.values().filter(|v| pred(v)).cloned().collect()
+        self.maps().volumes.by_id.values().filter(|v| pred(v)).cloned().collect()
     }
 
     /// The storage key of every volume and snapshot (to find data no record accounts for).
     pub fn storage_keys(&self) -> std::collections::HashSet<String> {
         let maps = self.maps();
-        maps.volumes.values().map(|v| v.key.clone()).chain(maps.snapshots.values().map(|s| s.key.clone())).collect()
+        let volumes = maps.volumes.by_id.values().map(|v| v.key.clone());
+        volumes.chain(maps.snapshots.by_id.values().map(|s| s.key.clone())).collect()
     }
 
     pub fn volume_count(&self) -> usize {
-        self.maps().volumes.len()
+        self.maps().volumes.by_id.len()
     }
 
     /// Durably writes a snapshot record, then makes it visible.
@@ -595,19 +645,18 @@ impl Store {
 
     /// Durably removes a snapshot record.
     pub fn remove_snapshot(&self, id: &str) -> io::Result<()> {
-        if !self.maps().snapshots.contains_key(id) && !self.journal().broken {
+        if !self.maps().snapshots.by_id.contains_key(id) && !self.journal().broken {
             return Ok(());
         }
         self.commit(Change::RemoveSnapshot(id.to_string()))
     }
 
     pub fn snapshot(&self, id: &str) -> Option<SnapshotRecord> {
-        self.maps().snapshots.get(id).cloned()
+        self.maps().snapshots.get(id)
     }
 
     pub fn snapshot_by_name(&self, name: &str) -> Option<SnapshotRecord> {
-        let maps = self.maps();
-        maps.snapshot_names.get(name).and_then(|id| maps.snapshots.get(id)).cloned()
+        self.maps().snapshots.by_name(name)
     }
 
     /// Up to `limit` snapshots matching `pred` with IDs after `after`, and whether more follow.
@@ -617,26 +666,12 @@ impl Store {
         limit: usize,
         pred: impl Fn(&SnapshotRecord) -> bool,
     ) -> (Vec<SnapshotRecord>, bool) {
-        let maps = self.maps();
-        let start = after.map_or(std::ops::Bound::Unbounded, |a| std::ops::Bound::Excluded(a.to_string()));
-        let mut matching =
-            maps.snapshots.range((start, std::ops::Bound::Unbounded)).map(|(_, s)| s).filter(|s| pred(s));
-        let items: Vec<_> = matching.by_ref().take(limit).cloned().collect();
-        let more = matching.next().is_some();
-        (items, more)
+        self.maps().snapshots.page(after, limit, pred)
     }
 
     pub fn snapshot_count(&self) -> usize {
-        self.maps().snapshots.len()
+        self.maps().snapshots.by_id.len()
     }
-}
-
-fn page<T: Clone>(map: &BTreeMap<String, T>, after: Option<&str>, limit: usize) -> (Vec<T>, bool) {
-    let start = after.map_or(std::ops::Bound::Unbounded, |a| std::ops::Bound::Excluded(a.to_string()));
-    let mut iter = map.range((start, std::ops::Bound::Unbounded));
-    let items: Vec<T> = iter.by_ref().take(limit).map(|(_, v)| v.clone()).collect();
-    let more = iter.next().is_some();
-    (items, more)
 }
 
 #[cfg(test)]
