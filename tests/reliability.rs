@@ -4,8 +4,11 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use berth::csi::pb;
@@ -136,8 +139,7 @@ async fn identical_parallel_calls_give_one_result_and_conflicts_never_both_succe
         async move { c.create_volume(create_req("same", MIB)).await }
     })
     .await;
-    let ids: std::collections::BTreeSet<_> =
-        created.iter().map(|r| r.volume.as_ref().expect("v").volume_id.clone()).collect();
+    let ids: BTreeSet<_> = created.iter().map(|r| r.volume.as_ref().expect("v").volume_id.clone()).collect();
     assert_eq!(ids.len(), 1, "every success names the same volume");
     let id = ids.into_iter().next().expect("id");
     assert_eq!(fs::read_dir(scratch.path().join("pool/volumes")).expect("ls").count(), 1, "one directory");
@@ -155,8 +157,7 @@ async fn identical_parallel_calls_give_one_result_and_conflicts_never_both_succe
         }
     })
     .await;
-    let snap_ids: std::collections::BTreeSet<_> =
-        snaps.iter().map(|r| r.snapshot.as_ref().expect("s").snapshot_id.clone()).collect();
+    let snap_ids: BTreeSet<_> = snaps.iter().map(|r| r.snapshot.as_ref().expect("s").snapshot_id.clone()).collect();
     assert_eq!(snap_ids.len(), 1);
 
     let staging = scratch.path().join("staging");
@@ -313,8 +314,8 @@ async fn a_thousand_concurrent_publishes_over_a_hundred_volumes_leak_nothing() {
 }
 
 /// Every volume ID berth lists, across pages.
-async fn listed(b: &Berth) -> std::collections::BTreeSet<String> {
-    let mut ids = std::collections::BTreeSet::new();
+async fn listed(b: &Berth) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
     let mut token = String::new();
     loop {
         let mut c = b.controller.clone();
@@ -349,7 +350,7 @@ async fn the_journal_keeps_every_change_through_a_crash_and_a_clean_stop_checkpo
     let mut b = Berth::start(scratch.path(), &pool_config(scratch.path()), "node-a", &[]).await;
     let records = scratch.path().join("state/state/records");
     let checkpoint = fs::read(&records).expect("a start writes the first checkpoint");
-    let mut expected = std::collections::BTreeSet::new();
+    let mut expected = BTreeSet::new();
     for i in 0..40 {
         let mut c = b.controller.clone();
         let v = c.create_volume(create_req(&format!("pvc-{i}"), MIB)).await.expect("create").into_inner();
@@ -444,11 +445,9 @@ async fn a_change_whose_write_failed_never_comes_back_after_a_crash() {
 }
 
 /// Storage keys of the volume directories in the hostPath pool under `scratch`.
-fn volume_dirs(scratch: &Path) -> std::collections::BTreeSet<String> {
-    match fs::read_dir(scratch.join("pool/volumes")) {
-        Ok(entries) => entries.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect(),
-        Err(_) => std::collections::BTreeSet::new(),
-    }
+fn volume_dirs(scratch: &Path) -> BTreeSet<String> {
+    let entries = fs::read_dir(scratch.join("pool/volumes")).into_iter().flatten();
+    entries.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect()
 }
 
 #[tokio::test]
@@ -463,13 +462,13 @@ async fn sigkills_at_any_moment_under_concurrent_load_leave_records_and_storage_
     // then kills berth wherever its calls happen to be.
     let mut interrupted = 0;
     for (round, run_ms) in [150u64, 40, 320, 90, 230, 60, 180, 25, 270, 110].into_iter().enumerate() {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = (0..8)
             .map(|client| {
                 let (mut c, stop) = (b.controller.clone(), stop.clone());
                 tokio::spawn(async move {
                     let mut i = 0;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while !stop.load(Ordering::Relaxed) {
                         let name = format!("pvc-{round}-{client}-{i}");
                         let Ok(created) = c.create_volume(create_req(&name, MIB)).await else { break };
                         // Every fourth volume stays, so later rounds run among existing ones.
@@ -487,7 +486,7 @@ async fn sigkills_at_any_moment_under_concurrent_load_leave_records_and_storage_
             .collect();
         tokio::time::sleep(Duration::from_millis(run_ms)).await;
         b.kill();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
         for client in clients {
             client.await.expect("client task");
         }
@@ -498,7 +497,7 @@ async fn sigkills_at_any_moment_under_concurrent_load_leave_records_and_storage_
             interrupted += 1;
         }
 
-        let keys: std::collections::BTreeSet<String> =
+        let keys: BTreeSet<String> =
             listed(&b).await.iter().map(|id| id.rsplit(':').next().expect("key").to_string()).collect();
         assert_eq!(keys, volume_dirs(scratch.path()), "round {round}: records and volume directories differ");
         assert!(!start.contains("accounts for; left in place"), "round {round}: unaccounted storage:\n{start}");
