@@ -262,8 +262,10 @@ def cargo_package() -> dict[str, Any]:
 
 
 def berth_binary() -> pathlib.Path | None:
-    """A berth binary built from this checkout, if there is one (CI builds it first)."""
-    for candidate in (os.environ.get("BERTH_BIN"), REPO / "target" / "debug" / "berth", REPO / "target" / "release" / "berth"):
+    """A berth binary built from this checkout, if there is one (CI builds it first, into
+    CARGO_TARGET_DIR when that is set)."""
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    for candidate in (os.environ.get("BERTH_BIN"), target / "debug" / "berth", target / "release" / "berth"):
         if candidate and pathlib.Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return pathlib.Path(candidate)
     return None

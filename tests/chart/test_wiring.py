@@ -375,7 +375,7 @@ def test_flags_exist_in_berth_serve_help():
     """Every flag the chart passes to berth is one `berth serve` has."""
     binary = berth_binary()
     if binary is None:
-        skip_notice("berth serve --help cross-check", "no berth binary in target/ (build berth first, or set BERTH_BIN)")
+        skip_notice("berth serve --help cross-check", "no berth binary in the cargo target directory (build berth first, or set BERTH_BIN)")
         return
     help_text = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True, check=True).stdout
     known = set(re.findall(r"--([a-z][a-z-]+)", help_text))
@@ -478,7 +478,7 @@ def test_berth_accepts_the_rendered_config():
     stateDir moved under a temporary directory; nothing else is changed."""
     binary = berth_binary()
     if binary is None:
-        skip_notice("berth loads the rendered config", "no berth binary in target/ (build berth first, or set BERTH_BIN)")
+        skip_notice("berth loads the rendered config", "no berth binary in the cargo target directory (build berth first, or set BERTH_BIN)")
         return
     checked = 0
     # A short directory: a unix socket path must fit in 108 bytes.
