@@ -1,5 +1,5 @@
-//! The berth command line: `berth serve`, `berth doctor`, `berth csi`, `berth bench`,
-//! `berth version`.
+//! The berth command line: `berth serve`, `berth doctor`, `berth salvage`, `berth csi`,
+//! `berth bench`, `berth version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +25,10 @@ enum Command {
     Serve(ServeArgs),
     /// Check that this machine can run berth with a configuration; exits non-zero on any fail.
     Doctor(berth::doctor::DoctorArgs),
+    /// Recover from damaged records, which `berth serve` refuses to start on: keeps a copy
+    /// of the damaged files, keeps every record that still checks, and names each change
+    /// it cannot. Run it with berth stopped.
+    Salvage(SalvageArgs),
     /// Call any CSI driver's RPCs on its unix socket: identity, controller and node commands.
     Csi(berth::client::CsiArgs),
     /// Benchmark any CSI driver's socket: provisioning at scale, attach cycles, snapshots, footprint.
@@ -69,6 +73,32 @@ struct ServeArgs {
     /// (e.g. 127.0.0.1:9808, or :9808 for every IPv4 address); off when unset.
     #[arg(long, env = "BERTH_METRICS_ADDRESS", value_name = "HOST:PORT")]
     metrics_address: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct SalvageArgs {
+    /// Configuration file, as given to `berth serve` (it names the state directory).
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Use a checkpoint that fails its checksum, for want of a backup: a record in it may
+    /// be wrong in ways no check can see, so compare the records with the storage after.
+    #[arg(long)]
+    trust_checkpoint: bool,
+}
+
+fn salvage(args: SalvageArgs) -> Result<(), String> {
+    init_logging("warn", LogFormat::Human);
+    let config = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+    let done = berth::state::salvage(&config.state_dir, args.trust_checkpoint).map_err(|e| e.to_string())?;
+    println!("kept {} volume and {} snapshot records", done.volumes, done.snapshots);
+    println!("the damaged files are copied to {}", done.kept_at.display());
+    if done.lost.is_empty() {
+        println!("nothing was lost");
+    }
+    for lost in &done.lost {
+        println!("lost: {lost}");
+    }
+    Ok(())
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -128,6 +158,13 @@ fn main() -> ExitCode {
             }
             if report.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
         }
+        Command::Salvage(args) => match salvage(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berth salvage: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Csi(args) => {
             if berth::client::main(&args) {
                 ExitCode::SUCCESS

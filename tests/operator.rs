@@ -531,3 +531,89 @@ async fn berth_csi_alone_drives_a_whole_volume_lifecycle() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("UNAVAILABLE: no socket at /nonexistent/csi.sock"));
 }
+
+/// Starts `berth serve` with `config`, expecting it to refuse: returns what it printed.
+fn refused_start(dir: &Path, config: &str) -> String {
+    let socket = format!("unix://{}/refused.sock", dir.display());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--config", config, "--endpoint", &socket, "--node-id", "node-a"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("berth served on damaged records");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(!out.status.success(), "berth must not start on damaged records");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn damaged_records_stop_the_start_and_salvage_brings_back_all_it_can() {
+    let scratch = Scratch::new();
+    let state = scratch.path().join("state");
+    let pool = scratch.path().join("pool");
+    let text = hostpath_config(&state, &pool, "none");
+    let mut b = Berth::start(scratch.path(), &text, "node-a", &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let vol = b.controller.create_volume(create_req(&format!("pvc-{i}"), MIB)).await.expect("create");
+        ids.push(vol.into_inner().volume.expect("volume").volume_id);
+    }
+    // A crash, so the six changes are in the journal rather than a shutdown checkpoint.
+    b.kill();
+    let config = b.config.display().to_string();
+    let journal = state.join("state/journal");
+    let records = state.join("state/records");
+    let (good_journal, good_records) = (fs::read(&journal).expect("read"), fs::read(&records).expect("read"));
+
+    // Frames hold two changes each (Creating, then Ready): one bit of volume 1's first.
+    let mut damaged = good_journal.clone();
+    damaged[2 * 4096 + 200] ^= 0x10;
+    fs::write(&journal, &damaged).expect("flip a bit");
+    let err = refused_start(scratch.path(), &config);
+    assert!(err.contains("frame 2 (at byte 8192) is damaged") && err.contains("berth doctor"), "{err}");
+    let (ok, report) = doctor_json(&["--config", &config]);
+    assert!(!ok);
+    let check = verdict(&report, "machine", "records");
+    assert_eq!(check["verdict"], "fail", "{check}");
+    assert!(check["fix"].as_str().is_some_and(|f| f.contains("berth salvage")), "{check}");
+
+    // A journal cut to nothing.
+    fs::write(&journal, b"").expect("truncate");
+    let err = refused_start(scratch.path(), &config);
+    assert!(err.contains("is 0 bytes, but was"), "{err}");
+    fs::write(&journal, &good_journal).expect("restore");
+    assert_eq!(fs::read(&records).expect("read"), good_records, "refused starts change nothing");
+
+    // Salvage of the flipped bit: every volume but the one whose change was lost.
+    fs::write(&journal, &damaged).expect("flip a bit");
+    let out = berth_cmd(&["salvage", "--config", &config]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("kept 6 volume and 0 snapshot records"), "the later Ready change brings it back: {said}");
+    assert!(said.contains("lost: frame 2, which seems to have said: volume"), "{said}");
+    b.restart().await;
+    let listed = b.controller.list_volumes(pb::ListVolumesRequest::default()).await.expect("list").into_inner();
+    assert_eq!(listed.entries.len(), 6);
+
+    // A clean stop checkpoints the six; one changed digit of a key there stops the start.
+    b.stop();
+    let good_records = fs::read(&records).expect("read");
+    let key = ids[3].rsplit(':').next().expect("key");
+    let changed_key = format!("{}{}", if key.starts_with('0') { '1' } else { '0' }, &key[1..]);
+    let changed = String::from_utf8(good_records.clone()).expect("utf8").replacen(key, &changed_key, 1);
+    assert_ne!(changed.as_bytes(), good_records, "the checkpoint names the key");
+    fs::write(&records, changed).expect("change a digit");
+    let err = refused_start(scratch.path(), &config);
+    assert!(err.contains("do not match its checksum"), "{err}");
+    fs::write(&records, &good_records).expect("restore");
+    b.restart().await;
+    b.stop();
+}

@@ -104,7 +104,10 @@ fn records(subject: &str, state_dir: &Path) -> Check {
             "records",
             e.to_string(),
             format!(
-                "restore {0}/state/records and {0}/state/journal from a backup taken together (docs/operations.md, Records)",
+                "stop berth, then either restore {0}/state/records and {0}/state/journal from a backup taken \
+                 together, or run `berth salvage` with the same --config: it keeps a copy of the damaged files, \
+                 keeps every record that still checks and names each change it cannot (docs/operations.md, \
+                 Damaged records)",
                 state_dir.display()
             ),
         ),

@@ -9,15 +9,16 @@
 //! A frame starts on a [`BLOCK`] boundary:
 //!
 //! ```text
-//! magic "BJ01" | epoch u64 | seq u64 | len u32 | writer u64 | check [u8; 8] | payload | zeros
+//! magic "BJ02" | epoch u64 | seq u64 | len u32 | writer u64 | first u64 | check [u8; 8] | payload | zeros
 //! ```
 //!
 //! `epoch` names the checkpoint (the `records` file) the frame applies to, `seq` counts
 //! frames from 0 within it, `writer` is drawn afresh by each process that opens the
-//! journal, and `check` is the first 8 bytes of SHA-256 over the previous frame's check
-//! (or the epoch, for frame 0), the header fields and the payload. A replay takes frames
-//! from offset 0 while each one is whole, of the expected epoch and sequence, and chained
-//! to the one before, and stops at the first that is not.
+//! journal, `first` is the `seq` of the first frame of the write that carried this one, and
+//! `check` is the first 8 bytes of SHA-256 over the previous frame's check (or the epoch,
+//! for frame 0), the header fields and the payload. A replay takes frames from offset 0
+//! while each one is whole, of the expected epoch and sequence, and chained to the one
+//! before, and stops at the first that is not.
 //!
 //! Writes are serialised and each is durable before the next begins, so only frames of
 //! the last write can be torn, and none of them was acknowledged. A torn write may still
@@ -25,6 +26,16 @@
 //! frame on, and its frames carry another writer and so other checks. A leftover frame
 //! therefore never chains to the new ones, even where its sequence number fits. Frames
 //! left over from an older epoch never match at all.
+//!
+//! Where the replay stops is harmless only if it is the end of the last write. A frame of
+//! the epoch further on whose write began after the frame the replay stopped at (its
+//! `first` is greater) proves otherwise: the stopped-at frame was acknowledged and later
+//! damaged, and so may be every change after it. The replay reports that as [`Damage`]
+//! instead of starting on part of the records; [`salvage`] is the operator's way out.
+//! Damage within the last write cannot be told from a torn write, and is taken as one.
+//!
+//! Journals of the format before `first` ("BJ01", a 40-byte header without it) are read
+//! as they are, without that proof, and the next checkpoint starts them over as BJ02.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -38,8 +49,37 @@ pub const BLOCK: usize = 4096;
 /// The journal's size. A frame takes at least one block, so it holds 2,048 changes before
 /// a checkpoint must empty it.
 pub const SIZE: u64 = 8 << 20;
-const HEADER: usize = 40;
-const MAGIC: &[u8; 4] = b"BJ01";
+const HEADER: usize = 48;
+const MAGIC: &[u8; 4] = b"BJ02";
+
+/// Where a frame format keeps its fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    magic: &'static [u8; 4],
+    header: usize,
+}
+
+const CURRENT: Layout = Layout { magic: MAGIC, header: HEADER };
+/// The format before the `first` field.
+const V1: Layout = Layout { magic: b"BJ01", header: 40 };
+
+impl Layout {
+    /// The layout of the frames in `bytes` (read from offset 0): the first frame's.
+    fn of(bytes: &[u8]) -> Layout {
+        if bytes.starts_with(V1.magic) { V1 } else { CURRENT }
+    }
+
+    /// The checked header fields: everything between the magic and the check.
+    fn fields(self) -> std::ops::Range<usize> {
+        4..self.header - 8
+    }
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(out)
+}
 
 /// The open journal and where the next frame goes.
 #[derive(Debug)]
@@ -56,6 +96,9 @@ pub struct Journal {
     writer: u64,
     /// The check of the last frame, which the next one chains to.
     last: [u8; 8],
+    /// Its frames are of the format before this one: appending must wait for a
+    /// checkpoint, which starts the file over in this format.
+    legacy: bool,
     /// A write or a checkpoint failed midway: what is on disk may differ from what berth
     /// holds, so the next change must checkpoint before it appends.
     pub broken: bool,
@@ -101,30 +144,69 @@ fn open_for_writes(path: &Path, direct: bool) -> io::Result<File> {
 }
 
 /// The payloads of the frames of `epoch` from the start of the journal at `path`, where
-/// the next frame would go, and the journal's usable size.
+/// the next frame would go, the journal's usable size, and whether frames of later writes
+/// lie beyond where the replay stopped.
 pub fn frames(path: &Path, epoch: u64) -> io::Result<Scan> {
     let file = File::open(path)?;
     let len = usize::try_from(file.metadata()?.len()).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
     let capacity = len - len % BLOCK;
     // Read as far as the frames go, not the whole file: a checkpointed journal is empty.
     let mut bytes = Vec::new();
+    grow(&file, &mut bytes, BLOCK, capacity)?;
+    let layout = Layout::of(&bytes);
     let (mut offset, mut frames, mut last) = (0usize, Vec::new(), genesis(epoch));
     loop {
-        match frame_at(&bytes, offset, epoch, frames.len() as u64, &last) {
+        match frame_at(layout, &bytes, offset, epoch, frames.len() as u64, &last) {
             Ok(Some((payload, next, check))) => {
                 frames.push(payload.to_vec());
                 (offset, last) = (next, check);
             }
-            Err(needed) if bytes.len() < capacity => {
-                let want = needed.max(bytes.len() * 2).max(64 << 10).min(capacity);
-                let have = bytes.len();
-                bytes.resize(want, 0);
-                file.read_exact_at(&mut bytes[have..], have as u64)?;
-            }
+            Err(needed) if bytes.len() < capacity => grow(&file, &mut bytes, needed, capacity)?,
             Ok(None) | Err(_) => break,
         }
     }
-    Ok(Scan { frames, offset: offset as u64, capacity: capacity as u64, last })
+    let damage = match layout {
+        CURRENT => later_writes(&file, offset, capacity, epoch, frames.len() as u64)?,
+        _ => None,
+    };
+    let legacy = layout != CURRENT && !frames.is_empty();
+    Ok(Scan { frames, offset: offset as u64, capacity: capacity as u64, last, legacy, damage })
+}
+
+/// Reads more of the file into `bytes`: at least `needed` bytes in all, at most `capacity`.
+fn grow(file: &File, bytes: &mut Vec<u8>, needed: usize, capacity: usize) -> io::Result<()> {
+    let want = needed.max(bytes.len() * 2).max(64 << 10).min(capacity);
+    let have = bytes.len();
+    if want > have {
+        bytes.resize(want, 0);
+        file.read_exact_at(&mut bytes[have..], have as u64)?;
+    }
+    Ok(())
+}
+
+/// Damage at `stop`, where the replay stopped at frame `seq`, if a frame of `epoch` after
+/// it belongs to a write that began after that frame.
+fn later_writes(file: &File, stop: usize, capacity: usize, epoch: u64, seq: u64) -> io::Result<Option<Damage>> {
+    let mut later = 0;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut at = stop + BLOCK;
+    while at < capacity {
+        let n = chunk.len().min(capacity - at);
+        file.read_exact_at(&mut chunk[..n], at as u64)?;
+        later += chunk[..n].chunks(BLOCK).filter(|block| later_header(block, epoch, seq)).count();
+        at += n;
+    }
+    Ok((later > 0).then_some(Damage { seq, offset: stop as u64, later }))
+}
+
+/// Whether `block` starts with the header of a frame of `epoch` whose write began after
+/// frame `seq`.
+fn later_header(block: &[u8], epoch: u64, seq: u64) -> bool {
+    block.len() >= HEADER
+        && &block[..4] == MAGIC
+        && u64_at(block, 4) == epoch
+        && u64_at(block, 32) > seq
+        && u64_at(block, 12) >= u64_at(block, 32)
 }
 
 /// The frames of one epoch as found, and where they end.
@@ -133,6 +215,32 @@ pub struct Scan {
     offset: u64,
     capacity: u64,
     last: [u8; 8],
+    /// The frames are of the format before this one.
+    legacy: bool,
+    /// Frames of later writes lie beyond the last good frame.
+    pub damage: Option<Damage>,
+}
+
+/// A replay that stopped short of frames written after the one it stopped at: changes
+/// that were acknowledged would be lost by starting there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The frame the replay stopped at, and where it starts.
+    pub seq: u64,
+    pub offset: u64,
+    /// Frames of later writes found after it.
+    pub later: usize,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "frame {} (at byte {}) is damaged, and {} frame(s) written after it follow; \
+             starting would forget every change from that frame on",
+            self.seq, self.offset, self.later
+        )
+    }
 }
 
 /// What frame 0 of `epoch` chains to.
@@ -140,9 +248,26 @@ fn genesis(epoch: u64) -> [u8; 8] {
     epoch.to_le_bytes()
 }
 
+/// The error a start reports for `damage` in the journal at `path`.
+pub fn damaged(path: &Path, damage: &Damage) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "{}: {damage}. berth does not start on part of its records: `berth doctor` explains the recovery \
+             (docs/operations.md, Damaged records)",
+            path.display()
+        ),
+    )
+}
+
 /// Opens the journal at `path` for appending, after the frames of `epoch` it holds.
+/// Damage (see [`Damage`]) is an error naming the file: berth does not start on part of
+/// its records.
 pub fn replay(path: &Path, epoch: u64) -> io::Result<Replayed> {
-    let Scan { frames, offset, capacity, last } = frames(path, epoch)?;
+    let Scan { frames, offset, capacity, last, legacy, damage } = frames(path, epoch)?;
+    if let Some(damage) = damage {
+        return Err(damaged(path, &damage));
+    }
     let (file, direct) = match open_for_writes(path, true) {
         Ok(file) => (file, true),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (open_for_writes(path, false)?, false),
@@ -158,6 +283,7 @@ pub fn replay(path: &Path, epoch: u64) -> io::Result<Replayed> {
         capacity,
         writer: super::unique_u64(0),
         last,
+        legacy,
         broken: false,
         buf: Vec::new(),
     };
@@ -176,22 +302,93 @@ fn check(prev: &[u8; 8], fields: &[u8], payload: &[u8]) -> [u8; 8] {
 /// `bytes` must have to tell.
 type Frame<'a> = (&'a [u8], usize, [u8; 8]);
 fn frame_at<'a>(
+    layout: Layout,
     bytes: &'a [u8],
     offset: usize,
     epoch: u64,
     seq: u64,
     prev: &[u8; 8],
 ) -> Result<Option<Frame<'a>>, usize> {
-    let header = bytes.get(offset..offset + HEADER).ok_or(offset + HEADER)?;
-    if &header[..4] != MAGIC || header[4..12] != epoch.to_le_bytes() || header[12..20] != seq.to_le_bytes() {
+    let size = layout.header;
+    let header = bytes.get(offset..offset + size).ok_or(offset + size)?;
+    if &header[..4] != layout.magic || u64_at(header, 4) != epoch || u64_at(header, 12) != seq {
         return Ok(None);
     }
     let mut len = [0u8; 4];
     len.copy_from_slice(&header[20..24]);
-    let end = offset + HEADER + u32::from_le_bytes(len) as usize;
-    let payload = bytes.get(offset + HEADER..end).ok_or(end)?;
-    let sum = check(prev, &header[4..32], payload);
-    Ok((header[32..40] == sum).then_some((payload, offset + round_up(end - offset), sum)))
+    let end = offset + size + u32::from_le_bytes(len) as usize;
+    let payload = bytes.get(offset + size..end).ok_or(end)?;
+    let sum = check(prev, &header[layout.fields()], payload);
+    Ok((header[size - 8..] == sum).then_some((payload, offset + round_up(end - offset), sum)))
+}
+
+/// What [`salvage`] could read of a damaged journal.
+#[derive(Debug, Default)]
+pub struct Salvage {
+    /// The payloads of the frames that are whole and check, in order.
+    pub frames: Vec<Vec<u8>>,
+    /// The sequence numbers of the frames that do not, with their payload where the
+    /// header still tells where it is (it may be damaged itself).
+    pub lost: Vec<(u64, Option<Vec<u8>>)>,
+}
+
+/// Reads every frame of `epoch` that can still be trusted, past damage: after a frame
+/// that does not check, the replay goes on at the next frame of a later write, and takes
+/// it when it chains to the check that the frame before it recorded.
+pub fn salvage(path: &Path, epoch: u64) -> io::Result<Salvage> {
+    let mut bytes = std::fs::read(path)?;
+    bytes.truncate(bytes.len() - bytes.len() % BLOCK);
+    let layout = Layout::of(&bytes);
+    let mut out = Salvage::default();
+    let (mut offset, mut seq, mut prev) = (0usize, 0u64, genesis(epoch));
+    // The frame the damage starts at, once found.
+    let mut damaged: Option<u64> = None;
+    loop {
+        if let Ok(Some((payload, next, check))) = frame_at(layout, &bytes, offset, epoch, seq, &prev) {
+            out.frames.push(payload.to_vec());
+            (offset, seq, prev) = (next, seq + 1, check);
+            continue;
+        }
+        let blocks = |from: usize| (from..bytes.len()).step_by(BLOCK);
+        let written_after = damaged.unwrap_or(seq);
+        let resume = blocks(offset + BLOCK)
+            .find(|&at| later_header(&bytes[at..], epoch, written_after) && u64_at(&bytes[at..], 12) > seq);
+        let Some(at) = resume else {
+            // Past damage, a frame that does not check is lost too; before any, the end
+            // of the last write is where the frames end.
+            if damaged.is_some() && header_of(&bytes[offset..], epoch, seq) {
+                out.lost.push((seq, payload_of(&bytes[offset..], epoch, seq).map(<[u8]>::to_vec)));
+            }
+            break;
+        };
+        damaged.get_or_insert(seq);
+        let resumed = u64_at(&bytes[at..], 12);
+        let between = || blocks(offset).take_while(move |&b| b < at);
+        for lost in seq..resumed {
+            let payload = between().find_map(|b| payload_of(&bytes[b..], epoch, lost));
+            out.lost.push((lost, payload.map(<[u8]>::to_vec)));
+        }
+        // The frame just before: the last header there, or where the damaged one began
+        // (even a damaged header usually keeps its check).
+        let before = between().filter(|&b| bytes[b..].starts_with(MAGIC)).last().unwrap_or(offset);
+        prev = bytes[before + HEADER - 8..before + HEADER].try_into().unwrap_or([0; 8]);
+        (offset, seq) = (at, resumed);
+    }
+    Ok(out)
+}
+
+/// Whether `block` starts with a (current-format) header of frame `seq` of `epoch`.
+fn header_of(block: &[u8], epoch: u64, seq: u64) -> bool {
+    block.len() >= HEADER && &block[..4] == MAGIC && u64_at(block, 4) == epoch && u64_at(block, 12) == seq
+}
+
+/// The payload of frame `seq` of `epoch` at the start of `block`, unchecked.
+fn payload_of(block: &[u8], epoch: u64, seq: u64) -> Option<&[u8]> {
+    if !header_of(block, epoch, seq) {
+        return None;
+    }
+    let len = u32::from_le_bytes(block[20..24].try_into().ok()?) as usize;
+    block.get(HEADER..HEADER.checked_add(len)?)
 }
 
 impl Journal {
@@ -209,10 +406,10 @@ impl Journal {
         self.epoch
     }
 
-    /// Whether the file is of the size this version writes (an older or damaged one is
-    /// recreated at the next checkpoint).
-    pub fn sized(&self) -> bool {
-        self.capacity == SIZE
+    /// Whether the file is of the size and format this version writes (an older one is
+    /// recreated at the next checkpoint, which must come before any append).
+    pub fn current(&self) -> bool {
+        self.capacity == SIZE && !self.legacy
     }
 
     /// Starts over after a checkpoint of `epoch`: later frames go from offset 0, and the
@@ -223,14 +420,15 @@ impl Journal {
             self.file = open_for_writes(&self.path, self.direct)?;
             self.capacity = SIZE;
         }
-        (self.epoch, self.seq, self.offset, self.last, self.broken) = (epoch, 0, 0, genesis(epoch), false);
+        (self.epoch, self.seq, self.offset, self.last) = (epoch, 0, 0, genesis(epoch));
+        (self.broken, self.legacy) = (false, false);
         Ok(())
     }
 
     /// Writes one frame per payload, durably and in one write. A failure marks the
     /// journal broken.
     pub fn append(&mut self, payloads: &[&[u8]]) -> io::Result<()> {
-        if self.broken {
+        if self.broken || self.legacy {
             return Err(io::Error::other("the journal needs a checkpoint first"));
         }
         let size: u64 = payloads.iter().map(|p| frame_size(p.len())).sum();
@@ -251,8 +449,9 @@ impl Journal {
             frame[12..20].copy_from_slice(&seq.to_le_bytes());
             frame[20..24].copy_from_slice(&len.to_le_bytes());
             frame[24..32].copy_from_slice(&self.writer.to_le_bytes());
-            last = check(&last, &frame[4..32], payload);
-            frame[32..40].copy_from_slice(&last);
+            frame[32..40].copy_from_slice(&self.seq.to_le_bytes());
+            last = check(&last, &frame[CURRENT.fields()], payload);
+            frame[40..48].copy_from_slice(&last);
             frame[HEADER..].copy_from_slice(payload);
             at += round_up(HEADER + payload.len());
         }
@@ -339,23 +538,87 @@ mod tests {
         );
     }
 
+    /// Flips one byte of the journal at `at`.
+    fn damage(path: &Path, at: usize) {
+        let file = OpenOptions::new().read(true).write(true).open(path).expect("open");
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, at as u64).expect("read");
+        file.write_all_at(&[byte[0] ^ 0x5a], at as u64).expect("damage");
+    }
+
+    /// Every field of a header (epoch, seq, len, writer, first, check) and the payload.
+    const FIELDS: [usize; 7] = [4, 12, 20, 24, 32, 40, HEADER + 1];
+
     #[test]
-    fn a_torn_or_damaged_frame_ends_the_replay() {
-        for damage_at in [4usize, 12, 20, 24, 32, HEADER + 1] {
+    fn damage_in_the_last_write_is_taken_for_a_torn_frame() {
+        for damage_at in FIELDS {
             let (_dir, path) = fresh();
             let mut j = replay(&path, 3).expect("open").journal;
-            for i in 0..3 {
-                j.append(&[format!("change {i}").as_bytes()]).expect("append");
-            }
+            j.append(&[b"change 0"]).expect("append");
+            j.append(&[b"change 1", b"change 2"]).expect("the last write");
             drop(j);
-            let file = OpenOptions::new().read(true).write(true).open(&path).expect("open");
-            let mut byte = [0u8; 1];
-            file.read_exact_at(&mut byte, (BLOCK + damage_at) as u64).expect("read");
-            file.write_all_at(&[byte[0] ^ 0x5a], (BLOCK + damage_at) as u64).expect("damage");
+            damage(&path, BLOCK + damage_at);
             let replayed = replay(&path, 3).expect("replay");
             assert_eq!(replayed.frames, vec![b"change 0".to_vec()], "damage at byte {damage_at}");
             assert_eq!(replayed.journal.usage().0, BLOCK as u64, "the next frame overwrites the damaged one");
         }
+    }
+
+    #[test]
+    fn damage_before_a_later_write_refuses_the_replay_and_salvage_keeps_the_rest() {
+        for damage_at in FIELDS {
+            let (_dir, path) = fresh();
+            let mut j = replay(&path, 3).expect("open").journal;
+            for i in 0..4 {
+                j.append(&[format!("change {i}").as_bytes()]).expect("append");
+            }
+            drop(j);
+            damage(&path, BLOCK + damage_at);
+            let scan = frames(&path, 3).expect("scan");
+            assert_eq!(scan.damage, Some(Damage { seq: 1, offset: BLOCK as u64, later: 2 }), "damage at {damage_at}");
+            let err = replay(&path, 3).err().expect("a start refuses damage");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            assert!(err.to_string().contains("frame 1 (at byte 4096) is damaged"), "{err}");
+
+            let saved = salvage(&path, 3).expect("salvage");
+            let lost: Vec<u64> = saved.lost.iter().map(|(seq, _)| *seq).collect();
+            // A damaged check also breaks the link of the frame after it.
+            let (kept, expected_lost): (Vec<&[u8]>, Vec<u64>) = match damage_at {
+                40 => (vec![b"change 0", b"change 3"], vec![1, 2]),
+                _ => (vec![b"change 0", b"change 2", b"change 3"], vec![1]),
+            };
+            assert_eq!(saved.frames, kept, "damage at {damage_at}");
+            assert_eq!(lost, expected_lost, "damage at {damage_at}");
+            if damage_at == HEADER + 1 {
+                assert_eq!(saved.lost[0].1.as_ref().map(Vec::len), Some(8), "the damaged payload is shown");
+            }
+        }
+    }
+
+    #[test]
+    fn a_journal_of_the_format_before_is_read_and_must_be_started_over() {
+        let (_dir, path) = fresh();
+        // Two BJ01 frames, written as that version did.
+        let mut bytes = vec![0u8; 2 * BLOCK];
+        let mut prev = genesis(9);
+        for (seq, payload) in [&b"old 0"[..], b"old 1"].into_iter().enumerate() {
+            let frame = &mut bytes[seq * BLOCK..];
+            frame[..4].copy_from_slice(V1.magic);
+            frame[4..12].copy_from_slice(&9u64.to_le_bytes());
+            frame[12..20].copy_from_slice(&(seq as u64).to_le_bytes());
+            frame[20..24].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+            prev = check(&prev, &frame[4..32], payload);
+            frame[32..40].copy_from_slice(&prev);
+            frame[40..40 + payload.len()].copy_from_slice(payload);
+        }
+        OpenOptions::new().write(true).open(&path).expect("open").write_all_at(&bytes, 0).expect("write");
+        let mut replayed = replay(&path, 9).expect("replay");
+        assert_eq!(replayed.frames, vec![b"old 0".to_vec(), b"old 1".to_vec()]);
+        assert!(!replayed.journal.current(), "a checkpoint must come first");
+        assert!(replayed.journal.append(&[b"new"]).is_err(), "no BJ02 frame after BJ01 ones");
+        replayed.journal.restart(10, true).expect("restart");
+        replayed.journal.append(&[b"new"]).expect("append");
+        assert_eq!(replay(&path, 10).expect("replay").frames, vec![b"new".to_vec()]);
     }
 
     #[test]
@@ -396,10 +659,10 @@ mod tests {
         let path = dir.path().join("journal");
         fs::write(&path, vec![0u8; 3 * BLOCK + 100]).expect("write");
         let mut j = replay(&path, 1).expect("open").journal;
-        assert!(!j.sized());
+        assert!(!j.current());
         assert_eq!(j.usage().1, 3 * BLOCK as u64);
         j.restart(2, true).expect("recreate");
-        assert!(j.sized());
+        assert!(j.current());
         assert_eq!(fs::metadata(&path).expect("stat").len(), SIZE);
     }
 }

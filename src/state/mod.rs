@@ -14,6 +14,9 @@
 mod checkpoint;
 mod journal;
 mod legacy;
+mod salvage;
+
+pub use salvage::{Salvaged, salvage};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
@@ -229,6 +232,18 @@ enum Change {
     RemoveSnapshot(String),
 }
 
+impl Change {
+    /// One line saying what the change did, for a salvage's report.
+    fn describe(&self) -> String {
+        match self {
+            Change::PutVolume(v) => format!("volume {} ({}) is {:?}", v.id, v.name, v.phase),
+            Change::RemoveVolume(id) => format!("volume {id} is deleted"),
+            Change::PutSnapshot(s) => format!("snapshot {} ({}) is {:?}", s.id, s.name, s.phase),
+            Change::RemoveSnapshot(id) => format!("snapshot {id} is deleted"),
+        }
+    }
+}
+
 impl Maps {
     fn apply(&mut self, change: Change) {
         match change {
@@ -239,12 +254,13 @@ impl Maps {
         }
     }
 
+    fn from_checkpoint(c: checkpoint::Checkpoint) -> Maps {
+        Maps { volumes: Table::from_records(c.volumes), snapshots: Table::from_records(c.snapshots) }
+    }
+
     /// Applies a checkpoint's records and the changes journaled since, in order.
     fn load(checkpoint: Option<checkpoint::Checkpoint>, frames: &[Vec<u8>], journal: &Path) -> io::Result<Maps> {
-        let mut maps = match checkpoint {
-            Some(c) => Maps { volumes: Table::from_records(c.volumes), snapshots: Table::from_records(c.snapshots) },
-            None => Maps::default(),
-        };
+        let mut maps = checkpoint.map_or_else(Maps::default, Maps::from_checkpoint);
         for (i, frame) in frames.iter().enumerate() {
             let change = serde_json::from_slice(frame).map_err(|e| {
                 let at = journal.display();
@@ -375,6 +391,32 @@ fn read_base(root: &Path) -> io::Result<Option<checkpoint::Checkpoint>> {
     Ok(base)
 }
 
+/// Fails when the journal at `path` is missing or shorter than when `base` was written:
+/// changes made since may be gone with the rest of the file.
+fn check_journal_size(path: &Path, base: Option<&checkpoint::Checkpoint>) -> io::Result<()> {
+    let Some(recorded) = base.and_then(|c| c.journal_size) else {
+        return Ok(());
+    };
+    let cut = |now: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} {now}, but was {recorded} bytes when {} was written: changes since may be lost. berth does \
+                 not start on part of its records: `berth doctor` explains the recovery (docs/operations.md, \
+                 Damaged records)",
+                path.display(),
+                path.with_file_name(checkpoint::FILE_NAME).display()
+            ),
+        )
+    };
+    match fs::metadata(path) {
+        Ok(meta) if meta.len() < recorded => Err(cut(format!("is {} bytes", meta.len()))),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(cut("is missing".into())),
+        Err(e) => Err(e),
+    }
+}
+
 /// Every record as a start would load it from the checkpoint and the journal, read
 /// without changing anything (for `berth doctor` and tests; record files waiting to be
 /// imported are not included).
@@ -390,10 +432,15 @@ pub fn read_records(state_dir: &Path) -> io::Result<(Vec<VolumeRecord>, Vec<Snap
         let Some(base) = read_base(&root)? else {
             return Ok(Default::default());
         };
-        let frames = journal::frames(&journal, base.epoch)?.frames;
+        check_journal_size(&journal, Some(&base))?;
+        let scan = journal::frames(&journal, base.epoch)?;
         if inode() != before {
             continue;
         }
+        if let Some(damage) = &scan.damage {
+            return Err(journal::damaged(&journal, damage));
+        }
+        let frames = scan.frames;
         let maps = Maps::load(Some(base), &frames, &journal)?;
         return Ok((maps.volumes.by_id.into_values().collect(), maps.snapshots.by_id.into_values().collect()));
     }
@@ -457,6 +504,7 @@ impl Store {
         let journal_path = root.join(JOURNAL);
         let base = read_base(&root)?;
         let fresh = base.is_none();
+        check_journal_size(&journal_path, base.as_ref())?;
         if !journal_path.exists() {
             journal::create(&journal_path)?;
         }
@@ -475,7 +523,7 @@ impl Store {
             queue: Mutex::default(),
             written: Condvar::new(),
         };
-        if fresh || imported > 0 || !store.journal().sized() {
+        if fresh || imported > 0 || !store.journal().current() {
             store.checkpoint()?;
             legacy::remove(&store.root, &found.imported)?;
         }
@@ -567,10 +615,12 @@ impl Store {
         let epoch = unique_u64(journal.epoch());
         // Written under the map lock, synced without it: readers wait for the write only.
         // The journal lock, held throughout, keeps changes out of the maps meanwhile.
-        let resize = !journal.sized();
+        let resize = !journal.current();
+        // The size the file has now: a resize makes it larger, never smaller.
+        let journal_size = journal.usage().1;
         let written = {
             let maps = self.maps();
-            checkpoint::write_tmp(&self.root, epoch, &maps)
+            checkpoint::write_tmp(&self.root, epoch, journal_size, &maps)
         };
         let done =
             written.and_then(|tmp| checkpoint::install(&self.root, tmp)).and_then(|()| journal.restart(epoch, resize));
@@ -686,7 +736,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn volume(id: &str, name: &str) -> VolumeRecord {
+    pub(super) fn volume(id: &str, name: &str) -> VolumeRecord {
         VolumeRecord {
             id: id.into(),
             name: name.into(),
@@ -978,5 +1028,79 @@ mod tests {
         assert!(err.to_string().contains("is missing but"), "{err}");
         fs::write(&records, good).expect("restore");
         assert_eq!(Store::open(dir.path()).expect("restored").0.volume_count(), 1);
+    }
+
+    /// A store whose checkpoint holds vol-0 and whose journal holds vol-1 .. vol-5, one
+    /// write each, and the journal's path.
+    fn six_volumes(dir: &Path) -> PathBuf {
+        let (store, _) = Store::open(dir).expect("open");
+        store.put_volume(&volume("vol-0", "pvc-0")).expect("put");
+        store.checkpoint().expect("checkpoint");
+        for i in 1..6 {
+            store.put_volume(&volume(&format!("vol-{i}"), &format!("pvc-{i}"))).expect("put");
+        }
+        drop(store);
+        dir.join("state").join(JOURNAL)
+    }
+
+    #[test]
+    fn a_cut_or_missing_journal_stops_the_start() {
+        for cut in [0, journal::BLOCK as u64, journal::SIZE - 1] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let journal = six_volumes(dir.path());
+            fs::OpenOptions::new().write(true).open(&journal).expect("open").set_len(cut).expect("cut");
+            let err = Store::open(dir.path()).expect_err("a cut journal");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            assert!(err.to_string().contains(&format!("is {cut} bytes, but was {} bytes", journal::SIZE)), "{err}");
+            assert!(read_records(dir.path()).is_err(), "doctor reads them as a start would");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = six_volumes(dir.path());
+        fs::remove_file(&journal).expect("rm");
+        let err = Store::open(dir.path()).expect_err("a missing journal");
+        assert!(err.to_string().contains("journal is missing, but was"), "{err}");
+        assert!(!journal.exists(), "the refused start made no new journal");
+    }
+
+    #[test]
+    fn a_flipped_bit_in_the_journal_stops_the_start_and_salvage_names_what_it_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = six_volumes(dir.path());
+        // One bit of vol-2's frame, the second of five.
+        let file = fs::OpenOptions::new().read(true).write(true).open(&journal).expect("open");
+        use std::os::unix::fs::FileExt;
+        let mut byte = [0u8; 1];
+        let at = journal::BLOCK as u64 + 100;
+        file.read_exact_at(&mut byte, at).expect("read");
+        file.write_all_at(&[byte[0] ^ 0x04], at).expect("flip");
+        let err = Store::open(dir.path()).expect_err("damage");
+        assert!(err.to_string().contains("frame 1 (at byte 4096) is damaged, and 3 frame(s)"), "{err}");
+        assert!(err.to_string().contains("berth doctor"), "{err}");
+
+        let saved = salvage(dir.path(), false).expect("salvage");
+        assert_eq!((saved.volumes, saved.snapshots), (5, 0));
+        assert_eq!(saved.lost.len(), 1, "{:?}", saved.lost);
+        assert!(saved.lost[0].starts_with("frame 1"), "{:?}", saved.lost);
+        assert!(saved.kept_at.join("journal").exists() && saved.kept_at.join("records").exists());
+        let (store, _) = Store::open(dir.path()).expect("starts after the salvage");
+        let ids: Vec<String> = store.volumes_where(|_| true).into_iter().map(|v| v.id).collect();
+        assert_eq!(ids, ["vol-0", "vol-1", "vol-3", "vol-4", "vol-5"]);
+    }
+
+    #[test]
+    fn salvage_uses_a_damaged_checkpoint_only_when_told_to() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        six_volumes(dir.path());
+        let records = dir.path().join("state/records");
+        let text = fs::read_to_string(&records).expect("read").replacen("vol-0", "vol-9", 1);
+        fs::write(&records, text).expect("a changed digit in a key");
+        let err = Store::open(dir.path()).expect_err("damage");
+        assert!(err.to_string().contains("do not match its checksum"), "{err}");
+        let err = salvage(dir.path(), false).expect_err("not without being told");
+        assert!(err.to_string().contains("--trust-checkpoint"), "{err}");
+        let saved = salvage(dir.path(), true).expect("told to");
+        assert_eq!(saved.volumes, 6);
+        assert!(saved.lost.is_empty(), "{:?}", saved.lost);
+        assert!(Store::open(dir.path()).expect("starts").0.volume("vol-9").is_some());
     }
 }
