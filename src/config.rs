@@ -267,13 +267,10 @@ impl Config {
             if !seen.insert(name) {
                 return Err(format!("pool name {name:?} is used twice"));
             }
-            if let Some(path) = pool.path() {
-                if !path.is_absolute() || path.components().count() < 2 {
-                    return Err(format!("pool {name:?}: path {} must be an absolute path below /", path.display()));
-                }
-                if path.starts_with(self.state_dir.join("state")) {
-                    return Err(format!("pool {name:?}: path must not be inside the state directory"));
-                }
+            if let Some(path) = pool.path()
+                && (!path.is_absolute() || path.components().count() < 2)
+            {
+                return Err(format!("pool {name:?}: path {} must be an absolute path below /", path.display()));
             }
             if let PoolConfig::Device(d) = pool {
                 if d.devices.is_empty() {
@@ -300,12 +297,70 @@ impl Config {
                 crate::backend::nfs::check_config(n).map_err(|e| format!("pool {name:?}: {e}"))?;
             }
         }
+        self.check_roots(Path::to_path_buf)
+    }
+
+    /// Fails when one pool's path is inside another's, or the state directory is inside a
+    /// pool (or a pool inside berth's records), with each path as `resolve` gives it: as
+    /// written when the file is loaded, with symbolic links followed at start and by
+    /// `berth doctor`. A pod that can write under a pool must reach nothing but its own
+    /// volume: a static volume of an outer pool would otherwise publish an inner pool's
+    /// volumes, or berth's own records.
+    pub fn check_roots(&self, resolve: impl Fn(&Path) -> PathBuf) -> Result<(), String> {
+        let state = resolve(&self.state_dir);
+        let roots: Vec<(&str, PathBuf)> =
+            self.pools.iter().filter_map(|p| p.path().map(|path| (p.name(), resolve(path)))).collect();
+        for (i, (name, path)) in roots.iter().enumerate() {
+            for (other, other_path) in &roots[i + 1..] {
+                if path.starts_with(other_path) || other_path.starts_with(path) {
+                    return Err(format!(
+                        "pools {name:?} ({}) and {other:?} ({}) overlap: one pool's path must not be inside another's",
+                        path.display(),
+                        other_path.display()
+                    ));
+                }
+            }
+            if state.starts_with(path) {
+                return Err(format!(
+                    "stateDir {} is inside pool {name:?} ({}): pods could reach berth's records",
+                    state.display(),
+                    path.display()
+                ));
+            }
+            if path.starts_with(state.join("state")) {
+                return Err(format!("pool {name:?}: path {} must not be inside the state directory", path.display()));
+            }
+        }
         Ok(())
+    }
+
+    /// [`Config::check_roots`] on the paths as they are on this machine: the longest
+    /// existing part of each resolved, symbolic links followed.
+    pub fn check_resolved_roots(&self) -> Result<(), String> {
+        self.check_roots(resolve_existing)
     }
 
     /// The pool a request names, or the only pool when it names none.
     pub fn pool_names(&self) -> impl Iterator<Item = &str> {
         self.pools.iter().map(PoolConfig::name)
+    }
+}
+
+/// `path` with its longest existing ancestor canonicalized and the rest appended.
+fn resolve_existing(path: &Path) -> PathBuf {
+    let mut missing = Vec::new();
+    let mut at = path;
+    loop {
+        if let Ok(real) = at.canonicalize() {
+            return missing.iter().rev().fold(real, |acc: PathBuf, part| acc.join(part));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
     }
 }
 
@@ -349,11 +404,37 @@ mod tests {
             ("pools: [{name: n, type: nfs, server: s, export: /x, subDir: '../${pv.metadata.name}'}]", "subDir"),
             ("pools: [{name: n, type: nfs, server: s, export: /x, permissions: '999'}]", "permissions"),
             ("pools: [{name: n, type: nfs, server: s, export: /x, onDelete: shred}]", "unknown variant `shred`"),
+            ("pools: [{name: a, type: hostpath, path: /x}, {name: b, type: block, path: /x/inner}]", "overlap"),
+            ("pools: [{name: a, type: hostpath, path: /x/inner}, {name: b, type: hostpath, path: /x}]", "overlap"),
+            ("pools: [{name: a, type: hostpath, path: /x}, {name: b, type: hostpath, path: /x}]", "overlap"),
+            ("stateDir: /x/berth\npools: [{name: a, type: hostpath, path: /x}]", "inside pool \"a\""),
+            ("stateDir: /x\npools: [{name: a, type: hostpath, path: /x}]", "inside pool \"a\""),
+            ("stateDir: /x\npools: [{name: a, type: hostpath, path: /x/state/p}]", "inside the state directory"),
         ];
         for (text, want) in cases {
             let err = Config::parse(text, "test").expect_err(text).to_string();
             assert!(err.contains(want), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn roots_are_compared_by_components_and_through_symbolic_links() {
+        let ok = Config::parse(
+            "pools: [{name: a, type: hostpath, path: /x/a}, {name: b, type: hostpath, path: /x/ab}]",
+            "t",
+        );
+        assert!(ok.is_ok(), "/x/ab is not inside /x/a");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outer = dir.path().join("outer");
+        std::fs::create_dir_all(outer.join("real")).expect("mkdir");
+        std::os::unix::fs::symlink(outer.join("real"), dir.path().join("link")).expect("symlink");
+        let text = format!(
+            "stateDir: {0}/state-dir\npools:\n  - {{name: a, type: hostpath, path: {0}/outer}}\n  - {{name: b, type: hostpath, path: {0}/link/b}}\n",
+            dir.path().display()
+        );
+        let config = Config::parse(&text, "t").expect("apart as written");
+        let err = config.check_resolved_roots().expect_err("one inside the other on disk");
+        assert!(err.contains("overlap"), "{err}");
     }
 
     #[test]

@@ -617,3 +617,38 @@ async fn damaged_records_stop_the_start_and_salvage_brings_back_all_it_can() {
     b.restart().await;
     b.stop();
 }
+
+#[test]
+fn overlapping_roots_are_refused_at_start_and_by_doctor() {
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    fs::create_dir_all(pool.join("real")).expect("mkdir");
+    std::os::unix::fs::symlink(pool.join("real"), scratch.path().join("link")).expect("symlink");
+    let cases = [
+        // berth's records where a static volume of the pool could publish them
+        (hostpath_config(&pool.join("berth-state"), &pool, "none"), "is inside pool \"default\""),
+        // a second pool inside the first, reached through a symbolic link
+        (
+            format!(
+                "{}  - {{name: inner, type: block, path: {}}}\n",
+                hostpath_config(&scratch.path().join("state"), &pool, "none"),
+                scratch.path().join("link/inner").display()
+            ),
+            "overlap",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let config = write_config(scratch.path(), &format!("roots-{i}.yaml"), text);
+        let err = refused_start(scratch.path(), &config);
+        assert!(err.contains(want), "{text}: {err}");
+        let (ok, report) = doctor_json(&["--config", &config]);
+        assert!(!ok, "{report:#}");
+        let failed = report["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .any(|c| c["verdict"] == "fail" && c["detail"].as_str().is_some_and(|d| d.contains(want)));
+        assert!(failed, "doctor names it: {report:#}");
+    }
+    assert!(!pool.join("berth-state").exists(), "a refused start writes nothing");
+}

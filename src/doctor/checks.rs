@@ -175,6 +175,15 @@ pub fn machine(host: &Host, config: Option<&Config>, needs: Needs) -> Vec<Check>
     if let Some(config) = config {
         out.push(writable_dir(M, "state directory", &config.state_dir));
         out.push(records(M, &config.state_dir));
+        out.push(match config.check_resolved_roots() {
+            Ok(()) => Check::ok(M, "roots", "no pool is inside another or holds the state directory"),
+            Err(e) => Check::fail(
+                M,
+                "roots",
+                e,
+                "give each pool, and the state directory, a path outside every other (symbolic links followed)",
+            ),
+        });
     }
     out.push(match fs::symlink_metadata(&host.loop_control) {
         Ok(m) if m.file_type().is_char_device() => {

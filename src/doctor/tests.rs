@@ -199,6 +199,7 @@ fn block_and_device_pools_turn_missing_pieces_into_failures() {
         vec![
             ("root", Verdict::Ok),
             ("records", Verdict::Ok),
+            ("roots", Verdict::Ok),
             ("loop devices", Verdict::Fail),
             ("device tools", Verdict::Fail),
             ("ext4 tools", Verdict::Fail),

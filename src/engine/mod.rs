@@ -132,6 +132,7 @@ impl Engine {
         sys: Arc<dyn Syscall>,
         placement: Placement,
     ) -> std::result::Result<Engine, String> {
+        config.check_resolved_roots()?;
         let (store, unreadable) = Store::open(&config.state_dir)
             .map_err(|e| format!("opening state in {}: {e}", config.state_dir.display()))?;
         for bad in &unreadable {

@@ -31,9 +31,9 @@ pub struct Found {
 pub fn find(root: &Path) -> io::Result<Found> {
     let mut found = Found::default();
     let vol_files = files(&root.join(VOLUMES))?;
-    found.volumes = parse(vol_files, &mut found)?;
+    found.volumes = parse(root, vol_files, &mut found)?;
     let snap_files = files(&root.join(SNAPSHOTS))?;
-    found.snapshots = parse(snap_files, &mut found)?;
+    found.snapshots = parse(root, snap_files, &mut found)?;
     if root.join(OLD_CATALOG).exists() {
         found.imported.push(root.join(OLD_CATALOG));
     }
@@ -62,7 +62,32 @@ fn files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(paths: Vec<PathBuf>, found: &mut Found) -> io::Result<Vec<T>> {
+/// Whether a record file at `path` can only have been written by berth's user: it and
+/// each directory up to the state root belong to that user, and no one else
+/// can write to them. Anything else may be a pod's doing and is never imported.
+fn trusted(path: &Path, root: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = nix::unistd::geteuid().as_raw();
+    for (i, at) in path.ancestors().take_while(|at| at.starts_with(root)).enumerate() {
+        let meta = fs::symlink_metadata(at).map_err(|e| e.to_string())?;
+        let what = if i == 0 { "the file" } else { "its directory" };
+        if meta.file_type().is_symlink() {
+            return Err(format!("{what} {} is a symbolic link: not imported", at.display()));
+        }
+        if meta.uid() != uid || meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "{what} {} belongs to uid {} with mode {:o}, so someone other than berth may have written it: \
+                 not imported",
+                at.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(root: &Path, paths: Vec<PathBuf>, found: &mut Found) -> io::Result<Vec<T>> {
     let mut records = Vec::new();
     for path in paths {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -74,8 +99,8 @@ fn parse<T: for<'de> Deserialize<'de>>(paths: Vec<PathBuf>, found: &mut Found) -
         if !name.ends_with(".json") {
             continue;
         }
-        match fs::read(&path)
-            .map_err(|e| e.to_string())
+        match trusted(&path, root)
+            .and_then(|()| fs::read(&path).map_err(|e| e.to_string()))
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         {
             Ok(record) => {

@@ -975,6 +975,31 @@ mod tests {
         assert!(bad.is_empty());
         assert_eq!(store.volume("vol:p:flat").map(|v| v.capacity), Some(7));
         assert!(!vols.exists());
+        drop(store);
+
+        // A record file anyone could have written is reported, never imported.
+        use std::os::unix::fs::PermissionsExt;
+        fs::create_dir_all(&vols).expect("mkdir");
+        fs::write(vols.join("planted.json"), json(&volume("vol:p:planted", "planted"))).expect("write");
+        fs::set_permissions(vols.join("planted.json"), fs::Permissions::from_mode(0o666)).expect("chmod");
+        let (store, bad) = Store::open(dir.path()).expect("open");
+        assert!(store.volume("vol:p:planted").is_none());
+        assert!(bad.len() == 1 && bad[0].reason.contains("not imported"), "{bad:?}");
+        drop(store);
+        fs::set_permissions(vols.join("planted.json"), fs::Permissions::from_mode(0o644)).expect("chmod");
+        fs::set_permissions(&vols, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let (store, bad) = Store::open(dir.path()).expect("open");
+        assert!(store.volume("vol:p:planted").is_none(), "its directory is writable by all");
+        assert!(bad.len() == 1 && bad[0].reason.contains("its directory"), "{bad:?}");
+        drop(store);
+        fs::set_permissions(&vols, fs::Permissions::from_mode(0o755)).expect("chmod");
+        if nix::unistd::geteuid().is_root() {
+            nix::unistd::chown(&vols.join("planted.json"), Some(nix::unistd::Uid::from_raw(4321)), None)
+                .expect("chown");
+            let (store, bad) = Store::open(dir.path()).expect("open");
+            assert!(store.volume("vol:p:planted").is_none(), "another user's file");
+            assert!(bad.len() == 1 && bad[0].reason.contains("uid 4321"), "{bad:?}");
+        }
     }
 
     mod erased {
