@@ -309,7 +309,10 @@ async fn xfs_and_btrfs_volumes_and_raw_block_devices() {
         }
         let vol = create(&mut b, &format!("pvc-{fs_type}"), 320 * MIB, fs_cap(fs_type)).await;
         let p = stage_publish(&mut b, scratch.path(), &vol.volume_id, fs_type, fs_cap(fs_type)).await;
-        assert_eq!(mount_entry(&p.staging).expect("mounted").fs_type, fs_type);
+        let staged = mount_entry(&p.staging).expect("mounted");
+        assert_eq!(staged.fs_type, fs_type);
+        let options: Vec<&str> = staged.options.split(',').collect();
+        assert!(options.contains(&"nosuid") && options.contains(&"nodev"), "{}", staged.options);
         fs::write(p.target.join("f"), fs_type).expect("write");
         unpublish_unstage(&mut b, &vol.volume_id, &p).await;
         // Staging again finds the filesystem and mounts it without formatting.
@@ -349,6 +352,34 @@ async fn xfs_and_btrfs_volumes_and_raw_block_devices() {
     unpublish_unstage(&mut b, &raw.volume_id, &p).await;
     assert!(!p.target.exists(), "the target file is removed");
     assert!(loops_of(&image_of(&pool, &raw.volume_id)).is_empty());
+
+    // A raw volume staged or published as a filesystem would have the node mount (or
+    // format) what the pod wrote.
+    let staging = scratch.path().join("staging-raw-as-fs");
+    let staged = b
+        .node
+        .node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: raw.volume_id.clone(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(fs_cap("ext4")),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(staged), tonic::Code::FailedPrecondition);
+    let published = b
+        .node
+        .node_publish_volume(pb::NodePublishVolumeRequest {
+            volume_id: raw.volume_id.clone(),
+            staging_target_path: staging.display().to_string(),
+            target_path: scratch.path().join("pod-raw-as-fs/vol").display().to_string(),
+            volume_capability: Some(fs_cap("ext4")),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(published), tonic::Code::FailedPrecondition);
+    let blank = berth::mount::tools::blkid(&image_of(&pool, &raw.volume_id)).expect("blkid");
+    assert_eq!(blank, berth::mount::Signature::None, "still never formatted");
+    assert!(loops_of(&image_of(&pool, &raw.volume_id)).is_empty(), "nothing attached");
 }
 
 #[tokio::test]

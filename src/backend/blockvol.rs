@@ -65,7 +65,9 @@ pub fn stage(sys: &dyn Syscall, device: &Path, staging: &Path, capability: &Capa
             )));
         }
     }
-    let mut ms = flags.extra;
+    // The host kernel mounts what a pod wrote: no setuid program or device node in it
+    // counts on the node (the pod's bind mount inherits both).
+    let mut ms = flags.extra | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     if readonly {
         ms |= MsFlags::MS_RDONLY;
     } else if sys

@@ -213,6 +213,19 @@ impl Engine {
         Err(Error::NotFound(format!("volume {id} does not exist on node {}", self.node_id)))
     }
 
+    /// A raw block volume holds whatever its pod wrote: staged or published with a
+    /// filesystem capability, the node would mount (or format) it. FAILED_PRECONDITION.
+    fn check_access_type(id: &str, source: StageSource<'_>, capability: &Capability) -> Result<()> {
+        match source {
+            StageSource::Managed(record) if record.access == AccessKind::Block && !capability.block => {
+                Err(Error::FailedPrecondition(format!(
+                    "volume {id} is a raw block volume: it cannot be staged or published with a mount capability"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn check_node_capability(&self, pool: &dyn Backend, capability: &Capability) -> Result<ops::Flags> {
         if capability.mode.multi_node() && pool.node_local() {
             return Err(Error::FailedPrecondition(format!(
@@ -245,6 +258,7 @@ impl Engine {
         let _guard = self.lock(std::slice::from_ref(&req.volume_id))?;
         let resolved = self.resolve(&req.volume_id, &req.context)?;
         let (pool, source) = resolved.parts();
+        Self::check_access_type(&req.volume_id, source, &req.capability)?;
         self.check_node_capability(pool.as_ref(), &req.capability)?;
         self.clear_stale_mount(&req.staging)?;
         let created = prepare_dir(self, "staging_target_path", &req.staging)?;
@@ -292,6 +306,7 @@ impl Engine {
         }
         let resolved = self.resolve(&req.volume_id, &req.context)?;
         let (pool, source) = resolved.parts();
+        Self::check_access_type(&req.volume_id, source, &req.capability)?;
         let mut flags = self.check_node_capability(pool.as_ref(), &req.capability)?;
         flags.readonly |= req.readonly || req.capability.mode.read_only();
         let staging = req.staging.as_deref().ok_or_else(|| {
