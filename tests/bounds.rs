@@ -63,6 +63,7 @@ async fn ten_thousand_volumes_keep_pages_small_memory_bounded_and_startup_fast()
                 ("csi.storage.k8s.io/pv/name".to_string(), format!("pvc-{i:08}-0a1b2c3d-4e5f-6789-abcd-ef0123456789")),
             ]
             .into(),
+            single_writer: None,
             created_unix_ms: 1,
         };
         fs::write(vdir.join(format!("{i}.json")), serde_json::to_vec(&volume).expect("json")).expect("write");

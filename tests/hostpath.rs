@@ -614,3 +614,78 @@ async fn xfs_project_quota_enforces_sizes_where_the_kernel_supports_it() {
         .await
         .expect("delete");
 }
+
+#[tokio::test]
+async fn a_single_writer_publish_bars_every_other_publish_and_ephemeral_never_takes_a_persistent_volume() {
+    let test = "a_single_writer_publish_bars_every_other_publish_and_ephemeral_never_takes_a_persistent_volume";
+    if !require_root(test) {
+        return;
+    }
+    use pb::volume_capability::access_mode::Mode;
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    let mut b =
+        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "auto"), "node-a", &[])
+            .await;
+    let id = b.controller.create_volume(create_req("pvc-rwop", MIB)).await.expect("create").into_inner().volume;
+    let id = id.expect("volume").volume_id;
+    let staging = scratch.path().join("staging");
+    let stage = pb::NodeStageVolumeRequest {
+        volume_id: id.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(mount_cap(Mode::SingleNodeSingleWriter)),
+        ..Default::default()
+    };
+    b.node.node_stage_volume(stage).await.expect("stage");
+    let publish = |target: &Path, mode: Mode| pb::NodePublishVolumeRequest {
+        volume_id: id.clone(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(mount_cap(mode)),
+        ..Default::default()
+    };
+    let pods = scratch.path().join("pods");
+    fs::create_dir_all(&pods).expect("mkdir");
+    let (first, second) = (pods.join("first"), pods.join("second"));
+    b.node.node_publish_volume(publish(&first, Mode::SingleNodeSingleWriter)).await.expect("the single writer");
+    for mode in [Mode::SingleNodeWriter, Mode::SingleNodeMultiWriter, Mode::SingleNodeReaderOnly] {
+        let other = b.node.node_publish_volume(publish(&second, mode)).await;
+        assert_eq!(code(other), Code::FailedPrecondition, "{mode:?} beside a ReadWriteOncePod publish");
+    }
+    // The claim is a record: a restart keeps it.
+    b.restart().await;
+    let other = b.node.node_publish_volume(publish(&second, Mode::SingleNodeWriter)).await;
+    assert_eq!(code(other), Code::FailedPrecondition, "after a restart");
+    assert!(mounts_below(&pods).iter().all(|m| m.mount_point == first), "one publish only");
+
+    // An ephemeral publish naming the persistent volume gets nothing.
+    let mut ephemeral = publish(&second, Mode::SingleNodeWriter);
+    ephemeral.staging_target_path.clear();
+    ephemeral.volume_context = [("csi.storage.k8s.io/ephemeral".to_string(), "true".to_string())].into();
+    assert_eq!(code(b.node.node_publish_volume(ephemeral).await), Code::AlreadyExists);
+    assert!(mounts_below(&pods).iter().all(|m| m.mount_point == first), "nothing mounted");
+
+    b.node
+        .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            target_path: first.display().to_string(),
+        })
+        .await
+        .expect("unpublish");
+    b.node.node_publish_volume(publish(&second, Mode::SingleNodeWriter)).await.expect("free again");
+    b.node
+        .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            target_path: second.display().to_string(),
+        })
+        .await
+        .expect("unpublish");
+    b.node
+        .node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .expect("unstage");
+    assert!(mounts_below(scratch.path()).is_empty());
+}

@@ -250,6 +250,7 @@ impl Engine {
                         .filter(|(k, _)| !k.contains("secret"))
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
+                    single_writer: None,
                     created_unix_ms: state::now_ms(),
                 };
                 self.put_volume(&record)?;

@@ -331,6 +331,18 @@ impl Engine {
         if ops::is_mount_point(self.sys.as_ref(), &req.target).map_err(io_err("read mount table", &req.target))? {
             return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly);
         }
+        // A single-writer publish elsewhere, still mounted, bars every other publish: the
+        // mode a request names is the requester's word, not the volume's.
+        if let StageSource::Managed(record) = source
+            && let Some(held) = record.single_writer.as_deref().filter(|held| *held != req.target)
+            && pool.is_mounted_at(source, held)?
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {} is published for a single writer (ReadWriteOncePod) at {}",
+                req.volume_id,
+                held.display()
+            )));
+        }
         if req.capability.mode == super::AccessMode::SingleNodeSingleWriter {
             let others: Vec<_> = pool
                 .mounts(source)?
@@ -344,6 +356,14 @@ impl Engine {
                     req.volume_id,
                     others.join(", ")
                 )));
+            }
+            // Recorded before the mount: a claim whose target is not mounted bars nothing.
+            if let StageSource::Managed(record) = source
+                && record.single_writer.as_deref() != Some(req.target.as_path())
+            {
+                let mut claimed = record.clone();
+                claimed.single_writer = Some(req.target.clone());
+                self.put_volume(&claimed)?;
             }
         }
         super::failpoint("node.publish.bind")?;
@@ -379,6 +399,10 @@ impl Engine {
         let _guard = self.lock(&[volume_id.to_string()])?;
         super::failpoint("node.unpublish.unmount")?;
         tear_down(self, "target_path", target)?;
+        if let Some(mut record) = self.store.volume(volume_id).filter(|v| v.single_writer.as_deref() == Some(target)) {
+            record.single_writer = None;
+            self.put_volume(&record)?;
+        }
         if let Some(record) = self.store.volume(volume_id).filter(|v| v.ephemeral) {
             let pool = Arc::clone(self.pools.get(&record.pool).ok_or_else(|| {
                 Error::FailedPrecondition(format!(
@@ -416,10 +440,14 @@ impl Engine {
             None => self.config.default_volume_size.0,
         };
         let record = match self.store.volume(&req.volume_id) {
-            Some(r) if r.phase == Phase::Ready => r,
+            // Never a persistent volume: that would skip its staging and single-writer checks.
             Some(r) if !r.ephemeral => {
-                return Err(Error::AlreadyExists(format!("volume {} exists and is not an ephemeral volume", r.id)));
+                return Err(Error::AlreadyExists(format!(
+                    "volume {} exists and is not an ephemeral volume; publish it without {EPHEMERAL_KEY}",
+                    r.id
+                )));
             }
+            Some(r) if r.phase == Phase::Ready => r,
             existing => {
                 let mut record = existing.unwrap_or_else(|| VolumeRecord {
                     id: req.volume_id.clone(),
@@ -438,6 +466,7 @@ impl Engine {
                     fs_type: None,
                     device: None,
                     parameters: BTreeMap::new(),
+                    single_writer: None,
                     created_unix_ms: state::now_ms(),
                 });
                 self.put_volume(&record)?;

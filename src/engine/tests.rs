@@ -265,6 +265,7 @@ fn a_retried_create_finishes_work_a_crash_left_half_done() {
         fs_type: None,
         device: None,
         parameters: BTreeMap::new(),
+        single_writer: None,
         created_unix_ms: 1,
     };
     engine.store.put_volume(&half).expect("intent");

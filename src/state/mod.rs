@@ -109,6 +109,10 @@ pub struct VolumeRecord {
     /// StorageClass parameters berth acted on (never secrets).
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
+    /// The target a ReadWriteOncePod publish holds: while it is mounted, the volume is
+    /// published nowhere else, whatever access mode a request names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single_writer: Option<PathBuf>,
     pub created_unix_ms: u64,
 }
 
@@ -754,6 +758,7 @@ mod tests {
             fs_type: None,
             device: None,
             parameters: BTreeMap::new(),
+            single_writer: None,
             created_unix_ms: 1,
         }
     }
