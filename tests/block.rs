@@ -422,6 +422,32 @@ async fn never_reformats_and_never_detaches_a_foreign_loop() {
         }
     }
     let _guard = Detach(foreign.clone());
+    // Mounted through it (a backup job), the image is not mounted a second time.
+    let backup = scratch.path().join("backup");
+    fs::create_dir_all(&backup).expect("mkdir");
+    sh("mount", &[&foreign, backup.to_str().expect("utf8")]);
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let unmount = Unmount(backup.clone());
+    let staging = scratch.path().join("staging-twice");
+    let twice = b
+        .node
+        .node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(fs_cap("ext4")),
+            ..Default::default()
+        })
+        .await;
+    let status = twice.expect_err("a second mount of one filesystem");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains(&foreign) && status.message().contains("backup"), "{}", status.message());
+    assert_eq!(loops_of(&image), vec![foreign.clone()], "no second loop device");
+    drop(unmount);
     let p = stage_publish(&mut b, scratch.path(), &vol.volume_id, "f", fs_cap("ext4")).await;
     let staged = mount_entry(&p.staging).expect("mounted");
     assert_ne!(staged.source, foreign, "berth attaches its own device");

@@ -106,6 +106,26 @@ impl BlockPool {
             .find(|l| l.tag == tag))
     }
 
+    /// Fails when a loop device someone else attached to the volume's image has a
+    /// filesystem mounted (a backup job, an operator): a second mount of one filesystem
+    /// through two devices corrupts it.
+    fn refuse_foreign_mount(&self, volume: &VolumeRecord, image: &Path) -> Result<()> {
+        let tag = Self::tag(&volume.key);
+        let loops = self.sys.loop_find(image).map_err(Error::io("find loop device", image))?;
+        for foreign in loops.iter().filter(|l| l.tag != tag) {
+            if let Some(at) = blockvol::filesystem_mount(self.sys.as_ref(), &foreign.path)? {
+                return Err(Error::FailedPrecondition(format!(
+                    "the image of volume {} is attached to {} and mounted at {} by someone other than berth; \
+                     unmount it before staging the volume",
+                    volume.id,
+                    foreign.path.display(),
+                    at.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn managed<'a>(&self, source: StageSource<'a>) -> Result<&'a VolumeRecord> {
         match source {
             StageSource::Managed(v) => Ok(v),
@@ -313,6 +333,7 @@ impl Backend for BlockPool {
         if !image.is_file() {
             return Err(Error::NotFound(format!("image {} of volume {} does not exist", image.display(), volume.id)));
         }
+        self.refuse_foreign_mount(volume, &image)?;
         let (device, attached_now) = match self.attached(&volume.key)? {
             Some(l) => (l.path, false),
             None => {
