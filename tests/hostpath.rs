@@ -689,3 +689,90 @@ async fn a_single_writer_publish_bars_every_other_publish_and_ephemeral_never_ta
         .expect("unstage");
     assert!(mounts_below(scratch.path()).is_empty());
 }
+
+#[tokio::test]
+async fn a_clone_or_restore_holds_its_source_until_the_copy_is_whole() {
+    let test = "a_clone_or_restore_holds_its_source_until_the_copy_is_whole";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    // ext4: clones and restores are file-by-file copies.
+    let Some(fs_img) = FsImage::new(&scratch, test, "ext4", "256M") else { return };
+    let pool = fs_img.mount.join("pool");
+    let mut b =
+        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "auto"), "node-a", &[])
+            .await;
+    let source = b.controller.create_volume(create_req("pvc-source", 64 * MIB)).await.expect("create");
+    let source = source.into_inner().volume.expect("volume").volume_id;
+    let key = source.rsplit(':').next().expect("key");
+    const FILES: usize = 200;
+    for i in 0..FILES {
+        fs::write(pool.join("volumes").join(key).join(format!("f{i:03}")), format!("{i}")).expect("write");
+    }
+    let snapshot = b
+        .controller
+        .create_snapshot(pb::CreateSnapshotRequest {
+            source_volume_id: source.clone(),
+            name: "snap-source".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("snapshot")
+        .into_inner()
+        .snapshot
+        .expect("snapshot")
+        .snapshot_id;
+    // Each file copied now takes 10 ms: the copies below take seconds.
+    b.env.push(("BERTH_FAILPOINTS".into(), "hostpath.copy=sleep(10)".into()));
+    b.restart().await;
+
+    for (name, from, id) in [
+        (
+            "pvc-clone",
+            pb::volume_content_source::Type::Volume(pb::volume_content_source::VolumeSource {
+                volume_id: source.clone(),
+            }),
+            source.clone(),
+        ),
+        (
+            "pvc-restore",
+            pb::volume_content_source::Type::Snapshot(pb::volume_content_source::SnapshotSource {
+                snapshot_id: snapshot.clone(),
+            }),
+            snapshot.clone(),
+        ),
+    ] {
+        let mut req = create_req(name, 64 * MIB);
+        req.volume_content_source = Some(pb::VolumeContentSource { r#type: Some(from) });
+        let mut controller = b.controller.clone();
+        let copy = tokio::spawn(async move { controller.create_volume(req).await });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!copy.is_finished(), "{name}: the copy is still running");
+        let deleted = if id == source {
+            b.controller
+                .delete_volume(pb::DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() })
+                .await
+                .map(|_| ())
+        } else {
+            b.controller
+                .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: id.clone(), ..Default::default() })
+                .await
+                .map(|_| ())
+        };
+        assert_eq!(code(deleted), Code::Aborted, "{name}: its source is not deleted under the copy");
+        let made = copy.await.expect("join").expect("the copy completes").into_inner().volume.expect("volume");
+        let made_key = made.volume_id.rsplit(':').next().expect("key").to_string();
+        let copied = fs::read_dir(pool.join("volumes").join(&made_key)).expect("ls").count();
+        assert_eq!(copied, FILES, "{name}: every file of the source");
+    }
+    b.controller
+        .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: snapshot, ..Default::default() })
+        .await
+        .expect("deleted once no restore reads it");
+    b.controller
+        .delete_volume(pb::DeleteVolumeRequest { volume_id: source, ..Default::default() })
+        .await
+        .expect("deleted once no clone reads it");
+    b.stop();
+}

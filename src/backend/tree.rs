@@ -406,7 +406,7 @@ impl Copier<'_> {
         d: &Stack,
     ) -> io::Result<Option<(OwnedFd, St, OwnedFd, St)>> {
         let Some(mut st) = opt(statx(sdir, name, 0))? else {
-            return Ok(None);
+            return Err(vanished(name));
         };
         if foreign(&st, &self.root) {
             self.stats.skipped_mounts += 1;
@@ -415,7 +415,7 @@ impl Copier<'_> {
         let k = kind(&st);
         if k == libc::S_IFDIR {
             let Some(sfd) = opt(open_dir(sdir, name))? else {
-                return Ok(None);
+                return Err(vanished(name));
             };
             let st = fstat(sfd.as_fd())?; // what will actually be read
             if foreign(&st, &self.root) {
@@ -445,7 +445,7 @@ impl Copier<'_> {
         match k {
             libc::S_IFREG => {
                 let Some((sf, fst)) = open_regular(sdir, name)? else {
-                    return Ok(None);
+                    return Err(vanished(name));
                 };
                 st = fst;
                 let fl = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW;
@@ -459,7 +459,7 @@ impl Copier<'_> {
             }
             libc::S_IFLNK => {
                 let Some(target) = opt(readlinkat(sdir, name))? else {
-                    return Ok(None);
+                    return Err(vanished(name));
                 };
                 symlinkat(target.as_os_str(), ddir, name)?;
                 meta_at(sdir, ddir, name, &st)?;
@@ -491,6 +491,12 @@ impl Copier<'_> {
     }
 }
 
+/// An entry listed in the source was gone when the copy reached it: the source changed
+/// under the copy, which would be missing part of it.
+fn vanished(name: &CStr) -> io::Error {
+    io::Error::other(format!("{name:?} vanished from the source during the copy; the incomplete copy is removed"))
+}
+
 /// Hard-links `root/rel` (inside the private destination tree) as `ddir/name`.
 fn link_rel(root: BorrowedFd<'_>, rel: &[u8], ddir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     let (dirs, last) = match rel.iter().rposition(|&b| b == b'/') {
@@ -509,8 +515,10 @@ fn link_rel(root: BorrowedFd<'_>, rel: &[u8], ddir: BorrowedFd<'_>, name: &CStr)
 /// Copies the tree at `src` (a directory, not a symlink) to `dst_parent/dst_name`, which
 /// must not exist. The copy is built as `dst_parent/.<dst_name>.partial` (a leftover one is
 /// removed first, a failed one afterwards), synced, and renamed into place only when
-/// complete. Mount points inside `src` are skipped and counted. `progress` receives the
-/// data bytes copied so far. Concurrent copies to one `dst_name` are not supported.
+/// complete. Mount points inside `src` are skipped and counted. An entry that vanishes
+/// from `src` during the copy fails it: the copy would lack part of its source.
+/// `progress` receives the data bytes copied so far. Concurrent copies to one `dst_name`
+/// are not supported.
 pub fn copy_tree(
     src: &Path,
     dst_parent: &Path,
@@ -707,6 +715,26 @@ mod tests {
                 let _ = Command::new("umount").arg("-l").arg(&self.0).status();
             }
         }
+    }
+
+    #[test]
+    fn an_entry_that_vanishes_under_the_copy_fails_it_and_leaves_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir(&src).unwrap();
+        for i in 0..50 {
+            fs::write(src.join(format!("f{i:02}")), [1u8; 100]).unwrap();
+        }
+        // The first file copied removes every other, as a concurrent delete would.
+        let src2 = src.clone();
+        let err = copy_tree(&src, t.path(), "dst", Reflink::Auto, &mut |_| {
+            for e in fs::read_dir(&src2).unwrap() {
+                let _ = fs::remove_file(e.unwrap().path());
+            }
+        })
+        .expect_err("a copy missing part of its source");
+        assert!(err.to_string().contains("vanished from the source"), "{err}");
+        assert!(!t.path().join("dst").exists() && !t.path().join(".dst.partial").exists());
     }
 
     #[test]

@@ -147,7 +147,13 @@ impl Engine {
                 allowed.join(", ")
             )));
         }
-        let _guard = self.lock(&[format!("volume-name:{}", req.name)])?;
+        // The source is held shared for the whole copy: deleting it waits (ABORTED) until
+        // no copy reads it, so a clone never ends up with part of its source.
+        let source_id = match &req.source {
+            Some(ContentSource::Snapshot(id) | ContentSource::Volume(id)) => vec![id.as_str()],
+            None => Vec::new(),
+        };
+        let _guard = self.lock_reading(&[format!("volume-name:{}", req.name)], &source_id)?;
 
         let existing = self.store.volume_by_name(&req.name);
         if let Some(v) = &existing {
@@ -328,7 +334,8 @@ impl Engine {
     /// is FAILED_PRECONDITION and left untouched.
     pub fn delete_volume(&self, id: &str) -> Result<()> {
         self.sync_for_id(Kind::Volume, id)?;
-        let _guard = self.lock(&[id.to_string()])?;
+        // Also exclusive on what copies from it read: never deleted under a clone.
+        let _guard = self.lock(&[id.to_string(), crate::locks::reading(id)])?;
         let Some(mut record) = self.store.volume(id) else {
             return Ok(());
         };
@@ -634,7 +641,8 @@ impl Engine {
     /// Deletes a snapshot; unknown IDs are already gone.
     pub fn delete_snapshot(&self, id: &str) -> Result<()> {
         self.sync_for_id(Kind::Snapshot, id)?;
-        let _guard = self.lock(&[id.to_string()])?;
+        // Also exclusive on what restores from it read: never deleted under a restore.
+        let _guard = self.lock(&[id.to_string(), crate::locks::reading(id)])?;
         let Some(mut record) = self.store.snapshot(id) else {
             return Ok(());
         };

@@ -200,6 +200,19 @@ impl Engine {
             .ok_or_else(|| Error::Aborted(format!("an operation on {} is already in progress", keys.join(", "))))
     }
 
+    /// Takes `keys` exclusively and the [`crate::locks::reading`] keys of `sources`
+    /// shared, or answers ABORTED naming what is busy.
+    pub fn lock_reading(&self, keys: &[String], sources: &[&str]) -> Result<Guard> {
+        let reading: Vec<String> = sources.iter().map(|id| crate::locks::reading(id)).collect();
+        self.locks.try_lock_sharing(keys.iter().cloned(), reading).ok_or_else(|| {
+            Error::Aborted(format!(
+                "an operation on {} is already in progress, or {} is being deleted",
+                keys.join(", "),
+                sources.join(", ")
+            ))
+        })
+    }
+
     fn pool(&self, name: &str) -> Result<&Arc<dyn Backend>> {
         self.pools
             .get(name)
