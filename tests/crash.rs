@@ -10,6 +10,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -146,6 +147,9 @@ async fn lifecycle(dir: &Path, pool_fs: &Path, disk: &str, tag: &str, faults: &[
     let mut run = Run { b, kills: 0, replays: 0 };
 
     let v_hp = create(&mut run, req("v-hp", 16 * MIB, "hp")).await;
+    let v_hp_dir = hp.join("volumes").join(v_hp.rsplit(':').next().expect("key"));
+    let mode = fs::metadata(&v_hp_dir).expect("volume directory").permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o777, "a new volume is writable by any pod user, crash or not (faults {faults:?})");
     let v_blk = create(&mut run, req("v-blk", 32 * MIB, "blk")).await;
     let v_dev = create(&mut run, req("v-dev", 16 * MIB, "dev")).await;
     let paths = |name: &str| (dir.join(format!("staging-{name}")), dir.join(format!("pods/{name}/mount")));

@@ -776,3 +776,67 @@ async fn a_clone_or_restore_holds_its_source_until_the_copy_is_whole() {
         .expect("deleted once no clone reads it");
     b.stop();
 }
+
+#[tokio::test]
+async fn a_pool_whose_disk_is_not_mounted_or_is_read_only_answers_precisely_and_is_never_recreated() {
+    let test = "a_pool_whose_disk_is_not_mounted_or_is_read_only_answers_precisely_and_is_never_recreated";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(disk) = FsImage::new(&scratch, test, "ext4", "128M") else { return };
+    let pool = disk.mount.join("pool");
+    let config = hostpath_config(&scratch.path().join("state"), &pool, "auto");
+    let mut b = Berth::start(scratch.path(), &config, "node-a", &[]).await;
+    let vol = b.controller.create_volume(create_req("pvc-kept", MIB)).await.expect("create");
+    let id = vol.into_inner().volume.expect("volume").volume_id;
+    assert!(pool.join(".berth-pool").exists(), "the pool is marked");
+    b.stop();
+    let image = scratch.path().join("ext4.img").display().to_string();
+
+    // The disk is not mounted at boot: its mount point is an empty directory.
+    sh("umount", &[disk.mount.to_str().expect("utf8")]);
+    b.restart().await;
+    let created = b.controller.create_volume(create_req("pvc-new", MIB)).await;
+    let status = created.expect_err("no pool on the wrong disk");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("probably not mounted"), "{}", status.message());
+    let staging = scratch.path().join("staging");
+    let stage = |readonly: bool| pb::NodeStageVolumeRequest {
+        volume_id: id.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(if readonly {
+            mount_cap(pb::volume_capability::access_mode::Mode::SingleNodeReaderOnly)
+        } else {
+            rwo()
+        }),
+        ..Default::default()
+    };
+    assert_eq!(code(b.node.node_stage_volume(stage(false)).await), Code::Unavailable);
+    let delete = pb::DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() };
+    assert_eq!(code(b.controller.delete_volume(delete.clone()).await), Code::Unavailable, "the record stays");
+    assert!(!pool.exists(), "nothing was created on the root disk");
+    b.stop();
+
+    // Mounted read-only: precise codes, and no read-write stage whose pod would get EROFS.
+    sh("mount", &["-o", "loop,ro", &image, disk.mount.to_str().expect("utf8")]);
+    b.restart().await;
+    assert_eq!(code(b.controller.create_volume(create_req("pvc-new", MIB)).await), Code::FailedPrecondition);
+    assert_eq!(code(b.node.node_stage_volume(stage(false)).await), Code::FailedPrecondition);
+    assert_eq!(code(b.controller.delete_volume(delete.clone()).await), Code::FailedPrecondition);
+    b.node.node_stage_volume(stage(true)).await.expect("a read-only stage works");
+    b.node
+        .node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .expect("unstage");
+    b.stop();
+
+    sh("umount", &[disk.mount.to_str().expect("utf8")]);
+    sh("mount", &["-o", "loop", &image, disk.mount.to_str().expect("utf8")]);
+    b.restart().await;
+    b.controller.delete_volume(delete).await.expect("the right disk, writable: deleted");
+    b.stop();
+}

@@ -161,6 +161,10 @@ impl BlockPool {
 }
 
 impl Backend for BlockPool {
+    fn check_writable(&self) -> Result<()> {
+        super::writable(&self.name, &self.root)
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

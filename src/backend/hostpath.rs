@@ -132,40 +132,47 @@ impl HostPath {
     fn populate(&self, volume: &VolumeRecord, source: Option<Source<'_>>) -> Result<()> {
         let parent = self.root.join(VOLUMES);
         let dir = self.volume_dir(&volume.key);
-        if dir.exists() {
-            // Created by an earlier attempt; copies are renamed into place only when whole.
-            return Ok(());
+        if !dir.exists() {
+            self.make(volume, source, &parent, &dir)?;
         }
+        // Also after a crash between the mkdir and here: the mode is part of the volume.
+        if source.is_none() {
+            super::failpoint("hostpath.chmod", &dir)?;
+            // World-writable like a fresh emptyDir, so pods that run as any user can write;
+            // kubelet's fsGroup handling narrows it when the pod asks.
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o777))
+                .map_err(Error::io("chmod volume directory", &dir))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the volume's directory, empty or as a copy of `source`. A copy is renamed
+    /// into place only when whole, so an existing directory is never a partial copy.
+    fn make(&self, volume: &VolumeRecord, source: Option<Source<'_>>, parent: &Path, dir: &Path) -> Result<()> {
         let from = match source {
             None => None,
             Some(Source::Snapshot(s)) => Some(self.snapshot_dir(&s.key)),
             Some(Source::Volume(v)) => Some(self.volume_dir(&v.key)),
         };
-        super::failpoint("hostpath.create", &dir)?;
+        super::failpoint("hostpath.create", dir)?;
         match (from, self.is_btrfs()) {
             (None, true) => {
-                self.sys.btrfs_subvolume_create(&parent, &volume.key).map_err(Error::io("create subvolume", &dir))?
+                self.sys.btrfs_subvolume_create(parent, &volume.key).map_err(Error::io("create subvolume", dir))?
             }
-            (None, false) => fs::create_dir(&dir).map_err(Error::io("create volume directory", &dir))?,
+            (None, false) => fs::create_dir(dir).map_err(Error::io("create volume directory", dir))?,
             (Some(from), true) => self
                 .sys
-                .btrfs_snapshot(&from, &parent, &volume.key, false)
-                .map_err(Error::io("snapshot into volume", &dir))?,
+                .btrfs_snapshot(&from, parent, &volume.key, false)
+                .map_err(Error::io("snapshot into volume", dir))?,
             (Some(from), false) => {
                 let mut progress = Progress::new("copy into volume", tree::usage(&from).ok().map(|u| u.bytes));
-                let stats = tree::copy_tree(&from, &parent, &volume.key, Reflink::Auto, &mut |done| {
+                let stats = tree::copy_tree(&from, parent, &volume.key, Reflink::Auto, &mut |done| {
                     progress.update(done);
                     let _ = crate::failpoint::hit("hostpath.copy");
                 })
-                .map_err(Error::io("copy into volume", &dir))?;
+                .map_err(Error::io("copy into volume", dir))?;
                 tracing::info!(volume.id = %volume.id, bytes = stats.bytes, reflinked = stats.reflinked, "volume populated from source");
             }
-        }
-        if source.is_none() {
-            // World-writable like a fresh emptyDir, so pods that run as any user can write;
-            // kubelet's fsGroup handling narrows it when the pod asks.
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o777))
-                .map_err(Error::io("chmod volume directory", &dir))?;
         }
         Ok(())
     }
@@ -215,6 +222,10 @@ fn detect_mode(sys: &dyn Syscall, root: &Path, policy: Enforcement) -> Result<Mo
 }
 
 impl Backend for HostPath {
+    fn check_writable(&self) -> Result<()> {
+        super::writable(&self.name, &self.root)
+    }
+
     fn name(&self) -> &str {
         &self.name
     }
@@ -415,6 +426,14 @@ impl Backend for HostPath {
             )),
             _ => Error::Io { op: "open volume directory", path: self.root.join(&rel), source: e },
         })?;
+        let read_only_fs =
+            nix::sys::statvfs::fstatvfs(&fd).is_ok_and(|st| st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+        if read_only_fs && !flags.readonly {
+            return Err(Error::FailedPrecondition(format!(
+                "pool {} is on a read-only filesystem: a read-write stage would fail every write of the pod",
+                self.name
+            )));
+        }
         ops::bind(self.sys.as_ref(), &safepath::proc_fd_path(&fd), staging, flags)
             .map_err(Error::io("bind mount", staging))
     }

@@ -5,6 +5,7 @@ pub mod block;
 pub mod blockvol;
 pub mod device;
 pub mod hostpath;
+pub mod identity;
 pub mod nfs;
 pub mod tree;
 pub mod walk;
@@ -92,6 +93,19 @@ impl Error {
     /// True when the error means the disk or quota is full.
     pub fn is_no_space(&self) -> bool {
         matches!(self, Error::Io { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }
+}
+
+/// FAILED_PRECONDITION when the filesystem holding pool `name` at `root` is read-only.
+pub fn writable(name: &str, root: &Path) -> Result<()> {
+    match nix::sys::statvfs::statvfs(root) {
+        Ok(st) if st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) => {
+            Err(Error::FailedPrecondition(format!(
+                "pool {name} is on a read-only filesystem ({}); it takes no changes until it is writable",
+                root.display()
+            )))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -212,6 +226,11 @@ pub trait Backend: Send + Sync {
     /// reach it (multi-node access modes, no topology, one central controller).
     fn node_local(&self) -> bool {
         true
+    }
+    /// FAILED_PRECONDITION when the pool cannot take changes now (its filesystem is
+    /// read-only): checked before an operation records its intent, so it changes nothing.
+    fn check_writable(&self) -> Result<()> {
+        Ok(())
     }
     /// Filesystem types a capability may name.
     fn fs_types(&self) -> &'static [&'static str] {

@@ -190,8 +190,16 @@ pub fn run_on(args: &DoctorArgs, host: &Host) -> Report {
     };
     report.checks.extend(checks::machine(host, config.as_ref(), checks::Needs::of(config.as_ref())));
     if let Some(config) = &config {
+        // How many records name each pool: a pool directory without its marker is only
+        // made a pool when none do (see backend::identity).
+        let mut recorded = std::collections::HashMap::<String, usize>::new();
+        if let Ok((volumes, snapshots)) = crate::state::read_records(&config.state_dir) {
+            for pool in volumes.iter().map(|v| &v.pool).chain(snapshots.iter().map(|s| &s.pool)) {
+                *recorded.entry(pool.clone()).or_default() += 1;
+            }
+        }
         for pool in &config.pools {
-            report.checks.extend(pool_checks(host, pool));
+            report.checks.extend(pool_checks(host, pool, recorded.get(pool.name()).copied().unwrap_or(0)));
         }
     }
     report.checks.extend(checks::kubelet(host, &args.kubelet_dir));
@@ -201,10 +209,10 @@ pub fn run_on(args: &DoctorArgs, host: &Host) -> Report {
 
 /// The checks of one pool, by type: a new pool type adds its arm here, and what it needs
 /// of the machine in [`checks::Needs::of`].
-fn pool_checks(host: &Host, pool: &PoolConfig) -> Vec<Check> {
+fn pool_checks(host: &Host, pool: &PoolConfig, recorded: usize) -> Vec<Check> {
     match pool {
-        PoolConfig::Hostpath(p) => pools::hostpath(host, p),
-        PoolConfig::Block(p) => pools::block(host, p),
+        PoolConfig::Hostpath(p) => pools::hostpath(host, p, recorded),
+        PoolConfig::Block(p) => pools::block(host, p, recorded),
         PoolConfig::Device(p) => pools::device(host, p),
         PoolConfig::Nfs(p) => pools::nfs(host, p),
     }

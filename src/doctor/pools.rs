@@ -69,8 +69,24 @@ fn pool_filesystem(host: &Host, s: &str, root: &Path) -> Result<FsFacts, Check> 
     Ok((check, kind, mount))
 }
 
-/// Checks one hostPath pool: its path, filesystem, capacity enforcement and reflinks.
-pub fn hostpath(host: &Host, pool: &HostPathPool) -> Vec<Check> {
+/// Whether the pool's directory is the filesystem the pool was made on.
+fn identity(s: &str, name: &str, root: &Path, recorded: usize) -> Check {
+    use crate::backend::identity::{Found, MARKER, inspect};
+    match inspect(name, root, recorded) {
+        Found::Marked => Check::ok(s, "identity", format!("{} names this pool", root.join(MARKER).display())),
+        Found::Unmarked => Check::ok(s, "identity", format!("not marked yet; berth's next start writes {MARKER}")),
+        Found::Wrong(reason) => Check::fail(
+            s,
+            "identity",
+            reason,
+            format!("mount the pool's own filesystem at {}; until then the pool answers UNAVAILABLE", root.display()),
+        ),
+    }
+}
+
+/// Checks one hostPath pool: its path, filesystem, capacity enforcement, reflinks and
+/// identity.
+pub fn hostpath(host: &Host, pool: &HostPathPool, recorded: usize) -> Vec<Check> {
     let subject = format!("pool {}", pool.name);
     let s = subject.as_str();
     let mut out = Vec::new();
@@ -86,12 +102,13 @@ pub fn hostpath(host: &Host, pool: &HostPathPool) -> Vec<Check> {
         }
         Err(c) => out.push(c),
     }
+    out.push(identity(s, &pool.name, &pool.path, recorded));
     out
 }
 
 /// Checks one block pool: its path, filesystem and reflinks (images are cloned for
 /// snapshots and restores where the filesystem can). Loop devices and mkfs are machine checks.
-pub fn block(host: &Host, pool: &BlockPool) -> Vec<Check> {
+pub fn block(host: &Host, pool: &BlockPool, recorded: usize) -> Vec<Check> {
     let subject = format!("pool {}", pool.name);
     let s = subject.as_str();
     let mut out = Vec::new();
@@ -106,6 +123,7 @@ pub fn block(host: &Host, pool: &BlockPool) -> Vec<Check> {
         }
         Err(c) => out.push(c),
     }
+    out.push(identity(s, &pool.name, &pool.path, recorded));
     out
 }
 

@@ -45,7 +45,7 @@ fn verdicts(checks: &[Check]) -> Vec<(&'static str, Verdict)> {
 fn a_missing_pool_path_fails_and_skips_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sys = Arc::new(fake(EXT4, ""));
-    let checks = pools::hostpath(&host(&sys, dir.path()), &pool(&dir.path().join("absent"), Enforcement::Auto));
+    let checks = pools::hostpath(&host(&sys, dir.path()), &pool(&dir.path().join("absent"), Enforcement::Auto), 0);
     assert_eq!(verdicts(&checks), vec![("path", Verdict::Fail)]);
     assert!(checks[0].fix.as_deref().is_some_and(|f| f.contains("mkdir -p")), "{checks:?}");
 }
@@ -58,25 +58,25 @@ fn project_quota_enforcement_depends_on_mount_options_and_policy() {
     let without = format!("30 1 8:1 / {} rw shared:1 - ext4 /dev/sdb1 rw\n", root.display());
 
     let sys = Arc::new(fake(EXT4, &with).with_project_quota(ProjectQuotaState::Enforced));
-    let checks = pools::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::Required));
+    let checks = pools::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::Required), 0);
     let names = verdicts(&checks);
     assert_eq!(names[..3], [("path", Verdict::Ok), ("filesystem", Verdict::Ok), ("capacity enforcement", Verdict::Ok)]);
     assert!(checks[1].detail.starts_with("ext4 (/dev/sdb1 mounted at"), "{}", checks[1].detail);
     assert!(probe_files_gone(&root));
 
     let sys = Arc::new(fake(EXT4, &without));
-    let required = pools::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::Required));
+    let required = pools::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::Required), 0);
     assert_eq!(required[2].verdict, Verdict::Fail);
     assert!(required[2].fix.as_deref().is_some_and(|f| f.contains("tune2fs -O project,quota /dev/sdb1")));
-    let auto = pools::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::Auto));
+    let auto = pools::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::Auto), 0);
     assert_eq!(auto[2].verdict, Verdict::Warn);
-    let none = pools::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::None));
+    let none = pools::hostpath(&host(&sys, dir.path()), &pool(&root, Enforcement::None), 0);
     assert_eq!(none[2].verdict, Verdict::Ok);
 
     let sys = Arc::new(fake(EXT4, &with).with_project_quota(ProjectQuotaState::Enforced));
     let mut no_kernel = host(&sys, dir.path());
     no_kernel.kernel_quota = false;
-    assert_eq!(pools::hostpath(&no_kernel, &pool(&root, Enforcement::Auto))[2].verdict, Verdict::Warn);
+    assert_eq!(pools::hostpath(&no_kernel, &pool(&root, Enforcement::Auto), 0)[2].verdict, Verdict::Warn);
 }
 
 fn probe_files_gone(root: &Path) -> bool {
@@ -89,10 +89,26 @@ fn probe_files_gone(root: &Path) -> bool {
 fn btrfs_without_qgroups_warns_that_serve_enables_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sys = Arc::new(fake(BTRFS, ""));
-    let checks = pools::hostpath(&host(&sys, dir.path()), &pool(dir.path(), Enforcement::Auto));
+    let checks = pools::hostpath(&host(&sys, dir.path()), &pool(dir.path(), Enforcement::Auto), 0);
     assert_eq!(checks[2].verdict, Verdict::Warn);
     assert!(checks[2].detail.contains("berth serve enables them"), "{:?}", checks[2]);
     assert_eq!(checks[3], Check::ok("pool fast", "reflink", "snapshots and clones are btrfs snapshots (instant)"));
+}
+
+#[test]
+fn a_pool_directory_that_is_not_the_pool_fails_the_identity_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sys = Arc::new(fake(BTRFS, ""));
+    let identity = |recorded: usize| {
+        let checks = pools::hostpath(&host(&sys, dir.path()), &pool(dir.path(), Enforcement::Auto), recorded);
+        checks.into_iter().find(|c| c.check == "identity").expect("checked")
+    };
+    assert_eq!(identity(0).verdict, Verdict::Ok, "a new pool is marked at the next start");
+    let wrong = identity(2);
+    assert_eq!(wrong.verdict, Verdict::Fail, "records of the pool, but not its disk");
+    assert!(wrong.detail.contains("probably not mounted"), "{}", wrong.detail);
+    crate::backend::identity::claim("fast", dir.path(), 0).expect("mark");
+    assert_eq!(identity(2).verdict, Verdict::Ok);
 }
 
 #[test]
@@ -211,9 +227,9 @@ fn block_and_device_pools_turn_missing_pieces_into_failures() {
     assert!(checks.iter().any(|c| c.check == "device tools" && c.detail.starts_with("wipefs not found")));
 
     let PoolConfig::Block(img) = &config.pools[0] else { panic!("block pool") };
-    assert_eq!(verdicts(&pools::block(&h, img)), vec![("path", Verdict::Fail)]);
+    assert_eq!(verdicts(&pools::block(&h, img, 0)), vec![("path", Verdict::Fail)]);
     std::fs::create_dir_all(&img.path).expect("mkdir");
-    let pool = pools::block(&h, img);
+    let pool = pools::block(&h, img, 0);
     assert_eq!(verdicts(&pool)[..2], [("path", Verdict::Ok), ("filesystem", Verdict::Ok)]);
     // Whether the temp filesystem clones files varies; that the probe could write does not.
     assert_eq!(pool[2].check, "reflink");

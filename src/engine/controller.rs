@@ -123,6 +123,7 @@ impl Engine {
     pub fn create_volume(&self, req: CreateVolume) -> Result<VolumeRecord> {
         let pool_name = check_parameters(&req.parameters)?;
         let pool = Arc::clone(self.select_pool(pool_name)?);
+        pool.check_writable()?;
         self.ensure_synced(Some(pool.name()))?;
         if req.capabilities.is_empty() {
             return Err(Error::InvalidArgument("volume_capabilities is required".into()));
@@ -340,6 +341,7 @@ impl Engine {
             return Ok(());
         };
         let pool = Arc::clone(self.pool(&record.pool)?);
+        pool.check_writable()?;
         if !record.published.is_empty() {
             return Err(Error::FailedPrecondition(format!(
                 "volume {id} is still published to node(s) {}; unpublish it first",
@@ -571,6 +573,7 @@ impl Engine {
             return Ok((record.capacity, false));
         }
         let pool = Arc::clone(self.pool(&record.pool)?);
+        pool.check_writable()?;
         let room = pool.capacity()?;
         let growth = required - record.capacity;
         if growth > room.available_bytes {
@@ -604,6 +607,7 @@ impl Engine {
         }
         let volume = self.ready_volume(source)?;
         let pool = Arc::clone(self.pool(&volume.pool)?);
+        pool.check_writable()?;
         let mut record = match existing {
             Some(s) => s,
             None => {
@@ -647,6 +651,7 @@ impl Engine {
             return Ok(());
         };
         let pool = Arc::clone(self.pool(&record.pool)?);
+        pool.check_writable()?;
         record.phase = Phase::Deleting;
         self.put_snapshot(&record)?;
         super::failpoint("snapshot.delete.after-intent")?;

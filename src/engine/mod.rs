@@ -75,6 +75,11 @@ impl From<Error> for tonic::Status {
             Error::State { .. } => Status::internal(message),
             Error::Backend(b) => match b {
                 _ if b.is_no_space() => Status::resource_exhausted(message),
+                // The pool's filesystem is read-only (remounted after errors, or mounted so):
+                // nothing a retry changes until an operator acts.
+                backend::Error::Io { ref source, .. } if source.raw_os_error() == Some(libc::EROFS) => {
+                    Status::failed_precondition(format!("{message} (the pool's filesystem is read-only)"))
+                }
                 backend::Error::Io { .. } => Status::internal(message),
                 backend::Error::Unenforceable { .. } => Status::failed_precondition(message),
                 backend::Error::Unsupported(_) => Status::failed_precondition(message),
@@ -102,6 +107,9 @@ pub struct Engine {
     /// Node-local pools this process does not open: it is the central controller, and the
     /// pools live on the nodes (see [`Placement::Central`]).
     pub remote_pools: std::collections::BTreeSet<String>,
+    /// Configured pools whose directory is not the filesystem they were made on (see
+    /// [`backend::identity`]), with the reason: every call for them is UNAVAILABLE.
+    pub unavailable: BTreeMap<String, String>,
     /// Shared pools whose records the central controller still has to load.
     pub shared_sync: shared::SyncState,
 }
@@ -141,9 +149,17 @@ impl Engine {
         let max_project = store.volumes_where(|v| v.project_id.is_some()).iter().filter_map(|v| v.project_id).max();
         let mut pools: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
         let mut remote_pools = std::collections::BTreeSet::new();
+        let mut unavailable = BTreeMap::new();
         for pool in &config.pools {
             if placement == Placement::Central && pool.node_local() {
                 remote_pools.insert(pool.name().to_string());
+                continue;
+            }
+            if let Some(root) = pool.path()
+                && let Err(reason) = backend::identity::claim(pool.name(), root, store.count_in_pool(pool.name()))
+            {
+                tracing::error!(pool = pool.name(), path = %root.display(), reason, "pool unavailable");
+                unavailable.insert(pool.name().to_string(), reason);
                 continue;
             }
             let backend: Arc<dyn Backend> = match pool {
@@ -184,6 +200,7 @@ impl Engine {
             pools,
             sys,
             remote_pools,
+            unavailable,
             shared_sync: shared::SyncState::default(),
         };
         let started = std::time::Instant::now();
@@ -214,9 +231,23 @@ impl Engine {
     }
 
     fn pool(&self, name: &str) -> Result<&Arc<dyn Backend>> {
-        self.pools
-            .get(name)
-            .ok_or_else(|| Error::NotFound(format!("pool {name:?} is not configured on node {}", self.node_id)))
+        self.pools.get(name).ok_or_else(|| {
+            self.missing_pool(
+                name,
+                Error::NotFound(format!("pool {name:?} is not configured on node {}", self.node_id)),
+            )
+        })
+    }
+
+    /// The error for pool `name`, which is not open: UNAVAILABLE with the reason when its
+    /// directory is not its filesystem, `otherwise` when it is not configured.
+    pub(crate) fn missing_pool(&self, name: &str, otherwise: Error) -> Error {
+        match self.unavailable.get(name) {
+            Some(reason) => {
+                Error::Backend(backend::Error::Unavailable(format!("pool {name:?} is unavailable: {reason}")))
+            }
+            None => otherwise,
+        }
     }
 
     /// The pool a request's parameters select: `pool`, or the only pool.
@@ -226,11 +257,18 @@ impl Engine {
                 "pool {name:?} is node-local: each node's berth provisions it (csi-provisioner --node-deployment), not the central controller"
             ))),
             Some(name) => self.pools.get(name).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "parameter pool={name:?} names no configured pool; pools: {}",
-                    self.pools.keys().cloned().collect::<Vec<_>>().join(", ")
-                ))
+                self.missing_pool(
+                    name,
+                    Error::InvalidArgument(format!(
+                        "parameter pool={name:?} names no configured pool; pools: {}",
+                        self.pools.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )),
+                )
             }),
+            None if self.pools.is_empty() && self.remote_pools.is_empty() && self.unavailable.len() == 1 => {
+                let name = self.unavailable.keys().next().map_or("", String::as_str);
+                Err(self.missing_pool(name, Error::InvalidArgument("no pools are configured".into())))
+            }
             None if self.pools.len() == 1 && self.remote_pools.is_empty() => {
                 self.pools.values().next().ok_or_else(|| Error::InvalidArgument("no pools are configured".into()))
             }

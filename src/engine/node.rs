@@ -195,10 +195,13 @@ impl Engine {
     fn resolve(&self, id: &str, context: &BTreeMap<String, String>) -> Result<Resolved> {
         if let Some(record) = self.store.volume(id).filter(|v| v.phase == Phase::Ready) {
             let pool = Arc::clone(self.pools.get(&record.pool).ok_or_else(|| {
-                Error::FailedPrecondition(format!(
-                    "volume {id} is in pool {} which is no longer configured",
-                    record.pool
-                ))
+                self.missing_pool(
+                    &record.pool,
+                    Error::FailedPrecondition(format!(
+                        "volume {id} is in pool {} which is no longer configured",
+                        record.pool
+                    )),
+                )
             })?);
             return Ok(Resolved::Managed(pool, Box::new(record)));
         }
@@ -405,10 +408,13 @@ impl Engine {
         }
         if let Some(record) = self.store.volume(volume_id).filter(|v| v.ephemeral) {
             let pool = Arc::clone(self.pools.get(&record.pool).ok_or_else(|| {
-                Error::FailedPrecondition(format!(
-                    "ephemeral volume {volume_id} is in pool {} which is gone",
-                    record.pool
-                ))
+                self.missing_pool(
+                    &record.pool,
+                    Error::FailedPrecondition(format!(
+                        "ephemeral volume {volume_id} is in pool {} which is gone",
+                        record.pool
+                    )),
+                )
             })?);
             let mut deleting = record.clone();
             deleting.phase = Phase::Deleting;
@@ -536,10 +542,13 @@ impl Engine {
             return Ok((usage, Condition::healthy()));
         };
         let pool = Arc::clone(self.pools.get(&record.pool).ok_or_else(|| {
-            Error::FailedPrecondition(format!(
-                "volume {volume_id} is in pool {} which is no longer configured",
-                record.pool
-            ))
+            self.missing_pool(
+                &record.pool,
+                Error::FailedPrecondition(format!(
+                    "volume {volume_id} is in pool {} which is no longer configured",
+                    record.pool
+                )),
+            )
         })?);
         let condition = pool.condition(&record);
         if condition.abnormal {
@@ -575,10 +584,13 @@ impl Engine {
         let _guard = self.lock(&[volume_id.to_string()])?;
         let record = self.ready_volume(volume_id)?;
         let pool = Arc::clone(self.pools.get(&record.pool).ok_or_else(|| {
-            Error::FailedPrecondition(format!(
-                "volume {volume_id} is in pool {} which is no longer configured",
-                record.pool
-            ))
+            self.missing_pool(
+                &record.pool,
+                Error::FailedPrecondition(format!(
+                    "volume {volume_id} is in pool {} which is no longer configured",
+                    record.pool
+                )),
+            )
         })?);
         pool.node_expand(&record, volume_path)?;
         tracing::info!(volume.id = %volume_id, bytes = capacity, volume.path = %volume_path.display(), "volume expanded on the node");

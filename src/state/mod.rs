@@ -689,6 +689,13 @@ impl Store {
         self.maps().volumes.by_id.values().filter(|v| pred(v)).cloned().collect()
     }
 
+    /// How many volume and snapshot records name `pool`.
+    pub fn count_in_pool(&self, pool: &str) -> usize {
+        let maps = self.maps();
+        maps.volumes.by_id.values().filter(|v| v.pool == pool).count()
+            + maps.snapshots.by_id.values().filter(|s| s.pool == pool).count()
+    }
+
     /// The storage key of every volume and snapshot (to find data no record accounts for).
     pub fn storage_keys(&self) -> std::collections::HashSet<String> {
         let maps = self.maps();
