@@ -28,6 +28,7 @@ pub struct BlockPool {
     root: PathBuf,
     preallocate: bool,
     sys: Arc<dyn Syscall>,
+    freezes: blockvol::Freezes,
 }
 
 /// Creates `dir/name` as a whole file: written under a temporary name, synced, renamed
@@ -64,13 +65,15 @@ pub(super) fn preallocate(file: &File, bytes: u64) -> std::io::Result<()> {
 
 impl BlockPool {
     /// Prepares the pool directories.
-    pub fn open(config: &BlockPoolConfig, sys: Arc<dyn Syscall>) -> Result<BlockPool> {
+    /// Opens the pool; `freezes` records the freezes of its copies (see
+    /// [`blockvol::Freezes`]).
+    pub fn open(config: &BlockPoolConfig, sys: Arc<dyn Syscall>, freezes: blockvol::Freezes) -> Result<BlockPool> {
         let root = config.path.clone();
         for dir in [root.clone(), root.join(VOLUMES), root.join(SNAPSHOTS)] {
             fs::create_dir_all(&dir).map_err(Error::io("create pool directory", &dir))?;
         }
         tracing::info!(pool = %config.name, path = %root.display(), preallocate = config.preallocate, "block pool ready");
-        Ok(BlockPool { name: config.name.clone(), root, preallocate: config.preallocate, sys })
+        Ok(BlockPool { name: config.name.clone(), root, preallocate: config.preallocate, sys, freezes })
     }
 
     /// The snapshots directory, where device pools may keep their snapshots too.
@@ -149,7 +152,7 @@ impl BlockPool {
                 })
                 .map_err(Error::io("copy image", from))
             };
-            let (_, c) = blockvol::frozen(self.sys.as_ref(), freeze, copy).map_err(std::io::Error::other)?;
+            let (_, c) = self.freezes.frozen(self.sys.as_ref(), freeze, copy).map_err(std::io::Error::other)?;
             cloned = c;
             if dst.metadata()?.len() < bytes {
                 dst.set_len(bytes)?;

@@ -3,6 +3,7 @@
 //! freezing for snapshots, and usage.
 
 use std::fs;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -169,6 +170,89 @@ pub fn frozen<T>(sys: &dyn Syscall, mount_point: Option<&Path>, work: impl FnOnc
         return Err(Error::io("thaw", mp)(e));
     }
     result
+}
+
+/// Freezes recorded as intent before they happen, in a directory of berth's state: a crash
+/// inside a freeze would otherwise leave the pod's filesystem frozen, its writes hanging,
+/// until someone thaws it by hand. The next start thaws every recorded one.
+#[derive(Debug, Clone)]
+pub struct Freezes {
+    dir: PathBuf,
+}
+
+impl Freezes {
+    pub fn new(dir: PathBuf) -> Freezes {
+        Freezes { dir }
+    }
+
+    fn record_of(&self, mount_point: &Path) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        self.dir.join(hex::encode(Sha256::digest(mount_point.as_os_str().as_encoded_bytes())))
+    }
+
+    /// Thaws every filesystem a crash left frozen, then forgets the records; returns how
+    /// many were frozen. Called at start, before anything else touches a pool.
+    pub fn thaw_left(&self, sys: &dyn Syscall) -> std::io::Result<usize> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut thawed = 0;
+        for entry in entries {
+            let record = entry?.path();
+            let mount_point = PathBuf::from(std::ffi::OsString::from_vec(fs::read(&record)?));
+            match sys.thaw(&mount_point) {
+                Ok(()) => {
+                    tracing::warn!(mount_point = %mount_point.display(), "thawed a filesystem a crash left frozen");
+                    thawed += 1;
+                }
+                // Not frozen (the crash came before the freeze), or no longer mounted.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {}
+                Err(e) => return Err(e),
+            }
+            fs::remove_file(&record)?;
+        }
+        Ok(thawed)
+    }
+
+    /// [`frozen`], with the freeze recorded durably before it happens and forgotten after
+    /// the thaw.
+    pub fn frozen<T>(
+        &self,
+        sys: &dyn Syscall,
+        mount_point: Option<&Path>,
+        work: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let Some(mp) = mount_point else {
+            return work();
+        };
+        let record = self.record_of(mp);
+        let write = || -> std::io::Result<()> {
+            fs::create_dir_all(&self.dir)?;
+            let mut file = fs::File::create(&record)?;
+            std::io::Write::write_all(&mut file, mp.as_os_str().as_encoded_bytes())?;
+            file.sync_all()?;
+            fs::File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(Error::io("record a freeze", &record))?;
+        if let Err(e) = sys.freeze(mp) {
+            let _ = fs::remove_file(&record);
+            return Err(Error::io("freeze", mp)(e));
+        }
+        let result = super::failpoint("block.frozen", mp).and_then(|()| work());
+        match sys.thaw(mp) {
+            Ok(()) => {
+                // Thawed: nothing for the next start to undo.
+                let _ = fs::remove_file(&record);
+                result
+            }
+            Err(e) => {
+                tracing::error!(mount_point = %mp.display(), error = %e, "thawing after a copy failed; the next start retries");
+                Err(Error::io("thaw", mp)(e))
+            }
+        }
+    }
 }
 
 /// Usage of a filesystem-mode volume (from its mount) or a raw one (`total`, `allocated`).

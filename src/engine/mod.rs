@@ -150,6 +150,9 @@ impl Engine {
         let mut pools: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
         let mut remote_pools = std::collections::BTreeSet::new();
         let mut unavailable = BTreeMap::new();
+        // Before any pool is touched: a crash may have left a volume's filesystem frozen.
+        let freezes = backend::blockvol::Freezes::new(config.state_dir.join("freezes"));
+        freezes.thaw_left(sys.as_ref()).map_err(|e| format!("thawing filesystems a crash left frozen: {e}"))?;
         for pool in &config.pools {
             if placement == Placement::Central && pool.node_local() {
                 remote_pools.insert(pool.name().to_string());
@@ -166,9 +169,10 @@ impl Engine {
                 PoolConfig::Hostpath(hp) => Arc::new(
                     HostPath::open(hp, Arc::clone(&sys), max_project).map_err(|e| format!("pool {}: {e}", hp.name))?,
                 ),
-                PoolConfig::Block(bp) => {
-                    Arc::new(BlockPool::open(bp, Arc::clone(&sys)).map_err(|e| format!("pool {}: {e}", bp.name))?)
-                }
+                PoolConfig::Block(bp) => Arc::new(
+                    BlockPool::open(bp, Arc::clone(&sys), freezes.clone())
+                        .map_err(|e| format!("pool {}: {e}", bp.name))?,
+                ),
                 PoolConfig::Device(dp) => {
                     let snapshot_dir = dp.snapshot_pool.as_ref().and_then(|name| {
                         config.pools.iter().find_map(|p| match p {
