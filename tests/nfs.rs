@@ -746,3 +746,42 @@ fn doctor_reaches_the_export_and_reports_a_dead_server() {
     assert!(!ok, "a dead server fails the doctor");
     assert_eq!(dead["verdict"], "fail", "{dead}");
 }
+
+#[tokio::test]
+async fn pools_sharing_an_export_never_nest_one_volume_inside_another() {
+    let test = "pools_sharing_an_export_never_nest_one_volume_inside_another";
+    let scratch = Scratch::new();
+    let pools = [
+        ("flat", "subDir: '${pvc.metadata.name}'"),
+        ("deep", "subDir: '${pvc.metadata.namespace}/${pvc.metadata.name}'"),
+    ];
+    let Some((g, mut b)) = start(&scratch, test, &pools).await else { return };
+    let create = |name: &str, ns: &str, pvc_name: &str, pool: &str| req(name, &with(&pvc(ns, pvc_name, pool)));
+
+    // A deep volume inside a flat one's directory.
+    let outer = b.controller.create_volume(create("outer", "any", "shop", "flat")).await.expect("flat").into_inner();
+    let outer_id = outer.volume.expect("v").volume_id;
+    let err = b.controller.create_volume(create("inner", "shop", "data", "deep")).await.expect_err("nested");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert!(err.message().contains(&outer_id) && err.message().contains("contains shop/data"), "{}", err.message());
+    assert_eq!(listing(&g.export.join("shop")), Vec::<String>::new(), "nothing inside the flat volume");
+
+    // A flat volume whose directory would hold a deep one.
+    let deep = b.controller.create_volume(create("items", "cart", "items", "deep")).await.expect("deep").into_inner();
+    let deep_id = deep.volume.expect("v").volume_id;
+    let err = b.controller.create_volume(create("cart", "any", "cart", "flat")).await.expect_err("around");
+    assert_eq!(err.code(), Code::AlreadyExists, "{}", err.message());
+    assert_eq!(listing(&g.export.join("cart")), ["items"], "the deep volume is untouched");
+
+    // Once the outer volume is gone, its directory is free for a nested one.
+    b.controller
+        .delete_volume(pb::DeleteVolumeRequest { volume_id: outer_id, ..Default::default() })
+        .await
+        .expect("delete");
+    b.controller.create_volume(create("inner", "shop", "data", "deep")).await.expect("no longer nested");
+    b.controller
+        .delete_volume(pb::DeleteVolumeRequest { volume_id: deep_id, ..Default::default() })
+        .await
+        .expect("delete");
+    b.stop();
+}

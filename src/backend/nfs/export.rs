@@ -4,6 +4,7 @@
 //! <export>/.berth/volumes/<key>.json     volume records (written atomically)
 //! <export>/.berth/snapshots/<key>.json   snapshot records
 //! <export>/.berth/claims/<sha256>        which volume owns a subdirectory
+//! <export>/.berth/claims/<sha256>.beneath/<sha256>  claims beneath that subdirectory
 //! <export>/.berth/nodes/<node-id>        node plugins that can mount this export
 //! <export>/.berth/tmp/<key>              copies being assembled; renamed into place whole
 //! <export>/.berth/trash/<key>            volumes being removed
@@ -136,10 +137,27 @@ pub fn claim_holder(client: &mut Client, sub_dir: &str) -> Result<Option<String>
     Ok(read_file(client, &dir, &claim_name(sub_dir))?.map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
+/// The proper ancestors of `sub_dir`: `a/b/c` has `a` and `a/b`.
+fn ancestors(sub_dir: &str) -> Vec<String> {
+    let parts: Vec<&str> = sub_dir.split('/').filter(|p| !p.is_empty()).collect();
+    (1..parts.len()).map(|n| parts[..n].join("/")).collect()
+}
+
+/// The directory in `.berth/claims` whose entries mark the claims beneath `sub_dir`.
+fn beneath_name(sub_dir: &str) -> String {
+    format!("{}.beneath", claim_name(sub_dir))
+}
+
 /// Claims `sub_dir` for `volume_id`. Returns `Ok(true)` when this call made the claim,
-/// `Ok(false)` when the volume already held it, and the holder when another volume does.
+/// `Ok(false)` when the volume already held it, and the holder when another volume holds
+/// it, a directory above it or one beneath it: one volume's directory never lies inside
+/// another's.
+///
 /// The claim is written whole to a temporary name and then hard-linked into place: LINK
-/// fails when the name exists, so two volumes can never both win.
+/// fails when the name exists, so two volumes can never both win. A claim then marks
+/// itself beneath each of its ancestors, and only then looks for their claims and for
+/// marks beneath itself. Of two claims racing for nested directories, at least one sees
+/// the other (and gives up).
 pub fn claim(client: &mut Client, sub_dir: &str, volume_id: &str) -> Result<std::result::Result<bool, String>> {
     let dir = meta_dir(client, CLAIMS)?;
     let name = claim_name(sub_dir);
@@ -150,18 +168,69 @@ pub fn claim(client: &mut Client, sub_dir: &str, volume_id: &str) -> Result<std:
     write_all(client, &fh, volume_id.as_bytes())?;
     let linked = client.link(&fh, &dir, name.as_bytes());
     remove_file(client, &dir, &tmp)?;
-    match linked {
-        Ok(()) => Ok(Ok(true)),
+    let fresh = match linked {
+        Ok(()) => true,
         Err(e) if e.is_exist() => {
             let holder = read_file(client, &dir, &name)?.map(|b| String::from_utf8_lossy(&b).into_owned());
             match holder {
-                Some(h) if h == volume_id => Ok(Ok(false)),
-                Some(h) => Ok(Err(h)),
-                None => Ok(Err("an unknown volume".into())),
+                Some(h) if h == volume_id => false,
+                other => return Ok(Err(other.unwrap_or_else(|| "an unknown volume".into()))),
             }
         }
-        Err(e) => Err(e),
+        Err(e) => return Err(e),
+    };
+    for ancestor in ancestors(sub_dir) {
+        let beneath = mkdir_all(client, &dir, &beneath_name(&ancestor), 0o700)?;
+        write_file(client, &beneath, &name, volume_id.as_bytes())?;
     }
+    if let Some(holder) = nested_holder(client, &dir, sub_dir, volume_id)? {
+        if fresh {
+            release(client, sub_dir, volume_id)?;
+        }
+        return Ok(Err(holder));
+    }
+    Ok(Ok(fresh))
+}
+
+/// Another volume's claim on an ancestor of `sub_dir` or beneath it, described.
+fn nested_holder(client: &mut Client, dir: &Fh, sub_dir: &str, volume_id: &str) -> Result<Option<String>> {
+    for ancestor in ancestors(sub_dir) {
+        if let Some(holder) = read_file(client, dir, &claim_name(&ancestor))? {
+            let holder = String::from_utf8_lossy(&holder).into_owned();
+            if holder != volume_id {
+                return Ok(Some(format!("{holder}, whose directory {ancestor} contains {sub_dir}")));
+            }
+        }
+    }
+    if let Some((beneath, _)) = client.lookup(dir, beneath_name(sub_dir).as_bytes())? {
+        for entry in client.readdirplus(&beneath)? {
+            let name = String::from_utf8_lossy(&entry.name).into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            if let Some(holder) = read_file(client, &beneath, &name)? {
+                let holder = String::from_utf8_lossy(&holder).into_owned();
+                if holder != volume_id {
+                    return Ok(Some(format!("{holder}, whose directory lies inside {sub_dir}")));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Removes the marks of `volume_id`'s claim on `sub_dir` beneath its ancestors.
+fn unmark(client: &mut Client, sub_dir: &str, volume_id: &str) -> Result<()> {
+    let dir = meta_dir(client, CLAIMS)?;
+    let name = claim_name(sub_dir);
+    for ancestor in ancestors(sub_dir) {
+        if let Some((beneath, _)) = client.lookup(&dir, beneath_name(&ancestor).as_bytes())?
+            && read_file(client, &beneath, &name)?.is_some_and(|h| h == volume_id.as_bytes())
+        {
+            remove_file(client, &beneath, &name)?;
+        }
+    }
+    Ok(())
 }
 
 /// Releases `sub_dir` if `volume_id` holds it.
@@ -170,7 +239,7 @@ pub fn release(client: &mut Client, sub_dir: &str, volume_id: &str) -> Result<()
         let dir = meta_dir(client, CLAIMS)?;
         remove_file(client, &dir, &claim_name(sub_dir))?;
     }
-    Ok(())
+    unmark(client, sub_dir, volume_id)
 }
 
 /// Every record file (`*.json`) in `.berth/<sub>`, parsed; unreadable ones are logged
