@@ -364,11 +364,13 @@ fn doctor_passes_a_good_machine_and_fails_a_broken_one() {
     );
     // A block pool beside it: its path and reflinks are checked, loop devices and the ext4
     // tools become needs.
-    let images = btrfs.mount.join("images");
+    // Beside the hostPath pool, not inside it: pools must not overlap.
+    let (volumes, images) = (btrfs.mount.join("volumes-pool"), btrfs.mount.join("images"));
+    fs::create_dir_all(&volumes).expect("mkdir");
     fs::create_dir_all(&images).expect("mkdir");
     let with_block = format!(
         "{}  - name: img\n    type: block\n    path: {}\n",
-        hostpath_config(&state, &btrfs.mount, "required"),
+        hostpath_config(&state, &volumes, "required"),
         images.display()
     );
     let with_block = write_config(scratch.path(), "block.yaml", &with_block);
