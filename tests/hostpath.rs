@@ -840,3 +840,69 @@ async fn a_pool_whose_disk_is_not_mounted_or_is_read_only_answers_precisely_and_
     b.controller.delete_volume(delete).await.expect("the right disk, writable: deleted");
     b.stop();
 }
+
+#[tokio::test]
+async fn subvolumes_a_pod_makes_inside_its_volume_are_counted_refused_for_snapshots_and_deleted() {
+    let test = "subvolumes_a_pod_makes_inside_its_volume_are_counted_refused_for_snapshots_and_deleted";
+    if !require_root(test) {
+        return;
+    }
+    if !have("btrfs") {
+        println!("SKIPPED: {test}: btrfs-progs is not installed");
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(fs_img) = FsImage::new(&scratch, test, "btrfs", "1G") else { return };
+    let pool = fs_img.mount.join("pool");
+    let mut b =
+        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "required"), "node-a", &[])
+            .await;
+    let vol = b.controller.create_volume(create_req("pvc-nested", 64 * MIB)).await.expect("create");
+    let id = vol.into_inner().volume.expect("volume").volume_id;
+    let p = stage_and_publish(&mut b, scratch.path(), &id, "n", false).await;
+    // The pod makes a subvolume (no privilege needed) and fills it.
+    sh("btrfs", &["-q", "subvolume", "create", p.target.join("inner").to_str().expect("utf8")]);
+    fs::create_dir_all(p.target.join("inner/deeper")).expect("mkdir");
+    sh("btrfs", &["-q", "subvolume", "create", p.target.join("inner/deeper/sub").to_str().expect("utf8")]);
+    write_bytes(&p.target.join("inner/deeper/sub/data"), 8 << 20).expect("write");
+    sh("sync", &[]);
+
+    let stats = b
+        .node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: p.target.display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert!(stats.usage[0].used >= 8 * MIB, "the nested data counts: {:?}", stats.usage[0]);
+
+    let snap = b
+        .controller
+        .create_snapshot(pb::CreateSnapshotRequest {
+            source_volume_id: id.clone(),
+            name: "snap-nested".into(),
+            ..Default::default()
+        })
+        .await;
+    let status = snap.expect_err("a snapshot would miss the nested data");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("inner/deeper/sub"), "{}", status.message());
+    let mut clone = create_req("pvc-clone", 64 * MIB);
+    clone.volume_content_source = Some(pb::VolumeContentSource {
+        r#type: Some(pb::volume_content_source::Type::Volume(pb::volume_content_source::VolumeSource {
+            volume_id: id.clone(),
+        })),
+    });
+    assert_eq!(code(b.controller.create_volume(clone).await), Code::FailedPrecondition);
+
+    unpublish_and_unstage(&mut b, &id, &p).await;
+    b.controller
+        .delete_volume(pb::DeleteVolumeRequest { volume_id: id.clone(), ..Default::default() })
+        .await
+        .expect("deleted, nested subvolumes and all");
+    assert_eq!(fs::read_dir(pool.join("volumes")).expect("ls").count(), 0, "nothing left");
+    b.stop();
+}

@@ -160,10 +160,14 @@ impl HostPath {
                 self.sys.btrfs_subvolume_create(parent, &volume.key).map_err(Error::io("create subvolume", dir))?
             }
             (None, false) => fs::create_dir(dir).map_err(Error::io("create volume directory", dir))?,
-            (Some(from), true) => self
-                .sys
-                .btrfs_snapshot(&from, parent, &volume.key, false)
-                .map_err(Error::io("snapshot into volume", dir))?,
+            (Some(from), true) => {
+                if let Some(Source::Volume(v)) = source {
+                    refuse_nested(self.sys.as_ref(), v, &from)?;
+                }
+                self.sys
+                    .btrfs_snapshot(&from, parent, &volume.key, false)
+                    .map_err(Error::io("snapshot into volume", dir))?
+            }
             (Some(from), false) => {
                 let mut progress = Progress::new("copy into volume", tree::usage(&from).ok().map(|u| u.bytes));
                 let stats = tree::copy_tree(&from, parent, &volume.key, Reflink::Auto, &mut |done| {
@@ -176,6 +180,47 @@ impl HostPath {
         }
         Ok(())
     }
+}
+
+/// The btrfs subvolumes inside the volume directory `dir` (a pod may make them:
+/// BTRFS_IOC_SUBVOL_CREATE needs no privilege), deepest first. Symbolic links are not
+/// followed; only directories are examined.
+fn nested_subvolumes(sys: &dyn Syscall, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        for entry in fs::read_dir(&at)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            let path = entry.path();
+            // A subvolume's root directory is inode 256.
+            if fs::symlink_metadata(&path)?.ino() == 256 && sys.btrfs_is_subvolume(&path).unwrap_or(false) {
+                found.push(path.clone());
+            }
+            pending.push(path);
+        }
+    }
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    Ok(found)
+}
+
+/// FAILED_PRECONDITION when `volume` (at `dir`) holds nested subvolumes: a btrfs snapshot
+/// has only empty directories where they are, so a snapshot or clone would miss their data.
+fn refuse_nested(sys: &dyn Syscall, volume: &VolumeRecord, dir: &Path) -> Result<()> {
+    let nested = nested_subvolumes(sys, dir).map_err(Error::io("find nested subvolumes", dir))?;
+    if nested.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = nested.iter().map(|p| p.strip_prefix(dir).unwrap_or(p).display().to_string()).collect();
+    Err(Error::FailedPrecondition(format!(
+        "volume {} holds btrfs subvolumes made inside it ({}): a snapshot or clone would miss their data; \
+         delete them (btrfs subvolume delete) or move their data into plain directories",
+        volume.id,
+        names.join(", ")
+    )))
 }
 
 fn detect_mode(sys: &dyn Syscall, root: &Path, policy: Enforcement) -> Result<Mode> {
@@ -293,6 +338,16 @@ impl Backend for HostPath {
         }
         super::failpoint("hostpath.delete", &dir)?;
         if self.is_btrfs() && self.sys.btrfs_is_subvolume(&dir).unwrap_or(false) {
+            // Subvolumes a pod made inside go first, deepest first: a subvolume that holds
+            // one cannot be deleted.
+            for nested in
+                nested_subvolumes(self.sys.as_ref(), &dir).map_err(Error::io("find nested subvolumes", &dir))?
+            {
+                let (Some(at), Some(name)) = (nested.parent(), nested.file_name().and_then(|n| n.to_str())) else {
+                    continue;
+                };
+                self.sys.btrfs_subvolume_delete(at, name).map_err(Error::io("delete nested subvolume", &nested))?;
+            }
             self.sys.btrfs_subvolume_delete(&parent, &volume.key).map_err(Error::io("delete subvolume", &dir))?;
         } else {
             tree::remove_tree(&parent, &volume.key).map_err(Error::io("remove volume directory", &dir))?;
@@ -321,6 +376,7 @@ impl Backend for HostPath {
         super::failpoint("hostpath.snapshot", &dest)?;
         if self.is_btrfs() {
             if !dest.exists() {
+                refuse_nested(self.sys.as_ref(), volume, &source)?;
                 self.sys
                     .btrfs_snapshot(&source, &parent, &snapshot.key, true)
                     .map_err(Error::io("create btrfs snapshot", &dest))?;
@@ -377,7 +433,8 @@ impl Backend for HostPath {
         let (total, used) = match (volume.enforced, &self.mode) {
             (Enforced::BtrfsQgroup, _) => {
                 let q = self.sys.btrfs_qgroup_usage(&dir).map_err(Error::io("read qgroup usage", &dir))?;
-                (q.max_referenced.unwrap_or(volume.capacity), q.referenced)
+                // Subvolumes a pod made inside have qgroups of their own; the walk counts them.
+                (q.max_referenced.unwrap_or(volume.capacity), q.referenced.max(walked.bytes))
             }
             (Enforced::ProjectQuota, Mode::Project { mount_point }) => {
                 let project = volume.project_id.unwrap_or_default();

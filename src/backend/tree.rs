@@ -79,6 +79,12 @@ fn foreign(s: &St, root: &St) -> bool {
     let dev = |s: &St| (s.stx_dev_major, s.stx_dev_minor);
     dev(s) != dev(root) || both_ids && s.stx_mnt_id != root.stx_mnt_id
 }
+/// True when `s` is on another mount than `root`; unlike [`foreign`], a nested btrfs
+/// subvolume (another device number, the same mount) is not: its data is the volume's.
+fn other_mount(s: &St, root: &St) -> bool {
+    let both_ids = s.stx_mask & root.stx_mask & libc::STATX_MNT_ID != 0;
+    if both_ids { s.stx_mnt_id != root.stx_mnt_id } else { foreign(s, root) }
+}
 fn times(s: &St) -> [TimeSpec; 2] {
     [s.stx_atime, s.stx_mtime].map(|t| TimeSpec::new(t.tv_sec as _, t.tv_nsec as _))
 }
@@ -653,7 +659,7 @@ pub fn usage(dir: &Path) -> io::Result<Usage> {
         let Some(st) = opt(statx(dir, &n, 0))? else {
             continue;
         };
-        if foreign(&st, &rst) {
+        if other_mount(&st, &rst) {
             continue;
         } else if kind(&st) != libc::S_IFDIR {
             if st.stx_nlink <= 1 || seen.insert(key(&st)) {
@@ -661,7 +667,7 @@ pub fn usage(dir: &Path) -> io::Result<Usage> {
             }
         } else if let Some(fd) = opt(open_dir(dir, &n))? {
             let st = fstat(fd.as_fd())?;
-            if !foreign(&st, &rst) {
+            if !other_mount(&st, &rst) {
                 add(&st);
                 let entries = read_entries(fd.as_fd())?;
                 s.push(fd, st, n, entries);
