@@ -618,6 +618,11 @@ async fn node_answers_every_spec_case() {
     );
     t.code("Stats of another volume's path", n.node_get_volume_stats(stats(&other, &target)).await, Code::NotFound);
     t.code(
+        "Stats unknown volume, a mount that is not berth's (nothing walked)",
+        n.node_get_volume_stats(stats("fake-vol-id-1", Path::new("/sys"))).await,
+        Code::NotFound,
+    );
+    t.code(
         "Stats unknown volume, unmounted path",
         n.node_get_volume_stats(stats("fake-vol-id-1", &pods)).await,
         Code::NotFound,

@@ -526,9 +526,23 @@ impl Engine {
         let mounted =
             ops::is_mount_point(self.sys.as_ref(), volume_path).map_err(io_err("read mount table", volume_path))?;
         let Some(record) = self.store.volume(volume_id).filter(|v| v.phase == Phase::Ready) else {
-            // A static volume: measure what is mounted there, without following symlinks.
+            // A static volume: measure what is mounted there, without following symlinks,
+            // and only when it is a bind of a hostPath pool's directory. Anything else is not
+            // a volume of berth's (an unknown ID with /sys, say), and is never walked.
             if !mounted {
                 return Err(Error::NotFound(format!("volume {volume_id} is not mounted at {}", volume_path.display())));
+            }
+            let table = ops::table(self.sys.as_ref()).map_err(io_err("read mount table", volume_path))?;
+            let real = fs::canonicalize(volume_path).unwrap_or_else(|_| volume_path.to_path_buf());
+            let from_a_pool = self.config.pools.iter().filter_map(crate::config::PoolConfig::path).any(|root| {
+                mountinfo::binds_of(&table, root).iter().any(|e| e.mount_point == volume_path || e.mount_point == real)
+            });
+            if !from_a_pool {
+                return Err(Error::NotFound(format!(
+                    "volume {volume_id} does not exist on node {}, and {} is not a volume of its pools",
+                    self.node_id,
+                    volume_path.display()
+                )));
             }
             let walked = tree::usage(volume_path).map_err(io_err("measure", volume_path))?;
             let st = self.sys.statfs(volume_path).map_err(io_err("statfs", volume_path))?;
