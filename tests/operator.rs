@@ -654,3 +654,67 @@ fn overlapping_roots_are_refused_at_start_and_by_doctor() {
     }
     assert!(!pool.join("berth-state").exists(), "a refused start writes nothing");
 }
+
+#[tokio::test]
+async fn a_full_state_disk_stops_no_change_and_least_of_all_deletes() {
+    let test = "a_full_state_disk_stops_no_change_and_least_of_all_deletes";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let state = scratch.path().join("state");
+    fs::create_dir_all(&state).expect("mkdir");
+    sh("mount", &["-t", "tmpfs", "-o", "size=16m", "berth-state", state.to_str().expect("utf8")]);
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(state.clone());
+    let pool = scratch.path().join("pool");
+    let mut b = Berth::start(scratch.path(), &hostpath_config(&state, &pool, "none"), "node-a", &[]).await;
+    let create = async |b: &mut Berth, name: &str| {
+        let v = b.controller.create_volume(create_req(name, MIB)).await.expect("create");
+        v.into_inner().volume.expect("volume").volume_id
+    };
+    let first = create(&mut b, "pvc-0").await;
+
+    // Something else fills the state filesystem to the last byte.
+    let filler = state.join("filler");
+    let mut f = fs::File::create(&filler).expect("filler");
+    let chunk = vec![7u8; 64 << 10];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+
+    let second = create(&mut b, "pvc-1").await;
+    // The checkpoint at a clean stop has no room: the reserve gives it some.
+    b.stop();
+    assert!(b.logs().contains("used berth's reserve for a checkpoint"), "{}", b.logs());
+    b.restart().await;
+    let third = create(&mut b, "pvc-2").await;
+    b.controller
+        .delete_volume(pb::DeleteVolumeRequest { volume_id: first, ..Default::default() })
+        .await
+        .expect("a delete on a full state disk");
+    // With the reserve gone too (taken by the filler), a checkpoint fails, and changes
+    // still go on in the journal.
+    b.stop();
+    fs::remove_file(state.join("state/reserve")).expect("the reserve was made again");
+    let mut f = fs::OpenOptions::new().append(true).open(&filler).expect("filler");
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    b.restart().await;
+    b.controller
+        .delete_volume(pb::DeleteVolumeRequest { volume_id: second, ..Default::default() })
+        .await
+        .expect("a delete with neither room nor reserve");
+    b.stop();
+    assert!(b.logs().contains("cannot checkpoint the records"), "{}", b.logs());
+    b.restart().await;
+    let listed = b.controller.list_volumes(pb::ListVolumesRequest::default()).await.expect("list").into_inner();
+    let ids: Vec<String> = listed.entries.into_iter().filter_map(|e| e.volume.map(|v| v.volume_id)).collect();
+    assert_eq!(ids, vec![third], "every change kept");
+    b.stop();
+    fs::remove_file(&filler).expect("free the space");
+}

@@ -72,6 +72,13 @@ impl From<Error> for tonic::Status {
             Error::ResourceExhausted(_) => Status::resource_exhausted(message),
             Error::Aborted(_) => Status::aborted(message),
             Error::Unimplemented(_) => Status::unimplemented(message),
+            // A full state disk: the journal has no room and no checkpoint can be written.
+            Error::State { ref source, .. }
+                if source.kind() == std::io::ErrorKind::StorageFull
+                    || matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) =>
+            {
+                Status::resource_exhausted(message)
+            }
             Error::State { .. } => Status::internal(message),
             Error::Backend(b) => match b {
                 _ if b.is_no_space() => Status::resource_exhausted(message),

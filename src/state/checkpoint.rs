@@ -139,6 +139,11 @@ pub fn write_tmp(root: &Path, epoch: u64, journal_size: u64, maps: &Maps) -> io:
     inner.into_inner().map_err(|e| e.into_error())
 }
 
+/// Removes a temp file a failed write left.
+pub fn remove_tmp(root: &Path) {
+    let _ = fs::remove_file(root.join(TMP_NAME));
+}
+
 /// Syncs the temp file and renames it over the last checkpoint, durably.
 pub fn install(root: &Path, tmp: File) -> io::Result<()> {
     super::replace_durably(tmp, &root.join(TMP_NAME), &root.join(FILE_NAME))

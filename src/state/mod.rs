@@ -395,6 +395,40 @@ fn read_base(root: &Path) -> io::Result<Option<checkpoint::Checkpoint>> {
     Ok(base)
 }
 
+/// Whether `e` says the disk (or the quota) is full.
+fn is_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// Room kept on the state filesystem for a checkpoint when it fills up.
+mod reserve {
+    use std::fs;
+    use std::path::Path;
+
+    const NAME: &str = "reserve";
+    /// Enough for a checkpoint of about 10,000 records.
+    const SIZE: i64 = 4 << 20;
+
+    /// Frees the reserve; whether there was one.
+    pub fn release(root: &Path) -> bool {
+        fs::remove_file(root.join(NAME)).is_ok()
+    }
+
+    /// Makes the reserve (real blocks, not a hole) if it is missing and the room is there.
+    pub fn ensure(root: &Path) {
+        let path = root.join(NAME);
+        if path.exists() {
+            return;
+        }
+        let made = fs::File::create(&path).and_then(|f| {
+            nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, SIZE).map_err(std::io::Error::from)
+        });
+        if made.is_err() {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
 /// Fails when the journal at `path` is missing or shorter than when `base` was written:
 /// changes made since may be gone with the rest of the file.
 fn check_journal_size(path: &Path, base: Option<&checkpoint::Checkpoint>) -> io::Result<()> {
@@ -622,12 +656,33 @@ impl Store {
         let resize = !journal.current();
         // The size the file has now: a resize makes it larger, never smaller.
         let journal_size = journal.usage().1;
-        let written = {
+        let write = || {
             let maps = self.maps();
             checkpoint::write_tmp(&self.root, epoch, journal_size, &maps)
         };
-        let done =
-            written.and_then(|tmp| checkpoint::install(&self.root, tmp)).and_then(|()| journal.restart(epoch, resize));
+        let written = match write() {
+            // A full state disk: the reserve gives the room for this checkpoint, so changes,
+            // deletes above all, go on and can free space.
+            Err(e) if is_full(&e) && reserve::release(&self.root) => {
+                tracing::error!(path = %self.root.display(), "the state filesystem is full: used berth's reserve for a checkpoint; free space there");
+                write()
+            }
+            other => other,
+        };
+        let tmp = match written {
+            Ok(tmp) => tmp,
+            Err(e) => {
+                // Nothing on disk changed but a temp file (a full disk, most often): the old
+                // checkpoint and the journal still hold everything, and changes may go on
+                // in the journal while it has room. The temp file goes, to give back space.
+                checkpoint::remove_tmp(&self.root);
+                return Err(e);
+            }
+        };
+        let done = checkpoint::install(&self.root, tmp).and_then(|()| journal.restart(epoch, resize));
+        if done.is_ok() {
+            reserve::ensure(&self.root);
+        }
         if done.is_err() {
             // The checkpoint on disk may be either one: append nothing until one is whole.
             journal.broken = true;
@@ -952,6 +1007,24 @@ mod tests {
         drop(store);
         let (store, _) = Store::open(dir.path()).expect("reopen");
         assert_eq!(store.volume_count(), 2);
+    }
+
+    #[test]
+    fn a_checkpoint_that_cannot_be_written_leaves_the_journal_taking_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path()).expect("open");
+        assert!(dir.path().join("state/reserve").exists(), "room kept for a checkpoint on a full disk");
+        store.put_volume(&volume("vol:p:1", "a")).expect("put");
+        // The temp file cannot be made: nothing on disk changes.
+        fs::create_dir(dir.path().join("state/.records.tmp")).expect("block the temp file");
+        assert!(store.checkpoint().is_err());
+        assert!(!store.journal().broken, "the old checkpoint and the journal still hold everything");
+        store.put_volume(&volume("vol:p:2", "b")).expect("changes go on in the journal");
+        store.remove_volume("vol:p:1").expect("and deletes");
+        drop(store);
+        let (store, _) = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.volumes_where(|_| true).len(), 1);
+        assert!(store.volume("vol:p:2").is_some());
     }
 
     #[test]
