@@ -593,7 +593,7 @@ async fn every_rpc_answers_hostile_input_with_the_exact_code() {
         };
         t.check(&format!("static subPath {sub:?}"), n.node_stage_volume(stage).await, Code::InvalidArgument);
     }
-    for (k, v) in [("size", "-1"), ("size", "1e9"), ("size", "1Zi"), ("pool", "../default"), ("colour", "red")] {
+    for (k, v) in [("size", "-1"), ("size", "1K"), ("size", "1Zi"), ("pool", "../default"), ("colour", "red")] {
         let publish = pb::NodePublishVolumeRequest {
             volume_id: "csi-eph-hostile".into(),
             target_path: target.display().to_string(),

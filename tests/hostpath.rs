@@ -878,6 +878,7 @@ async fn subvolumes_a_pod_makes_inside_its_volume_are_counted_refused_for_snapsh
         .expect("stats")
         .into_inner();
     assert!(stats.usage[0].used >= 8 * MIB, "the nested data counts: {:?}", stats.usage[0]);
+    assert_eq!(stats.usage.len(), 1, "btrfs has no inode count: none is reported, not zero free: {:?}", stats.usage);
 
     let snap = b
         .controller

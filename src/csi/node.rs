@@ -148,8 +148,9 @@ impl pb::node_server::Node for NodeService {
                 used: wire_bytes(usage.used_bytes),
                 unit: Unit::Bytes as i32,
             }];
-            if let Some(used) = usage.used_inodes {
-                let total = usage.total_inodes.unwrap_or(used);
+            // Only with a known total: btrfs allocates inodes as it goes, and a total taken
+            // as the count used would report every volume out of inodes.
+            if let (Some(used), Some(total)) = (usage.used_inodes, usage.total_inodes) {
                 entries.push(pb::VolumeUsage {
                     available: wire_bytes(total.saturating_sub(used)),
                     total: wire_bytes(total),
