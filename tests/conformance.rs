@@ -107,6 +107,12 @@ async fn identity_and_controller_answer_every_spec_case() {
         r.volume_capabilities = vec![with_mode(mode)];
         t.code(&format!("CreateVolume {mode:?} on a node-local pool"), c.create_volume(r).await, Code::InvalidArgument);
     }
+    // Messages name access modes as CSI and Kubernetes do, not as Rust does.
+    let mut r = create_req("rwx", 1 << 20);
+    r.volume_capabilities = vec![with_mode(Mode::MultiNodeMultiWriter)];
+    let refused = c.create_volume(r).await.expect_err("RWX on a node-local pool");
+    assert!(refused.message().contains("MULTI_NODE_MULTI_WRITER (ReadWriteMany)"), "{}", refused.message());
+    assert!(!refused.message().contains("MultiNodeMultiWriter"), "{}", refused.message());
     let mut r = create_req("block", 1 << 20);
     r.volume_capabilities = vec![block_cap()];
     t.code("CreateVolume raw block on hostPath", c.create_volume(r).await, Code::InvalidArgument);

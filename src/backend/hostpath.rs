@@ -247,7 +247,7 @@ fn detect_mode(sys: &dyn Syscall, root: &Path, policy: Enforcement) -> Result<Mo
             let prj = ["prjquota", "pquota", "pqnoenforce"].iter().any(|o| host.has_super_option(o));
             if !prj {
                 return Ok(Mode::Plain {
-                    reason: format!("{kind:?} at {} is not mounted with prjquota", host.mount_point.display()),
+                    reason: format!("{kind} at {} is not mounted with prjquota", host.mount_point.display()),
                 });
             }
             match sys.project_quota_state(&host.mount_point) {

@@ -29,6 +29,21 @@ pub enum AccessMode {
     SingleNodeMultiWriter,
 }
 
+impl std::fmt::Display for AccessMode {
+    /// The CSI name, and the Kubernetes access mode that asks for it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AccessMode::SingleNodeWriter => "SINGLE_NODE_WRITER (ReadWriteOnce)",
+            AccessMode::SingleNodeReaderOnly => "SINGLE_NODE_READER_ONLY",
+            AccessMode::MultiNodeReaderOnly => "MULTI_NODE_READER_ONLY (ReadOnlyMany)",
+            AccessMode::MultiNodeSingleWriter => "MULTI_NODE_SINGLE_WRITER",
+            AccessMode::MultiNodeMultiWriter => "MULTI_NODE_MULTI_WRITER (ReadWriteMany)",
+            AccessMode::SingleNodeSingleWriter => "SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod)",
+            AccessMode::SingleNodeMultiWriter => "SINGLE_NODE_MULTI_WRITER (ReadWriteOnce)",
+        })
+    }
+}
+
 impl AccessMode {
     /// True for modes that allow more than one node.
     pub fn multi_node(self) -> bool {

@@ -65,7 +65,7 @@ pub fn check_parameters(parameters: &BTreeMap<String, String>) -> Result<Option<
 pub(super) fn unsupported(pool: &dyn Backend, capability: &Capability) -> Option<String> {
     if capability.mode.multi_node() && pool.node_local() {
         return Some(format!(
-            "access mode {:?} needs several nodes, but {} pool {} is local to one node",
+            "access mode {} needs several nodes, but {} pool {} is local to one node",
             capability.mode,
             pool.kind(),
             pool.name()

@@ -232,7 +232,7 @@ impl Engine {
     fn check_node_capability(&self, pool: &dyn Backend, capability: &Capability) -> Result<ops::Flags> {
         if capability.mode.multi_node() && pool.node_local() {
             return Err(Error::FailedPrecondition(format!(
-                "access mode {:?} is not supported by {} pool {}, which is local to one node",
+                "access mode {} is not supported by {} pool {}, which is local to one node",
                 capability.mode,
                 pool.kind(),
                 pool.name()

@@ -46,6 +46,17 @@ pub enum FsKind {
     Other(i64),
 }
 
+impl std::fmt::Display for FsKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsKind::Btrfs => f.write_str("btrfs"),
+            FsKind::Xfs => f.write_str("xfs"),
+            FsKind::Ext4 => f.write_str("ext4"),
+            FsKind::Other(magic) => write!(f, "a filesystem with magic {magic:#x}"),
+        }
+    }
+}
+
 impl FsStat {
     /// Which filesystem the magic names.
     pub fn kind(&self) -> FsKind {
