@@ -172,6 +172,12 @@ pub trait Backend: Send + Sync {
     fn formats(&self) -> bool;
     /// Free space for new volumes.
     fn capacity(&self) -> Result<Capacity>;
+    /// Chooses, before any side effect, what a new volume will occupy (a device pool's
+    /// disk) and fills it into the record, so the engine records the choice with the
+    /// intent before anything is written; false when there is nothing new to record.
+    fn reserve(&self, _volume: &mut VolumeRecord) -> Result<bool> {
+        Ok(false)
+    }
     /// Creates storage for `volume` (empty, or from `source`); fills in backend fields.
     /// Must finish its own half-done work when called again for the same record.
     fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()>;

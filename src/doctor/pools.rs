@@ -118,7 +118,7 @@ pub fn device(host: &Host, pool: &DevicePool) -> Vec<Check> {
     vec![match found {
         Ok(devices) if !devices.is_empty() => {
             let names: Vec<String> =
-                devices.iter().map(|(p, size)| format!("{} ({size} bytes)", p.display())).collect();
+                devices.iter().map(|d| format!("{} ({} bytes)", d.name.display(), d.size)).collect();
             Check::ok(s, "devices", format!("{} device(s): {}", devices.len(), names.join(", ")))
         }
         Ok(_) => Check::warn(

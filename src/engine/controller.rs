@@ -244,6 +244,7 @@ impl Engine {
                     ephemeral: false,
                     fs_type: fs_type.clone(),
                     device: None,
+                    device_identity: None,
                     parameters: req
                         .parameters
                         .iter()

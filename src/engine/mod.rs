@@ -160,13 +160,13 @@ impl Engine {
                             _ => None,
                         })
                     });
-                    let held = store
-                        .volumes_where(|v| v.pool == dp.name && v.device.is_some())
-                        .into_iter()
-                        .filter_map(|v| v.device.map(|d| (std::path::PathBuf::from(d), v.id)))
-                        .collect();
+                    // Every device pool's records: two naming one device are refused.
+                    let recorded = store.volumes_where(|v| {
+                        v.device.is_some()
+                            && config.pools.iter().any(|p| matches!(p, PoolConfig::Device(d) if d.name == v.pool))
+                    });
                     Arc::new(
-                        DevicePool::open(dp, Arc::clone(&sys), snapshot_dir, held)
+                        DevicePool::open(dp, Arc::clone(&sys), snapshot_dir, recorded)
                             .map_err(|e| format!("pool {}: {e}", dp.name))?,
                     )
                 }

@@ -437,6 +437,7 @@ impl Engine {
                     ephemeral: true,
                     fs_type: None,
                     device: None,
+                    device_identity: None,
                     parameters: BTreeMap::new(),
                     created_unix_ms: state::now_ms(),
                 });
