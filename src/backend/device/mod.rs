@@ -20,7 +20,7 @@ use super::{Backend, Capability, Capacity, Condition, Error, Result, Source, Sta
 use crate::config::{DevicePool as DevicePoolConfig, Wipe};
 use crate::mount::{Signature, Syscall};
 use crate::progress::Progress;
-use crate::state::{AccessKind, DeviceIdentity, Enforced, SnapshotMethod, SnapshotRecord, VolumeRecord};
+use crate::state::{AccessKind, DeviceIdentity, Enforced, Phase, SnapshotMethod, SnapshotRecord, VolumeRecord};
 use identity::{Claim, Observed};
 
 const CHUNK: usize = 1 << 20;
@@ -80,8 +80,15 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
-/// Copies `from` to `to` in chunks, reporting bytes done to `progress`.
-fn copy_all(from: &mut File, to: &mut File, sparse: bool, progress: &mut Progress) -> std::io::Result<u64> {
+/// Copies `from` to `to` in chunks, reporting bytes done to `progress`; `midway` names a
+/// fault point passed after the first chunk.
+fn copy_all(
+    from: &mut File,
+    to: &mut File,
+    sparse: bool,
+    progress: &mut Progress,
+    midway: Option<&'static str>,
+) -> std::io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     loop {
@@ -94,6 +101,11 @@ fn copy_all(from: &mut File, to: &mut File, sparse: bool, progress: &mut Progres
             to.seek(SeekFrom::Current(i64::try_from(n).unwrap_or(i64::MAX)))?;
         } else {
             to.write_all(&buf[..n])?;
+        }
+        if total == 0
+            && let Some(point) = midway
+        {
+            crate::failpoint::hit(point)?;
         }
         total += n as u64;
         progress.update(total);
@@ -330,7 +342,7 @@ impl DevicePool {
             .open(device)
             .map_err(Error::io("open device", device))?;
         let size = src.metadata().ok().map(|m| m.len());
-        copy_all(&mut src, &mut dst, false, &mut Progress::new("copy onto device", size))
+        copy_all(&mut src, &mut dst, false, &mut Progress::new("copy onto device", size), Some("device.copy"))
             .and_then(|_| dst.sync_all())
             .map_err(Error::io("copy onto device", device))?;
         Ok(())
@@ -438,8 +450,11 @@ impl Backend for DevicePool {
         }
         // A disk that is gone holds nothing to wipe here; one that is not the recorded
         // disk is refused inside `locate`.
+        // An empty volume whose creation is rolled back was never written: berth formats
+        // only at stage, after creation. Erasing signatures is enough, even for large disks.
+        let untouched = volume.phase == Phase::Creating && volume.source.is_none();
         if let Some(device) = self.locate(volume)? {
-            wipe::wipe(self.sys.as_ref(), &device, self.wipe)?;
+            wipe::wipe(self.sys.as_ref(), &device, if untouched { Wipe::Signatures } else { self.wipe })?;
         }
         self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&volume.id);
         tracing::info!(volume.id = %volume.id, device = volume.device.as_deref().unwrap_or_default(), wipe = ?self.wipe, "device wiped and released");
@@ -482,7 +497,7 @@ impl Backend for DevicePool {
                 write_whole_file(&dir, &format!("{}.img", snapshot.key), |dst| {
                     let mut src = File::open(&device)?;
                     let mut out = dst.try_clone()?;
-                    copy_all(&mut src, &mut out, true, &mut Progress::new("copy device", Some(size)))?;
+                    copy_all(&mut src, &mut out, true, &mut Progress::new("copy device", Some(size)), None)?;
                     dst.set_len(size)
                 })
             })?;
