@@ -893,11 +893,35 @@ async fn device_pool_refuses_records_outside_the_allow_list_or_naming_one_device
         "volume 1's disk was not wiped"
     );
     b.stop();
+
+    // A record written before identities were: the kernel's name, no identity. The start
+    // records the identity while that name still leads to the volume's disk.
+    let kernel_name = fs::canonicalize(rig.link_path(d1)).expect("link").display().to_string();
+    {
+        let (store, _) = berth::state::Store::open(&state).expect("open state");
+        let mut legacy = store.volume(&v1).expect("record");
+        legacy.device = Some(kernel_name.clone());
+        legacy.device_identity = None;
+        store.put_volume(&legacy).expect("put");
+    }
     fs::write(&b.config, all).expect("config");
     b.restart().await;
+    assert!(b.logs().contains("recorded the identity"), "the legacy record was adopted");
     let p = stage_publish(&mut b, scratch.path(), &v1, "back", fs_cap("")).await;
     assert_eq!(fs::read_to_string(p.target.join("data")).expect("read"), "one");
     unpublish_unstage(&mut b, &v1, &p).await;
+    b.stop();
+    let (volumes, _) = berth::state::read_records(&state).expect("records");
+    let adopted = volumes.iter().find(|v| v.id == v1).expect("v1");
+    assert_eq!(
+        adopted.device.as_deref(),
+        Some(rig.link_path(d1).to_str().expect("utf8")),
+        "named as the allow-list does"
+    );
+    let identity = adopted.device_identity.as_ref().expect("identity recorded");
+    assert_eq!((identity.kernel_name.as_str(), identity.size), (kernel_name.as_str(), 32 << 20));
+    assert!(identity.serial.as_deref().is_some_and(|s| s.starts_with("loop:")), "{identity:?}");
+    b.restart().await;
     for v in [&v1, &other_id] {
         delete(&mut b, v).await.expect("delete");
     }

@@ -245,20 +245,23 @@ impl DevicePool {
         if let Some(why) = self.conflicts.get(&volume.id) {
             return Err(Error::FailedPrecondition(why.clone()));
         }
-        if !self.allows(path) {
-            return Err(Error::FailedPrecondition(format!(
-                "volume {} is recorded on {}, which pool {}'s allow-list ({}) does not name: berth neither mounts nor wipes a device outside it",
-                volume.id,
-                path.display(),
-                self.name,
-                self.patterns.join(", ")
-            )));
-        }
         let canonical = match fs::canonicalize(path) {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("resolve device", path)(e)),
         };
+        // The allow-list is a set of devices: the recorded path may be named by it, or (a
+        // record from before identities, holding the kernel's name) lead to a device it names.
+        if !self.allows(path) && !self.devices()?.iter().any(|d| d.canonical == canonical) {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {} is recorded on {} ({}), which pool {}'s allow-list ({}) does not name: berth neither mounts nor wipes a device outside it",
+                volume.id,
+                path.display(),
+                canonical.display(),
+                self.name,
+                self.patterns.join(", ")
+            )));
+        }
         if !canonical.starts_with("/dev") || !fs::metadata(&canonical).is_ok_and(|m| m.file_type().is_block_device()) {
             return Err(Error::FailedPrecondition(format!(
                 "volume {}'s device {} leads to {}, which is not a block device under /dev",
@@ -290,6 +293,29 @@ impl DevicePool {
                 self.whereabouts(recorded)
             ))),
         }
+    }
+
+    /// Fills in the allow-list path and the identity of a volume recorded before berth
+    /// kept identities (its record holds the kernel's name), when that name still leads to
+    /// a device the allow-list names; true when the record changed and must be written.
+    pub fn adopt(&self, volume: &mut VolumeRecord) -> bool {
+        if volume.device_identity.is_some() {
+            return false;
+        }
+        let Ok(Some(canonical)) = self.locate(volume) else { return false };
+        let Some(device) = self.devices().ok().and_then(|d| d.into_iter().find(|d| d.canonical == canonical)) else {
+            return false;
+        };
+        let serial = self.serial(&canonical);
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(volume.id.clone(), Held { path: device.name.clone(), serial: serial.clone() });
+        volume.device = Some(device.name.display().to_string());
+        volume.device_identity =
+            Some(DeviceIdentity { kernel_name: canonical.display().to_string(), serial, size: device.size });
+        tracing::info!(volume.id = %volume.id, device = %device.name.display(), kernel.name = %canonical.display(), "recorded the identity of a device recorded by its kernel name");
+        true
     }
 
     /// Where the disk `recorded` describes is now, for a mismatch message.
