@@ -5,9 +5,13 @@
 //! are refused rather than guessed between.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::fs;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
 
-use crate::state::DeviceIdentity;
+use super::{Device, DevicePool, Held, glob_match};
+use crate::backend::{Error, Result};
+use crate::state::{DeviceIdentity, VolumeRecord};
 
 /// A device as found now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +85,139 @@ pub fn conflicts(claims: &[Claim]) -> BTreeMap<String, String> {
         }
     }
     out
+}
+
+impl DevicePool {
+    /// True when the allow-list names `path` (as written, or through a wildcard).
+    pub(super) fn allows(&self, path: &Path) -> bool {
+        self.patterns.iter().any(|pattern| {
+            let pattern = Path::new(pattern);
+            match (pattern.parent(), pattern.file_name().and_then(|n| n.to_str())) {
+                (Some(dir), Some(last)) if last.contains(['*', '?']) => {
+                    path.parent() == Some(dir)
+                        && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| glob_match(last, n))
+                }
+                _ => path == pattern,
+            }
+        })
+    }
+
+    /// The volume that holds `device` (whose hardware identity is `serial`), if any.
+    pub(super) fn holder(
+        &self,
+        held: &BTreeMap<String, Held>,
+        device: &Device,
+        serial: &Option<String>,
+    ) -> Option<String> {
+        held.iter()
+            .find(|(_, h)| {
+                fs::canonicalize(&h.path).is_ok_and(|c| c == device.canonical)
+                    || (h.serial.is_some() && h.serial == *serial)
+            })
+            .map(|(id, _)| id.clone())
+    }
+
+    pub(super) fn serial(&self, device: &Path) -> Option<String> {
+        self.sys.block_info(device).ok().and_then(|i| i.serial)
+    }
+
+    /// The device node holding `volume` now, after checking that the record is the only
+    /// one naming it, that the allow-list still names it, and that the device the
+    /// recorded path leads to is the disk recorded (identity and size): `None` when the
+    /// path leads nowhere (the disk is gone). Anything else is FAILED_PRECONDITION and
+    /// nothing may be mounted or wiped.
+    pub(super) fn locate(&self, volume: &VolumeRecord) -> Result<Option<PathBuf>> {
+        let path = self.device_of(volume)?;
+        if let Some(why) = self.conflicts.get(&volume.id) {
+            return Err(Error::FailedPrecondition(why.clone()));
+        }
+        let canonical = match fs::canonicalize(path) {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("resolve device", path)(e)),
+        };
+        // The allow-list is a set of devices: the recorded path may be named by it, or (a
+        // record from before identities, holding the kernel's name) lead to a device it names.
+        if !self.allows(path) && !self.devices()?.iter().any(|d| d.canonical == canonical) {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {} is recorded on {} ({}), which pool {}'s allow-list ({}) does not name: berth neither mounts nor wipes a device outside it",
+                volume.id,
+                path.display(),
+                canonical.display(),
+                self.name,
+                self.patterns.join(", ")
+            )));
+        }
+        if !canonical.starts_with("/dev") || !fs::metadata(&canonical).is_ok_and(|m| m.file_type().is_block_device()) {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {}'s device {} leads to {}, which is not a block device under /dev",
+                volume.id,
+                path.display(),
+                canonical.display()
+            )));
+        }
+        let Some(recorded) = &volume.device_identity else {
+            // Recorded before identities were: only the path can be checked.
+            return Ok(Some(canonical));
+        };
+        let now = Observed {
+            size: self.sys.device_size(&canonical).map_err(Error::io("device size", &canonical))?,
+            serial: self.serial(&canonical),
+            kernel_name: canonical,
+        };
+        match differs(recorded, &now) {
+            None => Ok(Some(now.kernel_name)),
+            Some(what) => Err(Error::FailedPrecondition(format!(
+                "volume {} was created on {} ({}, identity {}, {} bytes), but {} now leads to {}, another device: {what}. berth neither mounts nor wipes it. {}",
+                volume.id,
+                path.display(),
+                recorded.kernel_name,
+                describe_serial(&recorded.serial),
+                recorded.size,
+                path.display(),
+                now.kernel_name.display(),
+                self.whereabouts(recorded)
+            ))),
+        }
+    }
+
+    /// Fills in the allow-list path and the identity of a volume recorded before berth
+    /// kept identities (its record holds the kernel's name), when that name still leads to
+    /// a device the allow-list names; true when the record changed and must be written.
+    pub fn adopt(&self, volume: &mut VolumeRecord) -> bool {
+        if volume.device_identity.is_some() {
+            return false;
+        }
+        let Ok(Some(canonical)) = self.locate(volume) else { return false };
+        let Some(device) = self.devices().ok().and_then(|d| d.into_iter().find(|d| d.canonical == canonical)) else {
+            return false;
+        };
+        let serial = self.serial(&canonical);
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(volume.id.clone(), Held { path: device.name.clone(), serial: serial.clone() });
+        volume.device = Some(device.name.display().to_string());
+        volume.device_identity =
+            Some(DeviceIdentity { kernel_name: canonical.display().to_string(), serial, size: device.size });
+        tracing::info!(volume.id = %volume.id, device = %device.name.display(), kernel.name = %canonical.display(), "recorded the identity of a device recorded by its kernel name");
+        true
+    }
+
+    /// Where the disk `recorded` describes is now, for a mismatch message.
+    fn whereabouts(&self, recorded: &DeviceIdentity) -> String {
+        let found = recorded.serial.as_ref().and_then(|serial| {
+            self.devices().ok()?.into_iter().find(|d| self.serial(&d.canonical).as_ref() == Some(serial))
+        });
+        match found {
+            Some(d) => format!(
+                "The recorded disk is now {} ({}); fix the link, or the pool's allow-list, and retry.",
+                d.canonical.display(),
+                d.name.display()
+            ),
+            None => "The recorded disk is not among the devices the allow-list names on this node.".to_string(),
+        }
+    }
 }
 
 #[cfg(test)]
