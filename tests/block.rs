@@ -726,6 +726,16 @@ impl Rig {
         self.loops.swap(a, b);
     }
 
+    /// Replaces the contents of image `disk` with those of `from`, re-attaching it (its
+    /// identity, the backing file, and its size stay the same).
+    fn replace_contents(&mut self, disk: usize, from: &Path) {
+        sh("losetup", &["-d", &self.loops[disk]]);
+        fs::copy(from, &self.images[disk]).expect("copy image");
+        self.loops[disk] =
+            sh("losetup", &["--find", "--show", self.images[disk].to_str().expect("utf8")]).trim().to_string();
+        self.link(disk, disk);
+    }
+
     /// Moves image `disk` to a loop device it never had.
     fn move_to_new_name(&mut self, disk: usize) {
         let old = self.loops[disk].clone();
@@ -830,6 +840,23 @@ async fn device_pool_follows_each_disk_by_identity_and_refuses_a_link_to_another
     let p = stage_publish(&mut b, scratch.path(), &v2, "survived", fs_cap("")).await;
     assert_eq!(fs::read_to_string(p.target.join("data")).expect("read"), "two", "volume 2's data survived");
     unpublish_unstage(&mut b, &v2, &p).await;
+
+    // Same path, same identity, same size, another filesystem: as a disk whose kernel
+    // exposes no serial replaced by another of its size would look. Volume 2's filesystem
+    // is copied into volume 1's image; the UUID recorded at the first stage tells them apart.
+    let saved = scratch.path().join("disk-one.saved");
+    fs::copy(&rig.images[d1], &saved).expect("save volume 1's disk");
+    let other = rig.images[d2].clone();
+    rig.replace_contents(d1, &other);
+    let err = stage_only(&mut b, &v1, &staging).await.expect_err("another filesystem");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("filesystem UUID"), "{}", err.message());
+    assert!(mount_entry(&staging).is_none(), "nothing was mounted");
+    assert_eq!(code(delete(&mut b, &v1).await), Code::FailedPrecondition);
+    rig.replace_contents(d1, &saved);
+    let p = stage_publish(&mut b, scratch.path(), &v1, "put-back", fs_cap("")).await;
+    assert_eq!(fs::read_to_string(p.target.join("data")).expect("read"), "one");
+    unpublish_unstage(&mut b, &v1, &p).await;
     for v in [&v1, &v2, &v3] {
         delete(&mut b, v).await.expect("delete");
     }

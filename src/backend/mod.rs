@@ -200,6 +200,11 @@ pub trait Backend: Send + Sync {
     /// Makes the volume available at `staging` (an empty directory that is not a mount):
     /// a mounted filesystem, or for raw block the device bound at `staging/device`.
     fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()>;
+    /// Records in `volume` what staging put on its storage (a device's filesystem UUID);
+    /// true when the record changed and must be written.
+    fn note_staged(&self, _volume: &mut VolumeRecord) -> Result<bool> {
+        Ok(false)
+    }
     /// Releases what staging held once the engine has unmounted it (loop devices).
     fn unstage(&self, source: StageSource<'_>) -> Result<()>;
     /// True when what is mounted at `path` is this volume's storage.

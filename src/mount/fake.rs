@@ -305,6 +305,14 @@ impl Syscall for RecordingSyscall {
         Ok(self.lock().signatures.get(device).cloned().unwrap_or(Signature::None))
     }
 
+    fn fs_uuid(&self, device: &Path) -> io::Result<Option<String>> {
+        self.check("fs_uuid")?;
+        Ok(match self.lock().signatures.get(device) {
+            Some(Signature::Filesystem(t)) => Some(format!("fake-uuid-{t}")),
+            _ => None,
+        })
+    }
+
     fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()> {
         self.record("mkfs", Call::Mkfs { device: device.into(), fs_type: fs_type.into() })?;
         self.lock().signatures.insert(device.to_path_buf(), Signature::Filesystem(fs_type.into()));

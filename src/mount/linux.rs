@@ -149,6 +149,10 @@ impl Syscall for LinuxSyscall {
         tools::blkid(device)
     }
 
+    fn fs_uuid(&self, device: &Path) -> io::Result<Option<String>> {
+        tools::fs_uuid(device)
+    }
+
     fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()> {
         tools::mkfs(device, fs_type)
     }

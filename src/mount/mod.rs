@@ -117,6 +117,8 @@ pub trait Syscall: Send + Sync {
     fn loop_set_capacity(&self, device: &Path) -> io::Result<()>;
     /// What signature, if any, a device holds.
     fn blkid(&self, device: &Path) -> io::Result<Signature>;
+    /// The UUID of the filesystem on a device, `None` when it holds none.
+    fn fs_uuid(&self, device: &Path) -> io::Result<Option<String>>;
     /// Formats a device.
     fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()>;
     /// Grows a mounted filesystem to fill its device.

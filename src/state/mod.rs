@@ -128,6 +128,11 @@ pub struct DeviceIdentity {
     pub serial: Option<String>,
     /// Size in bytes.
     pub size: u64,
+    /// The UUID of the volume's filesystem, recorded once one is on the disk (after the
+    /// first stage, or a restore): a signature on the disk itself, which tells apart disks
+    /// whose kernel exposes no serial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_uuid: Option<String>,
 }
 
 /// How a snapshot's data was taken.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Device, DevicePool, Held, glob_match};
 use crate::backend::{Error, Result};
-use crate::state::{DeviceIdentity, VolumeRecord};
+use crate::state::{DeviceIdentity, Phase, VolumeRecord};
 
 /// A device as found now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub struct Observed {
     pub kernel_name: PathBuf,
     pub serial: Option<String>,
     pub size: u64,
+    /// Read only when a filesystem UUID was recorded.
+    pub fs_uuid: Option<String>,
 }
 
 /// Why the device found now is not the one recorded, or `None` when it is. The hardware
@@ -32,6 +34,13 @@ pub fn differs(recorded: &DeviceIdentity, now: &Observed) -> Option<String> {
             "its identity is {}, not {}",
             describe_serial(&now.serial),
             describe_serial(&recorded.serial)
+        ));
+    }
+    if recorded.fs_uuid.is_some() && recorded.fs_uuid != now.fs_uuid {
+        return Some(format!(
+            "its filesystem UUID is {}, not {}",
+            now.fs_uuid.as_deref().unwrap_or("absent (no filesystem)"),
+            recorded.fs_uuid.as_deref().unwrap_or_default()
         ));
     }
     let grown_in_place = recorded.serial.is_some() && now.size > recorded.size;
@@ -160,10 +169,21 @@ impl DevicePool {
             // Recorded before identities were: only the path can be checked.
             return Ok(Some(canonical));
         };
+        let fs_uuid = match recorded.fs_uuid {
+            Some(_) => self.sys.fs_uuid(&canonical).map_err(Error::io("probe", &canonical))?,
+            None => None,
+        };
+        // A wipe interrupted by a crash may have erased the filesystem already: a volume
+        // being deleted may have none (but not another one).
+        let fs_uuid = match fs_uuid {
+            None if volume.phase == Phase::Deleting => recorded.fs_uuid.clone(),
+            other => other,
+        };
         let now = Observed {
             size: self.sys.device_size(&canonical).map_err(Error::io("device size", &canonical))?,
             serial: self.serial(&canonical),
             kernel_name: canonical,
+            fs_uuid,
         };
         match differs(recorded, &now) {
             None => Ok(Some(now.kernel_name)),
@@ -198,8 +218,12 @@ impl DevicePool {
             .unwrap_or_else(|e| e.into_inner())
             .insert(volume.id.clone(), Held { path: device.name.clone(), serial: serial.clone() });
         volume.device = Some(device.name.display().to_string());
-        volume.device_identity =
-            Some(DeviceIdentity { kernel_name: canonical.display().to_string(), serial, size: device.size });
+        volume.device_identity = Some(DeviceIdentity {
+            kernel_name: canonical.display().to_string(),
+            serial,
+            size: device.size,
+            fs_uuid: None,
+        });
         tracing::info!(volume.id = %volume.id, device = %device.name.display(), kernel.name = %canonical.display(), "recorded the identity of a device recorded by its kernel name");
         true
     }
@@ -225,11 +249,11 @@ mod tests {
     use super::*;
 
     fn recorded(serial: Option<&str>, size: u64) -> DeviceIdentity {
-        DeviceIdentity { kernel_name: "/dev/sdb".into(), serial: serial.map(str::to_string), size }
+        DeviceIdentity { kernel_name: "/dev/sdb".into(), serial: serial.map(str::to_string), size, fs_uuid: None }
     }
 
     fn now(serial: Option<&str>, size: u64) -> Observed {
-        Observed { kernel_name: "/dev/sdc".into(), serial: serial.map(str::to_string), size }
+        Observed { kernel_name: "/dev/sdc".into(), serial: serial.map(str::to_string), size, fs_uuid: None }
     }
 
     #[test]
@@ -244,6 +268,14 @@ mod tests {
             (recorded(None, 100), now(None, 100), None),
             (recorded(None, 100), now(None, 200), Some("holds 200 bytes, not 100")),
         ];
+        let signed = |uuid: Option<&str>| DeviceIdentity { fs_uuid: uuid.map(str::to_string), ..recorded(None, 100) };
+        let seen = |uuid: Option<&str>| Observed { fs_uuid: uuid.map(str::to_string), ..now(None, 100) };
+        let cases = cases.into_iter().chain([
+            (signed(Some("u1")), seen(Some("u1")), None),
+            (signed(Some("u1")), seen(Some("u2")), Some("filesystem UUID is u2, not u1")),
+            (signed(Some("u1")), seen(None), Some("filesystem UUID is absent")),
+            (signed(None), seen(Some("u2")), None),
+        ]);
         for (rec, seen, want) in cases {
             let got = differs(&rec, &seen);
             match want {

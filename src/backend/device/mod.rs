@@ -322,8 +322,12 @@ impl Backend for DevicePool {
         })?;
         held.insert(volume.id.clone(), Held { path: device.name.clone(), serial: serial.clone() });
         volume.device = Some(device.name.display().to_string());
-        volume.device_identity =
-            Some(DeviceIdentity { kernel_name: device.canonical.display().to_string(), serial, size: device.size });
+        volume.device_identity = Some(DeviceIdentity {
+            kernel_name: device.canonical.display().to_string(),
+            serial,
+            size: device.size,
+            fs_uuid: None,
+        });
         volume.capacity = device.size;
         tracing::info!(volume.id = %volume.id, device = %device.name.display(), kernel.name = %device.canonical.display(), "device chosen");
         Ok(true)
@@ -334,13 +338,33 @@ impl Backend for DevicePool {
         self.reserve(volume)?;
         let device = self.present(volume)?;
         match source {
-            None => Ok(()),
-            Some(Source::Snapshot(s)) => self.write_device(&device, &self.snapshot_path(&s.key)?),
+            None => return Ok(()),
+            Some(Source::Snapshot(s)) => self.write_device(&device, &self.snapshot_path(&s.key)?)?,
             Some(Source::Volume(v)) => {
                 let from = self.present(v)?;
                 let freeze = blockvol::filesystem_mount(self.sys.as_ref(), &from)?;
-                blockvol::frozen(self.sys.as_ref(), freeze.as_deref(), || self.write_device(&device, &from))
+                blockvol::frozen(self.sys.as_ref(), freeze.as_deref(), || self.write_device(&device, &from))?
             }
+        }
+        // The copy brought a filesystem: its UUID is the disk's signature from now on.
+        self.note_staged(volume)?;
+        Ok(())
+    }
+
+    /// Records the UUID of the filesystem on a filesystem volume's disk, once there is one.
+    fn note_staged(&self, volume: &mut VolumeRecord) -> Result<bool> {
+        if volume.access != AccessKind::Mount || volume.device_identity.as_ref().is_none_or(|i| i.fs_uuid.is_some()) {
+            return Ok(false);
+        }
+        let device = self.present(volume)?;
+        let uuid = self.sys.fs_uuid(&device).map_err(Error::io("probe", &device))?;
+        match (uuid, volume.device_identity.as_mut()) {
+            (Some(uuid), Some(identity)) => {
+                tracing::info!(volume.id = %volume.id, fs.uuid = %uuid, "recorded the filesystem UUID of a device volume");
+                identity.fs_uuid = Some(uuid);
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 
