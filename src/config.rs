@@ -127,7 +127,7 @@ pub struct DevicePool {
     /// Absolute device paths under /dev; the last component may hold `*` and `?` wildcards
     /// (`/dev/disk/by-id/nvme-*`). Nothing outside this list is ever touched.
     pub devices: Vec<String>,
-    /// What DeleteVolume does to a device before it is reused.
+    /// What DeleteVolume does to a device before it is reused (default `zero`).
     #[serde(default)]
     pub wipe: Wipe,
     /// A block pool on this node to keep snapshots of device volumes in.
@@ -191,17 +191,20 @@ pub enum OnDelete {
     Archive,
 }
 
-/// How a released device is cleaned.
+/// How a released device is cleaned before another volume gets it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Wipe {
-    /// Erase filesystem, RAID and partition-table signatures.
+    /// Erase signatures, then make every block read back as zeros (BLKZEROOUT, done by the
+    /// device itself where it offers write-zeroes). Nothing of the last tenant is readable.
     #[default]
-    Signatures,
-    /// Erase signatures, then discard every block (fast on SSDs).
-    Discard,
-    /// Erase signatures, then write zeros over the whole device.
     Zero,
+    /// Erase signatures and discard every block (frees flash); then zero as well unless
+    /// the device promises that discarded blocks read back as zeros.
+    Discard,
+    /// Erase only filesystem, RAID and partition-table signatures: fast, but the next
+    /// volume on the device can read the last one's data. An explicit opt-in.
+    Signatures,
 }
 
 /// How strictly a pool enforces volume sizes.

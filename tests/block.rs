@@ -697,3 +697,316 @@ async fn preallocated_images_and_device_pools_without_a_snapshot_pool() {
         .await
         .expect("delete");
 }
+
+/// Stand-in disks for device pools: loop devices over image files, reachable through
+/// symbolic links in a directory under /dev as /dev/disk/by-id would be. The test can move
+/// a disk to another loop device, as a reboot gives a disk another /dev/sdX. On drop it
+/// detaches only loop devices still backed by its own images and removes the links.
+struct Rig {
+    links: PathBuf,
+    images: Vec<PathBuf>,
+    /// The loop device each image is attached to now.
+    loops: Vec<String>,
+}
+
+impl Rig {
+    fn new(dir: &Path, count: usize, size_mib: u64) -> Rig {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_nanos();
+        let links = PathBuf::from(format!("/dev/berth-test-{}-{nanos}", std::process::id()));
+        fs::create_dir(&links).expect("mkdir under /dev");
+        let mut rig = Rig { links, images: Vec::new(), loops: Vec::new() };
+        for i in 0..count {
+            let img = dir.join(format!("disk{i}.img"));
+            sh("truncate", &["-s", &format!("{size_mib}M"), img.to_str().expect("utf8")]);
+            rig.loops.push(sh("losetup", &["--find", "--show", img.to_str().expect("utf8")]).trim().to_string());
+            rig.images.push(img);
+            rig.link(i, i);
+        }
+        rig
+    }
+
+    fn link_path(&self, i: usize) -> PathBuf {
+        self.links.join(format!("disk-{i}"))
+    }
+
+    /// Points link `i` at the loop device holding image `disk`.
+    fn link(&self, i: usize, disk: usize) {
+        let _ = fs::remove_file(self.link_path(i));
+        std::os::unix::fs::symlink(&self.loops[disk], self.link_path(i)).expect("symlink");
+    }
+
+    /// Which image the loop device `dev` holds.
+    fn disk_of(&self, dev: &str) -> usize {
+        self.loops.iter().position(|l| l == dev).unwrap_or_else(|| panic!("{dev} is none of {:?}", self.loops))
+    }
+
+    /// Exchanges the loop devices of images `a` and `b`, as a reboot that probes the disks
+    /// in another order does. Each image is attached to its new device before the old
+    /// one is detached, so no other test can take a device in between.
+    fn swap_kernel_names(&mut self, a: usize, b: usize) {
+        let (la, lb) = (self.loops[a].clone(), self.loops[b].clone());
+        sh("losetup", &["-d", &la]);
+        sh("losetup", &[&la, self.images[b].to_str().expect("utf8")]);
+        sh("losetup", &["-d", &lb]);
+        sh("losetup", &[&lb, self.images[a].to_str().expect("utf8")]);
+        self.loops.swap(a, b);
+    }
+
+    /// Replaces the contents of image `disk` with those of `from`, re-attaching it (its
+    /// identity, the backing file, and its size stay the same).
+    fn replace_contents(&mut self, disk: usize, from: &Path) {
+        sh("losetup", &["-d", &self.loops[disk]]);
+        fs::copy(from, &self.images[disk]).expect("copy image");
+        self.loops[disk] =
+            sh("losetup", &["--find", "--show", self.images[disk].to_str().expect("utf8")]).trim().to_string();
+        self.link(disk, disk);
+    }
+
+    /// Moves image `disk` to a loop device it never had.
+    fn move_to_new_name(&mut self, disk: usize) {
+        let old = self.loops[disk].clone();
+        let new = sh("losetup", &["--find", "--show", self.images[disk].to_str().expect("utf8")]).trim().to_string();
+        sh("losetup", &["-d", &old]);
+        self.loops[disk] = new;
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for (dev, img) in self.loops.iter().zip(&self.images) {
+            let back = std::process::Command::new("losetup").args(["-n", "-O", "BACK-FILE", dev]).output();
+            if back.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == img.to_string_lossy()) {
+                let _ = std::process::Command::new("losetup").args(["-d", dev]).status();
+            }
+        }
+        let _ = fs::remove_dir_all(&self.links);
+    }
+}
+
+fn device_config(state: &Path, devices: &[String], extra: &str) -> String {
+    format!(
+        "stateDir: {}\npools:\n  - name: disks\n    type: device\n    devices: [{}]\n{extra}",
+        state.display(),
+        devices.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", ")
+    )
+}
+
+async fn stage_only(b: &mut Berth, id: &str, staging: &Path) -> Result<(), tonic::Status> {
+    b.node
+        .node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(fs_cap("")),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn delete(b: &mut Berth, id: &str) -> Result<(), tonic::Status> {
+    b.controller.delete_volume(pb::DeleteVolumeRequest { volume_id: id.into(), ..Default::default() }).await.map(|_| ())
+}
+
+/// Writes `text` into a new filesystem volume and returns the index of its disk.
+async fn fill(b: &mut Berth, rig: &Rig, root: &Path, id: &str, text: &str) -> usize {
+    let p = stage_publish(b, root, id, text, fs_cap("")).await;
+    let disk = rig.disk_of(&mount_entry(&p.staging).expect("mounted").source);
+    fs::write(p.target.join("data"), text).expect("write");
+    unpublish_unstage(b, id, &p).await;
+    disk
+}
+
+#[tokio::test]
+async fn device_pool_follows_each_disk_by_identity_and_refuses_a_link_to_another() {
+    let test = "device_pool_follows_each_disk_by_identity_and_refuses_a_link_to_another";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let mut rig = Rig::new(scratch.path(), 3, 32);
+    let pattern = rig.links.join("disk-*").display().to_string();
+    let config = device_config(&scratch.path().join("state"), &[pattern], "");
+    let mut b = Berth::start(scratch.path(), &config, "node-a", &[]).await;
+    let v1 = create(&mut b, "pvc-one", 16 * MIB, fs_cap("")).await.volume_id;
+    let v2 = create(&mut b, "pvc-two", 16 * MIB, fs_cap("")).await.volume_id;
+    let v3 = create(&mut b, "pvc-blank", 16 * MIB, fs_cap("")).await.volume_id;
+    let d1 = fill(&mut b, &rig, scratch.path(), &v1, "one").await;
+    let d2 = fill(&mut b, &rig, scratch.path(), &v2, "two").await;
+    let d3 = 3 - d1 - d2;
+    b.stop();
+
+    // A reboot: disks 1 and 2 swap kernel names, the never-staged disk 3 comes back under a
+    // name no record knows; the by-id links follow their disks, as udev makes them.
+    rig.swap_kernel_names(d1, d2);
+    rig.move_to_new_name(d3);
+    for i in 0..3 {
+        rig.link(i, i);
+    }
+    b.restart().await;
+    let p = stage_publish(&mut b, scratch.path(), &v1, "after-reboot", fs_cap("")).await;
+    assert_eq!(fs::read_to_string(p.target.join("data")).expect("read"), "one", "volume 1 is still disk {d1}");
+    unpublish_unstage(&mut b, &v1, &p).await;
+    let taken = b.controller.create_volume(create_req("pvc-four", 16 * MIB)).await;
+    assert_eq!(code(taken), Code::ResourceExhausted, "disk {d3} is still volume 3's under its new name");
+
+    // The links of disks 1 and 2 now lead to each other's disk: nothing is mounted or wiped.
+    rig.link(d1, d2);
+    rig.link(d2, d1);
+    let staging = scratch.path().join("staging-swapped");
+    let err = stage_only(&mut b, &v1, &staging).await.expect_err("a link to another disk");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    for name in [&rig.loops[d1], &rig.loops[d2]] {
+        assert!(err.message().contains(name.as_str()), "the message names both devices: {}", err.message());
+    }
+    assert!(mount_entry(&staging).is_none(), "nothing was mounted");
+    let err = delete(&mut b, &v1).await.expect_err("no wipe of another disk");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    rig.link(d1, d1);
+    rig.link(d2, d2);
+    let p = stage_publish(&mut b, scratch.path(), &v2, "survived", fs_cap("")).await;
+    assert_eq!(fs::read_to_string(p.target.join("data")).expect("read"), "two", "volume 2's data survived");
+    unpublish_unstage(&mut b, &v2, &p).await;
+
+    // Same path, same identity, same size, another filesystem: as a disk whose kernel
+    // exposes no serial replaced by another of its size would look. Volume 2's filesystem
+    // is copied into volume 1's image; the UUID recorded at the first stage tells them apart.
+    let saved = scratch.path().join("disk-one.saved");
+    fs::copy(&rig.images[d1], &saved).expect("save volume 1's disk");
+    let other = rig.images[d2].clone();
+    rig.replace_contents(d1, &other);
+    let err = stage_only(&mut b, &v1, &staging).await.expect_err("another filesystem");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("filesystem UUID"), "{}", err.message());
+    assert!(mount_entry(&staging).is_none(), "nothing was mounted");
+    assert_eq!(code(delete(&mut b, &v1).await), Code::FailedPrecondition);
+    rig.replace_contents(d1, &saved);
+    let p = stage_publish(&mut b, scratch.path(), &v1, "put-back", fs_cap("")).await;
+    assert_eq!(fs::read_to_string(p.target.join("data")).expect("read"), "one");
+    unpublish_unstage(&mut b, &v1, &p).await;
+    for v in [&v1, &v2, &v3] {
+        delete(&mut b, v).await.expect("delete");
+    }
+}
+
+#[tokio::test]
+async fn device_pool_refuses_records_outside_the_allow_list_or_naming_one_device() {
+    let test = "device_pool_refuses_records_outside_the_allow_list_or_naming_one_device";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let rig = Rig::new(scratch.path(), 2, 32);
+    let state = scratch.path().join("state");
+    let all = device_config(&state, &[rig.links.join("disk-*").display().to_string()], "");
+    let mut b = Berth::start(scratch.path(), &all, "node-a", &[]).await;
+    let v1 = create(&mut b, "pvc-one", 16 * MIB, fs_cap("")).await.volume_id;
+    let d1 = fill(&mut b, &rig, scratch.path(), &v1, "one").await;
+    b.stop();
+
+    // A second record naming volume 1's disk (a damaged or hand-edited state).
+    let twin_id = format!("{}{}", &v1[..v1.len() - 32], "0123456789abcdef0123456789abcdef");
+    {
+        let (store, _) = berth::state::Store::open(&state).expect("open state");
+        let mut twin = store.volume(&v1).expect("record");
+        twin.id = twin_id.clone();
+        twin.name = "pvc-twin".into();
+        twin.key = "0123456789abcdef0123456789abcdef".into();
+        store.put_volume(&twin).expect("put");
+    }
+    b.restart().await;
+    assert!(b.logs().contains("name the same device"), "the start reports the conflict");
+    let staging = scratch.path().join("staging-twin");
+    for id in [&v1, &twin_id] {
+        let err = stage_only(&mut b, id, &staging).await.expect_err("two records, one disk");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("same device"), "{}", err.message());
+        assert_eq!(code(delete(&mut b, id).await), Code::FailedPrecondition);
+    }
+    assert!(mount_entry(&staging).is_none(), "nothing was mounted");
+    let other_id = create(&mut b, "pvc-other", 16 * MIB, fs_cap("")).await.volume_id;
+    let full = b.controller.create_volume(create_req("pvc-third", 16 * MIB)).await;
+    assert_eq!(code(full), Code::ResourceExhausted, "the disk both records name is never handed out");
+    b.stop();
+    {
+        let (store, _) = berth::state::Store::open(&state).expect("open state");
+        store.remove_volume(&twin_id).expect("the operator removes the wrong record");
+    }
+
+    // The allow-list no longer names volume 1's disk.
+    let narrowed = device_config(&state, &[rig.link_path(1 - d1).display().to_string()], "");
+    fs::write(&b.config, narrowed).expect("config");
+    b.restart().await;
+    let err = stage_only(&mut b, &v1, &staging).await.expect_err("outside the allow-list");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("allow-list"), "{}", err.message());
+    assert_eq!(code(delete(&mut b, &v1).await), Code::FailedPrecondition);
+    assert_eq!(
+        berth::mount::tools::blkid(&rig.link_path(d1)).expect("blkid"),
+        berth::mount::Signature::Filesystem("ext4".into()),
+        "volume 1's disk was not wiped"
+    );
+    b.stop();
+
+    // A record written before identities were: the kernel's name, no identity. The start
+    // records the identity while that name still leads to the volume's disk.
+    let kernel_name = fs::canonicalize(rig.link_path(d1)).expect("link").display().to_string();
+    {
+        let (store, _) = berth::state::Store::open(&state).expect("open state");
+        let mut legacy = store.volume(&v1).expect("record");
+        legacy.device = Some(kernel_name.clone());
+        legacy.device_identity = None;
+        store.put_volume(&legacy).expect("put");
+    }
+    fs::write(&b.config, all).expect("config");
+    b.restart().await;
+    assert!(b.logs().contains("recorded the identity"), "the legacy record was adopted");
+    let p = stage_publish(&mut b, scratch.path(), &v1, "back", fs_cap("")).await;
+    assert_eq!(fs::read_to_string(p.target.join("data")).expect("read"), "one");
+    unpublish_unstage(&mut b, &v1, &p).await;
+    b.stop();
+    let (volumes, _) = berth::state::read_records(&state).expect("records");
+    let adopted = volumes.iter().find(|v| v.id == v1).expect("v1");
+    assert_eq!(
+        adopted.device.as_deref(),
+        Some(rig.link_path(d1).to_str().expect("utf8")),
+        "named as the allow-list does"
+    );
+    let identity = adopted.device_identity.as_ref().expect("identity recorded");
+    assert_eq!((identity.kernel_name.as_str(), identity.size), (kernel_name.as_str(), 32 << 20));
+    assert!(identity.serial.as_deref().is_some_and(|s| s.starts_with("loop:")), "{identity:?}");
+    b.restart().await;
+    for v in [&v1, &other_id] {
+        delete(&mut b, v).await.expect("delete");
+    }
+}
+
+#[tokio::test]
+async fn device_pool_leaves_nothing_of_a_deleted_volume_for_the_next() {
+    let test = "device_pool_leaves_nothing_of_a_deleted_volume_for_the_next";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let rig = Rig::new(scratch.path(), 1, 24);
+    // The default wipe, as most pools are configured.
+    let config = device_config(&scratch.path().join("state"), &[rig.link_path(0).display().to_string()], "");
+    let mut b = Berth::start(scratch.path(), &config, "node-a", &[]).await;
+    let first = create(&mut b, "pvc-first", 16 * MIB, raw_cap()).await.volume_id;
+    let p = stage_publish(&mut b, scratch.path(), &first, "first", raw_cap()).await;
+    let pattern: Vec<u8> = b"tenant-one-secret-".iter().copied().cycle().take(20 << 20).collect();
+    {
+        let mut dev = fs::OpenOptions::new().write(true).open(&p.target).expect("open");
+        dev.seek(SeekFrom::Start(1 << 20)).expect("seek");
+        dev.write_all(&pattern).expect("write");
+        dev.sync_all().expect("sync");
+    }
+    unpublish_unstage(&mut b, &first, &p).await;
+    delete(&mut b, &first).await.expect("delete");
+    let next = create(&mut b, "pvc-next", 16 * MIB, raw_cap()).await.volume_id;
+    let mut raw = Vec::new();
+    fs::File::open(rig.link_path(0)).expect("open").read_to_end(&mut raw).expect("read the whole device");
+    assert_eq!(raw.len(), 24 << 20);
+    let left = raw.iter().filter(|b| **b != 0).count();
+    assert_eq!(left, 0, "{left} bytes of the last tenant are readable by the next");
+    delete(&mut b, &next).await.expect("delete");
+}

@@ -1,7 +1,8 @@
 //! Crash consistency: berth is SIGKILLed at every fault point of a full volume lifecycle
-//! (hostPath on btrfs, block and device volumes: create, stage, publish, snapshot, restore, expand
-//! and their reverses), restarted, and the interrupted call replayed the way the CO
-//! would. Every replay must succeed (creates with the same ID), no data may be lost, and
+//! (hostPath on btrfs, block and device volumes: create, stage, publish, snapshot, restore,
+//! expand and their reverses; a restore onto a device is killed after its disk is recorded
+//! and in the middle of the copy), restarted, and the interrupted call replayed the way the
+//! CO would. Every replay must succeed (creates with the same ID), no data may be lost, and
 //! afterwards nothing may be left: no directory, subvolume, image, loop device, mount or
 //! record. Needs the binary built with `--features failpoints` (the test command does).
 //! BERTH_LONG_TESTS=1 adds 200+ kills at random hits of random points.
@@ -127,14 +128,22 @@ async fn snapshot(run: &mut Run, source: &str, name: &str) -> String {
 }
 
 /// One whole lifecycle in `dir`, with `faults` set for the first berth process.
-async fn lifecycle(dir: &Path, pool_fs: &Path, disk: &str, tag: &str, faults: &[(String, String)]) -> (usize, usize) {
+async fn lifecycle(
+    dir: &Path,
+    pool_fs: &Path,
+    disks: &[String],
+    tag: &str,
+    faults: &[(String, String)],
+) -> (usize, usize) {
     let hp = pool_fs.join(format!("hp-{tag}"));
     let blk = pool_fs.join(format!("blk-{tag}"));
     let config = format!(
-        "stateDir: {}\npools:\n  - {{name: hp, type: hostpath, path: {}, capacityEnforcement: required}}\n  - {{name: blk, type: block, path: {}}}\n  - {{name: dev, type: device, devices: ['{disk}'], wipe: signatures}}\n",
+        "stateDir: {}\npools:\n  - {{name: hp, type: hostpath, path: {}, capacityEnforcement: required}}\n  - {{name: blk, type: block, path: {}}}\n  - {{name: dev, type: device, devices: ['{}', '{}'], snapshotPool: blk}}\n",
         dir.join("state").display(),
         hp.display(),
-        blk.display()
+        blk.display(),
+        disks[0],
+        disks[1]
     );
     fs::create_dir_all(dir).expect("mkdir");
     let mut b = Berth::start(dir, &config, "node-a", &["--log-level", "info"]).await;
@@ -191,18 +200,33 @@ async fn lifecycle(dir: &Path, pool_fs: &Path, disk: &str, tag: &str, faults: &[
     assert_eq!(fs::read(t_blk.join("b")).expect("block data survives"), b"block data");
     assert_eq!(fs::read(t_dev.join("d")).expect("device data survives"), b"device data");
     unpublish_unstage(&mut run, &v_dev, &s_dev, &t_dev).await;
+    // A restore onto a device (its source unmounted: a crash while a filesystem is frozen
+    // is another matter): the disk is chosen and recorded before it is written.
+    let snap_dev = snapshot(&mut run, &v_dev, "s-dev").await;
+    let mut restore_dev = req("r-dev", 64 * MIB, "dev");
+    restore_dev.volume_content_source = Some(pb::VolumeContentSource {
+        r#type: Some(pb::volume_content_source::Type::Snapshot(pb::volume_content_source::SnapshotSource {
+            snapshot_id: snap_dev.clone(),
+        })),
+    });
+    let r_dev = create(&mut run, restore_dev).await;
     unpublish_unstage(&mut run, &v_hp, &s_hp, &t_hp).await;
     unpublish_unstage(&mut run, &v_blk, &s_blk, &t_blk).await;
     let (s_r, t_r) = paths("restored");
     stage_publish(&mut run, &r_hp, &s_r, &t_r).await;
     assert_eq!(fs::read(t_r.join("a")).expect("restored data"), b"hostpath data");
     unpublish_unstage(&mut run, &r_hp, &s_r, &t_r).await;
+    fs::create_dir_all(dir.join("pods/restored-dev")).expect("mkdir");
+    let (s_rd, t_rd) = paths("restored-dev");
+    stage_publish(&mut run, &r_dev, &s_rd, &t_rd).await;
+    assert_eq!(fs::read(t_rd.join("d")).expect("data restored onto a device"), b"device data");
+    unpublish_unstage(&mut run, &r_dev, &s_rd, &t_rd).await;
 
-    for s in [snap_hp, snap_blk] {
+    for s in [snap_hp, snap_blk, snap_dev] {
         let r = pb::DeleteSnapshotRequest { snapshot_id: s, ..Default::default() };
         run.step("DeleteSnapshot", async |b: &mut Berth| b.controller.delete_snapshot(r.clone()).await).await;
     }
-    for v in [v_hp, v_blk, r_hp, v_dev] {
+    for v in [v_hp, v_blk, r_hp, v_dev, r_dev] {
         let r = pb::DeleteVolumeRequest { volume_id: v, ..Default::default() };
         run.step("DeleteVolume", async |b: &mut Berth| b.controller.delete_volume(r.clone()).await).await;
     }
@@ -217,11 +241,13 @@ async fn lifecycle(dir: &Path, pool_fs: &Path, disk: &str, tag: &str, faults: &[
     let loops = sh("losetup", &["-l", "-n", "-O", "BACK-FILE"]);
     assert!(!loops.contains(blk.to_str().expect("utf8")), "orphan loop devices: {loops}");
     assert!(mounts_below(dir).is_empty(), "orphan mounts: {:?}", mounts_below(dir));
-    assert_eq!(
-        berth::mount::tools::blkid(Path::new(disk)).expect("blkid"),
-        berth::mount::Signature::None,
-        "the device was wiped and released (faults {faults:?})"
-    );
+    for disk in disks {
+        assert_eq!(
+            berth::mount::tools::blkid(Path::new(disk)).expect("blkid"),
+            berth::mount::Signature::None,
+            "{disk} was wiped and released (faults {faults:?})"
+        );
+    }
     assert!(!logs.contains("accounts for; left in place"), "unaccounted data reported (faults {faults:?})");
     (run.kills, run.replays)
 }
@@ -249,22 +275,27 @@ async fn sigkill_at_every_fault_point_then_replay_leaves_nothing_behind() {
     }
     let scratch = Scratch::new();
     let Some(pool_fs) = FsImage::new(&scratch, test, "btrfs", "4G") else { return };
-    // A stand-in disk for the device pool, detached on drop.
-    let disk_image = scratch.path().join("disk.img");
-    sh("truncate", &["-s", "64M", disk_image.to_str().expect("utf8")]);
-    let disk = sh("losetup", &["--find", "--show", disk_image.to_str().expect("utf8")]).trim().to_string();
-    struct Detach(String);
+    // Two stand-in disks for the device pool, detached on drop.
+    struct Detach(Vec<String>);
     impl Drop for Detach {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+            for d in &self.0 {
+                let _ = std::process::Command::new("losetup").args(["-d", d]).status();
+            }
         }
     }
-    let _disk_guard = Detach(disk.clone());
+    let mut disks = Detach(Vec::new());
+    for i in 0..2 {
+        let image = scratch.path().join(format!("disk{i}.img"));
+        sh("truncate", &["-s", "64M", image.to_str().expect("utf8")]);
+        disks.0.push(sh("losetup", &["--find", "--show", image.to_str().expect("utf8")]).trim().to_string());
+    }
+    let disk = &disks.0;
 
     // A clean run enumerates every fault point reached, in order.
     let log = scratch.path().join("points.log");
     let log_env = vec![("BERTH_FAILPOINT_LOG".to_string(), log.display().to_string())];
-    lifecycle(&scratch.path().join("clean"), &pool_fs.mount, &disk, "clean", &log_env).await;
+    lifecycle(&scratch.path().join("clean"), &pool_fs.mount, disk, "clean", &log_env).await;
     let hits = points_of(&log);
     if hits.is_empty() {
         println!("SKIPPED: {test}: berth was built without --features failpoints");
@@ -304,7 +335,7 @@ async fn sigkill_at_every_fault_point_then_replay_leaves_nothing_behind() {
             ("BERTH_FAILPOINT_LOG".to_string(), run_log.display().to_string()),
         ];
         let (k, r) =
-            lifecycle(&scratch.path().join(format!("run-{i}")), &pool_fs.mount, &disk, &format!("run{i}"), &faults)
+            lifecycle(&scratch.path().join(format!("run-{i}")), &pool_fs.mount, disk, &format!("run{i}"), &faults)
                 .await;
         if k != 1 {
             let got = points_of(&run_log);

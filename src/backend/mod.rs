@@ -201,6 +201,12 @@ pub trait Backend: Send + Sync {
     fn formats(&self) -> bool;
     /// Free space for new volumes.
     fn capacity(&self) -> Result<Capacity>;
+    /// Chooses, before any side effect, what a new volume will occupy (a device pool's
+    /// disk) and fills it into the record, so the engine records the choice with the
+    /// intent before anything is written; false when there is nothing new to record.
+    fn reserve(&self, _volume: &mut VolumeRecord) -> Result<bool> {
+        Ok(false)
+    }
     /// Creates storage for `volume` (empty, or from `source`); fills in backend fields.
     /// Must finish its own half-done work when called again for the same record.
     fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()>;
@@ -223,6 +229,11 @@ pub trait Backend: Send + Sync {
     /// Makes the volume available at `staging` (an empty directory that is not a mount):
     /// a mounted filesystem, or for raw block the device bound at `staging/device`.
     fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()>;
+    /// Records in `volume` what staging put on its storage (a device's filesystem UUID);
+    /// true when the record changed and must be written.
+    fn note_staged(&self, _volume: &mut VolumeRecord) -> Result<bool> {
+        Ok(false)
+    }
     /// Releases what staging held once the engine has unmounted it (loop devices).
     fn unstage(&self, source: StageSource<'_>) -> Result<()>;
     /// True when what is mounted at `path` is this volume's storage.

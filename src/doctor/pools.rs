@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::Check;
 use super::checks::Host;
 use crate::backend::tree::{self, Reflink};
-use crate::config::{BlockPool, DevicePool, Enforcement, HostPathPool, NfsPool};
+use crate::config::{BlockPool, DevicePool, Enforcement, HostPathPool, NfsPool, Wipe};
 use crate::mount::{FsKind, ProjectQuotaState, mountinfo, ops};
 
 /// A human name for a filesystem magic number.
@@ -127,16 +127,29 @@ pub fn block(host: &Host, pool: &BlockPool, recorded: usize) -> Vec<Check> {
     out
 }
 
-/// Checks one device pool: which block devices its allow-list names on this machine.
+/// Checks one device pool: which block devices its allow-list names on this machine (with
+/// the identity berth records for each), whether it names them by stable links, and what
+/// DeleteVolume leaves on a released disk.
 pub fn device(host: &Host, pool: &DevicePool) -> Vec<Check> {
     let subject = format!("pool {}", pool.name);
     let s = subject.as_str();
     let found = crate::backend::device::DevicePool::open(pool, Arc::clone(&host.sys), None, Vec::new())
         .and_then(|p| p.devices());
-    vec![match found {
+    let devices = match found {
         Ok(devices) if !devices.is_empty() => {
-            let names: Vec<String> =
-                devices.iter().map(|(p, size)| format!("{} ({size} bytes)", p.display())).collect();
+            let names: Vec<String> = devices
+                .iter()
+                .map(|d| {
+                    let serial = host.sys.block_info(&d.canonical).ok().and_then(|i| i.serial);
+                    format!(
+                        "{} -> {} ({} bytes, identity {})",
+                        d.name.display(),
+                        d.canonical.display(),
+                        d.size,
+                        serial.as_deref().unwrap_or("none")
+                    )
+                })
+                .collect();
             Check::ok(s, "devices", format!("{} device(s): {}", devices.len(), names.join(", ")))
         }
         Ok(_) => Check::warn(
@@ -149,7 +162,38 @@ pub fn device(host: &Host, pool: &DevicePool) -> Vec<Check> {
             "attach the disks, or fix the pool's devices patterns (ls -l /dev/disk/by-id)",
         ),
         Err(e) => Check::fail(s, "devices", format!("listing devices: {e}"), "run berth doctor as root"),
-    }]
+    };
+    const STABLE: [&str; 3] = ["/dev/disk/", "/dev/mapper/", "/dev/md/"];
+    let unstable: Vec<&str> =
+        pool.devices.iter().map(String::as_str).filter(|d| !STABLE.iter().any(|p| d.starts_with(p))).collect();
+    let names = if unstable.is_empty() {
+        Check::ok(s, "device names", "every entry is a stable link (/dev/disk/..., /dev/mapper/..., /dev/md/...)")
+    } else {
+        Check::warn(
+            s,
+            "device names",
+            format!(
+                "{} name disks by the kernel's names, which a reboot may give to other disks; berth then refuses those volumes until the list is fixed",
+                unstable.join(", ")
+            ),
+            "list the disks by /dev/disk/by-id links",
+        )
+    };
+    let wipe = match pool.wipe {
+        Wipe::Zero => Check::ok(s, "wipe", "zero: DeleteVolume zeroes a released disk before another volume gets it"),
+        Wipe::Discard => Check::ok(
+            s,
+            "wipe",
+            "discard: DeleteVolume discards a released disk, and zeroes it unless the disk promises zeros after a discard",
+        ),
+        Wipe::Signatures => Check::warn(
+            s,
+            "wipe",
+            "signatures: DeleteVolume erases only signatures; the next volume on a disk can read the last one's data",
+            "remove wipe: signatures (the default is zero) unless every disk stays with one tenant",
+        ),
+    };
+    vec![devices, names, wipe]
 }
 
 fn enforcement(host: &Host, pool: &HostPathPool, kind: FsKind, mount: Option<&mountinfo::MountEntry>) -> Check {

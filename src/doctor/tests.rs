@@ -237,8 +237,21 @@ fn block_and_device_pools_turn_missing_pieces_into_failures() {
     assert_ne!(pool[2].detail, "snapshots and clones are btrfs snapshots (instant)");
     let PoolConfig::Device(disks) = &config.pools[1] else { panic!("device pool") };
     let found = pools::device(&h, disks);
-    assert_eq!(verdicts(&found), vec![("devices", Verdict::Warn)]);
+    assert_eq!(
+        verdicts(&found),
+        vec![("devices", Verdict::Warn), ("device names", Verdict::Warn), ("wipe", Verdict::Ok)]
+    );
     assert!(found[0].detail.contains("/dev/nothing-here-*"), "{:?}", found[0]);
+    assert!(found[1].detail.contains("kernel's names"), "{:?}", found[1]);
+    let stable = Config::parse(
+        "pools: [{name: d, type: device, devices: ['/dev/disk/by-id/nothing-here-*'], wipe: signatures}]",
+        "test",
+    )
+    .expect("config");
+    let PoolConfig::Device(stable) = &stable.pools[0] else { panic!("device pool") };
+    let found = pools::device(&h, stable);
+    assert_eq!(verdicts(&found)[1..], [("device names", Verdict::Ok), ("wipe", Verdict::Warn)]);
+    assert!(found[2].detail.contains("can read the last one's data"), "{:?}", found[2]);
 }
 
 #[test]

@@ -251,6 +251,7 @@ impl Engine {
                     ephemeral: false,
                     fs_type: fs_type.clone(),
                     device: None,
+                    device_identity: None,
                     parameters: req
                         .parameters
                         .iter()
@@ -265,6 +266,22 @@ impl Engine {
             }
         };
         super::failpoint("volume.create.after-intent")?;
+        // What the volume will occupy (a device pool's disk) is recorded before anything
+        // is written to it, so a crash mid-write leaves a record that names the disk.
+        match pool.reserve(&mut record) {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(e) = self.put_volume(&record) {
+                    self.roll_back(pool.as_ref(), &record);
+                    return Err(e);
+                }
+                super::failpoint("volume.create.after-reserve")?;
+            }
+            Err(e) => {
+                self.roll_back(pool.as_ref(), &record);
+                return Err(e.into());
+            }
+        }
         if let Err(e) = pool.create_volume(&mut record, source) {
             self.roll_back(pool.as_ref(), &record);
             return Err(e.into());

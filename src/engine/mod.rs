@@ -187,15 +187,23 @@ impl Engine {
                             _ => None,
                         })
                     });
-                    let held = store
-                        .volumes_where(|v| v.pool == dp.name && v.device.is_some())
-                        .into_iter()
-                        .filter_map(|v| v.device.map(|d| (std::path::PathBuf::from(d), v.id)))
-                        .collect();
-                    Arc::new(
-                        DevicePool::open(dp, Arc::clone(&sys), snapshot_dir, held)
-                            .map_err(|e| format!("pool {}: {e}", dp.name))?,
-                    )
+                    // Every device pool's records: two naming one device are refused.
+                    let recorded = store.volumes_where(|v| {
+                        v.device.is_some()
+                            && config.pools.iter().any(|p| matches!(p, PoolConfig::Device(d) if d.name == v.pool))
+                    });
+                    let pool = DevicePool::open(dp, Arc::clone(&sys), snapshot_dir, recorded)
+                        .map_err(|e| format!("pool {}: {e}", dp.name))?;
+                    // Records from before identities name the kernel's name: record the
+                    // identity now, while that name still leads to the volume's disk.
+                    for mut v in store.volumes_where(|v| v.pool == dp.name && v.device_identity.is_none()) {
+                        if pool.adopt(&mut v)
+                            && let Err(e) = store.put_volume(&v)
+                        {
+                            tracing::warn!(volume.id = %v.id, error = %e, "recording a device identity");
+                        }
+                    }
+                    Arc::new(pool)
                 }
                 PoolConfig::Nfs(np) => {
                     Arc::new(NfsPool::open(np, Arc::clone(&sys)).map_err(|e| format!("pool {}: {e}", np.name))?)

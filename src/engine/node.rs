@@ -278,8 +278,27 @@ impl Engine {
         super::failpoint("node.stage.mount")?;
         pool.stage(source, &req.staging, &req.capability)?;
         created.keep();
+        if let StageSource::Managed(record) = source {
+            self.note_staged(pool.as_ref(), record);
+        }
         tracing::info!(volume.id = %req.volume_id, staging.path = %req.staging.display(), "volume staged");
         Ok(())
+    }
+
+    /// Records what staging put on a volume's storage (a device's filesystem UUID, checked
+    /// before later stages and wipes). The volume is staged either way: a failure is
+    /// logged, and the next stage records it.
+    fn note_staged(&self, pool: &dyn Backend, record: &VolumeRecord) {
+        let mut record = record.clone();
+        match pool.note_staged(&mut record) {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(e) = self.put_volume(&record) {
+                    tracing::warn!(volume.id = %record.id, error = %e, "recording what staging wrote");
+                }
+            }
+            Err(e) => tracing::warn!(volume.id = %record.id, error = %e, "reading what staging wrote"),
+        }
     }
 
     /// Unmounts the staging path and removes it. Idempotent, also for paths never mounted.
@@ -471,6 +490,7 @@ impl Engine {
                     ephemeral: true,
                     fs_type: None,
                     device: None,
+                    device_identity: None,
                     parameters: BTreeMap::new(),
                     single_writer: None,
                     created_unix_ms: state::now_ms(),

@@ -264,6 +264,7 @@ fn a_retried_create_finishes_work_a_crash_left_half_done() {
         ephemeral: false,
         fs_type: None,
         device: None,
+        device_identity: None,
         parameters: BTreeMap::new(),
         single_writer: None,
         created_unix_ms: 1,

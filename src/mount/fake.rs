@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use nix::mount::{MntFlags, MsFlags};
 
-use super::{FsStat, LoopDevice, ProjectQuotaState, ProjectUsage, QgroupUsage, Signature, Syscall};
+use super::{BlockInfo, FsStat, LoopDevice, ProjectQuotaState, ProjectUsage, QgroupUsage, Signature, Syscall};
 
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +31,8 @@ pub enum Call {
     Freeze { mount_point: PathBuf },
     Thaw { mount_point: PathBuf },
     WipeSignatures { device: PathBuf },
-    ClearDevice { device: PathBuf, zero: bool },
+    ZeroRange { device: PathBuf, offset: u64, len: u64 },
+    DiscardRange { device: PathBuf, offset: u64, len: u64 },
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +46,7 @@ struct Inner {
     loops: Vec<(PathBuf, LoopDevice)>,
     signatures: HashMap<PathBuf, Signature>,
     device_sizes: HashMap<PathBuf, u64>,
+    block_infos: HashMap<PathBuf, BlockInfo>,
     /// When set, mount and umount edit `mountinfo` as the kernel would.
     track_mounts: bool,
     next_mount_id: u32,
@@ -108,6 +110,11 @@ impl RecordingSyscall {
     /// Makes `device` report `bytes` as its size.
     pub fn set_device_size(&self, device: &Path, bytes: u64) {
         self.lock().device_sizes.insert(device.to_path_buf(), bytes);
+    }
+
+    /// Makes sysfs report `info` for `device`.
+    pub fn set_block_info(&self, device: &Path, info: BlockInfo) {
+        self.lock().block_infos.insert(device.to_path_buf(), info);
     }
 
     /// Every call so far, in order.
@@ -298,6 +305,14 @@ impl Syscall for RecordingSyscall {
         Ok(self.lock().signatures.get(device).cloned().unwrap_or(Signature::None))
     }
 
+    fn fs_uuid(&self, device: &Path) -> io::Result<Option<String>> {
+        self.check("fs_uuid")?;
+        Ok(match self.lock().signatures.get(device) {
+            Some(Signature::Filesystem(t)) => Some(format!("fake-uuid-{t}")),
+            _ => None,
+        })
+    }
+
     fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()> {
         self.record("mkfs", Call::Mkfs { device: device.into(), fs_type: fs_type.into() })?;
         self.lock().signatures.insert(device.to_path_buf(), Signature::Filesystem(fs_type.into()));
@@ -335,7 +350,16 @@ impl Syscall for RecordingSyscall {
         Ok(())
     }
 
-    fn clear_device(&self, device: &Path, zero: bool) -> io::Result<()> {
-        self.record("clear_device", Call::ClearDevice { device: device.into(), zero })
+    fn block_info(&self, device: &Path) -> io::Result<BlockInfo> {
+        self.check("block_info")?;
+        Ok(self.lock().block_infos.get(device).cloned().unwrap_or_default())
+    }
+
+    fn zero_range(&self, device: &Path, offset: u64, len: u64) -> io::Result<()> {
+        self.record("zero_range", Call::ZeroRange { device: device.into(), offset, len })
+    }
+
+    fn discard_range(&self, device: &Path, offset: u64, len: u64) -> io::Result<()> {
+        self.record("discard_range", Call::DiscardRange { device: device.into(), offset, len })
     }
 }

@@ -12,8 +12,8 @@ use nix::mount::{MntFlags, MsFlags};
 use std::os::unix::fs::MetadataExt;
 
 use super::{
-    FsStat, LoopDevice, ProjectQuotaState, ProjectUsage, QgroupUsage, Signature, Syscall, blockdev, btrfs, loopdev,
-    quota, tools,
+    BlockInfo, FsStat, LoopDevice, ProjectQuotaState, ProjectUsage, QgroupUsage, Signature, Syscall, blockdev, btrfs,
+    loopdev, quota, sysfs, tools,
 };
 
 /// Performs the calls on the running kernel.
@@ -25,6 +25,12 @@ fn open_dir(path: &Path) -> io::Result<File> {
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
+}
+
+/// Opens a block device for writing with O_EXCL, which the kernel refuses (EBUSY) while
+/// the device is mounted or otherwise claimed.
+fn open_exclusive(device: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC | libc::O_EXCL).open(device)
 }
 
 impl Syscall for LinuxSyscall {
@@ -143,6 +149,10 @@ impl Syscall for LinuxSyscall {
         tools::blkid(device)
     }
 
+    fn fs_uuid(&self, device: &Path) -> io::Result<Option<String>> {
+        tools::fs_uuid(device)
+    }
+
     fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()> {
         tools::mkfs(device, fs_type)
     }
@@ -198,9 +208,15 @@ impl Syscall for LinuxSyscall {
         tools::wipe_signatures(device)
     }
 
-    fn clear_device(&self, device: &Path, zero: bool) -> io::Result<()> {
-        let file = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC).open(device)?;
-        let size = blockdev::size(file.as_fd())?;
-        if zero { blockdev::zero_out(file.as_fd(), 0, size) } else { blockdev::discard(file.as_fd(), 0, size) }
+    fn block_info(&self, device: &Path) -> io::Result<BlockInfo> {
+        Ok(sysfs::block_info_at(&sysfs::dir_of(device)?))
+    }
+
+    fn zero_range(&self, device: &Path, offset: u64, len: u64) -> io::Result<()> {
+        blockdev::zero_out(open_exclusive(device)?.as_fd(), offset, len)
+    }
+
+    fn discard_range(&self, device: &Path, offset: u64, len: u64) -> io::Result<()> {
+        blockdev::discard(open_exclusive(device)?.as_fd(), offset, len)
     }
 }

@@ -13,6 +13,7 @@ pub mod loopdev;
 pub mod mountinfo;
 pub mod ops;
 pub mod quota;
+pub mod sysfs;
 #[cfg(test)]
 mod testutil;
 pub mod tools;
@@ -23,6 +24,7 @@ use std::path::Path;
 pub use linux::LinuxSyscall;
 pub use nix::mount::{MntFlags, MsFlags};
 pub use quota::ProjectQuotaState;
+pub use sysfs::BlockInfo;
 pub use tools::Signature;
 
 /// Filesystem facts from statfs(2).
@@ -126,6 +128,8 @@ pub trait Syscall: Send + Sync {
     fn loop_set_capacity(&self, device: &Path) -> io::Result<()>;
     /// What signature, if any, a device holds.
     fn blkid(&self, device: &Path) -> io::Result<Signature>;
+    /// The UUID of the filesystem on a device, `None` when it holds none.
+    fn fs_uuid(&self, device: &Path) -> io::Result<Option<String>>;
     /// Formats a device.
     fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()>;
     /// Grows a mounted filesystem to fill its device.
@@ -140,8 +144,13 @@ pub trait Syscall: Send + Sync {
     fn thaw(&self, mount_point: &Path) -> io::Result<()>;
     /// Erases every signature from a device.
     fn wipe_signatures(&self, device: &Path) -> io::Result<()>;
-    /// Discards (or with `zero`, zeroes) every block of a device.
-    fn clear_device(&self, device: &Path, zero: bool) -> io::Result<()>;
+    /// What sysfs tells of a block device: its hardware identity and how it clears blocks.
+    fn block_info(&self, device: &Path) -> io::Result<BlockInfo>;
+    /// Makes `len` bytes at `offset` of a device read back as zeros (BLKZEROOUT); the
+    /// device is opened exclusively, so a mounted one is refused (EBUSY).
+    fn zero_range(&self, device: &Path, offset: u64, len: u64) -> io::Result<()>;
+    /// Discards `len` bytes at `offset` of a device (BLKDISCARD), opened exclusively.
+    fn discard_range(&self, device: &Path, offset: u64, len: u64) -> io::Result<()>;
 }
 
 /// A loop device berth found or attached.

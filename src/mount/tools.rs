@@ -54,6 +54,31 @@ pub fn blkid(device: &Path) -> io::Result<Signature> {
     }
 }
 
+/// The UUID of the filesystem on `device` (`blkid -p`), or `None` when it holds none.
+pub fn fs_uuid(device: &Path) -> io::Result<Option<String>> {
+    let out = Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(device)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("running blkid: {e}")))?;
+    match out.status.code() {
+        Some(2) => Ok(None),
+        Some(0) => Ok(parse_uuid(&String::from_utf8_lossy(&out.stdout))),
+        _ => Err(io::Error::other(format!(
+            "blkid {} failed ({}): {}",
+            device.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+    }
+}
+
+/// The filesystem `UUID` in `blkid -o export` output (not a partition table's `PTUUID`).
+pub fn parse_uuid(text: &str) -> Option<String> {
+    text.lines().find_map(|l| l.strip_prefix("UUID=")).filter(|v| !v.is_empty()).map(str::to_string)
+}
+
 /// Reads `blkid -o export` output.
 pub fn parse_blkid(text: &str) -> Signature {
     let value = |key: &str| text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')));
@@ -158,6 +183,8 @@ mod tests {
         assert_eq!(parse_blkid("DEVNAME=/dev/loop0\nUUID=x\nTYPE=ext4\n"), Signature::Filesystem("ext4".into()));
         assert_eq!(parse_blkid("DEVNAME=/dev/loop0\nPTUUID=x\nPTTYPE=gpt\n"), Signature::PartitionTable("gpt".into()));
         assert_eq!(parse_blkid("DEVNAME=/dev/loop0\nPART_ENTRY_TYPE=x\n"), Signature::PartitionTable("unknown".into()));
+        assert_eq!(parse_uuid("DEVNAME=/dev/loop0\nUUID=1b2c\nTYPE=ext4\n").as_deref(), Some("1b2c"));
+        assert_eq!(parse_uuid("DEVNAME=/dev/loop0\nPTUUID=x\nPTTYPE=gpt\n"), None);
     }
 
     #[test]

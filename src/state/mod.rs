@@ -103,9 +103,13 @@ pub struct VolumeRecord {
     /// Filesystem of a block or device volume in Filesystem mode (ext4, xfs, btrfs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fs_type: Option<String>,
-    /// The device of a device-pool volume.
+    /// The device of a device-pool volume: the path as the pool's allow-list names it
+    /// (records written before [`DeviceIdentity`] hold the kernel's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// What identifies that device across reboots; checked before every stage and wipe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_identity: Option<DeviceIdentity>,
     /// StorageClass parameters berth acted on (never secrets).
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
@@ -114,6 +118,25 @@ pub struct VolumeRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub single_writer: Option<PathBuf>,
     pub created_unix_ms: u64,
+}
+
+/// What identifies a device-pool volume's disk when the kernel's names (/dev/sdX) change
+/// from one boot to the next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceIdentity {
+    /// The kernel's name for the device when it was chosen: for messages only.
+    pub kernel_name: String,
+    /// WWN, serial number or another hardware identity from sysfs, when the kernel exposes
+    /// one (see [`crate::mount::BlockInfo::serial`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// The UUID of the volume's filesystem, recorded once one is on the disk (after the
+    /// first stage, or a restore): a signature on the disk itself, which tells apart disks
+    /// whose kernel exposes no serial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_uuid: Option<String>,
 }
 
 /// How a snapshot's data was taken.
@@ -819,6 +842,7 @@ mod tests {
             ephemeral: false,
             fs_type: None,
             device: None,
+            device_identity: None,
             parameters: BTreeMap::new(),
             single_writer: None,
             created_unix_ms: 1,
