@@ -253,7 +253,8 @@ struct Maps {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Change {
-    PutVolume(VolumeRecord),
+    // Boxed: a volume record is several times the size of the other changes.
+    PutVolume(Box<VolumeRecord>),
     RemoveVolume(String),
     PutSnapshot(SnapshotRecord),
     RemoveSnapshot(String),
@@ -274,7 +275,7 @@ impl Change {
 impl Maps {
     fn apply(&mut self, change: Change) {
         match change {
-            Change::PutVolume(v) => self.volumes.put(v),
+            Change::PutVolume(v) => self.volumes.put(*v),
             Change::RemoveVolume(id) => self.volumes.remove(&id),
             Change::PutSnapshot(s) => self.snapshots.put(s),
             Change::RemoveSnapshot(id) => self.snapshots.remove(&id),
@@ -574,7 +575,7 @@ impl Store {
         let mut maps = Maps::load(base, &replayed.frames, &journal_path)?;
         let found = legacy::find(&root)?;
         let imported = found.imported.len();
-        found.volumes.into_iter().for_each(|v| maps.apply(Change::PutVolume(v)));
+        found.volumes.into_iter().for_each(|v| maps.apply(Change::PutVolume(Box::new(v))));
         found.snapshots.into_iter().for_each(|s| maps.apply(Change::PutSnapshot(s)));
         let store = Store {
             _lock: lock,
@@ -738,7 +739,7 @@ impl Store {
 
     /// Durably writes a volume record, then makes it visible.
     pub fn put_volume(&self, record: &VolumeRecord) -> io::Result<()> {
-        self.commit(Change::PutVolume(record.clone()))
+        self.commit(Change::PutVolume(Box::new(record.clone())))
     }
 
     /// Durably removes a volume record.
