@@ -85,6 +85,17 @@ impl PoolConfig {
         }
     }
 
+    /// Whether the pool serves inline ephemeral volumes: only where its configuration
+    /// says so, and never from device pools (a whole disk for a pod's scratch space).
+    pub fn ephemeral(&self) -> bool {
+        match self {
+            PoolConfig::Hostpath(p) => p.ephemeral,
+            PoolConfig::Block(p) => p.ephemeral,
+            PoolConfig::Nfs(p) => p.ephemeral,
+            PoolConfig::Device(_) => false,
+        }
+    }
+
     /// The directory the pool keeps its data in (device pools have none).
     pub fn path(&self) -> Option<&Path> {
         match self {
@@ -105,6 +116,9 @@ pub struct HostPathPool {
     /// Whether volume sizes must be enforced by the filesystem.
     #[serde(default)]
     pub capacity_enforcement: Enforcement,
+    /// Whether pods may ask for inline ephemeral volumes in this pool (off unless set).
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 /// A block pool: each volume a sparse image file attached through a loop device.
@@ -117,6 +131,9 @@ pub struct BlockPool {
     /// Allocate every image's blocks up front (fallocate), so the pool is never overcommitted.
     #[serde(default)]
     pub preallocate: bool,
+    /// Whether pods may ask for inline ephemeral volumes in this pool (off unless set).
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 /// A device pool: each volume one whole disk or partition from `devices`.
@@ -157,6 +174,9 @@ pub struct NfsPool {
     /// Octal mode of new volume directories, e.g. "0770".
     #[serde(default = "default_permissions")]
     pub permissions: String,
+    /// Whether pods may ask for inline ephemeral volumes in this pool (off unless set).
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 fn default_sub_dir() -> String {

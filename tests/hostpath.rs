@@ -423,9 +423,30 @@ async fn ephemeral_volume_lives_and_dies_with_the_pod() {
     }
     let scratch = Scratch::new();
     let pool = scratch.path().join("pool");
-    let mut b =
-        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "auto"), "node-a", &[])
-            .await;
+    let state = scratch.path().join("state");
+    // Without the pool's opt-in, no ephemeral volume.
+    let mut b = Berth::start(scratch.path(), &hostpath_config(&state, &pool, "auto"), "node-a", &[]).await;
+    let refused = pb::NodePublishVolumeRequest {
+        volume_id: "csi-00000000000000ff".into(),
+        target_path: scratch.path().join("pod-refused/mount").display().to_string(),
+        volume_capability: Some(rwo()),
+        volume_context: [("csi.storage.k8s.io/ephemeral".to_string(), "true".to_string())].into(),
+        ..Default::default()
+    };
+    assert_eq!(code(b.node.node_publish_volume(refused.clone()).await), Code::FailedPrecondition);
+    b.stop();
+    let mut b = Berth::start(
+        scratch.path(),
+        &(hostpath_config(&state, &pool, "auto") + "    ephemeral: true\n"),
+        "node-a",
+        &[],
+    )
+    .await;
+    // Opted in, but no bigger than the pool's free space.
+    let mut huge = refused;
+    huge.volume_context.insert("size".into(), "1Ei".into());
+    assert_eq!(code(b.node.node_publish_volume(huge).await), Code::ResourceExhausted);
+    assert_eq!(fs::read_dir(pool.join("volumes")).expect("ls").count(), 0, "nothing was created");
     let pod = scratch.path().join("pod-eph");
     fs::create_dir_all(&pod).expect("mkdir");
     let target = pod.join("mount");
@@ -624,9 +645,13 @@ async fn a_single_writer_publish_bars_every_other_publish_and_ephemeral_never_ta
     use pb::volume_capability::access_mode::Mode;
     let scratch = Scratch::new();
     let pool = scratch.path().join("pool");
-    let mut b =
-        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "auto"), "node-a", &[])
-            .await;
+    let mut b = Berth::start(
+        scratch.path(),
+        &(hostpath_config(&scratch.path().join("state"), &pool, "auto") + "    ephemeral: true\n"),
+        "node-a",
+        &[],
+    )
+    .await;
     let id = b.controller.create_volume(create_req("pvc-rwop", MIB)).await.expect("create").into_inner().volume;
     let id = id.expect("volume").volume_id;
     let staging = scratch.path().join("staging");

@@ -32,7 +32,7 @@ fn fake(magic: i64, mountinfo: &str) -> RecordingSyscall {
 }
 
 fn pool(path: &Path, enforcement: Enforcement) -> HostPathPool {
-    HostPathPool { name: "fast".into(), path: path.to_path_buf(), capacity_enforcement: enforcement }
+    HostPathPool { name: "fast".into(), path: path.to_path_buf(), capacity_enforcement: enforcement, ephemeral: false }
 }
 
 use crate::config::Enforcement;

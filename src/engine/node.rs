@@ -456,14 +456,32 @@ impl Engine {
             }
         }
         let pool = Arc::clone(self.select_pool(req.context.get("pool").map(String::as_str))?);
-        let mut flags = self.check_node_capability(pool.as_ref(), &req.capability)?;
-        flags.readonly |= req.readonly || req.capability.mode.read_only();
         let size = match req.context.get("size") {
             Some(text) => {
                 text.parse::<Bytes>().map_err(|e| Error::InvalidArgument(format!("volume attribute size: {e}")))?.0
             }
             None => self.config.default_volume_size.0,
         };
+        let allowed = self.config.pools.iter().any(|p| p.name() == pool.name() && p.ephemeral());
+        if !allowed {
+            return Err(Error::FailedPrecondition(format!(
+                "pool {} does not serve inline ephemeral volumes; its configuration must say `ephemeral: true` \
+                 (device pools never do)",
+                pool.name()
+            )));
+        }
+        let mut flags = self.check_node_capability(pool.as_ref(), &req.capability)?;
+        flags.readonly |= req.readonly || req.capability.mode.read_only();
+        if self.store.volume(&req.volume_id).is_none() {
+            let room = pool.capacity()?;
+            if size > room.maximum_volume_bytes.min(room.available_bytes) {
+                return Err(Error::ResourceExhausted(format!(
+                    "pool {} has {} bytes free; an ephemeral volume of {size} bytes does not fit",
+                    pool.name(),
+                    room.available_bytes
+                )));
+            }
+        }
         let record = match self.store.volume(&req.volume_id) {
             // Never a persistent volume: that would skip its staging and single-writer checks.
             Some(r) if !r.ephemeral => {

@@ -517,3 +517,18 @@ def test_berth_accepts_the_rendered_config():
             raise AssertionError(f"{value_set}: berth refused the {driver} config:\n{output}")
     shutil.rmtree(short, ignore_errors=True)
     assert checked, "no rendered config was loaded by berth"
+
+
+def test_inline_ephemeral_volumes_are_each_drivers_opt_in():
+    from conftest import parse_manifests, render_values
+
+    def modes(values):
+        objects = parse_manifests(render_values(values))
+        return {d["metadata"]["name"]: d["spec"]["volumeLifecycleModes"] for d in of_kind(objects, "CSIDriver")}
+
+    nfs_pool = {"name": "shared", "type": "nfs", "server": "nfs.example.com", "export": "/exports/k8s"}
+    values = {"nfs": {"enabled": True}, "pools": [{"name": "default", "type": "hostpath", "path": "/var/lib/berth/pools/default"}, nfs_pool]}
+    assert modes(values) == {"local.berth.csi.io": ["Persistent"], "nfs.berth.csi.io": ["Persistent"]}
+    values["local"] = {"inlineEphemeral": True}
+    values["pools"][0]["ephemeral"] = True
+    assert modes(values) == {"local.berth.csi.io": ["Persistent", "Ephemeral"], "nfs.berth.csi.io": ["Persistent"]}

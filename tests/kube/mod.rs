@@ -213,7 +213,10 @@ impl Cluster {
             let kubelet_root = dir.join("kubelet");
             let plugin_dir = Node::plugin_dir(&kubelet_root, &spec.driver.name);
             std::fs::create_dir_all(&plugin_dir).expect("mkdir plugin dir");
-            let config = common::hostpath_config(&dir.join("state"), &pool, "auto") + &ns.extra_pools_on(&disk.mount);
+            // Inline ephemeral volumes are a pool's opt-in.
+            let config = common::hostpath_config(&dir.join("state"), &pool, "auto")
+                + "    ephemeral: true\n"
+                + &ns.extra_pools_on(&disk.mount);
             // A node-deployed driver serves its Controller on every node (csi-provisioner and
             // csi-snapshotter run next to it); otherwise the node runs the Node service only.
             let mode = if spec.driver.provisioner.node_deployment { "all" } else { "node" };

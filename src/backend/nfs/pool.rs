@@ -246,6 +246,7 @@ mod tests {
             sub_dir: crate::backend::nfs::template::DEFAULT.into(),
             on_delete: OnDelete::Delete,
             permissions: "0777".into(),
+            ephemeral: false,
         };
         assert!(check_config(&pool("nfs.example.com", "/exports/k8s")).is_ok());
         assert!(check_config(&pool("[2001:db8::1]", "/x")).is_ok());
