@@ -69,6 +69,11 @@ struct ServeArgs {
     /// Log line format.
     #[arg(long, env = "BERTH_LOG_FORMAT", value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// At SIGTERM, how long in-flight operations may take to finish before berth stops
+    /// anyway (their intent is recorded: the next start finishes or rolls them back). Keep
+    /// it below the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "BERTH_DRAIN_SECONDS", default_value_t = 20)]
+    drain_seconds: u64,
     /// Serve Prometheus metrics on /metrics and readiness on /healthz at this HOST:PORT
     /// (e.g. 127.0.0.1:9808, or :9808 for every IPv4 address); off when unset.
     #[arg(long, env = "BERTH_METRICS_ADDRESS", value_name = "HOST:PORT")]
@@ -132,15 +137,20 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
-    runtime
+    let served = runtime
         .block_on(server::serve(
             Arc::new(engine),
             &args.endpoint,
             &args.driver_name,
             args.mode,
             args.metrics_address.as_deref(),
+            std::time::Duration::from_secs(args.drain_seconds),
         ))
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string());
+    // Work still running past the drain limit is not waited for: the process exits, and
+    // with it its hold on the state.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    served
 }
 
 fn main() -> ExitCode {

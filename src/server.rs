@@ -80,9 +80,9 @@ fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 }
 
 /// Resolves once no RPC has been in flight for a moment (so the last replies are written),
-/// or after the kubelet's own 2-minute deadline for any call.
-async fn drained() {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+/// or after `limit`.
+async fn drained(limit: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
     let mut idle_ticks = 0;
     while idle_ticks < 5 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -152,6 +152,7 @@ pub async fn serve(
     driver_name: &str,
     mode: Mode,
     metrics_address: Option<&str>,
+    drain: std::time::Duration,
 ) -> Result<(), ServeError> {
     let path = socket_path(endpoint)?;
     let metrics = match metrics_address {
@@ -204,7 +205,14 @@ pub async fn serve(
             let _ = stop_tx.send(());
             tokio::select! {
                 result = &mut server => result?,
-                () = drained() => {}
+                () = drained(drain) => {}
+            }
+            let unfinished = crate::csi::IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst);
+            if unfinished > 0 {
+                // Abandoned as a crash would leave them: their intent is recorded, and the
+                // next start finishes or rolls them back. Holding the state any longer
+                // would keep the replacement process from starting.
+                tracing::warn!(unfinished, drain_seconds = drain.as_secs(), "stopping with operations unfinished after the drain limit; the next start finishes or rolls them back");
             }
         }
     }

@@ -513,3 +513,50 @@ async fn sigkills_at_any_moment_under_concurrent_load_leave_records_and_storage_
         "crashes: 10 SIGKILLs under 8 clients, {interrupted} restarts finished interrupted calls, records and storage agreed"
     );
 }
+
+#[tokio::test]
+async fn sigterm_releases_the_state_within_the_drain_limit_even_with_a_copy_in_flight() {
+    let test = "sigterm_releases_the_state_within_the_drain_limit_even_with_a_copy_in_flight";
+    if !common::require_root(test) {
+        return;
+    }
+    let scratch = common::Scratch::new();
+    let Some(disk) = common::FsImage::new(&scratch, test, "ext4", "128M") else { return };
+    let pool = disk.mount.join("pool");
+    let config = common::hostpath_config(&scratch.path().join("state"), &pool, "auto");
+    let mut b = common::Berth::start(scratch.path(), &config, "node-a", &["--drain-seconds", "1"]).await;
+    let source = b.controller.create_volume(common::create_req("pvc-src", 8 << 20)).await.expect("create");
+    let source = source.into_inner().volume.expect("volume").volume_id;
+    let key = source.rsplit(':').next().expect("key");
+    for i in 0..100 {
+        std::fs::write(pool.join("volumes").join(key).join(format!("f{i}")), b"x").expect("write");
+    }
+    // Each file copied takes 300 ms: the clone needs half a minute.
+    b.env.push(("BERTH_FAILPOINTS".into(), "hostpath.copy=sleep(300)".into()));
+    b.restart().await;
+    let mut req = common::create_req("pvc-clone", 8 << 20);
+    req.volume_content_source = Some(pb::VolumeContentSource {
+        r#type: Some(pb::volume_content_source::Type::Volume(pb::volume_content_source::VolumeSource {
+            volume_id: source.clone(),
+        })),
+    });
+    // A client that gives up after a second, as sidecars do with their timeouts.
+    let mut controller = b.controller.clone();
+    let mut call = tonic::Request::new(req.clone());
+    call.set_timeout(Duration::from_secs(1));
+    let gave_up = controller.create_volume(call).await;
+    assert_eq!(gave_up.expect_err("timed out").code(), tonic::Code::Cancelled);
+
+    let stopping = Instant::now();
+    b.stop();
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(10), "berth held on for {took:?} after SIGTERM");
+    assert!(b.logs().contains("stopping with operations unfinished"), "{}", b.logs());
+    // The replacement starts at once and finishes the clone when it is asked again.
+    b.env.clear();
+    b.restart().await;
+    let clone = b.controller.create_volume(req).await.expect("the retried clone").into_inner();
+    let clone_key = clone.volume.expect("volume").volume_id.rsplit(':').next().expect("key").to_string();
+    assert_eq!(std::fs::read_dir(pool.join("volumes").join(clone_key)).expect("ls").count(), 100);
+    b.stop();
+}

@@ -27,7 +27,8 @@ pub mod pb {
     tonic::include_proto!("csi.v1");
 }
 
-/// RPCs being served right now; shutdown waits for this to reach zero.
+/// RPCs being served right now, counted until their work ends (not when a client that gave
+/// up drops the call); shutdown waits for this to reach zero.
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 static READY: AtomicBool = AtomicBool::new(false);
@@ -117,7 +118,7 @@ where
 {
     use tracing::field::Empty;
     let fields = fields.into();
-    let _in_flight = InFlight::enter();
+    let in_flight = InFlight::enter();
     let span = tracing::info_span!(
         "rpc",
         method,
@@ -134,7 +135,8 @@ where
     // of calls costs memory for requests, not a thread and a reply each.
     let permit = WORKERS.acquire().await.map_err(|_| Status::unavailable("berth is shutting down"))?;
     let result = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+        // Held by the work itself: a caller that stops waiting does not end it.
+        let (_permit, _in_flight) = (permit, in_flight);
         inner.in_scope(work)
     })
     .instrument(span.clone())
