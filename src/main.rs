@@ -129,7 +129,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     };
     berth::ids::check("node id", &node_id).map_err(|e| e.to_string())?;
     let placement = if args.mode == Mode::Controller { Placement::Central } else { Placement::OnNode };
-    let engine = Engine::open(config, node_id, Arc::new(LinuxSyscall), placement)?;
+    // Recovery from a crash runs once the socket is served (server::serve).
+    let engine = Engine::open_unreconciled(config, node_id, Arc::new(LinuxSyscall), placement)?;
     // One thread does the async part (gRPC framing, metrics); every RPC's work runs on
     // the blocking pool (`csi::run`). A work-stealing runtime measured slower here: each
     // request woke a second worker to look for work it never found.

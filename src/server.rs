@@ -195,7 +195,15 @@ pub async fn serve(
         let _ = stop_rx.await;
     });
     tokio::pin!(server);
-    crate::csi::set_ready(true);
+    // Finishing interrupted work (a long copy, say) happens while Probe answers "not
+    // ready" and other calls UNAVAILABLE, rather than with no socket at all: a liveness
+    // check sees a live process, not one to restart (which would start the work over).
+    let recovering = Arc::clone(&shared.engine);
+    let recovery = tokio::task::spawn_blocking(move || {
+        recovering.recover();
+        crate::csi::set_ready(true);
+        tracing::info!("ready");
+    });
     tokio::select! {
         result = &mut server => result?,
         () = shutdown_signal() => {
@@ -217,6 +225,7 @@ pub async fn serve(
         }
     }
     crate::csi::set_ready(false);
+    drop(recovery);
     if let Some(task) = metrics {
         task.abort();
     }

@@ -560,3 +560,61 @@ async fn sigterm_releases_the_state_within_the_drain_limit_even_with_a_copy_in_f
     assert_eq!(std::fs::read_dir(pool.join("volumes").join(clone_key)).expect("ls").count(), 100);
     b.stop();
 }
+
+#[tokio::test]
+async fn a_start_that_finishes_interrupted_work_serves_probe_at_once() {
+    let test = "a_start_that_finishes_interrupted_work_serves_probe_at_once";
+    if !common::require_root(test) {
+        return;
+    }
+    use berth::csi::pb::controller_client::ControllerClient;
+    use berth::csi::pb::identity_client::IdentityClient;
+    let scratch = common::Scratch::new();
+    let Some(disk) = common::FsImage::new(&scratch, test, "ext4", "128M") else { return };
+    let pool = disk.mount.join("pool");
+    let config = common::hostpath_config(&scratch.path().join("state"), &pool, "auto");
+    let mut b = common::Berth::start(scratch.path(), &config, "node-a", &[]).await;
+    let source = b.controller.create_volume(common::create_req("pvc-src", 8 << 20)).await.expect("create");
+    let source = source.into_inner().volume.expect("volume").volume_id;
+    let key = source.rsplit(':').next().expect("key");
+    for i in 0..60 {
+        std::fs::write(pool.join("volumes").join(key).join(format!("f{i}")), b"x").expect("write");
+    }
+    // The clone dies half-way (a crash), and its next start copies slowly (50 ms a file).
+    b.env.push(("BERTH_FAILPOINTS".into(), "hostpath.copy=kill@30".into()));
+    b.restart().await;
+    let mut req = common::create_req("pvc-clone", 8 << 20);
+    req.volume_content_source = Some(pb::VolumeContentSource {
+        r#type: Some(pb::volume_content_source::Type::Volume(pb::volume_content_source::VolumeSource {
+            volume_id: source.clone(),
+        })),
+    });
+    assert!(b.controller.create_volume(req.clone()).await.is_err(), "killed mid-copy");
+    assert!(b.exited_within(Duration::from_secs(10)));
+    b.env = vec![("BERTH_FAILPOINTS".into(), "hostpath.copy=sleep(50)".into())];
+
+    let socket = b.socket.clone();
+    let watch = async {
+        // The first answer comes while the copy is being finished: not ready yet.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(Instant::now() < deadline, "no Probe answer during recovery");
+            if socket.exists()
+                && let Some(channel) = common::connect(&socket).await
+                && let Ok(probe) = IdentityClient::new(channel.clone()).probe(pb::ProbeRequest {}).await
+            {
+                assert_eq!(probe.into_inner().ready, Some(false), "the first answer comes during recovery");
+                let early =
+                    ControllerClient::new(channel).create_volume(common::create_req("pvc-early", 1 << 20)).await;
+                assert_eq!(early.expect_err("not ready").code(), tonic::Code::Unavailable);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::join!(b.respawn(), watch);
+    let clone = b.controller.create_volume(req).await.expect("the finished clone").into_inner();
+    let clone_key = clone.volume.expect("volume").volume_id.rsplit(':').next().expect("key").to_string();
+    assert_eq!(std::fs::read_dir(pool.join("volumes").join(clone_key)).expect("ls").count(), 60);
+    b.stop();
+}

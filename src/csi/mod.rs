@@ -129,6 +129,11 @@ where
         staging.path = Empty
     );
     fields.record(&span);
+    if !ready() {
+        let status = Status::unavailable("berth is not ready: it is finishing work a restart interrupted, or stopping");
+        crate::metrics::observe_rpc(method, code_name(status.code()), std::time::Duration::ZERO);
+        return Err(status);
+    }
     let start = Instant::now();
     let inner = span.clone();
     // At most WORKERS calls run at once; the rest wait here as small futures, so a flood

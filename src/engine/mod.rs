@@ -139,9 +139,30 @@ pub(crate) fn failpoint(name: &'static str) -> Result<()> {
 }
 
 impl Engine {
-    /// Opens the state and every pool. Records left half-done by a crash are reported; the
-    /// next call for them finishes the work.
+    /// Opens the state and every pool, then finishes or rolls back what a crash left
+    /// half-done ([`Engine::reconcile`]) before returning.
     pub fn open(
+        config: Config,
+        node_id: String,
+        sys: Arc<dyn Syscall>,
+        placement: Placement,
+    ) -> std::result::Result<Engine, String> {
+        let engine = Engine::open_unreconciled(config, node_id, sys, placement)?;
+        engine.recover();
+        Ok(engine)
+    }
+
+    /// Finishes or rolls back what a crash left half-done; `berth serve` runs it in the
+    /// background while it already answers Probe (not ready) and /healthz.
+    pub fn recover(&self) {
+        let started = std::time::Instant::now();
+        self.reconcile();
+        tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "reconciled records with the pools");
+    }
+
+    /// Opens the state and every pool, without [`Engine::recover`]: calls other than
+    /// Identity's must wait until it has run.
+    pub fn open_unreconciled(
         config: Config,
         node_id: String,
         sys: Arc<dyn Syscall>,
@@ -222,9 +243,6 @@ impl Engine {
             unavailable,
             shared_sync: shared::SyncState::default(),
         };
-        let started = std::time::Instant::now();
-        engine.reconcile();
-        tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "reconciled records with the pools");
         engine.start_shared(placement)?;
         Ok(engine)
     }

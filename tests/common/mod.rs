@@ -152,7 +152,7 @@ pub struct Berth {
     pub node: NodeClient<Channel>,
 }
 
-async fn connect(socket: &Path) -> Option<Channel> {
+pub async fn connect(socket: &Path) -> Option<Channel> {
     let socket = socket.to_path_buf();
     Endpoint::try_from("http://[::1]:1")
         .expect("endpoint")
