@@ -1010,3 +1010,35 @@ async fn device_pool_leaves_nothing_of_a_deleted_volume_for_the_next() {
     assert_eq!(left, 0, "{left} bytes of the last tenant are readable by the next");
     delete(&mut b, &next).await.expect("delete");
 }
+
+#[tokio::test]
+async fn device_pool_a_disk_two_pools_list_is_handed_out_once() {
+    let test = "device_pool_a_disk_two_pools_list_is_handed_out_once";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let rig = Rig::new(scratch.path(), 1, 24);
+    let disk = rig.link_path(0).display().to_string();
+    let config = format!(
+        "stateDir: {}\npools:\n  - {{name: one, type: device, devices: ['{disk}']}}\n  - {{name: two, type: device, devices: ['{}/disk-*']}}\n",
+        scratch.path().join("state").display(),
+        rig.links.display()
+    );
+    let mut b = Berth::start(scratch.path(), &config, "node-a", &[]).await;
+    let in_pool = |name: &str, pool: &str| {
+        let mut r = create_req(name, 16 * MIB);
+        r.parameters.insert("pool".into(), pool.into());
+        r
+    };
+    let first = b.controller.create_volume(in_pool("pvc-one", "one")).await.expect("create").into_inner();
+    let first = first.volume.expect("volume").volume_id;
+    let twice = b.controller.create_volume(in_pool("pvc-two", "two")).await;
+    assert_eq!(code(twice), Code::ResourceExhausted, "the blank disk is pool one's volume's");
+    b.restart().await;
+    let twice = b.controller.create_volume(in_pool("pvc-two", "two")).await;
+    assert_eq!(code(twice), Code::ResourceExhausted, "also after a restart");
+    delete(&mut b, &first).await.expect("delete");
+    let second = b.controller.create_volume(in_pool("pvc-two", "two")).await.expect("free again").into_inner();
+    delete(&mut b, &second.volume.expect("volume").volume_id).await.expect("delete");
+}

@@ -11,7 +11,8 @@ mod tests;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::backend::{self, Backend, block::BlockPool, device::DevicePool, hostpath::HostPath, nfs::NfsPool};
+use crate::backend::device::{DevicePool, Holdings};
+use crate::backend::{self, Backend, block::BlockPool, hostpath::HostPath, nfs::NfsPool};
 use crate::config::{Config, PoolConfig};
 use crate::locks::{Guard, Locks};
 use crate::mount::Syscall;
@@ -181,6 +182,9 @@ impl Engine {
         // Before any pool is touched: a crash may have left a volume's filesystem frozen.
         let freezes = backend::blockvol::Freezes::new(config.state_dir.join("freezes"));
         freezes.thaw_left(sys.as_ref()).map_err(|e| format!("thawing filesystems a crash left frozen: {e}"))?;
+        // One record of the devices every device pool holds: a disk two pools list is
+        // handed out once.
+        let held = Holdings::default();
         for pool in &config.pools {
             if placement == Placement::Central && pool.node_local() {
                 remote_pools.insert(pool.name().to_string());
@@ -213,7 +217,7 @@ impl Engine {
                         v.device.is_some()
                             && config.pools.iter().any(|p| matches!(p, PoolConfig::Device(d) if d.name == v.pool))
                     });
-                    let pool = DevicePool::open(dp, Arc::clone(&sys), snapshot_dir, recorded)
+                    let pool = DevicePool::open(dp, Arc::clone(&sys), snapshot_dir, recorded, held.clone())
                         .map_err(|e| format!("pool {}: {e}", dp.name))?;
                     // Records from before identities name the kernel's name: record the
                     // identity now, while that name still leads to the volume's disk.

@@ -213,10 +213,7 @@ impl DevicePool {
             return false;
         };
         let serial = self.serial(&canonical);
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(volume.id.clone(), Held { path: device.name.clone(), serial: serial.clone() });
+        self.held.lock().insert(volume.id.clone(), Held { path: device.name.clone(), serial: serial.clone() });
         volume.device = Some(device.name.display().to_string());
         volume.device_identity = Some(DeviceIdentity {
             kernel_name: canonical.display().to_string(),

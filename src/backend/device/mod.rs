@@ -34,10 +34,21 @@ pub struct DevicePool {
     snapshot_dir: Option<PathBuf>,
     sys: Arc<dyn Syscall>,
     /// The device each volume's record names, by volume ID: never handed out again.
-    held: Mutex<BTreeMap<String, Held>>,
+    held: Holdings,
     /// Volumes whose records name a device another record names too, with why: neither
     /// is mounted or wiped until an operator removes the wrong record.
     conflicts: BTreeMap<String, String>,
+}
+
+/// The devices the records of every device pool name, by volume ID, shared by the pools
+/// of one process: a disk that two pools' allow-lists both match is handed out once.
+#[derive(Debug, Clone, Default)]
+pub struct Holdings(Arc<Mutex<BTreeMap<String, Held>>>);
+
+impl Holdings {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Held>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A device a record names.
@@ -115,14 +126,15 @@ fn copy_all(
 
 impl DevicePool {
     /// Sets up the pool. `recorded` lists every volume record of every device pool that
-    /// names a device: this pool's own are never handed out again, and records that name
-    /// one device (by where their paths lead now, or by hardware identity) are reported
-    /// and refused.
+    /// names a device: this pool's own join `held` (shared by every device pool) and are
+    /// never handed out again, and records that name one device (by where their paths lead
+    /// now, or by hardware identity) are reported and refused.
     pub fn open(
         config: &DevicePoolConfig,
         sys: Arc<dyn Syscall>,
         snapshot_dir: Option<PathBuf>,
         recorded: Vec<VolumeRecord>,
+        held: Holdings,
     ) -> Result<DevicePool> {
         let claims: Vec<Claim> = recorded
             .iter()
@@ -142,21 +154,17 @@ impl DevicePool {
         for (volume, why) in &conflicts {
             tracing::error!(pool = %config.name, volume.id = %volume, "{why}");
         }
-        let held = recorded
-            .into_iter()
-            .filter(|v| v.pool == config.name)
-            .filter_map(|v| {
-                let path = PathBuf::from(v.device.as_deref()?);
-                Some((v.id, Held { path, serial: v.device_identity.and_then(|i| i.serial) }))
-            })
-            .collect();
+        held.lock().extend(recorded.into_iter().filter(|v| v.pool == config.name).filter_map(|v| {
+            let path = PathBuf::from(v.device.as_deref()?);
+            Some((v.id, Held { path, serial: v.device_identity.and_then(|i| i.serial) }))
+        }));
         let pool = DevicePool {
             name: config.name.clone(),
             patterns: config.devices.clone(),
             wipe: config.wipe,
             snapshot_dir,
             sys,
-            held: Mutex::new(held),
+            held,
             conflicts,
         };
         let devices = pool.devices()?;
@@ -272,7 +280,7 @@ impl Backend for DevicePool {
 
     fn capacity(&self) -> Result<Capacity> {
         let devices = self.devices()?;
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let held = self.held.lock();
         let largest_free = devices
             .iter()
             .filter(|d| self.holder(&held, d, &self.serial(&d.canonical)).is_none())
@@ -293,7 +301,7 @@ impl Backend for DevicePool {
             return Ok(false);
         }
         let devices = self.devices()?;
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.held.lock();
         let mut free: Vec<(&Device, Option<String>)> = devices
             .iter()
             .filter(|d| d.size >= volume.capacity)
@@ -380,7 +388,7 @@ impl Backend for DevicePool {
         if let Some(device) = self.locate(volume)? {
             wipe::wipe(self.sys.as_ref(), &device, if untouched { Wipe::Signatures } else { self.wipe })?;
         }
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&volume.id);
+        self.held.lock().remove(&volume.id);
         tracing::info!(volume.id = %volume.id, device = volume.device.as_deref().unwrap_or_default(), wipe = ?self.wipe, "device wiped and released");
         Ok(())
     }
