@@ -218,7 +218,8 @@ impl Engine {
                             && config.pools.iter().any(|p| matches!(p, PoolConfig::Device(d) if d.name == v.pool))
                     });
                     let pool = DevicePool::open(dp, Arc::clone(&sys), snapshot_dir, recorded, held.clone())
-                        .map_err(|e| format!("pool {}: {e}", dp.name))?;
+                        .map_err(|e| format!("pool {}: {e}", dp.name))?
+                        .with_freezes(freezes.clone());
                     // Records from before identities name the kernel's name: record the
                     // identity now, while that name still leads to the volume's disk.
                     for mut v in store.volumes_where(|v| v.pool == dp.name && v.device_identity.is_none()) {

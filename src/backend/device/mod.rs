@@ -38,6 +38,9 @@ pub struct DevicePool {
     /// Volumes whose records name a device another record names too, with why: neither
     /// is mounted or wiped until an operator removes the wrong record.
     conflicts: BTreeMap<String, String>,
+    /// Where the freezes of copies from mounted volumes are recorded first, so a crash
+    /// never leaves a filesystem frozen (see [`blockvol::Freezes`]).
+    freezes: Option<blockvol::Freezes>,
 }
 
 /// The devices the records of every device pool name, by volume ID, shared by the pools
@@ -129,6 +132,21 @@ impl DevicePool {
     /// names a device: this pool's own join `held` (shared by every device pool) and are
     /// never handed out again, and records that name one device (by where their paths lead
     /// now, or by hardware identity) are reported and refused.
+    /// Records the freezes of its copies in `freezes` from now on.
+    pub fn with_freezes(mut self, freezes: blockvol::Freezes) -> DevicePool {
+        self.freezes = Some(freezes);
+        self
+    }
+
+    /// Runs `work` with the filesystem at `mount_point` frozen, recorded first when the
+    /// pool has somewhere to record it.
+    fn frozen<T>(&self, mount_point: Option<&Path>, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        match &self.freezes {
+            Some(freezes) => freezes.frozen(self.sys.as_ref(), mount_point, work),
+            None => blockvol::frozen(self.sys.as_ref(), mount_point, work),
+        }
+    }
+
     pub fn open(
         config: &DevicePoolConfig,
         sys: Arc<dyn Syscall>,
@@ -166,6 +184,7 @@ impl DevicePool {
             sys,
             held,
             conflicts,
+            freezes: None,
         };
         let devices = pool.devices()?;
         tracing::info!(pool = %pool.name, devices = devices.len(), wipe = ?pool.wipe, "device pool ready");
@@ -351,7 +370,7 @@ impl Backend for DevicePool {
             Some(Source::Volume(v)) => {
                 let from = self.present(v)?;
                 let freeze = blockvol::filesystem_mount(self.sys.as_ref(), &from)?;
-                blockvol::frozen(self.sys.as_ref(), freeze.as_deref(), || self.write_device(&device, &from))?
+                self.frozen(freeze.as_deref(), || self.write_device(&device, &from))?
             }
         }
         // The copy brought a filesystem: its UUID is the disk's signature from now on.
@@ -425,7 +444,7 @@ impl Backend for DevicePool {
             let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
             let freeze = blockvol::filesystem_mount(self.sys.as_ref(), &device)?;
             let size = self.sys.device_size(&device).map_err(Error::io("device size", &device))?;
-            blockvol::frozen(self.sys.as_ref(), freeze.as_deref(), || {
+            self.frozen(freeze.as_deref(), || {
                 write_whole_file(&dir, &format!("{}.img", snapshot.key), |dst| {
                     let mut src = File::open(&device)?;
                     let mut out = dst.try_clone()?;
