@@ -785,3 +785,38 @@ async fn pools_sharing_an_export_never_nest_one_volume_inside_another() {
         .expect("delete");
     b.stop();
 }
+
+#[tokio::test]
+async fn a_server_that_does_not_answer_holds_up_only_its_own_pool() {
+    let test = "a_server_that_does_not_answer_holds_up_only_its_own_pool";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(g) = Ganesha::start(scratch.path(), test) else { return };
+    // A server that takes connections and never answers them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let config = nfs_config(&scratch.path().join("state"), &g, &[("live", "")])
+        + &format!(
+            "  - {{name: stuck, type: nfs, server: 127.0.0.1, export: /exports/k8s, mountOptions: [port={port}, mountport={port}]}}\n"
+        );
+    let mut b = Berth::start(scratch.path(), &config, "controller-0", DRIVER).await;
+
+    let mut stuck_client = b.controller.clone();
+    let stuck = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let r = stuck_client.create_volume(req("on-stuck", &with(&pvc("ns", "a", "stuck")))).await;
+        (r.map(|_| ()), started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    b.controller.create_volume(req("on-live", &with(&pvc("ns", "b", "live")))).await.expect("the live pool serves");
+    let live_took = started.elapsed();
+    let (stuck_result, stuck_took) = stuck.await.expect("join");
+    assert_eq!(code(stuck_result), Code::Unavailable);
+    assert!(stuck_took > live_took, "stuck {stuck_took:?}, live {live_took:?}");
+    assert!(live_took < Duration::from_secs(3), "the live pool waited {live_took:?} for the silent server");
+    drop(silent);
+    b.stop();
+}

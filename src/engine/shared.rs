@@ -21,7 +21,11 @@ use crate::state::VolumeRecord;
 /// Shared pools whose records the central controller has not loaded yet.
 #[derive(Debug, Default)]
 pub struct SyncState {
+    /// Held only to read or change the set, never across a network call.
     pending: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// One gate per pool, held while that pool's records load: a slow or dead server
+    /// holds up calls on its own pool only.
+    loading: std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::Mutex<()>>>>,
 }
 
 /// How long a mount may take to answer a stat before berth treats it as dead.
@@ -54,11 +58,20 @@ impl Engine {
     /// has are dropped. Until that succeeds, calls on the pool answer UNAVAILABLE: a cache
     /// that missed records could hand out a name twice or leave a deleted volume behind.
     pub(super) fn ensure_synced(&self, pool: Option<&str>) -> Result<()> {
-        let mut pending = self.shared_sync.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = || self.shared_sync.pending.lock().unwrap_or_else(|e| e.into_inner());
         let todo: Vec<String> =
-            pending.iter().filter(|p| pool.is_none_or(|want| want == p.as_str())).cloned().collect();
+            pending().iter().filter(|p| pool.is_none_or(|want| want == p.as_str())).cloned().collect();
         for name in todo {
             let Some(backend) = self.pools.get(&name) else { continue };
+            let gate = {
+                let mut loading = self.shared_sync.loading.lock().unwrap_or_else(|e| e.into_inner());
+                Arc::clone(loading.entry(name.clone()).or_default())
+            };
+            // Calls on this pool wait for one load; calls on other pools never do.
+            let _loading = gate.lock().unwrap_or_else(|e| e.into_inner());
+            if !pending().contains(&name) {
+                continue;
+            }
             let state = |id: &str, e: std::io::Error| Error::State { id: id.to_string(), source: e };
             if let Some((volumes, snapshots)) = backend.stored_records()? {
                 let keep: std::collections::HashSet<_> = volumes.iter().map(|v| v.id.clone()).collect();
@@ -79,7 +92,7 @@ impl Engine {
                 }
                 tracing::info!(pool = %name, volumes = nv, snapshots = ns, "records loaded from the pool");
             }
-            pending.remove(&name);
+            pending().remove(&name);
         }
         Ok(())
     }
