@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::csi::{Shared, controller::ControllerService, identity::IdentityService, node::NodeService, pb};
 use crate::engine::Engine;
@@ -77,6 +76,129 @@ fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
         .map_err(|source| ServeError::Socket { path: path.into(), source })?;
     Ok(listener)
+}
+
+/// Client connections the CSI socket serves at once. Sidecars hold one each; a flood of
+/// idle connections beyond this is closed at accept instead of holding file descriptors
+/// and memory until the process runs out of them.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Connections open now.
+pub static CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Connections closed at accept because [`MAX_CONNECTIONS`] were open.
+pub static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The socket's accepted connections, at most [`MAX_CONNECTIONS`] open at once. When the
+/// process is out of file descriptors, accepting pauses briefly instead of spinning.
+struct Incoming {
+    listener: UnixListener,
+    permits: Arc<tokio::sync::Semaphore>,
+    backoff: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// An accepted connection, counted until it closes.
+struct Counted {
+    stream: tokio::net::UnixStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Counted {
+    fn new(stream: tokio::net::UnixStream, permit: tokio::sync::OwnedSemaphorePermit) -> Counted {
+        CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Counted { stream, _permit: permit }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl tokio_stream::Stream for Incoming {
+    type Item = io::Result<Counted>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if let Some(sleep) = this.backoff.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.backoff = None;
+            }
+            match this.listener.poll_accept(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok((stream, _))) => match Arc::clone(&this.permits).try_acquire_owned() {
+                    Ok(permit) => return Poll::Ready(Some(Ok(Counted::new(stream, permit)))),
+                    Err(_) => {
+                        drop(stream);
+                        if REFUSED.fetch_add(1, std::sync::atomic::Ordering::SeqCst).is_power_of_two() {
+                            tracing::warn!(
+                                max = MAX_CONNECTIONS,
+                                "closing new connections: the socket serves its maximum"
+                            );
+                        }
+                    }
+                },
+                Poll::Ready(Err(e)) => {
+                    let exhausted =
+                        matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM));
+                    if exhausted {
+                        tracing::warn!(error = %e, "cannot accept connections now; retrying in 100 ms");
+                        this.backoff = Some(Box::pin(tokio::time::sleep(std::time::Duration::from_millis(100))));
+                    }
+                    // Other errors (a client gone before accept) concern one connection.
+                }
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Counted {
+    type ConnectInfo = <tokio::net::UnixStream as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
 }
 
 /// Resolves once no RPC has been in flight for a moment (so the last replies are written),
@@ -191,7 +313,9 @@ pub async fn serve(
         }));
     tracing::info!(endpoint, driver = driver_name, mode = ?mode, node.id = %shared.engine.node_id, version = crate::VERSION, "serving CSI");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = builder.serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+    let incoming =
+        Incoming { listener, permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)), backoff: None };
+    let server = builder.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     });
     tokio::pin!(server);

@@ -718,3 +718,41 @@ async fn a_full_state_disk_stops_no_change_and_least_of_all_deletes() {
     b.stop();
     fs::remove_file(&filler).expect("free the space");
 }
+
+#[tokio::test]
+async fn a_flood_of_idle_connections_is_capped_and_shown_in_the_metrics() {
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    let config = hostpath_config(&scratch.path().join("state"), &pool, "none");
+    let mut b = Berth::start(scratch.path(), &config, "node-a", &["--metrics-address", "127.0.0.1:0"]).await;
+    let address = b.metrics_address();
+    let max = berth::server::MAX_CONNECTIONS;
+    // Idle clients that connect and never speak.
+    let idle: Vec<std::os::unix::net::UnixStream> =
+        (0..max + 40).map(|_| std::os::unix::net::UnixStream::connect(&b.socket).expect("connect")).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let gauge = |name: &str| {
+        let (_, samples) = scrape(&address);
+        find(&samples, name, &[]).unwrap_or(-1.0)
+    };
+    while gauge("berth_connections_refused_total") < 40.0 {
+        assert!(std::time::Instant::now() < deadline, "the connections beyond the maximum were not closed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(gauge("berth_connections_max"), max as f64);
+    // The gRPC client of the test holds one connection too.
+    assert!(gauge("berth_connections") <= max as f64);
+    let fds = fs::read_dir(format!("/proc/{}/fd", b.pid().expect("pid"))).expect("fds").count();
+    assert!(fds < max + 64, "{fds} descriptors open for {} connections attempted", max + 40);
+    drop(idle);
+    // Once they are gone, new clients are served again.
+    let mut again = loop {
+        if let Some(channel) = common::connect(&b.socket).await {
+            break berth::csi::pb::identity_client::IdentityClient::new(channel);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let probe = again.probe(pb::ProbeRequest {}).await.expect("probe").into_inner();
+    assert_eq!(probe.ready, Some(true));
+    b.stop();
+}

@@ -44,6 +44,16 @@ impl Collector {
         w.sample("berth_ready", &[], if crate::csi::ready() { 1.0 } else { 0.0 });
         w.family("berth_rpc_in_flight", Kind::Gauge, "CSI calls being served right now.");
         w.sample("berth_rpc_in_flight", &[], crate::csi::IN_FLIGHT.load(Ordering::SeqCst) as f64);
+        w.family("berth_connections", Kind::Gauge, "Client connections to the CSI socket open now.");
+        w.sample("berth_connections", &[], crate::server::CONNECTIONS.load(Ordering::SeqCst) as f64);
+        w.family("berth_connections_max", Kind::Gauge, "Client connections the CSI socket serves at once.");
+        w.sample("berth_connections_max", &[], crate::server::MAX_CONNECTIONS as f64);
+        w.family(
+            "berth_connections_refused_total",
+            Kind::Counter,
+            "Connections closed at accept because the socket served its maximum already.",
+        );
+        w.sample("berth_connections_refused_total", &[], crate::server::REFUSED.load(Ordering::SeqCst) as f64);
         write_counters(&mut w, &counters());
         if let Some(engine) = &self.engine {
             write_pools(&mut w, engine);
