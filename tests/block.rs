@@ -550,6 +550,16 @@ async fn device_pool_picks_the_smallest_fit_and_wipes_on_delete() {
         .volume
         .expect("vol");
     assert_eq!(vol.capacity_bytes, 64 * MIB, "the smallest blank device that fits (the 48 MiB one holds data)");
+    // A whole disk cannot grow past itself: OUT_OF_RANGE, whatever the pool has free.
+    let grow = b
+        .controller
+        .controller_expand_volume(pb::ControllerExpandVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            capacity_range: Some(pb::CapacityRange { required_bytes: 512 * MIB, limit_bytes: 0 }),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(grow), Code::OutOfRange);
     let p = stage_publish(&mut b, scratch.path(), &vol.volume_id, "d", fs_cap("")).await;
     assert_eq!(mount_entry(&p.staging).expect("mounted").source, disks.devices[0]);
     fs::write(p.target.join("on-disk"), b"device data").expect("write");

@@ -253,6 +253,11 @@ pub trait Backend: Send + Sync {
     fn node_local(&self) -> bool {
         true
     }
+    /// True when a volume's growth takes nothing from the pool's free space (a whole disk
+    /// is what it is: growing past it is OUT_OF_RANGE, not a full pool).
+    fn grows_within_its_device(&self) -> bool {
+        false
+    }
     /// FAILED_PRECONDITION when the pool cannot take changes now (its filesystem is
     /// read-only): checked before an operation records its intent, so it changes nothing.
     fn check_writable(&self) -> Result<()> {

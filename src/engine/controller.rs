@@ -593,7 +593,7 @@ impl Engine {
         pool.check_writable()?;
         let room = pool.capacity()?;
         let growth = required - record.capacity;
-        if growth > room.available_bytes {
+        if growth > room.available_bytes && !pool.grows_within_its_device() {
             return Err(Error::ResourceExhausted(format!(
                 "pool {} has {} bytes free; growing {id} by {growth} bytes does not fit",
                 record.pool, room.available_bytes

@@ -412,6 +412,10 @@ impl Backend for DevicePool {
         Ok(())
     }
 
+    fn grows_within_its_device(&self) -> bool {
+        true
+    }
+
     fn expand_volume(&self, volume: &VolumeRecord, bytes: u64) -> Result<bool> {
         let device = self.present(volume)?;
         let size = self.sys.device_size(&device).map_err(Error::io("device size", &device))?;
