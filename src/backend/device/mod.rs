@@ -300,9 +300,12 @@ impl Backend for DevicePool {
     fn capacity(&self) -> Result<Capacity> {
         let devices = self.devices()?;
         let held = self.held.lock();
+        // Only disks a volume could get: held by no record and blank (a listed disk that
+        // holds data is never handed out, so it is no capacity for the scheduler).
         let largest_free = devices
             .iter()
             .filter(|d| self.holder(&held, d, &self.serial(&d.canonical)).is_none())
+            .filter(|d| matches!(self.sys.blkid(&d.canonical), Ok(Signature::None)))
             .map(|d| d.size)
             .max()
             .unwrap_or(0);
