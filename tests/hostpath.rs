@@ -932,3 +932,46 @@ async fn subvolumes_a_pod_makes_inside_its_volume_are_counted_refused_for_snapsh
     assert_eq!(fs::read_dir(pool.join("volumes")).expect("ls").count(), 0, "nothing left");
     b.stop();
 }
+
+#[tokio::test]
+async fn a_reflink_snapshot_of_a_sparse_file_reports_what_a_restore_needs() {
+    let test = "a_reflink_snapshot_of_a_sparse_file_reports_what_a_restore_needs";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(fs_img) = FsImage::new(&scratch, test, "xfs", "512M") else { return };
+    let pool = fs_img.mount.join("pool");
+    let mut b =
+        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "auto"), "node-a", &[])
+            .await;
+    let vol = b.controller.create_volume(create_req("pvc-sparse", 64 * MIB)).await.expect("create");
+    let id = vol.into_inner().volume.expect("volume").volume_id;
+    let key = id.rsplit(':').next().expect("key");
+    // One byte at the end of a 1 TiB file.
+    let f = fs::File::create(pool.join("volumes").join(key).join("sparse")).expect("create");
+    f.set_len(1 << 40).expect("truncate");
+    std::os::unix::fs::FileExt::write_at(&f, b"x", (1 << 40) - 1).expect("write");
+    drop(f);
+    let snap = b
+        .controller
+        .create_snapshot(pb::CreateSnapshotRequest {
+            source_volume_id: id.clone(),
+            name: "snap-sparse".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("snapshot")
+        .into_inner()
+        .snapshot
+        .expect("snapshot");
+    assert!(snap.size_bytes < 64 * MIB, "the snapshot needs {} bytes", snap.size_bytes);
+    let mut restore = create_req("pvc-restored", 64 * MIB);
+    restore.volume_content_source = Some(pb::VolumeContentSource {
+        r#type: Some(pb::volume_content_source::Type::Snapshot(pb::volume_content_source::SnapshotSource {
+            snapshot_id: snap.snapshot_id.clone(),
+        })),
+    });
+    b.controller.create_volume(restore).await.expect("restored into a volume of the source's size");
+    b.stop();
+}

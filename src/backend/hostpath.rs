@@ -396,7 +396,9 @@ impl Backend for HostPath {
             })
             .map_err(Error::io("copy snapshot", &dest))?;
             snapshot.method = Some(if stats.reflinked > 0 { SnapshotMethod::Reflink } else { SnapshotMethod::Copy });
-            snapshot.size = stats.bytes;
+            // The space a restore needs: what the copy allocated, not the files' logical
+            // sizes (a cloned sparse file of 1 TiB holding one byte needs one block).
+            snapshot.size = tree::usage(&dest).map(|u| u.bytes).unwrap_or(stats.bytes);
         } else if snapshot.method.is_none() {
             snapshot.method = Some(SnapshotMethod::Copy);
             snapshot.size = tree::usage(&dest).map(|u| u.bytes).unwrap_or(0);
