@@ -745,14 +745,18 @@ async fn a_flood_of_idle_connections_is_capped_and_shown_in_the_metrics() {
     let fds = fs::read_dir(format!("/proc/{}/fd", b.pid().expect("pid"))).expect("fds").count();
     assert!(fds < max + 64, "{fds} descriptors open for {} connections attempted", max + 40);
     drop(idle);
-    // Once they are gone, new clients are served again.
-    let mut again = loop {
-        if let Some(channel) = common::connect(&b.socket).await {
-            break berth::csi::pb::identity_client::IdentityClient::new(channel);
+    // Once berth has seen them close, new clients are served again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let probe = loop {
+        if let Some(channel) = common::connect(&b.socket).await
+            && let Ok(probe) =
+                berth::csi::pb::identity_client::IdentityClient::new(channel).probe(pb::ProbeRequest {}).await
+        {
+            break probe.into_inner();
         }
+        assert!(std::time::Instant::now() < deadline, "no client served after the flood ended");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    let probe = again.probe(pb::ProbeRequest {}).await.expect("probe").into_inner();
     assert_eq!(probe.ready, Some(true));
     b.stop();
 }
