@@ -975,3 +975,51 @@ async fn a_reflink_snapshot_of_a_sparse_file_reports_what_a_restore_needs() {
     b.controller.create_volume(restore).await.expect("restored into a volume of the source's size");
     b.stop();
 }
+
+#[tokio::test]
+async fn a_huge_volume_slows_its_own_stats_not_every_volumes() {
+    let test = "a_huge_volume_slows_its_own_stats_not_every_volumes";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    let mut b =
+        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "none"), "node-a", &[])
+            .await;
+    let mut ids = Vec::new();
+    for name in ["pvc-huge", "pvc-small"] {
+        let v = b.controller.create_volume(create_req(name, MIB)).await.expect("create").into_inner();
+        ids.push(v.volume.expect("volume").volume_id);
+    }
+    let huge = stage_and_publish(&mut b, scratch.path(), &ids[0], "huge", false).await;
+    let small = stage_and_publish(&mut b, scratch.path(), &ids[1], "small", false).await;
+    // A pod's 100,000 empty files.
+    let dir = huge.target.join("many");
+    fs::create_dir(&dir).expect("mkdir");
+    for i in 0..100_000 {
+        fs::File::create(dir.join(i.to_string())).expect("create");
+    }
+    let stats = |id: &str, path: &Path| pb::NodeGetVolumeStatsRequest {
+        volume_id: id.to_string(),
+        volume_path: path.display().to_string(),
+        staging_target_path: String::new(),
+    };
+    let mut node = b.node.clone();
+    let huge_req = stats(&ids[0], &huge.target);
+    let walking = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        node.node_get_volume_stats(huge_req).await.expect("stats of the huge volume");
+        started.elapsed()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let started = std::time::Instant::now();
+    let got = b.node.node_get_volume_stats(stats(&ids[1], &small.target)).await.expect("stats").into_inner();
+    let small_took = started.elapsed();
+    let huge_took = walking.await.expect("join");
+    assert!(got.usage[0].total > 0);
+    assert!(small_took * 4 < huge_took, "the small volume's stats took {small_took:?}, the huge one's {huge_took:?}");
+    unpublish_and_unstage(&mut b, &ids[0], &huge).await;
+    unpublish_and_unstage(&mut b, &ids[1], &small).await;
+    b.stop();
+}

@@ -47,6 +47,8 @@ pub struct HostPath {
     sys: Arc<dyn Syscall>,
     next_project: AtomicU32,
     usage_cache: Mutex<HashMap<PathBuf, (Instant, tree::Usage)>>,
+    /// One gate per volume directory being walked (see [`HostPath::walk_usage`]).
+    walks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
 }
 
 impl HostPath {
@@ -68,6 +70,7 @@ impl HostPath {
             sys,
             next_project: AtomicU32::new(next),
             usage_cache: Mutex::new(HashMap::new()),
+            walks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -91,14 +94,28 @@ impl HostPath {
         matches!(self.mode, Mode::Btrfs { .. })
     }
 
+    /// The usage of the tree at `dir`, walked at most once per [`USAGE_TTL`]. Only walks of
+    /// the same directory wait for each other: the cache's lock is never held during one,
+    /// so a huge volume slows its own stats, not every volume's.
     fn walk_usage(&self, dir: &Path) -> Result<tree::Usage> {
-        let mut cache = self.usage_cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, usage)) = cache.get(dir)
-            && at.elapsed() < USAGE_TTL
-        {
-            return Ok(usage.clone());
+        let cached = || {
+            let cache = self.usage_cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.get(dir).filter(|(at, _)| at.elapsed() < USAGE_TTL).map(|(_, usage)| usage.clone())
+        };
+        if let Some(usage) = cached() {
+            return Ok(usage);
+        }
+        let gate = {
+            let mut gates = self.walks.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(gates.entry(dir.to_path_buf()).or_default())
+        };
+        let _walking = gate.lock().unwrap_or_else(|e| e.into_inner());
+        // Another caller may have walked it while this one waited.
+        if let Some(usage) = cached() {
+            return Ok(usage);
         }
         let usage = tree::usage(dir).map_err(Error::io("measure", dir))?;
+        let mut cache = self.usage_cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.insert(dir.to_path_buf(), (Instant::now(), usage.clone()));
         Ok(usage)
     }
@@ -357,6 +374,7 @@ impl Backend for HostPath {
             self.sys.set_project_limit(mount_point, project, 0).map_err(Error::io("clear project quota", &dir))?;
         }
         self.usage_cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&dir);
+        self.walks.lock().unwrap_or_else(|e| e.into_inner()).remove(&dir);
         Ok(())
     }
 
