@@ -684,3 +684,65 @@ async fn every_rpc_answers_hostile_input_with_the_exact_code() {
         t.sent, t.matched
     );
 }
+
+#[tokio::test]
+async fn a_target_swapped_for_a_symlink_after_the_check_mounts_nothing_elsewhere() {
+    let test = "a_target_swapped_for_a_symlink_after_the_check_mounts_nothing_elsewhere";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let pool = root.join("pool");
+    let mut b = Berth::start(root, &hostpath_config(&root.join("state"), &pool, "none"), "node-a", &[]).await;
+    let id = b.controller.create_volume(create_req("pvc-swap", 1 << 20)).await.expect("create").into_inner();
+    let id = id.volume.expect("volume").volume_id;
+    let staging = root.join("staging");
+    b.node
+        .node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(rwo()),
+            ..Default::default()
+        })
+        .await
+        .expect("stage");
+    // Half a second between berth's checks of the target and its mount.
+    b.env.push(("BERTH_FAILPOINTS".into(), "node.publish.bind=sleep(500)".into()));
+    b.restart().await;
+    let pod = root.join("pod");
+    let victim = root.join("victim");
+    fs::create_dir_all(&pod).expect("mkdir");
+    fs::create_dir_all(&victim).expect("mkdir");
+    let target = pod.join("mount");
+    let mut node = b.node.clone();
+    let publish = pb::NodePublishVolumeRequest {
+        volume_id: id.clone(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(rwo()),
+        ..Default::default()
+    };
+    let call = tokio::spawn(async move { node.node_publish_volume(publish).await });
+    // The pod, which can write the target's parent, swaps the target for a symlink.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !target.is_dir() {
+        assert!(std::time::Instant::now() < deadline, "berth never made the target");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    fs::remove_dir(&target).expect("remove the target");
+    std::os::unix::fs::symlink(&victim, &target).expect("symlink");
+    let published = call.await.expect("join");
+    assert!(published.is_err(), "the mount must not follow the swapped-in symlink");
+    assert!(mounts_below(&victim).is_empty(), "the victim directory got a mount");
+    fs::remove_file(&target).expect("rm symlink");
+    b.node
+        .node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .expect("unstage");
+    b.stop();
+    unmount_below(root);
+}

@@ -42,7 +42,23 @@ impl Syscall for LinuxSyscall {
         flags: MsFlags,
         data: Option<&str>,
     ) -> io::Result<()> {
-        nix::mount::mount(source, target, fs_type, flags, data).map_err(io::Error::from)
+        // The target is opened once, not following a final symbolic link, and mounted on
+        // through /proc/self/fd: a target swapped for a symlink after berth checked it
+        // (its parent may be writable by a pod) cannot send the mount elsewhere.
+        let fd = nix::fcntl::open(
+            target,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        let st = nix::sys::stat::fstat(&fd)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("mount target {} is a symbolic link", target.display()),
+            ));
+        }
+        let at = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        nix::mount::mount(source, at.as_str(), fs_type, flags, data).map_err(io::Error::from)
     }
 
     fn umount(&self, target: &Path, flags: MntFlags) -> io::Result<()> {
