@@ -321,6 +321,19 @@ async fn xfs_and_btrfs_volumes_and_raw_block_devices() {
         unpublish_unstage(&mut b, &vol.volume_id, &p).await;
     }
 
+    // mkfs.xfs refuses below 300 MiB: a smaller claim gets a volume that can be formatted.
+    if have("mkfs.xfs") {
+        let small = create(&mut b, "pvc-small-xfs", 100 * MIB, fs_cap("xfs")).await;
+        assert_eq!(small.capacity_bytes, 300 * MIB);
+        let p = stage_publish(&mut b, scratch.path(), &small.volume_id, "small-xfs", fs_cap("xfs")).await;
+        assert_eq!(mount_entry(&p.staging).expect("mounted").fs_type, "xfs");
+        unpublish_unstage(&mut b, &small.volume_id, &p).await;
+        let mut capped = create_req("pvc-capped-xfs", 100 * MIB);
+        capped.volume_capabilities = vec![fs_cap("xfs")];
+        capped.capacity_range = Some(pb::CapacityRange { required_bytes: 100 * MIB, limit_bytes: 200 * MIB });
+        assert_eq!(code(b.controller.create_volume(capped).await), Code::OutOfRange);
+    }
+
     let raw = create(&mut b, "pvc-raw", 16 * MIB, raw_cap()).await;
     let p = stage_publish(&mut b, scratch.path(), &raw.volume_id, "raw", raw_cap()).await;
     let meta = fs::metadata(&p.target).expect("target");

@@ -116,6 +116,34 @@ fn volume_size(req: &CreateVolume, default: u64) -> Result<u64> {
     })
 }
 
+/// The smallest filesystem mkfs makes of a type: xfs refuses below 300 MiB (xfsprogs 5.19
+/// on), mkfs.btrfs below about 109 MiB.
+fn smallest_filesystem(fs_type: &str) -> Option<u64> {
+    match fs_type {
+        "xfs" => Some(300 << 20),
+        "btrfs" => Some(128 << 20),
+        _ => None,
+    }
+}
+
+/// `size`, raised to the smallest filesystem of `fs_type` when it is below it (a volume
+/// larger than asked is allowed up to `limit_bytes`), or OUT_OF_RANGE when the limit does
+/// not allow that much.
+fn fit_filesystem(size: u64, fs_type: Option<&str>, limit_bytes: u64) -> Result<u64> {
+    let Some((fs, min)) = fs_type.and_then(|fs| smallest_filesystem(fs).map(|min| (fs, min))) else {
+        return Ok(size);
+    };
+    if size >= min {
+        return Ok(size);
+    }
+    if limit_bytes > 0 && limit_bytes < min {
+        return Err(Error::OutOfRange(format!(
+            "an {fs} filesystem needs at least {min} bytes, more than limit_bytes {limit_bytes}"
+        )));
+    }
+    Ok(min)
+}
+
 impl Engine {
     /// Creates a volume, or returns the one this name already created. Same name with an
     /// incompatible request is ALREADY_EXISTS; a missing source NOT_FOUND; no room here
@@ -136,6 +164,7 @@ impl Engine {
         let size = volume_size(&req, self.config.default_volume_size.0)?;
         let access = if req.capabilities.iter().any(|c| c.block) { AccessKind::Block } else { AccessKind::Mount };
         let fs_type = choose_fs_type(pool.as_ref(), &req, access)?;
+        let size = fit_filesystem(size, fs_type.as_deref(), req.limit_bytes)?;
         // A shared pool's volumes are reachable from every node: any topology fits.
         if let Some(allowed) = &req.allowed_nodes
             && pool.node_local()
