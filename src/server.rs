@@ -93,6 +93,8 @@ struct Incoming {
     listener: UnixListener,
     permits: Arc<tokio::sync::Semaphore>,
     backoff: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Logged that accepting failed, and not accepted since: one line per episode.
+    exhausted: bool,
 }
 
 /// An accepted connection, counted until it closes.
@@ -133,23 +135,28 @@ impl tokio_stream::Stream for Incoming {
             }
             match this.listener.poll_accept(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok((stream, _))) => match Arc::clone(&this.permits).try_acquire_owned() {
-                    Ok(permit) => return Poll::Ready(Some(Ok(Counted::new(stream, permit)))),
-                    Err(_) => {
-                        drop(stream);
-                        if REFUSED.fetch_add(1, std::sync::atomic::Ordering::SeqCst).is_power_of_two() {
-                            tracing::warn!(
-                                max = MAX_CONNECTIONS,
-                                "closing new connections: the socket serves its maximum"
-                            );
+                Poll::Ready(Ok((stream, _))) => {
+                    this.exhausted = false;
+                    match Arc::clone(&this.permits).try_acquire_owned() {
+                        Ok(permit) => return Poll::Ready(Some(Ok(Counted::new(stream, permit)))),
+                        Err(_) => {
+                            drop(stream);
+                            if REFUSED.fetch_add(1, std::sync::atomic::Ordering::SeqCst).is_power_of_two() {
+                                tracing::warn!(
+                                    max = MAX_CONNECTIONS,
+                                    "closing new connections: the socket serves its maximum"
+                                );
+                            }
                         }
                     }
-                },
+                }
                 Poll::Ready(Err(e)) => {
                     let exhausted =
                         matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM));
                     if exhausted {
-                        tracing::warn!(error = %e, "cannot accept connections now; retrying in 100 ms");
+                        if !std::mem::replace(&mut this.exhausted, true) {
+                            tracing::warn!(error = %e, "cannot accept connections now; retrying every 100 ms");
+                        }
                         this.backoff = Some(Box::pin(tokio::time::sleep(std::time::Duration::from_millis(100))));
                     }
                     // Other errors (a client gone before accept) concern one connection.
@@ -313,8 +320,12 @@ pub async fn serve(
         }));
     tracing::info!(endpoint, driver = driver_name, mode = ?mode, node.id = %shared.engine.node_id, version = crate::VERSION, "serving CSI");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let incoming =
-        Incoming { listener, permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)), backoff: None };
+    let incoming = Incoming {
+        listener,
+        permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        backoff: None,
+        exhausted: false,
+    };
     let server = builder.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     });

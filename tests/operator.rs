@@ -760,3 +760,36 @@ async fn a_flood_of_idle_connections_is_capped_and_shown_in_the_metrics() {
     assert_eq!(probe.ready, Some(true));
     b.stop();
 }
+
+#[tokio::test]
+async fn out_of_descriptors_the_accept_loop_waits_instead_of_spinning() {
+    let test = "out_of_descriptors_the_accept_loop_waits_instead_of_spinning";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let pool = scratch.path().join("pool");
+    let config = hostpath_config(&scratch.path().join("state"), &pool, "none");
+    let mut b = Berth::start(scratch.path(), &config, "node-a", &[]).await;
+    let pid = b.pid().expect("pid");
+    // Few descriptors to spare: the connections below exhaust them (EMFILE at accept).
+    let open = fs::read_dir(format!("/proc/{pid}/fd")).expect("fds").count();
+    // The soft limit only: raising a limit again would need CAP_SYS_RESOURCE.
+    sh("prlimit", &["--pid", &pid.to_string(), &format!("--nofile={}:", open + 8)]);
+    let clients: Vec<std::os::unix::net::UnixStream> =
+        (0..64).map(|_| std::os::unix::net::UnixStream::connect(&b.socket).expect("connect")).collect();
+    let cpu = || {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let fields: Vec<&str> = stat.rsplit_once(") ").expect("stat").1.split_whitespace().collect();
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let before = cpu();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let ticks = cpu() - before;
+    // Clock ticks are 1/100 s: a spinning loop burns about 200 in two seconds.
+    assert!(ticks < 40, "berth used {ticks} clock ticks in 2 s with its descriptors exhausted");
+    assert!(strip_ansi(&b.logs()).contains("cannot accept connections now"), "{}", b.logs());
+    drop(clients);
+    b.stop();
+}
