@@ -516,6 +516,28 @@ async fn sigkills_at_any_moment_under_concurrent_load_leave_records_and_storage_
     );
 }
 
+/// A volume holding `files` small files, for the slow copies below; its ID.
+async fn source_with_files(b: &mut common::Berth, pool: &Path, files: usize) -> String {
+    let source = b.controller.create_volume(common::create_req("pvc-src", 8 << 20)).await.expect("create");
+    let source = source.into_inner().volume.expect("volume").volume_id;
+    let key = source.rsplit(':').next().expect("key");
+    for i in 0..files {
+        fs::write(pool.join("volumes").join(key).join(format!("f{i}")), b"x").expect("write");
+    }
+    source
+}
+
+/// CreateVolume of a clone of `source`.
+fn clone_of(source: &str) -> pb::CreateVolumeRequest {
+    let mut req = common::create_req("pvc-clone", 8 << 20);
+    req.volume_content_source = Some(pb::VolumeContentSource {
+        r#type: Some(pb::volume_content_source::Type::Volume(pb::volume_content_source::VolumeSource {
+            volume_id: source.to_string(),
+        })),
+    });
+    req
+}
+
 #[tokio::test]
 async fn sigterm_releases_the_state_within_the_drain_limit_even_with_a_copy_in_flight() {
     let test = "sigterm_releases_the_state_within_the_drain_limit_even_with_a_copy_in_flight";
@@ -527,21 +549,11 @@ async fn sigterm_releases_the_state_within_the_drain_limit_even_with_a_copy_in_f
     let pool = disk.mount.join("pool");
     let config = common::hostpath_config(&scratch.path().join("state"), &pool, "auto");
     let mut b = common::Berth::start(scratch.path(), &config, "node-a", &["--drain-seconds", "1"]).await;
-    let source = b.controller.create_volume(common::create_req("pvc-src", 8 << 20)).await.expect("create");
-    let source = source.into_inner().volume.expect("volume").volume_id;
-    let key = source.rsplit(':').next().expect("key");
-    for i in 0..100 {
-        std::fs::write(pool.join("volumes").join(key).join(format!("f{i}")), b"x").expect("write");
-    }
+    let source = source_with_files(&mut b, &pool, 100).await;
     // Each file copied takes 300 ms: the clone needs half a minute.
     b.env.push(("BERTH_FAILPOINTS".into(), "hostpath.copy=sleep(300)".into()));
     b.restart().await;
-    let mut req = common::create_req("pvc-clone", 8 << 20);
-    req.volume_content_source = Some(pb::VolumeContentSource {
-        r#type: Some(pb::volume_content_source::Type::Volume(pb::volume_content_source::VolumeSource {
-            volume_id: source.clone(),
-        })),
-    });
+    let req = clone_of(&source);
     // A client that gives up after a second, as sidecars do with their timeouts.
     let mut controller = b.controller.clone();
     let mut call = tonic::Request::new(req.clone());
@@ -576,21 +588,11 @@ async fn a_start_that_finishes_interrupted_work_serves_probe_at_once() {
     let pool = disk.mount.join("pool");
     let config = common::hostpath_config(&scratch.path().join("state"), &pool, "auto");
     let mut b = common::Berth::start(scratch.path(), &config, "node-a", &[]).await;
-    let source = b.controller.create_volume(common::create_req("pvc-src", 8 << 20)).await.expect("create");
-    let source = source.into_inner().volume.expect("volume").volume_id;
-    let key = source.rsplit(':').next().expect("key");
-    for i in 0..60 {
-        std::fs::write(pool.join("volumes").join(key).join(format!("f{i}")), b"x").expect("write");
-    }
+    let source = source_with_files(&mut b, &pool, 60).await;
     // The clone dies half-way (a crash), and its next start copies slowly (50 ms a file).
     b.env.push(("BERTH_FAILPOINTS".into(), "hostpath.copy=kill@30".into()));
     b.restart().await;
-    let mut req = common::create_req("pvc-clone", 8 << 20);
-    req.volume_content_source = Some(pb::VolumeContentSource {
-        r#type: Some(pb::volume_content_source::Type::Volume(pb::volume_content_source::VolumeSource {
-            volume_id: source.clone(),
-        })),
-    });
+    let req = clone_of(&source);
     assert!(b.controller.create_volume(req.clone()).await.is_err(), "killed mid-copy");
     assert!(b.exited_within(Duration::from_secs(10)));
     b.env = vec![("BERTH_FAILPOINTS".into(), "hostpath.copy=sleep(50)".into())];

@@ -33,8 +33,9 @@ pub fn run(program: &str, args: &[&std::ffi::OsStr]) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Probes a device for any signature with `blkid -p` (low-level probing, no cache).
-pub fn blkid(device: &Path) -> io::Result<Signature> {
+/// `blkid -p -o export` of `device` (low-level probing, no cache): `None` when it finds
+/// nothing.
+fn blkid_export(device: &Path) -> io::Result<Option<String>> {
     let out = Command::new("blkid")
         .args(["-p", "-o", "export"])
         .arg(device)
@@ -43,8 +44,8 @@ pub fn blkid(device: &Path) -> io::Result<Signature> {
         .map_err(|e| io::Error::new(e.kind(), format!("running blkid: {e}")))?;
     match out.status.code() {
         // 2: nothing was found.
-        Some(2) => Ok(Signature::None),
-        Some(0) => Ok(parse_blkid(&String::from_utf8_lossy(&out.stdout))),
+        Some(2) => Ok(None),
+        Some(0) => Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned())),
         _ => Err(io::Error::other(format!(
             "blkid {} failed ({}): {}",
             device.display(),
@@ -54,24 +55,14 @@ pub fn blkid(device: &Path) -> io::Result<Signature> {
     }
 }
 
+/// Probes a device for any signature with `blkid -p`.
+pub fn blkid(device: &Path) -> io::Result<Signature> {
+    Ok(blkid_export(device)?.map_or(Signature::None, |text| parse_blkid(&text)))
+}
+
 /// The UUID of the filesystem on `device` (`blkid -p`), or `None` when it holds none.
 pub fn fs_uuid(device: &Path) -> io::Result<Option<String>> {
-    let out = Command::new("blkid")
-        .args(["-p", "-o", "export"])
-        .arg(device)
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(|e| io::Error::new(e.kind(), format!("running blkid: {e}")))?;
-    match out.status.code() {
-        Some(2) => Ok(None),
-        Some(0) => Ok(parse_uuid(&String::from_utf8_lossy(&out.stdout))),
-        _ => Err(io::Error::other(format!(
-            "blkid {} failed ({}): {}",
-            device.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))),
-    }
+    Ok(blkid_export(device)?.and_then(|text| parse_uuid(&text)))
 }
 
 /// The filesystem `UUID` in `blkid -o export` output (not a partition table's `PTUUID`).
