@@ -867,8 +867,8 @@ async fn a_pool_whose_disk_is_not_mounted_or_is_read_only_answers_precisely_and_
 }
 
 #[tokio::test]
-async fn subvolumes_a_pod_makes_inside_its_volume_are_counted_refused_for_snapshots_and_deleted() {
-    let test = "subvolumes_a_pod_makes_inside_its_volume_are_counted_refused_for_snapshots_and_deleted";
+async fn subvolumes_a_pod_makes_inside_its_volume_are_limited_counted_refused_for_snapshots_and_deleted() {
+    let test = "subvolumes_a_pod_makes_inside_its_volume_are_limited_counted_refused_for_snapshots_and_deleted";
     if !require_root(test) {
         return;
     }
@@ -905,6 +905,30 @@ async fn subvolumes_a_pod_makes_inside_its_volume_are_counted_refused_for_snapsh
     assert!(stats.usage[0].used >= 8 * MIB, "the nested data counts: {:?}", stats.usage[0]);
     assert_eq!(stats.usage.len(), 1, "btrfs has no inode count: none is reported, not zero free: {:?}", stats.usage);
 
+    // The nested subvolumes now count toward the volume's 64 MiB: filling one fails
+    // with EDQUOT instead of taking the pool's space.
+    let err = write_bytes(&p.target.join("inner/deeper/sub/more"), 96 << 20).expect_err("the limit holds");
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+    fs::remove_file(p.target.join("inner/deeper/sub/more")).expect("rm");
+    // A subvolume made later is found without any call (berth looks every few seconds).
+    let later = p.target.join("later");
+    sh("btrfs", &["-q", "subvolume", "create", later.to_str().expect("utf8")]);
+    let rootid =
+        |path: &Path| sh("btrfs", &["inspect-internal", "rootid", path.to_str().expect("utf8")]).trim().to_string();
+    let (volume_group, later_group) = (format!("1/{}", rootid(&p.target)), format!("0/{}", rootid(&later)));
+    let adopted = || {
+        let show = sh("btrfs", &["qgroup", "show", "-p", "--raw", fs_img.mount.to_str().expect("utf8")]);
+        show.lines().any(|l| l.starts_with(&format!("{later_group} ")) && l.contains(&volume_group))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !adopted() {
+        assert!(std::time::Instant::now() < deadline, "{later_group} never joined {volume_group}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let err = write_bytes(&later.join("fill"), 96 << 20).expect_err("the limit holds");
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+    fs::remove_file(later.join("fill")).expect("rm");
+
     let snap = b
         .controller
         .create_snapshot(pb::CreateSnapshotRequest {
@@ -930,6 +954,8 @@ async fn subvolumes_a_pod_makes_inside_its_volume_are_counted_refused_for_snapsh
         .await
         .expect("deleted, nested subvolumes and all");
     assert_eq!(fs::read_dir(pool.join("volumes")).expect("ls").count(), 0, "nothing left");
+    let show = sh("btrfs", &["qgroup", "show", "--raw", fs_img.mount.to_str().expect("utf8")]);
+    assert!(!show.lines().any(|l| l.starts_with("1/")), "the volume's quota group is gone too:\n{show}");
     b.stop();
 }
 

@@ -11,7 +11,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use super::tree::{self, Reflink};
@@ -27,6 +27,8 @@ const VOLUMES: &str = "volumes";
 const SNAPSHOTS: &str = "snapshots";
 /// Directory walks for usage are reused for this long.
 const USAGE_TTL: Duration = Duration::from_secs(30);
+/// How often a btrfs pool with quotas looks for subvolumes pods made inside their volumes.
+const ADOPT_PERIOD: Duration = Duration::from_secs(5);
 /// First project ID berth hands out; low IDs are left to administrators.
 pub const FIRST_PROJECT_ID: u32 = 100_000;
 
@@ -49,6 +51,8 @@ pub struct HostPath {
     usage_cache: Mutex<HashMap<PathBuf, (Instant, tree::Usage)>>,
     /// One gate per volume directory being walked (see [`HostPath::walk_usage`]).
     walks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
+    /// On btrfs with quotas: adds subvolumes pods make to their volume's quota group.
+    _nested: Option<NestedWatch>,
 }
 
 impl HostPath {
@@ -62,6 +66,13 @@ impl HostPath {
         let mode = detect_mode(sys.as_ref(), &root, config.capacity_enforcement)?;
         tracing::info!(pool = %config.name, path = %root.display(), mode = ?mode, "hostpath pool ready");
         let next = max_project.map_or(FIRST_PROJECT_ID, |m| m.saturating_add(1).max(FIRST_PROJECT_ID));
+        let nested = match mode {
+            Mode::Btrfs { qgroups: true } => Some(
+                NestedWatch::start(Arc::clone(&sys), root.join(VOLUMES), config.name.clone())
+                    .map_err(Error::io("start the nested-subvolume watch", &root))?,
+            ),
+            _ => None,
+        };
         Ok(HostPath {
             name: config.name.clone(),
             root,
@@ -71,6 +82,7 @@ impl HostPath {
             next_project: AtomicU32::new(next),
             usage_cache: Mutex::new(HashMap::new()),
             walks: Mutex::new(HashMap::new()),
+            _nested: nested,
         })
     }
 
@@ -240,6 +252,59 @@ fn refuse_nested(sys: &dyn Syscall, volume: &VolumeRecord, dir: &Path) -> Result
     )))
 }
 
+/// A thread that adds the subvolumes pods make inside their volumes to the volume's
+/// quota group every [`ADOPT_PERIOD`]: making a subvolume needs no privilege, and a new
+/// subvolume's qgroup belongs to no group, so until then its data escapes the volume's
+/// limit. Usage reads and snapshots adopt at once too. Stops when dropped.
+struct NestedWatch {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NestedWatch {
+    fn start(sys: Arc<dyn Syscall>, volumes: PathBuf, pool: String) -> std::io::Result<NestedWatch> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new().name("berth-subvolumes".into()).spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(ADOPT_PERIOD) {
+                let Ok(entries) = fs::read_dir(&volumes) else { continue };
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        adopt_nested(sys.as_ref(), &pool, &entry.path());
+                    }
+                }
+            }
+        })?;
+        Ok(NestedWatch { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for NestedWatch {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Adds the subvolumes made inside the volume directory `dir` to its quota group.
+/// Best effort: a volume being created or deleted meanwhile is simply skipped.
+fn adopt_nested(sys: &dyn Syscall, pool: &str, dir: &Path) {
+    if !sys.btrfs_is_subvolume(dir).unwrap_or(false) {
+        return;
+    }
+    match sys.btrfs_qgroup_adopt(dir) {
+        Ok(ids) if !ids.is_empty() => tracing::info!(
+            pool,
+            volume_dir = %dir.display(),
+            subvolumes = ?ids,
+            "subvolumes made inside a volume now count toward its size limit"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(pool, volume_dir = %dir.display(), error = %e, "cannot adopt nested subvolumes"),
+    }
+}
+
 fn detect_mode(sys: &dyn Syscall, root: &Path, policy: Enforcement) -> Result<Mode> {
     let stat = sys.statfs(root).map_err(Error::io("statfs", root))?;
     match stat.kind() {
@@ -355,6 +420,9 @@ impl Backend for HostPath {
         }
         super::failpoint("hostpath.delete", &dir)?;
         if self.is_btrfs() && self.sys.btrfs_is_subvolume(&dir).unwrap_or(false) {
+            if self.mode == (Mode::Btrfs { qgroups: true }) {
+                self.sys.btrfs_qgroup_remove(&dir).map_err(Error::io("remove the volume's quota group", &dir))?;
+            }
             // Subvolumes a pod made inside go first, deepest first: a subvolume that holds
             // one cannot be deleted.
             for nested in
@@ -452,8 +520,10 @@ impl Backend for HostPath {
         let walked = self.walk_usage(&dir)?;
         let (total, used) = match (volume.enforced, &self.mode) {
             (Enforced::BtrfsQgroup, _) => {
+                adopt_nested(self.sys.as_ref(), &self.name, &dir);
                 let q = self.sys.btrfs_qgroup_usage(&dir).map_err(Error::io("read qgroup usage", &dir))?;
-                // Subvolumes a pod made inside have qgroups of their own; the walk counts them.
+                // The quota group counts subvolumes made inside once adopted; the walk
+                // counts them always (and reads a usage not yet committed).
                 (q.max_referenced.unwrap_or(volume.capacity), q.referenced.max(walked.bytes))
             }
             (Enforced::ProjectQuota, Mode::Project { mount_point }) => {

@@ -13,10 +13,15 @@ pub const BTRFS_SUPER_MAGIC: i64 = 0x9123683E;
 const BTRFS_IOCTL_MAGIC: u8 = 0x94;
 /// Inode number of every subvolume's root directory (`BTRFS_FIRST_FREE_OBJECTID`).
 const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
+const BTRFS_ROOT_TREE_OBJECTID: u64 = 1;
 const BTRFS_QUOTA_TREE_OBJECTID: u64 = 8;
+const BTRFS_ROOT_REF_KEY: u32 = 156;
 const BTRFS_QGROUP_STATUS_KEY: u32 = 240;
 const BTRFS_QGROUP_INFO_KEY: u32 = 242;
 const BTRFS_QGROUP_LIMIT_KEY: u32 = 244;
+const BTRFS_QGROUP_RELATION_KEY: u32 = 246;
+/// A qgroup ID is `level << 48 | id`.
+const BTRFS_QGROUP_LEVEL_SHIFT: u32 = 48;
 const BTRFS_QGROUP_STATUS_FLAG_ON: u64 = 1 << 0;
 const BTRFS_QGROUP_STATUS_FLAG_INCONSISTENT: u64 = 1 << 2;
 const BTRFS_QGROUP_LIMIT_MAX_RFER: u64 = 1 << 0;
@@ -114,6 +119,23 @@ struct QgroupLimitArgs {
 }
 const _: () = assert!(size_of::<QgroupLimitArgs>() == 48);
 
+/// `struct btrfs_ioctl_qgroup_assign_args`.
+#[repr(C)]
+struct QgroupAssignArgs {
+    assign: u64,
+    src: u64,
+    dst: u64,
+}
+const _: () = assert!(size_of::<QgroupAssignArgs>() == 24);
+
+/// `struct btrfs_ioctl_qgroup_create_args`.
+#[repr(C)]
+struct QgroupCreateArgs {
+    create: u64,
+    qgroupid: u64,
+}
+const _: () = assert!(size_of::<QgroupCreateArgs>() == 16);
+
 /// `struct btrfs_ioctl_quota_rescan_args`.
 #[repr(C)]
 #[derive(Default)]
@@ -146,6 +168,8 @@ const BTRFS_IOC_SNAP_CREATE_V2: Req = iow(23, size_of::<VolArgsV2>());
 const BTRFS_IOC_SUBVOL_GETFLAGS: Req = ior(25, size_of::<u64>());
 const BTRFS_IOC_SUBVOL_SETFLAGS: Req = iow(26, size_of::<u64>());
 const BTRFS_IOC_QUOTA_CTL: Req = iowr(40, size_of::<QuotaCtlArgs>());
+const BTRFS_IOC_QGROUP_ASSIGN: Req = iow(41, size_of::<QgroupAssignArgs>());
+const BTRFS_IOC_QGROUP_CREATE: Req = iow(42, size_of::<QgroupCreateArgs>());
 // The kernel header declares this one _IOR although userspace passes the limit in.
 const BTRFS_IOC_QGROUP_LIMIT: Req = ior(43, size_of::<QgroupLimitArgs>());
 const BTRFS_IOC_QUOTA_RESCAN: Req = iow(44, size_of::<QuotaRescanArgs>());
@@ -198,35 +222,68 @@ fn read_u64_le(data: &[u8], at: usize) -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short btrfs item"))
 }
 
+/// Returns every item of tree `tree_id` with key `(objectid, item_type, offset)` for an
+/// offset in `min_offset..=max_offset`, as `(offset, data)` in key order.
+/// `ENOENT` error: no such tree (for the quota tree: quotas are off).
+fn search(
+    fd: BorrowedFd<'_>,
+    tree_id: u64,
+    objectid: u64,
+    item_type: u32,
+    min_offset: u64,
+    max_offset: u64,
+) -> io::Result<Vec<(u64, Vec<u8>)>> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad btrfs search result");
+    let mut found = Vec::new();
+    let mut from = min_offset;
+    loop {
+        let mut args = SearchArgs {
+            key: SearchKey {
+                tree_id,
+                min_objectid: objectid,
+                max_objectid: objectid,
+                min_type: item_type,
+                max_type: item_type,
+                min_offset: from,
+                max_offset,
+                max_transid: u64::MAX,
+                // As many as fit; the kernel says how many it returned.
+                nr_items: u32::MAX,
+                ..SearchKey::default()
+            },
+            buf: [0; BTRFS_SEARCH_ARGS_BUFSIZE],
+        };
+        // SAFETY: `args` is a live `btrfs_ioctl_search_args` (size asserted above)
+        // and BTRFS_IOC_TREE_SEARCH reads and writes exactly that structure.
+        unsafe { ioctl(fd, BTRFS_IOC_TREE_SEARCH, &mut args) }?;
+        if args.key.nr_items == 0 {
+            return Ok(found);
+        }
+        // Each item: btrfs_ioctl_search_header (transid, objectid, offset: u64; type,
+        // len: u32; CPU order), then `len` bytes of item data.
+        let mut at = 0usize;
+        let mut last = from;
+        for _ in 0..args.key.nr_items {
+            let header = args.buf.get(at..at + 32).ok_or_else(bad)?;
+            let field = |range: std::ops::Range<usize>| header.get(range).ok_or_else(bad);
+            last = u64::from_ne_bytes(field(16..24)?.try_into().map_err(|_| bad())?);
+            let len = u32::from_ne_bytes(field(28..32)?.try_into().map_err(|_| bad())?) as usize;
+            let data = args.buf.get(at + 32..at + 32 + len).ok_or_else(bad)?;
+            found.push((last, data.to_vec()));
+            at += 32 + len;
+        }
+        if last >= max_offset {
+            return Ok(found);
+        }
+        from = last + 1;
+    }
+}
+
 /// Returns the data of the quota-tree item with key `(0, item_type, offset)`.
 /// `Ok(None)`: no such item; `ENOENT` error: no quota tree (quotas are off).
 fn quota_tree_item(fd: BorrowedFd<'_>, item_type: u32, offset: u64) -> io::Result<Option<Vec<u8>>> {
-    let mut args = SearchArgs {
-        key: SearchKey {
-            tree_id: BTRFS_QUOTA_TREE_OBJECTID,
-            min_type: item_type,
-            max_type: item_type,
-            min_offset: offset,
-            max_offset: offset,
-            max_transid: u64::MAX,
-            nr_items: 1,
-            ..SearchKey::default()
-        },
-        buf: [0; BTRFS_SEARCH_ARGS_BUFSIZE],
-    };
-    // SAFETY: `args` is a live `btrfs_ioctl_search_args` (size asserted above)
-    // and BTRFS_IOC_TREE_SEARCH reads and writes exactly that structure.
-    unsafe { ioctl(fd, BTRFS_IOC_TREE_SEARCH, &mut args) }?;
-    if args.key.nr_items == 0 {
-        return Ok(None);
-    }
-    // The min and max keys are equal, so the one result (if any) is that key.
-    // btrfs_ioctl_search_header: transid, objectid, offset (u64), type, len (u32).
-    let len = args.buf.get(28..32).and_then(|b| b.try_into().ok());
-    let end = len.map(|len| (u32::from_ne_bytes(len) as usize).saturating_add(32));
-    let data = end.and_then(|end| args.buf.get(32..end));
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad btrfs search result");
-    data.map(|d| Some(d.to_vec())).ok_or_else(bad)
+    let items = search(fd, BTRFS_QUOTA_TREE_OBJECTID, 0, item_type, offset, offset)?;
+    Ok(items.into_iter().next().map(|(_, data)| data))
 }
 
 /// Reads the flags of the quota status item; 0 when quotas are off.
@@ -350,22 +407,22 @@ pub fn quota_enable(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
     // Enabling starts a rescan; until it ends usage reads 0 and limits are loose.
     rescan_wait(fd)?;
-    if quota_status_flags(fd)? & BTRFS_QGROUP_STATUS_FLAG_INCONSISTENT != 0 {
-        let mut args = QuotaRescanArgs::default();
-        // SAFETY: `args` is a live, zeroed `btrfs_ioctl_quota_rescan_args`
-        // (size asserted) that BTRFS_IOC_QUOTA_RESCAN only reads.
-        match unsafe { ioctl(fd, BTRFS_IOC_QUOTA_RESCAN, &mut args) } {
-            Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => return Err(e),
-            _ => rescan_wait(fd)?,
-        }
-    }
-    Ok(())
+    rescan_if_inconsistent(fd)?;
+    rescan_wait(fd)
 }
 
-/// Sets (or with `None` removes) the referenced-bytes limit of qgroup 0/<id> of the subvolume `subvol`.
-pub fn qgroup_limit(subvol: BorrowedFd<'_>, max_referenced: Option<u64>) -> io::Result<()> {
+/// The quota group of the volume whose subvolume is `id`: qgroup 1/<id>, which holds the
+/// subvolume's own qgroup 0/<id> and those of every subvolume made below it. Subvolume
+/// creation needs no privilege and a new subvolume's qgroup 0/<new> belongs to no
+/// group, so a limit on 0/<id> alone would not bound what a pod stores in one.
+const fn volume_group(id: u64) -> u64 {
+    (1 << BTRFS_QGROUP_LEVEL_SHIFT) | id
+}
+
+/// Sets (`None`: removes) the referenced-bytes limit of qgroup `qgroupid`.
+fn set_limit(fd: BorrowedFd<'_>, qgroupid: u64, max_referenced: Option<u64>) -> io::Result<()> {
     let mut args = QgroupLimitArgs {
-        qgroupid: own_subvolume_id(subvol)?,
+        qgroupid,
         lim: QgroupLimit {
             flags: BTRFS_QGROUP_LIMIT_MAX_RFER,
             max_rfer: max_referenced.unwrap_or(BTRFS_QGROUP_CLEAR_VALUE),
@@ -374,35 +431,191 @@ pub fn qgroup_limit(subvol: BorrowedFd<'_>, max_referenced: Option<u64>) -> io::
     };
     // SAFETY: `args` is a live `btrfs_ioctl_qgroup_limit_args` (size asserted)
     // that BTRFS_IOC_QGROUP_LIMIT reads.
-    unsafe { ioctl(subvol, BTRFS_IOC_QGROUP_LIMIT, &mut args) }
+    unsafe { ioctl(fd, BTRFS_IOC_QGROUP_LIMIT, &mut args) }
 }
 
-/// Usage and limit of a subvolume's level-0 qgroup, in bytes.
+/// The referenced-bytes limit of qgroup `qgroupid`, if it has one.
+fn limit_of(fd: BorrowedFd<'_>, qgroupid: u64) -> io::Result<Option<u64>> {
+    // btrfs_qgroup_limit_item: flags, max_rfer, max_excl, rsv_rfer, rsv_excl.
+    match quota_tree_item(fd, BTRFS_QGROUP_LIMIT_KEY, qgroupid)? {
+        Some(lim) if read_u64_le(&lim, 0)? & BTRFS_QGROUP_LIMIT_MAX_RFER != 0 => Ok(Some(read_u64_le(&lim, 8)?)),
+        _ => Ok(None),
+    }
+}
+
+fn qgroup_exists(fd: BorrowedFd<'_>, qgroupid: u64) -> io::Result<bool> {
+    Ok(quota_tree_item(fd, BTRFS_QGROUP_INFO_KEY, qgroupid)?.is_some())
+}
+
+/// Creates (`create`) or removes qgroup `qgroupid`.
+fn qgroup_create(fd: BorrowedFd<'_>, qgroupid: u64, create: bool) -> io::Result<()> {
+    let mut args = QgroupCreateArgs { create: u64::from(create), qgroupid };
+    // SAFETY: `args` is a live `btrfs_ioctl_qgroup_create_args` (size asserted)
+    // that BTRFS_IOC_QGROUP_CREATE reads.
+    unsafe { ioctl(fd, BTRFS_IOC_QGROUP_CREATE, &mut args) }
+}
+
+/// Makes qgroup `member` a member of qgroup `group` (`assign`) or no longer one.
+fn qgroup_assign(fd: BorrowedFd<'_>, member: u64, group: u64, assign: bool) -> io::Result<()> {
+    let mut args = QgroupAssignArgs { assign: u64::from(assign), src: member, dst: group };
+    // SAFETY: `args` is a live `btrfs_ioctl_qgroup_assign_args` (size asserted)
+    // that BTRFS_IOC_QGROUP_ASSIGN reads. A positive return (accounting needs a
+    // rescan) is not an error; the status flags say so and the caller rescans.
+    unsafe { ioctl(fd, BTRFS_IOC_QGROUP_ASSIGN, &mut args) }
+}
+
+/// The qgroups that are members of qgroup `group` (relation items are stored both ways;
+/// the ones keyed by the group name its members).
+fn members(fd: BorrowedFd<'_>, group: u64) -> io::Result<Vec<u64>> {
+    let below = group & !((1 << BTRFS_QGROUP_LEVEL_SHIFT) - 1);
+    let items = search(fd, BTRFS_QUOTA_TREE_OBJECTID, group, BTRFS_QGROUP_RELATION_KEY, 0, below.saturating_sub(1))?;
+    Ok(items.into_iter().map(|(member, _)| member).collect())
+}
+
+/// The IDs of the subvolumes below subvolume `id` (its children, theirs, and so on),
+/// from the root tree's back references: no directory is read, so none can hide one.
+fn subvolumes_below(fd: BorrowedFd<'_>, id: u64) -> io::Result<Vec<u64>> {
+    let mut found = Vec::new();
+    let mut pending = vec![id];
+    while let Some(parent) = pending.pop() {
+        for (child, _) in search(fd, BTRFS_ROOT_TREE_OBJECTID, parent, BTRFS_ROOT_REF_KEY, 0, u64::MAX)? {
+            found.push(child);
+            pending.push(child);
+        }
+    }
+    Ok(found)
+}
+
+/// Starts a qgroup rescan if the accounting is marked inconsistent (as assigning a
+/// qgroup that shares extents leaves it); limits tighten again as it proceeds.
+fn rescan_if_inconsistent(fd: BorrowedFd<'_>) -> io::Result<()> {
+    if quota_status_flags(fd)? & BTRFS_QGROUP_STATUS_FLAG_INCONSISTENT == 0 {
+        return Ok(());
+    }
+    let mut args = QuotaRescanArgs::default();
+    // SAFETY: `args` is a live, zeroed `btrfs_ioctl_quota_rescan_args`
+    // (size asserted) that BTRFS_IOC_QUOTA_RESCAN only reads.
+    match unsafe { ioctl(fd, BTRFS_IOC_QUOTA_RESCAN, &mut args) } {
+        Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Adds to the volume group of subvolume `id` every subvolume below it (and the
+/// subvolume itself) that is not a member yet; returns the subvolume IDs it added.
+fn adopt(fd: BorrowedFd<'_>, id: u64) -> io::Result<Vec<u64>> {
+    let group = volume_group(id);
+    let current = members(fd, group)?;
+    let mut added = Vec::new();
+    for sub in std::iter::once(id).chain(subvolumes_below(fd, id)?) {
+        if current.contains(&sub) {
+            continue;
+        }
+        match qgroup_assign(fd, sub, group, true) {
+            Ok(()) => added.push(sub),
+            // Deleted since it was listed, or assigned by a concurrent call.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EEXIST)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !added.is_empty() {
+        rescan_if_inconsistent(fd)?;
+    }
+    Ok(added)
+}
+
+/// Sets (or with `None` removes) the size limit of the volume whose subvolume is
+/// `subvol`: the referenced-bytes limit of its volume group (see [`volume_group`]),
+/// made first with every subvolume below as a member. A limit an earlier berth set on
+/// the subvolume's own qgroup is moved there.
+pub fn qgroup_limit(subvol: BorrowedFd<'_>, max_referenced: Option<u64>) -> io::Result<()> {
+    let id = own_subvolume_id(subvol)?;
+    let group = volume_group(id);
+    if !qgroup_exists(subvol, group)? {
+        match qgroup_create(subvol, group, true) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+            _ => {}
+        }
+    }
+    adopt(subvol, id)?;
+    set_limit(subvol, group, max_referenced)?;
+    if limit_of(subvol, id)?.is_some() {
+        set_limit(subvol, id, None)?;
+    }
+    Ok(())
+}
+
+/// Makes every subvolume below the volume subvolume `subvol` count toward its limit;
+/// returns the IDs of those that did not yet. A volume limited the way an earlier berth
+/// did it (on its own qgroup only) gets its volume group now; one without a limit is
+/// left alone.
+pub fn qgroup_adopt(subvol: BorrowedFd<'_>) -> io::Result<Vec<u64>> {
+    let id = own_subvolume_id(subvol)?;
+    if qgroup_exists(subvol, volume_group(id))? {
+        return adopt(subvol, id);
+    }
+    match limit_of(subvol, id)? {
+        Some(max) => {
+            qgroup_limit(subvol, Some(max))?;
+            Ok(subvolumes_below(subvol, id)?)
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Removes the volume group of the volume subvolume `subvol` (its members first: a
+/// group with members cannot be removed); idempotent. Call it before deleting the
+/// subvolume, so no group outlives its volume.
+pub fn qgroup_remove(subvol: BorrowedFd<'_>) -> io::Result<()> {
+    let id = own_subvolume_id(subvol)?;
+    let group = volume_group(id);
+    match qgroup_exists(subvol, group) {
+        Ok(true) => {}
+        // ENOENT: quotas are off, so there is no group.
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+        _ => return Ok(()),
+    }
+    for member in members(subvol, group)? {
+        match qgroup_assign(subvol, member, group, false) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+            _ => {}
+        }
+    }
+    match qgroup_create(subvol, group, false) {
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Usage and limit of a volume's qgroup, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QgroupUsage {
-    /// Bytes referenced by the subvolume, shared extents included.
+    /// Bytes referenced by the volume, shared extents included.
     pub referenced: u64,
-    /// Bytes referenced only by this subvolume (freed if it is deleted).
+    /// Bytes referenced only by the volume (freed if it is deleted).
     pub exclusive: u64,
     /// The referenced-bytes limit, if any.
     pub max_referenced: Option<u64>,
 }
 
-/// Reads qgroup 0/<id> of the subvolume `subvol` from the quota tree (needs CAP_SYS_ADMIN);
-/// the numbers are those of the last committed transaction, so call [`sync`] first.
+/// Reads the volume group of the subvolume `subvol` (or, for a volume without one, its
+/// own qgroup 0/<id>) from the quota tree (needs CAP_SYS_ADMIN); the numbers are those
+/// of the last committed transaction, so call [`sync`] first.
 pub fn qgroup_usage(subvol: BorrowedFd<'_>) -> io::Result<QgroupUsage> {
     let id = own_subvolume_id(subvol)?;
+    let group = volume_group(id);
     // ENOENT (kind NotFound) from the search means quotas are not enabled.
-    let info = quota_tree_item(subvol, BTRFS_QGROUP_INFO_KEY, id)?
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no btrfs qgroup 0/{id}")))?;
-    // btrfs_qgroup_limit_item: flags, max_rfer, max_excl, rsv_rfer, rsv_excl.
-    let max_referenced = match quota_tree_item(subvol, BTRFS_QGROUP_LIMIT_KEY, id)? {
-        Some(lim) if read_u64_le(&lim, 0)? & BTRFS_QGROUP_LIMIT_MAX_RFER != 0 => Some(read_u64_le(&lim, 8)?),
-        _ => None,
+    let (qgroupid, info) = match quota_tree_item(subvol, BTRFS_QGROUP_INFO_KEY, group)? {
+        Some(info) => (group, info),
+        None => (
+            id,
+            quota_tree_item(subvol, BTRFS_QGROUP_INFO_KEY, id)?
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no btrfs qgroup 0/{id}")))?,
+        ),
     };
     // btrfs_qgroup_info_item: generation, rfer, rfer_cmpr, excl, excl_cmpr.
     let (referenced, exclusive) = (read_u64_le(&info, 8)?, read_u64_le(&info, 24)?);
-    Ok(QgroupUsage { referenced, exclusive, max_referenced })
+    Ok(QgroupUsage { referenced, exclusive, max_referenced: limit_of(subvol, qgroupid)? })
 }
 
 /// Flushes delalloc and commits the current transaction of the filesystem of `fd`.
@@ -418,7 +631,7 @@ mod tests {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[test]
     fn ioctl_numbers_match_uapi() {
-        let expected: [(Req, u32); 12] = [
+        let expected: [(Req, u32); 14] = [
             (BTRFS_IOC_SYNC, 0x9408),
             (BTRFS_IOC_SUBVOL_CREATE, 0x5000_940e),
             (BTRFS_IOC_SNAP_DESTROY, 0x5000_940f),
@@ -428,6 +641,8 @@ mod tests {
             (BTRFS_IOC_SUBVOL_GETFLAGS, 0x8008_9419),
             (BTRFS_IOC_SUBVOL_SETFLAGS, 0x4008_941a),
             (BTRFS_IOC_QUOTA_CTL, 0xc010_9428),
+            (BTRFS_IOC_QGROUP_ASSIGN, 0x4018_9429),
+            (BTRFS_IOC_QGROUP_CREATE, 0x4010_942a),
             (BTRFS_IOC_QGROUP_LIMIT, 0x8030_942b),
             (BTRFS_IOC_QUOTA_RESCAN, 0x4040_942c),
             (BTRFS_IOC_QUOTA_RESCAN_WAIT, 0x942e),

@@ -20,6 +20,8 @@ pub enum Call {
     SubvolumeDelete { parent: PathBuf, name: String },
     QuotaEnable { path: PathBuf },
     QgroupLimit { subvol: PathBuf, max_bytes: Option<u64> },
+    QgroupAdopt { subvol: PathBuf },
+    QgroupRemove { subvol: PathBuf },
     SetProjectId { dir: PathBuf, project: u32 },
     SetProjectLimit { mount_point: PathBuf, project: u32, bytes: u64 },
     LoopAttach { image: PathBuf, tag: String, readonly: bool },
@@ -236,6 +238,14 @@ impl Syscall for RecordingSyscall {
 
     fn btrfs_qgroup_limit(&self, subvol: &Path, max_bytes: Option<u64>) -> io::Result<()> {
         self.record("btrfs_qgroup_limit", Call::QgroupLimit { subvol: subvol.into(), max_bytes })
+    }
+
+    fn btrfs_qgroup_adopt(&self, subvol: &Path) -> io::Result<Vec<u64>> {
+        self.record("btrfs_qgroup_adopt", Call::QgroupAdopt { subvol: subvol.into() }).map(|()| Vec::new())
+    }
+
+    fn btrfs_qgroup_remove(&self, subvol: &Path) -> io::Result<()> {
+        self.record("btrfs_qgroup_remove", Call::QgroupRemove { subvol: subvol.into() })
     }
 
     fn btrfs_qgroup_usage(&self, subvol: &Path) -> io::Result<QgroupUsage> {

@@ -111,6 +111,14 @@ impl Syscall for LinuxSyscall {
         btrfs::qgroup_limit(open_dir(subvol)?.as_fd(), max_bytes)
     }
 
+    fn btrfs_qgroup_adopt(&self, subvol: &Path) -> io::Result<Vec<u64>> {
+        btrfs::qgroup_adopt(open_dir(subvol)?.as_fd())
+    }
+
+    fn btrfs_qgroup_remove(&self, subvol: &Path) -> io::Result<()> {
+        btrfs::qgroup_remove(open_dir(subvol)?.as_fd())
+    }
+
     fn btrfs_qgroup_usage(&self, subvol: &Path) -> io::Result<QgroupUsage> {
         let dir = open_dir(subvol)?;
         btrfs::sync(dir.as_fd())?;

@@ -106,9 +106,15 @@ pub trait Syscall: Send + Sync {
     fn btrfs_quota_enabled(&self, path: &Path) -> io::Result<bool>;
     /// Enables qgroups on the filesystem holding `path`.
     fn btrfs_quota_enable(&self, path: &Path) -> io::Result<()>;
-    /// Sets (or with `None` clears) the referenced-bytes limit of a subvolume's qgroup.
+    /// Sets (or with `None` clears) the size limit of the volume whose subvolume is
+    /// `subvol`: a qgroup holding that subvolume and every subvolume below it.
     fn btrfs_qgroup_limit(&self, subvol: &Path, max_bytes: Option<u64>) -> io::Result<()>;
-    /// Usage and limit of a subvolume's qgroup, after syncing so numbers are current.
+    /// Makes the subvolumes made below the volume subvolume `subvol` since the last call
+    /// count toward its limit; returns their IDs.
+    fn btrfs_qgroup_adopt(&self, subvol: &Path) -> io::Result<Vec<u64>>;
+    /// Removes the quota group of the volume subvolume `subvol` (before it is deleted).
+    fn btrfs_qgroup_remove(&self, subvol: &Path) -> io::Result<()>;
+    /// Usage and limit of a volume subvolume's qgroup, after syncing so numbers are current.
     fn btrfs_qgroup_usage(&self, subvol: &Path) -> io::Result<QgroupUsage>;
     /// Whether project quotas are enforced on the filesystem mounted at `mount_point`.
     fn project_quota_state(&self, mount_point: &Path) -> io::Result<ProjectQuotaState>;
