@@ -97,16 +97,22 @@ struct Incoming {
     exhausted: bool,
 }
 
-/// An accepted connection, counted until it closes.
+/// An accepted connection, counted until it closes. What the client sends passes
+/// through [`crate::authority::Rewrite`], so clients that send the socket path as
+/// `:authority` are served too.
 struct Counted {
     stream: tokio::net::UnixStream,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    rewrite: crate::authority::Rewrite,
+    /// Rewritten bytes not yet read by the HTTP/2 server, from `ready_at` on.
+    ready: Vec<u8>,
+    ready_at: usize,
 }
 
 impl Counted {
     fn new(stream: tokio::net::UnixStream, permit: tokio::sync::OwnedSemaphorePermit) -> Counted {
         CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Counted { stream, _permit: permit }
+        Counted { stream, _permit: permit, rewrite: crate::authority::Rewrite::new(), ready: Vec::new(), ready_at: 0 }
     }
 }
 
@@ -172,7 +178,38 @@ impl tokio::io::AsyncRead for Counted {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if this.ready_at < this.ready.len() {
+                let n = buf.remaining().min(this.ready.len() - this.ready_at);
+                buf.put_slice(&this.ready[this.ready_at..this.ready_at + n]);
+                this.ready_at += n;
+                return Poll::Ready(Ok(()));
+            }
+            this.ready.clear();
+            this.ready_at = 0;
+            if this.rewrite.passes_through() {
+                return std::pin::Pin::new(&mut this.stream).poll_read(cx, buf);
+            }
+            let mut chunk = [0u8; 8192];
+            let mut read = tokio::io::ReadBuf::new(&mut chunk);
+            match std::pin::Pin::new(&mut this.stream).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    this.rewrite
+                        .feed(read.filled(), &mut this.ready)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    if let Some(authority) = this.rewrite.take_replaced() {
+                        tracing::debug!(
+                            authority,
+                            "client sent an :authority HTTP/2 does not allow (a socket path); serving it as localhost"
+                        );
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 }
 
