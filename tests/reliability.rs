@@ -622,3 +622,84 @@ async fn a_start_that_finishes_interrupted_work_serves_probe_at_once() {
     assert_eq!(std::fs::read_dir(pool.join("volumes").join(clone_key)).expect("ls").count(), 60);
     b.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_slow_volume_stats_leaves_the_workers_to_other_calls() {
+    let test = "a_flood_of_slow_volume_stats_leaves_the_workers_to_other_calls";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let mut b =
+        Berth::start(scratch.path(), &pool_config(scratch.path()), "node-a", &["--metrics-address", "127.0.0.1:0"])
+            .await;
+    // Every walk of a volume's tree takes 8 s, as a pod's million files would make it.
+    b.env.push(("BERTH_FAILPOINTS".into(), "hostpath.walk=sleep(8000)".into()));
+    b.restart().await;
+    let id = b.controller.create_volume(create_req("pvc-walked", 8 * MIB)).await.expect("create").into_inner();
+    let id = id.volume.expect("volume").volume_id;
+    let (staging, target) = (scratch.path().join("staging"), scratch.path().join("pod/mount"));
+    fs::create_dir_all(scratch.path().join("pod")).expect("mkdir");
+    b.node.node_stage_volume(stage_req(&id, &staging)).await.expect("stage");
+    b.node.node_publish_volume(publish_req(&id, &staging, &target, false)).await.expect("publish");
+
+    // 70 stats calls over three connections (each allows 32 streams), more than the 64 workers.
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut calls = Vec::new();
+    for i in 0..70 {
+        if i % 30 == 0 {
+            let channel = connect(&b.socket).await.expect("connect");
+            calls.push((berth::csi::pb::node_client::NodeClient::new(channel), None));
+        }
+        let (client, _) = calls.last().expect("client");
+        let mut node = client.clone();
+        let request = pb::NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: target.display().to_string(),
+            staging_target_path: String::new(),
+        };
+        let answered = Arc::clone(&answered);
+        let call = tokio::spawn(async move {
+            let result = node.node_get_volume_stats(request).await;
+            answered.fetch_add(1, Ordering::SeqCst);
+            result
+        });
+        calls.push((client.clone(), Some(call)));
+    }
+    // The first call walks (8 s); all but berth_rpc_slow_max of the rest wait for a turn
+    // without a worker. A moment for the calls to arrive (the walk lasts much longer).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Meanwhile an unrelated call gets a worker at once: it is answered before any stats call.
+    b.controller.create_volume(create_req("pvc-other", 8 * MIB)).await.expect("create while stats wait");
+    b.node
+        .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .expect("unpublish while stats wait");
+    assert_eq!(answered.load(Ordering::SeqCst), 0, "the other calls did not wait for the walk");
+
+    for (_, call) in calls {
+        if let Some(call) = call {
+            // The volume was unpublished meanwhile: each stats call answers, OK or NOT_FOUND.
+            let result = call.await.expect("join");
+            assert!(result.as_ref().map_or_else(|s| s.code() == Code::NotFound, |_| true), "{result:?}");
+        }
+    }
+    let metrics = b.metrics_address();
+    let gauge = |name: &str| {
+        let (_, body) = http_get(&metrics, "/metrics");
+        body.lines().find_map(|l| l.strip_prefix(&format!("{name} ")).map(|v| v.trim().to_string()))
+    };
+    assert_eq!(gauge("berth_rpc_slow_max").as_deref(), Some("4"));
+    assert_eq!(gauge("berth_rpc_slow_waiting").as_deref(), Some("0"));
+    b.node
+        .node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: id,
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .expect("unstage");
+    b.stop();
+}

@@ -126,6 +126,7 @@ impl HostPath {
         if let Some(usage) = cached() {
             return Ok(usage);
         }
+        super::failpoint("hostpath.walk", dir)?;
         let usage = tree::usage(dir).map_err(Error::io("measure", dir))?;
         let mut cache = self.usage_cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.insert(dir.to_path_buf(), (Instant::now(), usage.clone()));

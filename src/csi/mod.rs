@@ -116,6 +116,37 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, Status> + Send + 'static,
 {
+    run_as(method, fields, Work::Quick, work).await
+}
+
+/// Like [`run`] for calls whose work can take as long as a pod makes it (volume stats walk
+/// the volume's tree where the filesystem keeps no count): at most [`MAX_SLOW`] run at
+/// once, and the rest wait for a turn before they take a worker, so a flood of them
+/// never keeps a worker from other calls.
+pub async fn run_slow<T, F>(method: &'static str, fields: impl Into<Fields>, work: F) -> Result<Response<T>, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+{
+    run_as(method, fields, Work::Slow, work).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Work {
+    Quick,
+    Slow,
+}
+
+async fn run_as<T, F>(
+    method: &'static str,
+    fields: impl Into<Fields>,
+    class: Work,
+    work: F,
+) -> Result<Response<T>, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+{
     use tracing::field::Empty;
     let fields = fields.into();
     let in_flight = InFlight::enter();
@@ -136,12 +167,21 @@ where
     }
     let start = Instant::now();
     let inner = span.clone();
+    let slow = match class {
+        Work::Quick => None,
+        Work::Slow => {
+            SLOW_WAITING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let turn = SLOW.acquire().await;
+            SLOW_WAITING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            Some(turn.map_err(|_| Status::unavailable("berth is shutting down"))?)
+        }
+    };
     // At most WORKERS calls run at once; the rest wait here as small futures, so a flood
     // of calls costs memory for requests, not a thread and a reply each.
     let permit = WORKERS.acquire().await.map_err(|_| Status::unavailable("berth is shutting down"))?;
     let result = tokio::task::spawn_blocking(move || {
         // Held by the work itself: a caller that stops waiting does not end it.
-        let (_permit, _in_flight) = (permit, in_flight);
+        let (_permit, _slow, _in_flight) = (permit, slow, in_flight);
         inner.in_scope(work)
     })
     .instrument(span.clone())
@@ -162,6 +202,12 @@ where
 /// How many RPCs do their (blocking) work at once.
 pub const MAX_WORKERS: usize = 64;
 static WORKERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_WORKERS);
+
+/// How many slow calls (see [`run_slow`]) do their work at once.
+pub const MAX_SLOW: usize = 4;
+static SLOW: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_SLOW);
+/// Slow calls waiting for their turn.
+pub static SLOW_WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// How many calls one client connection may have open at once (HTTP/2 streams).
 pub const MAX_STREAMS: u32 = 32;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::pb::{self, node_service_capability as nsc};
-use super::{Describe, Shared, answer, capability, check_secrets, id, map, request_bytes, run, wire_bytes};
+use super::{Describe, Shared, answer, capability, check_secrets, id, map, request_bytes, run, run_slow, wire_bytes};
 use crate::engine::{NodePublish, NodeStage, TOPOLOGY_KEY};
 
 /// Checks the volume_path of stats and expansion: missing or with control characters is
@@ -137,7 +137,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodeGetVolumeStats", req.fields().node(&engine.node_id), move || {
+        run_slow("NodeGetVolumeStats", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let volume_path = volume_path(&req.volume_path)?;
             let (usage, condition) = engine.node_stats(&req.volume_id, &volume_path)?;

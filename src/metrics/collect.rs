@@ -44,6 +44,14 @@ impl Collector {
         w.sample("berth_ready", &[], if crate::csi::ready() { 1.0 } else { 0.0 });
         w.family("berth_rpc_in_flight", Kind::Gauge, "CSI calls being served right now.");
         w.sample("berth_rpc_in_flight", &[], crate::csi::IN_FLIGHT.load(Ordering::SeqCst) as f64);
+        w.family(
+            "berth_rpc_slow_waiting",
+            Kind::Gauge,
+            "Slow CSI calls (volume stats) waiting for one of the turns berth_rpc_slow_max allows.",
+        );
+        w.sample("berth_rpc_slow_waiting", &[], crate::csi::SLOW_WAITING.load(Ordering::SeqCst) as f64);
+        w.family("berth_rpc_slow_max", Kind::Gauge, "How many slow CSI calls do their work at once.");
+        w.sample("berth_rpc_slow_max", &[], crate::csi::MAX_SLOW as f64);
         w.family("berth_connections", Kind::Gauge, "Client connections to the CSI socket open now.");
         w.sample("berth_connections", &[], crate::server::CONNECTIONS.load(Ordering::SeqCst) as f64);
         w.family("berth_connections_max", Kind::Gauge, "Client connections the CSI socket serves at once.");

@@ -379,12 +379,13 @@ pub fn strip_ansi(text: &str) -> String {
 }
 
 impl Berth {
-    /// The address berth logged for its metrics server (`--metrics-address HOST:0`).
+    /// The address berth last logged for its metrics server (`--metrics-address HOST:0`).
     pub fn metrics_address(&self) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let logs = strip_ansi(&self.logs());
-            let found = logs.lines().filter(|l| l.contains("serving metrics")).find_map(|l| {
+            // The last one: a restarted berth serves on a new port.
+            let found = logs.lines().rev().filter(|l| l.contains("serving metrics")).find_map(|l| {
                 let rest = l.split("address").nth(1)?;
                 let rest = rest.trim_start_matches(['=', '"', ':', ' ']);
                 Some(rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect::<String>())
