@@ -960,6 +960,53 @@ async fn subvolumes_a_pod_makes_inside_its_volume_are_limited_counted_refused_fo
 }
 
 #[tokio::test]
+async fn btrfs_volume_stats_come_from_the_quota_group_without_a_walk() {
+    let test = "btrfs_volume_stats_come_from_the_quota_group_without_a_walk";
+    if !require_root(test) {
+        return;
+    }
+    if !have("btrfs") {
+        println!("SKIPPED: {test}: btrfs-progs is not installed");
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(fs_img) = FsImage::new(&scratch, test, "btrfs", "1G") else { return };
+    let pool = fs_img.mount.join("pool");
+    let mut b =
+        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "required"), "node-a", &[])
+            .await;
+    // Any walk of a volume's tree fails: stats must not need one.
+    b.env.push(("BERTH_FAILPOINTS".into(), "hostpath.walk=error".into()));
+    b.restart().await;
+    let vol = b.controller.create_volume(create_req("pvc-counted", 64 * MIB)).await.expect("create");
+    let id = vol.into_inner().volume.expect("volume").volume_id;
+    let p = stage_and_publish(&mut b, scratch.path(), &id, "c", false).await;
+    for i in 0..1000 {
+        fs::write(p.target.join(format!("f{i}")), b"x").expect("write");
+    }
+    write_bytes(&p.target.join("data"), 12 << 20).expect("write");
+    // btrfs counts a volume's bytes at each transaction commit; `sync` makes one now.
+    sh("sync", &[]);
+    let stats = b
+        .node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: p.target.display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .expect("stats without a walk")
+        .into_inner();
+    let bytes = &stats.usage[0];
+    assert!(bytes.used >= 12 * MIB && bytes.used < 16 * MIB, "{bytes:?}");
+    assert_eq!(bytes.total, 64 * MIB);
+    assert_eq!(stats.usage.len(), 1, "btrfs keeps no inode count per volume: none is reported");
+    unpublish_and_unstage(&mut b, &id, &p).await;
+    b.controller.delete_volume(pb::DeleteVolumeRequest { volume_id: id, ..Default::default() }).await.expect("delete");
+    b.stop();
+}
+
+#[tokio::test]
 async fn a_reflink_snapshot_of_a_sparse_file_reports_what_a_restore_needs() {
     let test = "a_reflink_snapshot_of_a_sparse_file_reports_what_a_restore_needs";
     if !require_root(test) {

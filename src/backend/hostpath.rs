@@ -518,29 +518,35 @@ impl Backend for HostPath {
     fn usage(&self, volume: &VolumeRecord, _volume_path: &Path) -> Result<Usage> {
         let dir = self.volume_dir(&volume.key);
         let fs_stat = self.sys.statfs(&dir).map_err(Error::io("statfs", &dir))?;
-        let walked = self.walk_usage(&dir)?;
-        let (total, used) = match (volume.enforced, &self.mode) {
+        // Where the filesystem keeps the count it is read, never walked: a pod's million
+        // files cost nothing. Only plain directories are walked.
+        let (total, used, inodes) = match (volume.enforced, &self.mode) {
             (Enforced::BtrfsQgroup, _) => {
                 adopt_nested(self.sys.as_ref(), &self.name, &dir);
+                // As of the last committed transaction (btrfs commits every 30 s by
+                // default); no filesystem-wide sync per call. btrfs allocates inodes as it
+                // goes and counts none per subvolume: no inode usage is reported.
                 let q = self.sys.btrfs_qgroup_usage(&dir).map_err(Error::io("read qgroup usage", &dir))?;
-                // The quota group counts subvolumes made inside once adopted; the walk
-                // counts them always (and reads a usage not yet committed).
-                (q.max_referenced.unwrap_or(volume.capacity), q.referenced.max(walked.bytes))
+                (q.max_referenced.unwrap_or(volume.capacity), q.referenced, None)
             }
             (Enforced::ProjectQuota, Mode::Project { mount_point }) => {
                 let project = volume.project_id.unwrap_or_default();
                 let p = self.sys.project_usage(mount_point, project).map_err(Error::io("read project quota", &dir))?;
-                (if p.hard_limit_bytes > 0 { p.hard_limit_bytes } else { volume.capacity }, p.used_bytes)
+                let total = if p.hard_limit_bytes > 0 { p.hard_limit_bytes } else { volume.capacity };
+                (total, p.used_bytes, Some(p.used_inodes))
             }
-            _ => (volume.capacity, walked.bytes),
+            _ => {
+                let walked = self.walk_usage(&dir)?;
+                (volume.capacity, walked.bytes, Some(walked.inodes))
+            }
         };
         let available = total.saturating_sub(used).min(fs_stat.available_bytes);
         Ok(Usage {
             total_bytes: total,
             used_bytes: used,
             available_bytes: available,
-            used_inodes: Some(walked.inodes),
-            total_inodes: (fs_stat.total_inodes > 0).then_some(walked.inodes + fs_stat.free_inodes),
+            used_inodes: inodes,
+            total_inodes: inodes.filter(|_| fs_stat.total_inodes > 0).map(|used| used + fs_stat.free_inodes),
         })
     }
 

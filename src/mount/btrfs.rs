@@ -520,6 +520,9 @@ fn adopt(fd: BorrowedFd<'_>, id: u64) -> io::Result<Vec<u64>> {
     }
     if !added.is_empty() {
         rescan_if_inconsistent(fd)?;
+        // Usage is read from the quota tree as last committed: commit now, so the data
+        // of the subvolumes just added shows in the volume's usage at once.
+        sync(fd)?;
     }
     Ok(added)
 }
@@ -600,7 +603,7 @@ pub struct QgroupUsage {
 
 /// Reads the volume group of the subvolume `subvol` (or, for a volume without one, its
 /// own qgroup 0/<id>) from the quota tree (needs CAP_SYS_ADMIN); the numbers are those
-/// of the last committed transaction, so call [`sync`] first.
+/// of the last committed transaction ([`sync`] commits one).
 pub fn qgroup_usage(subvol: BorrowedFd<'_>) -> io::Result<QgroupUsage> {
     let id = own_subvolume_id(subvol)?;
     let group = volume_group(id);

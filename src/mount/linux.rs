@@ -120,9 +120,7 @@ impl Syscall for LinuxSyscall {
     }
 
     fn btrfs_qgroup_usage(&self, subvol: &Path) -> io::Result<QgroupUsage> {
-        let dir = open_dir(subvol)?;
-        btrfs::sync(dir.as_fd())?;
-        btrfs::qgroup_usage(dir.as_fd())
+        btrfs::qgroup_usage(open_dir(subvol)?.as_fd())
     }
 
     fn project_quota_state(&self, mount_point: &Path) -> io::Result<ProjectQuotaState> {

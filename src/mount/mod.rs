@@ -114,7 +114,7 @@ pub trait Syscall: Send + Sync {
     fn btrfs_qgroup_adopt(&self, subvol: &Path) -> io::Result<Vec<u64>>;
     /// Removes the quota group of the volume subvolume `subvol` (before it is deleted).
     fn btrfs_qgroup_remove(&self, subvol: &Path) -> io::Result<()>;
-    /// Usage and limit of a volume subvolume's qgroup, after syncing so numbers are current.
+    /// Usage and limit of a volume subvolume's qgroup, as of the last committed transaction.
     fn btrfs_qgroup_usage(&self, subvol: &Path) -> io::Result<QgroupUsage>;
     /// Whether project quotas are enforced on the filesystem mounted at `mount_point`.
     fn project_quota_state(&self, mount_point: &Path) -> io::Result<ProjectQuotaState>;
