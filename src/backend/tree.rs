@@ -139,18 +139,70 @@ fn open_regular(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<(File, St
     let fl = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
     Ok(Some((File::from(noatime(fl, |fl| open(proc.as_str(), fl, Mode::empty()))?), st)))
 }
-fn read_entries(dir: BorrowedFd<'_>) -> io::Result<Vec<CString>> {
-    // A dup shares the O_NOATIME description; its offset is irrelevant to the *at calls.
-    let mut d = nix::dir::Dir::from_fd(dir.try_clone_to_owned()?)?;
-    let mut names = Vec::new();
-    for e in d.iter() {
-        let n = e?.file_name().to_owned();
-        if n.as_bytes() != b"." && n.as_bytes() != b".." {
-            names.push(n);
+/// Bytes of directory entries read per getdents64 call; at most [`MAX_OPEN`] levels hold
+/// a buffer, so a walk's memory does not grow with directory sizes.
+const ENTRY_BUFFER: usize = 16 << 10;
+
+/// A directory's names, read a batch at a time from its descriptor. The position is the
+/// kernel's offset cookie of the last name handed out, so a level whose descriptor was
+/// closed (see [`Stack::push`]) and reopened through `..` resumes where it stopped.
+#[derive(Default)]
+struct Entries {
+    buf: Vec<u8>,
+    at: usize,
+    len: usize,
+    /// Where to seek before the next read: after the last name handed out.
+    resume: i64,
+    done: bool,
+}
+
+impl Entries {
+    /// The next name other than `.` and `..`, reading `dir` when the buffer is used up.
+    fn next(&mut self, dir: BorrowedFd<'_>) -> io::Result<Option<CString>> {
+        loop {
+            if self.at < self.len {
+                let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad getdents64 record");
+                // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name.
+                let record = self.buf.get(self.at..self.len).ok_or_else(bad)?;
+                let off = i64::from_ne_bytes(record.get(8..16).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+                let reclen =
+                    usize::from(u16::from_ne_bytes(record.get(16..18).ok_or_else(bad)?.try_into().map_err(|_| bad())?));
+                let name = record.get(19..reclen).ok_or_else(bad)?;
+                let name = CStr::from_bytes_until_nul(name).map_err(|_| bad())?;
+                self.at += reclen;
+                self.resume = off;
+                if name.to_bytes() != b"." && name.to_bytes() != b".." {
+                    return Ok(Some(name.to_owned()));
+                }
+                continue;
+            }
+            if self.done {
+                return Ok(None);
+            }
+            if self.buf.is_empty() {
+                self.buf = vec![0; ENTRY_BUFFER];
+            }
+            lseek(dir, self.resume, Whence::SeekSet)?;
+            // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`, which is
+            // live and exclusively borrowed for the call; `dir` is an open descriptor.
+            let n =
+                unsafe { libc::syscall(libc::SYS_getdents64, dir.as_raw_fd(), self.buf.as_mut_ptr(), self.buf.len()) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            (self.at, self.len) = (0, n as usize);
+            self.done = n == 0;
         }
     }
-    Ok(names)
+
+    /// Frees the buffer of a level whose descriptor is closed; names not yet handed out
+    /// are read again from [`Entries::resume`] when the level is reopened.
+    fn suspend(&mut self) {
+        self.buf = Vec::new();
+        (self.at, self.len) = (0, 0);
+    }
 }
+
 /// Validates a single path component.
 fn component(s: &str) -> io::Result<CString> {
     if s.is_empty() || s == "." || s == ".." || s.contains(['/', '\0']) {
@@ -164,7 +216,7 @@ struct Level {
     fd: Option<OwnedFd>,
     st: St,
     name: CString,
-    entries: Vec<CString>,
+    entries: Entries,
 }
 
 /// Stack of directories being walked; only the top [`MAX_OPEN`] levels hold an fd.
@@ -172,18 +224,24 @@ struct Level {
 struct Stack(Vec<Level>);
 
 impl Stack {
-    fn push(&mut self, fd: OwnedFd, st: St, name: CString, entries: Vec<CString>) {
+    fn push(&mut self, fd: OwnedFd, st: St, name: CString) {
         if let Some(old) = self.0.len().checked_sub(MAX_OPEN) {
             self.0[old].fd = None;
+            self.0[old].entries.suspend();
         }
-        self.0.push(Level { fd: Some(fd), st, name, entries });
+        self.0.push(Level { fd: Some(fd), st, name, entries: Entries::default() });
     }
     fn fd(&self) -> io::Result<BorrowedFd<'_>> {
         let fd = self.0.last().and_then(|l| l.fd.as_ref());
         fd.map(|f| f.as_fd()).ok_or_else(|| io::Error::other("walk level not open"))
     }
-    fn next_entry(&mut self) -> Option<CString> {
-        self.0.last_mut().and_then(|l| l.entries.pop())
+    /// The top level's next name; `None` when it has no more (or the stack is empty).
+    fn next_entry(&mut self) -> io::Result<Option<CString>> {
+        match self.0.last_mut() {
+            Some(Level { fd: Some(fd), entries, .. }) => entries.next(fd.as_fd()),
+            Some(_) => Err(io::Error::other("walk level not open")),
+            None => Ok(None),
+        }
     }
     /// Pops the top level (always open); reopens the new top through `..` if it was closed.
     fn pop(&mut self) -> io::Result<(OwnedFd, Level)> {
@@ -384,20 +442,18 @@ struct Copier<'a> {
 impl Copier<'_> {
     fn run(&mut self, src: OwnedFd, dst: OwnedFd) -> io::Result<()> {
         let (mut s, mut d) = (Stack::default(), Stack::default());
-        let entries = read_entries(src.as_fd())?;
-        s.push(src, self.root, CString::default(), entries);
-        d.push(dst, self.dst_root.1, CString::default(), Vec::new());
+        s.push(src, self.root, CString::default());
+        d.push(dst, self.dst_root.1, CString::default());
         self.stats.dirs = 1;
         while !s.0.is_empty() {
-            let Some(name) = s.next_entry() else {
+            let Some(name) = s.next_entry()? else {
                 let ((sfd, lv), (dfd, _)) = (s.pop()?, d.pop()?);
                 meta_fd(sfd.as_fd(), dfd.as_fd(), &lv.st)?; // after the directory's content
                 continue;
             };
             if let Some((sfd, sst, dfd, dst)) = self.entry(s.fd()?, d.fd()?, &name, &d)? {
-                let entries = read_entries(sfd.as_fd())?;
-                s.push(sfd, sst, name.clone(), entries);
-                d.push(dfd, dst, name, Vec::new());
+                s.push(sfd, sst, name.clone());
+                d.push(dfd, dst, name);
             }
         }
         Ok(())
@@ -597,11 +653,10 @@ fn remove_at(parent: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
         return Err(busy(format!("{name:?} is a mount point")));
     }
     let mut s = Stack::default();
-    let entries = read_entries(root.as_fd())?;
-    s.push(root, rst, name.to_owned(), entries);
+    s.push(root, rst, name.to_owned());
     let mut mounts = 0u64;
     while !s.0.is_empty() {
-        let Some(n) = s.next_entry() else {
+        let Some(n) = s.next_entry()? else {
             let (_, lv) = s.pop()?;
             let dir = if s.0.is_empty() { parent } else { s.fd()? };
             match unlinkat(dir, lv.name.as_c_str(), UnlinkatFlags::RemoveDir) {
@@ -623,8 +678,7 @@ fn remove_at(parent: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
                 if foreign(&st, &rst) {
                     mounts += 1;
                 } else {
-                    let entries = read_entries(fd.as_fd())?;
-                    s.push(fd, st, n, entries);
+                    s.push(fd, st, n);
                 }
             }
             Err(e) => return Err(e.into()),
@@ -648,10 +702,9 @@ pub fn usage(dir: &Path) -> io::Result<Usage> {
     };
     add(&rst);
     let (mut seen, mut s) = (HashSet::new(), Stack::default());
-    let entries = read_entries(root.as_fd())?;
-    s.push(root, rst, CString::default(), entries);
+    s.push(root, rst, CString::default());
     while !s.0.is_empty() {
-        let Some(n) = s.next_entry() else {
+        let Some(n) = s.next_entry()? else {
             s.pop()?;
             continue;
         };
@@ -669,8 +722,7 @@ pub fn usage(dir: &Path) -> io::Result<Usage> {
             let st = fstat(fd.as_fd())?;
             if !other_mount(&st, &rst) {
                 add(&st);
-                let entries = read_entries(fd.as_fd())?;
-                s.push(fd, st, n, entries);
+                s.push(fd, st, n);
             }
         }
     }
@@ -842,6 +894,33 @@ mod tests {
     }
 
     #[test]
+    fn big_directories_are_streamed_and_resumed_after_their_descriptor_was_closed() {
+        // The root holds 3,000 files (several getdents batches) around a chain of
+        // directories deeper than MAX_OPEN, so the root's descriptor is closed mid-walk
+        // and every walk must resume the root's listing where it stopped.
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        fs::create_dir(&root).unwrap();
+        for i in 0..1500 {
+            fs::write(root.join(format!("a-file-with-a-longish-name-{i:05}")), b"x").unwrap();
+        }
+        let chain: PathBuf = (0..MAX_OPEN + 8).map(|i| format!("d{i}")).collect();
+        fs::create_dir_all(root.join(&chain)).unwrap();
+        fs::write(root.join(&chain).join("deepest"), b"y").unwrap();
+        for i in 1500..3000 {
+            fs::write(root.join(format!("a-file-with-a-longish-name-{i:05}")), b"x").unwrap();
+        }
+        let inodes = 1 + 3000 + (MAX_OPEN as u64 + 8) + 1;
+        assert_eq!(usage(&root).unwrap().inodes, inodes);
+        copy(&root, t.path(), "copy", Reflink::Never);
+        assert_eq!(usage(&t.path().join("copy")).unwrap().inodes, inodes);
+        assert_eq!(fs::read(t.path().join("copy").join(&chain).join("deepest")).unwrap(), b"y");
+        assert_eq!(fs::read_dir(t.path().join("copy")).unwrap().count(), 3001);
+        remove_tree(t.path(), "copy").unwrap();
+        assert!(!t.path().join("copy").exists());
+    }
+
+    #[test]
     fn walk_detects_directory_moved_out_of_tree() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("root");
@@ -850,11 +929,11 @@ mod tests {
         let mut s = Stack::default();
         let fd = open(&root, DIR, Mode::empty()).unwrap();
         let st = fstat(fd.as_fd()).unwrap();
-        s.push(fd, st, CString::default(), Vec::new());
+        s.push(fd, st, CString::default());
         for i in 0..40 {
             let fd = open_dir(s.fd().unwrap(), &CString::new(format!("l{i}")).unwrap()).unwrap();
             let st = fstat(fd.as_fd()).unwrap();
-            s.push(fd, st, CString::default(), Vec::new());
+            s.push(fd, st, CString::default());
         }
         assert!(s.0[2].fd.is_none() && s.0[40].fd.is_some());
         fs::rename(root.join("l0/l1/l2"), t.path().join("elsewhere/l2")).unwrap();
