@@ -720,44 +720,67 @@ async fn a_full_state_disk_stops_no_change_and_least_of_all_deletes() {
 }
 
 #[tokio::test]
-async fn a_flood_of_idle_connections_is_capped_and_shown_in_the_metrics() {
+async fn a_flood_of_idle_connections_is_capped_and_the_idlest_make_room_for_new_clients() {
+    let test = "a_flood_of_idle_connections_is_capped_and_the_idlest_make_room_for_new_clients";
+    if !require_root(test) {
+        return;
+    }
     let scratch = Scratch::new();
     let pool = scratch.path().join("pool");
     let config = hostpath_config(&scratch.path().join("state"), &pool, "none");
     let mut b = Berth::start(scratch.path(), &config, "node-a", &["--metrics-address", "127.0.0.1:0"]).await;
+    // Every volume creation takes 8 s: a call that stays in flight through the flood.
+    b.env.push(("BERTH_FAILPOINTS".into(), "hostpath.create=sleep(8000)".into()));
+    b.restart().await;
     let address = b.metrics_address();
-    let max = berth::server::MAX_CONNECTIONS;
-    // Idle clients that connect and never speak.
-    let idle: Vec<std::os::unix::net::UnixStream> =
-        (0..max + 40).map(|_| std::os::unix::net::UnixStream::connect(&b.socket).expect("connect")).collect();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let gauge = |name: &str| {
         let (_, samples) = scrape(&address);
         find(&samples, name, &[]).unwrap_or(-1.0)
     };
-    while gauge("berth_connections_refused_total") < 40.0 {
+    let mut busy = b.controller.clone();
+    let in_flight = tokio::spawn(async move { busy.create_volume(create_req("pvc-busy", 1 << 20)).await });
+    // A moment for the call to reach berth before the flood.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let max = berth::server::MAX_CONNECTIONS;
+    // Idle clients that connect and never speak, more than the socket serves at once.
+    let mut idle: Vec<std::os::unix::net::UnixStream> =
+        (0..max + 40).map(|_| std::os::unix::net::UnixStream::connect(&b.socket).expect("connect")).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gauge("berth_connections_refused_total") + gauge("berth_connections_evicted_total") < 40.0 {
         assert!(std::time::Instant::now() < deadline, "the connections beyond the maximum were not closed");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(gauge("berth_connections_max"), max as f64);
-    // The gRPC client of the test holds one connection too.
-    assert!(gauge("berth_connections") <= max as f64);
     let fds = fs::read_dir(format!("/proc/{}/fd", b.pid().expect("pid"))).expect("fds").count();
     assert!(fds < max + 64, "{fds} descriptors open for {} connections attempted", max + 40);
+
+    // While the flood still holds its connections, a new client is served: the connection
+    // idle longest makes room (a connection counts as idle after a second without a call).
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (evicted, refused) = (gauge("berth_connections_evicted_total"), gauge("berth_connections_refused_total"));
+    for _ in 0..3 {
+        let channel = common::connect(&b.socket).await.expect("connect while the socket is full");
+        let probe = berth::csi::pb::identity_client::IdentityClient::new(channel)
+            .probe(pb::ProbeRequest {})
+            .await
+            .expect("a new client is served while idle connections fill the socket");
+        assert_eq!(probe.into_inner().ready, Some(true));
+    }
+    assert!(
+        gauge("berth_connections_evicted_total") >= evicted + 1.0
+            && gauge("berth_connections_refused_total") == refused,
+        "the new clients took idle connections' places: evicted {evicted} then {}; refused {refused} then {}",
+        gauge("berth_connections_evicted_total"),
+        gauge("berth_connections_refused_total"),
+    );
+    // The evicted ones are the flood's: berth closed them (a read sees end of stream).
+    idle.iter_mut().for_each(|s| s.set_nonblocking(true).expect("nonblocking"));
+    let closed = idle.iter_mut().map(|s| std::io::Read::read(s, &mut [0u8; 1])).filter(|r| matches!(r, Ok(0))).count();
+    assert!(closed >= 1, "{closed} idle connections closed by berth");
+    // The call that was in flight all along was never cut.
+    in_flight.await.expect("join").expect("the call in flight through the flood finished");
+    assert!(gauge("berth_connections") <= max as f64 + 1.0);
     drop(idle);
-    // Once berth has seen them close, new clients are served again.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let probe = loop {
-        if let Some(channel) = common::connect(&b.socket).await
-            && let Ok(probe) =
-                berth::csi::pb::identity_client::IdentityClient::new(channel).probe(pb::ProbeRequest {}).await
-        {
-            break probe.into_inner();
-        }
-        assert!(std::time::Instant::now() < deadline, "no client served after the flood ended");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    assert_eq!(probe.ready, Some(true));
     b.stop();
 }
 

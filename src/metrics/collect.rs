@@ -59,9 +59,15 @@ impl Collector {
         w.family(
             "berth_connections_refused_total",
             Kind::Counter,
-            "Connections closed at accept because the socket served its maximum already.",
+            "Connections closed at accept because the socket served its maximum and every one had a call in flight.",
         );
         w.sample("berth_connections_refused_total", &[], crate::server::REFUSED.load(Ordering::SeqCst) as f64);
+        w.family(
+            "berth_connections_evicted_total",
+            Kind::Counter,
+            "Idle connections closed to make room for a new client while the socket served its maximum.",
+        );
+        w.sample("berth_connections_evicted_total", &[], crate::server::EVICTED.load(Ordering::SeqCst) as f64);
         write_counters(&mut w, &counters());
         if let Some(engine) = &self.engine {
             write_pools(&mut w, engine);

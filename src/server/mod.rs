@@ -78,172 +78,10 @@ fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
-/// Client connections the CSI socket serves at once. Sidecars hold one each; a flood of
-/// idle connections beyond this is closed at accept instead of holding file descriptors
-/// and memory until the process runs out of them.
-pub const MAX_CONNECTIONS: usize = 256;
-/// Connections open now.
-pub static CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-/// Connections closed at accept because [`MAX_CONNECTIONS`] were open.
-pub static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+mod connections;
 
-/// The socket's accepted connections, at most [`MAX_CONNECTIONS`] open at once. When the
-/// process is out of file descriptors, accepting pauses briefly instead of spinning.
-struct Incoming {
-    listener: UnixListener,
-    permits: Arc<tokio::sync::Semaphore>,
-    backoff: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    /// Logged that accepting failed, and not accepted since: one line per episode.
-    exhausted: bool,
-}
-
-/// An accepted connection, counted until it closes. What the client sends passes
-/// through [`crate::authority::Rewrite`], so clients that send the socket path as
-/// `:authority` are served too.
-struct Counted {
-    stream: tokio::net::UnixStream,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    rewrite: crate::authority::Rewrite,
-    /// Rewritten bytes not yet read by the HTTP/2 server, from `ready_at` on.
-    ready: Vec<u8>,
-    ready_at: usize,
-}
-
-impl Counted {
-    fn new(stream: tokio::net::UnixStream, permit: tokio::sync::OwnedSemaphorePermit) -> Counted {
-        CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Counted { stream, _permit: permit, rewrite: crate::authority::Rewrite::new(), ready: Vec::new(), ready_at: 0 }
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl tokio_stream::Stream for Incoming {
-    type Item = io::Result<Counted>;
-
-    fn poll_next(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::future::Future;
-        use std::task::Poll;
-        let this = self.get_mut();
-        loop {
-            if let Some(sleep) = this.backoff.as_mut() {
-                if sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                this.backoff = None;
-            }
-            match this.listener.poll_accept(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok((stream, _))) => {
-                    this.exhausted = false;
-                    match Arc::clone(&this.permits).try_acquire_owned() {
-                        Ok(permit) => return Poll::Ready(Some(Ok(Counted::new(stream, permit)))),
-                        Err(_) => {
-                            drop(stream);
-                            if REFUSED.fetch_add(1, std::sync::atomic::Ordering::SeqCst).is_power_of_two() {
-                                tracing::warn!(
-                                    max = MAX_CONNECTIONS,
-                                    "closing new connections: the socket serves its maximum"
-                                );
-                            }
-                        }
-                    }
-                }
-                Poll::Ready(Err(e)) => {
-                    let exhausted =
-                        matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM));
-                    if exhausted {
-                        if !std::mem::replace(&mut this.exhausted, true) {
-                            tracing::warn!(error = %e, "cannot accept connections now; retrying every 100 ms");
-                        }
-                        this.backoff = Some(Box::pin(tokio::time::sleep(std::time::Duration::from_millis(100))));
-                    }
-                    // Other errors (a client gone before accept) concern one connection.
-                }
-            }
-        }
-    }
-}
-
-impl tokio::io::AsyncRead for Counted {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        loop {
-            if this.ready_at < this.ready.len() {
-                let n = buf.remaining().min(this.ready.len() - this.ready_at);
-                buf.put_slice(&this.ready[this.ready_at..this.ready_at + n]);
-                this.ready_at += n;
-                return Poll::Ready(Ok(()));
-            }
-            this.ready.clear();
-            this.ready_at = 0;
-            if this.rewrite.passes_through() {
-                return std::pin::Pin::new(&mut this.stream).poll_read(cx, buf);
-            }
-            let mut chunk = [0u8; 8192];
-            let mut read = tokio::io::ReadBuf::new(&mut chunk);
-            match std::pin::Pin::new(&mut this.stream).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(())) => {
-                    this.rewrite
-                        .feed(read.filled(), &mut this.ready)
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                    if let Some(authority) = this.rewrite.take_replaced() {
-                        tracing::debug!(
-                            authority,
-                            "client sent an :authority HTTP/2 does not allow (a socket path); serving it as localhost"
-                        );
-                    }
-                }
-                other => return other,
-            }
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Counted {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-impl tonic::transport::server::Connected for Counted {
-    type ConnectInfo = <tokio::net::UnixStream as tonic::transport::server::Connected>::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
+pub use connections::{CONNECTIONS, EVICTED, MAX_CONNECTIONS, REFUSED};
+use connections::{Incoming, TrackCalls};
 
 /// Resolves once no RPC has been in flight for a moment (so the last replies are written),
 /// or after `limit`.
@@ -343,6 +181,7 @@ pub async fn serve(
     // queues the rest.
     let builder = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(crate::csi::MAX_STREAMS))
+        .layer(tower::layer::layer_fn(TrackCalls))
         .add_service(
             pb::identity_server::IdentityServer::new(IdentityService(shared.clone()))
                 .max_decoding_message_size(crate::csi::MAX_REQUEST_BYTES),
@@ -357,12 +196,7 @@ pub async fn serve(
         }));
     tracing::info!(endpoint, driver = driver_name, mode = ?mode, node.id = %shared.engine.node_id, version = crate::VERSION, "serving CSI");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let incoming = Incoming {
-        listener,
-        permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
-        backoff: None,
-        exhausted: false,
-    };
+    let incoming = Incoming::new(listener);
     let server = builder.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     });
