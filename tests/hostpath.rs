@@ -909,7 +909,19 @@ async fn subvolumes_a_pod_makes_inside_its_volume_are_limited_counted_refused_fo
     // with EDQUOT instead of taking the pool's space.
     let err = write_bytes(&p.target.join("inner/deeper/sub/more"), 96 << 20).expect_err("the limit holds");
     assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
-    fs::remove_file(p.target.join("inner/deeper/sub/more")).expect("rm");
+    // A full volume still grows and is still deleted (berth's qgroup calls are not
+    // charged to the volume).
+    let expanded = b
+        .controller
+        .controller_expand_volume(pb::ControllerExpandVolumeRequest {
+            volume_id: id.clone(),
+            capacity_range: Some(pb::CapacityRange { required_bytes: 80 * MIB, limit_bytes: 0 }),
+            ..Default::default()
+        })
+        .await
+        .expect("expand a full volume")
+        .into_inner();
+    assert_eq!(expanded.capacity_bytes, 80 * MIB);
     // A subvolume made later is found without any call (berth looks every few seconds).
     let later = p.target.join("later");
     sh("btrfs", &["-q", "subvolume", "create", later.to_str().expect("utf8")]);
@@ -925,9 +937,9 @@ async fn subvolumes_a_pod_makes_inside_its_volume_are_limited_counted_refused_fo
         assert!(std::time::Instant::now() < deadline, "{later_group} never joined {volume_group}");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let err = write_bytes(&later.join("fill"), 96 << 20).expect_err("the limit holds");
+    let err = write_bytes(&later.join("fill"), 96 << 20).expect_err("the grown limit holds");
     assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
-    fs::remove_file(later.join("fill")).expect("rm");
+    // The volume stays full from here on: snapshots are refused and delete works.
 
     let snap = b
         .controller
@@ -940,7 +952,7 @@ async fn subvolumes_a_pod_makes_inside_its_volume_are_limited_counted_refused_fo
     let status = snap.expect_err("a snapshot would miss the nested data");
     assert_eq!(status.code(), Code::FailedPrecondition);
     assert!(status.message().contains("inner/deeper/sub"), "{}", status.message());
-    let mut clone = create_req("pvc-clone", 64 * MIB);
+    let mut clone = create_req("pvc-clone", 80 * MIB);
     clone.volume_content_source = Some(pb::VolumeContentSource {
         r#type: Some(pb::volume_content_source::Type::Volume(pb::volume_content_source::VolumeSource {
             volume_id: id.clone(),

@@ -531,19 +531,23 @@ fn adopt(fd: BorrowedFd<'_>, id: u64) -> io::Result<Vec<u64>> {
 /// `subvol`: the referenced-bytes limit of its volume group (see [`volume_group`]),
 /// made first with every subvolume below as a member. A limit an earlier berth set on
 /// the subvolume's own qgroup is moved there.
-pub fn qgroup_limit(subvol: BorrowedFd<'_>, max_referenced: Option<u64>) -> io::Result<()> {
+///
+/// The qgroup calls here are issued on `ctl`, a directory of the same filesystem outside
+/// the volume (its parent): each starts a transaction charged to the subvolume of the
+/// descriptor it is issued on, and a full volume would refuse that with EDQUOT.
+pub fn qgroup_limit(subvol: BorrowedFd<'_>, ctl: BorrowedFd<'_>, max_referenced: Option<u64>) -> io::Result<()> {
     let id = own_subvolume_id(subvol)?;
     let group = volume_group(id);
-    if !qgroup_exists(subvol, group)? {
-        match qgroup_create(subvol, group, true) {
+    if !qgroup_exists(ctl, group)? {
+        match qgroup_create(ctl, group, true) {
             Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
             _ => {}
         }
     }
-    adopt(subvol, id)?;
-    set_limit(subvol, group, max_referenced)?;
-    if limit_of(subvol, id)?.is_some() {
-        set_limit(subvol, id, None)?;
+    adopt(ctl, id)?;
+    set_limit(ctl, group, max_referenced)?;
+    if limit_of(ctl, id)?.is_some() {
+        set_limit(ctl, id, None)?;
     }
     Ok(())
 }
@@ -552,15 +556,15 @@ pub fn qgroup_limit(subvol: BorrowedFd<'_>, max_referenced: Option<u64>) -> io::
 /// returns the IDs of those that did not yet. A volume limited the way an earlier berth
 /// did it (on its own qgroup only) gets its volume group now; one without a limit is
 /// left alone.
-pub fn qgroup_adopt(subvol: BorrowedFd<'_>) -> io::Result<Vec<u64>> {
+pub fn qgroup_adopt(subvol: BorrowedFd<'_>, ctl: BorrowedFd<'_>) -> io::Result<Vec<u64>> {
     let id = own_subvolume_id(subvol)?;
-    if qgroup_exists(subvol, volume_group(id))? {
-        return adopt(subvol, id);
+    if qgroup_exists(ctl, volume_group(id))? {
+        return adopt(ctl, id);
     }
-    match limit_of(subvol, id)? {
+    match limit_of(ctl, id)? {
         Some(max) => {
-            qgroup_limit(subvol, Some(max))?;
-            Ok(subvolumes_below(subvol, id)?)
+            qgroup_limit(subvol, ctl, Some(max))?;
+            Ok(subvolumes_below(ctl, id)?)
         }
         None => Ok(Vec::new()),
     }
@@ -569,22 +573,22 @@ pub fn qgroup_adopt(subvol: BorrowedFd<'_>) -> io::Result<Vec<u64>> {
 /// Removes the volume group of the volume subvolume `subvol` (its members first: a
 /// group with members cannot be removed); idempotent. Call it before deleting the
 /// subvolume, so no group outlives its volume.
-pub fn qgroup_remove(subvol: BorrowedFd<'_>) -> io::Result<()> {
+pub fn qgroup_remove(subvol: BorrowedFd<'_>, ctl: BorrowedFd<'_>) -> io::Result<()> {
     let id = own_subvolume_id(subvol)?;
     let group = volume_group(id);
-    match qgroup_exists(subvol, group) {
+    match qgroup_exists(ctl, group) {
         Ok(true) => {}
         // ENOENT: quotas are off, so there is no group.
         Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
         _ => return Ok(()),
     }
-    for member in members(subvol, group)? {
-        match qgroup_assign(subvol, member, group, false) {
+    for member in members(ctl, group)? {
+        match qgroup_assign(ctl, member, group, false) {
             Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
             _ => {}
         }
     }
-    match qgroup_create(subvol, group, false) {
+    match qgroup_create(ctl, group, false) {
         Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
         _ => Ok(()),
     }

@@ -27,6 +27,15 @@ fn open_dir(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// A volume's subvolume and its parent directory: qgroup calls are issued on the parent,
+/// outside the volume's limit (see [`btrfs::qgroup_limit`]).
+fn open_subvolume_and_parent(subvol: &Path) -> io::Result<(File, File)> {
+    let parent = subvol
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no parent", subvol.display())))?;
+    Ok((open_dir(subvol)?, open_dir(parent)?))
+}
+
 /// Opens a block device for writing with O_EXCL, which the kernel refuses (EBUSY) while
 /// the device is mounted or otherwise claimed.
 fn open_exclusive(device: &Path) -> io::Result<File> {
@@ -108,15 +117,18 @@ impl Syscall for LinuxSyscall {
     }
 
     fn btrfs_qgroup_limit(&self, subvol: &Path, max_bytes: Option<u64>) -> io::Result<()> {
-        btrfs::qgroup_limit(open_dir(subvol)?.as_fd(), max_bytes)
+        let (subvol, ctl) = open_subvolume_and_parent(subvol)?;
+        btrfs::qgroup_limit(subvol.as_fd(), ctl.as_fd(), max_bytes)
     }
 
     fn btrfs_qgroup_adopt(&self, subvol: &Path) -> io::Result<Vec<u64>> {
-        btrfs::qgroup_adopt(open_dir(subvol)?.as_fd())
+        let (subvol, ctl) = open_subvolume_and_parent(subvol)?;
+        btrfs::qgroup_adopt(subvol.as_fd(), ctl.as_fd())
     }
 
     fn btrfs_qgroup_remove(&self, subvol: &Path) -> io::Result<()> {
-        btrfs::qgroup_remove(open_dir(subvol)?.as_fd())
+        let (subvol, ctl) = open_subvolume_and_parent(subvol)?;
+        btrfs::qgroup_remove(subvol.as_fd(), ctl.as_fd())
     }
 
     fn btrfs_qgroup_usage(&self, subvol: &Path) -> io::Result<QgroupUsage> {
