@@ -78,6 +78,37 @@ fn write_bytes(path: &Path, bytes: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// berth with one hostPath pool enforcing sizes on a fresh 1 GiB btrfs image; `None`, after
+/// saying why, where the test cannot run here.
+async fn btrfs_pool(test: &str, scratch: &Scratch) -> Option<(FsImage, PathBuf, Berth)> {
+    if !require_root(test) {
+        return None;
+    }
+    if !have("btrfs") {
+        println!("SKIPPED: {test}: btrfs-progs is not installed");
+        return None;
+    }
+    let fs_img = FsImage::new(scratch, test, "btrfs", "1G")?;
+    let pool = fs_img.mount.join("pool");
+    let config = hostpath_config(&scratch.path().join("state"), &pool, "required");
+    let b = Berth::start(scratch.path(), &config, "node-a", &[]).await;
+    Some((fs_img, pool, b))
+}
+
+async fn volume_stats(
+    b: &mut Berth,
+    id: &str,
+    target: &Path,
+) -> Result<tonic::Response<pb::NodeGetVolumeStatsResponse>, tonic::Status> {
+    b.node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: id.into(),
+            volume_path: target.display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await
+}
+
 fn is_mounted(path: &Path) -> bool {
     let text = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     berth::mount::mountinfo::parse(&text).expect("parse").iter().any(|e| e.mount_point == path)
@@ -869,19 +900,8 @@ async fn a_pool_whose_disk_is_not_mounted_or_is_read_only_answers_precisely_and_
 #[tokio::test]
 async fn subvolumes_a_pod_makes_inside_its_volume_are_limited_counted_refused_for_snapshots_and_deleted() {
     let test = "subvolumes_a_pod_makes_inside_its_volume_are_limited_counted_refused_for_snapshots_and_deleted";
-    if !require_root(test) {
-        return;
-    }
-    if !have("btrfs") {
-        println!("SKIPPED: {test}: btrfs-progs is not installed");
-        return;
-    }
     let scratch = Scratch::new();
-    let Some(fs_img) = FsImage::new(&scratch, test, "btrfs", "1G") else { return };
-    let pool = fs_img.mount.join("pool");
-    let mut b =
-        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "required"), "node-a", &[])
-            .await;
+    let Some((fs_img, pool, mut b)) = btrfs_pool(test, &scratch).await else { return };
     let vol = b.controller.create_volume(create_req("pvc-nested", 64 * MIB)).await.expect("create");
     let id = vol.into_inner().volume.expect("volume").volume_id;
     let p = stage_and_publish(&mut b, scratch.path(), &id, "n", false).await;
@@ -892,16 +912,7 @@ async fn subvolumes_a_pod_makes_inside_its_volume_are_limited_counted_refused_fo
     write_bytes(&p.target.join("inner/deeper/sub/data"), 8 << 20).expect("write");
     sh("sync", &[]);
 
-    let stats = b
-        .node
-        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
-            volume_id: id.clone(),
-            volume_path: p.target.display().to_string(),
-            staging_target_path: String::new(),
-        })
-        .await
-        .expect("stats")
-        .into_inner();
+    let stats = volume_stats(&mut b, &id, &p.target).await.expect("stats").into_inner();
     assert!(stats.usage[0].used >= 8 * MIB, "the nested data counts: {:?}", stats.usage[0]);
     assert_eq!(stats.usage.len(), 1, "btrfs has no inode count: none is reported, not zero free: {:?}", stats.usage);
 
@@ -974,19 +985,8 @@ async fn subvolumes_a_pod_makes_inside_its_volume_are_limited_counted_refused_fo
 #[tokio::test]
 async fn btrfs_volume_stats_come_from_the_quota_group_without_a_walk() {
     let test = "btrfs_volume_stats_come_from_the_quota_group_without_a_walk";
-    if !require_root(test) {
-        return;
-    }
-    if !have("btrfs") {
-        println!("SKIPPED: {test}: btrfs-progs is not installed");
-        return;
-    }
     let scratch = Scratch::new();
-    let Some(fs_img) = FsImage::new(&scratch, test, "btrfs", "1G") else { return };
-    let pool = fs_img.mount.join("pool");
-    let mut b =
-        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "required"), "node-a", &[])
-            .await;
+    let Some((_disk, _pool, mut b)) = btrfs_pool(test, &scratch).await else { return };
     // Any walk of a volume's tree fails: stats must not need one.
     b.env.push(("BERTH_FAILPOINTS".into(), "hostpath.walk=error".into()));
     b.restart().await;
@@ -999,16 +999,7 @@ async fn btrfs_volume_stats_come_from_the_quota_group_without_a_walk() {
     write_bytes(&p.target.join("data"), 12 << 20).expect("write");
     // btrfs counts a volume's bytes at each transaction commit; `sync` makes one now.
     sh("sync", &[]);
-    let stats = b
-        .node
-        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
-            volume_id: id.clone(),
-            volume_path: p.target.display().to_string(),
-            staging_target_path: String::new(),
-        })
-        .await
-        .expect("stats without a walk")
-        .into_inner();
+    let stats = volume_stats(&mut b, &id, &p.target).await.expect("stats without a walk").into_inner();
     let bytes = &stats.usage[0];
     assert!(bytes.used >= 12 * MIB && bytes.used < 16 * MIB, "{bytes:?}");
     assert_eq!(bytes.total, 64 * MIB);
