@@ -595,7 +595,12 @@ async fn a_start_that_finishes_interrupted_work_serves_probe_at_once() {
     let req = clone_of(&source);
     assert!(b.controller.create_volume(req.clone()).await.is_err(), "killed mid-copy");
     assert!(b.exited_within(Duration::from_secs(10)));
-    b.env = vec![("BERTH_FAILPOINTS".into(), "hostpath.copy=sleep(50)".into())];
+    // Each file copied passes the fault point once: the log counts what the restart copies.
+    let copied_log = scratch.path().join("copied.log");
+    b.env = vec![
+        ("BERTH_FAILPOINTS".into(), "hostpath.copy=sleep(50)".into()),
+        ("BERTH_FAILPOINT_LOG".into(), copied_log.display().to_string()),
+    ];
 
     let socket = b.socket.clone();
     let watch = async {
@@ -620,6 +625,13 @@ async fn a_start_that_finishes_interrupted_work_serves_probe_at_once() {
     let clone = b.controller.create_volume(req).await.expect("the finished clone").into_inner();
     let clone_key = clone.volume.expect("volume").volume_id.rsplit(':').next().expect("key").to_string();
     assert_eq!(std::fs::read_dir(pool.join("volumes").join(clone_key)).expect("ls").count(), 60);
+    // The restart resumed the partial copy: the files the killed process had finished
+    // were kept, not copied again. Each file copied passes the point twice (progress
+    // during and after its data): the killed process had finished at least 14 of the 60
+    // files at its 30th pass, so a resumed copy passes at most 2 x 46 times, one that
+    // starts over 120 times.
+    let passes = std::fs::read_to_string(&copied_log).expect("log").lines().filter(|l| *l == "hostpath.copy").count();
+    assert!((1..=92).contains(&passes), "the restart passed the copy point {passes} times");
     b.stop();
 }
 

@@ -432,6 +432,9 @@ fn copy_data(
 
 struct Copier<'a> {
     reflink: Reflink,
+    /// Continuing the partial copy a crashed process left (see [`copy_tree`]): entries
+    /// already there are checked, kept when complete, replaced otherwise.
+    resume: bool,
     stats: CopyStats,
     root: St,
     dst_root: (OwnedFd, St),
@@ -448,6 +451,9 @@ impl Copier<'_> {
         while !s.0.is_empty() {
             let Some(name) = s.next_entry()? else {
                 let ((sfd, lv), (dfd, _)) = (s.pop()?, d.pop()?);
+                if self.resume {
+                    prune(sfd.as_fd(), dfd.as_fd())?;
+                }
                 meta_fd(sfd.as_fd(), dfd.as_fd(), &lv.st)?; // after the directory's content
                 continue;
             };
@@ -475,6 +481,16 @@ impl Copier<'_> {
             return Ok(None);
         }
         let k = kind(&st);
+        let kept = match self.resume {
+            true => self.kept(sdir, ddir, name, &st)?,
+            false => Kept::Absent,
+        };
+        if kept == Kept::Whole {
+            if st.stx_nlink > 1 {
+                self.links.insert(key(&st), rel_path(d, name));
+            }
+            return Ok(None);
+        }
         if k == libc::S_IFDIR {
             let Some(sfd) = opt(open_dir(sdir, name))? else {
                 return Err(vanished(name));
@@ -487,7 +503,9 @@ impl Copier<'_> {
             if key(&st) == key(&self.dst_root.1) {
                 return Ok(None); // the destination lies inside the source
             }
-            mkdirat(ddir, name, Mode::S_IRWXU)?;
+            if kept != Kept::Directory {
+                mkdirat(ddir, name, Mode::S_IRWXU)?;
+            }
             let dfd = open_dir(ddir, name)?;
             let dst = fstat(dfd.as_fd())?;
             self.stats.dirs += 1;
@@ -541,16 +559,77 @@ impl Copier<'_> {
             (self.progress)(self.stats.bytes);
         }
         if st.stx_nlink > 1 {
-            let mut rel = Vec::new();
-            for l in d.0.iter().skip(1) {
-                rel.extend_from_slice(l.name.as_bytes());
-                rel.push(b'/');
-            }
-            rel.extend_from_slice(name.to_bytes());
-            self.links.insert(key(&st), rel);
+            self.links.insert(key(&st), rel_path(d, name));
         }
         Ok(None)
     }
+
+    /// On resume: what of the source entry `name` (`st`) the partial copy already holds.
+    /// A regular file counts as whole when its size and modification time are the
+    /// source's: the time is set last, after the data and the other metadata, and the
+    /// data is in the page cache of the same boot. Anything else is removed, to be copied
+    /// again; a directory is kept and entered.
+    fn kept(&mut self, sdir: BorrowedFd<'_>, ddir: BorrowedFd<'_>, name: &CStr, st: &St) -> io::Result<Kept> {
+        let Some(have) = opt(statx(ddir, name, 0))? else {
+            return Ok(Kept::Absent);
+        };
+        let k = kind(st);
+        if k == libc::S_IFDIR && kind(&have) == libc::S_IFDIR {
+            return Ok(Kept::Directory);
+        }
+        let same_time = have.stx_mtime.tv_sec == st.stx_mtime.tv_sec && have.stx_mtime.tv_nsec == st.stx_mtime.tv_nsec;
+        if k == libc::S_IFREG && kind(&have) == libc::S_IFREG && have.stx_size == st.stx_size && same_time {
+            // Opened as the copy would, so a source that became something else fails alike.
+            if open_regular(sdir, name)?.is_none() {
+                return Err(vanished(name));
+            }
+            // A hard link to a file this attempt copied again must be made again too.
+            if st.stx_nlink <= 1 || !self.links.contains_key(&key(st)) {
+                self.stats.files += 1;
+                self.stats.bytes = self.stats.bytes.saturating_add(st.stx_size);
+                return Ok(Kept::Whole);
+            }
+        }
+        remove_at(ddir, name)?;
+        Ok(Kept::Absent)
+    }
+}
+
+/// What a resumed copy found of an entry (see [`Copier::kept`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    Absent,
+    Directory,
+    Whole,
+}
+
+/// The path of `name` inside the destination tree whose open levels are `d`.
+fn rel_path(d: &Stack, name: &CStr) -> Vec<u8> {
+    let mut rel = Vec::new();
+    for l in d.0.iter().skip(1) {
+        rel.extend_from_slice(l.name.as_bytes());
+        rel.push(b'/');
+    }
+    rel.extend_from_slice(name.to_bytes());
+    rel
+}
+
+/// On resume: removes what the partial directory `ddir` holds that its source `sdir` no
+/// longer does (the source changed between the attempts).
+fn prune(sdir: BorrowedFd<'_>, ddir: BorrowedFd<'_>) -> io::Result<()> {
+    let mut entries = Entries::default();
+    while let Some(name) = entries.next(ddir)? {
+        if opt(statx(sdir, &name, 0))?.is_none() {
+            remove_at(ddir, &name)?;
+        }
+    }
+    Ok(())
+}
+
+/// The boot this process runs in: a partial copy made in the same boot had all its data
+/// in the page cache when its process died, so what its metadata says was written was.
+fn boot_id() -> io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim().to_string())
 }
 
 /// An entry listed in the source was gone when the copy reached it: the source changed
@@ -575,9 +654,11 @@ fn link_rel(root: BorrowedFd<'_>, rel: &[u8], ddir: BorrowedFd<'_>, name: &CStr)
 }
 
 /// Copies the tree at `src` (a directory, not a symlink) to `dst_parent/dst_name`, which
-/// must not exist. The copy is built as `dst_parent/.<dst_name>.partial` (a leftover one is
-/// removed first, a failed one afterwards), synced, and renamed into place only when
-/// complete. Mount points inside `src` are skipped and counted. An entry that vanishes
+/// must not exist. The copy is built as `dst_parent/.<dst_name>.partial`, synced, and
+/// renamed into place only when complete; a failed one is removed. A partial copy left by
+/// a process that died in this same boot (recorded in `.<dst_name>.partial.boot`) is
+/// resumed: its whole files are kept, the rest copied again. One from an earlier boot is
+/// removed and the copy starts over, since its data may not have reached the disk. Mount points inside `src` are skipped and counted. An entry that vanishes
 /// from `src` during the copy fails it: the copy would lack part of its source.
 /// `progress` receives the data bytes copied so far. Concurrent copies to one `dst_name`
 /// are not supported.
@@ -599,13 +680,31 @@ pub fn copy_tree(
         Some(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{dst_name} exists"))),
     };
     absent()?;
-    remove_at(dp, &partial)?;
-    mkdirat(dp, partial.as_c_str(), Mode::S_IRWXU)?;
+    let boot_file = CString::new(format!(".{dst_name}.partial.boot"))?;
+    let boot = boot_id()?;
+    let recorded =
+        opt(openat(dp, boot_file.as_c_str(), OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()))?
+            .map(|fd| {
+                let mut text = String::new();
+                io::Read::read_to_string(&mut File::from(fd), &mut text).map(|_| text)
+            })
+            .transpose()?;
+    let resume = recorded.as_deref() == Some(boot.as_str())
+        && opt(statx(dp, &partial, 0))?.is_some_and(|st| kind(&st) == libc::S_IFDIR);
+    if !resume {
+        remove_at(dp, &partial)?;
+        mkdirat(dp, partial.as_c_str(), Mode::S_IRWXU)?;
+        let fl = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(dp, boot_file.as_c_str(), fl, Mode::S_IRUSR | Mode::S_IWUSR)?;
+        io::Write::write_all(&mut File::from(fd), boot.as_bytes())?;
+    } else {
+        tracing::info!(copy = dst_name, "resuming the partial copy an interrupted process left");
+    }
     let result = (|| {
         let dst = open_dir(dp, &partial)?;
         let dst_root = (dst.try_clone()?, fstat(dst.as_fd())?);
         let stats = CopyStats::default();
-        let mut c = Copier { reflink, stats, root, dst_root, links: HashMap::new(), progress };
+        let mut c = Copier { reflink, resume, stats, root, dst_root, links: HashMap::new(), progress };
         c.run(src_fd, dst)?;
         syncfs(c.dst_root.0.as_fd())?;
         let (fd, old, new) = (dp.as_raw_fd(), partial.as_ptr(), final_name.as_ptr());
@@ -623,6 +722,7 @@ pub fn copy_tree(
     if result.is_err() {
         let _ = remove_at(dp, &partial);
     }
+    let _ = remove_at(dp, &boot_file);
     result
 }
 
@@ -918,6 +1018,55 @@ mod tests {
         assert_eq!(fs::read_dir(t.path().join("copy")).unwrap().count(), 3001);
         remove_tree(t.path(), "copy").unwrap();
         assert!(!t.path().join("copy").exists());
+    }
+
+    #[test]
+    fn a_partial_copy_of_this_boot_is_resumed_and_one_of_an_earlier_boot_is_not() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("sub")).unwrap();
+        for name in ["done", "half", "sub/done", "missing"] {
+            fs::write(src.join(name), name.repeat(1000)).unwrap();
+        }
+        // What a process killed mid-copy leaves: finished files (size and time of the
+        // source, written last), one half-written, a file the source no longer has.
+        let partial = t.path().join(".dst.partial");
+        fs::create_dir_all(partial.join("sub")).unwrap();
+        let leave = |name: &str, content: &str, finished: bool| {
+            fs::write(partial.join(name), content).unwrap();
+            if finished {
+                let mtime = fs::metadata(src.join(name)).unwrap().modified().unwrap();
+                let f = fs::File::options().write(true).open(partial.join(name)).unwrap();
+                f.set_times(FileTimes::new().set_modified(mtime)).unwrap();
+            }
+        };
+        // Same size and time as the source, different bytes: kept only if not copied again.
+        leave("done", &"K".repeat(4000), true);
+        leave("sub/done", &"K".repeat(8000), true);
+        leave("half", "half", false);
+        leave("gone", "stale", false);
+        fs::write(t.path().join(".dst.partial.boot"), boot_id().unwrap()).unwrap();
+        let stats = copy(&src, t.path(), "dst", Reflink::Never);
+        let dst = t.path().join("dst");
+        assert_eq!(fs::read_to_string(dst.join("done")).unwrap(), "K".repeat(4000), "kept, not copied again");
+        assert_eq!(fs::read_to_string(dst.join("sub/done")).unwrap(), "K".repeat(8000));
+        assert_eq!(fs::read_to_string(dst.join("half")).unwrap(), "half".repeat(1000), "copied again");
+        assert_eq!(fs::read_to_string(dst.join("missing")).unwrap(), "missing".repeat(1000));
+        assert!(!dst.join("gone").exists(), "what the source lacks is removed");
+        assert_eq!(stats.files, 4);
+        assert!(!t.path().join(".dst.partial.boot").exists() && !partial.exists());
+
+        // Left in an earlier boot: its data may never have reached the disk. Start over.
+        fs::create_dir_all(&partial).unwrap();
+        leave("done", &"K".repeat(4000), true);
+        fs::write(t.path().join(".dst.partial.boot"), "an-earlier-boot").unwrap();
+        copy(&src, t.path(), "again", Reflink::Never);
+        copy(&src, t.path(), "dst2", Reflink::Never);
+        assert!(partial.exists(), "another copy's partial directory is left alone");
+        fs::rename(&partial, t.path().join(".dst3.partial")).unwrap();
+        fs::rename(t.path().join(".dst.partial.boot"), t.path().join(".dst3.partial.boot")).unwrap();
+        copy(&src, t.path(), "dst3", Reflink::Never);
+        assert_eq!(fs::read_to_string(t.path().join("dst3/done")).unwrap(), "done".repeat(1000), "copied again");
     }
 
     #[test]
