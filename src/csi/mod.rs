@@ -44,6 +44,19 @@ pub fn set_ready(ready: bool) {
     READY.store(ready, Ordering::SeqCst);
 }
 
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Whether berth is stopping (SIGTERM): the metrics server's `/healthz` then fails. While
+/// it starts, not ready but not stopping, it is alive: `/healthz` answers 200.
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+/// Marks berth as stopping (see [`stopping`]).
+pub fn set_stopping() {
+    STOPPING.store(true, Ordering::SeqCst);
+}
+
 /// The canonical name of a gRPC code (`OK`, `NOT_FOUND`, ...), as the CSI spec writes it;
 /// logs, metrics labels and `berth csi` all use it.
 pub fn code_name(code: Code) -> &'static str {

@@ -1,5 +1,7 @@
 //! The metrics endpoint: HTTP/1.1 on a TCP address, with `GET /metrics` (Prometheus text
-//! format) and `GET /healthz` (200 when berth answers Probe with ready, else 503).
+//! format), `GET /healthz` (liveness: 200 while berth serves, also while it finishes work
+//! a restart interrupted; 503 once it is stopping) and `GET /readyz` (200 when berth
+//! answers Probe with ready, else 503).
 //!
 //! hyper (already compiled in for tonic) does the HTTP; this module only routes. A scrape
 //! renders on a blocking thread, since measuring volumes touches the filesystem.
@@ -71,20 +73,23 @@ fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
 async fn respond(req: Request<Incoming>, collector: Arc<Collector>) -> Result<Response<Full<Bytes>>, Infallible> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     let path = req.uri().path();
-    if path != "/metrics" && path != "/healthz" {
-        return Ok(text(StatusCode::NOT_FOUND, PLAIN, "not found: berth serves /metrics and /healthz\n"));
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+        return Ok(text(StatusCode::NOT_FOUND, PLAIN, "not found: berth serves /metrics, /healthz and /readyz\n"));
     }
     if req.method() != Method::GET {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET is allowed\n");
         response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET"));
         return Ok(response);
     }
-    if path == "/healthz" {
-        return Ok(if crate::csi::ready() {
-            text(StatusCode::OK, PLAIN, "ok\n")
-        } else {
-            text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not ready\n")
-        });
+    // Restarting berth while it finishes interrupted work would only start that work over:
+    // alive is not the same as ready.
+    match path {
+        "/healthz" if crate::csi::stopping() => return Ok(text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "stopping\n")),
+        "/healthz" if crate::csi::ready() => return Ok(text(StatusCode::OK, PLAIN, "ok\n")),
+        "/healthz" => return Ok(text(StatusCode::OK, PLAIN, "ok: finishing work a restart interrupted\n")),
+        "/readyz" if crate::csi::ready() => return Ok(text(StatusCode::OK, PLAIN, "ok\n")),
+        "/readyz" => return Ok(text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not ready\n")),
+        _ => {}
     }
     Ok(match tokio::task::spawn_blocking(move || collector.render()).await {
         Ok(body) => text(StatusCode::OK, CONTENT_TYPE, body),
@@ -121,12 +126,18 @@ mod tests {
         let body = metrics.split("\r\n\r\n").nth(1).expect("body");
         crate::metrics::exposition::parse(body).expect("valid exposition text");
 
+        // Starting up (finishing interrupted work): alive, not ready. A liveness probe on
+        // /healthz must not restart berth then; /readyz says it cannot serve yet.
         crate::csi::set_ready(false);
         let health = get(address, &format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{close}")).await;
-        assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+        assert!(health.starts_with("HTTP/1.1 200") && health.contains("interrupted"), "{health}");
+        let ready = get(address, &format!("GET /readyz HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
         crate::csi::set_ready(true);
-        let health = get(address, &format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{close}")).await;
-        assert!(health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"), "{health}");
+        for path in ["/healthz", "/readyz"] {
+            let answer = get(address, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{close}")).await;
+            assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"), "{answer}");
+        }
 
         let missing = get(address, &format!("GET /other HTTP/1.1\r\nHost: x\r\n{close}")).await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");

@@ -213,6 +213,7 @@ pub async fn serve(
     tokio::select! {
         result = &mut server => result?,
         () = shutdown_signal() => {
+            crate::csi::set_stopping();
             crate::csi::set_ready(false);
             // Stop accepting, then wait for the calls in flight. Idle client connections
             // (a sidecar keeps one open) must not hold the exit hostage.
