@@ -368,24 +368,37 @@ pub fn copy_file_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, reflink: Reflink
     copy_data(src, dst, reflink, &mut |_| {})
 }
 
-/// [`copy_file_data`], reporting the bytes copied so far to `progress`.
-pub fn copy_file_data_with_progress(
-    src: BorrowedFd<'_>,
-    dst: BorrowedFd<'_>,
-    reflink: Reflink,
-    progress: &mut dyn FnMut(u64),
-) -> io::Result<(u64, bool)> {
-    copy_data(src, dst, reflink, progress)
-}
-
 fn copy_data(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     reflink: Reflink,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<(u64, bool)> {
+    copy_data_from(src, dst, reflink, 0, progress)
+}
+
+/// [`copy_file_data`] continuing at byte `from` (`dst` already holds the source's data
+/// before it: a copy an interrupted process made in this boot), reporting the bytes
+/// copied so far, `from` included, to `progress`.
+pub fn copy_file_data_from(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    reflink: Reflink,
+    from: u64,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<(u64, bool)> {
+    copy_data_from(src, dst, reflink, from, progress)
+}
+
+fn copy_data_from(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    reflink: Reflink,
+    from: u64,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<(u64, bool)> {
     let size = fstat(src)?.stx_size;
-    if reflink == Reflink::Auto && size > 0 {
+    if reflink == Reflink::Auto && size > 0 && from == 0 {
         // SAFETY: FICLONE takes the source fd as its int argument; both fds are open.
         if unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0 {
             progress(size);
@@ -405,7 +418,7 @@ fn copy_data(
     };
     let (sf, df) = (File::from(src.try_clone_to_owned()?), File::from(dst.try_clone_to_owned()?));
     let mut buf = vec![0u8; size.clamp(1, 1 << 20) as usize];
-    let (mut off, mut done) = (0u64, 0u64);
+    let (mut off, mut done) = (from.min(size), from.min(size));
     'data: while off < size {
         let Some(data) = seek(off, Whence::SeekData)?.filter(|&d| d < size) else {
             break;
@@ -628,7 +641,7 @@ fn prune(sdir: BorrowedFd<'_>, ddir: BorrowedFd<'_>) -> io::Result<()> {
 
 /// The boot this process runs in: a partial copy made in the same boot had all its data
 /// in the page cache when its process died, so what its metadata says was written was.
-fn boot_id() -> io::Result<String> {
+pub(crate) fn boot_id() -> io::Result<String> {
     Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim().to_string())
 }
 
