@@ -25,8 +25,10 @@ use crate::state::{Enforced, SnapshotMethod, SnapshotRecord, VolumeRecord};
 
 const VOLUMES: &str = "volumes";
 const SNAPSHOTS: &str = "snapshots";
-/// Directory walks for usage are reused for this long.
-const USAGE_TTL: Duration = Duration::from_secs(30);
+/// Directory walks for usage are reused for this long: longer than the kubelet's period
+/// for volume stats (1 minute by default), so each walk serves at least one period's
+/// calls, not one call each.
+const USAGE_TTL: Duration = Duration::from_secs(90);
 /// How often a btrfs pool with quotas looks for subvolumes pods made inside their volumes.
 const ADOPT_PERIOD: Duration = Duration::from_secs(5);
 /// First project ID berth hands out; low IDs are left to administrators.
