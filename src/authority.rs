@@ -127,6 +127,12 @@ impl Rewrite {
             self.mode = Mode::Inspecting;
         }
         while let Some(len) = self.next_frame_len() {
+            if len > MAX_FRAME {
+                // Larger than the server allows: it refuses the frame itself, and nothing
+                // here buffers it.
+                self.pass_through(out);
+                break;
+            }
             let frame: Vec<u8> = self.pending.drain(..FRAME_HEADER + len).collect();
             self.frame(&frame, out)?;
             if self.mode == Mode::PassThrough {
@@ -142,11 +148,12 @@ impl Rewrite {
         out.append(&mut self.pending);
     }
 
-    /// The payload length of the complete frame at the start of `pending`, if there is one.
+    /// The payload length of the frame at the start of `pending` once the whole frame is
+    /// there, or at once when it is larger than any frame the server accepts.
     fn next_frame_len(&self) -> Option<usize> {
         let header = self.pending.get(..FRAME_HEADER)?;
         let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
-        (self.pending.len() >= FRAME_HEADER + len).then_some(len)
+        (len > MAX_FRAME || self.pending.len() >= FRAME_HEADER + len).then_some(len)
     }
 
     /// Handles one whole frame (header and payload).
@@ -485,6 +492,15 @@ mod tests {
         write_frame(HEADERS, END_HEADERS, 1, &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff], &mut input);
         write_frame(HEADERS, END_HEADERS, 3, &block, &mut input);
         assert_eq!(run(&mut Rewrite::new(), &input, 1), input);
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_server_accepts_is_not_buffered() {
+        let mut input = PREFACE.to_vec();
+        input.extend_from_slice(&[0x10, 0, 0, 0x0, 0, 0, 0, 0, 1]); // a 1 MiB DATA frame announced
+        let mut rewrite = Rewrite::new();
+        assert_eq!(run(&mut rewrite, &input, 3), input, "handed on at once for the server to refuse");
+        assert!(rewrite.passes_through());
     }
 
     #[test]

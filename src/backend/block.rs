@@ -52,8 +52,11 @@ pub(super) fn write_whole_file_from(
     let boot_file = dir.join(format!(".{name}.partial.boot"));
     let target = dir.join(name);
     super::failpoint("block.image.create", &target)?;
-    let boot = tree::boot_id().map_err(Error::io("read the boot ID", &target))?;
-    let same_boot = resumable && fs::read_to_string(&boot_file).is_ok_and(|b| b == boot);
+    let boot = match resumable {
+        true => Some(tree::boot_id().map_err(Error::io("read the boot ID", &target))?),
+        false => None,
+    };
+    let same_boot = boot.as_ref().is_some_and(|boot| fs::read_to_string(&boot_file).is_ok_and(|b| &b == boot));
     let open = |create: bool| {
         fs::OpenOptions::new()
             .read(true)
@@ -72,8 +75,8 @@ pub(super) fn write_whole_file_from(
         None => {
             let _ = fs::remove_file(&partial);
             let file = open(true).map_err(Error::io("create image", &partial))?;
-            if resumable {
-                fs::write(&boot_file, &boot).map_err(Error::io("record the boot", &boot_file))?;
+            if let Some(boot) = &boot {
+                fs::write(&boot_file, boot).map_err(Error::io("record the boot", &boot_file))?;
             }
             (file, 0)
         }

@@ -495,7 +495,7 @@ impl Copier<'_> {
         }
         let k = kind(&st);
         let kept = match self.resume {
-            true => self.kept(sdir, ddir, name, &st)?,
+            true => self.kept(ddir, name, &st)?,
             false => Kept::Absent,
         };
         if kept == Kept::Whole {
@@ -582,7 +582,7 @@ impl Copier<'_> {
     /// source's: the time is set last, after the data and the other metadata, and the
     /// data is in the page cache of the same boot. Anything else is removed, to be copied
     /// again; a directory is kept and entered.
-    fn kept(&mut self, sdir: BorrowedFd<'_>, ddir: BorrowedFd<'_>, name: &CStr, st: &St) -> io::Result<Kept> {
+    fn kept(&mut self, ddir: BorrowedFd<'_>, name: &CStr, st: &St) -> io::Result<Kept> {
         let Some(have) = opt(statx(ddir, name, 0))? else {
             return Ok(Kept::Absent);
         };
@@ -592,10 +592,6 @@ impl Copier<'_> {
         }
         let same_time = have.stx_mtime.tv_sec == st.stx_mtime.tv_sec && have.stx_mtime.tv_nsec == st.stx_mtime.tv_nsec;
         if k == libc::S_IFREG && kind(&have) == libc::S_IFREG && have.stx_size == st.stx_size && same_time {
-            // Opened as the copy would, so a source that became something else fails alike.
-            if open_regular(sdir, name)?.is_none() {
-                return Err(vanished(name));
-            }
             // A hard link to a file this attempt copied again must be made again too.
             if st.stx_nlink <= 1 || !self.links.contains_key(&key(st)) {
                 self.stats.files += 1;

@@ -148,7 +148,6 @@ impl Incoming {
     /// Closes the connection that has been idle longest (at least [`IDLE_AFTER`]) and
     /// returns its place; `None` when every connection has a call in flight or just had one.
     fn evict_idlest(&mut self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.open.retain(|c| c.strong_count() > 0);
         let idlest = self
             .open
             .iter()
@@ -170,6 +169,9 @@ impl Incoming {
     }
 
     fn admit(&mut self, stream: UnixStream) -> Option<Counted> {
+        // Closed connections leave dead entries: drop them, so the list stays as long as
+        // the connections open (the kubelet opens one per call).
+        self.open.retain(|c| c.strong_count() > 0);
         let place = match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(place) => place,
             Err(_) => match self.evict_idlest() {
