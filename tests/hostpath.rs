@@ -88,11 +88,7 @@ async fn btrfs_pool(test: &str, scratch: &Scratch) -> Option<(FsImage, PathBuf, 
         println!("SKIPPED: {test}: btrfs-progs is not installed");
         return None;
     }
-    let fs_img = FsImage::new(scratch, test, "btrfs", "1G")?;
-    let pool = fs_img.mount.join("pool");
-    let config = hostpath_config(&scratch.path().join("state"), &pool, "required");
-    let b = Berth::start(scratch.path(), &config, "node-a", &[]).await;
-    Some((fs_img, pool, b))
+    hostpath_on(scratch, test, ("btrfs", "1G"), "required", &[]).await
 }
 
 async fn volume_stats(
@@ -125,11 +121,9 @@ async fn btrfs_volume_lifecycle_enforces_size_snapshots_and_expands() {
         return;
     }
     let scratch = Scratch::new();
-    let Some(fs_img) = FsImage::new(&scratch, test, "btrfs", "1G") else { return };
-    let pool = fs_img.mount.join("pool");
-    let mut b =
-        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "required"), "node-a", &[])
-            .await;
+    let Some((_fs_img, pool, mut b)) = hostpath_on(&scratch, test, ("btrfs", "1G"), "required", &[]).await else {
+        return;
+    };
 
     let vol = create(&mut b, "pvc-btrfs", 16 * MIB).await;
     assert_eq!(vol.capacity_bytes, 16 * MIB);
@@ -243,11 +237,9 @@ async fn xfs_pool_takes_reflink_snapshots_and_reports_unenforced_sizes() {
         return;
     }
     let scratch = Scratch::new();
-    let Some(fs_img) = FsImage::new(&scratch, test, "xfs", "600M") else { return };
-    let pool = fs_img.mount.join("pool");
-    let mut b =
-        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "auto"), "node-a", &[])
-            .await;
+    let Some((fs_img, pool, mut b)) = hostpath_on(&scratch, test, ("xfs", "600M"), "auto", &[]).await else {
+        return;
+    };
     let vol = create(&mut b, "pvc-xfs", 32 * MIB).await;
     assert_eq!(vol.volume_context["berth.csi.io/capacity-enforcement"], "none", "xfs without prjquota cannot enforce");
 
@@ -309,11 +301,9 @@ async fn required_enforcement_on_plain_ext4_fails_clearly() {
         return;
     }
     let scratch = Scratch::new();
-    let Some(fs_img) = FsImage::new(&scratch, test, "ext4", "64M") else { return };
-    let pool = fs_img.mount.join("pool");
-    let mut b =
-        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "required"), "node-a", &[])
-            .await;
+    let Some((_fs_img, pool, mut b)) = hostpath_on(&scratch, test, ("ext4", "64M"), "required", &[]).await else {
+        return;
+    };
     let err = b.controller.create_volume(create_req("pvc", MIB)).await.expect_err("cannot enforce");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("requires enforced capacity"), "{}", err.message());
@@ -754,11 +744,9 @@ async fn a_clone_or_restore_holds_its_source_until_the_copy_is_whole() {
     }
     let scratch = Scratch::new();
     // ext4: clones and restores are file-by-file copies.
-    let Some(fs_img) = FsImage::new(&scratch, test, "ext4", "256M") else { return };
-    let pool = fs_img.mount.join("pool");
-    let mut b =
-        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "auto"), "node-a", &[])
-            .await;
+    let Some((_fs_img, pool, mut b)) = hostpath_on(&scratch, test, ("ext4", "256M"), "auto", &[]).await else {
+        return;
+    };
     let source = b.controller.create_volume(create_req("pvc-source", 64 * MIB)).await.expect("create");
     let source = source.into_inner().volume.expect("volume").volume_id;
     let key = source.rsplit(':').next().expect("key");
@@ -840,10 +828,9 @@ async fn a_pool_whose_disk_is_not_mounted_or_is_read_only_answers_precisely_and_
         return;
     }
     let scratch = Scratch::new();
-    let Some(disk) = FsImage::new(&scratch, test, "ext4", "128M") else { return };
-    let pool = disk.mount.join("pool");
-    let config = hostpath_config(&scratch.path().join("state"), &pool, "auto");
-    let mut b = Berth::start(scratch.path(), &config, "node-a", &[]).await;
+    let Some((disk, pool, mut b)) = common::hostpath_on(&scratch, test, ("ext4", "128M"), "auto", &[]).await else {
+        return;
+    };
     let vol = b.controller.create_volume(create_req("pvc-kept", MIB)).await.expect("create");
     let id = vol.into_inner().volume.expect("volume").volume_id;
     assert!(pool.join(".berth-pool").exists(), "the pool is marked");
@@ -1016,11 +1003,9 @@ async fn a_reflink_snapshot_of_a_sparse_file_reports_what_a_restore_needs() {
         return;
     }
     let scratch = Scratch::new();
-    let Some(fs_img) = FsImage::new(&scratch, test, "xfs", "512M") else { return };
-    let pool = fs_img.mount.join("pool");
-    let mut b =
-        Berth::start(scratch.path(), &hostpath_config(&scratch.path().join("state"), &pool, "auto"), "node-a", &[])
-            .await;
+    let Some((_fs_img, pool, mut b)) = hostpath_on(&scratch, test, ("xfs", "512M"), "auto", &[]).await else {
+        return;
+    };
     let vol = b.controller.create_volume(create_req("pvc-sparse", 64 * MIB)).await.expect("create");
     let id = vol.into_inner().volume.expect("volume").volume_id;
     let key = id.rsplit(':').next().expect("key");

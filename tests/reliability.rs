@@ -545,10 +545,11 @@ async fn sigterm_releases_the_state_within_the_drain_limit_even_with_a_copy_in_f
         return;
     }
     let scratch = common::Scratch::new();
-    let Some(disk) = common::FsImage::new(&scratch, test, "ext4", "128M") else { return };
-    let pool = disk.mount.join("pool");
-    let config = common::hostpath_config(&scratch.path().join("state"), &pool, "auto");
-    let mut b = common::Berth::start(scratch.path(), &config, "node-a", &["--drain-seconds", "1"]).await;
+    let Some((_disk, pool, mut b)) =
+        common::hostpath_on(&scratch, test, ("ext4", "128M"), "auto", &["--drain-seconds", "1"]).await
+    else {
+        return;
+    };
     let source = source_with_files(&mut b, &pool, 100).await;
     // Each file copied takes 300 ms: the clone needs half a minute.
     b.env.push(("BERTH_FAILPOINTS".into(), "hostpath.copy=sleep(300)".into()));
@@ -584,10 +585,9 @@ async fn a_start_that_finishes_interrupted_work_serves_probe_at_once() {
     use berth::csi::pb::controller_client::ControllerClient;
     use berth::csi::pb::identity_client::IdentityClient;
     let scratch = common::Scratch::new();
-    let Some(disk) = common::FsImage::new(&scratch, test, "ext4", "128M") else { return };
-    let pool = disk.mount.join("pool");
-    let config = common::hostpath_config(&scratch.path().join("state"), &pool, "auto");
-    let mut b = common::Berth::start(scratch.path(), &config, "node-a", &[]).await;
+    let Some((_disk, pool, mut b)) = common::hostpath_on(&scratch, test, ("ext4", "128M"), "auto", &[]).await else {
+        return;
+    };
     let source = source_with_files(&mut b, &pool, 60).await;
     // The clone dies half-way (a crash), and its next start copies slowly (50 ms a file).
     b.env.push(("BERTH_FAILPOINTS".into(), "hostpath.copy=kill@30".into()));

@@ -333,6 +333,23 @@ pub fn create_req(name: &str, bytes: i64) -> pb::CreateVolumeRequest {
 }
 
 /// A hostPath pool config on `path`.
+/// berth with one hostPath pool (`enforcement`) at `pool/` on a fresh `fs` filesystem of
+/// `size` made for `test`, and its state beside it; `None` where that filesystem cannot be
+/// made here ([`FsImage::new`] says why).
+pub async fn hostpath_on(
+    scratch: &Scratch,
+    test: &str,
+    (fs, size): (&str, &str),
+    enforcement: &str,
+    extra: &[&str],
+) -> Option<(FsImage, PathBuf, Berth)> {
+    let disk = FsImage::new(scratch, test, fs, size)?;
+    let pool = disk.mount.join("pool");
+    let config = hostpath_config(&scratch.path().join("state"), &pool, enforcement);
+    let b = Berth::start(scratch.path(), &config, "node-a", extra).await;
+    Some((disk, pool, b))
+}
+
 pub fn hostpath_config(state: &Path, pool: &Path, enforcement: &str) -> String {
     format!(
         "stateDir: {}\npools:\n  - name: default\n    type: hostpath\n    path: {}\n    capacityEnforcement: {enforcement}\n",
