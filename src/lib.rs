@@ -20,6 +20,7 @@ pub mod mount;
 pub mod nfs;
 pub mod progress;
 pub mod safepath;
+pub mod sensitive;
 pub mod server;
 pub mod state;
 pub mod units;

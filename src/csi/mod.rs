@@ -99,26 +99,7 @@ impl Drop for InFlight {
 /// The spec's limit for one map (parameters, context, secrets).
 pub const MAX_MAP_BYTES: usize = 4096;
 
-/// Volume context keys whose values must never be logged.
-pub const SENSITIVE_KEYS: &[&str] = &["csi.storage.k8s.io/serviceAccount.tokens"];
-
-/// True for a map key whose value must never be logged: every key in [`SENSITIVE_KEYS`]
-/// and anything that looks like a token, password or key.
-pub fn is_sensitive_key(key: &str) -> bool {
-    let lower = key.to_ascii_lowercase();
-    SENSITIVE_KEYS.contains(&key) || ["token", "secret", "password", "key"].iter().any(|w| lower.contains(w))
-}
-
-/// Renders a map for logs with secret values replaced (see [`is_sensitive_key`]).
-pub fn redacted(map: &HashMap<String, String>) -> String {
-    let mut keys: Vec<_> = map.keys().collect();
-    keys.sort();
-    let parts: Vec<String> = keys
-        .into_iter()
-        .map(|k| if is_sensitive_key(k) { format!("{k}=<redacted>") } else { format!("{k}={}", map[k]) })
-        .collect();
-    parts.join(",")
-}
+pub use crate::sensitive::{SENSITIVE_KEYS, is_sensitive_key, redacted};
 
 /// Runs one RPC's work on a blocking thread inside a span naming its volume, snapshot,
 /// node and paths; counts it in the metrics and logs its outcome, code and duration once.
@@ -324,17 +305,6 @@ pub fn request_bytes(field: &'static str, value: i64) -> Result<u64, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redaction_hides_tokens_and_secret_looking_keys() {
-        let mut m = HashMap::new();
-        m.insert("csi.storage.k8s.io/serviceAccount.tokens".to_string(), "SENTINEL-TOKEN".to_string());
-        m.insert("password".to_string(), "SENTINEL-PW".to_string());
-        m.insert("pool".to_string(), "fast".to_string());
-        let text = redacted(&m);
-        assert!(!text.contains("SENTINEL"), "{text}");
-        assert!(text.contains("pool=fast"));
-    }
 
     #[test]
     fn oversized_maps_are_refused() {
