@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::tree::{self, Reflink};
-use super::{Backend, Capability, Capacity, Condition, Error, Result, Source, StageSource, Usage, blockvol};
+use super::{
+    Backend, Capability, Capacity, Condition, Error, PoolInfo, PoolKind, Result, Source, StageSource, Usage, blockvol,
+};
 use crate::config::BlockPool as BlockPoolConfig;
 use crate::mount::{LOOP_TAG_PREFIX, LoopDevice, Syscall};
 use crate::progress::Progress;
@@ -19,12 +21,9 @@ use crate::state::{AccessKind, Enforced, SnapshotMethod, SnapshotRecord, VolumeR
 
 const VOLUMES: &str = "volumes";
 const SNAPSHOTS: &str = "snapshots";
-/// The filesystem a Filesystem-mode volume gets when the request names none.
-pub const DEFAULT_FS: &str = "ext4";
-
 /// A block pool.
 pub struct BlockPool {
-    name: String,
+    info: PoolInfo,
     root: PathBuf,
     preallocate: bool,
     sys: Arc<dyn Syscall>,
@@ -101,8 +100,7 @@ pub(super) fn preallocate(file: &File, bytes: u64) -> std::io::Result<()> {
 }
 
 impl BlockPool {
-    /// Prepares the pool directories.
-    /// Opens the pool; `freezes` records the freezes of its copies (see
+    /// Opens the pool, making its directories; `freezes` records the freezes of its copies (see
     /// [`blockvol::Freezes`]).
     pub fn open(config: &BlockPoolConfig, sys: Arc<dyn Syscall>, freezes: blockvol::Freezes) -> Result<BlockPool> {
         let root = config.path.clone();
@@ -110,12 +108,19 @@ impl BlockPool {
             fs::create_dir_all(&dir).map_err(Error::io("create pool directory", &dir))?;
         }
         tracing::info!(pool = %config.name, path = %root.display(), preallocate = config.preallocate, "block pool ready");
-        Ok(BlockPool { name: config.name.clone(), root, preallocate: config.preallocate, sys, freezes })
+        Ok(BlockPool {
+            info: PoolInfo::devices(&config.name, PoolKind::Block),
+            root,
+            preallocate: config.preallocate,
+            sys,
+            freezes,
+        })
     }
 
-    /// The snapshots directory, where device pools may keep their snapshots too.
-    pub fn snapshots_dir(&self) -> PathBuf {
-        self.root.join(SNAPSHOTS)
+    /// The snapshots directory of the block pool `config` describes, where device pools
+    /// may keep their snapshots too.
+    pub fn snapshots_dir(config: &BlockPoolConfig) -> PathBuf {
+        config.path.join(SNAPSHOTS)
     }
 
     fn image(&self, key: &str) -> PathBuf {
@@ -174,7 +179,7 @@ impl BlockPool {
     }
 
     fn fs_type(volume: &VolumeRecord) -> &str {
-        volume.fs_type.as_deref().unwrap_or(DEFAULT_FS)
+        volume.fs_type.as_deref().unwrap_or(super::DEFAULT_FS)
     }
 
     /// Clones or copies `from` into this pool's `dir/<key>.img`, sized `bytes` (at least).
@@ -211,27 +216,15 @@ impl BlockPool {
 
 impl Backend for BlockPool {
     fn check_writable(&self) -> Result<()> {
-        super::writable(&self.name, &self.root)
+        super::writable(&self.info.name, &self.root)
     }
 
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "block"
+    fn info(&self) -> &PoolInfo {
+        &self.info
     }
 
     fn enforcement(&self) -> Result<Enforced> {
         Ok(Enforced::DeviceSize)
-    }
-
-    fn supports_block(&self) -> bool {
-        true
-    }
-
-    fn formats(&self) -> bool {
-        true
     }
 
     fn capacity(&self) -> Result<Capacity> {
@@ -378,7 +371,7 @@ impl Backend for BlockPool {
     fn static_path(&self, _sub_path: &str) -> Result<PathBuf> {
         Err(Error::InvalidArgument(format!(
             "pool {} is a block pool; static volumes by subPath are served by hostpath pools",
-            self.name
+            self.info.name
         )))
     }
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use super::tree::{self, Reflink};
-use super::{Backend, Capability, Capacity, Condition, Error, Result, Source, StageSource, Usage};
+use super::{Backend, Capability, Capacity, Condition, Error, PoolInfo, PoolKind, Result, Source, StageSource, Usage};
 use crate::config::{Enforcement, HostPathPool};
 use crate::mount::ops;
 use crate::mount::{FsKind, ProjectQuotaState, Syscall, mountinfo};
@@ -44,7 +44,7 @@ enum Mode {
 
 /// A hostPath pool.
 pub struct HostPath {
-    name: String,
+    info: PoolInfo,
     root: PathBuf,
     policy: Enforcement,
     mode: Mode,
@@ -76,7 +76,7 @@ impl HostPath {
             _ => None,
         };
         Ok(HostPath {
-            name: config.name.clone(),
+            info: PoolInfo::directories(&config.name, PoolKind::Hostpath),
             root,
             policy: config.capacity_enforcement,
             mode,
@@ -353,15 +353,11 @@ fn detect_mode(sys: &dyn Syscall, root: &Path, policy: Enforcement) -> Result<Mo
 
 impl Backend for HostPath {
     fn check_writable(&self) -> Result<()> {
-        super::writable(&self.name, &self.root)
+        super::writable(&self.info.name, &self.root)
     }
 
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "hostpath"
+    fn info(&self) -> &PoolInfo {
+        &self.info
     }
 
     fn enforcement(&self) -> Result<Enforced> {
@@ -375,17 +371,9 @@ impl Backend for HostPath {
             (Mode::Plain { reason }, _) => (Enforced::None, reason.clone()),
         };
         if enforced == Enforced::None && self.policy == Enforcement::Required {
-            return Err(Error::Unenforceable { pool: self.name.clone(), reason });
+            return Err(Error::Unenforceable { pool: self.info.name.clone(), reason });
         }
         Ok(enforced)
-    }
-
-    fn supports_block(&self) -> bool {
-        false
-    }
-
-    fn formats(&self) -> bool {
-        false
     }
 
     fn capacity(&self) -> Result<Capacity> {
@@ -524,7 +512,7 @@ impl Backend for HostPath {
         // files cost nothing. Only plain directories are walked.
         let (total, used, inodes) = match (volume.enforced, &self.mode) {
             (Enforced::BtrfsQgroup, _) => {
-                adopt_nested(self.sys.as_ref(), &self.name, &dir);
+                adopt_nested(self.sys.as_ref(), &self.info.name, &dir);
                 // As of the last committed transaction (btrfs commits every 30 s by
                 // default); no filesystem-wide sync per call. btrfs allocates inodes as it
                 // goes and counts none per subvolume: no inode usage is reported.
@@ -578,7 +566,7 @@ impl Backend for HostPath {
             Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR) => Error::InvalidArgument(format!(
                 "{} is not a plain directory inside pool {} (symlinks are not followed)",
                 rel.display(),
-                self.name
+                self.info.name
             )),
             _ => Error::Io { op: "open volume directory", path: self.root.join(&rel), source: e },
         })?;
@@ -587,7 +575,7 @@ impl Backend for HostPath {
         if read_only_fs && !flags.readonly {
             return Err(Error::FailedPrecondition(format!(
                 "pool {} is on a read-only filesystem: a read-write stage would fail every write of the pod",
-                self.name
+                self.info.name
             )));
         }
         ops::bind(self.sys.as_ref(), &safepath::proc_fd_path(&fd), staging, flags)

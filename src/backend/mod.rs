@@ -7,6 +7,7 @@ pub mod device;
 pub mod hostpath;
 pub mod identity;
 pub mod nfs;
+pub mod registry;
 pub mod tree;
 pub mod walk;
 
@@ -70,6 +71,83 @@ pub struct Capability {
 
 /// Filesystem types a capability may name (an allow-list; a hostPath volume ignores which).
 pub const FS_TYPES: &[&str] = &["", "ext4", "xfs", "btrfs"];
+
+/// The filesystem a formatting pool gives a volume when neither the capability nor the
+/// StorageClass names one.
+pub const DEFAULT_FS: &str = "ext4";
+
+/// The pool types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    Hostpath,
+    Block,
+    Device,
+    Nfs,
+}
+
+impl PoolKind {
+    /// The name configuration and messages use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolKind::Hostpath => "hostpath",
+            PoolKind::Block => "block",
+            PoolKind::Device => "device",
+            PoolKind::Nfs => "nfs",
+        }
+    }
+}
+
+impl std::fmt::Display for PoolKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a pool is, as data: the engine decides placement, access modes and filesystems
+/// from this, never from the pool's type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolInfo {
+    pub name: String,
+    pub kind: PoolKind,
+    /// The pool's storage is on one node's disks; false when every node reaches it
+    /// (multi-node access modes, no topology, one central controller).
+    pub node_local: bool,
+    /// The pool serves raw block volumes.
+    pub raw_block: bool,
+    /// Filesystem types a capability may name.
+    pub fs_types: &'static [&'static str],
+    /// The filesystem a Filesystem-mode volume gets when no one names one; `None` when
+    /// the pool does not format its volumes (directories).
+    pub default_fs: Option<&'static str>,
+    /// A volume's growth takes nothing from the pool's free space (a whole disk is what
+    /// it is: growing past it is OUT_OF_RANGE, not a full pool).
+    pub grows_within_device: bool,
+}
+
+impl PoolInfo {
+    /// A node-local pool of directories on a filesystem.
+    pub fn directories(name: &str, kind: PoolKind) -> PoolInfo {
+        PoolInfo {
+            name: name.to_string(),
+            kind,
+            node_local: true,
+            raw_block: false,
+            fs_types: FS_TYPES,
+            default_fs: None,
+            grows_within_device: false,
+        }
+    }
+
+    /// A node-local pool of volumes that are block devices, formatted unless raw.
+    pub fn devices(name: &str, kind: PoolKind) -> PoolInfo {
+        PoolInfo { raw_block: true, default_fs: Some(DEFAULT_FS), ..PoolInfo::directories(name, kind) }
+    }
+
+    /// Whether the pool formats volumes (so `fs_type` chooses the filesystem).
+    pub fn formats(&self) -> bool {
+        self.default_fs.is_some()
+    }
+}
 
 /// What went wrong inside a backend, with the path or object it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -189,16 +267,10 @@ pub const RAW_DEVICE_FILE: &str = "device";
 
 /// One pool's storage.
 pub trait Backend: Send + Sync {
-    /// The pool's name.
-    fn name(&self) -> &str;
-    /// The pool type (`hostpath`, `block`, `device`).
-    fn kind(&self) -> &'static str;
+    /// What the pool is.
+    fn info(&self) -> &PoolInfo;
     /// How new volumes' sizes will be enforced, or why they cannot be when required.
     fn enforcement(&self) -> Result<Enforced>;
-    /// Whether the pool serves raw block volumes.
-    fn supports_block(&self) -> bool;
-    /// Whether the pool formats volumes (so `fs_type` chooses the filesystem).
-    fn formats(&self) -> bool;
     /// Free space for new volumes.
     fn capacity(&self) -> Result<Capacity>;
     /// Chooses, before any side effect, what a new volume will occupy (a device pool's
@@ -220,6 +292,10 @@ pub trait Backend: Send + Sync {
     fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()>;
     /// Removes a snapshot's storage; already gone is success.
     fn delete_snapshot(&self, snapshot: &SnapshotRecord) -> Result<()>;
+    /// What the pool adds to a volume's context for its node calls.
+    fn volume_context(&self, _volume: &VolumeRecord) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
     /// Whether the storage exists and looks sound.
     fn condition(&self, volume: &VolumeRecord) -> Condition;
     /// Usage of a volume mounted (or, for raw block, bound) at `volume_path`.
@@ -248,24 +324,10 @@ pub trait Backend: Send + Sync {
 
     // Shared (not node-local) pools, such as NFS, override the methods below.
 
-    /// True when the pool's storage is on one node's disks; false when every node can
-    /// reach it (multi-node access modes, no topology, one central controller).
-    fn node_local(&self) -> bool {
-        true
-    }
-    /// True when a volume's growth takes nothing from the pool's free space (a whole disk
-    /// is what it is: growing past it is OUT_OF_RANGE, not a full pool).
-    fn grows_within_its_device(&self) -> bool {
-        false
-    }
     /// FAILED_PRECONDITION when the pool cannot take changes now (its filesystem is
     /// read-only): checked before an operation records its intent, so it changes nothing.
     fn check_writable(&self) -> Result<()> {
         Ok(())
-    }
-    /// Filesystem types a capability may name.
-    fn fs_types(&self) -> &'static [&'static str] {
-        FS_TYPES
     }
     /// Validates a capability's mount flags into what a bind mount applies.
     fn parse_mount_flags(&self, flags: &[String]) -> std::result::Result<crate::mount::ops::Flags, String> {
@@ -309,6 +371,13 @@ pub trait Backend: Send + Sync {
     /// record of; `None` when the pool cannot tell.
     fn unrecorded_usage(&self, _volume_path: &Path) -> Option<Result<Usage>> {
         None
+    }
+}
+
+impl dyn Backend + '_ {
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.info().name
     }
 }
 

@@ -16,6 +16,12 @@ use serde::Deserialize;
 use crate::ids;
 use crate::units::Bytes;
 
+pub mod mount_options;
+mod nfs;
+pub mod template;
+
+pub use nfs::{Export, NfsPool, Permissions, Server};
+
 /// The configuration used when `berth serve` gets no `--config`: one hostPath pool on the
 /// node's own disk, so a plain Linux machine runs berth as root with no setup.
 pub const EMBEDDED_DEFAULT: &str = "\
@@ -152,52 +158,6 @@ pub struct DevicePool {
     pub snapshot_pool: Option<String>,
 }
 
-/// An NFS pool: each volume a subdirectory of `export` on `server`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NfsPool {
-    pub name: String,
-    /// Host name or address of the NFS server (IPv6 literals may be bracketed).
-    pub server: String,
-    /// The exported path on the server.
-    pub export: String,
-    /// Mount options for the nodes' kernel mounts, from berth's allow-list. `port=` and
-    /// `mountport=` also tell the controller's userspace client where to connect.
-    #[serde(default)]
-    pub mount_options: Vec<String>,
-    /// Template of each volume's directory under the export.
-    #[serde(default = "default_sub_dir")]
-    pub sub_dir: String,
-    /// What DeleteVolume does with the directory.
-    #[serde(default)]
-    pub on_delete: OnDelete,
-    /// Octal mode of new volume directories, e.g. "0770".
-    #[serde(default = "default_permissions")]
-    pub permissions: String,
-    /// Whether pods may ask for inline ephemeral volumes in this pool (off unless set).
-    #[serde(default)]
-    pub ephemeral: bool,
-}
-
-fn default_sub_dir() -> String {
-    crate::backend::nfs::template::DEFAULT.to_string()
-}
-
-fn default_permissions() -> String {
-    "0777".to_string()
-}
-
-impl NfsPool {
-    /// The permissions as a mode.
-    pub fn mode(&self) -> Result<u32, String> {
-        let digits = self.permissions.as_str();
-        if !(3..=4).contains(&digits.len()) || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-            return Err(format!("permissions {digits:?} must be 3 or 4 octal digits, e.g. \"0770\""));
-        }
-        u32::from_str_radix(digits, 8).map_err(|e| e.to_string())
-    }
-}
-
 /// What DeleteVolume does with an NFS volume's directory.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -315,9 +275,6 @@ impl Config {
                 {
                     return Err(format!("pool {name:?}: snapshotPool {snap:?} must name a block pool"));
                 }
-            }
-            if let PoolConfig::Nfs(n) = pool {
-                crate::backend::nfs::check_config(n).map_err(|e| format!("pool {name:?}: {e}"))?;
             }
         }
         self.check_roots(Path::to_path_buf)
@@ -481,10 +438,16 @@ mod tests {
         )
         .expect("valid");
         let PoolConfig::Nfs(n) = &config.pools[0] else { panic!("nfs") };
-        assert_eq!((n.on_delete, n.mode(), config.pools[0].node_local()), (OnDelete::Archive, Ok(0o770), false));
+        assert_eq!(
+            (n.on_delete, n.permissions, config.pools[0].node_local()),
+            (OnDelete::Archive, Permissions(0o770), false)
+        );
         let defaults = Config::parse("pools: [{name: n, type: nfs, server: '[::1]', export: /x}]", "t").expect("valid");
         let PoolConfig::Nfs(n) = &defaults.pools[0] else { panic!("nfs") };
-        assert_eq!((n.sub_dir.as_str(), n.mode(), n.on_delete), ("${pv.metadata.name}", Ok(0o777), OnDelete::Delete));
+        assert_eq!(
+            (&n.sub_dir, n.permissions, n.on_delete),
+            (&template::Template::default(), Permissions(0o777), OnDelete::Delete)
+        );
     }
 
     #[test]

@@ -84,7 +84,8 @@ pub enum OptionError {
 }
 
 /// Mount options, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "Vec<String>")]
 pub struct Options {
     /// `key` or `key=value` entries for the data string, in order.
     pub data: Vec<String>,
@@ -125,6 +126,14 @@ fn check_one(opt: &str) -> Result<(), OptionError> {
 impl Default for Options {
     fn default() -> Options {
         Options { data: Vec::new(), flags: MsFlags::empty(), readonly: false }
+    }
+}
+
+impl TryFrom<Vec<String>> for Options {
+    type Error = OptionError;
+
+    fn try_from(options: Vec<String>) -> Result<Options, OptionError> {
+        Options::parse(&options)
     }
 }
 

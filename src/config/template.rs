@@ -42,9 +42,25 @@ enum Part {
 }
 
 /// A parsed template.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct Template {
     parts: Vec<Part>,
+}
+
+impl TryFrom<String> for Template {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Template, String> {
+        Template::parse(&text)
+    }
+}
+
+impl Default for Template {
+    /// [`DEFAULT`]: the PersistentVolume's name.
+    fn default() -> Template {
+        Template { parts: vec![Part::Var(Var::PvName)] }
+    }
 }
 
 impl Template {
@@ -147,6 +163,11 @@ pub fn check_path(field: &'static str, value: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_template_is_the_pv_name() {
+        assert_eq!(Template::parse(DEFAULT), Ok(Template::default()));
+    }
 
     fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

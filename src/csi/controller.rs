@@ -19,8 +19,9 @@ fn topology(node: &str) -> Vec<pb::Topology> {
     vec![pb::Topology { segments: HashMap::from([(TOPOLOGY_KEY.to_string(), node.to_string())]) }]
 }
 
-/// The wire form of a volume record.
-pub fn volume(v: &VolumeRecord) -> pb::Volume {
+/// The wire form of a volume record and its volume context (see
+/// [`Engine::volume_context`](crate::engine::Engine::volume_context)).
+pub fn volume(v: &VolumeRecord, context: std::collections::BTreeMap<String, String>) -> pb::Volume {
     use pb::volume_content_source::{SnapshotSource, Type, VolumeSource};
     let content_source = v.source.as_ref().map(|s| pb::VolumeContentSource {
         r#type: Some(match s {
@@ -28,18 +29,10 @@ pub fn volume(v: &VolumeRecord) -> pb::Volume {
             ContentSource::Volume(id) => Type::Volume(VolumeSource { volume_id: id.clone() }),
         }),
     });
-    let mut volume_context = HashMap::from([
-        ("berth.csi.io/pool".to_string(), v.pool.clone()),
-        ("berth.csi.io/capacity-enforcement".to_string(), v.enforced.as_str().to_string()),
-    ]);
-    // A shared (NFS) volume: its node plugins, which hold no records, mount this directory.
-    if let Some(sub_dir) = v.parameters.get(crate::backend::nfs::SUBDIR_KEY) {
-        volume_context.insert(crate::backend::nfs::CONTEXT_SUBDIR.to_string(), sub_dir.clone());
-    }
     pb::Volume {
         capacity_bytes: wire_bytes(v.capacity),
         volume_id: v.id.clone(),
-        volume_context,
+        volume_context: context.into_iter().collect(),
         content_source,
         // A volume of a shared pool has no node: it is reachable from every node.
         accessible_topology: if v.node.is_empty() { Vec::new() } else { topology(&v.node) },
@@ -120,7 +113,7 @@ impl pb::controller_server::Controller for ControllerService {
                 source,
                 allowed_nodes,
             })?;
-            Ok(pb::CreateVolumeResponse { volume: Some(volume(&record)) })
+            Ok(pb::CreateVolumeResponse { volume: Some(volume(&record, engine.volume_context(&record))) })
         })
         .await
     }
@@ -227,7 +220,7 @@ impl pb::controller_server::Controller for ControllerService {
                 .items
                 .iter()
                 .map(|item| pb::list_volumes_response::Entry {
-                    volume: Some(volume(&item.volume)),
+                    volume: Some(volume(&item.volume, engine.volume_context(&item.volume))),
                     status: Some(pb::list_volumes_response::VolumeStatus {
                         published_node_ids: item.volume.published.keys().cloned().collect(),
                         volume_condition: Some(condition(&item.condition)),
@@ -389,7 +382,7 @@ impl pb::controller_server::Controller for ControllerService {
             id("volume_id", &req.volume_id)?;
             let item = engine.get_volume(&req.volume_id)?;
             Ok(pb::ControllerGetVolumeResponse {
-                volume: Some(volume(&item.volume)),
+                volume: Some(volume(&item.volume, engine.volume_context(&item.volume))),
                 status: Some(pb::controller_get_volume_response::VolumeStatus {
                     published_node_ids: item.volume.published.keys().cloned().collect(),
                     volume_condition: Some(condition(&item.condition)),

@@ -225,7 +225,7 @@ pub fn machine(host: &Host, config: Option<&Config>, needs: Needs) -> Vec<Check>
                 format!("{} not found: block volumes cannot be formatted or grown as {fs_type}", missing.join(", "));
             let fix = format!("install {package} (apt-get install {package} / dnf install {package})");
             // Volumes are ext4 unless a request asks for another type.
-            need(needs.formats && fs_type == crate::backend::block::DEFAULT_FS, check, detail, &fix)
+            need(needs.formats && fs_type == crate::backend::DEFAULT_FS, check, detail, &fix)
         });
     }
     let filesystems = fs::read_to_string(&host.proc_filesystems).unwrap_or_default();

@@ -1,27 +1,34 @@
 //! The engine: what each CSI operation does, independent of gRPC. The services in `csi`
 //! translate requests into these calls (on blocking threads) and errors into codes.
 
-mod controller;
+mod lifecycle;
+#[cfg(test)]
+mod lifecycle_tests;
+mod listing;
 mod node;
+mod publish;
 mod reconcile;
 mod shared;
+mod snapshots;
 #[cfg(test)]
 mod tests;
+mod volumes;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::backend::device::{DevicePool, Holdings};
-use crate::backend::{self, Backend, block::BlockPool, hostpath::HostPath, nfs::NfsPool};
-use crate::config::{Config, PoolConfig};
+use crate::backend::device::Holdings;
+use crate::backend::{self, Backend};
+use crate::config::Config;
 use crate::locks::{Guard, Locks};
 use crate::mount::Syscall;
 use crate::state::Store;
 
 pub use crate::backend::{AccessMode, Capability, FS_TYPES};
-pub use controller::{CapacityQuery, CreateVolume, ListedVolume, Page};
+pub use listing::{CapacityQuery, ListedVolume, Page};
 pub use node::{NodePublish, NodeStage};
 pub use reconcile::Report;
+pub use volumes::CreateVolume;
 
 /// The topology key naming the node that holds a node-local volume.
 pub const TOPOLOGY_KEY: &str = "topology.berth.csi.io/node";
@@ -175,7 +182,6 @@ impl Engine {
         for bad in &unreadable {
             tracing::warn!(path = %bad.path.display(), reason = %bad.reason, "state record cannot be read; left in place for the operator");
         }
-        let max_project = store.volumes_where(|v| v.project_id.is_some()).iter().filter_map(|v| v.project_id).max();
         let mut pools: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
         let mut remote_pools = std::collections::BTreeSet::new();
         let mut unavailable = BTreeMap::new();
@@ -185,6 +191,8 @@ impl Engine {
         // One record of the devices every device pool holds: a disk two pools list is
         // handed out once.
         let held = Holdings::default();
+        let context =
+            backend::registry::Context { config: &config, store: &store, sys: &sys, freezes: &freezes, held: &held };
         for pool in &config.pools {
             if placement == Placement::Central && pool.node_local() {
                 remote_pools.insert(pool.name().to_string());
@@ -197,44 +205,7 @@ impl Engine {
                 unavailable.insert(pool.name().to_string(), reason);
                 continue;
             }
-            let backend: Arc<dyn Backend> = match pool {
-                PoolConfig::Hostpath(hp) => Arc::new(
-                    HostPath::open(hp, Arc::clone(&sys), max_project).map_err(|e| format!("pool {}: {e}", hp.name))?,
-                ),
-                PoolConfig::Block(bp) => Arc::new(
-                    BlockPool::open(bp, Arc::clone(&sys), freezes.clone())
-                        .map_err(|e| format!("pool {}: {e}", bp.name))?,
-                ),
-                PoolConfig::Device(dp) => {
-                    let snapshot_dir = dp.snapshot_pool.as_ref().and_then(|name| {
-                        config.pools.iter().find_map(|p| match p {
-                            PoolConfig::Block(b) if &b.name == name => Some(b.path.join("snapshots")),
-                            _ => None,
-                        })
-                    });
-                    // Every device pool's records: two naming one device are refused.
-                    let recorded = store.volumes_where(|v| {
-                        v.device.is_some()
-                            && config.pools.iter().any(|p| matches!(p, PoolConfig::Device(d) if d.name == v.pool))
-                    });
-                    let pool = DevicePool::open(dp, Arc::clone(&sys), snapshot_dir, recorded, held.clone())
-                        .map_err(|e| format!("pool {}: {e}", dp.name))?
-                        .with_freezes(freezes.clone());
-                    // Records from before identities name the kernel's name: record the
-                    // identity now, while that name still leads to the volume's disk.
-                    for mut v in store.volumes_where(|v| v.pool == dp.name && v.device_identity.is_none()) {
-                        if pool.adopt(&mut v)
-                            && let Err(e) = store.put_volume(&v)
-                        {
-                            tracing::warn!(volume.id = %v.id, error = %e, "recording a device identity");
-                        }
-                    }
-                    Arc::new(pool)
-                }
-                PoolConfig::Nfs(np) => {
-                    Arc::new(NfsPool::open(np, Arc::clone(&sys)).map_err(|e| format!("pool {}: {e}", np.name))?)
-                }
-            };
+            let backend = backend::registry::open(pool, &context)?;
             pools.insert(pool.name().to_string(), backend);
         }
         let engine = Engine {

@@ -230,29 +230,12 @@ impl Engine {
     }
 
     fn check_node_capability(&self, pool: &dyn Backend, capability: &Capability) -> Result<ops::Flags> {
-        if capability.mode.multi_node() && pool.node_local() {
-            return Err(Error::FailedPrecondition(format!(
-                "access mode {} is not supported by {} pool {}, which is local to one node",
-                capability.mode,
-                pool.kind(),
-                pool.name()
-            )));
+        use super::volumes::{Unfit, unfit};
+        match unfit(pool, capability) {
+            Some(Unfit::AccessMode(m) | Unfit::RawBlock(m)) => Err(Error::FailedPrecondition(m)),
+            Some(Unfit::Filesystem(m) | Unfit::MountFlags(m)) => Err(Error::InvalidArgument(m)),
+            None => pool.parse_mount_flags(&capability.mount_flags).map_err(Error::InvalidArgument),
         }
-        if capability.block && !pool.supports_block() {
-            return Err(Error::FailedPrecondition(format!(
-                "{} pool {} cannot serve raw block volumes",
-                pool.kind(),
-                pool.name()
-            )));
-        }
-        if !pool.fs_types().contains(&capability.fs_type.as_str()) {
-            return Err(Error::InvalidArgument(format!(
-                "filesystem type {:?} is not one of {}",
-                capability.fs_type,
-                pool.fs_types().iter().filter(|t| !t.is_empty()).copied().collect::<Vec<_>>().join(", ")
-            )));
-        }
-        pool.parse_mount_flags(&capability.mount_flags).map_err(Error::InvalidArgument)
     }
 
     /// Mounts the volume at the staging path. Already staged there: success; something
@@ -435,11 +418,8 @@ impl Engine {
                     )),
                 )
             })?);
-            let mut deleting = record.clone();
-            deleting.phase = Phase::Deleting;
-            self.put_volume(&deleting)?;
-            pool.delete_volume(&deleting)?;
-            self.remove_volume_record(&deleting)?;
+            let mut deleting = record;
+            self.delete_volume_storage(pool.as_ref(), &mut deleting)?;
             tracing::info!(volume.id = %volume_id, "ephemeral volume deleted");
         }
         tracing::info!(volume.id = %volume_id, target.path = %target.display(), "volume unpublished");
@@ -492,6 +472,7 @@ impl Engine {
             }
             Some(r) if r.phase == Phase::Ready => r,
             existing => {
+                let fresh = existing.is_none();
                 let mut record = existing.unwrap_or_else(|| VolumeRecord {
                     id: req.volume_id.clone(),
                     name: req.volume_id.clone(),
@@ -513,10 +494,10 @@ impl Engine {
                     single_writer: None,
                     created_unix_ms: state::now_ms(),
                 });
-                self.put_volume(&record)?;
-                pool.create_volume(&mut record, None)?;
-                record.phase = Phase::Ready;
-                self.put_volume(&record)?;
+                if fresh {
+                    self.begin_volume(&record)?;
+                }
+                self.build_volume(pool.as_ref(), &mut record, None, 0)?;
                 record
             }
         };

@@ -33,7 +33,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Engine {
     fn shared_pools(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
-        self.pools.values().filter(|p| !p.node_local())
+        self.pools.values().filter(|p| !p.info().node_local)
     }
 
     /// On a node, announces this node to each shared pool in the background. On the
@@ -123,7 +123,7 @@ impl Engine {
                 record.pool
             )));
         }
-        if let Some(reason) = super::controller::unsupported(pool.as_ref(), capability) {
+        if let Some(reason) = super::volumes::unsupported(pool.as_ref(), capability) {
             return Err(Error::InvalidArgument(reason));
         }
         match record.published.get(node) {
@@ -157,7 +157,7 @@ impl Engine {
         context: &std::collections::BTreeMap<String, String>,
     ) -> Result<Option<(Arc<dyn Backend>, PathBuf)>> {
         if let Some(parsed) = ids::parse(Kind::Volume, id)
-            && let Some(pool) = self.pools.get(parsed.pool).filter(|p| !p.node_local())
+            && let Some(pool) = self.pools.get(parsed.pool).filter(|p| !p.info().node_local)
         {
             return Ok(pool.context_path(context)?.map(|rel| (Arc::clone(pool), rel)));
         }

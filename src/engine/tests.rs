@@ -236,54 +236,6 @@ fn central_controller_defers_node_local_expansion_to_the_node() {
 }
 
 #[test]
-fn a_retried_create_finishes_work_a_crash_left_half_done() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let stat = FsStat {
-        magic: crate::mount::btrfs::BTRFS_SUPER_MAGIC,
-        total_bytes: 1 << 30,
-        available_bytes: 1 << 30,
-        ..FsStat::default()
-    };
-    let fake = Arc::new(RecordingSyscall::new(stat, ""));
-    let engine = engine_on(Arc::clone(&fake), dir.path(), "auto");
-    // The crash came after the intent record and the subvolume, before the limit and Ready.
-    let (id, key) = crate::ids::mint(crate::ids::Kind::Volume, "fast");
-    let half = crate::state::VolumeRecord {
-        id: id.clone(),
-        name: "pvc".into(),
-        pool: "fast".into(),
-        key: key.clone(),
-        node: "node-a".into(),
-        capacity: 3 << 20,
-        phase: crate::state::Phase::Creating,
-        access: crate::state::AccessKind::Mount,
-        enforced: crate::state::Enforced::None,
-        project_id: None,
-        source: None,
-        published: BTreeMap::new(),
-        ephemeral: false,
-        fs_type: None,
-        device: None,
-        device_identity: None,
-        parameters: BTreeMap::new(),
-        single_writer: None,
-        created_unix_ms: 1,
-    };
-    engine.store.put_volume(&half).expect("intent");
-    std::fs::create_dir(dir.path().join("pool/volumes").join(&key)).expect("half-made subvolume");
-    drop(engine);
-
-    let engine = engine_on(Arc::clone(&fake), dir.path(), "auto");
-    let done = engine.create_volume(create("pvc", 3 << 20)).expect("retry");
-    assert_eq!(done.id, id, "the retry finishes the same volume");
-    assert_eq!(done.phase, crate::state::Phase::Ready);
-    let subvol = dir.path().join("pool/volumes").join(&key);
-    assert!(fake.calls().contains(&Call::QgroupLimit { subvol, max_bytes: Some(3 << 20) }));
-    assert!(!fake.calls().iter().any(|c| matches!(c, Call::SubvolumeCreate { .. })), "existing storage is reused");
-    assert_eq!(engine.store.volume_count(), 1);
-}
-
-#[test]
 fn reconcile_finishes_deletes_and_reports_unaccounted_data() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stat = FsStat { magic: 0xEF53, total_bytes: 1 << 30, available_bytes: 1 << 30, ..FsStat::default() };

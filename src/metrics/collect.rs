@@ -161,7 +161,7 @@ fn write_pools(w: &mut Writer, engine: &Engine) {
     let mut capacities = Vec::new();
     for (name, pool) in &engine.pools {
         match pool.capacity() {
-            Ok(c) => capacities.push((name.as_str(), pool.kind(), c)),
+            Ok(c) => capacities.push((name.as_str(), pool.info().kind.as_str(), c)),
             Err(e) => tracing::warn!(pool = %name, error = %e, "pool capacity unavailable for metrics"),
         }
     }

@@ -153,7 +153,7 @@ impl DevicePool {
                 volume.id,
                 path.display(),
                 canonical.display(),
-                self.name,
+                self.info.name,
                 self.patterns.join(", ")
             )));
         }

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::block::write_whole_file;
-use super::{Backend, Capability, Capacity, Condition, Error, Result, Source, StageSource, Usage, blockvol};
+use super::{
+    Backend, Capability, Capacity, Condition, Error, PoolInfo, PoolKind, Result, Source, StageSource, Usage, blockvol,
+};
 use crate::config::{DevicePool as DevicePoolConfig, Wipe};
 use crate::mount::{Signature, Syscall};
 use crate::progress::Progress;
@@ -27,7 +29,7 @@ const CHUNK: usize = 1 << 20;
 
 /// A device pool.
 pub struct DevicePool {
-    name: String,
+    info: PoolInfo,
     patterns: Vec<String>,
     wipe: Wipe,
     /// Where snapshots of device volumes are kept (a block pool's snapshots directory).
@@ -177,7 +179,7 @@ impl DevicePool {
             Some((v.id, Held { path, serial: v.device_identity.and_then(|i| i.serial) }))
         }));
         let pool = DevicePool {
-            name: config.name.clone(),
+            info: PoolInfo { grows_within_device: true, ..PoolInfo::devices(&config.name, PoolKind::Device) },
             patterns: config.devices.clone(),
             wipe: config.wipe,
             snapshot_dir,
@@ -187,9 +189,9 @@ impl DevicePool {
             freezes: None,
         };
         let devices = pool.devices()?;
-        tracing::info!(pool = %pool.name, devices = devices.len(), wipe = ?pool.wipe, "device pool ready");
+        tracing::info!(pool = %pool.info.name, devices = devices.len(), wipe = ?pool.wipe, "device pool ready");
         if pool.wipe == Wipe::Signatures {
-            tracing::warn!(pool = %pool.name, "wipe: signatures erases only signatures: the next volume on a device can read what the last one wrote");
+            tracing::warn!(pool = %pool.info.name, "wipe: signatures erases only signatures: the next volume on a device can read what the last one wrote");
         }
         Ok(pool)
     }
@@ -256,7 +258,7 @@ impl DevicePool {
         self.snapshot_dir.as_ref().map(|d| d.join(format!("{key}.img"))).ok_or_else(|| {
             Error::Unimplemented(format!(
                 "device pool {} keeps no snapshots: set snapshotPool to a block pool on this node",
-                self.name
+                self.info.name
             ))
         })
     }
@@ -277,24 +279,12 @@ impl DevicePool {
 }
 
 impl Backend for DevicePool {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "device"
+    fn info(&self) -> &PoolInfo {
+        &self.info
     }
 
     fn enforcement(&self) -> Result<Enforced> {
         Ok(Enforced::DeviceSize)
-    }
-
-    fn supports_block(&self) -> bool {
-        true
-    }
-
-    fn formats(&self) -> bool {
-        true
     }
 
     fn capacity(&self) -> Result<Capacity> {
@@ -347,7 +337,7 @@ impl Backend for DevicePool {
         let (device, serial) = chosen.ok_or_else(|| {
             Error::Exhausted(format!(
                 "device pool {} has no free blank device of at least {} bytes",
-                self.name, volume.capacity
+                self.info.name, volume.capacity
             ))
         })?;
         held.insert(volume.id.clone(), Held { path: device.name.clone(), serial: serial.clone() });
@@ -415,10 +405,6 @@ impl Backend for DevicePool {
         Ok(())
     }
 
-    fn grows_within_its_device(&self) -> bool {
-        true
-    }
-
     fn expand_volume(&self, volume: &VolumeRecord, bytes: u64) -> Result<bool> {
         let device = self.present(volume)?;
         let size = self.sys.device_size(&device).map_err(Error::io("device size", &device))?;
@@ -435,7 +421,7 @@ impl Backend for DevicePool {
     fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()> {
         if volume.access == AccessKind::Mount {
             let device = self.present(volume)?;
-            let fs_type = volume.fs_type.as_deref().unwrap_or(super::block::DEFAULT_FS);
+            let fs_type = volume.fs_type.as_deref().unwrap_or(super::DEFAULT_FS);
             self.sys
                 .grow_fs(fs_type, &device, volume_path)
                 .inspect_err(|_| crate::metrics::record_error("resize"))
@@ -494,14 +480,14 @@ impl Backend for DevicePool {
     fn static_path(&self, _sub_path: &str) -> Result<PathBuf> {
         Err(Error::InvalidArgument(format!(
             "pool {} is a device pool; static volumes by subPath are served by hostpath pools",
-            self.name
+            self.info.name
         )))
     }
 
     fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()> {
         let volume = self.managed(source)?;
         let device = self.present(volume)?;
-        let fs_type = volume.fs_type.as_deref().unwrap_or(super::block::DEFAULT_FS);
+        let fs_type = volume.fs_type.as_deref().unwrap_or(super::DEFAULT_FS);
         blockvol::stage(self.sys.as_ref(), &device, staging, capability, fs_type)
     }
 

@@ -10,25 +10,24 @@
 pub mod copy;
 pub mod export;
 pub mod node;
-pub mod options;
 mod pool;
-pub mod template;
 
-pub use pool::{NfsPool, check_config};
+pub use pool::NfsPool;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Backend, Capability, Capacity, Condition, Error, Result, Source, StageSource, Usage};
+use super::{Backend, Capability, Capacity, Condition, Error, PoolInfo, Result, Source, StageSource, Usage};
 use crate::config::OnDelete;
 use crate::mount::{MsFlags, ops};
 use crate::nfs::{self, FileType, SetAttr};
 use crate::safepath;
 use crate::state::{Enforced, Phase, SnapshotMethod, SnapshotRecord, VolumeRecord};
 
-use options::Options;
+use crate::config::mount_options::Options;
+use crate::config::template;
 use pool::{split_last, utc_stamp};
 
 /// Where a volume's directory (relative to the export) is kept in its record.
@@ -43,20 +42,13 @@ pub const FS_TYPES: &[&str] = &["", "nfs", "nfs4"];
 const REGISTER_RETRY: Duration = Duration::from_secs(30);
 
 impl Backend for NfsPool {
-    fn name(&self) -> &str {
-        &self.name
+    fn info(&self) -> &PoolInfo {
+        &self.info
     }
 
-    fn kind(&self) -> &'static str {
-        "nfs"
-    }
-
-    fn node_local(&self) -> bool {
-        false
-    }
-
-    fn fs_types(&self) -> &'static [&'static str] {
-        FS_TYPES
+    fn volume_context(&self, volume: &VolumeRecord) -> BTreeMap<String, String> {
+        // Node plugins hold no records: the context names the directory they mount.
+        volume.parameters.get(SUBDIR_KEY).map(|dir| (CONTEXT_SUBDIR.to_string(), dir.clone())).into_iter().collect()
     }
 
     fn parse_mount_flags(&self, flags: &[String]) -> std::result::Result<ops::Flags, String> {
@@ -67,14 +59,6 @@ impl Backend for NfsPool {
     fn enforcement(&self) -> Result<Enforced> {
         // NFS has no per-directory quota: sizes are recorded, not enforced.
         Ok(Enforced::None)
-    }
-
-    fn supports_block(&self) -> bool {
-        false
-    }
-
-    fn formats(&self) -> bool {
-        false
     }
 
     fn capacity(&self) -> Result<Capacity> {
@@ -419,8 +403,8 @@ impl Backend for NfsPool {
         let snapshots: Vec<SnapshotRecord> =
             self.with("read snapshot records", export::META, |c| export::records(c, export::SNAPSHOT_RECORDS))?;
         Ok(Some((
-            volumes.into_iter().filter(|v| v.pool == self.name).collect(),
-            snapshots.into_iter().filter(|s| s.pool == self.name).collect(),
+            volumes.into_iter().filter(|v| v.pool == self.info.name).collect(),
+            snapshots.into_iter().filter(|s| s.pool == self.info.name).collect(),
         )))
     }
 
@@ -439,11 +423,11 @@ impl Backend for NfsPool {
                 });
                 match done {
                     Ok(()) => {
-                        tracing::info!(pool = %self.name, node.id = %node, "node registered on the export");
+                        tracing::info!(pool = %self.info.name, node.id = %node, "node registered on the export");
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(pool = %self.name, node.id = %node, error = %e, "cannot register this node on the export yet; retrying");
+                        tracing::warn!(pool = %self.info.name, node.id = %node, error = %e, "cannot register this node on the export yet; retrying");
                         std::thread::sleep(REGISTER_RETRY);
                     }
                 }

@@ -6,37 +6,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::options::Options;
-use super::template::Template;
 use super::{Error, Result, SUBDIR_KEY};
 use super::{export, node};
-use crate::backend::{Source, StageSource, Usage};
+use crate::backend::{PoolInfo, PoolKind, Source, StageSource, Usage};
+use crate::config::mount_options::Options;
+use crate::config::template::Template;
 use crate::config::{self, OnDelete};
 use crate::mount::Syscall;
 use crate::nfs::{self, Client, Endpoint, rpc::AuthSys};
-use crate::safepath;
 use crate::state::VolumeRecord;
 
 /// Deadline of every call of the controller's client.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Checks an NFS pool's configuration: server, export, options, template, permissions.
-pub fn check_config(pool: &config::NfsPool) -> std::result::Result<(), String> {
-    let server = pool.server.as_str();
-    let bare = server.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(server);
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_');
-    if bare.is_empty() || bare.len() > 253 || !bare.chars().all(ok_char) {
-        return Err(format!("server {server:?} must be a host name or an IP address"));
-    }
-    let export = safepath::absolute("export", &pool.export).map_err(|e| e.to_string())?;
-    if pool.export.contains(',') || export.as_os_str().len() > 1024 {
-        return Err(format!("export {:?} must not contain ',' and must be at most 1024 bytes", pool.export));
-    }
-    Options::parse(&pool.mount_options).map_err(|e| e.to_string())?;
-    Template::parse(&pool.sub_dir)?;
-    pool.mode()?;
-    Ok(())
-}
 
 /// Formats Unix seconds as `YYYYmmddTHHMMSSZ` (UTC), for archive names.
 pub(super) fn utc_stamp(secs: u64) -> String {
@@ -61,7 +42,7 @@ pub(super) fn split_last(rel: &str) -> (&str, &str) {
 
 /// An NFS pool.
 pub struct NfsPool {
-    pub(super) name: String,
+    pub(super) info: PoolInfo,
     pub(super) server: String,
     pub(super) export: String,
     pub(super) options: Options,
@@ -78,28 +59,29 @@ impl NfsPool {
     /// Prepares the pool. Nothing is contacted yet: the controller connects on first use,
     /// and a node plugin never needs the userspace client except to register itself.
     pub fn open(config: &config::NfsPool, sys: Arc<dyn Syscall>) -> Result<NfsPool> {
-        check_config(config).map_err(Error::InvalidArgument)?;
-        let options = Options::parse(&config.mount_options).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let template = Template::parse(&config.sub_dir).map_err(Error::InvalidArgument)?;
         let machine = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-        let export = config.export.trim_end_matches('/').to_string();
+        let export = config.export.as_str().to_string();
         let endpoint = Endpoint {
-            host: config.server.clone(),
+            host: config.server.as_str().to_string(),
             export: export.clone(),
-            nfs_port: options.port(),
-            mount_port: options.mount_port(),
+            nfs_port: config.mount_options.port(),
+            mount_port: config.mount_options.mount_port(),
             timeout: CALL_TIMEOUT,
             auth: AuthSys { machine, uid: 0, gid: 0 },
         };
         tracing::info!(pool = %config.name, server = %config.server, export = %export, "nfs pool ready");
         Ok(NfsPool {
-            name: config.name.clone(),
-            server: config.server.clone(),
+            info: PoolInfo {
+                node_local: false,
+                fs_types: super::FS_TYPES,
+                ..PoolInfo::directories(&config.name, PoolKind::Nfs)
+            },
+            server: config.server.as_str().to_string(),
             export,
-            options,
-            template,
+            options: config.mount_options.clone(),
+            template: config.sub_dir.clone(),
             on_delete: config.on_delete,
-            mode: config.mode().map_err(Error::InvalidArgument)?,
+            mode: config.permissions.0,
             endpoint,
             session: Mutex::new(None),
             sys,
@@ -234,26 +216,5 @@ mod tests {
         assert_eq!(utc_stamp(0), "19700101T000000Z");
         assert_eq!(utc_stamp(1_767_323_045), "20260102T030405Z");
         assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
-    }
-
-    #[test]
-    fn config_checks_server_and_export() {
-        let pool = |server: &str, export: &str| config::NfsPool {
-            name: "n".into(),
-            server: server.into(),
-            export: export.into(),
-            mount_options: vec![],
-            sub_dir: crate::backend::nfs::template::DEFAULT.into(),
-            on_delete: OnDelete::Delete,
-            permissions: "0777".into(),
-            ephemeral: false,
-        };
-        assert!(check_config(&pool("nfs.example.com", "/exports/k8s")).is_ok());
-        assert!(check_config(&pool("[2001:db8::1]", "/x")).is_ok());
-        for (server, export) in
-            [("", "/x"), ("a b", "/x"), ("a,b", "/x"), ("s", "x"), ("s", "/"), ("s", "/a/../b"), ("s", "/a,b")]
-        {
-            assert!(check_config(&pool(server, export)).is_err(), "{server:?} {export:?}");
-        }
     }
 }

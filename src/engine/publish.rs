@@ -1,0 +1,93 @@
+//! ControllerPublishVolume and ControllerUnpublishVolume: which nodes may use a volume.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::volumes::unsupported;
+use super::{Capability, Engine, Error, Result};
+use crate::ids::{self, Kind};
+
+impl Engine {
+    fn known_node(&self, node: &str) -> bool {
+        node == self.node_id || !self.store.volumes_where(|v| v.node == node).is_empty()
+    }
+
+    /// Records that `node` may use the volume. Unknown volume or node: NOT_FOUND; another
+    /// node than the one holding a node-local volume: FAILED_PRECONDITION naming the owner;
+    /// already published there with another readonly flag: ALREADY_EXISTS.
+    pub fn controller_publish(
+        &self,
+        id: &str,
+        node: &str,
+        capability: &Capability,
+        readonly: bool,
+        context: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        self.sync_for_id(Kind::Volume, id)?;
+        let _guard = self.lock(&[id.to_string()])?;
+        // A static volume an administrator made on a shared pool (server, export, subDir in
+        // its attributes): berth keeps no record of it, so attaching it checks only that
+        // the attributes are valid and the node is one that mounts the pool. Handles berth
+        // minted never take this path: a deleted volume stays NOT_FOUND.
+        if self.store.volume(id).is_none()
+            && ids::parse(Kind::Volume, id).is_none()
+            && !context.is_empty()
+            && let Some((pool, _)) = self.resolve_shared(id, context)?
+        {
+            if !pool.knows_node(node)? {
+                return Err(Error::NotFound(format!("node {node:?} has not registered with pool {}", pool.name())));
+            }
+            if let Some(reason) = unsupported(pool.as_ref(), capability) {
+                return Err(Error::InvalidArgument(reason));
+            }
+            return Ok(());
+        }
+        let mut record = self.ready_volume(id)?;
+        if record.node.is_empty() {
+            return self.publish_shared(record, node, capability, readonly);
+        }
+        if node != record.node {
+            if !self.known_node(node) {
+                return Err(Error::NotFound(format!("node {node:?} is not known to berth")));
+            }
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is local to node {} and cannot be published to node {node}",
+                record.node
+            )));
+        }
+        let pool = Arc::clone(self.pool(&record.pool)?);
+        if let Some(reason) = unsupported(pool.as_ref(), capability) {
+            return Err(Error::InvalidArgument(reason));
+        }
+        match record.published.get(node) {
+            Some(&was) if was == readonly => return Ok(()),
+            Some(&was) => {
+                return Err(Error::AlreadyExists(format!(
+                    "volume {id} is already published to node {node} with readonly={was}"
+                )));
+            }
+            None => {}
+        }
+        record.published.insert(node.to_string(), readonly);
+        self.put_volume(&record)
+    }
+
+    /// Forgets that `node` (or every node, when empty) may use the volume. Idempotent.
+    pub fn controller_unpublish(&self, id: &str, node: &str) -> Result<()> {
+        self.sync_for_id(Kind::Volume, id)?;
+        let _guard = self.lock(&[id.to_string()])?;
+        let Some(mut record) = self.store.volume(id) else {
+            return Ok(());
+        };
+        let before = record.published.len();
+        if node.is_empty() {
+            record.published.clear();
+        } else {
+            record.published.remove(node);
+        }
+        if record.published.len() != before {
+            self.put_volume(&record)?;
+        }
+        Ok(())
+    }
+}

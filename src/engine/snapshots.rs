@@ -1,0 +1,104 @@
+//! CreateSnapshot, DeleteSnapshot, ListSnapshots and the GetSnapshot lookup.
+
+use std::sync::Arc;
+
+use super::listing::Page;
+use super::{DEFAULT_PAGE, Engine, Error, Result};
+use crate::ids::{self, Kind};
+use crate::state::{self, Phase, SnapshotRecord};
+
+impl Engine {
+    /// Snapshots a volume, or returns the snapshot this name already made of it.
+    pub fn create_snapshot(&self, source: &str, name: &str) -> Result<SnapshotRecord> {
+        self.sync_for_id(Kind::Volume, source)?;
+        let _guard = self.lock(&[format!("snapshot-name:{name}"), source.to_string()])?;
+        let existing = self.store.snapshot_by_name(name);
+        if let Some(s) = &existing {
+            if s.source_volume != source {
+                return Err(Error::AlreadyExists(format!(
+                    "snapshot name {name:?} is already used by {} of volume {}",
+                    s.id, s.source_volume
+                )));
+            }
+            if s.phase == Phase::Ready {
+                return Ok(s.clone());
+            }
+        }
+        let volume = self.ready_volume(source)?;
+        let pool = Arc::clone(self.pool(&volume.pool)?);
+        pool.check_writable()?;
+        let mut record = match existing {
+            Some(s) => s,
+            None => {
+                let (id, key) = ids::mint(Kind::Snapshot, &volume.pool);
+                let record = SnapshotRecord {
+                    id,
+                    name: name.to_string(),
+                    pool: volume.pool.clone(),
+                    key,
+                    node: self.node_id.clone(),
+                    source_volume: source.to_string(),
+                    phase: Phase::Creating,
+                    size: 0,
+                    method: None,
+                    created_unix_ms: state::now_ms(),
+                };
+                self.begin_snapshot(&record)?;
+                record
+            }
+        };
+        self.build_snapshot(pool.as_ref(), &volume, &mut record)?;
+        tracing::info!(snapshot.id = %record.id, volume.id = %source, bytes = record.size, method = ?record.method, "snapshot created");
+        Ok(record)
+    }
+
+    /// Deletes a snapshot; unknown IDs are already gone.
+    pub fn delete_snapshot(&self, id: &str) -> Result<()> {
+        self.sync_for_id(Kind::Snapshot, id)?;
+        // Also exclusive on what restores from it read: never deleted under a restore.
+        let _guard = self.lock(&[id.to_string(), crate::locks::reading(id)])?;
+        let Some(mut record) = self.store.snapshot(id) else {
+            return Ok(());
+        };
+        let pool = Arc::clone(self.pool(&record.pool)?);
+        pool.check_writable()?;
+        self.delete_snapshot_storage(pool.as_ref(), &mut record)?;
+        tracing::info!(snapshot.id = %id, "snapshot deleted");
+        Ok(())
+    }
+
+    /// Snapshots filtered by ID or source volume, a page at a time.
+    pub fn list_snapshots(
+        &self,
+        max_entries: usize,
+        token: &str,
+        snapshot_id: &str,
+        source: &str,
+    ) -> Result<Page<SnapshotRecord>> {
+        self.ensure_synced(None)?;
+        let after = if token.is_empty() {
+            None
+        } else if ids::parse(Kind::Snapshot, token).is_some() {
+            Some(token)
+        } else {
+            return Err(Error::Aborted(format!("starting_token {token:?} was not issued by this driver")));
+        };
+        let limit = if max_entries == 0 { DEFAULT_PAGE } else { max_entries.min(super::MAX_PAGE) };
+        let (items, more) = self.store.snapshots_page(after, limit, |s| {
+            s.phase == Phase::Ready
+                && (snapshot_id.is_empty() || s.id == snapshot_id)
+                && (source.is_empty() || s.source_volume == source)
+        });
+        let next_token = if more { items.last().map(|s| s.id.clone()).unwrap_or_default() } else { String::new() };
+        Ok(Page { items, next_token })
+    }
+
+    /// A snapshot by ID.
+    pub fn get_snapshot(&self, id: &str) -> Result<SnapshotRecord> {
+        self.sync_for_id(Kind::Snapshot, id)?;
+        self.store
+            .snapshot(id)
+            .filter(|s| s.phase == Phase::Ready)
+            .ok_or_else(|| Error::NotFound(format!("snapshot {id} does not exist on node {}", self.node_id)))
+    }
+}

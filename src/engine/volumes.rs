@@ -1,0 +1,450 @@
+//! CreateVolume, DeleteVolume, ValidateVolumeCapabilities and expansion: requests
+//! checked here, records changed through the state machine in [`super::lifecycle`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{Capability, Engine, Error, FS_TYPES, Result};
+use crate::backend::{Backend, Source};
+use crate::ids::{self, Kind};
+use crate::state::{self, AccessKind, ContentSource, Enforced, Phase, SnapshotRecord, VolumeRecord};
+
+/// StorageClass parameters berth reads; the provisioner's own keys are accepted too.
+const POOL_PARAMETER: &str = "pool";
+const CO_PREFIX: &str = "csi.storage.k8s.io/";
+const FSTYPE_PARAMETER: &str = "csi.storage.k8s.io/fstype";
+
+/// A validated CreateVolume request.
+#[derive(Debug, Clone)]
+pub struct CreateVolume {
+    pub name: String,
+    pub required_bytes: u64,
+    pub limit_bytes: u64,
+    pub capabilities: Vec<Capability>,
+    pub parameters: BTreeMap<String, String>,
+    pub source: Option<ContentSource>,
+    /// Node IDs the requisite topology allows; `None` when the request sets no requisite.
+    pub allowed_nodes: Option<Vec<String>>,
+}
+
+/// Checks StorageClass parameters and returns the pool they name, if any.
+pub fn check_parameters(parameters: &BTreeMap<String, String>) -> Result<Option<&str>> {
+    for key in parameters.keys() {
+        if key != POOL_PARAMETER && !key.starts_with(CO_PREFIX) {
+            return Err(Error::InvalidArgument(format!(
+                "unknown parameter {key:?}; berth accepts \"pool\" and the csi.storage.k8s.io/ keys"
+            )));
+        }
+    }
+    Ok(parameters.get(POOL_PARAMETER).map(String::as_str))
+}
+
+/// Why a pool cannot serve a capability. The controller answers every reason with
+/// INVALID_ARGUMENT (the request asks for what the pool never offers); the node answers
+/// the first two with FAILED_PRECONDITION (the volume exists, but not for this use).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Unfit {
+    /// A multi-node access mode on a node-local pool.
+    AccessMode(String),
+    /// Raw block on a pool of directories.
+    RawBlock(String),
+    /// A filesystem type the pool does not offer.
+    Filesystem(String),
+    /// Mount flags the pool refuses.
+    MountFlags(String),
+}
+
+impl Unfit {
+    pub(super) fn message(self) -> String {
+        match self {
+            Unfit::AccessMode(m) | Unfit::RawBlock(m) | Unfit::Filesystem(m) | Unfit::MountFlags(m) => m,
+        }
+    }
+}
+
+/// Why `pool` cannot serve `capability`, if it cannot.
+pub(super) fn unfit(pool: &dyn Backend, capability: &Capability) -> Option<Unfit> {
+    let info = pool.info();
+    if capability.mode.multi_node() && info.node_local {
+        return Some(Unfit::AccessMode(format!(
+            "access mode {} needs several nodes, but {} pool {} is local to one node",
+            capability.mode, info.kind, info.name
+        )));
+    }
+    if capability.block && !info.raw_block {
+        return Some(Unfit::RawBlock(format!(
+            "{} pool {} serves filesystem volumes only, not raw block",
+            info.kind, info.name
+        )));
+    }
+    if !info.fs_types.contains(&capability.fs_type.as_str()) {
+        return Some(Unfit::Filesystem(format!(
+            "filesystem type {:?} is not one of {}",
+            capability.fs_type,
+            info.fs_types.iter().filter(|t| !t.is_empty()).copied().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    pool.parse_mount_flags(&capability.mount_flags).err().map(Unfit::MountFlags)
+}
+
+/// [`unfit`]'s reason as text, for the controller's checks.
+pub(super) fn unsupported(pool: &dyn Backend, capability: &Capability) -> Option<String> {
+    unfit(pool, capability).map(Unfit::message)
+}
+
+/// The filesystem a Filesystem-mode volume of a formatting pool gets: the capability's
+/// fs_type, else the StorageClass's `csi.storage.k8s.io/fstype`, else ext4.
+fn choose_fs_type(pool: &dyn Backend, req: &CreateVolume, access: AccessKind) -> Result<Option<String>> {
+    let Some(default_fs) = pool.info().default_fs.filter(|_| access == AccessKind::Mount) else {
+        return Ok(None);
+    };
+    let from_capability = req.capabilities.iter().map(|c| c.fs_type.as_str()).find(|t| !t.is_empty());
+    let from_parameter = req.parameters.get(FSTYPE_PARAMETER).map(String::as_str).filter(|t| !t.is_empty());
+    let chosen = from_capability.or(from_parameter).unwrap_or(default_fs);
+    if chosen.is_empty() || !FS_TYPES.contains(&chosen) {
+        return Err(Error::InvalidArgument(format!("filesystem type {chosen:?} is not one of ext4, xfs, btrfs")));
+    }
+    Ok(Some(chosen.to_string()))
+}
+
+fn volume_size(req: &CreateVolume, default: u64) -> Result<u64> {
+    if req.limit_bytes > 0 && req.required_bytes > req.limit_bytes {
+        return Err(Error::OutOfRange(format!(
+            "required_bytes {} exceeds limit_bytes {}",
+            req.required_bytes, req.limit_bytes
+        )));
+    }
+    Ok(match (req.required_bytes, req.limit_bytes) {
+        (0, 0) => default,
+        (0, limit) => default.min(limit),
+        (required, _) => required,
+    })
+}
+
+/// The smallest filesystem mkfs makes of a type: xfs refuses below 300 MiB (xfsprogs 5.19
+/// on), mkfs.btrfs below about 109 MiB.
+fn smallest_filesystem(fs_type: &str) -> Option<u64> {
+    match fs_type {
+        "xfs" => Some(300 << 20),
+        "btrfs" => Some(128 << 20),
+        _ => None,
+    }
+}
+
+/// `size`, raised to the smallest filesystem of `fs_type` when it is below it (a volume
+/// larger than asked is allowed up to `limit_bytes`), or OUT_OF_RANGE when the limit does
+/// not allow that much.
+fn fit_filesystem(size: u64, fs_type: Option<&str>, limit_bytes: u64) -> Result<u64> {
+    let Some((fs, min)) = fs_type.and_then(|fs| smallest_filesystem(fs).map(|min| (fs, min))) else {
+        return Ok(size);
+    };
+    if size >= min {
+        return Ok(size);
+    }
+    if limit_bytes > 0 && limit_bytes < min {
+        return Err(Error::OutOfRange(format!(
+            "an {fs} filesystem needs at least {min} bytes, more than limit_bytes {limit_bytes}"
+        )));
+    }
+    Ok(min)
+}
+
+impl Engine {
+    /// Creates a volume, or returns the one this name already created. Same name with an
+    /// incompatible request is ALREADY_EXISTS; a missing source NOT_FOUND; no room here
+    /// RESOURCE_EXHAUSTED.
+    pub fn create_volume(&self, req: CreateVolume) -> Result<VolumeRecord> {
+        let pool_name = check_parameters(&req.parameters)?;
+        let pool = Arc::clone(self.select_pool(pool_name)?);
+        pool.check_writable()?;
+        self.ensure_synced(Some(pool.name()))?;
+        if req.capabilities.is_empty() {
+            return Err(Error::InvalidArgument("volume_capabilities is required".into()));
+        }
+        for cap in &req.capabilities {
+            if let Some(reason) = unsupported(pool.as_ref(), cap) {
+                return Err(Error::InvalidArgument(reason));
+            }
+        }
+        let size = volume_size(&req, self.config.default_volume_size.0)?;
+        let access = if req.capabilities.iter().any(|c| c.block) { AccessKind::Block } else { AccessKind::Mount };
+        let fs_type = choose_fs_type(pool.as_ref(), &req, access)?;
+        let size = fit_filesystem(size, fs_type.as_deref(), req.limit_bytes)?;
+        // A shared pool's volumes are reachable from every node: any topology fits.
+        if let Some(allowed) = &req.allowed_nodes
+            && pool.info().node_local
+            && !allowed.contains(&self.node_id)
+        {
+            return Err(Error::ResourceExhausted(format!(
+                "node {} holds pool {}, but the requisite topology allows only: {}",
+                self.node_id,
+                pool.name(),
+                allowed.join(", ")
+            )));
+        }
+        // The source is held shared for the whole copy: deleting it waits (ABORTED) until
+        // no copy reads it, so a clone never ends up with part of its source.
+        let source_id = match &req.source {
+            Some(ContentSource::Snapshot(id) | ContentSource::Volume(id)) => vec![id.as_str()],
+            None => Vec::new(),
+        };
+        let _guard = self.lock_reading(&[format!("volume-name:{}", req.name)], &source_id)?;
+
+        let existing = self.store.volume_by_name(&req.name);
+        if let Some(v) = &existing {
+            let fits = v.capacity >= req.required_bytes && (req.limit_bytes == 0 || v.capacity <= req.limit_bytes);
+            if v.pool != pool.name() || !fits || v.source != req.source || v.access != access || v.fs_type != fs_type {
+                return Err(Error::AlreadyExists(format!(
+                    "volume name {:?} is already used by {} (pool {}, {} bytes, source {:?}) which this request does not match",
+                    req.name, v.id, v.pool, v.capacity, v.source
+                )));
+            }
+            match v.phase {
+                Phase::Ready => return Ok(v.clone()),
+                Phase::Deleting => return Err(Error::Aborted(format!("volume {} is being deleted", v.id))),
+                Phase::Creating => tracing::info!(volume.id = %v.id, "finishing an interrupted CreateVolume"),
+            }
+        }
+
+        let (snapshot, source_volume) = self.resolve_source(&req, pool.as_ref(), size)?;
+        let source = match (&snapshot, &source_volume) {
+            (Some(s), _) => Some(Source::Snapshot(s)),
+            (_, Some(v)) => Some(Source::Volume(v)),
+            _ => None,
+        };
+        let mut record = match existing {
+            Some(v) => v,
+            None => {
+                // Refuse before any side effect what cannot succeed.
+                pool.enforcement()?;
+                let room = pool.capacity()?;
+                if size > room.available_bytes {
+                    return Err(Error::ResourceExhausted(format!(
+                        "pool {} on node {} has {} bytes free; {size} requested",
+                        pool.name(),
+                        self.node_id,
+                        room.available_bytes
+                    )));
+                }
+                let record = self.new_volume_record(&req, pool.as_ref(), size, access, fs_type);
+                self.begin_volume(&record)?;
+                record
+            }
+        };
+        self.build_volume(pool.as_ref(), &mut record, source, req.limit_bytes)?;
+        tracing::info!(volume.id = %record.id, volume.name = %record.name, bytes = record.capacity, enforced = record.enforced.as_str(), "volume created");
+        Ok(record)
+    }
+
+    /// The Ready snapshot or volume a request copies from, checked against the pool and
+    /// size it will be copied into; the records stay alive while the backend reads them.
+    fn resolve_source(
+        &self,
+        req: &CreateVolume,
+        pool: &dyn Backend,
+        size: u64,
+    ) -> Result<(Option<SnapshotRecord>, Option<VolumeRecord>)> {
+        match &req.source {
+            None => Ok((None, None)),
+            Some(ContentSource::Snapshot(id)) => {
+                let s = self.store.snapshot(id).filter(|s| s.phase == Phase::Ready).ok_or_else(|| {
+                    Error::NotFound(format!("source snapshot {id} does not exist on node {}", self.node_id))
+                })?;
+                if s.pool != pool.name() {
+                    return Err(Error::InvalidArgument(format!(
+                        "snapshot {id} is in pool {}; it can only be restored into that pool, not {}",
+                        s.pool,
+                        pool.name()
+                    )));
+                }
+                if size < s.size {
+                    return Err(Error::OutOfRange(format!(
+                        "snapshot {id} holds {} bytes; {size} bytes cannot hold it",
+                        s.size
+                    )));
+                }
+                Ok((Some(s), None))
+            }
+            Some(ContentSource::Volume(id)) => {
+                let v = self.store.volume(id).filter(|v| v.phase == Phase::Ready).ok_or_else(|| {
+                    Error::NotFound(format!("source volume {id} does not exist on node {}", self.node_id))
+                })?;
+                if v.pool != pool.name() {
+                    return Err(Error::InvalidArgument(format!(
+                        "volume {id} is in pool {}; it can only be cloned within that pool, not into {}",
+                        v.pool,
+                        pool.name()
+                    )));
+                }
+                if size < v.capacity {
+                    return Err(Error::OutOfRange(format!(
+                        "clone of {id} needs at least its {} bytes; {size} requested",
+                        v.capacity
+                    )));
+                }
+                Ok((None, Some(v)))
+            }
+        }
+    }
+
+    /// The intent record of a new volume: phase Creating, a fresh ID and storage key.
+    fn new_volume_record(
+        &self,
+        req: &CreateVolume,
+        pool: &dyn Backend,
+        size: u64,
+        access: AccessKind,
+        fs_type: Option<String>,
+    ) -> VolumeRecord {
+        let (id, key) = ids::mint(Kind::Volume, pool.name());
+        VolumeRecord {
+            id,
+            name: req.name.clone(),
+            pool: pool.name().to_string(),
+            key,
+            node: if pool.info().node_local { self.node_id.clone() } else { String::new() },
+            capacity: size,
+            phase: Phase::Creating,
+            access,
+            enforced: Enforced::None,
+            project_id: None,
+            source: req.source.clone(),
+            published: BTreeMap::new(),
+            ephemeral: false,
+            fs_type,
+            device: None,
+            device_identity: None,
+            // Secrets never reach a record.
+            parameters: req
+                .parameters
+                .iter()
+                .filter(|(k, _)| !crate::sensitive::is_sensitive_key(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            single_writer: None,
+            created_unix_ms: state::now_ms(),
+        }
+    }
+
+    /// Deletes a volume; unknown IDs are already gone. A volume still published or mounted
+    /// is FAILED_PRECONDITION and left untouched.
+    pub fn delete_volume(&self, id: &str) -> Result<()> {
+        self.sync_for_id(Kind::Volume, id)?;
+        // Also exclusive on what copies from it read: never deleted under a clone.
+        let _guard = self.lock(&[id.to_string(), crate::locks::reading(id)])?;
+        let Some(mut record) = self.store.volume(id) else {
+            return Ok(());
+        };
+        let pool = Arc::clone(self.pool(&record.pool)?);
+        pool.check_writable()?;
+        if !record.published.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is still published to node(s) {}; unpublish it first",
+                record.published.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let mounts = pool.mounts(crate::backend::StageSource::Managed(&record))?;
+        if !mounts.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is still mounted at {}; unpublish and unstage it first",
+                mounts.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        self.delete_volume_storage(pool.as_ref(), &mut record)?;
+        tracing::info!(volume.id = %id, "volume deleted");
+        Ok(())
+    }
+
+    pub(super) fn ready_volume(&self, id: &str) -> Result<VolumeRecord> {
+        self.store
+            .volume(id)
+            .filter(|v| v.phase != Phase::Deleting)
+            .ok_or_else(|| Error::NotFound(format!("volume {id} does not exist on node {}", self.node_id)))
+    }
+
+    /// Whether every capability (and the parameters, if given) fit the volume.
+    pub fn validate_capabilities(
+        &self,
+        id: &str,
+        capabilities: &[Capability],
+        parameters: &BTreeMap<String, String>,
+    ) -> Result<std::result::Result<(), String>> {
+        self.sync_for_id(Kind::Volume, id)?;
+        let record = self.ready_volume(id)?;
+        if capabilities.is_empty() {
+            return Err(Error::InvalidArgument("volume_capabilities is required".into()));
+        }
+        let pool = self.pool(&record.pool)?;
+        if let Some(name) = check_parameters(parameters)?
+            && name != record.pool
+        {
+            return Ok(Err(format!("volume {id} is in pool {}, not {name}", record.pool)));
+        }
+        for cap in capabilities {
+            if let Some(reason) = unsupported(pool.as_ref(), cap) {
+                return Ok(Err(reason));
+            }
+            if cap.block != (record.access == AccessKind::Block) {
+                return Ok(Err(format!("volume {id} was created for {:?} access", record.access)));
+            }
+            if let Some(fs) = &record.fs_type
+                && !cap.fs_type.is_empty()
+                && &cap.fs_type != fs
+            {
+                return Ok(Err(format!("volume {id} holds a {fs} filesystem, not {}", cap.fs_type)));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Raises a volume's size. Requests at or below the current size succeed unchanged.
+    /// Returns the new size and whether the node must finish the expansion: true only on
+    /// the central controller for a node-local volume, whose owning node applies the limit.
+    pub fn controller_expand(&self, id: &str, required: u64, limit: u64) -> Result<(u64, bool)> {
+        if limit > 0 && required > limit {
+            return Err(Error::OutOfRange(format!("required_bytes {required} exceeds limit_bytes {limit}")));
+        }
+        self.sync_for_id(Kind::Volume, id)?;
+        if self.store.volume(id).is_none()
+            && let Some(parsed) = ids::parse(Kind::Volume, id)
+            && self.remote_pools.contains(parsed.pool)
+        {
+            return Ok((required, true));
+        }
+        self.expand(id, required, limit)
+    }
+
+    /// Applies a larger size to a volume this process holds; returns the size and whether
+    /// the node must finish the expansion.
+    pub(super) fn expand(&self, id: &str, required: u64, limit: u64) -> Result<(u64, bool)> {
+        if limit > 0 && required > limit {
+            return Err(Error::OutOfRange(format!("required_bytes {required} exceeds limit_bytes {limit}")));
+        }
+        let _guard = self.lock(&[id.to_string()])?;
+        let mut record = self.ready_volume(id)?;
+        if limit > 0 && record.capacity > limit {
+            return Err(Error::OutOfRange(format!(
+                "volume {id} already has {} bytes, more than limit_bytes {limit}; volumes do not shrink",
+                record.capacity
+            )));
+        }
+        if required <= record.capacity {
+            return Ok((record.capacity, false));
+        }
+        let pool = Arc::clone(self.pool(&record.pool)?);
+        pool.check_writable()?;
+        let room = pool.capacity()?;
+        let growth = required - record.capacity;
+        if growth > room.available_bytes && !pool.info().grows_within_device {
+            return Err(Error::ResourceExhausted(format!(
+                "pool {} has {} bytes free; growing {id} by {growth} bytes does not fit",
+                record.pool, room.available_bytes
+            )));
+        }
+        let node_required = pool.expand_volume(&record, required)?;
+        record.capacity = required;
+        self.put_volume(&record)?;
+        tracing::info!(volume.id = %id, bytes = required, node_expansion_required = node_required, "volume expanded");
+        Ok((required, node_required))
+    }
+}
