@@ -315,7 +315,8 @@ mod tests {
 
     #[test]
     fn failed_formats_mounts_and_growth_count_in_the_errors_metric() {
-        let errors = |kind: &str| crate::metrics::counters().errors.get(kind).copied().unwrap_or(0);
+        let registry = std::sync::Arc::new(crate::metrics::Registry::default());
+        let errors = |kind: &str| registry.counters().errors.get(kind).copied().unwrap_or(0);
         let dir = tempfile::tempdir().expect("tempdir");
         let dev = Path::new("/dev/loop100");
         let rw = cap(false, AccessMode::SingleNodeWriter);
@@ -324,8 +325,9 @@ mod tests {
             let before = errors(kind);
             let fake = RecordingSyscall::new(FsStat::default(), "");
             fake.fail(op, libc::EIO);
-            assert!(stage(&fake, dev, dir.path(), &rw, "xfs").is_err(), "{op}");
-            assert!(errors(kind) > before, "{op} counts as {kind}");
+            let staged = crate::metrics::scoped(&registry, || stage(&fake, dev, dir.path(), &rw, "xfs"));
+            assert!(staged.is_err(), "{op}");
+            assert_eq!(errors(kind), before + 1, "{op} counts once as {kind}");
         }
     }
 

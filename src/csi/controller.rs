@@ -80,7 +80,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::CreateVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("CreateVolume", req.fields(), move || {
+        run(&self.0, "CreateVolume", req.fields(), move || {
             id("name", &req.name)?;
             check_secrets(&req.secrets)?;
             let parameters = map("parameters", &req.parameters)?;
@@ -125,7 +125,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("DeleteVolume", req.fields(), move || {
+        run(&self.0, "DeleteVolume", req.fields(), move || {
             id("volume_id", &req.volume_id)?;
             check_secrets(&req.secrets)?;
             engine.delete_volume(&req.volume_id)?;
@@ -141,7 +141,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::ControllerPublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("ControllerPublishVolume", req.fields(), move || {
+        run(&self.0, "ControllerPublishVolume", req.fields(), move || {
             id("volume_id", &req.volume_id)?;
             if req.node_id.is_empty() {
                 return Err(Status::invalid_argument("node_id is required"));
@@ -166,7 +166,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::ControllerUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("ControllerUnpublishVolume", req.fields(), move || {
+        run(&self.0, "ControllerUnpublishVolume", req.fields(), move || {
             id("volume_id", &req.volume_id)?;
             check_secrets(&req.secrets)?;
             engine.controller_unpublish(&req.volume_id, &req.node_id)?;
@@ -182,7 +182,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::ValidateVolumeCapabilitiesResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("ValidateVolumeCapabilities", req.fields(), move || {
+        run(&self.0, "ValidateVolumeCapabilities", req.fields(), move || {
             id("volume_id", &req.volume_id)?;
             check_secrets(&req.secrets)?;
             if req.volume_capabilities.is_empty() {
@@ -214,7 +214,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::ListVolumesResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("ListVolumes", req.fields(), move || {
+        run(&self.0, "ListVolumes", req.fields(), move || {
             let page = engine.list_volumes(max_entries(req.max_entries)?, &req.starting_token)?;
             let entries = page
                 .items
@@ -239,7 +239,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::GetCapacityResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("GetCapacity", req.fields(), move || {
+        run(&self.0, "GetCapacity", req.fields(), move || {
             let query = CapacityQuery {
                 parameters: map("parameters", &req.parameters)?,
                 node: req
@@ -283,7 +283,7 @@ impl pb::controller_server::Controller for ControllerService {
         .into_iter()
         .map(|t| pb::ControllerServiceCapability { r#type: Some(csc::Type::Rpc(csc::Rpc { r#type: t as i32 })) })
         .collect();
-        answer("ControllerGetCapabilities", || Ok(pb::ControllerGetCapabilitiesResponse { capabilities }))
+        answer(&self.0, "ControllerGetCapabilities", || Ok(pb::ControllerGetCapabilitiesResponse { capabilities }))
     }
 
     /// Snapshots a volume; idempotent by name and source.
@@ -293,7 +293,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("CreateSnapshot", req.fields(), move || {
+        run(&self.0, "CreateSnapshot", req.fields(), move || {
             id("source_volume_id", &req.source_volume_id)?;
             id("name", &req.name)?;
             check_secrets(&req.secrets)?;
@@ -315,7 +315,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("DeleteSnapshot", req.fields(), move || {
+        run(&self.0, "DeleteSnapshot", req.fields(), move || {
             id("snapshot_id", &req.snapshot_id)?;
             check_secrets(&req.secrets)?;
             engine.delete_snapshot(&req.snapshot_id)?;
@@ -331,7 +331,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("ListSnapshots", req.fields(), move || {
+        run(&self.0, "ListSnapshots", req.fields(), move || {
             check_secrets(&req.secrets)?;
             let page = engine.list_snapshots(
                 max_entries(req.max_entries)?,
@@ -354,7 +354,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::ControllerExpandVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("ControllerExpandVolume", req.fields(), move || {
+        run(&self.0, "ControllerExpandVolume", req.fields(), move || {
             id("volume_id", &req.volume_id)?;
             check_secrets(&req.secrets)?;
             let range = req.capacity_range.ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
@@ -378,7 +378,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::ControllerGetVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("ControllerGetVolume", req.fields(), move || {
+        run(&self.0, "ControllerGetVolume", req.fields(), move || {
             id("volume_id", &req.volume_id)?;
             let item = engine.get_volume(&req.volume_id)?;
             Ok(pb::ControllerGetVolumeResponse {
@@ -397,7 +397,9 @@ impl pb::controller_server::Controller for ControllerService {
         &self,
         _: Request<pb::ControllerModifyVolumeRequest>,
     ) -> Result<Response<pb::ControllerModifyVolumeResponse>, Status> {
-        answer("ControllerModifyVolume", || Err(Status::unimplemented("berth does not offer ControllerModifyVolume")))
+        answer(&self.0, "ControllerModifyVolume", || {
+            Err(Status::unimplemented("berth does not offer ControllerModifyVolume"))
+        })
     }
 
     /// A snapshot by ID.
@@ -407,7 +409,7 @@ impl pb::controller_server::Controller for ControllerService {
     ) -> Result<Response<pb::GetSnapshotResponse>, Status> {
         let req = request.into_inner();
         let engine = engine(&self.0);
-        run("GetSnapshot", req.fields(), move || {
+        run(&self.0, "GetSnapshot", req.fields(), move || {
             id("snapshot_id", &req.snapshot_id)?;
             check_secrets(&req.secrets)?;
             let record = engine.get_snapshot(&req.snapshot_id)?;

@@ -17,7 +17,7 @@ impl pb::identity_server::Identity for IdentityService {
         &self,
         _: Request<pb::GetPluginInfoRequest>,
     ) -> Result<Response<pb::GetPluginInfoResponse>, Status> {
-        answer("GetPluginInfo", || {
+        answer(&self.0, "GetPluginInfo", || {
             Ok(pb::GetPluginInfoResponse {
                 name: self.0.driver_name.clone(),
                 vendor_version: crate::VERSION.to_string(),
@@ -44,12 +44,12 @@ impl pb::identity_server::Identity for IdentityService {
                 r#type: volume_expansion::Type::Online as i32,
             })),
         });
-        answer("GetPluginCapabilities", || Ok(pb::GetPluginCapabilitiesResponse { capabilities }))
+        answer(&self.0, "GetPluginCapabilities", || Ok(pb::GetPluginCapabilitiesResponse { capabilities }))
     }
 
     /// Ready once the state is loaded, every pool is open and the socket is served; not
     /// ready while shutting down (the same answer as the metrics server's `/healthz`).
     async fn probe(&self, _: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeResponse>, Status> {
-        answer("Probe", || Ok(pb::ProbeResponse { ready: Some(super::ready()) }))
+        answer(&self.0, "Probe", || Ok(pb::ProbeResponse { ready: Some(self.0.metrics.ready()) }))
     }
 }

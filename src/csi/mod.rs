@@ -11,7 +11,7 @@ pub mod node;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tonic::{Code, Response, Status};
@@ -19,42 +19,15 @@ use tracing::Instrument;
 
 pub use fields::{Describe, Fields};
 
+use tokio::sync::Semaphore;
+
 use crate::engine::{AccessMode, Capability, Engine};
+use crate::metrics::Registry;
 
 /// Generated protocol types, clients and servers for package `csi.v1`.
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
     tonic::include_proto!("csi.v1");
-}
-
-/// RPCs being served right now, counted until their work ends (not when a client that gave
-/// up drops the call); shutdown waits for this to reach zero.
-pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-
-static READY: AtomicBool = AtomicBool::new(false);
-
-/// Whether berth is ready: its state is loaded, every pool is open and the socket is
-/// served, and it is not shutting down. Probe and the metrics server's `/healthz` answer this.
-pub fn ready() -> bool {
-    READY.load(Ordering::SeqCst)
-}
-
-/// Sets what [`ready`] answers; the server sets it once serving and clears it at shutdown.
-pub fn set_ready(ready: bool) {
-    READY.store(ready, Ordering::SeqCst);
-}
-
-static STOPPING: AtomicBool = AtomicBool::new(false);
-
-/// Whether berth is stopping (SIGTERM): the metrics server's `/healthz` then fails. While
-/// it starts, not ready but not stopping, it is alive: `/healthz` answers 200.
-pub fn stopping() -> bool {
-    STOPPING.load(Ordering::SeqCst)
-}
-
-/// Marks berth as stopping (see [`stopping`]).
-pub fn set_stopping() {
-    STOPPING.store(true, Ordering::SeqCst);
 }
 
 /// The canonical name of a gRPC code (`OK`, `NOT_FOUND`, ...), as the CSI spec writes it;
@@ -81,18 +54,19 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
-struct InFlight;
+/// One call in [`Registry::in_flight`](crate::metrics::Registry::in_flight) until dropped.
+struct InFlight(Arc<Registry>);
 
 impl InFlight {
-    fn enter() -> InFlight {
-        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
-        InFlight
+    fn enter(registry: &Arc<Registry>) -> InFlight {
+        registry.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(registry))
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -105,24 +79,34 @@ pub use crate::sensitive::{SENSITIVE_KEYS, is_sensitive_key, redacted};
 /// node and paths; counts it in the metrics and logs its outcome, code and duration once.
 /// A panic inside becomes INTERNAL for this call only. No error message leaves this
 /// function (to the log or the caller) with a secret or sensitive context value in it.
-pub async fn run<T, F>(method: &'static str, fields: impl Into<Fields>, work: F) -> Result<Response<T>, Status>
+pub async fn run<T, F>(
+    shared: &Shared,
+    method: &'static str,
+    fields: impl Into<Fields>,
+    work: F,
+) -> Result<Response<T>, Status>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, Status> + Send + 'static,
 {
-    run_as(method, fields, Work::Quick, work).await
+    run_as(shared, method, fields, Work::Quick, work).await
 }
 
 /// Like [`run`] for calls whose work can take as long as a pod makes it (volume stats walk
 /// the volume's tree where the filesystem keeps no count): at most [`MAX_SLOW`] run at
 /// once, and the rest wait for a turn before they take a worker, so a flood of them
 /// never keeps a worker from other calls.
-pub async fn run_slow<T, F>(method: &'static str, fields: impl Into<Fields>, work: F) -> Result<Response<T>, Status>
+pub async fn run_slow<T, F>(
+    shared: &Shared,
+    method: &'static str,
+    fields: impl Into<Fields>,
+    work: F,
+) -> Result<Response<T>, Status>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, Status> + Send + 'static,
 {
-    run_as(method, fields, Work::Slow, work).await
+    run_as(shared, method, fields, Work::Slow, work).await
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -132,6 +116,7 @@ enum Work {
 }
 
 async fn run_as<T, F>(
+    shared: &Shared,
     method: &'static str,
     fields: impl Into<Fields>,
     class: Work,
@@ -143,7 +128,8 @@ where
 {
     use tracing::field::Empty;
     let fields = fields.into();
-    let in_flight = InFlight::enter();
+    let registry = &shared.metrics;
+    let in_flight = InFlight::enter(registry);
     let span = tracing::info_span!(
         "rpc",
         method,
@@ -154,9 +140,9 @@ where
         staging.path = Empty
     );
     fields.record(&span);
-    if !ready() {
+    if !registry.ready() {
         let status = Status::unavailable("berth is not ready: it is finishing work a restart interrupted, or stopping");
-        crate::metrics::observe_rpc(method, code_name(status.code()), std::time::Duration::ZERO);
+        registry.observe_rpc(method, code_name(status.code()), std::time::Duration::ZERO);
         return Err(status);
     }
     let start = Instant::now();
@@ -164,19 +150,21 @@ where
     let slow = match class {
         Work::Quick => None,
         Work::Slow => {
-            SLOW_WAITING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let turn = SLOW.acquire().await;
-            SLOW_WAITING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            registry.slow_waiting.fetch_add(1, Ordering::SeqCst);
+            let turn = Arc::clone(&shared.slow).acquire_owned().await;
+            registry.slow_waiting.fetch_sub(1, Ordering::SeqCst);
             Some(turn.map_err(|_| Status::unavailable("berth is shutting down"))?)
         }
     };
     // At most WORKERS calls run at once; the rest wait here as small futures, so a flood
     // of calls costs memory for requests, not a thread and a reply each.
-    let permit = WORKERS.acquire().await.map_err(|_| Status::unavailable("berth is shutting down"))?;
+    let permit =
+        Arc::clone(&shared.workers).acquire_owned().await.map_err(|_| Status::unavailable("berth is shutting down"))?;
+    let scope = Arc::clone(registry);
     let result = tokio::task::spawn_blocking(move || {
         // Held by the work itself: a caller that stops waiting does not end it.
         let (_permit, _slow, _in_flight) = (permit, slow, in_flight);
-        inner.in_scope(work)
+        crate::metrics::scoped(&scope, || inner.in_scope(work))
     })
     .instrument(span.clone())
     .await
@@ -185,7 +173,7 @@ where
     let elapsed = start.elapsed();
     let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
     let code = code_name(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
-    crate::metrics::observe_rpc(method, code, elapsed);
+    registry.observe_rpc(method, code, elapsed);
     span.in_scope(|| match &result {
         Ok(_) => tracing::info!(code, elapsed_ms, "rpc finished"),
         Err(s) => tracing::warn!(code, error = s.message(), elapsed_ms, "rpc failed"),
@@ -195,13 +183,9 @@ where
 
 /// How many RPCs do their (blocking) work at once.
 pub const MAX_WORKERS: usize = 64;
-static WORKERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_WORKERS);
 
 /// How many slow calls (see [`run_slow`]) do their work at once.
 pub const MAX_SLOW: usize = 4;
-static SLOW: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_SLOW);
-/// Slow calls waiting for their turn.
-pub static SLOW_WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// How many calls one client connection may have open at once (HTTP/2 streams).
 pub const MAX_STREAMS: u32 = 32;
@@ -213,13 +197,17 @@ pub const MAX_REQUEST_BYTES: usize = 256 << 10;
 /// Answers an RPC that only reads in-memory facts (plugin info, capabilities, Probe) on the
 /// calling task: counted in the metrics like any other, logged at debug level because
 /// sidecars call some of them every few seconds.
-pub fn answer<T>(method: &'static str, work: impl FnOnce() -> Result<T, Status>) -> Result<Response<T>, Status> {
-    let _in_flight = InFlight::enter();
+pub fn answer<T>(
+    shared: &Shared,
+    method: &'static str,
+    work: impl FnOnce() -> Result<T, Status>,
+) -> Result<Response<T>, Status> {
+    let _in_flight = InFlight::enter(&shared.metrics);
     let start = Instant::now();
     let result = work();
     let elapsed = start.elapsed();
     let code = code_name(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
-    crate::metrics::observe_rpc(method, code, elapsed);
+    shared.metrics.observe_rpc(method, code, elapsed);
     tracing::debug!(method, code, elapsed_ms = elapsed.as_secs_f64() * 1000.0, "rpc finished");
     result.map(Response::new)
 }
@@ -290,6 +278,26 @@ pub struct Shared {
     pub engine: Arc<Engine>,
     pub driver_name: String,
     pub controller: bool,
+    /// What this server counts and whether it is ready.
+    pub metrics: Arc<Registry>,
+    /// Turns for blocking work: at most [`MAX_WORKERS`] calls work at once.
+    pub workers: Arc<Semaphore>,
+    /// Turns for slow work: at most [`MAX_SLOW`] slow calls work at once.
+    pub slow: Arc<Semaphore>,
+}
+
+impl Shared {
+    /// The services' state for `engine`, counting into `metrics`.
+    pub fn new(engine: Arc<Engine>, driver_name: &str, controller: bool, metrics: Arc<Registry>) -> Shared {
+        Shared {
+            engine,
+            driver_name: driver_name.to_string(),
+            controller,
+            metrics,
+            workers: Arc::new(Semaphore::new(MAX_WORKERS)),
+            slow: Arc::new(Semaphore::new(MAX_SLOW)),
+        }
+    }
 }
 
 /// A byte count for the wire (CSI uses int64).

@@ -45,7 +45,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeStageVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodeStageVolume", req.fields().node(&engine.node_id), move || {
+        run(&self.0, "NodeStageVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let staging = node_path("staging_target_path", &req.staging_target_path)?;
             let cap = req
@@ -71,7 +71,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeUnstageVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodeUnstageVolume", req.fields().node(&engine.node_id), move || {
+        run(&self.0, "NodeUnstageVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let staging = node_path("staging_target_path", &req.staging_target_path)?;
             engine.node_unstage(&req.volume_id, &staging)?;
@@ -87,7 +87,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodePublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodePublishVolume", req.fields().node(&engine.node_id), move || {
+        run(&self.0, "NodePublishVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let target = node_path("target_path", &req.target_path)?;
             let staging = if req.staging_target_path.is_empty() {
@@ -121,7 +121,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodeUnpublishVolume", req.fields().node(&engine.node_id), move || {
+        run(&self.0, "NodeUnpublishVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let target = node_path("target_path", &req.target_path)?;
             engine.node_unpublish(&req.volume_id, &target)?;
@@ -137,7 +137,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeGetVolumeStatsResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run_slow("NodeGetVolumeStats", req.fields().node(&engine.node_id), move || {
+        run_slow(&self.0, "NodeGetVolumeStats", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let volume_path = volume_path(&req.volume_path)?;
             let (usage, condition) = engine.node_stats(&req.volume_id, &volume_path)?;
@@ -176,7 +176,7 @@ impl pb::node_server::Node for NodeService {
     ) -> Result<Response<pb::NodeExpandVolumeResponse>, Status> {
         let req = request.into_inner();
         let engine = Arc::clone(&self.0.engine);
-        run("NodeExpandVolume", req.fields().node(&engine.node_id), move || {
+        run(&self.0, "NodeExpandVolume", req.fields().node(&engine.node_id), move || {
             id("volume_id", &req.volume_id)?;
             let volume_path = volume_path(&req.volume_path)?;
             check_secrets(&req.secrets)?;
@@ -211,7 +211,7 @@ impl pb::node_server::Node for NodeService {
         .into_iter()
         .map(|t| pb::NodeServiceCapability { r#type: Some(nsc::Type::Rpc(nsc::Rpc { r#type: t as i32 })) })
         .collect();
-        answer("NodeGetCapabilities", || Ok(pb::NodeGetCapabilitiesResponse { capabilities }))
+        answer(&self.0, "NodeGetCapabilities", || Ok(pb::NodeGetCapabilitiesResponse { capabilities }))
     }
 
     /// The node's ID, its topology segment and its volume limit.
@@ -220,7 +220,7 @@ impl pb::node_server::Node for NodeService {
         _: Request<pb::NodeGetInfoRequest>,
     ) -> Result<Response<pb::NodeGetInfoResponse>, Status> {
         let engine = &self.0.engine;
-        answer("NodeGetInfo", || {
+        answer(&self.0, "NodeGetInfo", || {
             Ok(pb::NodeGetInfoResponse {
                 node_id: engine.node_id.clone(),
                 max_volumes_per_node: i64::try_from(engine.config.max_volumes_per_node).unwrap_or(i64::MAX),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::exposition::{Kind, Writer, format_value};
-use super::{Counters, LATENCY_BUCKETS, counters};
+use super::{Counters, LATENCY_BUCKETS, Registry};
 use crate::backend::StageSource;
 use crate::engine::Engine;
 use crate::state::{Phase, VolumeRecord};
@@ -23,16 +23,24 @@ pub const USAGE_BUDGET: Duration = Duration::from_secs(5);
 const PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
 const PVC_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
 
-/// Renders scrapes of one engine, remembering volume usage between them.
+/// Renders scrapes of one server's registry and engine, remembering volume usage between
+/// them.
 pub struct Collector {
+    registry: Arc<Registry>,
     engine: Option<Arc<Engine>>,
     usage: Mutex<HashMap<String, (Instant, u64)>>,
 }
 
 impl Collector {
-    /// A collector for `engine`; `None` renders the counters only.
-    pub fn new(engine: Option<Arc<Engine>>) -> Collector {
-        Collector { engine, usage: Mutex::new(HashMap::new()) }
+    /// A collector of `registry` and `engine`; without an engine it renders the counters
+    /// only.
+    pub fn new(registry: Arc<Registry>, engine: Option<Arc<Engine>>) -> Collector {
+        Collector { registry, engine, usage: Mutex::new(HashMap::new()) }
+    }
+
+    /// The registry this collector renders (its readiness answers `/healthz`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The whole exposition document. It may touch the filesystem: call it on a blocking thread.
@@ -41,19 +49,20 @@ impl Collector {
         w.family("berth_build_info", Kind::Gauge, "berth's version; always 1.");
         w.sample("berth_build_info", &[("version", crate::VERSION)], 1.0);
         w.family("berth_ready", Kind::Gauge, "1 when berth answers Probe with ready, else 0.");
-        w.sample("berth_ready", &[], if crate::csi::ready() { 1.0 } else { 0.0 });
+        let r = &self.registry;
+        w.sample("berth_ready", &[], if r.ready() { 1.0 } else { 0.0 });
         w.family("berth_rpc_in_flight", Kind::Gauge, "CSI calls being served right now.");
-        w.sample("berth_rpc_in_flight", &[], crate::csi::IN_FLIGHT.load(Ordering::SeqCst) as f64);
+        w.sample("berth_rpc_in_flight", &[], r.in_flight.load(Ordering::SeqCst) as f64);
         w.family(
             "berth_rpc_slow_waiting",
             Kind::Gauge,
             "Slow CSI calls (volume stats) waiting for one of the turns berth_rpc_slow_max allows.",
         );
-        w.sample("berth_rpc_slow_waiting", &[], crate::csi::SLOW_WAITING.load(Ordering::SeqCst) as f64);
+        w.sample("berth_rpc_slow_waiting", &[], r.slow_waiting.load(Ordering::SeqCst) as f64);
         w.family("berth_rpc_slow_max", Kind::Gauge, "How many slow CSI calls do their work at once.");
         w.sample("berth_rpc_slow_max", &[], crate::csi::MAX_SLOW as f64);
         w.family("berth_connections", Kind::Gauge, "Client connections to the CSI socket open now.");
-        w.sample("berth_connections", &[], crate::server::CONNECTIONS.load(Ordering::SeqCst) as f64);
+        w.sample("berth_connections", &[], r.connections.load(Ordering::SeqCst) as f64);
         w.family("berth_connections_max", Kind::Gauge, "Client connections the CSI socket serves at once.");
         w.sample("berth_connections_max", &[], crate::server::MAX_CONNECTIONS as f64);
         w.family(
@@ -61,14 +70,14 @@ impl Collector {
             Kind::Counter,
             "Connections closed at accept because the socket served its maximum and every one had a call in flight.",
         );
-        w.sample("berth_connections_refused_total", &[], crate::server::REFUSED.load(Ordering::SeqCst) as f64);
+        w.sample("berth_connections_refused_total", &[], r.refused.load(Ordering::SeqCst) as f64);
         w.family(
             "berth_connections_evicted_total",
             Kind::Counter,
             "Idle connections closed to make room for a new client while the socket served its maximum.",
         );
-        w.sample("berth_connections_evicted_total", &[], crate::server::EVICTED.load(Ordering::SeqCst) as f64);
-        write_counters(&mut w, &counters());
+        w.sample("berth_connections_evicted_total", &[], r.evicted.load(Ordering::SeqCst) as f64);
+        write_counters(&mut w, &r.counters());
         if let Some(engine) = &self.engine {
             write_pools(&mut w, engine);
             self.write_volumes(&mut w, engine);
@@ -244,7 +253,7 @@ mod tests {
         let key = vol.id.rsplit(':').next().expect("key");
         std::fs::write(dir.path().join("pool/volumes").join(key).join("f"), vec![1u8; 64 << 10]).expect("write");
 
-        let text = Collector::new(Some(Arc::clone(&engine))).render();
+        let text = Collector::new(Arc::default(), Some(Arc::clone(&engine))).render();
         let samples = parse(&text).expect("the scrape is valid exposition text");
         let pool = [("pool", "fast")];
         assert_eq!(find(&samples, "berth_pool_capacity_bytes", &pool), Some((10u64 << 30) as f64));
@@ -261,7 +270,7 @@ mod tests {
 
     #[test]
     fn without_an_engine_only_the_counters_are_rendered() {
-        let text = Collector::new(None).render();
+        let text = Collector::new(Arc::default(), None).render();
         let samples = parse(&text).expect("valid");
         assert!(samples.iter().all(|s| !s.name.starts_with("berth_pool_")));
         assert!(samples.iter().any(|s| s.name == "berth_rpc_in_flight"));

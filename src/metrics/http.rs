@@ -84,10 +84,12 @@ async fn respond(req: Request<Incoming>, collector: Arc<Collector>) -> Result<Re
     // Restarting berth while it finishes interrupted work would only start that work over:
     // alive is not the same as ready.
     match path {
-        "/healthz" if crate::csi::stopping() => return Ok(text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "stopping\n")),
-        "/healthz" if crate::csi::ready() => return Ok(text(StatusCode::OK, PLAIN, "ok\n")),
+        "/healthz" if collector.registry().stopping() => {
+            return Ok(text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "stopping\n"));
+        }
+        "/healthz" if collector.registry().ready() => return Ok(text(StatusCode::OK, PLAIN, "ok\n")),
         "/healthz" => return Ok(text(StatusCode::OK, PLAIN, "ok: finishing work a restart interrupted\n")),
-        "/readyz" if crate::csi::ready() => return Ok(text(StatusCode::OK, PLAIN, "ok\n")),
+        "/readyz" if collector.registry().ready() => return Ok(text(StatusCode::OK, PLAIN, "ok\n")),
         "/readyz" => return Ok(text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not ready\n")),
         _ => {}
     }
@@ -117,7 +119,8 @@ mod tests {
     async fn routes_metrics_healthz_and_nothing_else() {
         let listener = bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let server = tokio::spawn(serve(listener, Arc::new(Collector::new(None))));
+        let registry = Arc::new(crate::metrics::Registry::default());
+        let server = tokio::spawn(serve(listener, Arc::new(Collector::new(Arc::clone(&registry), None))));
         let close = "Connection: close\r\n\r\n";
 
         let metrics = get(address, &format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{close}")).await;
@@ -128,12 +131,12 @@ mod tests {
 
         // Starting up (finishing interrupted work): alive, not ready. A liveness probe on
         // /healthz must not restart berth then; /readyz says it cannot serve yet.
-        crate::csi::set_ready(false);
+        registry.set_ready(false);
         let health = get(address, &format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{close}")).await;
         assert!(health.starts_with("HTTP/1.1 200") && health.contains("interrupted"), "{health}");
         let ready = get(address, &format!("GET /readyz HTTP/1.1\r\nHost: x\r\n{close}")).await;
         assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
-        crate::csi::set_ready(true);
+        registry.set_ready(true);
         for path in ["/healthz", "/readyz"] {
             let answer = get(address, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{close}")).await;
             assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"), "{answer}");

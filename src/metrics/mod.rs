@@ -1,9 +1,10 @@
 //! Prometheus metrics: what berth counts as it runs, what it measures at scrape time, and
 //! the small HTTP server that exposes both on `/metrics` (and `/healthz`).
 //!
-//! Counters live in process-wide registries so any module can record into them without
-//! plumbing: the RPC wrapper in `csi` calls [`observe_rpc`], and code that mounts, formats
-//! or attaches loop devices calls [`record_error`] when that fails. Label values are
+//! Counters live in a [`Registry`] the server owns: the RPC wrapper in `csi` records each
+//! call into it, and code that mounts, formats or attaches loop devices calls
+//! [`record_error`] when that fails, which counts in the registry of the RPC (see
+//! [`scoped`]) doing the work. Label values are
 //! `&'static str` chosen by berth's code, or IDs, names and pool names that berth has
 //! validated; a request's secrets or volume context never become a label.
 
@@ -11,8 +12,10 @@ pub mod collect;
 pub mod exposition;
 pub mod http;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the RPC latency histogram buckets: from a fast Probe to the
@@ -53,19 +56,108 @@ struct Rpcs {
     latency: BTreeMap<&'static str, Histogram>,
 }
 
-static RPCS: Mutex<Rpcs> = Mutex::new(Rpcs { requests: BTreeMap::new(), latency: BTreeMap::new() });
-static ERRORS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
-
-/// Records one finished RPC: its method, its gRPC code name and how long it took.
-pub fn observe_rpc(method: &'static str, code: &'static str, elapsed: Duration) {
-    let mut rpcs = RPCS.lock().unwrap_or_else(|e| e.into_inner());
-    *rpcs.requests.entry((method, code)).or_default() += 1;
-    rpcs.latency.entry(method).or_default().observe(elapsed.as_secs_f64());
+/// Everything one berth process counts, and the state its probes report. The server owns
+/// one and hands it to what records into it, so two servers (or two tests) in one process
+/// never share a count.
+#[derive(Debug, Default)]
+pub struct Registry {
+    rpcs: Mutex<Rpcs>,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// RPCs being served right now, counted until their work ends (not when a client that
+    /// gave up drops the call); shutdown waits for this to reach zero.
+    pub in_flight: AtomicUsize,
+    /// Slow calls waiting for their turn.
+    pub slow_waiting: AtomicUsize,
+    /// Client connections to the CSI socket open now.
+    pub connections: AtomicUsize,
+    /// Connections closed at accept because every place was taken and none was idle.
+    pub refused: AtomicU64,
+    /// Idle connections closed to make room for a new one.
+    pub evicted: AtomicU64,
+    ready: AtomicBool,
+    stopping: AtomicBool,
 }
 
-/// Counts one failure of kind `kind` (see [`ERROR_KINDS`] for the names berth uses).
+impl Registry {
+    /// Records one finished RPC: its method, its gRPC code name and how long it took.
+    pub fn observe_rpc(&self, method: &'static str, code: &'static str, elapsed: Duration) {
+        let mut rpcs = self.rpcs.lock().unwrap_or_else(|e| e.into_inner());
+        *rpcs.requests.entry((method, code)).or_default() += 1;
+        rpcs.latency.entry(method).or_default().observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one failure of kind `kind` (see [`ERROR_KINDS`] for the names berth uses).
+    pub fn record_error(&self, kind: &'static str) {
+        *self.errors.lock().unwrap_or_else(|e| e.into_inner()).entry(kind).or_default() += 1;
+    }
+
+    /// Reads every counter.
+    pub fn counters(&self) -> Counters {
+        let (requests, latency) = {
+            let rpcs = self.rpcs.lock().unwrap_or_else(|e| e.into_inner());
+            (rpcs.requests.clone(), rpcs.latency.clone())
+        };
+        let mut errors: BTreeMap<&'static str, u64> = ERROR_KINDS.iter().map(|k| (*k, 0)).collect();
+        for (kind, n) in self.errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            errors.insert(kind, *n);
+        }
+        Counters { requests, latency, errors }
+    }
+
+    /// Whether berth is ready: its state is loaded, every pool is open, interrupted work
+    /// is finished and the socket is served, and it is not shutting down. Probe and
+    /// `/readyz` answer this.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Sets what [`Registry::ready`] answers; the server sets it once recovery is done and
+    /// clears it at shutdown.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Whether berth is stopping (SIGTERM): `/healthz` then fails. While it starts, not
+    /// ready but not stopping, it is alive.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Marks berth as stopping (see [`Registry::stopping`]).
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+}
+
+thread_local! {
+    /// The registry the work running on this thread records its failures into: set for
+    /// the length of an RPC's work (and of recovery), the way a tracing span is entered.
+    /// It names a registry the server owns; it holds no count of its own.
+    static CURRENT: RefCell<Option<Arc<Registry>>> = const { RefCell::new(None) };
+}
+
+/// Runs `work` with `registry` as the one [`record_error`] records into on this thread.
+pub fn scoped<T>(registry: &Arc<Registry>, work: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Arc<Registry>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            CURRENT.with(|c| *c.borrow_mut() = previous);
+        }
+    }
+    let previous = CURRENT.with(|c| c.borrow_mut().replace(Arc::clone(registry)));
+    let _restore = Restore(previous);
+    work()
+}
+
+/// Counts one failure of kind `kind` in the registry of the work running on this thread
+/// (see [`scoped`]); outside any, nothing is counted.
 pub fn record_error(kind: &'static str) {
-    *ERRORS.lock().unwrap_or_else(|e| e.into_inner()).entry(kind).or_default() += 1;
+    CURRENT.with(|c| {
+        if let Some(registry) = c.borrow().as_ref() {
+            registry.record_error(kind);
+        }
+    });
 }
 
 /// A copy of the counters at one moment.
@@ -77,16 +169,6 @@ pub struct Counters {
     pub latency: BTreeMap<&'static str, Histogram>,
     /// Failures by kind, [`ERROR_KINDS`] always included.
     pub errors: BTreeMap<&'static str, u64>,
-}
-
-/// Reads every counter.
-pub fn counters() -> Counters {
-    let rpcs = RPCS.lock().unwrap_or_else(|e| e.into_inner());
-    let mut errors: BTreeMap<&'static str, u64> = ERROR_KINDS.iter().map(|k| (*k, 0)).collect();
-    for (kind, n) in ERRORS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        errors.insert(kind, *n);
-    }
-    Counters { requests: rpcs.requests.clone(), latency: rpcs.latency.clone(), errors }
 }
 
 #[cfg(test)]
@@ -108,18 +190,31 @@ mod tests {
 
     #[test]
     fn counters_accumulate_and_known_error_kinds_start_at_zero() {
-        let before = counters();
-        observe_rpc("TestMethodA", "OK", Duration::from_millis(3));
-        observe_rpc("TestMethodA", "OK", Duration::from_millis(4));
-        observe_rpc("TestMethodA", "NOT_FOUND", Duration::from_millis(5));
+        let registry = Arc::new(Registry::default());
+        registry.observe_rpc("TestMethodA", "OK", Duration::from_millis(3));
+        registry.observe_rpc("TestMethodA", "OK", Duration::from_millis(4));
+        registry.observe_rpc("TestMethodA", "NOT_FOUND", Duration::from_millis(5));
+        scoped(&registry, || record_error("loop"));
         record_error("loop");
-        let after = counters();
-        assert_eq!(after.requests.get(&("TestMethodA", "OK")), Some(&2));
-        assert_eq!(after.requests.get(&("TestMethodA", "NOT_FOUND")), Some(&1));
-        assert_eq!(after.latency.get("TestMethodA").map(Histogram::count), Some(3));
+        let counted = registry.counters();
+        assert_eq!(counted.requests.get(&("TestMethodA", "OK")), Some(&2));
+        assert_eq!(counted.requests.get(&("TestMethodA", "NOT_FOUND")), Some(&1));
+        assert_eq!(counted.latency.get("TestMethodA").map(Histogram::count), Some(3));
         for kind in ERROR_KINDS {
-            assert!(after.errors.contains_key(kind), "{kind}");
+            assert!(counted.errors.contains_key(kind), "{kind}");
         }
-        assert!(after.errors["loop"] > before.errors["loop"]);
+        assert_eq!(counted.errors["loop"], 1, "only the failure inside the scope counts here");
+        assert_eq!(Registry::default().counters().errors["loop"], 0, "another registry counts nothing of it");
+    }
+
+    #[test]
+    fn scopes_nest_and_end() {
+        let (outer, inner) = (Arc::new(Registry::default()), Arc::new(Registry::default()));
+        scoped(&outer, || {
+            scoped(&inner, || record_error("mount"));
+            record_error("mount");
+        });
+        record_error("mount");
+        assert_eq!((outer.counters().errors["mount"], inner.counters().errors["mount"]), (1, 1));
     }
 }

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -13,16 +13,12 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::metrics::Registry;
+
 /// Client connections the CSI socket serves at once. Sidecars hold one each; beyond this a
 /// new client takes the place of the connection that has been idle longest, or is closed
 /// at accept when every connection has a call in flight.
 pub const MAX_CONNECTIONS: usize = 256;
-/// Connections open now.
-pub static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
-/// Connections closed at accept because [`MAX_CONNECTIONS`] were open and none was idle.
-pub static REFUSED: AtomicU64 = AtomicU64::new(0);
-/// Idle connections closed to make room for a new client.
-pub static EVICTED: AtomicU64 = AtomicU64::new(0);
 /// A connection counts as idle once it has had no call in flight for this long (so the
 /// reply of its last call has been written).
 const IDLE_AFTER: Duration = Duration::from_secs(1);
@@ -126,6 +122,8 @@ where
 /// The socket's accepted connections (see the module documentation).
 pub struct Incoming {
     listener: UnixListener,
+    /// Counts connections open, refused and evicted.
+    registry: Arc<Registry>,
     permits: Arc<tokio::sync::Semaphore>,
     /// Every connection accepted, to find the idle one to close when the socket is full.
     open: Vec<Weak<ConnState>>,
@@ -135,9 +133,10 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    pub fn new(listener: UnixListener) -> Incoming {
+    pub fn new(listener: UnixListener, registry: Arc<Registry>) -> Incoming {
         Incoming {
             listener,
+            registry,
             permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             open: Vec::new(),
             backoff: None,
@@ -157,7 +156,7 @@ impl Incoming {
             .max_by_key(|(d, _)| *d);
         let (idle, conn) = idlest?;
         let place = conn.close();
-        let n = EVICTED.fetch_add(1, Ordering::SeqCst);
+        let n = self.registry.evicted.fetch_add(1, Ordering::SeqCst);
         if n.is_power_of_two() || n == 0 {
             tracing::warn!(
                 max = MAX_CONNECTIONS,
@@ -177,7 +176,7 @@ impl Incoming {
             Err(_) => match self.evict_idlest() {
                 Some(place) => place,
                 None => {
-                    if REFUSED.fetch_add(1, Ordering::SeqCst).is_power_of_two() {
+                    if self.registry.refused.fetch_add(1, Ordering::SeqCst).is_power_of_two() {
                         tracing::warn!(
                             max = MAX_CONNECTIONS,
                             "closing new connections: the socket serves its maximum and every one has a call in flight"
@@ -189,7 +188,7 @@ impl Incoming {
         };
         let state = Arc::new(ConnState::new(place));
         self.open.push(Arc::downgrade(&state));
-        Some(Counted::new(stream, state))
+        Some(Counted::new(stream, state, Arc::clone(&self.registry)))
     }
 }
 
@@ -233,6 +232,7 @@ impl tokio_stream::Stream for Incoming {
 /// An accepted connection, counted until it closes.
 pub struct Counted {
     stream: UnixStream,
+    registry: Arc<Registry>,
     state: Arc<ConnState>,
     rewrite: crate::authority::Rewrite,
     /// Rewritten bytes not yet read by the HTTP/2 server, from `ready_at` on.
@@ -241,9 +241,9 @@ pub struct Counted {
 }
 
 impl Counted {
-    fn new(stream: UnixStream, state: Arc<ConnState>) -> Counted {
-        CONNECTIONS.fetch_add(1, Ordering::SeqCst);
-        Counted { stream, state, rewrite: crate::authority::Rewrite::new(), ready: Vec::new(), ready_at: 0 }
+    fn new(stream: UnixStream, state: Arc<ConnState>, registry: Arc<Registry>) -> Counted {
+        registry.connections.fetch_add(1, Ordering::SeqCst);
+        Counted { stream, registry, state, rewrite: crate::authority::Rewrite::new(), ready: Vec::new(), ready_at: 0 }
     }
 }
 
@@ -251,7 +251,7 @@ impl Drop for Counted {
     fn drop(&mut self) {
         // The place is free once the connection is gone (calls may still hold its state).
         drop(self.state.place.lock().unwrap_or_else(|e| e.into_inner()).take());
-        CONNECTIONS.fetch_sub(1, Ordering::SeqCst);
+        self.registry.connections.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

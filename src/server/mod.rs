@@ -10,6 +10,7 @@ use tokio::net::UnixListener;
 
 use crate::csi::{Shared, controller::ControllerService, identity::IdentityService, node::NodeService, pb};
 use crate::engine::Engine;
+use crate::metrics::Registry;
 
 /// Which services one process serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -80,17 +81,17 @@ fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 
 mod connections;
 
-pub use connections::{CONNECTIONS, EVICTED, MAX_CONNECTIONS, REFUSED};
+pub use connections::MAX_CONNECTIONS;
 use connections::{Incoming, TrackCalls};
 
 /// Resolves once no RPC has been in flight for a moment (so the last replies are written),
 /// or after `limit`.
-async fn drained(limit: std::time::Duration) {
+async fn drained(registry: &Registry, limit: std::time::Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     let mut idle_ticks = 0;
     while idle_ticks < 5 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        if crate::csi::IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        if registry.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
             idle_ticks += 1;
         } else {
             idle_ticks = 0;
@@ -159,6 +160,7 @@ pub async fn serve(
     drain: std::time::Duration,
 ) -> Result<(), ServeError> {
     let path = socket_path(endpoint)?;
+    let registry = Arc::new(Registry::default());
     let metrics = match metrics_address {
         Some(address) => {
             let listener = crate::metrics::http::bind(address)
@@ -167,7 +169,8 @@ pub async fn serve(
             let local =
                 listener.local_addr().map_err(|source| ServeError::Metrics { address: address.to_string(), source })?;
             tracing::info!(address = %local, "serving metrics on /metrics and /healthz");
-            let collector = Arc::new(crate::metrics::collect::Collector::new(Some(Arc::clone(&engine))));
+            let collector =
+                Arc::new(crate::metrics::collect::Collector::new(Arc::clone(&registry), Some(Arc::clone(&engine))));
             Some(tokio::spawn(crate::metrics::http::serve(listener, collector)))
         }
         None => None,
@@ -175,7 +178,7 @@ pub async fn serve(
     let listener = bind(&path)?;
     let checkpoints = tokio::spawn(keep_checkpoints(Arc::clone(&engine)));
     let controller = mode != Mode::Node;
-    let shared = Shared { engine, driver_name: driver_name.to_string(), controller };
+    let shared = Shared::new(engine, driver_name, controller, Arc::clone(&registry));
     // Each connection carries at most this many calls at once (a call's reply counts until
     // it is sent), so memory stays bounded however many calls a client fires; the client
     // queues the rest.
@@ -196,7 +199,7 @@ pub async fn serve(
         }));
     tracing::info!(endpoint, driver = driver_name, mode = ?mode, node.id = %shared.engine.node_id, version = crate::VERSION, "serving CSI");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let incoming = Incoming::new(listener);
+    let incoming = Incoming::new(listener, Arc::clone(&registry));
     let server = builder.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     });
@@ -205,24 +208,25 @@ pub async fn serve(
     // ready" and other calls UNAVAILABLE, rather than with no socket at all: a liveness
     // check sees a live process, not one to restart (which would start the work over).
     let recovering = Arc::clone(&shared.engine);
+    let recovered = Arc::clone(&registry);
     let recovery = tokio::task::spawn_blocking(move || {
-        recovering.recover();
-        crate::csi::set_ready(true);
+        crate::metrics::scoped(&recovered, || recovering.recover());
+        recovered.set_ready(true);
         tracing::info!("ready");
     });
     tokio::select! {
         result = &mut server => result?,
         () = shutdown_signal() => {
-            crate::csi::set_stopping();
-            crate::csi::set_ready(false);
+            registry.set_stopping();
+            registry.set_ready(false);
             // Stop accepting, then wait for the calls in flight. Idle client connections
             // (a sidecar keeps one open) must not hold the exit hostage.
             let _ = stop_tx.send(());
             tokio::select! {
                 result = &mut server => result?,
-                () = drained(drain) => {}
+                () = drained(&registry, drain) => {}
             }
-            let unfinished = crate::csi::IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst);
+            let unfinished = registry.in_flight.load(std::sync::atomic::Ordering::SeqCst);
             if unfinished > 0 {
                 // Abandoned as a crash would leave them: their intent is recorded, and the
                 // next start finishes or rolls them back. Holding the state any longer
@@ -231,7 +235,7 @@ pub async fn serve(
             }
         }
     }
-    crate::csi::set_ready(false);
+    registry.set_ready(false);
     drop(recovery);
     if let Some(task) = metrics {
         task.abort();
