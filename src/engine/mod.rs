@@ -1,15 +1,18 @@
 //! The engine: what each CSI operation does, independent of gRPC. The services in `csi`
 //! translate requests into these calls (on blocking threads) and errors into codes.
 
+mod ephemeral;
 mod lifecycle;
 #[cfg(test)]
 mod lifecycle_tests;
 mod listing;
 mod node;
+mod paths;
 mod publish;
 mod reconcile;
 mod shared;
 mod snapshots;
+mod stats;
 #[cfg(test)]
 mod tests;
 mod volumes;

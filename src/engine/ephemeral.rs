@@ -1,0 +1,106 @@
+//! Inline ephemeral volumes: created at NodePublishVolume, deleted at NodeUnpublishVolume,
+//! through the same state machine as every other volume.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::node::{EPHEMERAL_KEY, NodePublish};
+use super::paths::{io_err, prepare_dir};
+use super::{Engine, Error, Result};
+use crate::backend::StageSource;
+use crate::ids::{self, Kind};
+use crate::mount::ops;
+use crate::state::{self, AccessKind, Enforced, Phase, VolumeRecord};
+use crate::units::Bytes;
+
+impl Engine {
+    /// Creates (once) and mounts an inline ephemeral volume; it lives until unpublish.
+    pub(super) fn publish_ephemeral(&self, req: &NodePublish) -> Result<()> {
+        for key in req.context.keys() {
+            if !matches!(key.as_str(), "pool" | "size") && !key.starts_with("csi.storage.k8s.io/") {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown volume attribute {key:?} for an ephemeral volume; berth accepts \"pool\" and \"size\""
+                )));
+            }
+        }
+        let pool = Arc::clone(self.select_pool(req.context.get("pool").map(String::as_str))?);
+        let size = match req.context.get("size") {
+            Some(text) => {
+                text.parse::<Bytes>().map_err(|e| Error::InvalidArgument(format!("volume attribute size: {e}")))?.0
+            }
+            None => self.config.default_volume_size.0,
+        };
+        let allowed = self.config.pools.iter().any(|p| p.name() == pool.name() && p.ephemeral());
+        if !allowed {
+            return Err(Error::FailedPrecondition(format!(
+                "pool {} does not serve inline ephemeral volumes; its configuration must say `ephemeral: true` \
+                 (device pools never do)",
+                pool.name()
+            )));
+        }
+        let mut flags = self.check_node_capability(pool.as_ref(), &req.capability)?;
+        flags.readonly |= req.readonly || req.capability.mode.read_only();
+        if self.store.volume(&req.volume_id).is_none() {
+            let room = pool.capacity()?;
+            if size > room.maximum_volume_bytes.min(room.available_bytes) {
+                return Err(Error::ResourceExhausted(format!(
+                    "pool {} has {} bytes free; an ephemeral volume of {size} bytes does not fit",
+                    pool.name(),
+                    room.available_bytes
+                )));
+            }
+        }
+        let record = match self.store.volume(&req.volume_id) {
+            // Never a persistent volume: that would skip its staging and single-writer checks.
+            Some(r) if !r.ephemeral => {
+                return Err(Error::AlreadyExists(format!(
+                    "volume {} exists and is not an ephemeral volume; publish it without {EPHEMERAL_KEY}",
+                    r.id
+                )));
+            }
+            Some(r) if r.phase == Phase::Ready => r,
+            existing => {
+                let fresh = existing.is_none();
+                let mut record = existing.unwrap_or_else(|| VolumeRecord {
+                    id: req.volume_id.clone(),
+                    name: req.volume_id.clone(),
+                    pool: pool.name().to_string(),
+                    key: ids::mint(Kind::Volume, pool.name()).1,
+                    node: self.node_id.clone(),
+                    capacity: size,
+                    phase: Phase::Creating,
+                    access: AccessKind::Mount,
+                    enforced: Enforced::None,
+                    project_id: None,
+                    source: None,
+                    published: BTreeMap::new(),
+                    ephemeral: true,
+                    fs_type: None,
+                    device: None,
+                    device_identity: None,
+                    parameters: BTreeMap::new(),
+                    single_writer: None,
+                    created_unix_ms: state::now_ms(),
+                });
+                if fresh {
+                    self.begin_volume(&record)?;
+                }
+                self.build_volume(pool.as_ref(), &mut record, None, 0)?;
+                record
+            }
+        };
+        let source = StageSource::Managed(&record);
+        let created = prepare_dir(self, "target_path", &req.target)?;
+        if ops::is_mount_point(self.sys.as_ref(), &req.target).map_err(io_err("read mount table", &req.target))? {
+            return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly);
+        }
+        let mut capability = req.capability.clone();
+        if flags.readonly {
+            capability.mount_flags.push("ro".into());
+        }
+        pool.stage(source, &req.target, &capability)?;
+        created.keep();
+        tracing::info!(volume.id = %req.volume_id, target.path = %req.target.display(), "ephemeral volume published");
+        Ok(())
+    }
+}
