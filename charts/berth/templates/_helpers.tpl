@@ -91,6 +91,15 @@ The directory on the host holding a driver's socket: call with (dict "ctx" $ "dr
 {{- printf "%s/plugins_registry" (trimSuffix "/" .Values.kubeletDir) }}
 {{- end }}
 
+{{/*
+"true" when the cluster serves VolumeSnapshotClass (or snapshots.createClasses=always):
+without the VolumeSnapshot CRDs an install that renders the classes fails with "no
+matches for kind VolumeSnapshotClass".
+*/}}
+{{- define "berth.snapshotAPI" -}}
+{{- if or (eq .Values.snapshots.createClasses "always") (.Capabilities.APIVersions.Has "snapshot.storage.k8s.io/v1/VolumeSnapshotClass") }}true{{ else }}false{{ end }}
+{{- end }}
+
 {{/* The DaemonSet runs in the host network when asked, and always with NFS mounts. */}}
 {{- define "berth.node.hostNetwork" -}}
 {{- if or .Values.node.hostNetwork .Values.nfs.enabled }}true{{ else }}false{{ end }}
