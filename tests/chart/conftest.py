@@ -86,7 +86,7 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], str, str]] = {
                 {"name": "berth-nfs", "driver": "nfs", "deletionPolicy": "Retain"},
             ],
             "metrics": {"enabled": True, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
-            "controller": {"replicas": 2},
+            "controller": {"local": {"replicas": 2}},
         },
         "berth",
         "kube-system",

@@ -121,8 +121,8 @@ def test_both_drivers():
     assert names(objects, "Deployment") == ["berth-local-controller", "berth-nfs-controller"]
     assert names(objects, "StorageClass") == ["berth-block-xfs", "berth-devices", "berth-local", "berth-nfs"]
     assert names(objects, "ServiceMonitor") == ["berth"]
-    for deploy in of_kind(objects, "Deployment"):
-        assert deploy["spec"]["replicas"] == 2
+    assert one(objects, "Deployment", "berth-local-controller")["spec"]["replicas"] == 2
+    assert one(objects, "Deployment", "berth-nfs-controller")["spec"]["replicas"] == 1
 
 
 def test_custom_names_reach_every_object():
