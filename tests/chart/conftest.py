@@ -127,7 +127,7 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], str, str]] = {
         {
             "local": {"expansion": {"enabled": False}},
             "snapshots": {"enabled": False},
-            "storageClasses": [{"name": "berth-local", "driver": "local"}],
+            "storageClasses": [{"name": "berth-local", "driver": "local", "pool": "default"}],
             "node": {"hostNetwork": True, "tolerations": [], "nodeSelector": {"storage": "local"}},
         },
         "berth",

@@ -91,7 +91,7 @@ def test_default_install_is_the_local_driver_only():
     assert names(objects, "CSIDriver") == ["local.berth.csi.io"]
     assert names(objects, "DaemonSet") == ["berth-node"]
     assert names(objects, "Deployment") == ["berth-local-controller"]
-    assert names(objects, "StorageClass") == ["berth-local"]
+    assert names(objects, "StorageClass") == ["berth-block", "berth-local"]
     assert names(objects, "VolumeSnapshotClass") == ["berth-local"]
     assert names(objects, "ConfigMap") == ["berth-local-config"]
     assert names(objects, "ServiceAccount") == ["berth-local-controller", "berth-node"]

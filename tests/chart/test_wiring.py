@@ -527,7 +527,8 @@ def test_inline_ephemeral_volumes_are_each_drivers_opt_in():
         return {d["metadata"]["name"]: d["spec"]["volumeLifecycleModes"] for d in of_kind(objects, "CSIDriver")}
 
     nfs_pool = {"name": "shared", "type": "nfs", "server": "nfs.example.com", "export": "/exports/k8s"}
-    values = {"nfs": {"enabled": True}, "pools": [{"name": "default", "type": "hostpath", "path": "/var/lib/berth/pools/default"}, nfs_pool]}
+    values = {"nfs": {"enabled": True}, "pools": [{"name": "default", "type": "hostpath", "path": "/var/lib/berth/pools/default"}, nfs_pool],
+              "storageClasses": []}
     assert modes(values) == {"local.berth.csi.io": ["Persistent"], "nfs.berth.csi.io": ["Persistent"]}
     values["local"] = {"inlineEphemeral": True}
     values["pools"][0]["ephemeral"] = True
