@@ -119,9 +119,63 @@ The socket is always /csi/csi.sock inside the container.
 - --driver-name={{ .driver }}
 - --log-level={{ .ctx.Values.logLevel }}
 - --log-format={{ .ctx.Values.logFormat }}
+- --drain-seconds={{ .ctx.Values.drainSeconds }}
 {{- if .ctx.Values.metrics.enabled }}
-- --metrics-address=0.0.0.0:{{ .metricsPort }}
+- --metrics-address={{ include "berth.listen" (dict "address" .ctx.Values.metrics.bindAddress "port" .metricsPort) }}
 {{- end }}
+{{- end }}
+
+{{/*
+HOST:PORT for a listen flag: call with (dict "address" ADDR "port" PORT). An empty address
+gives ":PORT" (every address, for Go's listeners); an IPv6 address gets brackets.
+*/}}
+{{- define "berth.listen" -}}
+{{- if not .address }}:{{ .port }}
+{{- else if contains ":" .address }}[{{ .address }}]:{{ .port }}
+{{- else }}{{ .address }}:{{ .port }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where the node pod's health endpoints listen: on the host network only on
+node.healthAddress (loopback by default), since every address of the pod is the host's;
+otherwise on every address of the pod, which is its own.
+*/}}
+{{- define "berth.node.healthAddress" -}}
+{{- if eq (include "berth.node.hostNetwork" .) "true" }}{{ .Values.node.healthAddress }}{{ end }}
+{{- end }}
+
+{{/*
+An HTTP probe of a port in the node pod: call with (dict "ctx" $ "port" NAME "path" PATH).
+On the host network the kubelet asks node.healthAddress, where the endpoint listens.
+*/}}
+{{- define "berth.node.httpGet" -}}
+httpGet:
+  path: {{ .path }}
+  port: {{ .port }}
+  {{- with include "berth.node.healthAddress" .ctx }}
+  host: {{ . | quote }}
+  {{- end }}
+{{- end }}
+
+{{/*
+One container from its YAML text, with the user's additions from values: call with
+(dict "spec" TEXT "over" MAP), MAP being node.containers.<name> or
+controller.containers.<name> (or empty). extraArgs, extraEnv and extraVolumeMounts are
+appended, resources replaces the chart's, securityContext is merged over the chart's.
+*/}}
+{{- define "berth.container" -}}
+{{- $c := fromYaml .spec }}
+{{- if hasKey $c "Error" }}
+{{- fail (printf "berth chart bug: a container does not parse (%s):\n%s" $c.Error .spec) }}
+{{- end }}
+{{- $o := .over | default dict }}
+{{- with $o.extraArgs }}{{ $_ := set $c "args" (concat ($c.args | default list) .) }}{{ end }}
+{{- with $o.extraEnv }}{{ $_ := set $c "env" (concat ($c.env | default list) .) }}{{ end }}
+{{- with $o.extraVolumeMounts }}{{ $_ := set $c "volumeMounts" (concat ($c.volumeMounts | default list) .) }}{{ end }}
+{{- with $o.resources }}{{ $_ := set $c "resources" . }}{{ end }}
+{{- with $o.securityContext }}{{ $_ := set $c "securityContext" (mergeOverwrite (deepCopy ($c.securityContext | default dict)) .) }}{{ end }}
+{{- toYaml (list $c) }}
 {{- end }}
 
 {{/* Environment every container that needs the node name gets. */}}
@@ -143,12 +197,18 @@ The socket is always /csi/csi.sock inside the container.
       fieldPath: metadata.name
 {{- end }}
 
-{{/* The liveness probe every berth container gets, against its livenessprobe sidecar. */}}
+{{/*
+The liveness probe every berth container gets, against its livenessprobe sidecar: call
+with (dict "ctx" $ "port" NAME "host" ADDRESS-or-empty).
+*/}}
 {{- define "berth.livenessProbe" -}}
 livenessProbe:
   httpGet:
     path: /healthz
-    port: {{ . }}
+    port: {{ .port }}
+    {{- with .host }}
+    host: {{ . | quote }}
+    {{- end }}
   initialDelaySeconds: 10
   timeoutSeconds: 3
   periodSeconds: 10
@@ -169,6 +229,12 @@ Checks that fail the install early with a reason, instead of a berth that refuse
 start or a StorageClass that can never provision.
 */}}
 {{- define "berth.validate" -}}
+{{- range $component := list "node" "controller" }}
+{{- $grace := (index $.Values $component).terminationGracePeriodSeconds | int }}
+{{- if lt $grace ($.Values.drainSeconds | int) }}
+{{- fail (printf "berth: %s.terminationGracePeriodSeconds (%d) is shorter than drainSeconds (%d): the pod would be killed while berth still finishes calls" $component $grace ($.Values.drainSeconds | int)) }}
+{{- end }}
+{{- end }}
 {{- if not (or .Values.local.enabled .Values.nfs.enabled) }}
 {{- fail "berth: enable at least one driver (local.enabled or nfs.enabled)" }}
 {{- end }}
@@ -267,4 +333,19 @@ subjects:
     name: {{ $fullname }}-{{ . }}
     namespace: {{ $.ctx.Release.Namespace }}
   {{- end }}
+{{- end }}
+
+{{/*
+The sidecars whose metrics some pod serves, as a JSON list of roles: the node plugin's
+provisioner and snapshotter (local driver), the controllers' resizer, and the NFS
+controller's provisioner, attacher and snapshotter.
+*/}}
+{{- define "berth.metrics.sidecars" -}}
+{{- $roles := list }}
+{{- $snap := .Values.snapshots.enabled }}
+{{- if or .Values.local.enabled .Values.nfs.enabled }}{{ $roles = append $roles "provisioner" }}{{ end }}
+{{- if .Values.nfs.enabled }}{{ $roles = append $roles "attacher" }}{{ end }}
+{{- if or .Values.nfs.enabled (and .Values.local.enabled .Values.local.expansion.enabled) }}{{ $roles = append $roles "resizer" }}{{ end }}
+{{- if and $snap (or .Values.local.enabled .Values.nfs.enabled) }}{{ $roles = append $roles "snapshotter" }}{{ end }}
+{{- toJson $roles }}
 {{- end }}
