@@ -250,6 +250,31 @@ start or a StorageClass that can never provision.
 {{- end }}
 {{- $local := (include "berth.localPools" . | fromYaml).pools }}
 {{- $nfs := (include "berth.nfsPools" . | fromYaml).pools }}
+{{- range .Values.node.groups }}
+{{- $group := . }}
+{{- $seen := dict }}
+{{- range .pools }}
+{{- if hasKey $seen .name }}
+{{- fail (printf "berth: node group %q has two pools named %q" $group.name .name) }}
+{{- end }}
+{{- $_ := set $seen .name true }}
+{{- if .snapshotPool }}
+{{- $snap := .snapshotPool }}
+{{- $found := false }}
+{{- range $group.pools }}{{ if and (eq .name $snap) (eq .type "block") }}{{ $found = true }}{{ end }}{{ end }}
+{{- if not $found }}
+{{- fail (printf "berth: node group %q, pool %q: snapshotPool %q must name a block pool of the group" $group.name .name $snap) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $groupNames := dict }}
+{{- range .Values.node.groups }}
+{{- if hasKey $groupNames .name }}
+{{- fail (printf "berth: two node groups named %q" .name) }}
+{{- end }}
+{{- $_ := set $groupNames .name true }}
+{{- end }}
 {{- if and .Values.local.enabled .Values.nfs.enabled (eq (trimSuffix "/" .Values.local.stateDir) (trimSuffix "/" .Values.nfs.stateDir)) }}
 {{- fail "berth: local.stateDir and nfs.stateDir must differ: each driver keeps its own records" }}
 {{- end }}
@@ -279,14 +304,15 @@ start or a StorageClass that can never provision.
 {{- end }}
 {{- end }}
 {{- $stateSub := printf "%s/state" (trimSuffix "/" .Values.local.stateDir) }}
-{{- range $local }}
+{{- range (include "berth.allLocalPools" . | fromYaml).pools }}
 {{- if and .path (or (eq (trimSuffix "/" .path) $stateSub) (hasPrefix (printf "%s/" $stateSub) .path)) }}
 {{- fail (printf "berth: pool %q: path %s is inside berth's records directory %s" .name .path $stateSub) }}
 {{- end }}
 {{- end }}
+{{- $allLocal := (include "berth.allLocalPools" . | fromYaml).pools }}
 {{- range .Values.storageClasses }}
 {{- $sc := . }}
-{{- $pools := ternary $local $nfs (eq .driver "local") }}
+{{- $pools := ternary $allLocal $nfs (eq .driver "local") }}
 {{- if and (eq .driver "local") $.Values.local.enabled (not .pool) (gt (len $pools) 1) }}
 {{- fail (printf "berth: StorageClass %s must set `pool`: the local driver has %d pools" .name (len $pools)) }}
 {{- end }}
@@ -348,4 +374,81 @@ controller's provisioner, attacher and snapshotter.
 {{- if or .Values.nfs.enabled (and .Values.local.enabled .Values.local.expansion.enabled) }}{{ $roles = append $roles "resizer" }}{{ end }}
 {{- if and $snap (or .Values.local.enabled .Values.nfs.enabled) }}{{ $roles = append $roles "snapshotter" }}{{ end }}
 {{- toJson $roles }}
+{{- end }}
+
+{{/*
+The node plugin DaemonSets, as a JSON list: the main one (name "") with the node-local
+pools of `pools`, then one per node.groups entry. A node belongs to the first group whose
+label it carries: each DaemonSet keeps off the nodes of the groups before it (the main
+one off every group's), with NotIn terms added to its node affinity.
+*/}}
+{{- define "berth.node.groups" -}}
+{{- $fullname := include "berth.fullname" . }}
+{{- $node := .Values.node }}
+{{- $groups := ternary $node.groups list .Values.local.enabled }}
+{{- $out := list }}
+{{- $excluded := list }}
+{{- range $groups }}
+{{- range $key, $value := .nodeSelector }}
+{{- $excluded = append $excluded (dict "key" $key "operator" "NotIn" "values" (list $value)) }}
+{{- end }}
+{{- end }}
+{{- $main := dict "name" "" "config" (printf "%s-local-config" $fullname) "nodeSelector" $node.nodeSelector "tolerations" $node.tolerations }}
+{{- $_ := set $main "pools" (include "berth.localPools" . | fromYaml).pools }}
+{{- $_ = set $main "affinity" (include "berth.node.excludeGroups" (dict "affinity" $node.affinity "terms" $excluded) | fromYaml) }}
+{{- $out = append $out $main }}
+{{- $before := list }}
+{{- range $groups }}
+{{- $g := dict "name" .name "config" (printf "%s-local-config-%s" $fullname .name) "pools" .pools }}
+{{- $_ := set $g "nodeSelector" (merge (deepCopy .nodeSelector) $node.nodeSelector) }}
+{{- $_ = set $g "tolerations" (.tolerations | default $node.tolerations) }}
+{{- $_ = set $g "affinity" (include "berth.node.excludeGroups" (dict "affinity" (.affinity | default $node.affinity) "terms" $before) | fromYaml) }}
+{{- $out = append $out $g }}
+{{- range $key, $value := .nodeSelector }}
+{{- $before = append $before (dict "key" $key "operator" "NotIn" "values" (list $value)) }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+An affinity with NotIn expressions added to every required node selector term: call with
+(dict "affinity" AFFINITY "terms" EXPRESSIONS). Output is YAML.
+*/}}
+{{- define "berth.node.excludeGroups" -}}
+{{- $affinity := deepCopy (.affinity | default dict) }}
+{{- if .terms }}
+{{- $nodeAffinity := $affinity.nodeAffinity | default dict }}
+{{- $required := $nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution | default dict }}
+{{- $terms := $required.nodeSelectorTerms | default (list dict) }}
+{{- $newTerms := list }}
+{{- range $terms }}
+{{- $term := deepCopy . }}
+{{- $_ := set $term "matchExpressions" (concat ($term.matchExpressions | default list) $.terms) }}
+{{- $newTerms = append $newTerms $term }}
+{{- end }}
+{{- $_ := set $required "nodeSelectorTerms" $newTerms }}
+{{- $_ = set $nodeAffinity "requiredDuringSchedulingIgnoredDuringExecution" $required }}
+{{- $_ = set $affinity "nodeAffinity" $nodeAffinity }}
+{{- end }}
+{{- toYaml $affinity }}
+{{- end }}
+
+{{/*
+Every node-local pool of `pools` and of node.groups, each name once (the first
+definition wins; the central controller only needs the names). Output is YAML: {pools: [...]}.
+*/}}
+{{- define "berth.allLocalPools" -}}
+{{- $pools := (include "berth.localPools" . | fromYaml).pools }}
+{{- $seen := dict }}
+{{- range $pools }}{{ $_ := set $seen .name true }}{{ end }}
+{{- range .Values.node.groups }}
+{{- range .pools }}
+{{- if not (hasKey $seen .name) }}
+{{- $pools = append $pools . }}
+{{- $_ := set $seen .name true }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "pools" $pools) }}
 {{- end }}

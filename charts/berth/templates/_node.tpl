@@ -188,3 +188,179 @@ volumeMounts:
   - name: local-socket-dir
     mountPath: /csi
 {{- end }}
+
+{{/*
+One node plugin DaemonSet: call with (dict "ctx" $ "group" G), G a dict with name (""
+for the main DaemonSet), pools (its node-local pools), config (its ConfigMap), and
+nodeSelector, tolerations, affinity.
+*/}}
+{{- define "berth.node.daemonset" -}}
+{{- $ctx := .ctx }}
+{{- $g := .group }}
+{{- with $ctx }}
+{{- $fullname := include "berth.fullname" . }}
+{{- $local := .Values.local }}
+{{- $nfs := .Values.nfs }}
+{{- $ports := .Values.node.ports }}
+{{- $over := .Values.node.containers }}
+{{- $localPools := $g.pools }}
+{{- $stateDir := trimSuffix "/" $local.stateDir }}
+{{- $kubeletDir := trimSuffix "/" .Values.kubeletDir }}
+{{- $component := ternary "node" (printf "node-%s" $g.name) (eq $g.name "") }}
+# The node plugin, on every node. For the node-local driver it is also the provisioner:
+# csi-provisioner and csi-snapshotter run here with --node-deployment, so the node that
+# owns the disk creates, deletes and snapshots its volumes.
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: {{ $fullname }}-{{ $component }}
+  namespace: {{ .Release.Namespace }}
+  labels:
+    {{- include "berth.labels" (dict "ctx" . "component" $component) | nindent 4 }}
+spec:
+  selector:
+    matchLabels:
+      {{- include "berth.selectorLabels" (dict "ctx" . "component" $component) | nindent 6 }}
+  updateStrategy:
+    {{- toYaml .Values.node.updateStrategy | nindent 4 }}
+  template:
+    metadata:
+      labels:
+        {{- include "berth.labels" (dict "ctx" . "component" $component) | nindent 8 }}
+        {{- with .Values.node.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        # Roll the pods when berth's configuration changes.
+        checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+        {{- with .Values.node.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ $fullname }}-node
+      # Only the node-local driver's provisioner and snapshotter talk to the API server.
+      automountServiceAccountToken: {{ $local.enabled }}
+      priorityClassName: {{ .Values.node.priorityClassName }}
+      # At least berth's --drain-seconds (drainSeconds), so calls in flight can finish.
+      terminationGracePeriodSeconds: {{ .Values.node.terminationGracePeriodSeconds }}
+      hostNetwork: {{ include "berth.node.hostNetwork" . }}
+      {{- if eq (include "berth.node.hostNetwork" .) "true" }}
+      dnsPolicy: ClusterFirstWithHostNet
+      {{- end }}
+      hostPID: false
+      # The sidecars run under the runtime's default seccomp profile (the privileged berth
+      # containers are exempt, as every privileged container is).
+      securityContext:
+        {{- toYaml (mergeOverwrite (dict "seccompProfile" (dict "type" "RuntimeDefault")) (deepCopy .Values.node.podSecurityContext)) | nindent 8 }}
+      {{- with .Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $g.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $g.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $g.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      containers:
+        {{- if $local.enabled }}
+        {{- /* berth serves the node-local driver: Identity, Node (for the kubelet) and
+        Controller (for the provisioner and snapshotter beside it). */}}
+        {{- $text := include "berth.node.berthContainer" (dict "ctx" . "name" "berth" "mode" "all" "driver" $local.driverName
+              "socketVolume" "local-socket-dir" "config" "local-config" "state" "local-state" "stateDir" $stateDir
+              "healthPort" $ports.localHealth "healthName" "healthz" "metricsName" "metrics-local"
+              "metricsPort" .Values.metrics.ports.local "pools" $localPools "devices" true) }}
+        {{- include "berth.container" (dict "spec" $text "over" (get $over "berth")) | nindent 8 }}
+        {{- $text = include "berth.node.registrar" (dict "ctx" . "name" "node-driver-registrar" "driver" $local.driverName
+              "socketVolume" "local-socket-dir" "port" $ports.localRegistrar "portName" "healthz-reg") }}
+        {{- include "berth.container" (dict "spec" $text "over" (get $over "node-driver-registrar")) | nindent 8 }}
+        {{- $text = include "berth.node.livenessProbe" (dict "ctx" . "name" "liveness-probe" "socketVolume" "local-socket-dir" "port" $ports.localHealth) }}
+        {{- include "berth.container" (dict "spec" $text "over" (get $over "liveness-probe")) | nindent 8 }}
+        {{- $text = include "berth.node.provisioner" . }}
+        {{- include "berth.container" (dict "spec" $text "over" (get $over "csi-provisioner")) | nindent 8 }}
+        {{- if .Values.snapshots.enabled }}
+        {{- $text = include "berth.node.snapshotter" . }}
+        {{- include "berth.container" (dict "spec" $text "over" (get $over "csi-snapshotter")) | nindent 8 }}
+        {{- end }}
+        {{- end }}
+        {{- if $nfs.enabled }}
+        {{- /* berth serves the NFS driver's Node service: it mounts exports on this node. */}}
+        {{- $text := include "berth.node.berthContainer" (dict "ctx" . "name" "berth-nfs" "mode" "node" "driver" $nfs.driverName
+              "socketVolume" "nfs-socket-dir" "config" "nfs-config" "state" "nfs-state" "stateDir" (trimSuffix "/" $nfs.stateDir)
+              "healthPort" $ports.nfsHealth "healthName" "healthz-nfs" "metricsName" "metrics-nfs"
+              "metricsPort" .Values.metrics.ports.nfs "pools" list "devices" false) }}
+        {{- include "berth.container" (dict "spec" $text "over" (get $over "berth-nfs")) | nindent 8 }}
+        {{- $text = include "berth.node.registrar" (dict "ctx" . "name" "node-driver-registrar-nfs" "driver" $nfs.driverName
+              "socketVolume" "nfs-socket-dir" "port" $ports.nfsRegistrar "portName" "healthz-reg-nfs") }}
+        {{- include "berth.container" (dict "spec" $text "over" (get $over "node-driver-registrar-nfs")) | nindent 8 }}
+        {{- $text = include "berth.node.livenessProbe" (dict "ctx" . "name" "liveness-probe-nfs" "socketVolume" "nfs-socket-dir" "port" $ports.nfsHealth) }}
+        {{- include "berth.container" (dict "spec" $text "over" (get $over "liveness-probe-nfs")) | nindent 8 }}
+        {{- end }}
+      volumes:
+        # Only the two kubelet directories where berth mounts volumes, with Bidirectional
+        # propagation in the berth containers: pods/ (publish targets) and
+        # plugins/kubernetes.io/csi/ (staging, and raw block devices). The rest of the
+        # kubelet's directory stays out of reach.
+        - name: kubelet-pods
+          hostPath:
+            path: {{ $kubeletDir }}/pods
+            type: Directory
+        - name: kubelet-csi
+          hostPath:
+            path: {{ $kubeletDir }}/plugins/kubernetes.io/csi
+            type: DirectoryOrCreate
+        - name: registration-dir
+          hostPath:
+            path: {{ include "berth.registrationDir" . }}
+            type: Directory
+        {{- if $local.enabled }}
+        - name: local-socket-dir
+          hostPath:
+            path: {{ include "berth.socketDir" (dict "ctx" . "driver" $local.driverName) }}
+            type: DirectoryOrCreate
+        - name: dev
+          hostPath:
+            path: /dev
+            type: Directory
+        - name: local-config
+          configMap:
+            name: {{ $g.config }}
+        - name: local-state
+          hostPath:
+            path: {{ $stateDir }}
+            type: DirectoryOrCreate
+        {{- range $localPools }}
+        {{- if and .path (not (hasPrefix (printf "%s/" $stateDir) .path)) }}
+        # Directory, not DirectoryOrCreate: a data disk that is not mounted yet must keep
+        # the pod from starting, not become a pool on the root disk.
+        - name: pool-{{ .name }}
+          hostPath:
+            path: {{ .path }}
+            type: Directory
+        {{- end }}
+        {{- end }}
+        {{- end }}
+        {{- if $nfs.enabled }}
+        - name: nfs-socket-dir
+          hostPath:
+            path: {{ include "berth.socketDir" (dict "ctx" . "driver" $nfs.driverName) }}
+            type: DirectoryOrCreate
+        - name: nfs-config
+          configMap:
+            name: {{ $fullname }}-nfs-config
+        - name: nfs-state
+          hostPath:
+            path: {{ trimSuffix "/" $nfs.stateDir }}
+            type: DirectoryOrCreate
+        {{- end }}
+        {{- with .Values.node.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+{{- end }}
+{{- end }}
