@@ -210,3 +210,10 @@ def test_docs_describe_the_hatches_and_groups():
     for text in ("### Node groups", "### Escape hatches", "extraArgs", "extraEnv", "extraVolumeMounts",
                  "<release>-node-<name>", "<release>-local-config-<name>"):
         assert text in doc, text
+
+
+def test_notes_name_each_group_daemonset():
+    manifests = render_values(GROUPS)
+    notes = next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+    assert "node group nvme: DaemonSet berth-node-nvme, pools: fast (block) scratch (hostpath)" in notes
+    assert "node group hdd: DaemonSet berth-node-hdd, pools: slow (hostpath)" in notes

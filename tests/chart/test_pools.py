@@ -62,7 +62,7 @@ def test_merged_defaults_match_what_the_docs_table_says():
 def test_notes_warn_about_pools_that_require_enforcement():
     manifests = render_values({})
     notes = next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
-    assert "Pools default enforce every volume's size or refuse it" in notes
+    assert "Pool default enforces every volume's size or refuse it" in notes
     relaxed = render_values({"pools": [{"name": "default", "type": "hostpath", "path": "/var/lib/berth/pools/default",
                                         "capacityEnforcement": "auto"}],
                              "storageClasses": [{"name": "berth-local", "driver": "local"}]})
