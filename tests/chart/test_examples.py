@@ -30,6 +30,8 @@ ORDER = [
 NEEDS_NFS = {"nfs-shared.yaml"}
 # A static PV publishes a directory that exists on one named node: the node is the point.
 NAMES_ITS_NODE = {"static-pv.yaml"}
+# Inline ephemeral volumes are an opt-in of the driver and the pool (off by default).
+OPT_IN = {"inline-ephemeral.yaml": ("local.inlineEphemeral", "ephemeral: true")}
 
 
 def docs(name):
@@ -147,3 +149,20 @@ def test_read_write_once_pod_and_reclaim_pair_exist():
     assert claim["spec"]["accessModes"] == ["ReadWriteOncePod"]
     policies = {o["reclaimPolicy"] for o in docs("reclaim-policies.yaml") if o["kind"] == "StorageClass"}
     assert policies == {"Delete", "Retain"}
+
+
+def test_examples_that_need_an_opt_in_say_which():
+    from conftest import render_values, parse_manifests
+    (driver,) = [o for o in rendered("default") if o["kind"] == "CSIDriver"]
+    assert "Ephemeral" not in driver["spec"]["volumeLifecycleModes"], "the default install has no inline volumes"
+    for name, needs in OPT_IN.items():
+        header = (EXAMPLES / name).read_text().split("apiVersion:")[0]
+        for need in needs:
+            assert need in header, f"{name} does not say it needs {need}"
+    # With the opt-in the example's volume is served.
+    values = {"local": {"inlineEphemeral": True},
+              "pools": [{"name": "default", "type": "hostpath", "path": "/var/lib/berth/pools/default",
+                         "capacityEnforcement": "required", "ephemeral": True},
+                        {"name": "block", "type": "block", "path": "/var/lib/berth/pools/block"}]}
+    (driver,) = [o for o in parse_manifests(render_values(values)) if o["kind"] == "CSIDriver"]
+    assert "Ephemeral" in driver["spec"]["volumeLifecycleModes"]
