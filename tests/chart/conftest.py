@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import os
 import pathlib
 import tomllib
 from typing import Any
 
 import helm_python as helm
+from helm_python import _native as helm_native
 import pytest
 import yaml
 
@@ -84,7 +86,7 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], str, str]] = {
                 {"name": "berth-nfs", "driver": "nfs", "deletionPolicy": "Retain"},
             ],
             "metrics": {"enabled": True, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
-            "controller": {"replicas": 2},
+            "controller": {"local": {"replicas": 2}},
         },
         "berth",
         "kube-system",
@@ -125,7 +127,7 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], str, str]] = {
         {
             "local": {"expansion": {"enabled": False}},
             "snapshots": {"enabled": False},
-            "storageClasses": [{"name": "berth-local", "driver": "local"}],
+            "storageClasses": [{"name": "berth-local", "driver": "local", "pool": "default"}],
             "node": {"hostNetwork": True, "tolerations": [], "nodeSelector": {"storage": "local"}},
         },
         "berth",
@@ -158,14 +160,29 @@ def chart() -> helm.Chart:
     return helm.Chart.load(CHART)
 
 
+# What a cluster with the VolumeSnapshot CRDs reports to Helm (`helm template
+# --api-versions` passes the same). The value sets render as on such a cluster.
+SNAPSHOT_API = "snapshot.storage.k8s.io/v1/VolumeSnapshotClass"
+WITH_SNAPSHOT_API = (SNAPSHOT_API,)
+
+
+def render_with(values: dict[str, Any], release: str, namespace: str, api_versions: tuple[str, ...]) -> dict[str, str]:
+    """Chart.render with the cluster's API versions (.Capabilities.APIVersions): the
+    Python binding does not expose the option yet, libhelm_c's render options do."""
+    opts = {"name": release, "namespace": namespace, "is_install": True, "api_versions": list(api_versions)}
+    return json.loads(helm_native.call_string("helm_render", chart()._raw(), json.dumps(copy.deepcopy(values)),
+                                              json.dumps(opts)))
+
+
 @functools.cache
 def _render(value_set: str) -> dict[str, str]:
     values, release, namespace = VALUE_SETS[value_set]
-    return chart().render(copy.deepcopy(values), name=release, namespace=namespace, is_install=True)
+    return render_with(values, release, namespace, WITH_SNAPSHOT_API)
 
 
-def render_values(values: dict[str, Any], release: str = "berth", namespace: str = "kube-system") -> dict[str, str]:
-    return chart().render(copy.deepcopy(values), name=release, namespace=namespace, is_install=True)
+def render_values(values: dict[str, Any], release: str = "berth", namespace: str = "kube-system",
+                  api_versions: tuple[str, ...] = WITH_SNAPSHOT_API) -> dict[str, str]:
+    return render_with(values, release, namespace, api_versions)
 
 
 def parse_manifests(manifests: dict[str, str]) -> list[dict[str, Any]]:

@@ -91,7 +91,7 @@ def test_default_install_is_the_local_driver_only():
     assert names(objects, "CSIDriver") == ["local.berth.csi.io"]
     assert names(objects, "DaemonSet") == ["berth-node"]
     assert names(objects, "Deployment") == ["berth-local-controller"]
-    assert names(objects, "StorageClass") == ["berth-local"]
+    assert names(objects, "StorageClass") == ["berth-block", "berth-local"]
     assert names(objects, "VolumeSnapshotClass") == ["berth-local"]
     assert names(objects, "ConfigMap") == ["berth-local-config"]
     assert names(objects, "ServiceAccount") == ["berth-local-controller", "berth-node"]
@@ -121,8 +121,8 @@ def test_both_drivers():
     assert names(objects, "Deployment") == ["berth-local-controller", "berth-nfs-controller"]
     assert names(objects, "StorageClass") == ["berth-block-xfs", "berth-devices", "berth-local", "berth-nfs"]
     assert names(objects, "ServiceMonitor") == ["berth"]
-    for deploy in of_kind(objects, "Deployment"):
-        assert deploy["spec"]["replicas"] == 2
+    assert one(objects, "Deployment", "berth-local-controller")["spec"]["replicas"] == 2
+    assert one(objects, "Deployment", "berth-nfs-controller")["spec"]["replicas"] == 1
 
 
 def test_custom_names_reach_every_object():

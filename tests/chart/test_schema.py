@@ -22,6 +22,8 @@ def test_defaults_and_every_value_set_pass_the_schema():
 
 def walk(schema, path="$"):
     yield path, schema
+    for key, sub in schema.get("definitions", {}).items():
+        yield from walk(sub, f"{path}#{key}")
     for key, sub in schema.get("properties", {}).items():
         yield from walk(sub, f"{path}.{key}")
     if isinstance(schema.get("items"), dict):

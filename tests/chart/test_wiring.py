@@ -113,17 +113,27 @@ def test_each_driver_has_its_own_node_plugin_and_registrar(value_set):
     assert set(served) == set(drivers(value_set)), "every CSIDriver is served on every node"
 
 
-def test_kubelet_dir_is_mounted_bidirectionally(value_set):
+def test_kubelet_dirs_where_berth_mounts_are_bidirectional_and_only_those(value_set):
+    """berth mounts publish targets under <kubeletDir>/pods and staging paths (and raw
+    block devices) under <kubeletDir>/plugins/kubernetes.io/csi: exactly those two
+    directories come from the host with Bidirectional propagation, not the whole
+    kubelet directory."""
     kubelet_dir = merged_values(value_set)["kubeletDir"].rstrip("/")
+    wanted = {f"{kubelet_dir}/pods", f"{kubelet_dir}/plugins/kubernetes.io/csi"}
     for ds in of_kind(rendered(value_set), "DaemonSet"):
         spec = pod_spec(ds)
         for c in spec["containers"]:
             mounts = c.get("volumeMounts", [])
             if is_berth(c):
-                kubelet = [m for m in mounts if m["mountPath"].rstrip("/") == kubelet_dir]
-                assert len(kubelet) == 1, f"{c['name']} does not mount {kubelet_dir}"
-                assert kubelet[0]["mountPropagation"] == "Bidirectional"
-                assert volume(spec, kubelet[0]["name"])["hostPath"]["path"] == kubelet_dir
+                bidirectional = {m["mountPath"].rstrip("/"): m for m in mounts if m.get("mountPropagation") == "Bidirectional"}
+                assert set(bidirectional) == wanted, f"{c['name']}: Bidirectional mounts {sorted(bidirectional)}"
+                for path, m in bidirectional.items():
+                    assert volume(spec, m["name"])["hostPath"]["path"] == path
+                assert not [m for m in mounts if m["mountPath"].rstrip("/") == kubelet_dir], "the whole kubelet dir"
+                # The kubelet's own targets resolve to these two mounts.
+                assert resolve_path(c, f"{kubelet_dir}/pods/u/volumes/kubernetes.io~csi/pv/mount")[0] == bidirectional[f"{kubelet_dir}/pods"]["name"]
+                assert resolve_path(c, f"{kubelet_dir}/plugins/kubernetes.io/csi/volumeDevices/publish/pv/u")[0] == \
+                    bidirectional[f"{kubelet_dir}/plugins/kubernetes.io/csi"]["name"]
                 assert c["securityContext"]["privileged"] is True
             for m in mounts:
                 if m.get("mountPropagation") == "Bidirectional":
@@ -527,7 +537,8 @@ def test_inline_ephemeral_volumes_are_each_drivers_opt_in():
         return {d["metadata"]["name"]: d["spec"]["volumeLifecycleModes"] for d in of_kind(objects, "CSIDriver")}
 
     nfs_pool = {"name": "shared", "type": "nfs", "server": "nfs.example.com", "export": "/exports/k8s"}
-    values = {"nfs": {"enabled": True}, "pools": [{"name": "default", "type": "hostpath", "path": "/var/lib/berth/pools/default"}, nfs_pool]}
+    values = {"nfs": {"enabled": True}, "pools": [{"name": "default", "type": "hostpath", "path": "/var/lib/berth/pools/default"}, nfs_pool],
+              "storageClasses": []}
     assert modes(values) == {"local.berth.csi.io": ["Persistent"], "nfs.berth.csi.io": ["Persistent"]}
     values["local"] = {"inlineEphemeral": True}
     values["pools"][0]["ephemeral"] = True

@@ -91,6 +91,15 @@ The directory on the host holding a driver's socket: call with (dict "ctx" $ "dr
 {{- printf "%s/plugins_registry" (trimSuffix "/" .Values.kubeletDir) }}
 {{- end }}
 
+{{/*
+"true" when the cluster serves VolumeSnapshotClass (or snapshots.createClasses=always):
+without the VolumeSnapshot CRDs an install that renders the classes fails with "no
+matches for kind VolumeSnapshotClass".
+*/}}
+{{- define "berth.snapshotAPI" -}}
+{{- if or (eq .Values.snapshots.createClasses "always") (.Capabilities.APIVersions.Has "snapshot.storage.k8s.io/v1/VolumeSnapshotClass") }}true{{ else }}false{{ end }}
+{{- end }}
+
 {{/* The DaemonSet runs in the host network when asked, and always with NFS mounts. */}}
 {{- define "berth.node.hostNetwork" -}}
 {{- if or .Values.node.hostNetwork .Values.nfs.enabled }}true{{ else }}false{{ end }}
@@ -110,9 +119,63 @@ The socket is always /csi/csi.sock inside the container.
 - --driver-name={{ .driver }}
 - --log-level={{ .ctx.Values.logLevel }}
 - --log-format={{ .ctx.Values.logFormat }}
+- --drain-seconds={{ .ctx.Values.drainSeconds }}
 {{- if .ctx.Values.metrics.enabled }}
-- --metrics-address=0.0.0.0:{{ .metricsPort }}
+- --metrics-address={{ include "berth.listen" (dict "address" .ctx.Values.metrics.bindAddress "port" .metricsPort) }}
 {{- end }}
+{{- end }}
+
+{{/*
+HOST:PORT for a listen flag: call with (dict "address" ADDR "port" PORT). An empty address
+gives ":PORT" (every address, for Go's listeners); an IPv6 address gets brackets.
+*/}}
+{{- define "berth.listen" -}}
+{{- if not .address }}:{{ .port }}
+{{- else if contains ":" .address }}[{{ .address }}]:{{ .port }}
+{{- else }}{{ .address }}:{{ .port }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where the node pod's health endpoints listen: on the host network only on
+node.healthAddress (loopback by default), since every address of the pod is the host's;
+otherwise on every address of the pod, which is its own.
+*/}}
+{{- define "berth.node.healthAddress" -}}
+{{- if eq (include "berth.node.hostNetwork" .) "true" }}{{ .Values.node.healthAddress }}{{ end }}
+{{- end }}
+
+{{/*
+An HTTP probe of a port in the node pod: call with (dict "ctx" $ "port" NAME "path" PATH).
+On the host network the kubelet asks node.healthAddress, where the endpoint listens.
+*/}}
+{{- define "berth.node.httpGet" -}}
+httpGet:
+  path: {{ .path }}
+  port: {{ .port }}
+  {{- with include "berth.node.healthAddress" .ctx }}
+  host: {{ . | quote }}
+  {{- end }}
+{{- end }}
+
+{{/*
+One container from its YAML text, with the user's additions from values: call with
+(dict "spec" TEXT "over" MAP), MAP being node.containers.<name> or
+controller.containers.<name> (or empty). extraArgs, extraEnv and extraVolumeMounts are
+appended, resources replaces the chart's, securityContext is merged over the chart's.
+*/}}
+{{- define "berth.container" -}}
+{{- $c := fromYaml .spec }}
+{{- if hasKey $c "Error" }}
+{{- fail (printf "berth chart bug: a container does not parse (%s):\n%s" $c.Error .spec) }}
+{{- end }}
+{{- $o := .over | default dict }}
+{{- with $o.extraArgs }}{{ $_ := set $c "args" (concat ($c.args | default list) .) }}{{ end }}
+{{- with $o.extraEnv }}{{ $_ := set $c "env" (concat ($c.env | default list) .) }}{{ end }}
+{{- with $o.extraVolumeMounts }}{{ $_ := set $c "volumeMounts" (concat ($c.volumeMounts | default list) .) }}{{ end }}
+{{- with $o.resources }}{{ $_ := set $c "resources" . }}{{ end }}
+{{- with $o.securityContext }}{{ $_ := set $c "securityContext" (mergeOverwrite (deepCopy ($c.securityContext | default dict)) .) }}{{ end }}
+{{- toYaml (list $c) }}
 {{- end }}
 
 {{/* Environment every container that needs the node name gets. */}}
@@ -134,12 +197,18 @@ The socket is always /csi/csi.sock inside the container.
       fieldPath: metadata.name
 {{- end }}
 
-{{/* The liveness probe every berth container gets, against its livenessprobe sidecar. */}}
+{{/*
+The liveness probe every berth container gets, against its livenessprobe sidecar: call
+with (dict "ctx" $ "port" NAME "host" ADDRESS-or-empty).
+*/}}
 {{- define "berth.livenessProbe" -}}
 livenessProbe:
   httpGet:
     path: /healthz
-    port: {{ . }}
+    port: {{ .port }}
+    {{- with .host }}
+    host: {{ . | quote }}
+    {{- end }}
   initialDelaySeconds: 10
   timeoutSeconds: 3
   periodSeconds: 10
@@ -160,6 +229,12 @@ Checks that fail the install early with a reason, instead of a berth that refuse
 start or a StorageClass that can never provision.
 */}}
 {{- define "berth.validate" -}}
+{{- range $component := list "node" "controller" }}
+{{- $grace := (index $.Values $component).terminationGracePeriodSeconds | int }}
+{{- if lt $grace ($.Values.drainSeconds | int) }}
+{{- fail (printf "berth: %s.terminationGracePeriodSeconds (%d) is shorter than drainSeconds (%d): the pod would be killed while berth still finishes calls" $component $grace ($.Values.drainSeconds | int)) }}
+{{- end }}
+{{- end }}
 {{- if not (or .Values.local.enabled .Values.nfs.enabled) }}
 {{- fail "berth: enable at least one driver (local.enabled or nfs.enabled)" }}
 {{- end }}
@@ -175,6 +250,31 @@ start or a StorageClass that can never provision.
 {{- end }}
 {{- $local := (include "berth.localPools" . | fromYaml).pools }}
 {{- $nfs := (include "berth.nfsPools" . | fromYaml).pools }}
+{{- range .Values.node.groups }}
+{{- $group := . }}
+{{- $seen := dict }}
+{{- range .pools }}
+{{- if hasKey $seen .name }}
+{{- fail (printf "berth: node group %q has two pools named %q" $group.name .name) }}
+{{- end }}
+{{- $_ := set $seen .name true }}
+{{- if .snapshotPool }}
+{{- $snap := .snapshotPool }}
+{{- $found := false }}
+{{- range $group.pools }}{{ if and (eq .name $snap) (eq .type "block") }}{{ $found = true }}{{ end }}{{ end }}
+{{- if not $found }}
+{{- fail (printf "berth: node group %q, pool %q: snapshotPool %q must name a block pool of the group" $group.name .name $snap) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $groupNames := dict }}
+{{- range .Values.node.groups }}
+{{- if hasKey $groupNames .name }}
+{{- fail (printf "berth: two node groups named %q" .name) }}
+{{- end }}
+{{- $_ := set $groupNames .name true }}
+{{- end }}
 {{- if and .Values.local.enabled .Values.nfs.enabled (eq (trimSuffix "/" .Values.local.stateDir) (trimSuffix "/" .Values.nfs.stateDir)) }}
 {{- fail "berth: local.stateDir and nfs.stateDir must differ: each driver keeps its own records" }}
 {{- end }}
@@ -204,14 +304,15 @@ start or a StorageClass that can never provision.
 {{- end }}
 {{- end }}
 {{- $stateSub := printf "%s/state" (trimSuffix "/" .Values.local.stateDir) }}
-{{- range $local }}
+{{- range (include "berth.allLocalPools" . | fromYaml).pools }}
 {{- if and .path (or (eq (trimSuffix "/" .path) $stateSub) (hasPrefix (printf "%s/" $stateSub) .path)) }}
 {{- fail (printf "berth: pool %q: path %s is inside berth's records directory %s" .name .path $stateSub) }}
 {{- end }}
 {{- end }}
+{{- $allLocal := (include "berth.allLocalPools" . | fromYaml).pools }}
 {{- range .Values.storageClasses }}
 {{- $sc := . }}
-{{- $pools := ternary $local $nfs (eq .driver "local") }}
+{{- $pools := ternary $allLocal $nfs (eq .driver "local") }}
 {{- if and (eq .driver "local") $.Values.local.enabled (not .pool) (gt (len $pools) 1) }}
 {{- fail (printf "berth: StorageClass %s must set `pool`: the local driver has %d pools" .name (len $pools)) }}
 {{- end }}
@@ -258,4 +359,96 @@ subjects:
     name: {{ $fullname }}-{{ . }}
     namespace: {{ $.ctx.Release.Namespace }}
   {{- end }}
+{{- end }}
+
+{{/*
+The sidecars whose metrics some pod serves, as a JSON list of roles: the node plugin's
+provisioner and snapshotter (local driver), the controllers' resizer, and the NFS
+controller's provisioner, attacher and snapshotter.
+*/}}
+{{- define "berth.metrics.sidecars" -}}
+{{- $roles := list }}
+{{- $snap := .Values.snapshots.enabled }}
+{{- if or .Values.local.enabled .Values.nfs.enabled }}{{ $roles = append $roles "provisioner" }}{{ end }}
+{{- if .Values.nfs.enabled }}{{ $roles = append $roles "attacher" }}{{ end }}
+{{- if or .Values.nfs.enabled (and .Values.local.enabled .Values.local.expansion.enabled) }}{{ $roles = append $roles "resizer" }}{{ end }}
+{{- if and $snap (or .Values.local.enabled .Values.nfs.enabled) }}{{ $roles = append $roles "snapshotter" }}{{ end }}
+{{- toJson $roles }}
+{{- end }}
+
+{{/*
+The node plugin DaemonSets, as a JSON list: the main one (name "") with the node-local
+pools of `pools`, then one per node.groups entry. A node belongs to the first group whose
+label it carries: each DaemonSet keeps off the nodes of the groups before it (the main
+one off every group's), with NotIn terms added to its node affinity.
+*/}}
+{{- define "berth.node.groups" -}}
+{{- $fullname := include "berth.fullname" . }}
+{{- $node := .Values.node }}
+{{- $groups := ternary $node.groups list .Values.local.enabled }}
+{{- $out := list }}
+{{- $excluded := list }}
+{{- range $groups }}
+{{- range $key, $value := .nodeSelector }}
+{{- $excluded = append $excluded (dict "key" $key "operator" "NotIn" "values" (list $value)) }}
+{{- end }}
+{{- end }}
+{{- $main := dict "name" "" "config" (printf "%s-local-config" $fullname) "nodeSelector" $node.nodeSelector "tolerations" $node.tolerations }}
+{{- $_ := set $main "pools" (include "berth.localPools" . | fromYaml).pools }}
+{{- $_ = set $main "affinity" (include "berth.node.excludeGroups" (dict "affinity" $node.affinity "terms" $excluded) | fromYaml) }}
+{{- $out = append $out $main }}
+{{- $before := list }}
+{{- range $groups }}
+{{- $g := dict "name" .name "config" (printf "%s-local-config-%s" $fullname .name) "pools" .pools }}
+{{- $_ := set $g "nodeSelector" (merge (deepCopy .nodeSelector) $node.nodeSelector) }}
+{{- $_ = set $g "tolerations" (.tolerations | default $node.tolerations) }}
+{{- $_ = set $g "affinity" (include "berth.node.excludeGroups" (dict "affinity" (.affinity | default $node.affinity) "terms" $before) | fromYaml) }}
+{{- $out = append $out $g }}
+{{- range $key, $value := .nodeSelector }}
+{{- $before = append $before (dict "key" $key "operator" "NotIn" "values" (list $value)) }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+An affinity with NotIn expressions added to every required node selector term: call with
+(dict "affinity" AFFINITY "terms" EXPRESSIONS). Output is YAML.
+*/}}
+{{- define "berth.node.excludeGroups" -}}
+{{- $affinity := deepCopy (.affinity | default dict) }}
+{{- if .terms }}
+{{- $nodeAffinity := $affinity.nodeAffinity | default dict }}
+{{- $required := $nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution | default dict }}
+{{- $terms := $required.nodeSelectorTerms | default (list dict) }}
+{{- $newTerms := list }}
+{{- range $terms }}
+{{- $term := deepCopy . }}
+{{- $_ := set $term "matchExpressions" (concat ($term.matchExpressions | default list) $.terms) }}
+{{- $newTerms = append $newTerms $term }}
+{{- end }}
+{{- $_ := set $required "nodeSelectorTerms" $newTerms }}
+{{- $_ = set $nodeAffinity "requiredDuringSchedulingIgnoredDuringExecution" $required }}
+{{- $_ = set $affinity "nodeAffinity" $nodeAffinity }}
+{{- end }}
+{{- toYaml $affinity }}
+{{- end }}
+
+{{/*
+Every node-local pool of `pools` and of node.groups, each name once (the first
+definition wins; the central controller only needs the names). Output is YAML: {pools: [...]}.
+*/}}
+{{- define "berth.allLocalPools" -}}
+{{- $pools := (include "berth.localPools" . | fromYaml).pools }}
+{{- $seen := dict }}
+{{- range $pools }}{{ $_ := set $seen .name true }}{{ end }}
+{{- range .Values.node.groups }}
+{{- range .pools }}
+{{- if not (hasKey $seen .name) }}
+{{- $pools = append $pools . }}
+{{- $_ := set $seen .name true }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "pools" $pools) }}
 {{- end }}

@@ -1,0 +1,112 @@
+{{/*
+The central controllers' containers, as YAML text for "berth.container".
+*/}}
+
+{{/* berth --mode controller: call with (dict "ctx" $ "driver" local|nfs "cfg" .Values.<driver>). */}}
+{{- define "berth.controller.berth" -}}
+{{- $ctx := .ctx }}
+{{- $metricsPort := index $ctx.Values.metrics.ports .driver }}
+name: berth
+image: {{ include "berth.image" $ctx }}
+imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
+args:
+  {{- include "berth.serveArgs" (dict "ctx" $ctx "mode" "controller" "driver" .cfg.driverName "metricsPort" $metricsPort) | nindent 2 }}
+env:
+  {{- include "berth.nodeNameEnv" $ctx | nindent 2 }}
+securityContext:
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  capabilities:
+    drop: ["ALL"]
+ports:
+  # The port of the livenessprobe sidecar, named here for berth's probe.
+  - name: healthz
+    containerPort: {{ $ctx.Values.controller.ports.health }}
+    protocol: TCP
+  {{- if $ctx.Values.metrics.enabled }}
+  - name: metrics-{{ .driver }}
+    containerPort: {{ $metricsPort }}
+    protocol: TCP
+  {{- end }}
+{{ include "berth.livenessProbe" (dict "ctx" $ctx "port" "healthz") }}
+resources:
+  {{- toYaml $ctx.Values.controller.resources.berth | nindent 2 }}
+volumeMounts:
+  - name: socket-dir
+    mountPath: /csi
+  - name: config
+    mountPath: /etc/berth
+    readOnly: true
+  # berth's records directory; the controller keeps nothing on the host.
+  - name: state
+    mountPath: {{ trimSuffix "/" .cfg.stateDir }}
+{{- end }}
+
+{{/*
+A leader-elected sidecar (provisioner, attacher, resizer, snapshotter): call with
+(dict "ctx" $ "driver" local|nfs "role" ROLE). Its --http-endpoint serves /metrics and
+/healthz/leader-election, which fails once the leader can no longer renew its lease: the
+liveness probe restarts such a sidecar, so another pod can lead.
+*/}}
+{{- define "berth.controller.sidecar" -}}
+{{- $ctx := .ctx }}
+{{- $sidecars := $ctx.Values.sidecars }}
+{{- $port := index $ctx.Values.controller.ports .role }}
+name: csi-{{ .role }}
+image: {{ include "berth.sidecarImage" (index $sidecars .role) }}
+imagePullPolicy: {{ $sidecars.pullPolicy }}
+args:
+  - --csi-address=/csi/csi.sock
+  {{- if eq .role "provisioner" }}
+  - --extra-create-metadata
+  {{- end }}
+  - --leader-election
+  - --leader-election-namespace=$(NAMESPACE)
+  {{- if and (eq .driver "nfs") (has .role (list "provisioner" "snapshotter")) }}
+  # Clones, restores and snapshots are server-side copies of whole directories.
+  - --timeout={{ $sidecars.copyTimeout }}
+  {{- else }}
+  - --timeout={{ $sidecars.timeout }}
+  {{- end }}
+  {{- if eq .role "snapshotter" }}
+  # berth has no group snapshots (no GroupController service).
+  - --feature-gates=CSIVolumeGroupSnapshot=false
+  {{- end }}
+  - --http-endpoint={{ include "berth.listen" (dict "address" "" "port" $port) }}
+env:
+  {{- include "berth.podIdentityEnv" $ctx | nindent 2 }}
+ports:
+  - name: sc-{{ .role }}
+    containerPort: {{ $port }}
+    protocol: TCP
+livenessProbe:
+  httpGet:
+    path: /healthz/leader-election
+    port: sc-{{ .role }}
+  initialDelaySeconds: 10
+  timeoutSeconds: 10
+  periodSeconds: 20
+  failureThreshold: 1
+{{ include "berth.sidecarSecurityContext" . }}
+resources:
+  {{- toYaml $ctx.Values.controller.resources.sidecars | nindent 2 }}
+volumeMounts:
+  - name: socket-dir
+    mountPath: /csi
+{{- end }}
+
+{{/* The controllers' livenessprobe, for berth's liveness probe. */}}
+{{- define "berth.controller.livenessProbe" -}}
+name: liveness-probe
+image: {{ include "berth.sidecarImage" .Values.sidecars.livenessProbe }}
+imagePullPolicy: {{ .Values.sidecars.pullPolicy }}
+args:
+  - --csi-address=/csi/csi.sock
+  - --http-endpoint={{ include "berth.listen" (dict "address" "" "port" .Values.controller.ports.health) }}
+{{ include "berth.sidecarSecurityContext" . }}
+resources:
+  {{- toYaml .Values.controller.resources.sidecars | nindent 2 }}
+volumeMounts:
+  - name: socket-dir
+    mountPath: /csi
+{{- end }}
