@@ -83,6 +83,18 @@ async fn identity_and_controller_answer_every_spec_case() {
         t.ok("GetPluginCapabilities", b.identity.get_plugin_capabilities(pb::GetPluginCapabilitiesRequest {}).await);
     assert_eq!(caps.capabilities.len(), 3, "controller service, topology, online expansion");
     assert_eq!(t.ok("Probe", b.identity.probe(pb::ProbeRequest {}).await).ready, Some(true));
+    // The node-local driver's CSIDriver says attachRequired: false; it advertises no
+    // attaching, so no provisioner watches VolumeAttachments for it.
+    let caps = t.ok(
+        "ControllerGetCapabilities",
+        b.controller.controller_get_capabilities(pb::ControllerGetCapabilitiesRequest {}).await,
+    );
+    let rpcs = common::controller_rpcs(&caps);
+    use pb::controller_service_capability::rpc::Type as Rpc;
+    for attaching in [Rpc::PublishUnpublishVolume, Rpc::PublishReadonly, Rpc::ListVolumesPublishedNodes] {
+        assert!(!rpcs.contains(&attaching), "{attaching:?} advertised by the node-local driver: {rpcs:?}");
+    }
+    assert!(rpcs.contains(&Rpc::CreateDeleteSnapshot) && rpcs.contains(&Rpc::ExpandVolume), "{rpcs:?}");
 
     // CreateVolume: request validation.
     let c = &mut b.controller;

@@ -86,8 +86,11 @@ async fn volumes_are_directories_that_delete_archive_or_stay() {
     ];
     let Some((g, mut b)) = start(&scratch, test, &pools).await else { return };
 
+    // A shared pool's volumes are attached: the NFS driver advertises ControllerPublish.
     let caps = b.controller.controller_get_capabilities(pb::ControllerGetCapabilitiesRequest {}).await.expect("caps");
-    assert!(!caps.into_inner().capabilities.is_empty());
+    let rpcs = common::controller_rpcs(&caps.into_inner());
+    assert!(rpcs.contains(&pb::controller_service_capability::rpc::Type::PublishUnpublishVolume), "{rpcs:?}");
+    assert!(rpcs.contains(&pb::controller_service_capability::rpc::Type::ListVolumesPublishedNodes), "{rpcs:?}");
 
     let v =
         b.controller.create_volume(req("pvc-a", &with(&pvc("shop", "db", "gone")))).await.expect("create").into_inner();

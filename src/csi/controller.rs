@@ -19,6 +19,28 @@ fn topology(node: &str) -> Vec<pb::Topology> {
     vec![pb::Topology { segments: HashMap::from([(TOPOLOGY_KEY.to_string(), node.to_string())]) }]
 }
 
+/// The controller capabilities of a driver, with the attaching ones when `attaches`.
+pub fn controller_capabilities(attaches: bool) -> Vec<csc::rpc::Type> {
+    use csc::rpc::Type;
+    let mut capabilities = vec![
+        Type::CreateDeleteVolume,
+        Type::ListVolumes,
+        Type::GetCapacity,
+        Type::CreateDeleteSnapshot,
+        Type::ListSnapshots,
+        Type::CloneVolume,
+        Type::ExpandVolume,
+        Type::VolumeCondition,
+        Type::GetVolume,
+        Type::SingleNodeMultiWriter,
+        Type::GetSnapshot,
+    ];
+    if attaches {
+        capabilities.extend([Type::PublishUnpublishVolume, Type::PublishReadonly, Type::ListVolumesPublishedNodes]);
+    }
+    capabilities
+}
+
 /// The wire form of a volume record and its volume context (see
 /// [`Engine::volume_context`](crate::engine::Engine::volume_context)).
 pub fn volume(v: &VolumeRecord, context: std::collections::BTreeMap<String, String>) -> pb::Volume {
@@ -258,31 +280,18 @@ impl pb::controller_server::Controller for ControllerService {
         .await
     }
 
-    /// What this controller offers.
+    /// What this controller offers. Attaching (ControllerPublish, its read-only flag and
+    /// the published nodes in ListVolumes) only where a configured pool is shared: the
+    /// node-local driver's CSIDriver says attachRequired: false, and advertising it would
+    /// make every node's provisioner watch VolumeAttachments cluster-wide for nothing.
     async fn controller_get_capabilities(
         &self,
         _: Request<pb::ControllerGetCapabilitiesRequest>,
     ) -> Result<Response<pb::ControllerGetCapabilitiesResponse>, Status> {
-        use csc::rpc::Type;
-        let capabilities = [
-            Type::CreateDeleteVolume,
-            Type::PublishUnpublishVolume,
-            Type::ListVolumes,
-            Type::GetCapacity,
-            Type::CreateDeleteSnapshot,
-            Type::ListSnapshots,
-            Type::CloneVolume,
-            Type::PublishReadonly,
-            Type::ExpandVolume,
-            Type::ListVolumesPublishedNodes,
-            Type::VolumeCondition,
-            Type::GetVolume,
-            Type::SingleNodeMultiWriter,
-            Type::GetSnapshot,
-        ]
-        .into_iter()
-        .map(|t| pb::ControllerServiceCapability { r#type: Some(csc::Type::Rpc(csc::Rpc { r#type: t as i32 })) })
-        .collect();
+        let capabilities = controller_capabilities(self.0.engine.attaches())
+            .into_iter()
+            .map(|t| pb::ControllerServiceCapability { r#type: Some(csc::Type::Rpc(csc::Rpc { r#type: t as i32 })) })
+            .collect();
         answer(&self.0, "ControllerGetCapabilities", || Ok(pb::ControllerGetCapabilitiesResponse { capabilities }))
     }
 

@@ -37,6 +37,12 @@ pub const CONTEXT_POOL: &str = "berth.csi.io/pool";
 pub const CONTEXT_ENFORCEMENT: &str = "berth.csi.io/capacity-enforcement";
 
 impl Engine {
+    /// Whether volumes of this driver are attached (ControllerPublishVolume) before a node
+    /// uses them: only where a configured pool is shared by several nodes.
+    pub fn attaches(&self) -> bool {
+        self.config.pools.iter().any(|p| !p.node_local())
+    }
+
     /// What the CO hands the volume's node calls: its pool, how its size is enforced, and
     /// what its pool adds (a shared volume's directory, for node plugins that hold no
     /// records).

@@ -358,6 +358,20 @@ pub fn hostpath_config(state: &Path, pool: &Path, enforcement: &str) -> String {
     )
 }
 
+/// The RPC capabilities a ControllerGetCapabilities answer lists.
+pub fn controller_rpcs(
+    caps: &pb::ControllerGetCapabilitiesResponse,
+) -> Vec<pb::controller_service_capability::rpc::Type> {
+    use pb::controller_service_capability::{Type, rpc};
+    caps.capabilities
+        .iter()
+        .filter_map(|c| match &c.r#type {
+            Some(Type::Rpc(r)) => rpc::Type::try_from(r.r#type).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The gRPC code of a failed call.
 pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Code {
     match result {
