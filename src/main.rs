@@ -75,7 +75,7 @@ struct ServeArgs {
     #[arg(long, env = "BERTH_DRAIN_SECONDS", default_value_t = 20)]
     drain_seconds: u64,
     /// Serve Prometheus metrics on /metrics and readiness on /healthz at this HOST:PORT
-    /// (e.g. 127.0.0.1:9808, or :9808 for every IPv4 address); off when unset.
+    /// (e.g. 127.0.0.1:9808, or :9808 for every IPv6 and IPv4 address); off when unset.
     #[arg(long, env = "BERTH_METRICS_ADDRESS", value_name = "HOST:PORT")]
     metrics_address: Option<String>,
 }

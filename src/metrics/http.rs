@@ -25,10 +25,34 @@ pub const MAX_CONNECTIONS: usize = 32;
 /// A client must send its request head within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Binds the metrics address. `:PORT` means every IPv4 address.
+/// Binds the metrics address. `:PORT` means every address of both families (one IPv6
+/// socket that also takes IPv4, whatever `net.ipv6.bindv6only` says), or every IPv4
+/// address where the kernel has no IPv6.
 pub async fn bind(address: &str) -> io::Result<TcpListener> {
-    let address = if address.starts_with(':') { format!("0.0.0.0{address}") } else { address.to_string() };
-    TcpListener::bind(address.as_str()).await
+    let Some(port) = address.strip_prefix(':') else {
+        return TcpListener::bind(address).await;
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{address:?}: the port must be a number")))?;
+    match dual_stack(port) {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn dual_stack(port: u16) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    socket.listen(128)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Serves until the task is dropped.
@@ -113,6 +137,24 @@ mod tests {
         let mut response = String::new();
         stream.read_to_string(&mut response).await.expect("read");
         response
+    }
+
+    #[tokio::test]
+    async fn a_bare_port_is_served_on_ipv4_and_ipv6() {
+        // Port 0 asks for a free port; both families reach the one listener.
+        let listener = bind(":0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let registry = Arc::new(crate::metrics::Registry::default());
+        registry.set_ready(true);
+        let server = tokio::spawn(serve(listener, Arc::new(Collector::new(registry, None))));
+        let close = "Connection: close\r\n\r\n";
+        for host in ["127.0.0.1", "[::1]"] {
+            let address: std::net::SocketAddr = format!("{host}:{port}").parse().expect("address");
+            let answer = get(address, &format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{close}")).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{host}: {answer}");
+        }
+        assert!(bind(":http").await.is_err(), "a port is a number");
+        server.abort();
     }
 
     #[tokio::test]
