@@ -8,7 +8,6 @@ pub mod hostpath;
 pub mod identity;
 pub mod nfs;
 pub mod tree;
-pub mod walk;
 
 use std::collections::BTreeMap;
 use std::io;

@@ -1,4 +1,4 @@
-//! Copy, remove and measure directory trees whose content hostile pods control.
+//! Copy, remove, measure and visit directory trees whose content hostile pods control.
 //!
 //! Everything below a tree root is untrusted: all work is relative to directory fds,
 //! symlinks are never followed (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`) and entries on another
@@ -29,7 +29,7 @@ use nix::sys::time::TimeSpec;
 pub(crate) use copy::boot_id;
 pub use copy::{CopyStats, copy_tree};
 pub use data::{Reflink, copy_file_data, copy_file_data_from};
-pub use inodes::{Usage, usage};
+pub use inodes::{Usage, for_each_inode, usage};
 pub use remove::remove_tree;
 
 /// Directory fds kept open per walk stack; deeper ancestors are reopened via `..`.
@@ -99,17 +99,30 @@ fn open_dir(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
 }
 /// Opens `name` for reading once an `O_PATH` fd proved it regular; `None` if it vanished.
 fn open_regular(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<(File, St)>> {
+    let Some((path, st)) = open_path(dir, name)? else {
+        return Ok(None);
+    };
+    if kind(&st) != libc::S_IFREG {
+        return Err(io::Error::other(format!("{name:?} was replaced during the copy")));
+    }
+    Ok(Some((reopen(&path)?, st)))
+}
+/// An `O_PATH` descriptor of `name` (never followed, never opened for I/O, so a device
+/// node or fifo is not touched) and what it is; `None` if it vanished.
+fn open_path(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<(OwnedFd, St)>> {
     let fl = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let Some(path) = opt(openat(dir, name, fl, Mode::empty()))? else {
         return Ok(None);
     };
     let st = fstat(path.as_fd())?;
-    if kind(&st) != libc::S_IFREG {
-        return Err(io::Error::other(format!("{name:?} was replaced during the copy")));
-    }
+    Ok(Some((path, st)))
+}
+/// Opens for reading the very inode an [`open_path`] descriptor holds, whatever its name
+/// now points to; only for inodes proven regular.
+fn reopen(path: &OwnedFd) -> io::Result<File> {
     let proc = format!("/proc/self/fd/{}", path.as_raw_fd());
     let fl = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
-    Ok(Some((File::from(noatime(fl, |fl| open(proc.as_str(), fl, Mode::empty()))?), st)))
+    Ok(File::from(noatime(fl, |fl| open(proc.as_str(), fl, Mode::empty()))?))
 }
 /// Validates a single path component.
 fn component(s: &str) -> io::Result<CString> {

@@ -377,3 +377,91 @@ fn reflink_on_xfs() {
         assert_eq!(fs::read(dir.path().join(name).join("sub/small")).unwrap(), b"small");
     }
 }
+
+/// Paths (relative to `root`) of what [`for_each_inode`] hands its operation.
+fn inodes_of(root: &Path) -> Vec<PathBuf> {
+    let mut seen = Vec::new();
+    for_each_inode(root, &mut |fd| {
+        let at = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+        seen.push(at.strip_prefix(root).map_err(io::Error::other)?.to_path_buf());
+        Ok(())
+    })
+    .expect("for_each_inode");
+    seen.sort();
+    seen
+}
+
+#[test]
+fn for_each_inode_reaches_dirs_and_regular_files_only() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    fs::create_dir_all(root.join("a/b")).unwrap();
+    fs::write(root.join("a/b/f"), b"x").unwrap();
+    fs::write(root.join("g"), b"x").unwrap();
+    symlink("/etc", root.join("a/link")).unwrap();
+    symlink("/etc/passwd", root.join("a/file-link")).unwrap();
+    nix::unistd::mkfifo(&root.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+    let want: Vec<PathBuf> = ["", "a", "a/b", "a/b/f", "g"].iter().map(PathBuf::from).collect();
+    assert_eq!(inodes_of(&root), want);
+    symlink(&root, t.path().join("link")).unwrap();
+    let e = for_each_inode(&t.path().join("link"), &mut |_| Ok(())).unwrap_err();
+    assert!(is(&e, &[libc::ELOOP, libc::ENOTDIR]), "a symlinked root is refused: {e}");
+}
+
+#[test]
+fn for_each_inode_holds_few_descriptors_however_wide_or_deep_the_tree() {
+    // 2,000 sibling directories (a walker that opens every child before entering one
+    // holds them all) and a chain deeper than MAX_OPEN (ancestors closed and reopened).
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    for i in 0..2000 {
+        fs::create_dir_all(root.join(format!("wide{i:04}"))).unwrap();
+        fs::write(root.join(format!("wide{i:04}/f")), b"x").unwrap();
+    }
+    let chain: PathBuf = (0..MAX_OPEN * 3).map(|i| format!("d{i}")).collect();
+    fs::create_dir_all(root.join(&chain)).unwrap();
+    fs::write(root.join(&chain).join("deepest"), b"y").unwrap();
+    let open_fds = || fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = open_fds();
+    let (mut most, mut count) = (0, 0);
+    for_each_inode(&root, &mut |_| {
+        most = most.max(open_fds());
+        count += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(count, 1 + 2000 * 2 + MAX_OPEN * 3 + 1);
+    // Other tests of this process open descriptors too: the margin is for them.
+    assert!(most.saturating_sub(before) < MAX_OPEN + 200, "{} descriptors held", most - before);
+}
+
+#[test]
+fn for_each_inode_reaches_entries_whose_listing_gives_no_type() {
+    // ext4 without the filetype feature lists every entry as DT_UNKNOWN.
+    let test = "for_each_inode_reaches_entries_whose_listing_gives_no_type";
+    if !is_root(test) {
+        return;
+    }
+    let img = tempfile::Builder::new().suffix(".ext4.img").tempfile_in("/tmp").unwrap();
+    img.as_file().set_len(64 << 20).unwrap();
+    match Command::new("mkfs.ext4").args(["-q", "-F", "-O", "^filetype"]).arg(img.path()).output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => return println!("SKIPPED: {test}: mkfs.ext4: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => return println!("SKIPPED: {test}: mkfs.ext4 unavailable: {e}"),
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let _m = match Mount::new(&["-o", "loop"], img.path(), dir.path()) {
+        Ok(m) => m,
+        Err(e) => return println!("SKIPPED: {test}: loop mount failed: {e}"),
+    };
+    let root = dir.path().join("root");
+    fs::create_dir_all(root.join("sub")).unwrap();
+    fs::write(root.join("sub/f"), b"x").unwrap();
+    fs::write(root.join("g"), b"x").unwrap();
+    symlink("/etc", root.join("link")).unwrap();
+    let listed = nix::dir::Dir::open(&root, OFlag::O_RDONLY, Mode::empty()).unwrap();
+    let types: Vec<_> = listed.into_iter().map(|e| e.unwrap().file_type()).collect();
+    assert!(types.iter().all(Option::is_none), "the listing gives no types: {types:?}");
+    let want: Vec<PathBuf> = ["", "g", "sub", "sub/f"].iter().map(PathBuf::from).collect();
+    assert_eq!(inodes_of(&root), want);
+}

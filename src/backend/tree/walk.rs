@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::unistd::{Whence, lseek};
 
-use super::{MAX_OPEN, St, fstat, key, open_dir};
+use super::{MAX_OPEN, St, fstat, key, kind, open_dir, opt, statx};
 
 /// Bytes of directory entries read per getdents64 call; at most [`MAX_OPEN`] levels hold
 /// a buffer, so a walk's memory does not grow with directory sizes.
@@ -118,4 +118,54 @@ impl Stack {
         }
         Ok((fd, lv))
     }
+}
+
+/// What [`visit`] reaches.
+pub(super) enum Inode<'a> {
+    /// A directory, open, with what its descriptor is; the walk enters it next.
+    Dir(BorrowedFd<'a>, &'a St),
+    /// Anything else, as its directory and name, never opened by the walk.
+    Other(BorrowedFd<'a>, &'a CStr, &'a St),
+}
+
+/// Calls `f` for the directory `root` (whose statx is `rst`) and for every entry beneath
+/// it, depth first, with at most [`MAX_OPEN`] directories open. Symlinks are never
+/// followed; what `outside(entry, root)` says is on another mount is neither visited nor
+/// entered; an entry that vanishes during the walk is skipped. Entries are told apart by
+/// statx, never by the `d_type` of the listing, which some filesystems leave unknown.
+pub(super) fn visit(
+    root: OwnedFd,
+    rst: St,
+    outside: fn(&St, &St) -> bool,
+    f: &mut dyn FnMut(Inode<'_>) -> io::Result<()>,
+) -> io::Result<()> {
+    f(Inode::Dir(root.as_fd(), &rst))?;
+    let mut s = Stack::default();
+    s.push(root, rst, CString::default());
+    while !s.0.is_empty() {
+        let Some(name) = s.next_entry()? else {
+            s.pop()?;
+            continue;
+        };
+        let dir = s.fd()?;
+        let Some(st) = opt(statx(dir, &name, 0))? else {
+            continue;
+        };
+        if outside(&st, &rst) {
+            continue;
+        }
+        if kind(&st) != libc::S_IFDIR {
+            f(Inode::Other(dir, &name, &st))?;
+            continue;
+        }
+        let Some(fd) = opt(open_dir(dir, &name))? else {
+            continue;
+        };
+        let st = fstat(fd.as_fd())?; // what will actually be entered
+        if !outside(&st, &rst) {
+            f(Inode::Dir(fd.as_fd(), &st))?;
+            s.push(fd, st, name);
+        }
+    }
+    Ok(())
 }
