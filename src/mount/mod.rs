@@ -8,6 +8,7 @@
 pub mod blockdev;
 pub mod btrfs;
 pub mod fake;
+mod ioctl;
 mod linux;
 pub mod loopdev;
 pub mod mountinfo;
