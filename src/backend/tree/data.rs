@@ -3,13 +3,14 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileExt;
 
 use nix::errno::Errno;
 use nix::unistd::{Whence, lseek};
 
 use super::{fstat, is};
+use crate::mount::blockdev;
 
 /// Whether [`copy_tree`](super::copy_tree) / [`copy_file_data`] may share extents with
 /// the source.
@@ -59,14 +60,13 @@ fn copy_data_from(
 ) -> io::Result<(u64, bool)> {
     let size = fstat(src)?.stx_size;
     if reflink == Reflink::Auto && size > 0 && from == 0 {
-        // SAFETY: FICLONE takes the source fd as its int argument; both fds are open.
-        if unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0 {
-            progress(size);
-            return Ok((size, true));
-        }
-        let e = io::Error::last_os_error();
-        if !is(&e, &[libc::EOPNOTSUPP, libc::EXDEV, libc::EINVAL, libc::ENOTTY]) {
-            return Err(e);
+        match blockdev::clone_file(src, dst) {
+            Ok(()) => {
+                progress(size);
+                return Ok((size, true));
+            }
+            Err(e) if !is(&e, &[libc::EOPNOTSUPP, libc::EXDEV, libc::EINVAL, libc::ENOTTY]) => return Err(e),
+            Err(_) => {} // this filesystem cannot share extents: copy
         }
     }
     let seek = |off: u64, w: Whence| match lseek(src, off as libc::off_t, w) {
