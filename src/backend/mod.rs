@@ -6,6 +6,7 @@ pub mod blockvol;
 pub mod device;
 pub mod hostpath;
 pub mod identity;
+mod image;
 pub mod nfs;
 pub mod tree;
 
