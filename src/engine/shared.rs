@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Capability, Engine, Error, Placement, Result};
-use crate::backend::{Backend, Condition, Usage, nfs::node::is_nfs};
+use crate::backend::{Backend, Condition, Usage};
 use crate::ids::{self, Kind};
+use crate::mount::mountinfo::is_nfs;
 use crate::mount::{MntFlags, mountinfo, ops};
 use crate::state::VolumeRecord;
 
