@@ -1,14 +1,12 @@
 //! HostPath pools on the recording syscall fake: the project-quota path, which needs an
 //! xfs or ext4 filesystem mounted with prjquota to run for real, checked call by call.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
 use crate::mount::FsStat;
 use crate::mount::fake::{Call, RecordingSyscall};
-use crate::state::{AccessKind, Phase};
 
 const XFS_MAGIC: i64 = 0x5846_5342;
 
@@ -22,28 +20,15 @@ fn pool_on_xfs_with_prjquota(dir: &Path) -> (Arc<RecordingSyscall>, HostPath) {
     (fake, pool)
 }
 
+/// A volume record as the engine makes it before calling the pool (fields by their
+/// serialized names, so a field added with a default needs no change here).
 fn record(key: &str) -> VolumeRecord {
-    VolumeRecord {
-        id: format!("vol-{key}"),
-        name: format!("pvc-{key}"),
-        pool: "fast".into(),
-        key: key.repeat(32),
-        node: "node-a".into(),
-        capacity: 4 << 20,
-        phase: Phase::Creating,
-        access: AccessKind::Mount,
-        enforced: Enforced::None,
-        project_id: None,
-        source: None,
-        published: BTreeMap::new(),
-        ephemeral: false,
-        fs_type: None,
-        device: None,
-        device_identity: None,
-        parameters: BTreeMap::new(),
-        single_writer: None,
-        created_unix_ms: 1,
-    }
+    let json = serde_json::json!({
+        "id": format!("vol-{key}"), "name": format!("pvc-{key}"), "pool": "fast", "key": key.repeat(32),
+        "node": "node-a", "capacity": 4 << 20, "phase": "creating", "access": "mount", "enforced": "none",
+        "created_unix_ms": 1,
+    });
+    serde_json::from_value(json).expect("volume record")
 }
 
 #[test]

@@ -35,23 +35,13 @@ pub(super) fn copy_data(
     reflink: Reflink,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<(u64, bool)> {
-    copy_data_from(src, dst, reflink, 0, progress)
+    copy_file_data_from(src, dst, reflink, 0, progress)
 }
 
 /// [`copy_file_data`] continuing at byte `from` (`dst` already holds the source's data
 /// before it: a copy an interrupted process made in this boot), reporting the bytes
 /// copied so far, `from` included, to `progress`.
 pub fn copy_file_data_from(
-    src: BorrowedFd<'_>,
-    dst: BorrowedFd<'_>,
-    reflink: Reflink,
-    from: u64,
-    progress: &mut dyn FnMut(u64),
-) -> io::Result<(u64, bool)> {
-    copy_data_from(src, dst, reflink, from, progress)
-}
-
-fn copy_data_from(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     reflink: Reflink,

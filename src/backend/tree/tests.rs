@@ -48,6 +48,46 @@ impl Drop for Mount {
     }
 }
 
+/// A fresh filesystem made by `mkfs` (the command and its options) on an image file of
+/// `bytes`, loop-mounted until dropped; `None`, the test named SKIPPED, where that
+/// cannot be done here.
+struct LoopFs {
+    _mount: Mount, // dropped first: unmounted before the directory and image go
+    dir: tempfile::TempDir,
+    _img: tempfile::NamedTempFile,
+}
+impl LoopFs {
+    fn new(test: &str, mkfs: &[&str], bytes: u64) -> Option<LoopFs> {
+        if !is_root(test) {
+            return None;
+        }
+        let img = tempfile::Builder::new().suffix(".img").tempfile_in("/tmp").unwrap();
+        img.as_file().set_len(bytes).unwrap();
+        match Command::new(mkfs[0]).args(&mkfs[1..]).arg(img.path()).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                println!("SKIPPED: {test}: {}: {}", mkfs[0], String::from_utf8_lossy(&o.stderr));
+                return None;
+            }
+            Err(e) => {
+                println!("SKIPPED: {test}: {} unavailable: {e}", mkfs[0]);
+                return None;
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        match Mount::new(&["-o", "loop"], img.path(), dir.path()) {
+            Ok(mount) => Some(LoopFs { _mount: mount, dir, _img: img }),
+            Err(e) => {
+                println!("SKIPPED: {test}: loop mount failed: {e}");
+                None
+            }
+        }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
 #[test]
 fn an_entry_that_vanishes_under_the_copy_fails_it_and_leaves_nothing() {
     let t = tempfile::tempdir().unwrap();
@@ -345,23 +385,8 @@ fn deep_chain_copies_and_removes() {
 
 #[test]
 fn reflink_on_xfs() {
-    if !is_root("reflink_on_xfs") {
+    let Some(dir) = LoopFs::new("reflink_on_xfs", &["mkfs.xfs", "-q", "-f", "-m", "reflink=1"], 512 << 20) else {
         return;
-    }
-    let img = tempfile::Builder::new().suffix(".xfs.img").tempfile_in("/tmp").unwrap();
-    img.as_file().set_len(512 << 20).unwrap();
-    let args = ["-q", "-f", "-m", "reflink=1"];
-    match Command::new("mkfs.xfs").args(args).arg(img.path()).output() {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            return println!("SKIPPED: reflink_on_xfs: mkfs.xfs: {}", String::from_utf8_lossy(&o.stderr));
-        }
-        Err(e) => return println!("SKIPPED: reflink_on_xfs: mkfs.xfs unavailable: {e}"),
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let _m = match Mount::new(&["-o", "loop"], img.path(), dir.path()) {
-        Ok(m) => m,
-        Err(e) => return println!("SKIPPED: reflink_on_xfs: loop mount failed: {e}"),
     };
     let src = dir.path().join("src");
     fs::create_dir_all(src.join("sub")).unwrap();
@@ -439,20 +464,8 @@ fn for_each_inode_holds_few_descriptors_however_wide_or_deep_the_tree() {
 fn for_each_inode_reaches_entries_whose_listing_gives_no_type() {
     // ext4 without the filetype feature lists every entry as DT_UNKNOWN.
     let test = "for_each_inode_reaches_entries_whose_listing_gives_no_type";
-    if !is_root(test) {
+    let Some(dir) = LoopFs::new(test, &["mkfs.ext4", "-q", "-F", "-O", "^filetype"], 64 << 20) else {
         return;
-    }
-    let img = tempfile::Builder::new().suffix(".ext4.img").tempfile_in("/tmp").unwrap();
-    img.as_file().set_len(64 << 20).unwrap();
-    match Command::new("mkfs.ext4").args(["-q", "-F", "-O", "^filetype"]).arg(img.path()).output() {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => return println!("SKIPPED: {test}: mkfs.ext4: {}", String::from_utf8_lossy(&o.stderr)),
-        Err(e) => return println!("SKIPPED: {test}: mkfs.ext4 unavailable: {e}"),
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let _m = match Mount::new(&["-o", "loop"], img.path(), dir.path()) {
-        Ok(m) => m,
-        Err(e) => return println!("SKIPPED: {test}: loop mount failed: {e}"),
     };
     let root = dir.path().join("root");
     fs::create_dir_all(root.join("sub")).unwrap();
