@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod csi;
 pub mod doctor;
+pub mod durable;
 pub mod engine;
 pub mod failpoint;
 pub mod ids;

@@ -396,7 +396,7 @@ impl Backend for HostPath {
         if let Some(project) = volume.project_id {
             self.sys.set_project_id(&dir, project).map_err(Error::io("set project ID", &dir))?;
             if source.is_some() {
-                super::walk::for_each_inode(&dir, &mut |fd| crate::mount::quota::set_project_id(fd, project, true))
+                tree::for_each_inode(&dir, &mut |fd| self.sys.set_project_id_of(fd, project))
                     .map_err(Error::io("set project ID of copied files", &dir))?;
             }
         }
@@ -611,3 +611,7 @@ impl Backend for HostPath {
         Ok(a.dev() == b.dev() && a.ino() == b.ino())
     }
 }
+
+#[cfg(test)]
+#[path = "hostpath_tests.rs"]
+mod tests;

@@ -9,7 +9,7 @@
 //! with an error that says why, until the right filesystem is there.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -85,16 +85,11 @@ pub fn claim(name: &str, root: &Path, recorded: usize) -> Result<(), String> {
     }
 }
 
-/// Writes the marker durably: temp file, fsync, rename, fsync of the directory.
+/// Writes the marker durably (through `<marker>.tmp`, see [`crate::durable::write`]).
 fn write(name: &str, root: &Path) -> io::Result<()> {
     fs::create_dir_all(root)?;
-    let tmp = root.join(format!("{MARKER}.tmp"));
     let marker = Marker { pool: name.to_string(), created_unix_ms: crate::state::now_ms() };
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec(&marker).map_err(io::Error::other)?)?;
-    file.sync_all()?;
-    fs::rename(&tmp, root.join(MARKER))?;
-    fs::File::open(root)?.sync_all()
+    crate::durable::write(&root.join(MARKER), &serde_json::to_vec(&marker).map_err(io::Error::other)?)
 }
 
 #[cfg(test)]

@@ -6,10 +6,10 @@ pub mod blockvol;
 pub mod device;
 pub mod hostpath;
 pub mod identity;
+mod image;
 pub mod nfs;
 pub mod registry;
 pub mod tree;
-pub mod walk;
 
 use std::collections::BTreeMap;
 use std::io;

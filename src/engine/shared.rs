@@ -10,11 +10,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{Capability, Engine, Error, Placement, Result};
-use crate::backend::{Backend, Condition, Usage, nfs::node::is_nfs};
+use crate::backend::{Backend, Condition, Usage};
 use crate::ids::{self, Kind};
+use crate::mount::mountinfo::is_nfs;
 use crate::mount::{MntFlags, mountinfo, ops};
 use crate::state::VolumeRecord;
 
@@ -27,9 +27,6 @@ pub struct SyncState {
     /// holds up calls on its own pool only.
     loading: std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::Mutex<()>>>>,
 }
-
-/// How long a mount may take to answer a stat before berth treats it as dead.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Engine {
     fn shared_pools(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
@@ -222,17 +219,7 @@ impl Engine {
         if !mountinfo::at(&table, path).last().is_some_and(|m| is_nfs(m)) {
             return Ok(());
         }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let probe = path.to_path_buf();
-        std::thread::spawn(move || {
-            let _ = tx.send(std::fs::metadata(&probe).map(|_| ()));
-        });
-        let stale = match rx.recv_timeout(PROBE_TIMEOUT) {
-            Ok(Ok(())) => false,
-            Ok(Err(e)) => matches!(e.raw_os_error(), Some(libc::ESTALE) | Some(libc::ENOTCONN) | Some(libc::EIO)),
-            Err(_) => true,
-        };
-        if stale {
+        if matches!(ops::probe(path), Ok(ops::Probe::Stale)) {
             tracing::warn!(path = %path.display(), "NFS mount is stale or unresponsive; detaching it to mount again");
             self.sys.umount(path, MntFlags::MNT_DETACH).map_err(|e| {
                 Error::Backend(crate::backend::Error::Io { op: "detach stale mount", path: path.into(), source: e })

@@ -9,7 +9,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
-type Req = libc::Ioctl;
+use super::ioctl::{Req, ioctl};
+
 // Declared `_IOR(0x12, 114, size_t)`: the number encodes sizeof(size_t), but the
 // kernel always writes a u64.
 const BLKGETSIZE64: Req = nix::request_code_read!(0x12, 114, size_of::<usize>()) as Req;
@@ -38,17 +39,6 @@ struct Range {
 }
 const _: () = assert!(size_of::<Range>() == 16);
 
-/// Issues `ioctl(fd, req, arg)` and converts a -1 return into the errno.
-///
-/// # Safety
-/// `arg` must be what `req` expects: a pointer to a live value of the right
-/// layout, or a plain integer for requests that take their argument by value.
-unsafe fn ioctl<A>(fd: BorrowedFd<'_>, req: Req, arg: A) -> io::Result<()> {
-    // SAFETY: `fd` is open for the borrow's lifetime; the caller vouches for `arg`.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req, arg) };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-}
-
 /// Size in bytes of the block device `dev` (`BLKGETSIZE64`).
 pub fn size(dev: BorrowedFd<'_>) -> io::Result<u64> {
     let mut bytes: u64 = 0;
@@ -63,7 +53,7 @@ fn range_ioctl(dev: BorrowedFd<'_>, req: Req, offset: u64, len: u64) -> io::Resu
     }
     let mut range = Range { start: offset, len };
     // SAFETY: `range` is a live `uint64_t[2]` (size asserted), which `req` reads.
-    unsafe { ioctl(dev, req, &raw mut range) }
+    unsafe { ioctl(dev, req, &raw mut range) }.map(drop)
 }
 
 /// Discards (unmaps) `len` bytes at `offset` (`BLKDISCARD`). `dev` must be open for
@@ -105,20 +95,20 @@ fn check_mount_root(dir: BorrowedFd<'_>) -> io::Result<()> {
 pub fn freeze(mount_point: BorrowedFd<'_>) -> io::Result<()> {
     check_mount_root(mount_point)?;
     // SAFETY: FIFREEZE ignores its argument.
-    unsafe { ioctl(mount_point, FIFREEZE, 0 as libc::c_ulong) }
+    unsafe { ioctl(mount_point, FIFREEZE, 0 as libc::c_ulong) }.map(drop)
 }
 
 /// Thaws a filesystem frozen with [`freeze`] (`FITHAW`); EINVAL when not frozen.
 pub fn thaw(mount_point: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: FITHAW ignores its argument.
-    unsafe { ioctl(mount_point, FITHAW, 0 as libc::c_ulong) }
+    unsafe { ioctl(mount_point, FITHAW, 0 as libc::c_ulong) }.map(drop)
 }
 
 /// Grows the mounted ext4 filesystem whose root is `mount_point` to `blocks` filesystem
 /// blocks (`EXT4_IOC_RESIZE_FS`). The same size is a no-op; a smaller one is EINVAL.
 pub fn ext4_resize(mount_point: BorrowedFd<'_>, blocks: u64) -> io::Result<()> {
     // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 through the pointer, which outlives the call.
-    unsafe { ioctl(mount_point, EXT4_IOC_RESIZE_FS, &raw const blocks) }
+    unsafe { ioctl(mount_point, EXT4_IOC_RESIZE_FS, &raw const blocks) }.map(drop)
 }
 
 /// Makes `dst` share all of `src`'s extents (`FICLONE`, a reflink copy): `dst`
@@ -128,7 +118,7 @@ pub fn clone_file(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
     let src = libc::c_ulong::try_from(src.as_raw_fd())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad source descriptor"))?;
     // SAFETY: FICLONE takes the source descriptor by value.
-    unsafe { ioctl(dst, FICLONE, src) }
+    unsafe { ioctl(dst, FICLONE, src) }.map(drop)
 }
 
 /// Whether `path` is a block device. Follows symlinks, including the final one,

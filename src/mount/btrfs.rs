@@ -7,6 +7,8 @@ use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use super::ioctl::{Req, ioctl};
+
 /// `f_type` reported by `statfs(2)` for btrfs.
 pub const BTRFS_SUPER_MAGIC: i64 = 0x9123683E;
 
@@ -146,7 +148,6 @@ struct QuotaRescanArgs {
 }
 const _: () = assert!(size_of::<QuotaRescanArgs>() == 64);
 
-type Req = libc::Ioctl;
 const fn io(nr: u8) -> Req {
     nix::request_code_none!(BTRFS_IOCTL_MAGIC, nr) as Req
 }
@@ -174,18 +175,6 @@ const BTRFS_IOC_QGROUP_CREATE: Req = iow(42, size_of::<QgroupCreateArgs>());
 const BTRFS_IOC_QGROUP_LIMIT: Req = ior(43, size_of::<QgroupLimitArgs>());
 const BTRFS_IOC_QUOTA_RESCAN: Req = iow(44, size_of::<QuotaRescanArgs>());
 const BTRFS_IOC_QUOTA_RESCAN_WAIT: Req = io(46);
-
-/// Issues `ioctl(fd, req, arg)` and converts a -1 return into the errno.
-///
-/// # Safety
-/// `arg` must be null (for `_IO` requests) or point to a live, writable value
-/// whose type and size are exactly what the kernel expects for `req`.
-unsafe fn ioctl<T>(fd: BorrowedFd<'_>, req: Req, arg: *mut T) -> io::Result<()> {
-    // SAFETY: `fd` is a valid open descriptor for the borrow's lifetime and the
-    // caller guarantees that `arg` matches the layout `req` reads and writes.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req, arg) };
-    (ret >= 0).then_some(()).ok_or_else(io::Error::last_os_error)
-}
 
 /// Builds a `btrfs_ioctl_vol_args` naming the single path component `name`.
 fn vol_args(name: &str) -> io::Result<VolArgs> {
@@ -255,7 +244,7 @@ fn search(
         };
         // SAFETY: `args` is a live `btrfs_ioctl_search_args` (size asserted above)
         // and BTRFS_IOC_TREE_SEARCH reads and writes exactly that structure.
-        unsafe { ioctl(fd, BTRFS_IOC_TREE_SEARCH, &mut args) }?;
+        unsafe { ioctl(fd, BTRFS_IOC_TREE_SEARCH, &raw mut args) }?;
         if args.key.nr_items == 0 {
             return Ok(found);
         }
@@ -329,7 +318,7 @@ pub fn subvolume_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
         InoLookupArgs { treeid: 0, objectid: BTRFS_FIRST_FREE_OBJECTID, name: [0; BTRFS_INO_LOOKUP_PATH_MAX] };
     // SAFETY: `args` is a live `btrfs_ioctl_ino_lookup_args` (size asserted)
     // and BTRFS_IOC_INO_LOOKUP reads and writes exactly that structure.
-    unsafe { ioctl(fd, BTRFS_IOC_INO_LOOKUP, &mut args) }?;
+    unsafe { ioctl(fd, BTRFS_IOC_INO_LOOKUP, &raw mut args) }?;
     Ok(args.treeid)
 }
 
@@ -338,7 +327,7 @@ pub fn subvolume_create(parent: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     let mut args = vol_args(name)?;
     // SAFETY: `args` is a live `btrfs_ioctl_vol_args` (size asserted) with a
     // NUL-terminated name; BTRFS_IOC_SUBVOL_CREATE only reads it.
-    unsafe { ioctl(parent, BTRFS_IOC_SUBVOL_CREATE, &mut args) }
+    unsafe { ioctl(parent, BTRFS_IOC_SUBVOL_CREATE, &raw mut args) }.map(drop)
 }
 
 /// Snapshots the subvolume `source` as `name` inside `dest_parent`, read-only if asked.
@@ -358,7 +347,7 @@ pub fn snapshot_create(
     fill_name(&mut args.name, name)?;
     // SAFETY: `args` is a live `btrfs_ioctl_vol_args_v2` (size asserted) whose
     // qgroup-inherit pointer is null; `source` stays open for the call.
-    unsafe { ioctl(dest_parent, BTRFS_IOC_SNAP_CREATE_V2, &mut args) }
+    unsafe { ioctl(dest_parent, BTRFS_IOC_SNAP_CREATE_V2, &raw mut args) }.map(drop)
 }
 
 /// Deletes the subvolume or snapshot `name` inside `parent` (read-only ones too, given CAP_SYS_ADMIN).
@@ -366,14 +355,14 @@ pub fn subvolume_delete(parent: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     let mut args = vol_args(name)?;
     // SAFETY: `args` is a live `btrfs_ioctl_vol_args` (size asserted) with a
     // NUL-terminated name; BTRFS_IOC_SNAP_DESTROY only reads it.
-    unsafe { ioctl(parent, BTRFS_IOC_SNAP_DESTROY, &mut args) }
+    unsafe { ioctl(parent, BTRFS_IOC_SNAP_DESTROY, &raw mut args) }.map(drop)
 }
 
 /// Sets or clears the read-only flag of the subvolume whose root is `fd`.
 pub fn set_readonly(fd: BorrowedFd<'_>, readonly: bool) -> io::Result<()> {
     let mut flags: u64 = 0;
     // SAFETY: BTRFS_IOC_SUBVOL_GETFLAGS writes one u64 into `flags`.
-    unsafe { ioctl(fd, BTRFS_IOC_SUBVOL_GETFLAGS, &mut flags) }?;
+    unsafe { ioctl(fd, BTRFS_IOC_SUBVOL_GETFLAGS, &raw mut flags) }?;
     let mut wanted = flags & !BTRFS_SUBVOL_RDONLY;
     if readonly {
         wanted |= BTRFS_SUBVOL_RDONLY;
@@ -382,7 +371,7 @@ pub fn set_readonly(fd: BorrowedFd<'_>, readonly: bool) -> io::Result<()> {
         return Ok(());
     }
     // SAFETY: BTRFS_IOC_SUBVOL_SETFLAGS reads one u64 from `wanted`.
-    unsafe { ioctl(fd, BTRFS_IOC_SUBVOL_SETFLAGS, &mut wanted) }
+    unsafe { ioctl(fd, BTRFS_IOC_SUBVOL_SETFLAGS, &raw mut wanted) }.map(drop)
 }
 
 /// Reports whether qgroups are enabled on the filesystem of `fd` (needs CAP_SYS_ADMIN).
@@ -393,7 +382,7 @@ pub fn quota_enabled(fd: BorrowedFd<'_>) -> io::Result<bool> {
 /// Blocks until any running qgroup rescan on the filesystem of `fd` has finished.
 fn rescan_wait(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: BTRFS_IOC_QUOTA_RESCAN_WAIT is an _IO request with no argument.
-    unsafe { ioctl::<libc::c_void>(fd, BTRFS_IOC_QUOTA_RESCAN_WAIT, std::ptr::null_mut()) }
+    unsafe { ioctl(fd, BTRFS_IOC_QUOTA_RESCAN_WAIT, std::ptr::null_mut::<libc::c_void>()) }.map(drop)
 }
 
 /// Enables (full) qgroup accounting if it is off, then waits for the accounting
@@ -403,7 +392,7 @@ pub fn quota_enable(fd: BorrowedFd<'_>) -> io::Result<()> {
         let mut args = QuotaCtlArgs { cmd: BTRFS_QUOTA_CTL_ENABLE, status: 0 };
         // SAFETY: `args` is a live `btrfs_ioctl_quota_ctl_args` (size asserted),
         // which BTRFS_IOC_QUOTA_CTL reads and writes.
-        unsafe { ioctl(fd, BTRFS_IOC_QUOTA_CTL, &mut args) }?;
+        unsafe { ioctl(fd, BTRFS_IOC_QUOTA_CTL, &raw mut args) }?;
     }
     // Enabling starts a rescan; until it ends usage reads 0 and limits are loose.
     rescan_wait(fd)?;
@@ -431,7 +420,7 @@ fn set_limit(fd: BorrowedFd<'_>, qgroupid: u64, max_referenced: Option<u64>) -> 
     };
     // SAFETY: `args` is a live `btrfs_ioctl_qgroup_limit_args` (size asserted)
     // that BTRFS_IOC_QGROUP_LIMIT reads.
-    unsafe { ioctl(fd, BTRFS_IOC_QGROUP_LIMIT, &mut args) }
+    unsafe { ioctl(fd, BTRFS_IOC_QGROUP_LIMIT, &raw mut args) }.map(drop)
 }
 
 /// The referenced-bytes limit of qgroup `qgroupid`, if it has one.
@@ -452,7 +441,7 @@ fn qgroup_create(fd: BorrowedFd<'_>, qgroupid: u64, create: bool) -> io::Result<
     let mut args = QgroupCreateArgs { create: u64::from(create), qgroupid };
     // SAFETY: `args` is a live `btrfs_ioctl_qgroup_create_args` (size asserted)
     // that BTRFS_IOC_QGROUP_CREATE reads.
-    unsafe { ioctl(fd, BTRFS_IOC_QGROUP_CREATE, &mut args) }
+    unsafe { ioctl(fd, BTRFS_IOC_QGROUP_CREATE, &raw mut args) }.map(drop)
 }
 
 /// Makes qgroup `member` a member of qgroup `group` (`assign`) or no longer one.
@@ -461,7 +450,7 @@ fn qgroup_assign(fd: BorrowedFd<'_>, member: u64, group: u64, assign: bool) -> i
     // SAFETY: `args` is a live `btrfs_ioctl_qgroup_assign_args` (size asserted)
     // that BTRFS_IOC_QGROUP_ASSIGN reads. A positive return (accounting needs a
     // rescan) is not an error; the status flags say so and the caller rescans.
-    unsafe { ioctl(fd, BTRFS_IOC_QGROUP_ASSIGN, &mut args) }
+    unsafe { ioctl(fd, BTRFS_IOC_QGROUP_ASSIGN, &raw mut args) }.map(drop)
 }
 
 /// The qgroups that are members of qgroup `group` (relation items are stored both ways;
@@ -495,7 +484,7 @@ fn rescan_if_inconsistent(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut args = QuotaRescanArgs::default();
     // SAFETY: `args` is a live, zeroed `btrfs_ioctl_quota_rescan_args`
     // (size asserted) that BTRFS_IOC_QUOTA_RESCAN only reads.
-    match unsafe { ioctl(fd, BTRFS_IOC_QUOTA_RESCAN, &mut args) } {
+    match unsafe { ioctl(fd, BTRFS_IOC_QUOTA_RESCAN, &raw mut args) } {
         Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => Err(e),
         _ => Ok(()),
     }
@@ -628,7 +617,7 @@ pub fn qgroup_usage(subvol: BorrowedFd<'_>) -> io::Result<QgroupUsage> {
 /// Flushes delalloc and commits the current transaction of the filesystem of `fd`.
 pub fn sync(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: BTRFS_IOC_SYNC is an _IO request with no argument.
-    unsafe { ioctl::<libc::c_void>(fd, BTRFS_IOC_SYNC, std::ptr::null_mut()) }
+    unsafe { ioctl(fd, BTRFS_IOC_SYNC, std::ptr::null_mut::<libc::c_void>()) }.map(drop)
 }
 
 #[cfg(test)]

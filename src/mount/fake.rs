@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -13,28 +14,101 @@ use super::{BlockInfo, FsStat, LoopDevice, ProjectQuotaState, ProjectUsage, Qgro
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    Mount { source: Option<PathBuf>, target: PathBuf, fs_type: Option<String>, flags: MsFlags, data: Option<String> },
-    Umount { target: PathBuf, flags: MntFlags },
-    SubvolumeCreate { parent: PathBuf, name: String },
-    Snapshot { source: PathBuf, dest_parent: PathBuf, name: String, readonly: bool },
-    SubvolumeDelete { parent: PathBuf, name: String },
-    QuotaEnable { path: PathBuf },
-    QgroupLimit { subvol: PathBuf, max_bytes: Option<u64> },
-    QgroupAdopt { subvol: PathBuf },
-    QgroupRemove { subvol: PathBuf },
-    SetProjectId { dir: PathBuf, project: u32 },
-    SetProjectLimit { mount_point: PathBuf, project: u32, bytes: u64 },
-    LoopAttach { image: PathBuf, tag: String, readonly: bool },
-    LoopDetach { device: PathBuf },
-    LoopSetCapacity { device: PathBuf },
-    Mkfs { device: PathBuf, fs_type: String },
-    GrowFs { fs_type: String, device: PathBuf, mount_point: PathBuf },
-    GrowFsOffline { fs_type: String, device: PathBuf },
-    Freeze { mount_point: PathBuf },
-    Thaw { mount_point: PathBuf },
-    WipeSignatures { device: PathBuf },
-    ZeroRange { device: PathBuf, offset: u64, len: u64 },
-    DiscardRange { device: PathBuf, offset: u64, len: u64 },
+    Mount {
+        source: Option<PathBuf>,
+        target: PathBuf,
+        fs_type: Option<String>,
+        flags: MsFlags,
+        data: Option<String>,
+    },
+    Umount {
+        target: PathBuf,
+        flags: MntFlags,
+    },
+    SubvolumeCreate {
+        parent: PathBuf,
+        name: String,
+    },
+    Snapshot {
+        source: PathBuf,
+        dest_parent: PathBuf,
+        name: String,
+        readonly: bool,
+    },
+    SubvolumeDelete {
+        parent: PathBuf,
+        name: String,
+    },
+    QuotaEnable {
+        path: PathBuf,
+    },
+    QgroupLimit {
+        subvol: PathBuf,
+        max_bytes: Option<u64>,
+    },
+    QgroupAdopt {
+        subvol: PathBuf,
+    },
+    QgroupRemove {
+        subvol: PathBuf,
+    },
+    SetProjectId {
+        dir: PathBuf,
+        project: u32,
+    },
+    /// [`Syscall::set_project_id_of`], with the path the descriptor was opened at.
+    SetProjectIdOf {
+        path: PathBuf,
+        project: u32,
+    },
+    SetProjectLimit {
+        mount_point: PathBuf,
+        project: u32,
+        bytes: u64,
+    },
+    LoopAttach {
+        image: PathBuf,
+        tag: String,
+        readonly: bool,
+    },
+    LoopDetach {
+        device: PathBuf,
+    },
+    LoopSetCapacity {
+        device: PathBuf,
+    },
+    Mkfs {
+        device: PathBuf,
+        fs_type: String,
+    },
+    GrowFs {
+        fs_type: String,
+        device: PathBuf,
+        mount_point: PathBuf,
+    },
+    GrowFsOffline {
+        fs_type: String,
+        device: PathBuf,
+    },
+    Freeze {
+        mount_point: PathBuf,
+    },
+    Thaw {
+        mount_point: PathBuf,
+    },
+    WipeSignatures {
+        device: PathBuf,
+    },
+    ZeroRange {
+        device: PathBuf,
+        offset: u64,
+        len: u64,
+    },
+    DiscardRange {
+        device: PathBuf,
+        offset: u64,
+        len: u64,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -264,6 +338,11 @@ impl Syscall for RecordingSyscall {
 
     fn set_project_id(&self, dir: &Path, project: u32) -> io::Result<()> {
         self.record("set_project_id", Call::SetProjectId { dir: dir.into(), project })
+    }
+
+    fn set_project_id_of(&self, inode: BorrowedFd<'_>, project: u32) -> io::Result<()> {
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", inode.as_raw_fd()))?;
+        self.record("set_project_id_of", Call::SetProjectIdOf { path, project })
     }
 
     fn set_project_limit(&self, mount_point: &Path, project: u32, bytes: u64) -> io::Result<()> {

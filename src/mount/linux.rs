@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -141,6 +141,10 @@ impl Syscall for LinuxSyscall {
 
     fn set_project_id(&self, dir: &Path, project: u32) -> io::Result<()> {
         quota::set_project_id(open_dir(dir)?.as_fd(), project, true)
+    }
+
+    fn set_project_id_of(&self, inode: BorrowedFd<'_>, project: u32) -> io::Result<()> {
+        quota::set_project_id(inode, project, true)
     }
 
     fn set_project_limit(&self, mount_point: &Path, project: u32, bytes: u64) -> io::Result<()> {

@@ -15,6 +15,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::ioctl::{Req, ioctl};
+
 const LO_NAME_SIZE: usize = 64;
 const LO_KEY_SIZE: usize = 32;
 const LO_FLAGS_READ_ONLY: u32 = 1;
@@ -65,7 +67,6 @@ struct LoopConfig {
 }
 const _: () = assert!(size_of::<LoopConfig>() == 304);
 
-type Req = libc::Ioctl;
 const LOOP_SET_FD: Req = 0x4C00;
 const LOOP_CLR_FD: Req = 0x4C01;
 const LOOP_SET_STATUS64: Req = 0x4C04;
@@ -96,16 +97,6 @@ pub struct LoopStatus {
     pub direct_io: bool,
     /// Whether the device unbinds itself at its last close.
     pub autoclear: bool,
-}
-
-/// Issues `ioctl(fd, req, arg)` and returns its non-negative result.
-/// # Safety
-/// `arg` must be what `req` expects: a pointer to a live value of the right
-/// layout, or an integer for requests that take it by value or ignore it.
-unsafe fn ioctl<A>(fd: BorrowedFd<'_>, req: Req, arg: A) -> io::Result<libc::c_int> {
-    // SAFETY: `fd` is open for the borrow's lifetime; the caller vouches for `arg`.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), req, arg) };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
 
 fn errno_is(e: &io::Error, errno: libc::c_int) -> bool {

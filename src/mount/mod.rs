@@ -8,6 +8,7 @@
 pub mod blockdev;
 pub mod btrfs;
 pub mod fake;
+mod ioctl;
 mod linux;
 pub mod loopdev;
 pub mod mountinfo;
@@ -19,6 +20,7 @@ mod testutil;
 pub mod tools;
 
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 pub use linux::LinuxSyscall;
@@ -120,6 +122,9 @@ pub trait Syscall: Send + Sync {
     fn project_quota_state(&self, mount_point: &Path) -> io::Result<ProjectQuotaState>;
     /// Gives directory `dir` a project ID that its new children inherit.
     fn set_project_id(&self, dir: &Path, project: u32) -> io::Result<()>;
+    /// Gives the open directory or regular file `inode` a project ID, for content copied
+    /// into a volume (found by an fd-based walk, so never named by a path here).
+    fn set_project_id_of(&self, inode: BorrowedFd<'_>, project: u32) -> io::Result<()>;
     /// Sets the hard block limit of a project.
     fn set_project_limit(&self, mount_point: &Path, project: u32, bytes: u64) -> io::Result<()>;
     /// Usage and limit of a project.

@@ -42,6 +42,11 @@ impl MountEntry {
     }
 }
 
+/// True for the filesystem types of NFS mounts.
+pub fn is_nfs(entry: &MountEntry) -> bool {
+    entry.fs_type == "nfs" || entry.fs_type == "nfs4"
+}
+
 /// A line that is not in mountinfo's format.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("mountinfo line {line}: {reason}")]

@@ -9,6 +9,8 @@ use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use super::ioctl::{Req, ioctl};
+
 /// User quota type (`USRQUOTA`).
 pub const USRQUOTA: u32 = 0;
 /// Group quota type (`GRPQUOTA`).
@@ -120,7 +122,6 @@ struct FsQuotaStatv {
 }
 const _: () = assert!(size_of::<FsQuotaStatv>() == 160);
 
-type Req = libc::Ioctl;
 const FS_IOC_FSGETXATTR: Req = nix::request_code_read!(b'X', 31, size_of::<FsXattr>()) as Req;
 const FS_IOC_FSSETXATTR: Req = nix::request_code_write!(b'X', 32, size_of::<FsXattr>()) as Req;
 
@@ -145,8 +146,8 @@ fn get_fsxattr(fd: BorrowedFd<'_>) -> io::Result<FsXattr> {
     let mut attr = FsXattr::default();
     // SAFETY: FS_IOC_FSGETXATTR writes one `struct fsxattr` (size asserted) to
     // `attr`, and `fd` is open for the duration of the borrow.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSGETXATTR, &mut attr) };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(attr) }
+    unsafe { ioctl(fd, FS_IOC_FSGETXATTR, &raw mut attr) }?;
+    Ok(attr)
 }
 
 /// Returns the project id of the inode `dir` (0 when none was ever set).
@@ -166,8 +167,7 @@ pub fn set_project_id(dir: BorrowedFd<'_>, project: u32, inherit: bool) -> io::R
     }
     // SAFETY: FS_IOC_FSSETXATTR reads one `struct fsxattr` (size asserted) from
     // `attr`, which was filled by FS_IOC_FSGETXATTR and is live for the call.
-    let ret = unsafe { libc::ioctl(dir.as_raw_fd(), FS_IOC_FSSETXATTR, &mut attr) };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    unsafe { ioctl(dir, FS_IOC_FSSETXATTR, &raw const attr) }.map(drop)
 }
 
 /// Project-quota status of a mounted filesystem.

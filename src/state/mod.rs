@@ -388,12 +388,7 @@ const JOURNAL: &str = "journal";
 /// Syncs `file`, written at `tmp`, and renames it over `dest`, then syncs the directory:
 /// a crash leaves the old file or the new one, whole.
 fn replace_durably(file: fs::File, tmp: &Path, dest: &Path) -> io::Result<()> {
-    file.sync_all()?;
-    drop(file);
-    crate::failpoint::hit("state.replace.before-rename")?;
-    fs::rename(tmp, dest)?;
-    crate::failpoint::hit("state.replace.after-rename")?;
-    fs::File::open(dest.parent().unwrap_or(Path::new(".")))?.sync_all()
+    crate::durable::replace(file, tmp, dest, Some(["state.replace.before-rename", "state.replace.after-rename"]))
 }
 
 /// A random number unlike `previous`: a checkpoint's epoch, a journal writer's tag.

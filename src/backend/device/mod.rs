@@ -15,7 +15,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::block::write_whole_file;
+use super::image::write_whole_file;
 use super::{
     Backend, Capability, Capacity, Condition, Error, PoolInfo, PoolKind, Result, Source, StageSource, Usage, blockvol,
 };

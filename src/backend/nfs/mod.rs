@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use super::{Backend, Capability, Capacity, Condition, Error, PoolInfo, Result, Source, StageSource, Usage};
 use crate::config::OnDelete;
-use crate::mount::{MsFlags, ops};
+use crate::mount::{MsFlags, mountinfo, ops};
 use crate::nfs::{self, FileType, SetAttr};
 use crate::safepath;
 use crate::state::{Enforced, Phase, SnapshotMethod, SnapshotRecord, VolumeRecord};
@@ -353,13 +353,13 @@ impl Backend for NfsPool {
     fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool> {
         let device = self.device(&self.rel_of(source)?);
         let table = ops::table(self.sys.as_ref()).map_err(Error::io("read mount table", path))?;
-        Ok(crate::mount::mountinfo::at(&table, path).last().is_some_and(|m| node::is_nfs(m) && m.source == device))
+        Ok(mountinfo::at(&table, path).last().is_some_and(|m| mountinfo::is_nfs(m) && m.source == device))
     }
 
     fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>> {
         let device = self.device(&self.rel_of(source)?);
         let table = ops::table(self.sys.as_ref()).map_err(Error::io("read mount table", Path::new("/")))?;
-        Ok(table.iter().filter(|m| node::is_nfs(m) && m.source == device).map(|m| m.mount_point.clone()).collect())
+        Ok(table.iter().filter(|m| mountinfo::is_nfs(m) && m.source == device).map(|m| m.mount_point.clone()).collect())
     }
 
     fn persist_volume(&self, volume: &VolumeRecord) -> Result<()> {

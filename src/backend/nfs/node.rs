@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::backend::tree;
-use crate::mount::mountinfo::MountEntry;
 
 /// How long a measured usage is reused.
 const USAGE_TTL: Duration = Duration::from_secs(60);
@@ -25,11 +24,6 @@ pub fn device_name(server: &str, export: &str, rel: &Path) -> String {
         format!("{}/{}", export.trim_end_matches('/'), rel.display())
     };
     format!("{host}:{path}")
-}
-
-/// True for the filesystem types of NFS mounts.
-pub fn is_nfs(entry: &MountEntry) -> bool {
-    entry.fs_type == "nfs" || entry.fs_type == "nfs4"
 }
 
 /// What a walk found, and when.
