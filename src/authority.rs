@@ -84,6 +84,7 @@ impl Default for Rewrite {
 }
 
 impl Rewrite {
+    #[must_use]
     pub fn new() -> Rewrite {
         Rewrite {
             mode: Mode::Preface,
@@ -95,6 +96,7 @@ impl Rewrite {
     }
 
     /// True once the connection's bytes pass through untouched.
+    #[must_use]
     pub fn passes_through(&self) -> bool {
         self.mode == Mode::PassThrough
     }

@@ -31,7 +31,7 @@ pub fn hit(name: &'static str) -> io::Result<()> {
     let count = {
         static HITS: std::sync::Mutex<Option<std::collections::HashMap<&'static str, u64>>> =
             std::sync::Mutex::new(None);
-        let mut hits = HITS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hits = HITS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = hits.get_or_insert_with(Default::default).entry(name).or_insert(0);
         *n += 1;
         *n
@@ -79,6 +79,7 @@ mod tests {
         assert!(hit("a.b").is_err());
         assert!(hit("c").is_ok());
         assert!(hit("other").is_ok());
+        // SAFETY: as above; the variable is this module's test's alone.
         unsafe { std::env::remove_var("BERTH_FAILPOINTS") };
     }
 }

@@ -60,12 +60,14 @@ pub struct Parsed<'a> {
 }
 
 /// Mints a fresh ID in `pool`. The key is 32 lowercase hex digits.
+#[must_use]
 pub fn mint(kind: Kind, pool: &str) -> (String, String) {
     let key = Uuid::new_v4().simple().to_string();
     (format!("{}:{pool}:{key}", kind.prefix()), key)
 }
 
 /// Parses an ID berth minted; `None` for anything else (which callers treat as unknown).
+#[must_use]
 pub fn parse(kind: Kind, id: &str) -> Option<Parsed<'_>> {
     let mut parts = id.splitn(3, ':');
     let (prefix, pool, key) = (parts.next()?, parts.next()?, parts.next()?);
@@ -76,12 +78,14 @@ pub fn parse(kind: Kind, id: &str) -> Option<Parsed<'_>> {
 }
 
 /// True for a storage key: exactly 32 lowercase hex digits.
+#[must_use]
 pub fn is_key(key: &str) -> bool {
     key.len() == 32 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Pool names: 1 to 40 bytes of lowercase letters, digits and `-`, starting and ending
 /// with a letter or digit (a DNS label, so it can appear in labels and IDs alike).
+#[must_use]
 pub fn valid_pool_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// The key a copy holds shared on what it reads, and a deletion holds exclusively.
+#[must_use]
 pub fn reading(id: &str) -> String {
     format!("reading:{id}")
 }
@@ -56,7 +57,7 @@ impl Locks {
     {
         let exclusive: Vec<String> = exclusive.into_iter().map(Into::into).collect();
         let shared: Vec<String> = shared.into_iter().map(Into::into).collect();
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let busy = exclusive.iter().any(|k| held.contains_key(k))
             || shared.iter().any(|k| held.get(k) == Some(&Hold::Exclusive));
         if busy {
@@ -75,14 +76,15 @@ impl Locks {
     }
 
     /// How many keys are held now (for metrics and tests).
+    #[must_use]
     pub fn in_flight(&self) -> usize {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for key in &self.exclusive {
             held.remove(key);
         }

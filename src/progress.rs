@@ -23,11 +23,13 @@ pub struct Progress {
 impl Progress {
     /// Starts tracking `what` (e.g. "copy snapshot"), which will handle about `total` bytes
     /// when that is known.
+    #[must_use]
     pub fn new(what: &'static str, total: Option<u64>) -> Progress {
         Progress::with_interval(what, total, INTERVAL)
     }
 
     /// Like [`Progress::new`] with another interval.
+    #[must_use]
     pub fn with_interval(what: &'static str, total: Option<u64>, interval: Duration) -> Progress {
         let now = Instant::now();
         Progress { what, total, interval, started: now, last: now }
@@ -76,12 +78,13 @@ pub fn heartbeat_every<T>(what: &'static str, total: Option<u64>, interval: Dura
                 // Ends when `done` is dropped: after the work, or while a panic unwinds.
                 while let Err(RecvTimeoutError::Timeout) = finished.recv_timeout(interval) {
                     let elapsed_s = started.elapsed().as_secs();
-                    match total {
-                        Some(bytes_total) => tracing::info!(op = what, bytes_total, elapsed_s, "still running"),
-                        None => tracing::info!(op = what, elapsed_s, "still running"),
+                    if let Some(bytes_total) = total {
+                        tracing::info!(op = what, bytes_total, elapsed_s, "still running");
+                    } else {
+                        tracing::info!(op = what, elapsed_s, "still running");
                     }
                 }
-            })
+            });
         });
         let result = work();
         drop(done);
@@ -110,7 +113,7 @@ mod tests {
 
     impl Write for Buffer {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -129,7 +132,8 @@ mod tests {
             let mut unknown = Progress::with_interval("format", None, Duration::ZERO);
             unknown.update(7);
         });
-        let text = String::from_utf8_lossy(&buffer.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+        let text =
+            String::from_utf8_lossy(&buffer.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned();
         assert!(text.contains("op=\"copy snapshot\" bytes_done=1048576 bytes_total=4194304 percent=25"), "{text}");
         assert!(text.contains("op=\"format\" bytes_done=7 elapsed_s=0"), "{text}");
     }
@@ -148,12 +152,14 @@ mod tests {
             })
         });
         assert_eq!(answer, 42);
-        let text = String::from_utf8_lossy(&buffer.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+        let text =
+            String::from_utf8_lossy(&buffer.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned();
         let beats = text.lines().filter(|l| l.contains("still running")).count();
         assert!((2..=6).contains(&beats), "{beats} heartbeats:\n{text}");
         assert!(text.contains("volume.id=\"vol-7\"") && text.contains("op=\"mkfs\" bytes_total=1073741824"), "{text}");
         std::thread::sleep(Duration::from_millis(60));
-        let after = String::from_utf8_lossy(&buffer.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+        let after =
+            String::from_utf8_lossy(&buffer.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned();
         assert_eq!(after.lines().count(), text.lines().count(), "no heartbeat after the work ended");
     }
 }

@@ -115,6 +115,7 @@ pub fn absolute(field: &'static str, value: &str) -> Result<PathBuf, PathError> 
 /// records resolved paths, so a kubelet root reached through a symlink (`/var/lib/kubelet`
 /// moved to a data disk) must be resolved to match it. A parent that does not exist is
 /// left as written; the operation reports it.
+#[must_use]
 pub fn resolve_parent(path: &Path) -> PathBuf {
     match (path.parent(), path.file_name()) {
         (Some(parent), Some(name)) => match std::fs::canonicalize(parent) {
@@ -142,7 +143,7 @@ pub fn open_dir_beneath(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
             libc::SYS_openat2,
             root_dir.as_raw_fd(),
             target.as_ptr(),
-            &how as *const libc::open_how,
+            &raw const how,
             std::mem::size_of::<libc::open_how>(),
         )
     };
@@ -155,6 +156,7 @@ pub fn open_dir_beneath(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
 }
 
 /// The `/proc/self/fd/N` path naming an open fd, for mount(2) sources.
+#[must_use]
 pub fn proc_fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }

@@ -13,12 +13,14 @@ pub const REDACTED: &str = "<redacted>";
 
 /// True for a map key whose value must never be logged or recorded: every key in
 /// [`SENSITIVE_KEYS`] and anything that looks like a token, password, secret or key.
+#[must_use]
 pub fn is_sensitive_key(key: &str) -> bool {
     let lower = key.to_ascii_lowercase();
     SENSITIVE_KEYS.contains(&key) || ["token", "secret", "password", "key"].iter().any(|w| lower.contains(w))
 }
 
 /// Renders a map for logs, sorted by key, with the values of sensitive keys replaced.
+#[must_use]
 pub fn redacted(map: &HashMap<String, String>) -> String {
     let mut keys: Vec<_> = map.keys().collect();
     keys.sort();

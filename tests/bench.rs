@@ -1,6 +1,9 @@
 //! `berth bench` against a real berth on a btrfs pool: every workload runs, the JSON has
 //! the documented shape, the numbers are sane, and the benchmark leaves nothing behind.
 
+// A failed unwrap or expect in a test is the test failing: allowed here, denied in berth.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{Berth, FsImage, Scratch, berth_cmd, hostpath_config, require_root};

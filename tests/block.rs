@@ -3,6 +3,9 @@
 //! expansion seen inside the mounted filesystem, reboot replay, and device pools on loop
 //! devices the test creates as stand-in disks.
 
+// A failed unwrap or expect in a test is the test failing: allowed here, denied in berth.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::fs;

@@ -3,6 +3,9 @@
 //! berth must serve them like any client. The interpreter comes from BERTH_TEST_PYTHON or
 //! the virtualenv scripts/test makes (~/.cache/berth-grpcio-venv).
 
+// A failed unwrap or expect in a test is the test failing: allowed here, denied in berth.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::PathBuf;

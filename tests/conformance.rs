@@ -2,6 +2,9 @@
 //! requires (see shared/CSI-FACTS.md), against the real binary. csi-sanity's list is the
 //! floor; each case asserts the exact gRPC code.
 
+// A failed unwrap or expect in a test is the test failing: allowed here, denied in berth.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::fs;
@@ -45,7 +48,7 @@ fn flags_cap(flags: &[&str]) -> pb::VolumeCapability {
     pb::VolumeCapability {
         access_type: Some(pb::volume_capability::AccessType::Mount(pb::volume_capability::MountVolume {
             fs_type: String::new(),
-            mount_flags: flags.iter().map(|s| s.to_string()).collect(),
+            mount_flags: flags.iter().map(std::string::ToString::to_string).collect(),
             volume_mount_group: String::new(),
         })),
         access_mode: Some(pb::volume_capability::AccessMode { mode: Mode::SingleNodeWriter as i32 }),

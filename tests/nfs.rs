@@ -4,6 +4,9 @@
 //! the real mount test says SKIPPED (the mount(2) arguments are checked with the
 //! recording fake in the engine's unit tests).
 
+// A failed unwrap or expect in a test is the test failing: allowed here, denied in berth.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::HashMap;

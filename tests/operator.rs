@@ -2,6 +2,9 @@
 //! known sequence of RPCs, structured logs without secrets, `berth doctor` on good and
 //! broken machines, and a whole volume lifecycle driven by `berth csi` alone.
 
+// A failed unwrap or expect in a test is the test failing: allowed here, denied in berth.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::fs;
@@ -774,7 +777,9 @@ async fn a_flood_of_idle_connections_is_capped_and_the_idlest_make_room_for_new_
         gauge("berth_connections_refused_total"),
     );
     // The evicted ones are the flood's: berth closed them (a read sees end of stream).
-    idle.iter_mut().for_each(|s| s.set_nonblocking(true).expect("nonblocking"));
+    for s in &mut idle {
+        s.set_nonblocking(true).expect("nonblocking");
+    }
     let closed = idle.iter_mut().map(|s| std::io::Read::read(s, &mut [0u8; 1])).filter(|r| matches!(r, Ok(0))).count();
     assert!(closed >= 1, "{closed} idle connections closed by berth");
     // The call that was in flight all along was never cut.

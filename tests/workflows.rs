@@ -6,6 +6,9 @@
 //! "The pod writes" means the test writes through the pod's publish target, which is what a
 //! container sees at its mount point.
 
+// A failed unwrap or expect in a test is the test failing: allowed here, denied in berth.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod kube;
 
@@ -84,7 +87,7 @@ fn data_dir(k: &Cluster, node: &str, handle: &str) -> PathBuf {
 
 /// Entries in the pool's volumes directory of `node`.
 fn pool_volume_dirs(k: &Cluster, node: &str) -> usize {
-    fs::read_dir(k.node(node).pool.join("volumes")).map(|d| d.count()).unwrap_or(0)
+    fs::read_dir(k.node(node).pool.join("volumes")).map_or(0, std::iter::Iterator::count)
 }
 
 fn quota_error(result: std::io::Result<()>) -> bool {
@@ -288,7 +291,7 @@ async fn static_nfs(k: &mut Cluster, g: &common::ganesha::Ganesha, test: &str) -
     } else {
         match &k.pod("blog").phase {
             PodPhase::ContainerCreating(e) => {
-                assert!(e.contains("NodeStageVolume: FailedPrecondition") && e.contains("NFS client"), "{e}")
+                assert!(e.contains("NodeStageVolume: FailedPrecondition") && e.contains("NFS client"), "{e}");
             }
             other => panic!("the NFS pod cannot run without a kernel NFS client: {other:?}"),
         }
@@ -604,7 +607,7 @@ async fn workflow_7_access_modes() {
 /// The names in `dir`.
 fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| d.filter_map(std::result::Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     names.sort();
     names
@@ -636,7 +639,7 @@ async fn rwx_on_nfs(k: &mut Cluster, g: &common::ganesha::Ganesha, test: &str) -
     }
     let records: String = fs::read_dir(g.export.join(".berth/volumes"))
         .expect("records")
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .filter_map(|e| fs::read_to_string(e.path()).ok())
         .filter(|t| t.contains(&team.handle))
         .collect();
@@ -671,7 +674,7 @@ async fn rwx_on_nfs(k: &mut Cluster, g: &common::ganesha::Ganesha, test: &str) -
         for pod in ["nfs-a", "nfs-b"] {
             match &k.pod(pod).phase {
                 PodPhase::ContainerCreating(e) => {
-                    assert!(e.contains("NodeStageVolume: FailedPrecondition") && e.contains("NFS client"), "{e}")
+                    assert!(e.contains("NodeStageVolume: FailedPrecondition") && e.contains("NFS client"), "{e}");
                 }
                 other => panic!("{pod} cannot run without a kernel NFS client: {other:?}"),
             }

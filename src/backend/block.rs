@@ -58,6 +58,7 @@ impl BlockPool {
 
     /// The snapshots directory of the block pool `config` describes, where device pools
     /// may keep their snapshots too.
+    #[must_use]
     pub fn snapshots_dir(config: &BlockPoolConfig) -> PathBuf {
         config.path.join(SNAPSHOTS)
     }
@@ -138,7 +139,7 @@ impl BlockPool {
         write_whole_file_from(dir, &format!("{key}.img"), immutable, |dst, start| {
             let copy = || {
                 tree::copy_file_data_from(src.as_fd(), dst.as_fd(), Reflink::Auto, start, &mut |done| {
-                    progress.update(done)
+                    progress.update(done);
                 })
                 .map_err(Error::io("copy image", from))
             };
@@ -321,18 +322,17 @@ impl Backend for BlockPool {
             return Err(Error::NotFound(format!("image {} of volume {} does not exist", image.display(), volume.id)));
         }
         self.refuse_foreign_mount(volume, &image)?;
-        let (device, attached_now) = match self.attached(&volume.key)? {
-            Some(l) => (l.path, false),
-            None => {
-                super::failpoint("block.loop.attach", &image)?;
-                let l = self
-                    .sys
-                    .loop_attach(&image, &Self::tag(&volume.key), false)
-                    .inspect_err(|_| crate::metrics::record_error("loop"))
-                    .map_err(Error::io("attach loop device", &image))?;
-                tracing::info!(volume.id = %volume.id, device = %l.path.display(), direct_io = l.direct_io, "loop device attached");
-                (l.path, true)
-            }
+        let (device, attached_now) = if let Some(l) = self.attached(&volume.key)? {
+            (l.path, false)
+        } else {
+            super::failpoint("block.loop.attach", &image)?;
+            let l = self
+                .sys
+                .loop_attach(&image, &Self::tag(&volume.key), false)
+                .inspect_err(|_| crate::metrics::record_error("loop"))
+                .map_err(Error::io("attach loop device", &image))?;
+            tracing::info!(volume.id = %volume.id, device = %l.path.display(), direct_io = l.direct_io, "loop device attached");
+            (l.path, true)
         };
         let result = blockvol::stage(self.sys.as_ref(), &device, staging, capability, Self::fs_type(volume));
         if result.is_err() && attached_now {

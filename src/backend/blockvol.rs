@@ -141,6 +141,7 @@ pub fn filesystem_mount(sys: &dyn Syscall, device: &Path) -> Result<Option<PathB
 
 /// Errors the kernel counted on the ext4 filesystem of `device` (`/sys/fs/ext4/<dev>/
 /// errors_count` under `sysfs`); `None` when the device carries no mounted ext4.
+#[must_use]
 pub fn ext4_errors(sysfs: &Path, device: &Path) -> Option<u64> {
     let name = fs::canonicalize(device).ok()?.file_name()?.to_owned();
     fs::read_to_string(sysfs.join("fs/ext4").join(name).join("errors_count")).ok()?.trim().parse().ok()
@@ -148,6 +149,7 @@ pub fn ext4_errors(sysfs: &Path, device: &Path) -> Option<u64> {
 
 /// The condition of a block volume whose storage exists: abnormal when its mounted
 /// filesystem has counted errors.
+#[must_use]
 pub fn filesystem_condition(device: &Path) -> super::Condition {
     match ext4_errors(Path::new("/sys"), device) {
         Some(n) if n > 0 => super::Condition::abnormal(format!(
@@ -181,6 +183,7 @@ pub struct Freezes {
 }
 
 impl Freezes {
+    #[must_use]
     pub fn new(dir: PathBuf) -> Freezes {
         Freezes { dir }
     }
@@ -208,7 +211,7 @@ impl Freezes {
                     thawed += 1;
                 }
                 // Not frozen (the crash came before the freeze), or no longer mounted.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {}
                 Err(e) => return Err(e),
             }
             fs::remove_file(&record)?;

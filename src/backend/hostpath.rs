@@ -113,24 +113,24 @@ impl HostPath {
     /// so a huge volume slows its own stats, not every volume's.
     fn walk_usage(&self, dir: &Path) -> Result<tree::Usage> {
         let cached = || {
-            let cache = self.usage_cache.lock().unwrap_or_else(|e| e.into_inner());
+            let cache = self.usage_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             cache.get(dir).filter(|(at, _)| at.elapsed() < USAGE_TTL).map(|(_, usage)| usage.clone())
         };
         if let Some(usage) = cached() {
             return Ok(usage);
         }
         let gate = {
-            let mut gates = self.walks.lock().unwrap_or_else(|e| e.into_inner());
+            let mut gates = self.walks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             Arc::clone(gates.entry(dir.to_path_buf()).or_default())
         };
-        let _walking = gate.lock().unwrap_or_else(|e| e.into_inner());
+        let _walking = gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Another caller may have walked it while this one waited.
         if let Some(usage) = cached() {
             return Ok(usage);
         }
         super::failpoint("hostpath.walk", dir)?;
         let usage = tree::usage(dir).map_err(Error::io("measure", dir))?;
-        let mut cache = self.usage_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.usage_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         cache.insert(dir.to_path_buf(), (Instant::now(), usage.clone()));
         Ok(usage)
     }
@@ -189,7 +189,7 @@ impl HostPath {
         super::failpoint("hostpath.create", dir)?;
         match (from, self.is_btrfs()) {
             (None, true) => {
-                self.sys.btrfs_subvolume_create(parent, &volume.key).map_err(Error::io("create subvolume", dir))?
+                self.sys.btrfs_subvolume_create(parent, &volume.key).map_err(Error::io("create subvolume", dir))?;
             }
             (None, false) => fs::create_dir(dir).map_err(Error::io("create volume directory", dir))?,
             (Some(from), true) => {
@@ -198,7 +198,7 @@ impl HostPath {
                 }
                 self.sys
                     .btrfs_snapshot(&from, parent, &volume.key, false)
-                    .map_err(Error::io("snapshot into volume", dir))?
+                    .map_err(Error::io("snapshot into volume", dir))?;
             }
             (Some(from), false) => {
                 let mut progress = Progress::new("copy into volume", tree::usage(&from).ok().map(|u| u.bytes));
@@ -432,8 +432,8 @@ impl Backend for HostPath {
             // A limit of zero means "no limit": the project ID is free for nothing else.
             self.sys.set_project_limit(mount_point, project, 0).map_err(Error::io("clear project quota", &dir))?;
         }
-        self.usage_cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&dir);
-        self.walks.lock().unwrap_or_else(|e| e.into_inner()).remove(&dir);
+        self.usage_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&dir);
+        self.walks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&dir);
         Ok(())
     }
 
@@ -460,8 +460,8 @@ impl Backend for HostPath {
             }
             snapshot.method = Some(SnapshotMethod::BtrfsSnapshot);
             snapshot.size = match volume.enforced {
-                Enforced::BtrfsQgroup => self.sys.btrfs_qgroup_usage(&source).map(|u| u.referenced).unwrap_or(0),
-                _ => tree::usage(&dest).map(|u| u.bytes).unwrap_or(0),
+                Enforced::BtrfsQgroup => self.sys.btrfs_qgroup_usage(&source).map_or(0, |u| u.referenced),
+                _ => tree::usage(&dest).map_or(0, |u| u.bytes),
             };
             return Ok(());
         }
@@ -475,10 +475,10 @@ impl Backend for HostPath {
             snapshot.method = Some(if stats.reflinked > 0 { SnapshotMethod::Reflink } else { SnapshotMethod::Copy });
             // The space a restore needs: what the copy allocated, not the files' logical
             // sizes (a cloned sparse file of 1 TiB holding one byte needs one block).
-            snapshot.size = tree::usage(&dest).map(|u| u.bytes).unwrap_or(stats.bytes);
+            snapshot.size = tree::usage(&dest).map_or(stats.bytes, |u| u.bytes);
         } else if snapshot.method.is_none() {
             snapshot.method = Some(SnapshotMethod::Copy);
-            snapshot.size = tree::usage(&dest).map(|u| u.bytes).unwrap_or(0);
+            snapshot.size = tree::usage(&dest).map_or(0, |u| u.bytes);
         }
         Ok(())
     }
@@ -563,7 +563,7 @@ impl Backend for HostPath {
             Some(libc::ENOENT) => {
                 Error::NotFound(format!("volume directory {} does not exist", self.root.join(&rel).display()))
             }
-            Some(libc::ELOOP) | Some(libc::EXDEV) | Some(libc::ENOTDIR) => Error::InvalidArgument(format!(
+            Some(libc::ELOOP | libc::EXDEV | libc::ENOTDIR) => Error::InvalidArgument(format!(
                 "{} is not a plain directory inside pool {} (symlinks are not followed)",
                 rel.display(),
                 self.info.name

@@ -36,6 +36,7 @@ pub enum Found {
 
 /// Reads what `root` is for pool `name`, which has `recorded` volume and snapshot records.
 /// Changes nothing.
+#[must_use]
 pub fn inspect(name: &str, root: &Path, recorded: usize) -> Found {
     let marker = root.join(MARKER);
     match fs::read(&marker) {

@@ -30,10 +30,7 @@ pub(super) fn write_whole_file_from(
     let boot_file = dir.join(format!(".{name}.partial.boot"));
     let target = dir.join(name);
     super::failpoint("block.image.create", &target)?;
-    let boot = match resumable {
-        true => Some(tree::boot_id().map_err(Error::io("read the boot ID", &target))?),
-        false => None,
-    };
+    let boot = if resumable { Some(tree::boot_id().map_err(Error::io("read the boot ID", &target))?) } else { None };
     let same_boot = boot.as_ref().is_some_and(|boot| fs::read_to_string(&boot_file).is_ok_and(|b| &b == boot));
     let open = |create: bool| {
         fs::OpenOptions::new()
@@ -44,20 +41,17 @@ pub(super) fn write_whole_file_from(
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&partial)
     };
-    let (file, from) = match same_boot.then(|| open(false)).and_then(|r| r.ok()) {
-        Some(file) => {
-            let from = file.metadata().map(|m| m.len() & !((1 << 20) - 1)).unwrap_or(0);
-            tracing::info!(file = %target.display(), from, "resuming the copy an interrupted process left");
-            (file, from)
+    let (file, from) = if let Some(file) = same_boot.then(|| open(false)).and_then(std::result::Result::ok) {
+        let from = file.metadata().map_or(0, |m| m.len() & !((1 << 20) - 1));
+        tracing::info!(file = %target.display(), from, "resuming the copy an interrupted process left");
+        (file, from)
+    } else {
+        let _ = fs::remove_file(&partial);
+        let file = open(true).map_err(Error::io("create image", &partial))?;
+        if let Some(boot) = &boot {
+            fs::write(&boot_file, boot).map_err(Error::io("record the boot", &boot_file))?;
         }
-        None => {
-            let _ = fs::remove_file(&partial);
-            let file = open(true).map_err(Error::io("create image", &partial))?;
-            if let Some(boot) = &boot {
-                fs::write(&boot_file, boot).map_err(Error::io("record the boot", &boot_file))?;
-            }
-            (file, 0)
-        }
+        (file, 0)
     };
     if let Err(e) = fill(&file, from) {
         drop(file);

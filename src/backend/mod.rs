@@ -47,6 +47,7 @@ impl std::fmt::Display for AccessMode {
 
 impl AccessMode {
     /// True for modes that allow more than one node.
+    #[must_use]
     pub fn multi_node(self) -> bool {
         matches!(
             self,
@@ -55,6 +56,7 @@ impl AccessMode {
     }
 
     /// True for modes that never write.
+    #[must_use]
     pub fn read_only(self) -> bool {
         matches!(self, AccessMode::SingleNodeReaderOnly | AccessMode::MultiNodeReaderOnly)
     }
@@ -87,6 +89,7 @@ pub enum PoolKind {
 
 impl PoolKind {
     /// The name configuration and messages use.
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             PoolKind::Hostpath => "hostpath",
@@ -126,6 +129,7 @@ pub struct PoolInfo {
 
 impl PoolInfo {
     /// A node-local pool of directories on a filesystem.
+    #[must_use]
     pub fn directories(name: &str, kind: PoolKind) -> PoolInfo {
         PoolInfo {
             name: name.to_string(),
@@ -139,11 +143,13 @@ impl PoolInfo {
     }
 
     /// A node-local pool of volumes that are block devices, formatted unless raw.
+    #[must_use]
     pub fn devices(name: &str, kind: PoolKind) -> PoolInfo {
         PoolInfo { raw_block: true, default_fs: Some(DEFAULT_FS), ..PoolInfo::directories(name, kind) }
     }
 
     /// Whether the pool formats volumes (so `fs_type` chooses the filesystem).
+    #[must_use]
     pub fn formats(&self) -> bool {
         self.default_fs.is_some()
     }
@@ -184,8 +190,9 @@ impl Error {
     }
 
     /// True when the error means the disk or quota is full.
+    #[must_use]
     pub fn is_no_space(&self) -> bool {
-        matches!(self, Error::Io { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+        matches!(self, Error::Io { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
     }
 }
 
@@ -236,6 +243,7 @@ pub struct Condition {
 }
 
 impl Condition {
+    #[must_use]
     pub fn healthy() -> Condition {
         Condition { abnormal: false, message: "volume is healthy".into() }
     }
@@ -383,12 +391,13 @@ impl dyn Backend + '_ {
 
 /// Entries of `dir` whose key (the name without `suffix`) is not in `known`, including
 /// leftover partial copies.
+#[must_use]
 pub fn unaccounted_in(dir: &Path, suffix: &str, known: &std::collections::HashSet<String>) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     entries
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .filter(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let key = name.strip_suffix(suffix).unwrap_or(&name);
@@ -400,6 +409,7 @@ pub fn unaccounted_in(dir: &Path, suffix: &str, known: &std::collections::HashSe
 
 /// What publish binds onto the target: the staging directory, or for raw block volumes
 /// the device file inside it.
+#[must_use]
 pub fn publish_source(staging: &Path, block: bool) -> PathBuf {
     if block { staging.join(RAW_DEVICE_FILE) } else { staging.to_path_buf() }
 }

@@ -108,7 +108,7 @@ impl BenchArgs {
         } else {
             Wire::Mount(MountVolume { fs_type: self.fs_type.clone().unwrap_or_default(), ..Default::default() })
         };
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         Ctx {
             endpoint: self.endpoint.clone(),
             timeout: Duration::from_secs(self.timeout),
@@ -143,8 +143,8 @@ fn ops(list: &[(&str, &Latencies)], wall: Duration) -> Value {
 
 async fn startup(ctx: &Ctx, started_at_ns: Option<u128>) -> Result<Value, String> {
     let started = Instant::now();
-    let origin_ns = started_at_ns
-        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    let origin_ns =
+        started_at_ns.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
     let mut attempts = 0u64;
     loop {
         attempts += 1;
@@ -156,12 +156,12 @@ async fn startup(ctx: &Ctx, started_at_ns: Option<u128>) -> Result<Value, String
             Err(_) => false,
         };
         if ready {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
             let ready_ms = now.saturating_sub(origin_ns) as f64 / 1e6;
             return Ok(json!({ "workload": "startup", "ready_ms": round(ready_ms), "probes": attempts }));
         }
         if started.elapsed() > ctx.timeout {
-            return Err(format!("the driver was not ready after {} probes", attempts));
+            return Err(format!("the driver was not ready after {attempts} probes"));
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -257,7 +257,7 @@ async fn run(args: &BenchArgs) -> Result<Value, String> {
     }
     let footprint = match (args.pid, idle) {
         (Some(pid), Some(idle)) => {
-            let load_max = sampler.map(RssSampler::finish).unwrap_or(0);
+            let load_max = sampler.map_or(0, RssSampler::finish);
             let end = memory(pid).unwrap_or_default();
             json!({
                 "pid": pid,
@@ -280,6 +280,7 @@ async fn run(args: &BenchArgs) -> Result<Value, String> {
 }
 
 /// Runs the benchmark and prints its results; returns whether it succeeded.
+#[must_use]
 pub fn main(args: &BenchArgs) -> bool {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -304,6 +305,7 @@ pub fn main(args: &BenchArgs) -> bool {
 }
 
 /// Renders a report as aligned text: one row per timed call.
+#[must_use]
 pub fn table(report: &Value) -> String {
     let mut out = format!("driver: {} {}\n", report["driver"]["name"], report["driver"]["version"]);
     out.push_str(&format!(
@@ -320,12 +322,12 @@ pub fn table(report: &Value) -> String {
                 r["bytes"], r["write_s"], r["snapshot_ms"], r["restore_ms"]
             )),
             _ => {
-                let cpu = r["cpu"]["cpu_ms_per_1000_ops"].as_f64().map(|c| format!("{c:.1}")).unwrap_or("-".into());
+                let cpu = r["cpu"]["cpu_ms_per_1000_ops"].as_f64().map_or("-".into(), |c| format!("{c:.1}"));
                 for (call, s) in r["ops"].as_object().into_iter().flatten() {
                     out.push_str(&format!(
                         "{:<10} {:>8} {:>5} {:<10} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.1} {:>10}\n",
                         w,
-                        r["existing"].as_u64().map(|n| n.to_string()).unwrap_or("-".into()),
+                        r["existing"].as_u64().map_or("-".into(), |n| n.to_string()),
                         r["concurrency"].as_u64().unwrap_or(1),
                         call,
                         s["count"],

@@ -26,11 +26,13 @@ impl Latencies {
     }
 
     /// The number of samples.
+    #[must_use]
     pub fn count(&self) -> usize {
         self.samples.len()
     }
 
     /// The `q` quantile (0.0..=1.0) in milliseconds, nearest-rank; 0 without samples.
+    #[must_use]
     pub fn quantile_ms(&self, q: f64) -> f64 {
         if self.samples.is_empty() {
             return 0.0;
@@ -42,6 +44,7 @@ impl Latencies {
     }
 
     /// count, p50, p90, p99, max in milliseconds; ops/s over `wall`.
+    #[must_use]
     pub fn summary(&self, wall: Duration) -> Value {
         let rate = if wall.is_zero() { 0.0 } else { self.count() as f64 / wall.as_secs_f64() };
         json!({
@@ -56,11 +59,13 @@ impl Latencies {
 }
 
 /// A duration in milliseconds.
+#[must_use]
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 /// Rounds to three decimals for output.
+#[must_use]
 pub fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
@@ -75,6 +80,7 @@ pub struct Memory {
 }
 
 /// Reads VmRSS and VmHWM of `pid`.
+#[must_use]
 pub fn memory(pid: u32) -> Option<Memory> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
@@ -87,6 +93,7 @@ pub fn memory(pid: u32) -> Option<Memory> {
 }
 
 /// The CPU time (user + system) `pid` has used so far, from /proc/<pid>/stat.
+#[must_use]
 pub fn cpu_time(pid: u32) -> Option<Duration> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: fields start after the last ')'.
@@ -110,6 +117,7 @@ pub struct RssSampler {
 
 impl RssSampler {
     /// Starts sampling `pid` every 20 ms.
+    #[must_use]
     pub fn start(pid: u32) -> RssSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let max_kib = Arc::new(AtomicU64::new(0));
@@ -126,6 +134,7 @@ impl RssSampler {
     }
 
     /// Stops sampling and returns the largest resident size seen, in KiB.
+    #[must_use]
     pub fn finish(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -143,6 +152,7 @@ pub struct Progress {
 
 impl Progress {
     /// Enabled with `forced`, or when stderr is a terminal.
+    #[must_use]
     pub fn new(forced: bool) -> Progress {
         Progress { enabled: forced || std::io::stderr().is_terminal() }
     }

@@ -104,6 +104,7 @@ pub fn quantity(text: &str) -> Result<i64, String> {
 }
 
 /// Turns repeated `key=value` flags into a map.
+#[must_use]
 pub fn to_map(pairs: &[(String, String)]) -> HashMap<String, String> {
     pairs.iter().cloned().collect()
 }
@@ -154,6 +155,7 @@ pub struct CapArgs {
 
 impl CapArgs {
     /// The capability; when not `required`, only if some capability flag was given.
+    #[must_use]
     pub fn capability(&self, required: bool) -> Option<pb::VolumeCapability> {
         use pb::volume_capability::{AccessType, BlockVolume, MountVolume};
         let given = self.access_mode.is_some() || self.block || self.fs_type.is_some() || !self.mount_flags.is_empty();
@@ -305,6 +307,7 @@ pub struct PageArgs {
 
 impl PageArgs {
     /// True when the user asked for exactly one page.
+    #[must_use]
     pub fn single_page(&self) -> bool {
         self.max_entries.is_some() || self.starting_token.is_some()
     }

@@ -74,6 +74,7 @@ impl Failure {
 
 /// Runs the command and prints its reply (stdout) or failure (stderr; stdout too with
 /// `--output json`). Returns whether it succeeded.
+#[must_use]
 pub fn main(args: &CsiArgs) -> bool {
     let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime.block_on(call(args)),
@@ -228,7 +229,7 @@ async fn controller(mut c: ControllerClient<Channel>, cmd: &ControllerCmd) -> Re
                 volume_capabilities: a.cap.capability(true).into_iter().collect(),
                 parameters: to_map(&a.params),
                 secrets: to_map(&a.secrets.secrets),
-                mutable_parameters: Default::default(),
+                mutable_parameters: std::collections::HashMap::default(),
             };
             let r = send(req.fields(), c.validate_volume_capabilities(req.clone())).await?;
             let confirmed = r.confirmed.as_ref().map(|conf| {

@@ -144,6 +144,7 @@ fn object(map: &Map<String, Value>, indent: usize, out: &mut String) {
 }
 
 /// A string map, sorted, with sensitive values hidden.
+#[must_use]
 pub fn map(m: &HashMap<String, String>) -> Value {
     let mut keys: Vec<&String> = m.keys().collect();
     keys.sort();
@@ -179,6 +180,7 @@ pub fn volume(v: &pb::Volume) -> Value {
 }
 
 /// A volume's condition.
+#[must_use]
 pub fn condition(c: Option<&pb::VolumeCondition>) -> Value {
     c.map_or(Value::Null, |c| json!({ "abnormal": c.abnormal, "message": c.message }))
 }
@@ -201,6 +203,7 @@ fn enum_name<E: TryFrom<i32>>(value: i32, name: impl Fn(E) -> &'static str) -> V
 }
 
 /// Plugin capabilities: services and volume expansion.
+#[must_use]
 pub fn plugin_capabilities(r: &pb::GetPluginCapabilitiesResponse) -> Value {
     use pb::plugin_capability::{Type, service, volume_expansion};
     let mut services = Vec::new();
@@ -209,7 +212,7 @@ pub fn plugin_capabilities(r: &pb::GetPluginCapabilitiesResponse) -> Value {
         match &c.r#type {
             Some(Type::Service(s)) => services.push(enum_name(s.r#type, |t: service::Type| t.as_str_name())),
             Some(Type::VolumeExpansion(e)) => {
-                expansion.push(enum_name(e.r#type, |t: volume_expansion::Type| t.as_str_name()))
+                expansion.push(enum_name(e.r#type, |t: volume_expansion::Type| t.as_str_name()));
             }
             None => {}
         }
@@ -218,6 +221,7 @@ pub fn plugin_capabilities(r: &pb::GetPluginCapabilitiesResponse) -> Value {
 }
 
 /// Controller capabilities by RPC name.
+#[must_use]
 pub fn controller_capabilities(r: &pb::ControllerGetCapabilitiesResponse) -> Value {
     use pb::controller_service_capability::{Type, rpc};
     let rpcs: Vec<Value> = r
@@ -229,6 +233,7 @@ pub fn controller_capabilities(r: &pb::ControllerGetCapabilitiesResponse) -> Val
 }
 
 /// Node capabilities by RPC name.
+#[must_use]
 pub fn node_capabilities(r: &pb::NodeGetCapabilitiesResponse) -> Value {
     use pb::node_service_capability::{Type, rpc};
     let rpcs: Vec<Value> = r
@@ -240,6 +245,7 @@ pub fn node_capabilities(r: &pb::NodeGetCapabilitiesResponse) -> Value {
 }
 
 /// A capability the plugin confirmed.
+#[must_use]
 pub fn capability(c: &pb::VolumeCapability) -> Value {
     use pb::volume_capability::{AccessType, access_mode::Mode};
     let mode = c.access_mode.map_or(Value::Null, |m| enum_name(m.mode, |t: Mode| t.as_str_name()));
@@ -256,6 +262,7 @@ pub fn capability(c: &pb::VolumeCapability) -> Value {
 }
 
 /// Volume stats: usage per unit and condition; a table for people.
+#[must_use]
 pub fn stats(r: &pb::NodeGetVolumeStatsResponse) -> Reply {
     use pb::volume_usage::Unit;
     let usage: Vec<Value> = r
@@ -296,6 +303,7 @@ pub fn stats(r: &pb::NodeGetVolumeStatsResponse) -> Reply {
 }
 
 /// A page (or several) of volumes; a table for people.
+#[must_use]
 pub fn volumes(entries: &[pb::list_volumes_response::Entry], next_token: &str) -> Reply {
     let mut docs = Vec::new();
     let mut rows = Vec::new();
@@ -324,6 +332,7 @@ pub fn volumes(entries: &[pb::list_volumes_response::Entry], next_token: &str) -
 }
 
 /// A page (or several) of snapshots; a table for people.
+#[must_use]
 pub fn snapshots(entries: &[pb::list_snapshots_response::Entry], next_token: &str) -> Reply {
     let list: Vec<pb::Snapshot> = entries.iter().filter_map(|e| e.snapshot.clone()).collect();
     let rows = list

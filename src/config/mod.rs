@@ -74,6 +74,7 @@ pub enum PoolConfig {
 
 impl PoolConfig {
     /// The pool's name.
+    #[must_use]
     pub fn name(&self) -> &str {
         match self {
             PoolConfig::Hostpath(p) => &p.name,
@@ -84,6 +85,7 @@ impl PoolConfig {
     }
 
     /// True for pools whose storage is on one node's disks (provisioned per node).
+    #[must_use]
     pub fn node_local(&self) -> bool {
         match self {
             PoolConfig::Hostpath(_) | PoolConfig::Block(_) | PoolConfig::Device(_) => true,
@@ -93,6 +95,7 @@ impl PoolConfig {
 
     /// Whether the pool serves inline ephemeral volumes: only where its configuration
     /// says so, and never from device pools (a whole disk for a pod's scratch space).
+    #[must_use]
     pub fn ephemeral(&self) -> bool {
         match self {
             PoolConfig::Hostpath(p) => p.ephemeral,
@@ -103,6 +106,7 @@ impl PoolConfig {
     }
 
     /// The directory the pool keeps its data in (device pools have none).
+    #[must_use]
     pub fn path(&self) -> Option<&Path> {
         match self {
             PoolConfig::Hostpath(p) => Some(&p.path),

@@ -144,15 +144,12 @@ impl Options {
         let mut out = Options::default();
         for opt in options {
             let opt = opt.as_ref();
-            match ops::parse_flags(&[opt]) {
-                Ok(f) => {
-                    out.readonly |= f.readonly;
-                    out.flags |= f.extra;
-                }
-                Err(_) => {
-                    check_one(opt)?;
-                    out.data.push(opt.to_string());
-                }
+            if let Ok(f) = ops::parse_flags(&[opt]) {
+                out.readonly |= f.readonly;
+                out.flags |= f.extra;
+            } else {
+                check_one(opt)?;
+                out.data.push(opt.to_string());
             }
         }
         Ok(out)
@@ -177,6 +174,7 @@ impl Options {
     }
 
     /// The NFS version asked for, if any (`vers` or `nfsvers`).
+    #[must_use]
     pub fn version(&self) -> Option<&str> {
         self.data.iter().rev().find_map(|o| match o.split_once('=') {
             Some(("vers" | "nfsvers", v)) => Some(v),
@@ -185,16 +183,19 @@ impl Options {
     }
 
     /// The NFS server port (`port=`), used by the controller's client as well.
+    #[must_use]
     pub fn port(&self) -> Option<u16> {
         self.value("port").and_then(|v| v.parse().ok()).filter(|p| *p > 0)
     }
 
     /// The MOUNT port (`mountport=`), used by the controller's client as well.
+    #[must_use]
     pub fn mount_port(&self) -> Option<u16> {
         self.value("mountport").and_then(|v| v.parse().ok()).filter(|p| *p > 0)
     }
 
     /// The filesystem type for mount(2): `nfs` for version 3, else `nfs4`.
+    #[must_use]
     pub fn fs_type(&self) -> &'static str {
         if self.version() == Some("3") { "nfs" } else { "nfs4" }
     }
@@ -202,6 +203,7 @@ impl Options {
     /// The mount(2) data string: the options, berth's defaults where neither the pool nor
     /// the capability chose, version 4 (negotiating the minor version) when none is named,
     /// and the server's resolved address, which the kernel needs and cannot look up.
+    #[must_use]
     pub fn data(&self, addr: std::net::IpAddr) -> String {
         let mut parts = self.data.clone();
         let chose_softness = ["soft", "hard", "softerr"].iter().any(|k| self.has(k));

@@ -56,6 +56,7 @@ impl TryFrom<String> for Server {
 }
 
 impl Server {
+    #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -86,6 +87,7 @@ impl TryFrom<String> for Export {
 }
 
 impl Export {
+    #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -20,6 +20,7 @@ fn topology(node: &str) -> Vec<pb::Topology> {
 }
 
 /// The controller capabilities of a driver, with the attaching ones when `attaches`.
+#[must_use]
 pub fn controller_capabilities(attaches: bool) -> Vec<csc::rpc::Type> {
     use csc::rpc::Type;
     let mut capabilities = vec![
@@ -43,6 +44,7 @@ pub fn controller_capabilities(attaches: bool) -> Vec<csc::rpc::Type> {
 
 /// The wire form of a volume record and its volume context (see
 /// [`Engine::volume_context`](crate::engine::Engine::volume_context)).
+#[must_use]
 pub fn volume(v: &VolumeRecord, context: std::collections::BTreeMap<String, String>) -> pb::Volume {
     use pb::volume_content_source::{SnapshotSource, Type, VolumeSource};
     let content_source = v.source.as_ref().map(|s| pb::VolumeContentSource {
@@ -69,6 +71,7 @@ fn timestamp(ms: u64) -> Timestamp {
 }
 
 /// The wire form of a snapshot record.
+#[must_use]
 pub fn snapshot(s: &SnapshotRecord) -> pb::Snapshot {
     pb::Snapshot {
         size_bytes: wire_bytes(s.size),

@@ -35,6 +35,7 @@ impl From<&String> for Fields {
 
 impl Fields {
     /// Names the node the RPC concerns, unless the request already named one.
+    #[must_use]
     pub fn node(mut self, node_id: &str) -> Fields {
         if self.node_id.is_empty() {
             self.node_id = node_id.to_string();
@@ -77,6 +78,7 @@ impl Fields {
     }
 
     /// A status with the same code and a scrubbed message (berth sets no details).
+    #[must_use]
     pub fn scrub_status(&self, status: tonic::Status) -> tonic::Status {
         let message = self.scrub(status.message());
         if message == status.message() { status } else { tonic::Status::new(status.code(), message) }

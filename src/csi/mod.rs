@@ -25,13 +25,14 @@ use crate::engine::{AccessMode, Capability, Engine};
 use crate::metrics::Registry;
 
 /// Generated protocol types, clients and servers for package `csi.v1`.
-#[allow(clippy::all, missing_docs)]
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod pb {
     tonic::include_proto!("csi.v1");
 }
 
 /// The canonical name of a gRPC code (`OK`, `NOT_FOUND`, ...), as the CSI spec writes it;
 /// logs, metrics labels and `berth csi` all use it.
+#[must_use]
 pub fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
@@ -301,6 +302,7 @@ impl Shared {
 }
 
 /// A byte count for the wire (CSI uses int64).
+#[must_use]
 pub fn wire_bytes(bytes: u64) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
 }

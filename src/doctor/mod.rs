@@ -106,6 +106,7 @@ pub struct Report {
 
 impl Report {
     /// True when any check failed.
+    #[must_use]
     pub fn failed(&self) -> bool {
         self.checks.iter().any(|c| c.verdict == Verdict::Fail)
     }
@@ -115,6 +116,7 @@ impl Report {
     }
 
     /// The report as aligned columns, each problem followed by what to do about it.
+    #[must_use]
     pub fn table(&self) -> String {
         let subject_w = self.checks.iter().map(|c| c.subject.len()).max().unwrap_or(0).max("SUBJECT".len());
         let check_w = self.checks.iter().map(|c| c.check.len()).max().unwrap_or(0).max("CHECK".len());
@@ -138,6 +140,7 @@ impl Report {
     }
 
     /// The report as one JSON document: `{"ok": bool, "summary": {...}, "checks": [...]}`.
+    #[must_use]
     pub fn json(&self) -> String {
         #[derive(Serialize)]
         struct Summary {
@@ -170,6 +173,7 @@ pub fn run(args: &DoctorArgs, sys: Arc<dyn Syscall>) -> Report {
 }
 
 /// Runs every check against `host`.
+#[must_use]
 pub fn run_on(args: &DoctorArgs, host: &Host) -> Report {
     let mut report = Report { checks: Vec::new() };
     let origin = args.config.as_ref().map_or_else(|| "<embedded default>".to_string(), |p| p.display().to_string());

@@ -133,9 +133,14 @@ pub fn block(host: &Host, pool: &BlockPool, recorded: usize) -> Vec<Check> {
 pub fn device(host: &Host, pool: &DevicePool) -> Vec<Check> {
     let subject = format!("pool {}", pool.name);
     let s = subject.as_str();
-    let found =
-        crate::backend::device::DevicePool::open(pool, Arc::clone(&host.sys), None, Vec::new(), Default::default())
-            .and_then(|p| p.devices());
+    let found = crate::backend::device::DevicePool::open(
+        pool,
+        Arc::clone(&host.sys),
+        None,
+        Vec::new(),
+        crate::backend::device::Holdings::default(),
+    )
+    .and_then(|p| p.devices());
     let devices = match found {
         Ok(devices) if !devices.is_empty() => {
             let names: Vec<String> = devices

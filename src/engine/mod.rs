@@ -86,7 +86,7 @@ impl From<Error> for tonic::Status {
             // A full state disk: the journal has no room and no checkpoint can be written.
             Error::State { ref source, .. }
                 if source.kind() == std::io::ErrorKind::StorageFull
-                    || matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) =>
+                    || matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
             {
                 Status::resource_exhausted(message)
             }

@@ -46,10 +46,10 @@ impl Engine {
             let outcome = self.resume_volume(pool.as_ref(), &mut volume);
             match &outcome {
                 Ok(done) => {
-                    tracing::info!(volume.id = %volume.id, outcome = ?done, "took an interrupted volume operation to its end")
+                    tracing::info!(volume.id = %volume.id, outcome = ?done, "took an interrupted volume operation to its end");
                 }
                 Err(e) => {
-                    tracing::error!(volume.id = %volume.id, error = %e, "cannot take an interrupted volume operation to its end; a retry will")
+                    tracing::error!(volume.id = %volume.id, error = %e, "cannot take an interrupted volume operation to its end; a retry will");
                 }
             }
             report.count(&outcome);
@@ -63,10 +63,10 @@ impl Engine {
             let outcome = self.resume_snapshot(pool.as_ref(), &mut snapshot);
             match &outcome {
                 Ok(done) => {
-                    tracing::info!(snapshot.id = %snapshot.id, outcome = ?done, "took an interrupted snapshot operation to its end")
+                    tracing::info!(snapshot.id = %snapshot.id, outcome = ?done, "took an interrupted snapshot operation to its end");
                 }
                 Err(e) => {
-                    tracing::error!(snapshot.id = %snapshot.id, error = %e, "cannot take an interrupted snapshot operation to its end; a retry will")
+                    tracing::error!(snapshot.id = %snapshot.id, error = %e, "cannot take an interrupted snapshot operation to its end; a retry will");
                 }
             }
             report.count(&outcome);

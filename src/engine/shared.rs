@@ -38,7 +38,7 @@ impl Engine {
     /// first call that needs them loads them ([`Engine::ensure_synced`]), so the controller
     /// starts serving even while a server is unreachable.
     pub(super) fn start_shared(&self, placement: Placement) -> std::result::Result<(), String> {
-        let mut pending = self.shared_sync.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.shared_sync.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for pool in self.shared_pools() {
             match placement {
                 Placement::OnNode => Arc::clone(pool).register_node(&self.node_id),
@@ -55,17 +55,17 @@ impl Engine {
     /// has are dropped. Until that succeeds, calls on the pool answer UNAVAILABLE: a cache
     /// that missed records could hand out a name twice or leave a deleted volume behind.
     pub(super) fn ensure_synced(&self, pool: Option<&str>) -> Result<()> {
-        let pending = || self.shared_sync.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = || self.shared_sync.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let todo: Vec<String> =
             pending().iter().filter(|p| pool.is_none_or(|want| want == p.as_str())).cloned().collect();
         for name in todo {
             let Some(backend) = self.pools.get(&name) else { continue };
             let gate = {
-                let mut loading = self.shared_sync.loading.lock().unwrap_or_else(|e| e.into_inner());
+                let mut loading = self.shared_sync.loading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 Arc::clone(loading.entry(name.clone()).or_default())
             };
             // Calls on this pool wait for one load; calls on other pools never do.
-            let _loading = gate.lock().unwrap_or_else(|e| e.into_inner());
+            let _loading = gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if !pending().contains(&name) {
                 continue;
             }
@@ -174,8 +174,8 @@ impl Engine {
         if has_location && context.contains_key("subDir") {
             return Err(Error::InvalidArgument(format!(
                 "volume attributes name server {:?} export {:?}, which no configured NFS pool serves",
-                context.get("server").map(String::as_str).unwrap_or(""),
-                context.get("export").map(String::as_str).unwrap_or("")
+                context.get("server").map_or("", String::as_str),
+                context.get("export").map_or("", String::as_str)
             )));
         }
         Ok(None)

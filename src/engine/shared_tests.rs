@@ -26,7 +26,7 @@ fn cap(mode: AccessMode, flags: &[&str]) -> Capability {
     Capability {
         block: false,
         fs_type: String::new(),
-        mount_flags: flags.iter().map(|s| s.to_string()).collect(),
+        mount_flags: flags.iter().map(std::string::ToString::to_string).collect(),
         mode,
     }
 }

@@ -27,25 +27,24 @@ impl Engine {
         let volume = self.ready_volume(source)?;
         let pool = Arc::clone(self.pool(&volume.pool)?);
         pool.check_writable()?;
-        let mut record = match existing {
-            Some(s) => s,
-            None => {
-                let (id, key) = ids::mint(Kind::Snapshot, &volume.pool);
-                let record = SnapshotRecord {
-                    id,
-                    name: name.to_string(),
-                    pool: volume.pool.clone(),
-                    key,
-                    node: self.node_id.clone(),
-                    source_volume: source.to_string(),
-                    phase: Phase::Creating,
-                    size: 0,
-                    method: None,
-                    created_unix_ms: state::now_ms(),
-                };
-                self.begin_snapshot(&record)?;
-                record
-            }
+        let mut record = if let Some(s) = existing {
+            s
+        } else {
+            let (id, key) = ids::mint(Kind::Snapshot, &volume.pool);
+            let record = SnapshotRecord {
+                id,
+                name: name.to_string(),
+                pool: volume.pool.clone(),
+                key,
+                node: self.node_id.clone(),
+                source_volume: source.to_string(),
+                phase: Phase::Creating,
+                size: 0,
+                method: None,
+                created_unix_ms: state::now_ms(),
+            };
+            self.begin_snapshot(&record)?;
+            record
         };
         self.build_snapshot(pool.as_ref(), &volume, &mut record)?;
         tracing::info!(snapshot.id = %record.id, volume.id = %source, bytes = record.size, method = ?record.method, "snapshot created");

@@ -212,24 +212,23 @@ impl Engine {
             (_, Some(v)) => Some(Source::Volume(v)),
             _ => None,
         };
-        let mut record = match existing {
-            Some(v) => v,
-            None => {
-                // Refuse before any side effect what cannot succeed.
-                pool.enforcement()?;
-                let room = pool.capacity()?;
-                if size > room.available_bytes {
-                    return Err(Error::ResourceExhausted(format!(
-                        "pool {} on node {} has {} bytes free; {size} requested",
-                        pool.name(),
-                        self.node_id,
-                        room.available_bytes
-                    )));
-                }
-                let record = self.new_volume_record(&req, pool.as_ref(), size, access, fs_type);
-                self.begin_volume(&record)?;
-                record
+        let mut record = if let Some(v) = existing {
+            v
+        } else {
+            // Refuse before any side effect what cannot succeed.
+            pool.enforcement()?;
+            let room = pool.capacity()?;
+            if size > room.available_bytes {
+                return Err(Error::ResourceExhausted(format!(
+                    "pool {} on node {} has {} bytes free; {size} requested",
+                    pool.name(),
+                    self.node_id,
+                    room.available_bytes
+                )));
             }
+            let record = self.new_volume_record(&req, pool.as_ref(), size, access, fs_type);
+            self.begin_volume(&record)?;
+            record
         };
         self.build_volume(pool.as_ref(), &mut record, source, req.limit_bytes)?;
         tracing::info!(volume.id = %record.id, volume.name = %record.name, bytes = record.capacity, enforced = record.enforced.as_str(), "volume created");

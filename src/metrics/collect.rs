@@ -87,7 +87,7 @@ impl Collector {
 
     fn write_volumes(&self, w: &mut Writer, engine: &Engine) {
         let volumes = engine.store.volumes_where(|v| v.phase == Phase::Ready && engine.pools.contains_key(&v.pool));
-        let mut cache = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         cache.retain(|id, _| volumes.iter().any(|v| &v.id == id));
         let start = Instant::now();
         for volume in &volumes {
@@ -263,7 +263,7 @@ mod tests {
         let labels = [("volume_id", vol.id.as_str()), ("pvc_namespace", "shop"), ("pvc_name", "data")];
         assert_eq!(find(&samples, "berth_volume_capacity_bytes", &labels), Some((5u64 << 20) as f64));
         let used = find(&samples, "berth_volume_used_bytes", &labels).expect("usage measured");
-        assert!(used >= (64 << 10) as f64, "{used}");
+        assert!(used >= f64::from(64 << 10), "{used}");
         assert_eq!(find(&samples, "berth_errors_total", &[("kind", "format")]), Some(0.0));
         assert_eq!(find(&samples, "berth_build_info", &[("version", crate::VERSION)]), Some(1.0));
     }

@@ -57,6 +57,7 @@ impl Writer {
     }
 
     /// The finished document.
+    #[must_use]
     pub fn finish(self) -> String {
         self.out
     }
@@ -76,6 +77,7 @@ fn escape_label(value: &str) -> String {
 }
 
 /// Formats a sample value: integers without a fraction, infinities as `+Inf`/`-Inf`.
+#[must_use]
 pub fn format_value(value: f64) -> String {
     if value.is_nan() {
         "NaN".to_string()
@@ -238,6 +240,7 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
 }
 
 /// Finds the value of the sample `name` whose labels include all of `labels`.
+#[must_use]
 pub fn find(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     samples
         .iter()

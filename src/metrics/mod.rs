@@ -45,6 +45,7 @@ impl Histogram {
     }
 
     /// Total observations.
+    #[must_use]
     pub fn count(&self) -> u64 {
         self.counts.iter().sum()
     }
@@ -81,24 +82,24 @@ pub struct Registry {
 impl Registry {
     /// Records one finished RPC: its method, its gRPC code name and how long it took.
     pub fn observe_rpc(&self, method: &'static str, code: &'static str, elapsed: Duration) {
-        let mut rpcs = self.rpcs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rpcs = self.rpcs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *rpcs.requests.entry((method, code)).or_default() += 1;
         rpcs.latency.entry(method).or_default().observe(elapsed.as_secs_f64());
     }
 
     /// Counts one failure of kind `kind` (see [`ERROR_KINDS`] for the names berth uses).
     pub fn record_error(&self, kind: &'static str) {
-        *self.errors.lock().unwrap_or_else(|e| e.into_inner()).entry(kind).or_default() += 1;
+        *self.errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(kind).or_default() += 1;
     }
 
     /// Reads every counter.
     pub fn counters(&self) -> Counters {
         let (requests, latency) = {
-            let rpcs = self.rpcs.lock().unwrap_or_else(|e| e.into_inner());
+            let rpcs = self.rpcs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             (rpcs.requests.clone(), rpcs.latency.clone())
         };
         let mut errors: BTreeMap<&'static str, u64> = ERROR_KINDS.iter().map(|k| (*k, 0)).collect();
-        for (kind, n) in self.errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (kind, n) in self.errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
             errors.insert(kind, *n);
         }
         Counters { requests, latency, errors }

@@ -644,7 +644,7 @@ mod tests {
             (BTRFS_IOC_QUOTA_RESCAN_WAIT, 0x942e),
         ];
         for (got, want) in expected {
-            assert_eq!(got, want as Req, "{want:#x}");
+            assert_eq!(got, Req::from(want), "{want:#x}");
         }
     }
 

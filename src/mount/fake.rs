@@ -136,6 +136,7 @@ pub struct RecordingSyscall {
 
 impl RecordingSyscall {
     /// A fake whose statfs reports `stat` and whose mount table is `mountinfo`.
+    #[must_use]
     pub fn new(stat: FsStat, mountinfo: &str) -> Self {
         let fake = Self::default();
         {
@@ -147,7 +148,7 @@ impl RecordingSyscall {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Makes mount(2) add a line to the mount table and umount(2) remove the topmost one

@@ -363,7 +363,7 @@ pub fn detach(device: &Path) -> io::Result<()> {
         match clr_fd(&dev) {
             Err(e) if errno_is(&e, libc::ENXIO) => return Ok(()),
             other => other?,
-        };
+        }
         // As sole opener the device is now in rundown (status says ENXIO) and
         // unbinds when `dev` closes; otherwise the kernel only set autoclear.
         let Some(mut after) = get_info(dev.as_fd())? else { return Ok(()) };

@@ -63,6 +63,7 @@ impl std::fmt::Display for FsKind {
 
 impl FsStat {
     /// Which filesystem the magic names.
+    #[must_use]
     pub fn kind(&self) -> FsKind {
         match self.magic {
             btrfs::BTRFS_SUPER_MAGIC => FsKind::Btrfs,

@@ -26,23 +26,27 @@ pub struct MountEntry {
 
 impl MountEntry {
     /// True when the per-mount options include `ro`.
+    #[must_use]
     pub fn read_only(&self) -> bool {
         self.options.split(',').any(|o| o == "ro")
     }
 
     /// True when mounts made below this mount propagate to its peers (`shared:N`): what
     /// the kubelet directory needs so that the kubelet and pods see berth's mounts.
+    #[must_use]
     pub fn is_shared(&self) -> bool {
         self.optional_fields.iter().any(|f| f.starts_with("shared:"))
     }
 
     /// True when `option` (e.g. `prjquota`) is among the superblock options.
+    #[must_use]
     pub fn has_super_option(&self, option: &str) -> bool {
         self.super_options.split(',').any(|o| o == option)
     }
 }
 
 /// True for the filesystem types of NFS mounts.
+#[must_use]
 pub fn is_nfs(entry: &MountEntry) -> bool {
     entry.fs_type == "nfs" || entry.fs_type == "nfs4"
 }
@@ -129,11 +133,13 @@ fn unescape_string(field: &str) -> String {
 }
 
 /// The entries mounted exactly at `path`, oldest first (the last one is what is visible).
+#[must_use]
 pub fn at<'a>(entries: &'a [MountEntry], path: &Path) -> Vec<&'a MountEntry> {
     entries.iter().filter(|e| e.mount_point == path).collect()
 }
 
 /// The visible mount that contains `path`: the longest mount point that is a prefix of it.
+#[must_use]
 pub fn containing<'a>(entries: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
     entries
         .iter()
@@ -143,6 +149,7 @@ pub fn containing<'a>(entries: &'a [MountEntry], path: &Path) -> Option<&'a Moun
 
 /// Every mount whose source is `dir` or lies beneath it, found by device and root: how the
 /// mount table shows bind mounts of a volume directory wherever they were made.
+#[must_use]
 pub fn binds_of<'a>(entries: &'a [MountEntry], dir: &Path) -> Vec<&'a MountEntry> {
     let Some(host) = containing(entries, dir) else {
         return Vec::new();

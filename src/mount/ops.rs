@@ -117,9 +117,7 @@ pub fn probe(path: &Path) -> io::Result<Probe> {
     match rx.recv_timeout(PROBE_TIMEOUT) {
         Ok(Ok(meta)) => Ok(Probe::Present(meta)),
         Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => Ok(Probe::Missing),
-        Ok(Err(e)) if matches!(e.raw_os_error(), Some(libc::ESTALE) | Some(libc::ENOTCONN) | Some(libc::EIO)) => {
-            Ok(Probe::Stale)
-        }
+        Ok(Err(e)) if matches!(e.raw_os_error(), Some(libc::ESTALE | libc::ENOTCONN | libc::EIO)) => Ok(Probe::Stale),
         Ok(Err(e)) => Err(e),
         Err(_) => Ok(Probe::Stale),
     }
@@ -139,7 +137,7 @@ fn detach_stack(sys: &dyn Syscall, target: &Path) -> io::Result<()> {
         }
         match sys.umount(target, MntFlags::MNT_DETACH) {
             Ok(()) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => return Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => return Ok(()),
             Err(e) => return Err(e),
         }
     }
@@ -161,8 +159,8 @@ fn unmount_stack(sys: &dyn Syscall, target: &Path) -> io::Result<()> {
         match sys.umount(target, MntFlags::empty()) {
             Ok(()) => {}
             Err(e) => match e.raw_os_error() {
-                Some(libc::EINVAL) | Some(libc::ENOENT) => return Ok(()),
-                Some(libc::ESTALE) | Some(libc::ENOTCONN) | Some(libc::EIO) => {
+                Some(libc::EINVAL | libc::ENOENT) => return Ok(()),
+                Some(libc::ESTALE | libc::ENOTCONN | libc::EIO) => {
                     sys.umount(target, MntFlags::MNT_DETACH)?;
                 }
                 _ => return Err(e),

@@ -126,6 +126,7 @@ const FS_IOC_FSGETXATTR: Req = nix::request_code_read!(b'X', 31, size_of::<FsXat
 const FS_IOC_FSSETXATTR: Req = nix::request_code_write!(b'X', 32, size_of::<FsXattr>()) as Req;
 
 /// Encodes a quotactl command word like the kernel's `QCMD(cmd, type)` macro.
+#[must_use]
 pub const fn qcmd(cmd: u32, qtype: u32) -> u32 {
     (cmd << SUBCMDSHIFT) | (qtype & SUBCMDMASK)
 }
@@ -190,7 +191,7 @@ pub fn project_quota_state(mount_point: BorrowedFd<'_>) -> io::Result<ProjectQuo
     let cmd = qcmd(Q_XGETQSTATV, PRJQUOTA);
     // SAFETY: Q_XGETQSTATV reads the version from and writes one
     // `struct fs_quota_statv` (size asserted) into `st`, live for the call.
-    match unsafe { quotactl_fd(mount_point.as_raw_fd(), cmd, 0, &mut st) } {
+    match unsafe { quotactl_fd(mount_point.as_raw_fd(), cmd, 0, &raw mut st) } {
         Ok(()) => Ok(if st.qs_flags & FS_QUOTA_PDQ_ENFD != 0 {
             ProjectQuotaState::Enforced
         } else if st.qs_flags & FS_QUOTA_PDQ_ACCT != 0 {
@@ -216,7 +217,7 @@ pub fn project_quota_state(mount_point: BorrowedFd<'_>) -> io::Result<ProjectQuo
 fn probe_getfmt(mount_point: BorrowedFd<'_>) -> ProjectQuotaState {
     let mut fmt: u32 = 0;
     // SAFETY: Q_GETFMT writes one u32 (the format id) into `fmt`, live for the call.
-    match unsafe { quotactl_fd(mount_point.as_raw_fd(), qcmd(Q_GETFMT, PRJQUOTA), 0, &mut fmt) } {
+    match unsafe { quotactl_fd(mount_point.as_raw_fd(), qcmd(Q_GETFMT, PRJQUOTA), 0, &raw mut fmt) } {
         Err(e) if e.raw_os_error() != Some(libc::ESRCH) => ProjectQuotaState::Unsupported,
         _ => ProjectQuotaState::Off,
     }
@@ -238,7 +239,7 @@ pub fn set_project_limit(mount_point: BorrowedFd<'_>, project: u32, hard_bytes: 
     let cmd = qcmd(Q_XSETQLIM, PRJQUOTA);
     // SAFETY: Q_XSETQLIM reads one `struct fs_disk_quota` (size asserted) from
     // `dq`, which is live for the call.
-    unsafe { quotactl_fd(mount_point.as_raw_fd(), cmd, project, &mut dq) }
+    unsafe { quotactl_fd(mount_point.as_raw_fd(), cmd, project, &raw mut dq) }
 }
 
 /// Usage and limit of one project, in bytes and inodes.
@@ -259,7 +260,7 @@ pub fn project_usage(mount_point: BorrowedFd<'_>, project: u32) -> io::Result<Pr
     let cmd = qcmd(Q_XGETQUOTA, PRJQUOTA);
     // SAFETY: Q_XGETQUOTA writes one `struct fs_disk_quota` (size asserted)
     // into `dq`, which is live for the call.
-    match unsafe { quotactl_fd(mount_point.as_raw_fd(), cmd, project, &mut dq) } {
+    match unsafe { quotactl_fd(mount_point.as_raw_fd(), cmd, project, &raw mut dq) } {
         Ok(()) => Ok(ProjectUsage {
             used_bytes: dq.d_bcount.saturating_mul(BBSIZE),
             used_inodes: dq.d_icount,
@@ -274,6 +275,7 @@ pub fn project_usage(mount_point: BorrowedFd<'_>, project: u32) -> io::Result<Pr
 /// Reports whether the kernel has the quota subsystem (CONFIG_QUOTA, seen as
 /// `/proc/sys/fs/quota`) and the `quotactl_fd` syscall. Whether a given
 /// filesystem can use it is for [`project_quota_state`] to say.
+#[must_use]
 pub fn kernel_has_quota() -> bool {
     if !std::path::Path::new("/proc/sys/fs/quota").exists() {
         return false;
@@ -328,8 +330,8 @@ mod tests {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[test]
     fn ioctl_numbers_match_uapi() {
-        assert_eq!(FS_IOC_FSGETXATTR, 0x801c_581f_u32 as Req);
-        assert_eq!(FS_IOC_FSSETXATTR, 0x401c_5820_u32 as Req);
+        assert_eq!(FS_IOC_FSGETXATTR, Req::from(0x801c_581f_u32));
+        assert_eq!(FS_IOC_FSSETXATTR, Req::from(0x401c_5820_u32));
         assert_eq!(libc::SYS_quotactl_fd, 443);
     }
 }

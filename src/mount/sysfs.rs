@@ -35,6 +35,7 @@ pub fn dir_of(device: &Path) -> io::Result<PathBuf> {
 }
 
 /// Reads [`BlockInfo`] from the sysfs directory `dir` of a disk or partition.
+#[must_use]
 pub fn block_info_at(dir: &Path) -> BlockInfo {
     let partition = read_trimmed(&dir.join("partition"));
     // A partition's directory sits inside its disk's; the queue and the identity are the disk's.

@@ -71,6 +71,7 @@ pub fn parse_uuid(text: &str) -> Option<String> {
 }
 
 /// Reads `blkid -o export` output.
+#[must_use]
 pub fn parse_blkid(text: &str) -> Signature {
     let value = |key: &str| text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')));
     if let Some(t) = value("TYPE") {
@@ -110,6 +111,7 @@ pub fn grow(fs_type: &str, device: &Path, mount_point: &Path) -> io::Result<()> 
 
 /// Bytes covered by the ext4 filesystem whose superblock is `superblock` (the 1024 bytes
 /// at offset 1024 of the device); `None` when it is not ext4.
+#[must_use]
 pub fn ext4_bytes(superblock: &[u8]) -> Option<u64> {
     let u32_at = |off: usize| superblock.get(off..off + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     let magic = superblock.get(0x38..0x3a).map(|b| u16::from_le_bytes([b[0], b[1]]))?;
@@ -144,7 +146,7 @@ pub fn grow_ext4_offline(device: &Path) -> io::Result<bool> {
     }
     let out = Command::new("e2fsck").args(["-f", "-p"]).arg(device).env("LC_ALL", "C").output()?;
     // 0: clean; 1: errors corrected. Anything else needs a person.
-    if !matches!(out.status.code(), Some(0) | Some(1)) {
+    if !matches!(out.status.code(), Some(0 | 1)) {
         return Err(io::Error::other(format!(
             "e2fsck {} before growing failed ({}): {}",
             device.display(),

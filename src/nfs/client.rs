@@ -6,7 +6,10 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use super::rpc::{AuthSys, RpcError, Transport};
-use super::types::*;
+use super::types::{
+    Attr, Entry, Error, Fh, FileType, FsStat, Result, SetAttr, Status, dirop, fattr, fh, post_op_attr, post_op_fh,
+    put_sattr, wcc_data,
+};
 use super::xdr::{Dec, Enc, XdrError};
 
 const NFS_PROGRAM: u32 = 100_003;
@@ -241,7 +244,7 @@ impl Client {
     pub fn create(&mut self, dir: &Fh, name: &[u8], mode: u32, exclusive: bool) -> Result<(Fh, Attr)> {
         let mut e = Enc::new();
         dirop(&mut e, dir, name);
-        e.u32(if exclusive { 1 } else { 0 });
+        e.u32(u32::from(exclusive));
         put_sattr(&mut e, &SetAttr { mode: Some(mode), ..SetAttr::default() });
         self.created("CREATE", 8, &e, dir, name)
     }

@@ -68,9 +68,10 @@ fn bind_reserved(socket: &socket2::Socket, addr: &SocketAddr) -> io::Result<bool
         };
         match socket.bind(&local.into()) {
             Ok(()) => return Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+            // Taken: try the next reserved port.
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
             // Not permitted (no CAP_NET_BIND_SERVICE): use an ordinary port.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => return Ok(false),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => return Ok(false),
             Err(e) => return Err(e),
         }
     }
@@ -96,8 +97,7 @@ impl Transport {
                     stream.set_write_timeout(Some(timeout))?;
                     let xid = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.subsec_nanos() ^ std::process::id())
-                        .unwrap_or(1);
+                        .map_or(1, |d| d.subsec_nanos() ^ std::process::id());
                     return Ok(Transport { stream, xid, cred: auth.body(), peer: addr });
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => last = Some(e),
@@ -150,9 +150,10 @@ impl Transport {
                     other => Err(RpcError::NotRun(format!("server error (accept status {other})"))),
                 }
             }
-            1 => match d.u32()? {
-                0 => Err(RpcError::Denied("RPC version mismatch".into())),
-                _ => {
+            1 => {
+                if d.u32()? == 0 {
+                    Err(RpcError::Denied("RPC version mismatch".into()))
+                } else {
                     let why = match d.u32()? {
                         1 => "bad credential",
                         2 => {
@@ -165,7 +166,7 @@ impl Transport {
                     };
                     Err(RpcError::Denied(why.into()))
                 }
-            },
+            }
             _ => Err(RpcError::Xdr(XdrError::Invalid("reply status"))),
         }
     }

@@ -30,6 +30,7 @@ impl Status {
     pub const NOTSUPP: Status = Status(10004);
 
     /// The equivalent errno, for statuses that have one.
+    #[must_use]
     pub fn errno(self) -> Option<i32> {
         (self.0 < 10000).then(|| i32::try_from(self.0).unwrap_or(libc::EIO))
     }
@@ -89,6 +90,7 @@ pub enum Error {
 
 impl Error {
     /// The NFS status, when the server answered with one.
+    #[must_use]
     pub fn status(&self) -> Option<Status> {
         match self {
             Error::Status { status, .. } => Some(*status),
@@ -97,16 +99,19 @@ impl Error {
     }
 
     /// True when the server answered NFS3ERR_NOENT.
+    #[must_use]
     pub fn is_noent(&self) -> bool {
         self.status() == Some(Status::NOENT)
     }
 
     /// True when the server answered NFS3ERR_EXIST.
+    #[must_use]
     pub fn is_exist(&self) -> bool {
         self.status() == Some(Status::EXIST)
     }
 
     /// True for failures of the connection rather than of the operation.
+    #[must_use]
     pub fn is_transport(&self) -> bool {
         matches!(self, Error::Rpc { .. } | Error::Resolve { .. } | Error::Mount { .. })
     }

@@ -24,6 +24,7 @@ fn pad(len: usize) -> usize {
 }
 
 impl Enc {
+    #[must_use]
     pub fn new() -> Enc {
         Enc { buf: Vec::with_capacity(256) }
     }
@@ -56,18 +57,22 @@ impl Enc {
         self.fixed(bytes)
     }
 
+    #[must_use]
     pub fn len(&self) -> usize {
         self.buf.len()
     }
 
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
+    #[must_use]
     pub fn into_bytes(self) -> Vec<u8> {
         self.buf
     }
 
+    #[must_use]
     pub fn bytes(&self) -> &[u8] {
         &self.buf
     }
@@ -81,6 +86,7 @@ pub struct Dec<'a> {
 }
 
 impl<'a> Dec<'a> {
+    #[must_use]
     pub fn new(buf: &'a [u8]) -> Dec<'a> {
         Dec { buf, pos: 0 }
     }
@@ -133,6 +139,7 @@ impl<'a> Dec<'a> {
     }
 
     /// The undecoded rest.
+    #[must_use]
     pub fn rest(&self) -> &'a [u8] {
         &self.buf[self.pos..]
     }

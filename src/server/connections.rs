@@ -50,15 +50,15 @@ impl ConnState {
 
     /// How long the connection has been idle, if it is.
     fn idle_for(&self) -> Option<Duration> {
-        let since = *self.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+        let since = *self.idle_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         since.map(|at| at.elapsed())
     }
 
     /// Tells the connection to close and takes its place.
     fn close(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         self.evict.store(true, Ordering::SeqCst);
-        let place = self.place.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(waker) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let place = self.place.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(waker) = self.waker.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
             waker.wake();
         }
         place
@@ -70,7 +70,7 @@ struct CallGuard(Arc<ConnState>);
 
 impl CallGuard {
     fn enter(state: &Arc<ConnState>) -> CallGuard {
-        let mut idle = state.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = state.idle_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         state.calls.fetch_add(1, Ordering::SeqCst);
         *idle = None;
         CallGuard(Arc::clone(state))
@@ -79,7 +79,7 @@ impl CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        let mut idle = self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.0.idle_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.0.calls.fetch_sub(1, Ordering::SeqCst) == 1 {
             *idle = Some(Instant::now());
         }
@@ -173,9 +173,10 @@ impl Incoming {
         self.open.retain(|c| c.strong_count() > 0);
         let place = match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(place) => place,
-            Err(_) => match self.evict_idlest() {
-                Some(place) => place,
-                None => {
+            Err(_) => {
+                if let Some(place) = self.evict_idlest() {
+                    place
+                } else {
                     if self.registry.refused.fetch_add(1, Ordering::SeqCst).is_power_of_two() {
                         tracing::warn!(
                             max = MAX_CONNECTIONS,
@@ -184,7 +185,7 @@ impl Incoming {
                     }
                     return None;
                 }
-            },
+            }
         };
         let state = Arc::new(ConnState::new(place));
         self.open.push(Arc::downgrade(&state));
@@ -250,7 +251,7 @@ impl Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         // The place is free once the connection is gone (calls may still hold its state).
-        drop(self.state.place.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(self.state.place.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
         self.registry.connections.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -262,7 +263,7 @@ impl AsyncRead for Counted {
             // End of stream: the HTTP/2 server closes the (idle) connection.
             return Poll::Ready(Ok(()));
         }
-        *this.state.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        *this.state.waker.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx.waker().clone());
         loop {
             if this.ready_at < this.ready.len() {
                 let n = buf.remaining().min(this.ready.len() - this.ready_at);

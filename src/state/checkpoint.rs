@@ -136,7 +136,7 @@ pub fn write_tmp(root: &Path, epoch: u64, journal_size: u64, maps: &Maps) -> io:
     let Summing { mut inner, sum } = writer;
     write!(inner, "\nsha256:{}\n", hex::encode(sum.finalize()))?;
     inner.flush()?;
-    inner.into_inner().map_err(|e| e.into_error())
+    inner.into_inner().map_err(std::io::IntoInnerError::into_error)
 }
 
 /// Removes a temp file a failed write left.

@@ -50,6 +50,7 @@ pub enum Enforced {
 
 impl Enforced {
     /// The name reported in volume contexts and ControllerGetVolume.
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Enforced::BtrfsQgroup => "btrfs-qgroup",
@@ -376,11 +377,11 @@ pub struct Unreadable {
 }
 
 /// Milliseconds since the epoch, for record timestamps.
+#[must_use]
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 const JOURNAL: &str = "journal";
@@ -416,7 +417,7 @@ fn read_base(root: &Path) -> io::Result<Option<checkpoint::Checkpoint>> {
 
 /// Whether `e` says the disk (or the quota) is full.
 fn is_full(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+    e.kind() == io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 /// Room kept on the state filesystem for a checkpoint when it fills up.
@@ -598,15 +599,15 @@ impl Store {
     }
 
     fn maps(&self) -> MutexGuard<'_, Maps> {
-        self.maps.lock().unwrap_or_else(|e| e.into_inner())
+        self.maps.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn journal(&self) -> MutexGuard<'_, journal::Journal> {
-        self.journal.lock().unwrap_or_else(|e| e.into_inner())
+        self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Makes `change` durable in the journal, then visible. Changes that arrive while a
@@ -623,7 +624,7 @@ impl Store {
                 return result.map_err(|(kind, message)| io::Error::new(kind, message));
             }
             if queue.writing {
-                queue = self.written.wait(queue).unwrap_or_else(|e| e.into_inner());
+                queue = self.written.wait(queue).unwrap_or_else(std::sync::PoisonError::into_inner);
                 continue;
             }
             queue.writing = true;
@@ -658,7 +659,9 @@ impl Store {
             return Err(e);
         }
         let mut maps = self.maps();
-        batch.into_iter().for_each(|p| maps.apply(p.change));
+        for p in batch {
+            maps.apply(p.change);
+        }
         Ok(())
     }
 
@@ -1005,7 +1008,9 @@ mod tests {
                 })
             })
             .collect();
-        threads.into_iter().for_each(|t| t.join().expect("thread"));
+        for t in threads {
+            t.join().expect("thread");
+        }
         assert_eq!(store.volume_count(), 16 * 20);
         assert!(store.queue().waiting.is_empty() && store.queue().done.is_empty(), "nothing left behind");
         drop(store);

@@ -183,7 +183,7 @@ impl Berth {
         if !extra.contains(&"--log-level") {
             args.extend(["--log-level".to_string(), "debug".to_string()]);
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().map(std::string::ToString::to_string));
         let mut berth = Berth {
             child: None,
             socket,
@@ -267,7 +267,7 @@ impl Berth {
     pub fn exited_within(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            match self.child.as_mut().map(|c| c.try_wait()) {
+            match self.child.as_mut().map(std::process::Child::try_wait) {
                 Some(Ok(Some(_))) | None => {
                     self.child = None;
                     return true;

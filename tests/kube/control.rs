@@ -150,7 +150,7 @@ impl Cluster {
         }
         feasible.sort();
         feasible.first().map(|(_, n)| n.clone()).ok_or_else(|| {
-            reasons.sort();
+            reasons.sort_unstable();
             reasons.dedup();
             format!("0/{} nodes are available: {}", self.nodes.len(), reasons.join(", "))
         })
@@ -181,12 +181,11 @@ impl Cluster {
                 }
             }
             let pod = self.pods.get_mut(&name).expect("pod");
-            match waiting {
-                Some(reason) => pod.phase = PodPhase::Pending(reason),
-                None => {
-                    pod.node = Some(node);
-                    pod.phase = PodPhase::ContainerCreating(String::new());
-                }
+            if let Some(reason) = waiting {
+                pod.phase = PodPhase::Pending(reason);
+            } else {
+                pod.node = Some(node);
+                pod.phase = PodPhase::ContainerCreating(String::new());
             }
         }
     }

@@ -54,7 +54,7 @@ fn volume_data(dir: &Path) -> Option<(String, String)> {
 
 fn subdirs(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect()
+    entries.filter_map(std::result::Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect()
 }
 
 /// Published volumes found on disk: (pod UID, driver, volume handle, target) for every

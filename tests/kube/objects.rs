@@ -95,7 +95,7 @@ impl StorageClass {
 
     /// `mountOptions`: the kubelet passes them as the capability's mount_flags.
     pub fn mount_options(mut self, options: &[&str]) -> StorageClass {
-        self.mount_options = options.iter().map(|o| o.to_string()).collect();
+        self.mount_options = options.iter().map(std::string::ToString::to_string).collect();
         self
     }
 
@@ -198,7 +198,7 @@ impl Pvc {
 
     /// The latest event, for assertion messages.
     pub fn last_event(&self) -> &str {
-        self.events.last().map(String::as_str).unwrap_or("")
+        self.events.last().map_or("", String::as_str)
     }
 }
 

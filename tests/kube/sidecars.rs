@@ -134,7 +134,7 @@ impl Cluster {
             parameters: sc.parameters.clone().into_iter().collect(),
             accessible_topology: Some(topology(&self.node(node).topology)),
         };
-        controller.get_capacity(req).await.map(|r| r.into_inner())
+        controller.get_capacity(req).await.map(tonic::Response::into_inner)
     }
 
     /// Refreshes every CSIStorageCapacity object (the provisioner does it periodically and

@@ -52,7 +52,7 @@ pub struct Holdings(Arc<Mutex<BTreeMap<String, Held>>>);
 
 impl Holdings {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Held>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -74,6 +74,7 @@ pub struct Device {
 }
 
 /// Matches `name` against a pattern with `*` (any run) and `?` (one character).
+#[must_use]
 pub fn glob_match(pattern: &str, name: &str) -> bool {
     let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
     let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
@@ -135,6 +136,7 @@ impl DevicePool {
     /// never handed out again, and records that name one device (by where their paths lead
     /// now, or by hardware identity) are reported and refused.
     /// Records the freezes of its copies in `freezes` from now on.
+    #[must_use]
     pub fn with_freezes(mut self, freezes: blockvol::Freezes) -> DevicePool {
         self.freezes = Some(freezes);
         self
@@ -205,7 +207,7 @@ impl DevicePool {
             let mut names: Vec<PathBuf> = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
                 (Some(dir), Some(last)) if last.contains(['*', '?']) => match fs::read_dir(dir) {
                     Ok(entries) => entries
-                        .filter_map(|e| e.ok())
+                        .filter_map(std::result::Result::ok)
                         .filter(|e| e.file_name().to_str().is_some_and(|n| glob_match(last, n)))
                         .map(|e| e.path())
                         .collect(),
@@ -329,7 +331,7 @@ impl Backend for DevicePool {
                     break;
                 }
                 Ok(sig) => {
-                    tracing::warn!(device = %device.name.display(), signature = ?sig, "listed device holds data; not handing it out")
+                    tracing::warn!(device = %device.name.display(), signature = ?sig, "listed device holds data; not handing it out");
                 }
                 Err(e) => tracing::warn!(device = %device.name.display(), error = %e, "cannot probe listed device"),
             }
@@ -363,7 +365,7 @@ impl Backend for DevicePool {
             Some(Source::Volume(v)) => {
                 let from = self.present(v)?;
                 let freeze = blockvol::filesystem_mount(self.sys.as_ref(), &from)?;
-                self.frozen(freeze.as_deref(), || self.write_device(&device, &from))?
+                self.frozen(freeze.as_deref(), || self.write_device(&device, &from))?;
             }
         }
         // The copy brought a filesystem: its UUID is the disk's signature from now on.

@@ -127,6 +127,7 @@ pub fn remove_file(client: &mut Client, dir: &Fh, name: &str) -> Result<()> {
 }
 
 /// The claim file's name for a subdirectory.
+#[must_use]
 pub fn claim_name(sub_dir: &str) -> String {
     hex::encode(Sha256::digest(sub_dir.as_bytes()))
 }
@@ -256,7 +257,7 @@ pub fn records<T: serde::de::DeserializeOwned>(client: &mut Client, sub: &str) -
             match serde_json::from_slice(&bytes) {
                 Ok(r) => out.push(r),
                 Err(e) => {
-                    tracing::warn!(file = %format!("{META}/{sub}/{name}"), error = %e, "record on the export cannot be read; left in place")
+                    tracing::warn!(file = %format!("{META}/{sub}/{name}"), error = %e, "record on the export cannot be read; left in place");
                 }
             }
         }

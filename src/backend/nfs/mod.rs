@@ -335,10 +335,9 @@ impl Backend for NfsPool {
             .mount(Some(Path::new(&device)), staging, Some(options.fs_type()), flags, Some(&options.data(addr)))
             .map_err(|e| match e.raw_os_error() {
                 Some(libc::ENOENT) => Error::NotFound(format!("{device} does not exist on the server")),
-                Some(libc::ETIMEDOUT)
-                | Some(libc::ECONNREFUSED)
-                | Some(libc::EHOSTUNREACH)
-                | Some(libc::ENETUNREACH) => Error::Unavailable(format!("mounting {device}: {e}")),
+                Some(libc::ETIMEDOUT | libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH) => {
+                    Error::Unavailable(format!("mounting {device}: {e}"))
+                }
                 Some(libc::ENODEV) => Error::FailedPrecondition(format!(
                     "mounting {device}: this node's kernel has no NFS client (no nfs in /proc/filesystems)"
                 )),

@@ -15,6 +15,7 @@ const USAGE_TTL: Duration = Duration::from_secs(60);
 const USAGE_WAIT: Duration = Duration::from_secs(10);
 
 /// The mount(2) source for `server:/export/rel`; IPv6 literals are bracketed.
+#[must_use]
 pub fn device_name(server: &str, export: &str, rel: &Path) -> String {
     let host =
         if server.contains(':') && !server.starts_with('[') { format!("[{server}]") } else { server.to_string() };
@@ -69,7 +70,7 @@ impl UsageCache {
     /// background, one at a time per path). `Err` when nothing could be measured.
     pub fn get(&self, path: &Path) -> Result<Measured, String> {
         let rx = {
-            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let slot = slots.entry(path.to_path_buf()).or_default();
             if let Some((at, m)) = &slot.measured
                 && at.elapsed() < USAGE_TTL
@@ -85,7 +86,7 @@ impl UsageCache {
                 let owned = path.to_path_buf();
                 std::thread::spawn(move || {
                     let m = measure(&owned);
-                    let mut slots = slots.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut slots = slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     let slot = slots.entry(owned).or_default();
                     slot.running = false;
                     slot.measured = Some((Instant::now(), m.clone()));
@@ -99,7 +100,7 @@ impl UsageCache {
         {
             return m;
         }
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match slots.get(path).and_then(|s| s.measured.clone()) {
             Some((_, m)) => m,
             None => Err(format!(

@@ -97,7 +97,7 @@ impl NfsPool {
         if e.is_transport() {
             return Error::Unavailable(format!("{op} {}: {e}", self.location(rel).display()));
         }
-        let source = match e.status().and_then(|s| s.errno()) {
+        let source = match e.status().and_then(crate::nfs::types::Status::errno) {
             Some(errno) => io::Error::from_raw_os_error(errno),
             None => io::Error::other(e.to_string()),
         };
@@ -130,7 +130,7 @@ impl NfsPool {
         rel: &str,
         mut f: impl FnMut(&mut Client) -> nfs::Result<T>,
     ) -> Result<T> {
-        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut session = self.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for attempt in 0..2 {
             let reused = session.is_some();
             if session.is_none() {

@@ -86,10 +86,7 @@ impl Copier<'_> {
             return Ok(None);
         }
         let k = kind(&st);
-        let kept = match self.resume {
-            true => self.kept(ddir, name, &st)?,
-            false => Kept::Absent,
-        };
+        let kept = if self.resume { self.kept(ddir, name, &st)? } else { Kept::Absent };
         if kept == Kept::Whole {
             if st.stx_nlink > 1 {
                 self.links.insert(key(&st), rel_path(d, name));
@@ -292,14 +289,14 @@ pub fn copy_tree(
             .transpose()?;
     let resume = recorded.as_deref() == Some(boot.as_str())
         && opt(statx(dp, &partial, 0))?.is_some_and(|st| kind(&st) == libc::S_IFDIR);
-    if !resume {
+    if resume {
+        tracing::info!(copy = dst_name, "resuming the partial copy an interrupted process left");
+    } else {
         remove_at(dp, &partial)?;
         mkdirat(dp, partial.as_c_str(), Mode::S_IRWXU)?;
         let fl = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = openat(dp, boot_file.as_c_str(), fl, Mode::S_IRUSR | Mode::S_IWUSR)?;
         io::Write::write_all(&mut File::from(fd), boot.as_bytes())?;
-    } else {
-        tracing::info!(copy = dst_name, "resuming the partial copy an interrupted process left");
     }
     let result = (|| {
         let dst = open_dir(dp, &partial)?;

@@ -58,7 +58,7 @@ fn other_mount(s: &St, root: &St) -> bool {
     if both_ids { s.stx_mnt_id != root.stx_mnt_id } else { foreign(s, root) }
 }
 fn times(s: &St) -> [TimeSpec; 2] {
-    [s.stx_atime, s.stx_mtime].map(|t| TimeSpec::new(t.tv_sec as _, t.tv_nsec as _))
+    [s.stx_atime, s.stx_mtime].map(|t| TimeSpec::new(t.tv_sec as _, t.tv_nsec.into()))
 }
 fn is(e: &io::Error, codes: &[i32]) -> bool {
     e.raw_os_error().is_some_and(|c| codes.contains(&c))
@@ -78,7 +78,7 @@ fn statx(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<St> {
     let flags = flags | libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT;
     let mask = libc::STATX_BASIC_STATS | libc::STATX_MNT_ID;
     // SAFETY: `dir` is an open fd, `name` is NUL-terminated and `x` is a writable statx.
-    match unsafe { libc::statx(dir.as_raw_fd(), name.as_ptr(), flags, mask, &mut x) } {
+    match unsafe { libc::statx(dir.as_raw_fd(), name.as_ptr(), flags, mask, &raw mut x) } {
         0 => Ok(x),
         _ => Err(io::Error::last_os_error()),
     }

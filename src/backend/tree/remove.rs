@@ -55,7 +55,7 @@ pub(super) fn remove_at(parent: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
         };
         let dir = s.fd()?;
         match unlinkat(dir, n.as_c_str(), UnlinkatFlags::NoRemoveDir) {
-            Ok(()) | Err(Errno::ENOENT) => continue,
+            Ok(()) | Err(Errno::ENOENT) => {}
             Err(Errno::EBUSY) => mounts += 1, // a file mount point
             Err(Errno::EISDIR) => {
                 let Some(fd) = opt(open_dir(dir, &n))? else {
