@@ -255,6 +255,20 @@ impl Engine {
         })
     }
 
+    /// The pool holding a volume this process has a record of: FAILED_PRECONDITION when
+    /// the pool is no longer configured (UNAVAILABLE when it is, but not open).
+    pub(crate) fn pool_of(&self, record: &crate::state::VolumeRecord) -> Result<Arc<dyn Backend>> {
+        self.pools.get(&record.pool).map(Arc::clone).ok_or_else(|| {
+            self.missing_pool(
+                &record.pool,
+                Error::FailedPrecondition(format!(
+                    "volume {} is in pool {} which is no longer configured",
+                    record.id, record.pool
+                )),
+            )
+        })
+    }
+
     /// The error for pool `name`, which is not open: UNAVAILABLE with the reason when its
     /// directory is not its filesystem, `otherwise` when it is not configured.
     pub(crate) fn missing_pool(&self, name: &str, otherwise: Error) -> Error {

@@ -53,15 +53,7 @@ impl Resolved {
 impl Engine {
     fn resolve(&self, id: &str, context: &BTreeMap<String, String>) -> Result<Resolved> {
         if let Some(record) = self.store.volume(id).filter(|v| v.phase == Phase::Ready) {
-            let pool = Arc::clone(self.pools.get(&record.pool).ok_or_else(|| {
-                self.missing_pool(
-                    &record.pool,
-                    Error::FailedPrecondition(format!(
-                        "volume {id} is in pool {} which is no longer configured",
-                        record.pool
-                    )),
-                )
-            })?);
+            let pool = self.pool_of(&record)?;
             return Ok(Resolved::Managed(pool, Box::new(record)));
         }
         if let Some(sub_path) = context.get("subPath") {
@@ -268,15 +260,7 @@ impl Engine {
             self.put_volume(&record)?;
         }
         if let Some(record) = self.store.volume(volume_id).filter(|v| v.ephemeral) {
-            let pool = Arc::clone(self.pools.get(&record.pool).ok_or_else(|| {
-                self.missing_pool(
-                    &record.pool,
-                    Error::FailedPrecondition(format!(
-                        "ephemeral volume {volume_id} is in pool {} which is gone",
-                        record.pool
-                    )),
-                )
-            })?);
+            let pool = self.pool_of(&record)?;
             let mut deleting = record;
             self.delete_volume_storage(pool.as_ref(), &mut deleting)?;
             tracing::info!(volume.id = %volume_id, "ephemeral volume deleted");

@@ -4,7 +4,6 @@
 use std::fs;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use super::paths::io_err;
 use super::{Engine, Error, Result};
@@ -71,15 +70,7 @@ impl Engine {
             };
             return Ok((usage, Condition::healthy()));
         };
-        let pool = Arc::clone(self.pools.get(&record.pool).ok_or_else(|| {
-            self.missing_pool(
-                &record.pool,
-                Error::FailedPrecondition(format!(
-                    "volume {volume_id} is in pool {} which is no longer configured",
-                    record.pool
-                )),
-            )
-        })?);
+        let pool = self.pool_of(&record)?;
         let condition = pool.condition(&record);
         if condition.abnormal {
             return Ok((Usage::default(), condition));
@@ -113,15 +104,7 @@ impl Engine {
             if required > record.capacity { self.expand(volume_id, required, limit)?.0 } else { record.capacity };
         let _guard = self.lock(&[volume_id.to_string()])?;
         let record = self.ready_volume(volume_id)?;
-        let pool = Arc::clone(self.pools.get(&record.pool).ok_or_else(|| {
-            self.missing_pool(
-                &record.pool,
-                Error::FailedPrecondition(format!(
-                    "volume {volume_id} is in pool {} which is no longer configured",
-                    record.pool
-                )),
-            )
-        })?);
+        let pool = self.pool_of(&record)?;
         pool.node_expand(&record, volume_path)?;
         tracing::info!(volume.id = %volume_id, bytes = capacity, volume.path = %volume_path.display(), "volume expanded on the node");
         Ok(capacity)
