@@ -14,292 +14,21 @@
 mod checkpoint;
 mod journal;
 mod legacy;
+mod records;
 mod salvage;
+mod table;
 
+pub use records::{
+    AccessKind, ContentSource, DeviceIdentity, Enforced, Phase, SnapshotMethod, SnapshotRecord, VolumeRecord, now_ms,
+};
 pub use salvage::{Salvaged, salvage};
+use table::{Change, Maps};
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
-
-use serde::{Deserialize, Serialize};
-
-/// Where an object is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    /// Intent recorded; storage may be partly created.
-    Creating,
-    Ready,
-    /// Deletion started; storage may be partly removed.
-    Deleting,
-}
-
-/// How a volume's size is enforced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Enforced {
-    BtrfsQgroup,
-    ProjectQuota,
-    /// A block volume cannot outgrow its device.
-    DeviceSize,
-    None,
-}
-
-impl Enforced {
-    /// The name reported in volume contexts and ControllerGetVolume.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Enforced::BtrfsQgroup => "btrfs-qgroup",
-            Enforced::ProjectQuota => "project-quota",
-            Enforced::DeviceSize => "device-size",
-            Enforced::None => "none",
-        }
-    }
-}
-
-/// What a volume was created from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", tag = "kind", content = "id")]
-pub enum ContentSource {
-    Snapshot(String),
-    Volume(String),
-}
-
-/// Whether a volume is a directory tree or a raw device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AccessKind {
-    Mount,
-    Block,
-}
-
-/// A volume berth created.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeRecord {
-    pub id: String,
-    /// The CO's name for it (CreateVolume name, or the kubelet's ID for ephemeral volumes).
-    pub name: String,
-    pub pool: String,
-    /// Names its storage inside the pool: 32 hex digits.
-    pub key: String,
-    /// The node whose disk holds it.
-    pub node: String,
-    pub capacity: u64,
-    pub phase: Phase,
-    pub access: AccessKind,
-    pub enforced: Enforced,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub project_id: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<ContentSource>,
-    /// Nodes it is ControllerPublished to, with the readonly flag of each.
-    #[serde(default)]
-    pub published: BTreeMap<String, bool>,
-    #[serde(default)]
-    pub ephemeral: bool,
-    /// Filesystem of a block or device volume in Filesystem mode (ext4, xfs, btrfs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fs_type: Option<String>,
-    /// The device of a device-pool volume: the path as the pool's allow-list names it
-    /// (records written before [`DeviceIdentity`] hold the kernel's name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// What identifies that device across reboots; checked before every stage and wipe.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_identity: Option<DeviceIdentity>,
-    /// StorageClass parameters berth acted on (never secrets).
-    #[serde(default)]
-    pub parameters: BTreeMap<String, String>,
-    /// The target a ReadWriteOncePod publish holds: while it is mounted, the volume is
-    /// published nowhere else, whatever access mode a request names.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub single_writer: Option<PathBuf>,
-    pub created_unix_ms: u64,
-}
-
-/// What identifies a device-pool volume's disk when the kernel's names (/dev/sdX) change
-/// from one boot to the next.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceIdentity {
-    /// The kernel's name for the device when it was chosen: for messages only.
-    pub kernel_name: String,
-    /// WWN, serial number or another hardware identity from sysfs, when the kernel exposes
-    /// one (see [`crate::mount::BlockInfo::serial`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serial: Option<String>,
-    /// Size in bytes.
-    pub size: u64,
-    /// The UUID of the volume's filesystem, recorded once one is on the disk (after the
-    /// first stage, or a restore): a signature on the disk itself, which tells apart disks
-    /// whose kernel exposes no serial.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fs_uuid: Option<String>,
-}
-
-/// How a snapshot's data was taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SnapshotMethod {
-    BtrfsSnapshot,
-    Reflink,
-    Copy,
-}
-
-/// A snapshot berth created.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotRecord {
-    pub id: String,
-    pub name: String,
-    pub pool: String,
-    pub key: String,
-    pub node: String,
-    pub source_volume: String,
-    pub phase: Phase,
-    pub size: u64,
-    pub method: Option<SnapshotMethod>,
-    pub created_unix_ms: u64,
-}
-
-/// What a [`Table`] needs of a record: its ID and the CO's name for it.
-trait Keyed {
-    fn id(&self) -> &str;
-    fn name(&self) -> &str;
-}
-
-impl Keyed for VolumeRecord {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-impl Keyed for SnapshotRecord {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-/// Records by ID, in ID order (for pages), and IDs by name.
-#[derive(Debug)]
-struct Table<T> {
-    by_id: BTreeMap<String, T>,
-    names: HashMap<String, String>,
-}
-
-impl<T> Default for Table<T> {
-    fn default() -> Self {
-        Table { by_id: BTreeMap::new(), names: HashMap::new() }
-    }
-}
-
-impl<T: Keyed + Clone> Table<T> {
-    /// A table of `records` built in one pass. A checkpoint lists them in ID order, which
-    /// the B-tree takes without a search per record; as with `put`, the last record of an
-    /// ID or a name wins.
-    fn from_records(records: Vec<T>) -> Self {
-        let by_id: BTreeMap<String, T> = records.into_iter().map(|r| (r.id().to_string(), r)).collect();
-        let names = by_id.values().map(|r| (r.name().to_string(), r.id().to_string())).collect();
-        Table { by_id, names }
-    }
-
-    fn put(&mut self, record: T) {
-        if let Some(old) = self.by_id.get(record.id()).filter(|old| old.name() != record.name()) {
-            self.names.remove(old.name());
-        }
-        self.names.insert(record.name().to_string(), record.id().to_string());
-        self.by_id.insert(record.id().to_string(), record);
-    }
-
-    fn remove(&mut self, id: &str) {
-        if let Some(old) = self.by_id.remove(id) {
-            self.names.remove(old.name());
-        }
-    }
-
-    fn get(&self, id: &str) -> Option<T> {
-        self.by_id.get(id).cloned()
-    }
-
-    fn by_name(&self, name: &str) -> Option<T> {
-        self.names.get(name).and_then(|id| self.get(id))
-    }
-
-    /// Up to `limit` records matching `pred` with IDs after `after`, in ID order, and
-    /// whether more follow.
-    fn page(&self, after: Option<&str>, limit: usize, pred: impl Fn(&T) -> bool) -> (Vec<T>, bool) {
-        let start = after.map_or(std::ops::Bound::Unbounded, |a| std::ops::Bound::Excluded(a.to_string()));
-        let mut matching = self.by_id.range((start, std::ops::Bound::Unbounded)).map(|(_, r)| r).filter(|r| pred(r));
-        let items: Vec<T> = matching.by_ref().take(limit).cloned().collect();
-        let more = matching.next().is_some();
-        (items, more)
-    }
-}
-
-#[derive(Debug, Default)]
-struct Maps {
-    volumes: Table<VolumeRecord>,
-    snapshots: Table<SnapshotRecord>,
-}
-
-/// One change to the records, as a journal frame holds it.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Change {
-    // Boxed: a volume record is several times the size of the other changes.
-    PutVolume(Box<VolumeRecord>),
-    RemoveVolume(String),
-    PutSnapshot(SnapshotRecord),
-    RemoveSnapshot(String),
-}
-
-impl Change {
-    /// One line saying what the change did, for a salvage's report.
-    fn describe(&self) -> String {
-        match self {
-            Change::PutVolume(v) => format!("volume {} ({}) is {:?}", v.id, v.name, v.phase),
-            Change::RemoveVolume(id) => format!("volume {id} is deleted"),
-            Change::PutSnapshot(s) => format!("snapshot {} ({}) is {:?}", s.id, s.name, s.phase),
-            Change::RemoveSnapshot(id) => format!("snapshot {id} is deleted"),
-        }
-    }
-}
-
-impl Maps {
-    fn apply(&mut self, change: Change) {
-        match change {
-            Change::PutVolume(v) => self.volumes.put(*v),
-            Change::RemoveVolume(id) => self.volumes.remove(&id),
-            Change::PutSnapshot(s) => self.snapshots.put(s),
-            Change::RemoveSnapshot(id) => self.snapshots.remove(&id),
-        }
-    }
-
-    fn from_checkpoint(c: checkpoint::Checkpoint) -> Maps {
-        Maps { volumes: Table::from_records(c.volumes), snapshots: Table::from_records(c.snapshots) }
-    }
-
-    /// Applies a checkpoint's records and the changes journaled since, in order.
-    fn load(checkpoint: Option<checkpoint::Checkpoint>, frames: &[Vec<u8>], journal: &Path) -> io::Result<Maps> {
-        let mut maps = checkpoint.map_or_else(Maps::default, Maps::from_checkpoint);
-        for (i, frame) in frames.iter().enumerate() {
-            let change = serde_json::from_slice(frame).map_err(|e| {
-                let at = journal.display();
-                io::Error::new(io::ErrorKind::InvalidData, format!("frame {i} of {at} is whole but unreadable: {e}"))
-            })?;
-            maps.apply(change);
-        }
-        Ok(maps)
-    }
-}
 
 /// The record store. Writers must hold the per-object lock of what they write.
 #[derive(Debug)]
@@ -374,14 +103,6 @@ impl Queue {
 pub struct Unreadable {
     pub path: PathBuf,
     pub reason: String,
-}
-
-/// Milliseconds since the epoch, for record timestamps.
-#[must_use]
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 const JOURNAL: &str = "journal";
@@ -822,6 +543,8 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     pub(super) fn volume(id: &str, name: &str) -> VolumeRecord {

@@ -1,0 +1,153 @@
+//! The records: what berth knows of each volume and snapshot, as the journal and the
+//! checkpoint store them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Where an object is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Intent recorded; storage may be partly created.
+    Creating,
+    Ready,
+    /// Deletion started; storage may be partly removed.
+    Deleting,
+}
+
+/// How a volume's size is enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Enforced {
+    BtrfsQgroup,
+    ProjectQuota,
+    /// A block volume cannot outgrow its device.
+    DeviceSize,
+    None,
+}
+
+impl Enforced {
+    /// The name reported in volume contexts and ControllerGetVolume.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforced::BtrfsQgroup => "btrfs-qgroup",
+            Enforced::ProjectQuota => "project-quota",
+            Enforced::DeviceSize => "device-size",
+            Enforced::None => "none",
+        }
+    }
+}
+
+/// What a volume was created from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "id")]
+pub enum ContentSource {
+    Snapshot(String),
+    Volume(String),
+}
+
+/// Whether a volume is a directory tree or a raw device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessKind {
+    Mount,
+    Block,
+}
+
+/// A volume berth created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub id: String,
+    /// The CO's name for it (CreateVolume name, or the kubelet's ID for ephemeral volumes).
+    pub name: String,
+    pub pool: String,
+    /// Names its storage inside the pool: 32 hex digits.
+    pub key: String,
+    /// The node whose disk holds it.
+    pub node: String,
+    pub capacity: u64,
+    pub phase: Phase,
+    pub access: AccessKind,
+    pub enforced: Enforced,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ContentSource>,
+    /// Nodes it is ControllerPublished to, with the readonly flag of each.
+    #[serde(default)]
+    pub published: BTreeMap<String, bool>,
+    #[serde(default)]
+    pub ephemeral: bool,
+    /// Filesystem of a block or device volume in Filesystem mode (ext4, xfs, btrfs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_type: Option<String>,
+    /// The device of a device-pool volume: the path as the pool's allow-list names it
+    /// (records written before [`DeviceIdentity`] hold the kernel's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// What identifies that device across reboots; checked before every stage and wipe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_identity: Option<DeviceIdentity>,
+    /// StorageClass parameters berth acted on (never secrets).
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+    /// The target a ReadWriteOncePod publish holds: while it is mounted, the volume is
+    /// published nowhere else, whatever access mode a request names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single_writer: Option<PathBuf>,
+    pub created_unix_ms: u64,
+}
+
+/// What identifies a device-pool volume's disk when the kernel's names (/dev/sdX) change
+/// from one boot to the next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceIdentity {
+    /// The kernel's name for the device when it was chosen: for messages only.
+    pub kernel_name: String,
+    /// WWN, serial number or another hardware identity from sysfs, when the kernel exposes
+    /// one (see [`crate::mount::BlockInfo::serial`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// The UUID of the volume's filesystem, recorded once one is on the disk (after the
+    /// first stage, or a restore): a signature on the disk itself, which tells apart disks
+    /// whose kernel exposes no serial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_uuid: Option<String>,
+}
+
+/// How a snapshot's data was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotMethod {
+    BtrfsSnapshot,
+    Reflink,
+    Copy,
+}
+
+/// A snapshot berth created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub id: String,
+    pub name: String,
+    pub pool: String,
+    pub key: String,
+    pub node: String,
+    pub source_volume: String,
+    pub phase: Phase,
+    pub size: u64,
+    pub method: Option<SnapshotMethod>,
+    pub created_unix_ms: u64,
+}
+
+/// Milliseconds since the epoch, for record timestamps.
+#[must_use]
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

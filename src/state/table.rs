@@ -1,0 +1,152 @@
+//! The records in memory: a table per kind, by ID in ID order (for pages) and by name, and
+//! the changes the journal replays into them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint;
+use super::records::{SnapshotRecord, VolumeRecord};
+
+/// What a [`Table`] needs of a record: its ID and the CO's name for it.
+pub(super) trait Keyed {
+    fn id(&self) -> &str;
+    fn name(&self) -> &str;
+}
+
+impl Keyed for VolumeRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Keyed for SnapshotRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Records by ID, in ID order (for pages), and IDs by name.
+#[derive(Debug)]
+pub(super) struct Table<T> {
+    pub(super) by_id: BTreeMap<String, T>,
+    pub(super) names: HashMap<String, String>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table { by_id: BTreeMap::new(), names: HashMap::new() }
+    }
+}
+
+impl<T: Keyed + Clone> Table<T> {
+    /// A table of `records` built in one pass. A checkpoint lists them in ID order, which
+    /// the B-tree takes without a search per record; as with `put`, the last record of an
+    /// ID or a name wins.
+    pub(super) fn from_records(records: Vec<T>) -> Self {
+        let by_id: BTreeMap<String, T> = records.into_iter().map(|r| (r.id().to_string(), r)).collect();
+        let names = by_id.values().map(|r| (r.name().to_string(), r.id().to_string())).collect();
+        Table { by_id, names }
+    }
+
+    pub(super) fn put(&mut self, record: T) {
+        if let Some(old) = self.by_id.get(record.id()).filter(|old| old.name() != record.name()) {
+            self.names.remove(old.name());
+        }
+        self.names.insert(record.name().to_string(), record.id().to_string());
+        self.by_id.insert(record.id().to_string(), record);
+    }
+
+    pub(super) fn remove(&mut self, id: &str) {
+        if let Some(old) = self.by_id.remove(id) {
+            self.names.remove(old.name());
+        }
+    }
+
+    pub(super) fn get(&self, id: &str) -> Option<T> {
+        self.by_id.get(id).cloned()
+    }
+
+    pub(super) fn by_name(&self, name: &str) -> Option<T> {
+        self.names.get(name).and_then(|id| self.get(id))
+    }
+
+    /// Up to `limit` records matching `pred` with IDs after `after`, in ID order, and
+    /// whether more follow.
+    pub(super) fn page(&self, after: Option<&str>, limit: usize, pred: impl Fn(&T) -> bool) -> (Vec<T>, bool) {
+        let start = after.map_or(std::ops::Bound::Unbounded, |a| std::ops::Bound::Excluded(a.to_string()));
+        let mut matching = self.by_id.range((start, std::ops::Bound::Unbounded)).map(|(_, r)| r).filter(|r| pred(r));
+        let items: Vec<T> = matching.by_ref().take(limit).cloned().collect();
+        let more = matching.next().is_some();
+        (items, more)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Maps {
+    pub(super) volumes: Table<VolumeRecord>,
+    pub(super) snapshots: Table<SnapshotRecord>,
+}
+
+/// One change to the records, as a journal frame holds it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Change {
+    // Boxed: a volume record is several times the size of the other changes.
+    PutVolume(Box<VolumeRecord>),
+    RemoveVolume(String),
+    PutSnapshot(SnapshotRecord),
+    RemoveSnapshot(String),
+}
+
+impl Change {
+    /// One line saying what the change did, for a salvage's report.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Change::PutVolume(v) => format!("volume {} ({}) is {:?}", v.id, v.name, v.phase),
+            Change::RemoveVolume(id) => format!("volume {id} is deleted"),
+            Change::PutSnapshot(s) => format!("snapshot {} ({}) is {:?}", s.id, s.name, s.phase),
+            Change::RemoveSnapshot(id) => format!("snapshot {id} is deleted"),
+        }
+    }
+}
+
+impl Maps {
+    pub(super) fn apply(&mut self, change: Change) {
+        match change {
+            Change::PutVolume(v) => self.volumes.put(*v),
+            Change::RemoveVolume(id) => self.volumes.remove(&id),
+            Change::PutSnapshot(s) => self.snapshots.put(s),
+            Change::RemoveSnapshot(id) => self.snapshots.remove(&id),
+        }
+    }
+
+    pub(super) fn from_checkpoint(c: checkpoint::Checkpoint) -> Maps {
+        Maps { volumes: Table::from_records(c.volumes), snapshots: Table::from_records(c.snapshots) }
+    }
+
+    /// Applies a checkpoint's records and the changes journaled since, in order.
+    pub(super) fn load(
+        checkpoint: Option<checkpoint::Checkpoint>,
+        frames: &[Vec<u8>],
+        journal: &Path,
+    ) -> io::Result<Maps> {
+        let mut maps = checkpoint.map_or_else(Maps::default, Maps::from_checkpoint);
+        for (i, frame) in frames.iter().enumerate() {
+            let change = serde_json::from_slice(frame).map_err(|e| {
+                let at = journal.display();
+                io::Error::new(io::ErrorKind::InvalidData, format!("frame {i} of {at} is whole but unreadable: {e}"))
+            })?;
+            maps.apply(change);
+        }
+        Ok(maps)
+    }
+}
