@@ -27,18 +27,15 @@ pub struct Context<'a> {
     pub freezes: &'a Freezes,
     /// The devices every device pool holds: a disk two pools list is handed out once.
     pub held: &'a Holdings,
+    /// The highest project ID recorded: new IDs of every hostPath pool never collide with it.
+    pub max_project: Option<u32>,
 }
 
 /// Opens the pool `pool` describes.
 pub fn open(pool: &PoolConfig, cx: &Context<'_>) -> Result<Arc<dyn Backend>, String> {
     let failed = |e: super::Error| format!("pool {}: {e}", pool.name());
     Ok(match pool {
-        PoolConfig::Hostpath(hp) => {
-            // New project IDs never collide with those already recorded.
-            let max_project =
-                cx.store.volumes_where(|v| v.project_id.is_some()).iter().filter_map(|v| v.project_id).max();
-            Arc::new(HostPath::open(hp, Arc::clone(cx.sys), max_project).map_err(failed)?)
-        }
+        PoolConfig::Hostpath(hp) => Arc::new(HostPath::open(hp, Arc::clone(cx.sys), cx.max_project).map_err(failed)?),
         PoolConfig::Block(bp) => Arc::new(BlockPool::open(bp, Arc::clone(cx.sys), cx.freezes.clone()).map_err(failed)?),
         PoolConfig::Device(dp) => {
             let snapshot_dir = dp.snapshot_pool.as_ref().and_then(|name| {

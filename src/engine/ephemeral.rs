@@ -1,7 +1,6 @@
 //! Inline ephemeral volumes: created at NodePublishVolume, deleted at NodeUnpublishVolume,
 //! through the same state machine as every other volume.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::node::{EPHEMERAL_KEY, NodePublish};
@@ -10,7 +9,7 @@ use super::{Engine, Error, Result};
 use crate::backend::StageSource;
 use crate::ids::{self, Kind};
 use crate::mount::ops;
-use crate::state::{self, AccessKind, Enforced, Phase, VolumeRecord};
+use crate::state::{Phase, VolumeRecord};
 use crate::units::Bytes;
 
 impl Engine {
@@ -61,26 +60,10 @@ impl Engine {
             Some(r) if r.phase == Phase::Ready => r,
             existing => {
                 let fresh = existing.is_none();
-                let mut record = existing.unwrap_or_else(|| VolumeRecord {
-                    id: req.volume_id.clone(),
-                    name: req.volume_id.clone(),
-                    pool: pool.name().to_string(),
-                    key: ids::mint(Kind::Volume, pool.name()).1,
-                    node: self.node_id.clone(),
-                    capacity: size,
-                    phase: Phase::Creating,
-                    access: AccessKind::Mount,
-                    enforced: Enforced::None,
-                    project_id: None,
-                    source: None,
-                    published: BTreeMap::new(),
-                    ephemeral: true,
-                    fs_type: None,
-                    device: None,
-                    device_identity: None,
-                    parameters: BTreeMap::new(),
-                    single_writer: None,
-                    created_unix_ms: state::now_ms(),
+                let mut record = existing.unwrap_or_else(|| {
+                    let key = ids::mint(Kind::Volume, pool.name()).1;
+                    let (id, name, node) = (req.volume_id.clone(), req.volume_id.clone(), self.node_id.clone());
+                    VolumeRecord { ephemeral: true, ..VolumeRecord::intent(id, key, name, pool.name(), node, size) }
                 });
                 if fresh {
                     self.begin_volume(&record)?;

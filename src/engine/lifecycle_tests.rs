@@ -10,7 +10,7 @@ use super::*;
 use crate::config::Config;
 use crate::mount::FsStat;
 use crate::mount::fake::{Call, RecordingSyscall};
-use crate::state::{AccessKind, ContentSource, Enforced, Phase, SnapshotRecord, VolumeRecord};
+use crate::state::{ContentSource, Phase, SnapshotRecord, VolumeRecord};
 
 const EXT4_MAGIC: i64 = 0xEF53;
 
@@ -54,25 +54,9 @@ fn request(name: &str, source: Option<ContentSource>) -> CreateVolume {
 fn half_volume(name: &str, source: Option<ContentSource>) -> VolumeRecord {
     let (id, key) = crate::ids::mint(crate::ids::Kind::Volume, "fast");
     VolumeRecord {
-        id,
-        name: name.into(),
-        pool: "fast".into(),
-        key,
-        node: "node-a".into(),
-        capacity: 1 << 20,
-        phase: Phase::Creating,
-        access: AccessKind::Mount,
-        enforced: Enforced::None,
-        project_id: None,
         source,
-        published: BTreeMap::new(),
-        ephemeral: false,
-        fs_type: None,
-        device: None,
-        device_identity: None,
-        parameters: BTreeMap::new(),
-        single_writer: None,
         created_unix_ms: 1,
+        ..VolumeRecord::intent(id, key, name.into(), "fast", "node-a".into(), 1 << 20)
     }
 }
 

@@ -194,8 +194,16 @@ impl Engine {
         // One record of the devices every device pool holds: a disk two pools list is
         // handed out once.
         let held = Holdings::default();
-        let context =
-            backend::registry::Context { config: &config, store: &store, sys: &sys, freezes: &freezes, held: &held };
+        // New project IDs never collide with those already recorded, in any pool.
+        let max_project = store.volumes_where(|v| v.project_id.is_some()).iter().filter_map(|v| v.project_id).max();
+        let context = backend::registry::Context {
+            config: &config,
+            store: &store,
+            sys: &sys,
+            freezes: &freezes,
+            held: &held,
+            max_project,
+        };
         for pool in &config.pools {
             if placement == Placement::Central && pool.node_local() {
                 remote_pools.insert(pool.name().to_string());

@@ -82,11 +82,10 @@ impl Engine {
 
     pub(super) fn check_node_capability(&self, pool: &dyn Backend, capability: &Capability) -> Result<ops::Flags> {
         use super::volumes::{Unfit, unfit};
-        match unfit(pool, capability) {
-            Some(Unfit::AccessMode(m) | Unfit::RawBlock(m)) => Err(Error::FailedPrecondition(m)),
-            Some(Unfit::Filesystem(m) | Unfit::MountFlags(m)) => Err(Error::InvalidArgument(m)),
-            None => pool.parse_mount_flags(&capability.mount_flags).map_err(Error::InvalidArgument),
-        }
+        unfit(pool, capability).map_err(|reason| match reason {
+            Unfit::AccessMode(m) | Unfit::RawBlock(m) => Error::FailedPrecondition(m),
+            Unfit::Filesystem(m) | Unfit::MountFlags(m) => Error::InvalidArgument(m),
+        })
     }
 
     /// Mounts the volume at the staging path. Already staged there: success; something

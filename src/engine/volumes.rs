@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{Capability, Engine, Error, FS_TYPES, Result};
 use crate::backend::{Backend, Source};
 use crate::ids::{self, Kind};
-use crate::state::{self, AccessKind, ContentSource, Enforced, Phase, SnapshotRecord, VolumeRecord};
+use crate::state::{AccessKind, ContentSource, Phase, SnapshotRecord, VolumeRecord};
 
 /// StorageClass parameters berth reads; the provisioner's own keys are accepted too.
 const POOL_PARAMETER: &str = "pool";
@@ -62,34 +62,38 @@ impl Unfit {
     }
 }
 
-/// Why `pool` cannot serve `capability`, if it cannot.
-pub(super) fn unfit(pool: &dyn Backend, capability: &Capability) -> Option<Unfit> {
+/// The flags a bind mount applies for `capability` on `pool`, or why the pool cannot
+/// serve it.
+pub(super) fn unfit(
+    pool: &dyn Backend,
+    capability: &Capability,
+) -> std::result::Result<crate::mount::ops::Flags, Unfit> {
     let info = pool.info();
     if capability.mode.multi_node() && info.node_local {
-        return Some(Unfit::AccessMode(format!(
+        return Err(Unfit::AccessMode(format!(
             "access mode {} needs several nodes, but {} pool {} is local to one node",
             capability.mode, info.kind, info.name
         )));
     }
     if capability.block && !info.raw_block {
-        return Some(Unfit::RawBlock(format!(
+        return Err(Unfit::RawBlock(format!(
             "{} pool {} serves filesystem volumes only, not raw block",
             info.kind, info.name
         )));
     }
     if !info.fs_types.contains(&capability.fs_type.as_str()) {
-        return Some(Unfit::Filesystem(format!(
+        return Err(Unfit::Filesystem(format!(
             "filesystem type {:?} is not one of {}",
             capability.fs_type,
             info.fs_types.iter().filter(|t| !t.is_empty()).copied().collect::<Vec<_>>().join(", ")
         )));
     }
-    pool.parse_mount_flags(&capability.mount_flags).err().map(Unfit::MountFlags)
+    pool.parse_mount_flags(&capability.mount_flags).map_err(Unfit::MountFlags)
 }
 
 /// [`unfit`]'s reason as text, for the controller's checks.
 pub(super) fn unsupported(pool: &dyn Backend, capability: &Capability) -> Option<String> {
-    unfit(pool, capability).map(Unfit::message)
+    unfit(pool, capability).err().map(Unfit::message)
 }
 
 /// The filesystem a Filesystem-mode volume of a formatting pool gets: the capability's
@@ -296,23 +300,11 @@ impl Engine {
         fs_type: Option<String>,
     ) -> VolumeRecord {
         let (id, key) = ids::mint(Kind::Volume, pool.name());
+        let node = if pool.info().node_local { self.node_id.clone() } else { String::new() };
         VolumeRecord {
-            id,
-            name: req.name.clone(),
-            pool: pool.name().to_string(),
-            key,
-            node: if pool.info().node_local { self.node_id.clone() } else { String::new() },
-            capacity: size,
-            phase: Phase::Creating,
             access,
-            enforced: Enforced::None,
-            project_id: None,
             source: req.source.clone(),
-            published: BTreeMap::new(),
-            ephemeral: false,
             fs_type,
-            device: None,
-            device_identity: None,
             // Secrets never reach a record.
             parameters: req
                 .parameters
@@ -320,8 +312,7 @@ impl Engine {
                 .filter(|(k, _)| !crate::sensitive::is_sensitive_key(k))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            single_writer: None,
-            created_unix_ms: state::now_ms(),
+            ..VolumeRecord::intent(id, key, req.name.clone(), pool.name(), node, size)
         }
     }
 

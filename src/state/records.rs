@@ -144,6 +144,34 @@ pub struct SnapshotRecord {
     pub created_unix_ms: u64,
 }
 
+impl VolumeRecord {
+    /// The intent record of a new volume (phase Creating), written before any side effect:
+    /// what its pool fills in later (enforcement, project ID, device) starts empty.
+    pub fn intent(id: String, key: String, name: String, pool: &str, node: String, capacity: u64) -> VolumeRecord {
+        VolumeRecord {
+            id,
+            name,
+            pool: pool.to_string(),
+            key,
+            node,
+            capacity,
+            phase: Phase::Creating,
+            access: AccessKind::Mount,
+            enforced: Enforced::None,
+            project_id: None,
+            source: None,
+            published: BTreeMap::new(),
+            ephemeral: false,
+            fs_type: None,
+            device: None,
+            device_identity: None,
+            parameters: BTreeMap::new(),
+            single_writer: None,
+            created_unix_ms: now_ms(),
+        }
+    }
+}
+
 /// Milliseconds since the epoch, for record timestamps.
 #[must_use]
 pub fn now_ms() -> u64 {
