@@ -4,6 +4,7 @@
 //! pool's filesystem can clone (xfs with reflink, btrfs), taken with the volume's
 //! filesystem frozen, else sparse copies.
 
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
@@ -13,7 +14,8 @@ use std::sync::Arc;
 use super::image::{write_whole_file, write_whole_file_from};
 use super::tree::{self, Reflink};
 use super::{
-    Backend, Capability, Capacity, Condition, Error, PoolInfo, PoolKind, Result, Source, StageSource, Usage, blockvol,
+    Capability, Capacity, Condition, Controller, Error, Node, PoolInfo, PoolKind, Result, Source, StageSource, Usage,
+    blockvol,
 };
 use crate::config::BlockPool as BlockPoolConfig;
 use crate::mount::{LOOP_TAG_PREFIX, LoopDevice, Syscall};
@@ -154,13 +156,13 @@ impl BlockPool {
     }
 }
 
-impl Backend for BlockPool {
-    fn check_writable(&self) -> Result<()> {
-        super::writable(&self.info.name, &self.root)
-    }
-
+impl Controller for BlockPool {
     fn info(&self) -> &PoolInfo {
         &self.info
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        super::writable(&self.info.name, &self.root)
     }
 
     fn enforcement(&self) -> Result<Enforced> {
@@ -174,6 +176,11 @@ impl Backend for BlockPool {
             available_bytes: st.available_bytes,
             maximum_volume_bytes: st.available_bytes,
         })
+    }
+
+    /// Nothing to choose ahead: a volume's storage is named by its key.
+    fn reserve(&self, _volume: &mut VolumeRecord) -> Result<bool> {
+        Ok(false)
     }
 
     fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()> {
@@ -235,24 +242,6 @@ impl Backend for BlockPool {
         Ok(true)
     }
 
-    fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()> {
-        let Some(l) = self.attached(&volume.key)? else {
-            // Not attached here: the next stage attaches at the new size and grows then.
-            return Ok(());
-        };
-        self.sys
-            .loop_set_capacity(&l.path)
-            .inspect_err(|_| crate::metrics::record_error("loop"))
-            .map_err(Error::io("refresh loop capacity", &l.path))?;
-        if volume.access == AccessKind::Mount {
-            self.sys
-                .grow_fs(Self::fs_type(volume), &l.path, volume_path)
-                .inspect_err(|_| crate::metrics::record_error("resize"))
-                .map_err(Error::io("grow filesystem", volume_path))?;
-        }
-        Ok(())
-    }
-
     fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()> {
         let dest = self.snapshot_image(&snapshot.key);
         if !dest.exists() {
@@ -284,6 +273,11 @@ impl Backend for BlockPool {
         }
     }
 
+    /// The record's own fields say everything a node needs.
+    fn volume_context(&self, _volume: &VolumeRecord) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
     fn condition(&self, volume: &VolumeRecord) -> Condition {
         let image = self.image(&volume.key);
         match fs::symlink_metadata(&image) {
@@ -296,16 +290,16 @@ impl Backend for BlockPool {
         }
     }
 
-    fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage> {
-        let image = self.image(&volume.key);
-        let meta = fs::metadata(&image).map_err(Error::io("stat image", &image))?;
-        blockvol::usage(
-            self.sys.as_ref(),
-            volume.access == AccessKind::Block,
-            volume_path,
-            meta.len(),
-            meta.blocks() * 512,
-        )
+    fn unaccounted(&self, known: &HashSet<String>) -> Vec<PathBuf> {
+        let mut found = super::unaccounted_in(&self.root.join(VOLUMES), ".img", known);
+        found.extend(super::unaccounted_in(&self.root.join(SNAPSHOTS), ".img", known));
+        found
+    }
+}
+
+impl Node for BlockPool {
+    fn parse_mount_flags(&self, flags: &[String]) -> std::result::Result<crate::mount::ops::Flags, String> {
+        super::bind_mount_flags(flags)
     }
 
     fn static_path(&self, _sub_path: &str) -> Result<PathBuf> {
@@ -341,6 +335,11 @@ impl Backend for BlockPool {
         result
     }
 
+    /// Staging records nothing new: the record names the storage.
+    fn note_staged(&self, _volume: &mut VolumeRecord) -> Result<bool> {
+        Ok(false)
+    }
+
     fn unstage(&self, source: StageSource<'_>) -> Result<()> {
         let volume = self.managed(source)?;
         if let Some(l) = self.attached(&volume.key)? {
@@ -358,12 +357,6 @@ impl Backend for BlockPool {
         Ok(())
     }
 
-    fn unaccounted(&self, known: &std::collections::HashSet<String>) -> Vec<PathBuf> {
-        let mut found = super::unaccounted_in(&self.root.join(VOLUMES), ".img", known);
-        found.extend(super::unaccounted_in(&self.root.join(SNAPSHOTS), ".img", known));
-        found
-    }
-
     fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool> {
         match self.attached(&self.managed(source)?.key)? {
             Some(l) => blockvol::is_mounted_at(self.sys.as_ref(), &l.path, path),
@@ -376,5 +369,35 @@ impl Backend for BlockPool {
             Some(l) => blockvol::mounts(self.sys.as_ref(), &l.path),
             None => Ok(Vec::new()),
         }
+    }
+
+    fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()> {
+        let Some(l) = self.attached(&volume.key)? else {
+            // Not attached here: the next stage attaches at the new size and grows then.
+            return Ok(());
+        };
+        self.sys
+            .loop_set_capacity(&l.path)
+            .inspect_err(|_| crate::metrics::record_error("loop"))
+            .map_err(Error::io("refresh loop capacity", &l.path))?;
+        if volume.access == AccessKind::Mount {
+            self.sys
+                .grow_fs(Self::fs_type(volume), &l.path, volume_path)
+                .inspect_err(|_| crate::metrics::record_error("resize"))
+                .map_err(Error::io("grow filesystem", volume_path))?;
+        }
+        Ok(())
+    }
+
+    fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage> {
+        let image = self.image(&volume.key);
+        let meta = fs::metadata(&image).map_err(Error::io("stat image", &image))?;
+        blockvol::usage(
+            self.sys.as_ref(),
+            volume.access == AccessKind::Block,
+            volume_path,
+            meta.len(),
+            meta.blocks() * 512,
+        )
     }
 }

@@ -6,7 +6,7 @@
 //! elsewhere sizes are recorded but not enforced, and snapshots are reflink copies where
 //! the filesystem can clone, else full copies.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use super::tree::{self, Reflink};
-use super::{Backend, Capability, Capacity, Condition, Error, PoolInfo, PoolKind, Result, Source, StageSource, Usage};
+use super::{
+    Capability, Capacity, Condition, Controller, Error, Node, PoolInfo, PoolKind, Result, Source, StageSource, Usage,
+};
 use crate::config::{Enforcement, HostPathPool};
 use crate::mount::ops;
 use crate::mount::{FsKind, ProjectQuotaState, Syscall, mountinfo};
@@ -351,13 +353,13 @@ fn detect_mode(sys: &dyn Syscall, root: &Path, policy: Enforcement) -> Result<Mo
     }
 }
 
-impl Backend for HostPath {
-    fn check_writable(&self) -> Result<()> {
-        super::writable(&self.info.name, &self.root)
-    }
-
+impl Controller for HostPath {
     fn info(&self) -> &PoolInfo {
         &self.info
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        super::writable(&self.info.name, &self.root)
     }
 
     fn enforcement(&self) -> Result<Enforced> {
@@ -383,6 +385,11 @@ impl Backend for HostPath {
             available_bytes: stat.available_bytes,
             maximum_volume_bytes: stat.available_bytes,
         })
+    }
+
+    /// Nothing to choose ahead: a volume's storage is named by its key.
+    fn reserve(&self, _volume: &mut VolumeRecord) -> Result<bool> {
+        Ok(false)
     }
 
     fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()> {
@@ -441,11 +448,6 @@ impl Backend for HostPath {
         self.apply_limit(volume, bytes).map(|()| false)
     }
 
-    fn node_expand(&self, volume: &VolumeRecord, _volume_path: &Path) -> Result<()> {
-        // The limit belongs to the directory, not the mount: re-applying it is all there is.
-        self.apply_limit(volume, volume.capacity)
-    }
-
     fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()> {
         let source = self.volume_dir(&volume.key);
         let parent = self.root.join(SNAPSHOTS);
@@ -496,6 +498,11 @@ impl Backend for HostPath {
         }
     }
 
+    /// The record's own fields say everything a node needs.
+    fn volume_context(&self, _volume: &VolumeRecord) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
     fn condition(&self, volume: &VolumeRecord) -> Condition {
         let dir = self.volume_dir(&volume.key);
         match fs::symlink_metadata(&dir) {
@@ -505,39 +512,16 @@ impl Backend for HostPath {
         }
     }
 
-    fn usage(&self, volume: &VolumeRecord, _volume_path: &Path) -> Result<Usage> {
-        let dir = self.volume_dir(&volume.key);
-        let fs_stat = self.sys.statfs(&dir).map_err(Error::io("statfs", &dir))?;
-        // Where the filesystem keeps the count it is read, never walked: a pod's million
-        // files cost nothing. Only plain directories are walked.
-        let (total, used, inodes) = match (volume.enforced, &self.mode) {
-            (Enforced::BtrfsQgroup, _) => {
-                adopt_nested(self.sys.as_ref(), &self.info.name, &dir);
-                // As of the last committed transaction (btrfs commits every 30 s by
-                // default); no filesystem-wide sync per call. btrfs allocates inodes as it
-                // goes and counts none per subvolume: no inode usage is reported.
-                let q = self.sys.btrfs_qgroup_usage(&dir).map_err(Error::io("read qgroup usage", &dir))?;
-                (q.max_referenced.unwrap_or(volume.capacity), q.referenced, None)
-            }
-            (Enforced::ProjectQuota, Mode::Project { mount_point }) => {
-                let project = volume.project_id.unwrap_or_default();
-                let p = self.sys.project_usage(mount_point, project).map_err(Error::io("read project quota", &dir))?;
-                let total = if p.hard_limit_bytes > 0 { p.hard_limit_bytes } else { volume.capacity };
-                (total, p.used_bytes, Some(p.used_inodes))
-            }
-            _ => {
-                let walked = self.walk_usage(&dir)?;
-                (volume.capacity, walked.bytes, Some(walked.inodes))
-            }
-        };
-        let available = total.saturating_sub(used).min(fs_stat.available_bytes);
-        Ok(Usage {
-            total_bytes: total,
-            used_bytes: used,
-            available_bytes: available,
-            used_inodes: inodes,
-            total_inodes: inodes.filter(|_| fs_stat.total_inodes > 0).map(|used| used + fs_stat.free_inodes),
-        })
+    fn unaccounted(&self, known: &HashSet<String>) -> Vec<PathBuf> {
+        let mut found = super::unaccounted_in(&self.root.join(VOLUMES), "", known);
+        found.extend(super::unaccounted_in(&self.root.join(SNAPSHOTS), "", known));
+        found
+    }
+}
+
+impl Node for HostPath {
+    fn parse_mount_flags(&self, flags: &[String]) -> std::result::Result<crate::mount::ops::Flags, String> {
+        super::bind_mount_flags(flags)
     }
 
     fn static_path(&self, sub_path: &str) -> Result<PathBuf> {
@@ -582,20 +566,13 @@ impl Backend for HostPath {
             .map_err(Error::io("bind mount", staging))
     }
 
+    /// Staging records nothing new: the record names the storage.
+    fn note_staged(&self, _volume: &mut VolumeRecord) -> Result<bool> {
+        Ok(false)
+    }
+
     fn unstage(&self, _source: StageSource<'_>) -> Result<()> {
         Ok(())
-    }
-
-    fn unaccounted(&self, known: &std::collections::HashSet<String>) -> Vec<PathBuf> {
-        let mut found = super::unaccounted_in(&self.root.join(VOLUMES), "", known);
-        found.extend(super::unaccounted_in(&self.root.join(SNAPSHOTS), "", known));
-        found
-    }
-
-    fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>> {
-        let dir = self.data_dir(source);
-        let table = ops::table(self.sys.as_ref()).map_err(Error::io("read mount table", &dir))?;
-        Ok(mountinfo::binds_of(&table, &dir).into_iter().map(|m| m.mount_point.clone()).collect())
     }
 
     fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool> {
@@ -609,6 +586,52 @@ impl Backend for HostPath {
             _ => return Ok(false),
         };
         Ok(a.dev() == b.dev() && a.ino() == b.ino())
+    }
+
+    fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>> {
+        let dir = self.data_dir(source);
+        let table = ops::table(self.sys.as_ref()).map_err(Error::io("read mount table", &dir))?;
+        Ok(mountinfo::binds_of(&table, &dir).into_iter().map(|m| m.mount_point.clone()).collect())
+    }
+
+    fn node_expand(&self, volume: &VolumeRecord, _volume_path: &Path) -> Result<()> {
+        // The limit belongs to the directory, not the mount: re-applying it is all there is.
+        self.apply_limit(volume, volume.capacity)
+    }
+
+    fn usage(&self, volume: &VolumeRecord, _volume_path: &Path) -> Result<Usage> {
+        let dir = self.volume_dir(&volume.key);
+        let fs_stat = self.sys.statfs(&dir).map_err(Error::io("statfs", &dir))?;
+        // Where the filesystem keeps the count it is read, never walked: a pod's million
+        // files cost nothing. Only plain directories are walked.
+        let (total, used, inodes) = match (volume.enforced, &self.mode) {
+            (Enforced::BtrfsQgroup, _) => {
+                adopt_nested(self.sys.as_ref(), &self.info.name, &dir);
+                // As of the last committed transaction (btrfs commits every 30 s by
+                // default); no filesystem-wide sync per call. btrfs allocates inodes as it
+                // goes and counts none per subvolume: no inode usage is reported.
+                let q = self.sys.btrfs_qgroup_usage(&dir).map_err(Error::io("read qgroup usage", &dir))?;
+                (q.max_referenced.unwrap_or(volume.capacity), q.referenced, None)
+            }
+            (Enforced::ProjectQuota, Mode::Project { mount_point }) => {
+                let project = volume.project_id.unwrap_or_default();
+                let p = self.sys.project_usage(mount_point, project).map_err(Error::io("read project quota", &dir))?;
+                let total = if p.hard_limit_bytes > 0 { p.hard_limit_bytes } else { volume.capacity };
+                (total, p.used_bytes, Some(p.used_inodes))
+            }
+            _ => {
+                let walked = self.walk_usage(&dir)?;
+                (volume.capacity, walked.bytes, Some(walked.inodes))
+            }
+        };
+        let available = total.saturating_sub(used).min(fs_stat.available_bytes);
+        Ok(Usage {
+            total_bytes: total,
+            used_bytes: used,
+            available_bytes: available,
+            used_inodes: inodes,
+            total_inodes: inodes.filter(|_| fs_stat.total_inodes > 0).map(|used| used + fs_stat.free_inodes),
+        })
     }
 }
 

@@ -11,7 +11,7 @@ pub mod nfs;
 pub mod registry;
 pub mod tree;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -273,10 +273,14 @@ pub enum Source<'a> {
 /// device node is bind-mounted; publish binds it onward to the pod's target file.
 pub const RAW_DEVICE_FILE: &str = "device";
 
-/// One pool's storage.
-pub trait Backend: Send + Sync {
+/// The controller side of a pool: what CreateVolume, DeleteVolume, snapshots, expansion,
+/// capacity and listing need. Every method is the pool's own statement; none has a default.
+pub trait Controller: Send + Sync {
     /// What the pool is.
     fn info(&self) -> &PoolInfo;
+    /// FAILED_PRECONDITION when the pool cannot take changes now (its filesystem is
+    /// read-only): checked before an operation records its intent, so it changes nothing.
+    fn check_writable(&self) -> Result<()>;
     /// How new volumes' sizes will be enforced, or why they cannot be when required.
     fn enforcement(&self) -> Result<Enforced>;
     /// Free space for new volumes.
@@ -284,9 +288,7 @@ pub trait Backend: Send + Sync {
     /// Chooses, before any side effect, what a new volume will occupy (a device pool's
     /// disk) and fills it into the record, so the engine records the choice with the
     /// intent before anything is written; false when there is nothing new to record.
-    fn reserve(&self, _volume: &mut VolumeRecord) -> Result<bool> {
-        Ok(false)
-    }
+    fn reserve(&self, volume: &mut VolumeRecord) -> Result<bool>;
     /// Creates storage for `volume` (empty, or from `source`); fills in backend fields.
     /// Must finish its own half-done work when called again for the same record.
     fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()>;
@@ -294,20 +296,23 @@ pub trait Backend: Send + Sync {
     fn delete_volume(&self, volume: &VolumeRecord) -> Result<()>;
     /// Grows a volume's storage to `bytes`; true when NodeExpandVolume must finish the job.
     fn expand_volume(&self, volume: &VolumeRecord, bytes: u64) -> Result<bool>;
-    /// Node side of expansion: make the mounted volume at `volume_path` see its new size.
-    fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()>;
     /// Takes a snapshot of `volume`, filling in the method and size.
     fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()>;
     /// Removes a snapshot's storage; already gone is success.
     fn delete_snapshot(&self, snapshot: &SnapshotRecord) -> Result<()>;
     /// What the pool adds to a volume's context for its node calls.
-    fn volume_context(&self, _volume: &VolumeRecord) -> BTreeMap<String, String> {
-        BTreeMap::new()
-    }
+    fn volume_context(&self, volume: &VolumeRecord) -> BTreeMap<String, String>;
     /// Whether the storage exists and looks sound.
     fn condition(&self, volume: &VolumeRecord) -> Condition;
-    /// Usage of a volume mounted (or, for raw block, bound) at `volume_path`.
-    fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage>;
+    /// Storage in the pool that none of the `known` keys names (reported at start).
+    fn unaccounted(&self, known: &HashSet<String>) -> Vec<PathBuf>;
+}
+
+/// The node side of a pool: what NodeStageVolume, NodePublishVolume, NodeExpandVolume
+/// and NodeGetVolumeStats need.
+pub trait Node: Send + Sync {
+    /// Validates a capability's mount flags into what a bind mount applies.
+    fn parse_mount_flags(&self, flags: &[String]) -> std::result::Result<crate::mount::ops::Flags, String>;
     /// Validates a static volume's subpath and returns it as a relative path in the pool.
     fn static_path(&self, sub_path: &str) -> Result<PathBuf>;
     /// Makes the volume available at `staging` (an empty directory that is not a mount):
@@ -315,72 +320,23 @@ pub trait Backend: Send + Sync {
     fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()>;
     /// Records in `volume` what staging put on its storage (a device's filesystem UUID);
     /// true when the record changed and must be written.
-    fn note_staged(&self, _volume: &mut VolumeRecord) -> Result<bool> {
-        Ok(false)
-    }
+    fn note_staged(&self, volume: &mut VolumeRecord) -> Result<bool>;
     /// Releases what staging held once the engine has unmounted it (loop devices).
     fn unstage(&self, source: StageSource<'_>) -> Result<()>;
     /// True when what is mounted at `path` is this volume's storage.
     fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool>;
     /// Every mount point where this volume's storage is mounted or bound now.
     fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>>;
-    /// Storage in the pool that none of the `known` keys names (reported at start).
-    fn unaccounted(&self, known: &std::collections::HashSet<String>) -> Vec<PathBuf> {
-        let _ = known;
-        Vec::new()
-    }
-
-    // Shared (not node-local) pools, such as NFS, override the methods below.
-
-    /// FAILED_PRECONDITION when the pool cannot take changes now (its filesystem is
-    /// read-only): checked before an operation records its intent, so it changes nothing.
-    fn check_writable(&self) -> Result<()> {
-        Ok(())
-    }
-    /// Validates a capability's mount flags into what a bind mount applies.
-    fn parse_mount_flags(&self, flags: &[String]) -> std::result::Result<crate::mount::ops::Flags, String> {
-        crate::mount::ops::parse_flags(flags).map_err(|e| e.to_string())
-    }
-    /// Writes a volume record where the pool keeps its durable truth (before the local store).
-    fn persist_volume(&self, _volume: &VolumeRecord) -> Result<()> {
-        Ok(())
-    }
-    /// Removes what [`Backend::persist_volume`] wrote.
-    fn forget_volume(&self, _volume: &VolumeRecord) -> Result<()> {
-        Ok(())
-    }
-    /// Writes a snapshot record where the pool keeps its durable truth.
-    fn persist_snapshot(&self, _snapshot: &SnapshotRecord) -> Result<()> {
-        Ok(())
-    }
-    /// Removes what [`Backend::persist_snapshot`] wrote.
-    fn forget_snapshot(&self, _snapshot: &SnapshotRecord) -> Result<()> {
-        Ok(())
-    }
-    /// Every record the pool keeps itself, to rebuild a controller's cache; `None` when the
-    /// pool keeps none (the local store is the truth).
-    #[allow(clippy::type_complexity)]
-    fn stored_records(&self) -> Result<Option<(Vec<VolumeRecord>, Vec<SnapshotRecord>)>> {
-        Ok(None)
-    }
-    /// Announces, in the background, that this node can use the pool's volumes.
-    fn register_node(self: Arc<Self>, _node: &str) {}
-    /// Whether `node` announced itself with [`Backend::register_node`].
-    fn knows_node(&self, _node: &str) -> Result<bool> {
-        Ok(false)
-    }
-    /// The directory a volume context names (a volume of this pool unknown to this
-    /// process, or a static volume), relative to the pool; `None` when the context names
-    /// none of this pool's storage.
-    fn context_path(&self, _context: &BTreeMap<String, String>) -> Result<Option<PathBuf>> {
-        Ok(None)
-    }
-    /// Usage of a volume of this pool mounted at `volume_path` that this process holds no
-    /// record of; `None` when the pool cannot tell.
-    fn unrecorded_usage(&self, _volume_path: &Path) -> Option<Result<Usage>> {
-        None
-    }
+    /// Node side of expansion: make the mounted volume at `volume_path` see its new size.
+    fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()>;
+    /// Usage of a volume mounted (or, for raw block, bound) at `volume_path`.
+    fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage>;
 }
+
+/// Both sides of a pool: what the registry opens and the engine holds.
+pub trait Backend: Controller + Node {}
+
+impl<T: Controller + Node> Backend for T {}
 
 impl dyn Backend + '_ {
     /// The pool's name.
@@ -389,10 +345,83 @@ impl dyn Backend + '_ {
     }
 }
 
+/// A pool every node reaches (NFS): it keeps its own records on the storage, which are
+/// the truth a controller's local store caches, and knows which nodes use it.
+pub trait Shared: Send + Sync {
+    /// Writes a volume record where the pool keeps its durable truth (before the local store).
+    fn persist_volume(&self, volume: &VolumeRecord) -> Result<()>;
+    /// Removes what [`Shared::persist_volume`] wrote.
+    fn forget_volume(&self, volume: &VolumeRecord) -> Result<()>;
+    /// Writes a snapshot record where the pool keeps its durable truth.
+    fn persist_snapshot(&self, snapshot: &SnapshotRecord) -> Result<()>;
+    /// Removes what [`Shared::persist_snapshot`] wrote.
+    fn forget_snapshot(&self, snapshot: &SnapshotRecord) -> Result<()>;
+    /// Every record the pool keeps itself, to rebuild a controller's cache.
+    fn stored_records(&self) -> Result<(Vec<VolumeRecord>, Vec<SnapshotRecord>)>;
+    /// Announces, in the background, that this node can use the pool's volumes.
+    fn register_node(self: Arc<Self>, node: &str);
+    /// Whether `node` announced itself with [`Shared::register_node`].
+    fn knows_node(&self, node: &str) -> Result<bool>;
+    /// The directory a volume context names (a volume of this pool unknown to this
+    /// process, or a static volume), relative to the pool; `None` when the context names
+    /// none of this pool's storage.
+    fn context_path(&self, context: &BTreeMap<String, String>) -> Result<Option<PathBuf>>;
+    /// Usage of a volume of this pool mounted at `volume_path` that this process holds no
+    /// record of.
+    fn unrecorded_usage(&self, volume_path: &Path) -> Result<Usage>;
+}
+
+/// An open pool, as the engine holds it: its backend, and for a pool every node reaches,
+/// the part that keeps records on the storage. It dereferences to the backend.
+#[derive(Clone)]
+pub struct Pool {
+    backend: Arc<dyn Backend>,
+    shared: Option<Arc<dyn Shared>>,
+}
+
+impl Pool {
+    /// A pool on one node's disks.
+    pub fn local(backend: Arc<dyn Backend>) -> Pool {
+        debug_assert!(backend.info().node_local, "a pool every node reaches keeps its records: use Pool::shared");
+        Pool { backend, shared: None }
+    }
+
+    /// A pool every node reaches, which keeps its own records.
+    pub fn shared<T: Backend + Shared + 'static>(backend: Arc<T>) -> Pool {
+        debug_assert!(!backend.info().node_local, "a node-local pool keeps no shared records");
+        Pool { backend: Arc::clone(&backend) as Arc<dyn Backend>, shared: Some(backend) }
+    }
+
+    /// The record-keeping part of a pool every node reaches; `None` for node-local pools.
+    #[must_use]
+    pub fn records(&self) -> Option<&Arc<dyn Shared>> {
+        self.shared.as_ref()
+    }
+}
+
+impl AsRef<dyn Backend> for Pool {
+    fn as_ref(&self) -> &(dyn Backend + 'static) {
+        self.backend.as_ref()
+    }
+}
+
+impl std::ops::Deref for Pool {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &Self::Target {
+        self.backend.as_ref()
+    }
+}
+
+/// [`Node::parse_mount_flags`] for pools whose volumes take the generic bind flags.
+pub fn bind_mount_flags(flags: &[String]) -> std::result::Result<crate::mount::ops::Flags, String> {
+    crate::mount::ops::parse_flags(flags).map_err(|e| e.to_string())
+}
+
 /// Entries of `dir` whose key (the name without `suffix`) is not in `known`, including
 /// leftover partial copies.
 #[must_use]
-pub fn unaccounted_in(dir: &Path, suffix: &str, known: &std::collections::HashSet<String>) -> Vec<PathBuf> {
+pub fn unaccounted_in(dir: &Path, suffix: &str, known: &HashSet<String>) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::Backend;
+use super::Pool;
 use super::block::BlockPool;
 use super::blockvol::Freezes;
 use super::device::{DevicePool, Holdings};
@@ -32,11 +32,15 @@ pub struct Context<'a> {
 }
 
 /// Opens the pool `pool` describes.
-pub fn open(pool: &PoolConfig, cx: &Context<'_>) -> Result<Arc<dyn Backend>, String> {
+pub fn open(pool: &PoolConfig, cx: &Context<'_>) -> Result<Pool, String> {
     let failed = |e: super::Error| format!("pool {}: {e}", pool.name());
     Ok(match pool {
-        PoolConfig::Hostpath(hp) => Arc::new(HostPath::open(hp, Arc::clone(cx.sys), cx.max_project).map_err(failed)?),
-        PoolConfig::Block(bp) => Arc::new(BlockPool::open(bp, Arc::clone(cx.sys), cx.freezes.clone()).map_err(failed)?),
+        PoolConfig::Hostpath(hp) => {
+            Pool::local(Arc::new(HostPath::open(hp, Arc::clone(cx.sys), cx.max_project).map_err(failed)?))
+        }
+        PoolConfig::Block(bp) => {
+            Pool::local(Arc::new(BlockPool::open(bp, Arc::clone(cx.sys), cx.freezes.clone()).map_err(failed)?))
+        }
         PoolConfig::Device(dp) => {
             let snapshot_dir = dp.snapshot_pool.as_ref().and_then(|name| {
                 cx.config.pools.iter().find_map(|p| match p {
@@ -59,8 +63,8 @@ pub fn open(pool: &PoolConfig, cx: &Context<'_>) -> Result<Arc<dyn Backend>, Str
                     tracing::warn!(volume.id = %v.id, error = %e, "recording a device identity");
                 }
             }
-            Arc::new(opened)
+            Pool::local(Arc::new(opened))
         }
-        PoolConfig::Nfs(np) => Arc::new(NfsPool::open(np, Arc::clone(cx.sys)).map_err(failed)?),
+        PoolConfig::Nfs(np) => Pool::shared(Arc::new(NfsPool::open(np, Arc::clone(cx.sys)).map_err(failed)?)),
     })
 }

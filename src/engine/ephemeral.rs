@@ -1,8 +1,6 @@
 //! Inline ephemeral volumes: created at NodePublishVolume, deleted at NodeUnpublishVolume,
 //! through the same state machine as every other volume.
 
-use std::sync::Arc;
-
 use super::node::{EPHEMERAL_KEY, NodePublish};
 use super::paths::{io_err, prepare_dir};
 use super::{Engine, Error, Result};
@@ -22,7 +20,7 @@ impl Engine {
                 )));
             }
         }
-        let pool = Arc::clone(self.select_pool(req.context.get("pool").map(String::as_str))?);
+        let pool = self.select_pool(req.context.get("pool").map(String::as_str))?.clone();
         let size = match req.context.get("size") {
             Some(text) => {
                 text.parse::<Bytes>().map_err(|e| Error::InvalidArgument(format!("volume attribute size: {e}")))?.0

@@ -16,7 +16,7 @@
 //! in the local store; a record is forgotten in the same order.
 
 use super::{Engine, Error, Result, failpoint};
-use crate::backend::{Backend, Source};
+use crate::backend::{Backend, Pool, Source};
 use crate::state::{ContentSource, Phase, SnapshotRecord, VolumeRecord};
 
 /// What resuming an unfinished record did.
@@ -33,30 +33,30 @@ pub enum Resumed {
 impl Engine {
     /// Records a volume: first where its pool keeps its durable truth, then locally.
     pub(super) fn put_volume(&self, record: &VolumeRecord) -> Result<()> {
-        if let Some(pool) = self.pools.get(&record.pool) {
-            pool.persist_volume(record)?;
+        if let Some(shared) = self.pools.get(&record.pool).and_then(Pool::records) {
+            shared.persist_volume(record)?;
         }
         self.store.put_volume(record).map_err(|source| Error::State { id: record.id.clone(), source })
     }
 
     /// Forgets a volume in its pool's own records and in the local store.
     fn remove_volume_record(&self, record: &VolumeRecord) -> Result<()> {
-        if let Some(pool) = self.pools.get(&record.pool) {
-            pool.forget_volume(record)?;
+        if let Some(shared) = self.pools.get(&record.pool).and_then(Pool::records) {
+            shared.forget_volume(record)?;
         }
         self.store.remove_volume(&record.id).map_err(|source| Error::State { id: record.id.clone(), source })
     }
 
     fn put_snapshot(&self, record: &SnapshotRecord) -> Result<()> {
-        if let Some(pool) = self.pools.get(&record.pool) {
-            pool.persist_snapshot(record)?;
+        if let Some(shared) = self.pools.get(&record.pool).and_then(Pool::records) {
+            shared.persist_snapshot(record)?;
         }
         self.store.put_snapshot(record).map_err(|source| Error::State { id: record.id.clone(), source })
     }
 
     fn remove_snapshot_record(&self, record: &SnapshotRecord) -> Result<()> {
-        if let Some(pool) = self.pools.get(&record.pool) {
-            pool.forget_snapshot(record)?;
+        if let Some(shared) = self.pools.get(&record.pool).and_then(Pool::records) {
+            shared.forget_snapshot(record)?;
         }
         self.store.remove_snapshot(&record.id).map_err(|source| Error::State { id: record.id.clone(), source })
     }

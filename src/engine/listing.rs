@@ -1,7 +1,6 @@
 //! ListVolumes, ControllerGetVolume and GetCapacity.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use super::volumes::{check_parameters, unsupported};
 use super::{Capability, DEFAULT_PAGE, Engine, Error, Result};
@@ -93,7 +92,7 @@ impl Engine {
 
     /// Free space for new volumes matching the query; zero where they cannot be placed.
     pub fn capacity(&self, query: &CapacityQuery) -> Result<Capacity> {
-        let pool = Arc::clone(self.select_pool(check_parameters(&query.parameters)?)?);
+        let pool = self.select_pool(check_parameters(&query.parameters)?)?.clone();
         let none = Capacity { total_bytes: 0, available_bytes: 0, maximum_volume_bytes: 0 };
         // A shared pool's free space is the same whichever node asks.
         if pool.info().node_local && query.node.as_ref().is_some_and(|n| n != &self.node_id) {

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::backend::device::Holdings;
-use crate::backend::{self, Backend};
+use crate::backend::{self, Pool};
 use crate::config::Config;
 use crate::locks::{Guard, Locks};
 use crate::mount::Syscall;
@@ -120,7 +120,7 @@ pub struct Engine {
     pub node_id: String,
     pub store: Store,
     pub locks: Locks,
-    pub pools: BTreeMap<String, Arc<dyn Backend>>,
+    pub pools: BTreeMap<String, Pool>,
     pub sys: Arc<dyn Syscall>,
     /// Node-local pools this process does not open: it is the central controller, and the
     /// pools live on the nodes (see [`Placement::Central`]).
@@ -185,7 +185,7 @@ impl Engine {
         for bad in &unreadable {
             tracing::warn!(path = %bad.path.display(), reason = %bad.reason, "state record cannot be read; left in place for the operator");
         }
-        let mut pools: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
+        let mut pools: BTreeMap<String, Pool> = BTreeMap::new();
         let mut remote_pools = std::collections::BTreeSet::new();
         let mut unavailable = BTreeMap::new();
         // Before any pool is touched: a crash may have left a volume's filesystem frozen.
@@ -254,7 +254,7 @@ impl Engine {
         })
     }
 
-    fn pool(&self, name: &str) -> Result<&Arc<dyn Backend>> {
+    fn pool(&self, name: &str) -> Result<&Pool> {
         self.pools.get(name).ok_or_else(|| {
             self.missing_pool(
                 name,
@@ -265,8 +265,8 @@ impl Engine {
 
     /// The pool holding a volume this process has a record of: FAILED_PRECONDITION when
     /// the pool is no longer configured (UNAVAILABLE when it is, but not open).
-    pub(crate) fn pool_of(&self, record: &crate::state::VolumeRecord) -> Result<Arc<dyn Backend>> {
-        self.pools.get(&record.pool).map(Arc::clone).ok_or_else(|| {
+    pub(crate) fn pool_of(&self, record: &crate::state::VolumeRecord) -> Result<Pool> {
+        self.pools.get(&record.pool).cloned().ok_or_else(|| {
             self.missing_pool(
                 &record.pool,
                 Error::FailedPrecondition(format!(
@@ -289,7 +289,7 @@ impl Engine {
     }
 
     /// The pool a request's parameters select: `pool`, or the only pool.
-    pub fn select_pool(&self, requested: Option<&str>) -> Result<&Arc<dyn Backend>> {
+    pub fn select_pool(&self, requested: Option<&str>) -> Result<&Pool> {
         match requested {
             Some(name) if self.remote_pools.contains(name) => Err(Error::FailedPrecondition(format!(
                 "pool {name:?} is node-local: each node's berth provisions it (csi-provisioner --node-deployment), not the central controller"

@@ -5,11 +5,10 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use super::paths::{io_err, prepare_dir, prepare_file, tear_down};
 use super::{Capability, Engine, Error, Result};
-use crate::backend::{self, Backend, RAW_DEVICE_FILE, StageSource};
+use crate::backend::{self, Backend, Pool, RAW_DEVICE_FILE, StageSource};
 use crate::mount::{mountinfo, ops};
 use crate::state::{AccessKind, Phase, VolumeRecord};
 
@@ -37,12 +36,12 @@ pub struct NodePublish {
 }
 
 enum Resolved {
-    Managed(Arc<dyn Backend>, Box<VolumeRecord>),
-    Static(Arc<dyn Backend>, PathBuf),
+    Managed(Pool, Box<VolumeRecord>),
+    Static(Pool, PathBuf),
 }
 
 impl Resolved {
-    fn parts(&self) -> (&Arc<dyn Backend>, StageSource<'_>) {
+    fn parts(&self) -> (&Pool, StageSource<'_>) {
         match self {
             Resolved::Managed(pool, record) => (pool, StageSource::Managed(record)),
             Resolved::Static(pool, rel) => (pool, StageSource::Static(rel)),
@@ -57,7 +56,7 @@ impl Engine {
             return Ok(Resolved::Managed(pool, Box::new(record)));
         }
         if let Some(sub_path) = context.get("subPath") {
-            let pool = Arc::clone(self.select_pool(context.get("pool").map(String::as_str))?);
+            let pool = self.select_pool(context.get("pool").map(String::as_str))?.clone();
             let rel = pool.static_path(sub_path)?;
             return Ok(Resolved::Static(pool, rel));
         }

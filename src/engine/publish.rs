@@ -1,7 +1,6 @@
 //! ControllerPublishVolume and ControllerUnpublishVolume: which nodes may use a volume.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use super::volumes::unsupported;
 use super::{Capability, Engine, Error, Result};
@@ -34,7 +33,7 @@ impl Engine {
             && !context.is_empty()
             && let Some((pool, _)) = self.resolve_shared(id, context)?
         {
-            if !pool.knows_node(node)? {
+            if !pool.records().map_or(Ok(false), |s| s.knows_node(node))? {
                 return Err(Error::NotFound(format!("node {node:?} has not registered with pool {}", pool.name())));
             }
             if let Some(reason) = unsupported(pool.as_ref(), capability) {
@@ -55,7 +54,7 @@ impl Engine {
                 record.node
             )));
         }
-        let pool = Arc::clone(self.pool(&record.pool)?);
+        let pool = self.pool(&record.pool)?.clone();
         if let Some(reason) = unsupported(pool.as_ref(), capability) {
             return Err(Error::InvalidArgument(reason));
         }

@@ -2,8 +2,6 @@
 //! by the state machine ([`super::lifecycle`]), and storage no record accounts for is
 //! reported, never deleted, since it may be someone's data.
 
-use std::sync::Arc;
-
 use super::Engine;
 use super::lifecycle::Resumed;
 use crate::state::Phase;
@@ -38,7 +36,7 @@ impl Engine {
     pub fn reconcile(&self) -> Report {
         let mut report = Report::default();
         for mut volume in self.store.volumes_where(|v| v.phase != Phase::Ready) {
-            let Some(pool) = self.pools.get(&volume.pool).map(Arc::clone) else { continue };
+            let Some(pool) = self.pools.get(&volume.pool).cloned() else { continue };
             let Some(_guard) = self.locks.try_lock([volume.id.clone()]) else {
                 tracing::warn!(volume.id = %volume.id, "an unfinished volume is in use; the call holding it finishes it");
                 continue;
@@ -55,7 +53,7 @@ impl Engine {
             report.count(&outcome);
         }
         for mut snapshot in self.store.snapshots_page(None, usize::MAX, |s| s.phase != Phase::Ready).0 {
-            let Some(pool) = self.pools.get(&snapshot.pool).map(Arc::clone) else { continue };
+            let Some(pool) = self.pools.get(&snapshot.pool).cloned() else { continue };
             let Some(_guard) = self.locks.try_lock([snapshot.id.clone()]) else {
                 tracing::warn!(snapshot.id = %snapshot.id, "an unfinished snapshot is in use; the call holding it finishes it");
                 continue;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Capability, Engine, Error, Placement, Result};
-use crate::backend::{Backend, Condition, Usage};
+use crate::backend::{Condition, Pool, Shared, Usage};
 use crate::ids::{self, Kind};
 use crate::mount::mountinfo::is_nfs;
 use crate::mount::{MntFlags, mountinfo, ops};
@@ -29,8 +29,9 @@ pub struct SyncState {
 }
 
 impl Engine {
-    fn shared_pools(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
-        self.pools.values().filter(|p| !p.info().node_local)
+    /// The pools every node reaches, with their record-keeping part.
+    fn shared_pools(&self) -> impl Iterator<Item = (&Pool, &Arc<dyn Shared>)> {
+        self.pools.values().filter_map(|p| p.records().map(|s| (p, s)))
     }
 
     /// On a node, announces this node to each shared pool in the background. On the
@@ -39,9 +40,9 @@ impl Engine {
     /// starts serving even while a server is unreachable.
     pub(super) fn start_shared(&self, placement: Placement) -> std::result::Result<(), String> {
         let mut pending = self.shared_sync.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for pool in self.shared_pools() {
+        for (pool, shared) in self.shared_pools() {
             match placement {
-                Placement::OnNode => Arc::clone(pool).register_node(&self.node_id),
+                Placement::OnNode => Arc::clone(shared).register_node(&self.node_id),
                 Placement::Central => {
                     pending.insert(pool.name().to_string());
                 }
@@ -59,7 +60,7 @@ impl Engine {
         let todo: Vec<String> =
             pending().iter().filter(|p| pool.is_none_or(|want| want == p.as_str())).cloned().collect();
         for name in todo {
-            let Some(backend) = self.pools.get(&name) else { continue };
+            let Some(shared) = self.pools.get(&name).and_then(Pool::records) else { continue };
             let gate = {
                 let mut loading = self.shared_sync.loading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 Arc::clone(loading.entry(name.clone()).or_default())
@@ -70,25 +71,24 @@ impl Engine {
                 continue;
             }
             let state = |id: &str, e: std::io::Error| Error::State { id: id.to_string(), source: e };
-            if let Some((volumes, snapshots)) = backend.stored_records()? {
-                let keep: std::collections::HashSet<_> = volumes.iter().map(|v| v.id.clone()).collect();
-                for stale in self.store.volumes_where(|v| v.pool == name && !keep.contains(&v.id)) {
-                    self.store.remove_volume(&stale.id).map_err(|e| state(&stale.id, e))?;
-                }
-                let keep: std::collections::HashSet<_> = snapshots.iter().map(|s| s.id.clone()).collect();
-                let stale = self.store.snapshots_page(None, usize::MAX, |s| s.pool == name && !keep.contains(&s.id)).0;
-                for s in stale {
-                    self.store.remove_snapshot(&s.id).map_err(|e| state(&s.id, e))?;
-                }
-                let (nv, ns) = (volumes.len(), snapshots.len());
-                for v in volumes {
-                    self.store.put_volume(&v).map_err(|e| state(&v.id, e))?;
-                }
-                for s in snapshots {
-                    self.store.put_snapshot(&s).map_err(|e| state(&s.id, e))?;
-                }
-                tracing::info!(pool = %name, volumes = nv, snapshots = ns, "records loaded from the pool");
+            let (volumes, snapshots) = shared.stored_records()?;
+            let keep: std::collections::HashSet<_> = volumes.iter().map(|v| v.id.clone()).collect();
+            for stale in self.store.volumes_where(|v| v.pool == name && !keep.contains(&v.id)) {
+                self.store.remove_volume(&stale.id).map_err(|e| state(&stale.id, e))?;
             }
+            let keep: std::collections::HashSet<_> = snapshots.iter().map(|s| s.id.clone()).collect();
+            let stale = self.store.snapshots_page(None, usize::MAX, |s| s.pool == name && !keep.contains(&s.id)).0;
+            for s in stale {
+                self.store.remove_snapshot(&s.id).map_err(|e| state(&s.id, e))?;
+            }
+            let (nv, ns) = (volumes.len(), snapshots.len());
+            for v in volumes {
+                self.store.put_volume(&v).map_err(|e| state(&v.id, e))?;
+            }
+            for s in snapshots {
+                self.store.put_snapshot(&s).map_err(|e| state(&s.id, e))?;
+            }
+            tracing::info!(pool = %name, volumes = nv, snapshots = ns, "records loaded from the pool");
             pending().remove(&name);
         }
         Ok(())
@@ -113,8 +113,9 @@ impl Engine {
         capability: &Capability,
         readonly: bool,
     ) -> Result<()> {
-        let pool = Arc::clone(self.pool(&record.pool)?);
-        if node != self.node_id && !record.published.contains_key(node) && !pool.knows_node(node)? {
+        let pool = self.pool(&record.pool)?.clone();
+        let known = |node: &str| pool.records().map_or(Ok(false), |s| s.knows_node(node));
+        if node != self.node_id && !record.published.contains_key(node) && !known(node)? {
             return Err(Error::NotFound(format!(
                 "node {node:?} is not known: no berth node plugin for pool {} has registered under that ID",
                 record.pool
@@ -152,23 +153,24 @@ impl Engine {
         &self,
         id: &str,
         context: &std::collections::BTreeMap<String, String>,
-    ) -> Result<Option<(Arc<dyn Backend>, PathBuf)>> {
+    ) -> Result<Option<(Pool, PathBuf)>> {
         if let Some(parsed) = ids::parse(Kind::Volume, id)
-            && let Some(pool) = self.pools.get(parsed.pool).filter(|p| !p.info().node_local)
+            && let Some(pool) = self.pools.get(parsed.pool)
+            && let Some(shared) = pool.records()
         {
-            return Ok(pool.context_path(context)?.map(|rel| (Arc::clone(pool), rel)));
+            return Ok(shared.context_path(context)?.map(|rel| (pool.clone(), rel)));
         }
         let has_location = context.contains_key("server") || context.contains_key("export");
         let named = context.get("pool");
-        let candidates: Vec<_> = self.shared_pools().filter(|p| named.is_none_or(|n| p.name() == n)).collect();
+        let candidates: Vec<_> = self.shared_pools().filter(|(p, _)| named.is_none_or(|n| p.name() == n)).collect();
         if !has_location && candidates.len() > 1 {
             return Err(Error::InvalidArgument(
                 "volume attributes must name server and export (or pool) when several NFS pools are configured".into(),
             ));
         }
-        for pool in candidates {
-            if let Some(rel) = pool.context_path(context)? {
-                return Ok(Some((Arc::clone(pool), rel)));
+        for (pool, shared) in candidates {
+            if let Some(rel) = shared.context_path(context)? {
+                return Ok(Some((pool.clone(), rel)));
             }
         }
         if has_location && context.contains_key("subDir") {
@@ -195,14 +197,18 @@ impl Engine {
         }
         let record = self.store.volume(volume_id);
         let by_id = ids::parse(Kind::Volume, volume_id).and_then(|p| self.pools.get(p.pool));
-        let Some(pool) =
-            record.as_ref().and_then(|r| self.pools.get(&r.pool)).or(by_id).or_else(|| self.shared_pools().next())
+        let Some(pool) = record
+            .as_ref()
+            .and_then(|r| self.pools.get(&r.pool))
+            .or(by_id)
+            .or_else(|| self.shared_pools().next().map(|(p, _)| p))
         else {
             return Ok(None);
         };
-        let measured = match &record {
-            Some(r) => Some(pool.usage(r, path)),
-            None => pool.unrecorded_usage(path),
+        let measured = match (&record, pool.records()) {
+            (Some(r), _) => Some(pool.usage(r, path)),
+            (None, Some(shared)) => Some(shared.unrecorded_usage(path)),
+            (None, None) => None,
         };
         Ok(measured.map(|m| match m {
             Ok(usage) => (usage, Condition::healthy()),

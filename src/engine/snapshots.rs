@@ -1,7 +1,5 @@
 //! CreateSnapshot, DeleteSnapshot, ListSnapshots and the GetSnapshot lookup.
 
-use std::sync::Arc;
-
 use super::listing::Page;
 use super::{DEFAULT_PAGE, Engine, Error, Result};
 use crate::ids::{self, Kind};
@@ -25,7 +23,7 @@ impl Engine {
             }
         }
         let volume = self.ready_volume(source)?;
-        let pool = Arc::clone(self.pool(&volume.pool)?);
+        let pool = self.pool(&volume.pool)?.clone();
         pool.check_writable()?;
         let mut record = if let Some(s) = existing {
             s
@@ -59,7 +57,7 @@ impl Engine {
         let Some(mut record) = self.store.snapshot(id) else {
             return Ok(());
         };
-        let pool = Arc::clone(self.pool(&record.pool)?);
+        let pool = self.pool(&record.pool)?.clone();
         pool.check_writable()?;
         self.delete_snapshot_storage(pool.as_ref(), &mut record)?;
         tracing::info!(snapshot.id = %id, "snapshot deleted");

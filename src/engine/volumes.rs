@@ -2,7 +2,6 @@
 //! checked here, records changed through the state machine in [`super::lifecycle`].
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use super::{Capability, Engine, Error, FS_TYPES, Result};
 use crate::backend::{Backend, Source};
@@ -159,7 +158,7 @@ impl Engine {
     /// RESOURCE_EXHAUSTED.
     pub fn create_volume(&self, req: CreateVolume) -> Result<VolumeRecord> {
         let pool_name = check_parameters(&req.parameters)?;
-        let pool = Arc::clone(self.select_pool(pool_name)?);
+        let pool = self.select_pool(pool_name)?.clone();
         pool.check_writable()?;
         self.ensure_synced(Some(pool.name()))?;
         if req.capabilities.is_empty() {
@@ -325,7 +324,7 @@ impl Engine {
         let Some(mut record) = self.store.volume(id) else {
             return Ok(());
         };
-        let pool = Arc::clone(self.pool(&record.pool)?);
+        let pool = self.pool(&record.pool)?.clone();
         pool.check_writable()?;
         if !record.published.is_empty() {
             return Err(Error::FailedPrecondition(format!(
@@ -421,7 +420,7 @@ impl Engine {
         if required <= record.capacity {
             return Ok((record.capacity, false));
         }
-        let pool = Arc::clone(self.pool(&record.pool)?);
+        let pool = self.pool(&record.pool)?.clone();
         pool.check_writable()?;
         let room = pool.capacity()?;
         let growth = required - record.capacity;

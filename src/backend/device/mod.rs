@@ -8,7 +8,7 @@
 mod identity;
 pub mod wipe;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use super::image::write_whole_file;
 use super::{
-    Backend, Capability, Capacity, Condition, Error, PoolInfo, PoolKind, Result, Source, StageSource, Usage, blockvol,
+    Capability, Capacity, Condition, Controller, Error, Node, PoolInfo, PoolKind, Result, Source, StageSource, Usage,
+    blockvol,
 };
 use crate::config::{DevicePool as DevicePoolConfig, Wipe};
 use crate::mount::{Signature, Syscall};
@@ -280,9 +281,14 @@ impl DevicePool {
     }
 }
 
-impl Backend for DevicePool {
+impl Controller for DevicePool {
     fn info(&self) -> &PoolInfo {
         &self.info
+    }
+
+    /// A volume is a whole disk: there is no pool filesystem to go read-only.
+    fn check_writable(&self) -> Result<()> {
+        Ok(())
     }
 
     fn enforcement(&self) -> Result<Enforced> {
@@ -373,23 +379,6 @@ impl Backend for DevicePool {
         Ok(())
     }
 
-    /// Records the UUID of the filesystem on a filesystem volume's disk, once there is one.
-    fn note_staged(&self, volume: &mut VolumeRecord) -> Result<bool> {
-        if volume.access != AccessKind::Mount || volume.device_identity.as_ref().is_none_or(|i| i.fs_uuid.is_some()) {
-            return Ok(false);
-        }
-        let device = self.present(volume)?;
-        let uuid = self.sys.fs_uuid(&device).map_err(Error::io("probe", &device))?;
-        match (uuid, volume.device_identity.as_mut()) {
-            (Some(uuid), Some(identity)) => {
-                tracing::info!(volume.id = %volume.id, fs.uuid = %uuid, "recorded the filesystem UUID of a device volume");
-                identity.fs_uuid = Some(uuid);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
     fn delete_volume(&self, volume: &VolumeRecord) -> Result<()> {
         if volume.device.is_none() {
             return Ok(());
@@ -418,18 +407,6 @@ impl Backend for DevicePool {
             )));
         }
         Ok(true)
-    }
-
-    fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()> {
-        if volume.access == AccessKind::Mount {
-            let device = self.present(volume)?;
-            let fs_type = volume.fs_type.as_deref().unwrap_or(super::DEFAULT_FS);
-            self.sys
-                .grow_fs(fs_type, &device, volume_path)
-                .inspect_err(|_| crate::metrics::record_error("resize"))
-                .map_err(Error::io("grow filesystem", volume_path))?;
-        }
-        Ok(())
     }
 
     fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()> {
@@ -462,6 +439,11 @@ impl Backend for DevicePool {
         }
     }
 
+    /// The record's own fields say everything a node needs.
+    fn volume_context(&self, _volume: &VolumeRecord) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
     fn condition(&self, volume: &VolumeRecord) -> Condition {
         match self.locate(volume) {
             Ok(Some(device)) => blockvol::filesystem_condition(&device),
@@ -473,10 +455,16 @@ impl Backend for DevicePool {
         }
     }
 
-    fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage> {
-        let device = self.present(volume)?;
-        let size = self.sys.device_size(&device).map_err(Error::io("device size", &device))?;
-        blockvol::usage(self.sys.as_ref(), volume.access == AccessKind::Block, volume_path, size, size)
+    /// The disks are the allow-list's; snapshots are in a block pool's directory, which
+    /// that pool reports.
+    fn unaccounted(&self, _known: &HashSet<String>) -> Vec<PathBuf> {
+        Vec::new()
+    }
+}
+
+impl Node for DevicePool {
+    fn parse_mount_flags(&self, flags: &[String]) -> std::result::Result<crate::mount::ops::Flags, String> {
+        super::bind_mount_flags(flags)
     }
 
     fn static_path(&self, _sub_path: &str) -> Result<PathBuf> {
@@ -491,6 +479,23 @@ impl Backend for DevicePool {
         let device = self.present(volume)?;
         let fs_type = volume.fs_type.as_deref().unwrap_or(super::DEFAULT_FS);
         blockvol::stage(self.sys.as_ref(), &device, staging, capability, fs_type)
+    }
+
+    /// Records the UUID of the filesystem on a filesystem volume's disk, once there is one.
+    fn note_staged(&self, volume: &mut VolumeRecord) -> Result<bool> {
+        if volume.access != AccessKind::Mount || volume.device_identity.as_ref().is_none_or(|i| i.fs_uuid.is_some()) {
+            return Ok(false);
+        }
+        let device = self.present(volume)?;
+        let uuid = self.sys.fs_uuid(&device).map_err(Error::io("probe", &device))?;
+        match (uuid, volume.device_identity.as_mut()) {
+            (Some(uuid), Some(identity)) => {
+                tracing::info!(volume.id = %volume.id, fs.uuid = %uuid, "recorded the filesystem UUID of a device volume");
+                identity.fs_uuid = Some(uuid);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     fn unstage(&self, _source: StageSource<'_>) -> Result<()> {
@@ -509,6 +514,24 @@ impl Backend for DevicePool {
             Some(device) => blockvol::mounts(self.sys.as_ref(), &device),
             None => Ok(Vec::new()),
         }
+    }
+
+    fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()> {
+        if volume.access == AccessKind::Mount {
+            let device = self.present(volume)?;
+            let fs_type = volume.fs_type.as_deref().unwrap_or(super::DEFAULT_FS);
+            self.sys
+                .grow_fs(fs_type, &device, volume_path)
+                .inspect_err(|_| crate::metrics::record_error("resize"))
+                .map_err(Error::io("grow filesystem", volume_path))?;
+        }
+        Ok(())
+    }
+
+    fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage> {
+        let device = self.present(volume)?;
+        let size = self.sys.device_size(&device).map_err(Error::io("device size", &device))?;
+        blockvol::usage(self.sys.as_ref(), volume.access == AccessKind::Block, volume_path, size, size)
     }
 }
 

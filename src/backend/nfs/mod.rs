@@ -14,12 +14,14 @@ mod pool;
 
 pub use pool::NfsPool;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Backend, Capability, Capacity, Condition, Error, PoolInfo, Result, Source, StageSource, Usage};
+use super::{
+    Capability, Capacity, Condition, Controller, Error, Node, PoolInfo, Result, Shared, Source, StageSource, Usage,
+};
 use crate::config::OnDelete;
 use crate::mount::{MsFlags, mountinfo, ops};
 use crate::nfs::{self, FileType, SetAttr};
@@ -41,19 +43,15 @@ pub const FS_TYPES: &[&str] = &["", "nfs", "nfs4"];
 /// How often a node plugin retries registering itself while the server is unreachable.
 const REGISTER_RETRY: Duration = Duration::from_secs(30);
 
-impl Backend for NfsPool {
+impl Controller for NfsPool {
     fn info(&self) -> &PoolInfo {
         &self.info
     }
 
-    fn volume_context(&self, volume: &VolumeRecord) -> BTreeMap<String, String> {
-        // Node plugins hold no records: the context names the directory they mount.
-        volume.parameters.get(SUBDIR_KEY).map(|dir| (CONTEXT_SUBDIR.to_string(), dir.clone())).into_iter().collect()
-    }
-
-    fn parse_mount_flags(&self, flags: &[String]) -> std::result::Result<ops::Flags, String> {
-        let o = Options::parse(flags).map_err(|e| e.to_string())?;
-        Ok(ops::Flags { readonly: o.readonly, extra: o.flags })
+    /// Whether the server takes writes shows only when it is asked to: each call's
+    /// answer says so.
+    fn check_writable(&self) -> Result<()> {
+        Ok(())
     }
 
     fn enforcement(&self) -> Result<Enforced> {
@@ -71,6 +69,11 @@ impl Backend for NfsPool {
             available_bytes: st.avail_bytes,
             maximum_volume_bytes: st.avail_bytes,
         })
+    }
+
+    /// Nothing to choose ahead: a volume's storage is named by its key.
+    fn reserve(&self, _volume: &mut VolumeRecord) -> Result<bool> {
+        Ok(false)
     }
 
     fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()> {
@@ -220,10 +223,6 @@ impl Backend for NfsPool {
         Ok(false)
     }
 
-    fn node_expand(&self, _volume: &VolumeRecord, _volume_path: &Path) -> Result<()> {
-        Ok(())
-    }
-
     fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()> {
         let sub = self
             .sub_dir(volume)
@@ -263,6 +262,11 @@ impl Backend for NfsPool {
         })
     }
 
+    fn volume_context(&self, volume: &VolumeRecord) -> BTreeMap<String, String> {
+        // Node plugins hold no records: the context names the directory they mount.
+        volume.parameters.get(SUBDIR_KEY).map(|dir| (CONTEXT_SUBDIR.to_string(), dir.clone())).into_iter().collect()
+    }
+
     fn condition(&self, volume: &VolumeRecord) -> Condition {
         let Some(sub) = self.sub_dir(volume) else {
             return Condition::abnormal(format!("volume {} has no directory on the export", volume.id));
@@ -279,46 +283,21 @@ impl Backend for NfsPool {
         }
     }
 
-    fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage> {
-        self.nfs_usage(volume_path, Some(volume.capacity))
+    /// What is on the export outside the records is the export owner's, not berth's to report.
+    fn unaccounted(&self, _known: &HashSet<String>) -> Vec<PathBuf> {
+        Vec::new()
     }
+}
 
-    fn unrecorded_usage(&self, volume_path: &Path) -> Option<Result<Usage>> {
-        Some(self.nfs_usage(volume_path, None))
+impl Node for NfsPool {
+    fn parse_mount_flags(&self, flags: &[String]) -> std::result::Result<ops::Flags, String> {
+        let o = Options::parse(flags).map_err(|e| e.to_string())?;
+        Ok(ops::Flags { readonly: o.readonly, extra: o.flags })
     }
 
     fn static_path(&self, sub_path: &str) -> Result<PathBuf> {
         template::check_path("subDir", sub_path).map_err(Error::InvalidArgument)?;
         Ok(PathBuf::from(sub_path))
-    }
-
-    fn context_path(&self, context: &BTreeMap<String, String>) -> Result<Option<PathBuf>> {
-        let Some(sub) = context.get(CONTEXT_SUBDIR) else {
-            return Ok(None);
-        };
-        let prefix = match (context.get(CONTEXT_SERVER), context.get(CONTEXT_EXPORT)) {
-            (None, None) => String::new(),
-            (Some(server), Some(exp)) => {
-                let exp = safepath::absolute("export", exp).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-                let unbracket = |s: &str| s.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-                if unbracket(server) != unbracket(&self.server) {
-                    return Ok(None);
-                }
-                match exp.strip_prefix(&self.export) {
-                    Ok(rest) => rest.to_string_lossy().into_owned(),
-                    Err(_) => return Ok(None),
-                }
-            }
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "volume attributes {CONTEXT_SERVER} and {CONTEXT_EXPORT} must be given together"
-                )));
-            }
-        };
-        template::check_path("subDir", sub).map_err(Error::InvalidArgument)?;
-        let rel = if prefix.is_empty() { sub.clone() } else { format!("{prefix}/{sub}") };
-        template::check_path("export and subDir", &rel).map_err(Error::InvalidArgument)?;
-        Ok(Some(PathBuf::from(rel)))
     }
 
     fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()> {
@@ -345,6 +324,11 @@ impl Backend for NfsPool {
             })
     }
 
+    /// Staging records nothing new: the record names the storage.
+    fn note_staged(&self, _volume: &mut VolumeRecord) -> Result<bool> {
+        Ok(false)
+    }
+
     fn unstage(&self, _source: StageSource<'_>) -> Result<()> {
         Ok(())
     }
@@ -361,6 +345,16 @@ impl Backend for NfsPool {
         Ok(table.iter().filter(|m| mountinfo::is_nfs(m) && m.source == device).map(|m| m.mount_point.clone()).collect())
     }
 
+    fn node_expand(&self, _volume: &VolumeRecord, _volume_path: &Path) -> Result<()> {
+        Ok(())
+    }
+
+    fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage> {
+        self.nfs_usage(volume_path, Some(volume.capacity))
+    }
+}
+
+impl Shared for NfsPool {
     fn persist_volume(&self, volume: &VolumeRecord) -> Result<()> {
         super::failpoint("nfs.record.write", Path::new(&volume.key))?;
         let bytes = Self::record_json(volume)?;
@@ -396,15 +390,15 @@ impl Backend for NfsPool {
         })
     }
 
-    fn stored_records(&self) -> Result<Option<(Vec<VolumeRecord>, Vec<SnapshotRecord>)>> {
+    fn stored_records(&self) -> Result<(Vec<VolumeRecord>, Vec<SnapshotRecord>)> {
         let volumes: Vec<VolumeRecord> =
             self.with("read volume records", export::META, |c| export::records(c, export::VOLUMES))?;
         let snapshots: Vec<SnapshotRecord> =
             self.with("read snapshot records", export::META, |c| export::records(c, export::SNAPSHOT_RECORDS))?;
-        Ok(Some((
+        Ok((
             volumes.into_iter().filter(|v| v.pool == self.info.name).collect(),
             snapshots.into_iter().filter(|s| s.pool == self.info.name).collect(),
-        )))
+        ))
     }
 
     fn register_node(self: Arc<Self>, node: &str) {
@@ -442,5 +436,38 @@ impl Backend for NfsPool {
             let dir = export::meta_dir(c, export::NODES)?;
             Ok(c.lookup(&dir, node.as_bytes())?.is_some())
         })
+    }
+
+    fn context_path(&self, context: &BTreeMap<String, String>) -> Result<Option<PathBuf>> {
+        let Some(sub) = context.get(CONTEXT_SUBDIR) else {
+            return Ok(None);
+        };
+        let prefix = match (context.get(CONTEXT_SERVER), context.get(CONTEXT_EXPORT)) {
+            (None, None) => String::new(),
+            (Some(server), Some(exp)) => {
+                let exp = safepath::absolute("export", exp).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                let unbracket = |s: &str| s.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+                if unbracket(server) != unbracket(&self.server) {
+                    return Ok(None);
+                }
+                match exp.strip_prefix(&self.export) {
+                    Ok(rest) => rest.to_string_lossy().into_owned(),
+                    Err(_) => return Ok(None),
+                }
+            }
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "volume attributes {CONTEXT_SERVER} and {CONTEXT_EXPORT} must be given together"
+                )));
+            }
+        };
+        template::check_path("subDir", sub).map_err(Error::InvalidArgument)?;
+        let rel = if prefix.is_empty() { sub.clone() } else { format!("{prefix}/{sub}") };
+        template::check_path("export and subDir", &rel).map_err(Error::InvalidArgument)?;
+        Ok(Some(PathBuf::from(rel)))
+    }
+
+    fn unrecorded_usage(&self, volume_path: &Path) -> Result<Usage> {
+        self.nfs_usage(volume_path, None)
     }
 }
