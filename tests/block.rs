@@ -486,6 +486,16 @@ async fn reboot_replay_reattaches_the_same_image() {
     let p = stage_publish(&mut b, scratch.path(), &vol.volume_id, "b", fs_cap("")).await;
     fs::write(p.target.join("state"), b"before reboot").expect("write");
     b.stop();
+    // The device stack was recorded at creation; a record from before stacks were
+    // recorded has none, and stages through the pool's default stack.
+    let state = scratch.path().join("state");
+    {
+        let (store, _) = berth::state::Store::open(&state).expect("open state");
+        let mut record = store.volume(&vol.volume_id).expect("record");
+        assert_eq!(record.layers, [berth::state::Layer::Loop]);
+        record.layers.clear();
+        store.put_volume(&record).expect("put");
+    }
     // The reboot: every mount gone, every loop device gone; directories stay.
     unmount_below(scratch.path());
     for dev in loops_of(&image) {
@@ -983,6 +993,8 @@ async fn device_pool_refuses_records_outside_the_allow_list_or_naming_one_device
         let mut legacy = store.volume(&v1).expect("record");
         legacy.device = Some(kernel_name.clone());
         legacy.device_identity = None;
+        assert_eq!(legacy.layers, [berth::state::Layer::Disk]);
+        legacy.layers.clear();
         store.put_volume(&legacy).expect("put");
     }
     fs::write(&b.config, all).expect("config");

@@ -61,6 +61,7 @@ async fn ten_thousand_volumes_keep_pages_small_memory_bounded_and_startup_fast()
             fs_type: None,
             device: None,
             device_identity: None,
+            layers: Vec::new(),
             parameters: [
                 ("csi.storage.k8s.io/pvc/name".to_string(), format!("data-postgres-{i}")),
                 ("csi.storage.k8s.io/pvc/namespace".to_string(), "databases".to_string()),

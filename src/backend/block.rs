@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::image::{write_whole_file, write_whole_file_from};
+use super::stack::{self, Stack};
 use super::tree::{self, Reflink};
 use super::{
     Capability, Capacity, Condition, Controller, Error, Node, PoolInfo, PoolKind, Result, Source, StageSource, Usage,
@@ -20,7 +21,7 @@ use super::{
 use crate::config::BlockPool as BlockPoolConfig;
 use crate::mount::{LOOP_TAG_PREFIX, LoopDevice, Syscall};
 use crate::progress::Progress;
-use crate::state::{AccessKind, Enforced, SnapshotMethod, SnapshotRecord, VolumeRecord};
+use crate::state::{Enforced, Layer, SnapshotMethod, SnapshotRecord, VolumeRecord};
 
 const VOLUMES: &str = "volumes";
 const SNAPSHOTS: &str = "snapshots";
@@ -113,15 +114,25 @@ impl BlockPool {
         Ok(())
     }
 
+    /// The device stack of `volume`: its image through a loop device.
+    fn stack<'a>(&'a self, volume: &'a VolumeRecord) -> Result<Stack<'a>> {
+        Stack::of(volume, &[Layer::Loop], |layer| match layer {
+            Layer::Loop => Some(Box::new(LoopLayer { pool: self, volume }) as Box<dyn stack::Ops>),
+            Layer::Disk => None,
+        })
+    }
+
+    /// Where the filesystem of `volume` is mounted on this node, if it is: what a copy of
+    /// its image freezes.
+    fn mounted_filesystem(&self, volume: &VolumeRecord) -> Result<Option<PathBuf>> {
+        self.stack(volume)?.filesystem_mount(self.sys.as_ref())
+    }
+
     fn managed<'a>(&self, source: StageSource<'a>) -> Result<&'a VolumeRecord> {
         match source {
             StageSource::Managed(v) => Ok(v),
             StageSource::Static(_) => Err(Error::InvalidArgument("block pools have no static volumes".into())),
         }
-    }
-
-    fn fs_type(volume: &VolumeRecord) -> &str {
-        volume.fs_type.as_deref().unwrap_or(super::DEFAULT_FS)
     }
 
     /// Clones or copies `from` into this pool's `dir/<key>.img`, sized `bytes` (at least).
@@ -185,6 +196,7 @@ impl Controller for BlockPool {
 
     fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()> {
         volume.enforced = Enforced::DeviceSize;
+        volume.layers = vec![Layer::Loop];
         let image = self.image(&volume.key);
         if image.exists() {
             return Ok(());
@@ -204,10 +216,7 @@ impl Controller for BlockPool {
                 tracing::info!(volume.id = %volume.id, snapshot.id = %s.id, reflinked = cloned, "volume restored");
             }
             Some(Source::Volume(v)) => {
-                let freeze = match self.attached(&v.key)? {
-                    Some(l) => blockvol::filesystem_mount(self.sys.as_ref(), &l.path)?,
-                    None => None,
-                };
+                let freeze = self.mounted_filesystem(v)?;
                 let cloned =
                     self.copy_image(&self.image(&v.key), &dir, &volume.key, volume.capacity, freeze.as_deref(), false)?;
                 tracing::info!(volume.id = %volume.id, source.id = %v.id, reflinked = cloned, "volume cloned");
@@ -218,9 +227,7 @@ impl Controller for BlockPool {
 
     fn delete_volume(&self, volume: &VolumeRecord) -> Result<()> {
         super::failpoint("block.delete", &self.image(&volume.key))?;
-        if let Some(l) = self.attached(&volume.key)? {
-            self.sys.loop_detach(&l.path).map_err(Error::io("detach loop device", &l.path))?;
-        }
+        self.stack(volume)?.close()?;
         let image = self.image(&volume.key);
         match fs::remove_file(&image) {
             Ok(()) => Ok(()),
@@ -245,10 +252,7 @@ impl Controller for BlockPool {
     fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()> {
         let dest = self.snapshot_image(&snapshot.key);
         if !dest.exists() {
-            let freeze = match self.attached(&volume.key)? {
-                Some(l) => blockvol::filesystem_mount(self.sys.as_ref(), &l.path)?,
-                None => None,
-            };
+            let freeze = self.mounted_filesystem(volume)?;
             let cloned = self.copy_image(
                 &self.image(&volume.key),
                 &self.root.join(SNAPSHOTS),
@@ -281,9 +285,9 @@ impl Controller for BlockPool {
     fn condition(&self, volume: &VolumeRecord) -> Condition {
         let image = self.image(&volume.key);
         match fs::symlink_metadata(&image) {
-            Ok(m) if m.is_file() => match self.attached(&volume.key) {
-                Ok(Some(l)) => blockvol::filesystem_condition(&l.path),
-                _ => Condition::healthy(),
+            Ok(m) if m.is_file() => match self.stack(volume) {
+                Ok(stack) => stack.condition(),
+                Err(e) => Condition::abnormal(e.to_string()),
             },
             Ok(_) => Condition::abnormal(format!("{} is not a regular file", image.display())),
             Err(e) => Condition::abnormal(format!("image {} is unavailable: {e}", image.display())),
@@ -316,23 +320,7 @@ impl Node for BlockPool {
             return Err(Error::NotFound(format!("image {} of volume {} does not exist", image.display(), volume.id)));
         }
         self.refuse_foreign_mount(volume, &image)?;
-        let (device, attached_now) = if let Some(l) = self.attached(&volume.key)? {
-            (l.path, false)
-        } else {
-            super::failpoint("block.loop.attach", &image)?;
-            let l = self
-                .sys
-                .loop_attach(&image, &Self::tag(&volume.key), false)
-                .inspect_err(|_| crate::metrics::record_error("loop"))
-                .map_err(Error::io("attach loop device", &image))?;
-            tracing::info!(volume.id = %volume.id, device = %l.path.display(), direct_io = l.direct_io, "loop device attached");
-            (l.path, true)
-        };
-        let result = blockvol::stage(self.sys.as_ref(), &device, staging, capability, Self::fs_type(volume));
-        if result.is_err() && attached_now {
-            let _ = self.sys.loop_detach(&device);
-        }
-        result
+        self.stack(volume)?.stage(self.sys.as_ref(), staging, capability)
     }
 
     /// Staging records nothing new: the record names the storage.
@@ -342,62 +330,65 @@ impl Node for BlockPool {
 
     fn unstage(&self, source: StageSource<'_>) -> Result<()> {
         let volume = self.managed(source)?;
-        if let Some(l) = self.attached(&volume.key)? {
-            let mounts = blockvol::mounts(self.sys.as_ref(), &l.path)?;
-            if !mounts.is_empty() {
-                return Err(Error::FailedPrecondition(format!(
-                    "{} is still mounted at {}; unpublish it first",
-                    l.path.display(),
-                    mounts.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", ")
-                )));
-            }
-            self.sys.loop_detach(&l.path).map_err(Error::io("detach loop device", &l.path))?;
-            tracing::info!(volume.id = %volume.id, device = %l.path.display(), "loop device detached");
-        }
-        Ok(())
+        self.stack(volume)?.unstage(self.sys.as_ref())
     }
 
     fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool> {
-        match self.attached(&self.managed(source)?.key)? {
-            Some(l) => blockvol::is_mounted_at(self.sys.as_ref(), &l.path, path),
-            None => Ok(false),
-        }
+        self.stack(self.managed(source)?)?.is_mounted_at(self.sys.as_ref(), path)
     }
 
     fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>> {
-        match self.attached(&self.managed(source)?.key)? {
-            Some(l) => blockvol::mounts(self.sys.as_ref(), &l.path),
-            None => Ok(Vec::new()),
-        }
+        self.stack(self.managed(source)?)?.mounts(self.sys.as_ref())
     }
 
+    /// Not attached here: the next stage attaches at the new size and grows then.
     fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()> {
-        let Some(l) = self.attached(&volume.key)? else {
-            // Not attached here: the next stage attaches at the new size and grows then.
-            return Ok(());
-        };
-        self.sys
-            .loop_set_capacity(&l.path)
-            .inspect_err(|_| crate::metrics::record_error("loop"))
-            .map_err(Error::io("refresh loop capacity", &l.path))?;
-        if volume.access == AccessKind::Mount {
-            self.sys
-                .grow_fs(Self::fs_type(volume), &l.path, volume_path)
-                .inspect_err(|_| crate::metrics::record_error("resize"))
-                .map_err(Error::io("grow filesystem", volume_path))?;
-        }
-        Ok(())
+        self.stack(volume)?.expand(self.sys.as_ref(), volume_path)
     }
 
     fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage> {
         let image = self.image(&volume.key);
         let meta = fs::metadata(&image).map_err(Error::io("stat image", &image))?;
-        blockvol::usage(
-            self.sys.as_ref(),
-            volume.access == AccessKind::Block,
-            volume_path,
-            meta.len(),
-            meta.blocks() * 512,
-        )
+        self.stack(volume)?.usage(self.sys.as_ref(), volume_path, meta.len(), meta.blocks() * 512)
+    }
+}
+
+/// The loop layer: a block pool volume's image attached through a loop device that berth
+/// tags with the volume's key. It is always the bottom of its stack.
+struct LoopLayer<'a> {
+    pool: &'a BlockPool,
+    volume: &'a VolumeRecord,
+}
+
+impl stack::Ops for LoopLayer<'_> {
+    fn find(&self, _below: Option<&Path>) -> Result<Option<PathBuf>> {
+        Ok(self.pool.attached(&self.volume.key)?.map(|l| l.path))
+    }
+
+    fn open(&self, _below: Option<&Path>) -> Result<PathBuf> {
+        let image = self.pool.image(&self.volume.key);
+        super::failpoint("block.loop.attach", &image)?;
+        let l = self
+            .pool
+            .sys
+            .loop_attach(&image, &BlockPool::tag(&self.volume.key), false)
+            .inspect_err(|_| crate::metrics::record_error("loop"))
+            .map_err(Error::io("attach loop device", &image))?;
+        tracing::info!(volume.id = %self.volume.id, device = %l.path.display(), direct_io = l.direct_io, "loop device attached");
+        Ok(l.path)
+    }
+
+    fn close(&self, device: &Path) -> Result<()> {
+        self.pool.sys.loop_detach(device).map_err(Error::io("detach loop device", device))?;
+        tracing::info!(volume.id = %self.volume.id, device = %device.display(), "loop device detached");
+        Ok(())
+    }
+
+    fn grow(&self, device: &Path) -> Result<()> {
+        self.pool
+            .sys
+            .loop_set_capacity(device)
+            .inspect_err(|_| crate::metrics::record_error("loop"))
+            .map_err(Error::io("refresh loop capacity", device))
     }
 }

@@ -9,6 +9,7 @@ pub mod identity;
 mod image;
 pub mod nfs;
 pub mod registry;
+pub mod stack;
 pub mod tree;
 
 use std::collections::{BTreeMap, HashSet};

@@ -19,7 +19,8 @@ mod salvage;
 mod table;
 
 pub use records::{
-    AccessKind, ContentSource, DeviceIdentity, Enforced, Phase, SnapshotMethod, SnapshotRecord, VolumeRecord, now_ms,
+    AccessKind, ContentSource, DeviceIdentity, Enforced, Layer, Phase, SnapshotMethod, SnapshotRecord, VolumeRecord,
+    now_ms,
 };
 pub use salvage::{Salvaged, salvage};
 use table::{Change, Maps};
@@ -565,6 +566,7 @@ mod tests {
             fs_type: None,
             device: None,
             device_identity: None,
+            layers: Vec::new(),
             parameters: BTreeMap::new(),
             single_writer: None,
             created_unix_ms: 1,

@@ -57,6 +57,30 @@ pub enum AccessKind {
     Block,
 }
 
+/// One layer of a block volume's device stack, bottom first (see
+/// [`crate::backend::stack`]). What a layer acts on (the image, the disk) is named by
+/// the record's other fields, so the layer records only its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    /// The volume's image file in its block pool, through a loop device berth tags with
+    /// the volume's key.
+    Loop,
+    /// The disk the record's `device` and `device_identity` name.
+    Disk,
+}
+
+impl Layer {
+    /// The name messages use.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::Loop => "loop",
+            Layer::Disk => "disk",
+        }
+    }
+}
+
 /// A volume berth created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeRecord {
@@ -91,6 +115,11 @@ pub struct VolumeRecord {
     /// What identifies that device across reboots; checked before every stage and wipe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_identity: Option<DeviceIdentity>,
+    /// The device stack of a block or device volume, bottom first, recorded at creation
+    /// before the first stage; empty for directories and for records from before layers
+    /// were recorded (their pool's default stack applies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<Layer>,
     /// StorageClass parameters berth acted on (never secrets).
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
@@ -165,6 +194,7 @@ impl VolumeRecord {
             fs_type: None,
             device: None,
             device_identity: None,
+            layers: Vec::new(),
             parameters: BTreeMap::new(),
             single_writer: None,
             created_unix_ms: now_ms(),

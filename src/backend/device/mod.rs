@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::image::write_whole_file;
+use super::stack::{self, Stack};
 use super::{
     Capability, Capacity, Condition, Controller, Error, Node, PoolInfo, PoolKind, Result, Source, StageSource, Usage,
     blockvol,
@@ -23,7 +24,7 @@ use super::{
 use crate::config::{DevicePool as DevicePoolConfig, Wipe};
 use crate::mount::{Signature, Syscall};
 use crate::progress::Progress;
-use crate::state::{AccessKind, DeviceIdentity, Enforced, Phase, SnapshotMethod, SnapshotRecord, VolumeRecord};
+use crate::state::{AccessKind, DeviceIdentity, Enforced, Layer, Phase, SnapshotMethod, SnapshotRecord, VolumeRecord};
 use identity::Claim;
 
 const CHUNK: usize = 1 << 20;
@@ -250,6 +251,14 @@ impl DevicePool {
         })
     }
 
+    /// The device stack of `volume`: its disk.
+    fn stack<'a>(&'a self, volume: &'a VolumeRecord) -> Result<Stack<'a>> {
+        Stack::of(volume, &[Layer::Disk], |layer| match layer {
+            Layer::Disk => Some(Box::new(DiskLayer { pool: self, volume }) as Box<dyn stack::Ops>),
+            Layer::Loop => None,
+        })
+    }
+
     fn managed<'a>(&self, source: StageSource<'a>) -> Result<&'a VolumeRecord> {
         match source {
             StageSource::Managed(v) => Ok(v),
@@ -363,6 +372,7 @@ impl Controller for DevicePool {
 
     fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()> {
         volume.enforced = Enforced::DeviceSize;
+        volume.layers = vec![Layer::Disk];
         self.reserve(volume)?;
         let device = self.present(volume)?;
         match source {
@@ -370,7 +380,7 @@ impl Controller for DevicePool {
             Some(Source::Snapshot(s)) => self.write_device(&device, &self.snapshot_path(&s.key)?)?,
             Some(Source::Volume(v)) => {
                 let from = self.present(v)?;
-                let freeze = blockvol::filesystem_mount(self.sys.as_ref(), &from)?;
+                let freeze = self.stack(v)?.filesystem_mount(self.sys.as_ref())?;
                 self.frozen(freeze.as_deref(), || self.write_device(&device, &from))?;
             }
         }
@@ -414,7 +424,7 @@ impl Controller for DevicePool {
         if !dest.exists() {
             let device = self.present(volume)?;
             let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-            let freeze = blockvol::filesystem_mount(self.sys.as_ref(), &device)?;
+            let freeze = self.stack(volume)?.filesystem_mount(self.sys.as_ref())?;
             let size = self.sys.device_size(&device).map_err(Error::io("device size", &device))?;
             self.frozen(freeze.as_deref(), || {
                 write_whole_file(&dir, &format!("{}.img", snapshot.key), |dst| {
@@ -476,9 +486,8 @@ impl Node for DevicePool {
 
     fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()> {
         let volume = self.managed(source)?;
-        let device = self.present(volume)?;
-        let fs_type = volume.fs_type.as_deref().unwrap_or(super::DEFAULT_FS);
-        blockvol::stage(self.sys.as_ref(), &device, staging, capability, fs_type)
+        self.present(volume)?;
+        self.stack(volume)?.stage(self.sys.as_ref(), staging, capability)
     }
 
     /// Records the UUID of the filesystem on a filesystem volume's disk, once there is one.
@@ -498,40 +507,54 @@ impl Node for DevicePool {
         }
     }
 
-    fn unstage(&self, _source: StageSource<'_>) -> Result<()> {
-        Ok(())
+    fn unstage(&self, source: StageSource<'_>) -> Result<()> {
+        self.stack(self.managed(source)?)?.unstage(self.sys.as_ref())
     }
 
     fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool> {
-        match self.locate(self.managed(source)?)? {
-            Some(device) => blockvol::is_mounted_at(self.sys.as_ref(), &device, path),
-            None => Ok(false),
-        }
+        self.stack(self.managed(source)?)?.is_mounted_at(self.sys.as_ref(), path)
     }
 
     fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>> {
-        match self.locate(self.managed(source)?)? {
-            Some(device) => blockvol::mounts(self.sys.as_ref(), &device),
-            None => Ok(Vec::new()),
-        }
+        self.stack(self.managed(source)?)?.mounts(self.sys.as_ref())
     }
 
     fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()> {
-        if volume.access == AccessKind::Mount {
-            let device = self.present(volume)?;
-            let fs_type = volume.fs_type.as_deref().unwrap_or(super::DEFAULT_FS);
-            self.sys
-                .grow_fs(fs_type, &device, volume_path)
-                .inspect_err(|_| crate::metrics::record_error("resize"))
-                .map_err(Error::io("grow filesystem", volume_path))?;
-        }
-        Ok(())
+        self.present(volume)?;
+        self.stack(volume)?.expand(self.sys.as_ref(), volume_path)
     }
 
     fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage> {
         let device = self.present(volume)?;
         let size = self.sys.device_size(&device).map_err(Error::io("device size", &device))?;
-        blockvol::usage(self.sys.as_ref(), volume.access == AccessKind::Block, volume_path, size, size)
+        self.stack(volume)?.usage(self.sys.as_ref(), volume_path, size, size)
+    }
+}
+
+/// The disk layer: a device pool volume's whole disk, found only after its identity
+/// checks ([`DevicePool::locate`]). It is always the bottom of its stack, opens nothing
+/// and closes nothing: the disk is there or it is not.
+struct DiskLayer<'a> {
+    pool: &'a DevicePool,
+    volume: &'a VolumeRecord,
+}
+
+impl stack::Ops for DiskLayer<'_> {
+    fn find(&self, _below: Option<&Path>) -> Result<Option<PathBuf>> {
+        self.pool.locate(self.volume)
+    }
+
+    fn open(&self, _below: Option<&Path>) -> Result<PathBuf> {
+        self.pool.present(self.volume)
+    }
+
+    fn close(&self, _device: &Path) -> Result<()> {
+        Ok(())
+    }
+
+    /// A disk is the size it is: expansion checked that it is large enough.
+    fn grow(&self, _device: &Path) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -1,0 +1,329 @@
+//! A block volume's device stack: the layers between its storage and the device its
+//! filesystem is mounted from (or a pod is handed), bottom first. A block pool's volume is
+//! `[Loop]`: its image file through a loop device. A device pool's is `[Disk]`: the disk
+//! itself. Encryption adds a layer on top, and nothing below it changes.
+//!
+//! The stack is recorded in the volume record ([`Layer`]) when the volume is created,
+//! before it is ever staged. Staging opens it bottom-up, and mounts, publish checks,
+//! freezes, expansion and stats act on its top device. Unstaging closes exactly what
+//! staging opened, top first.
+
+use std::path::{Path, PathBuf};
+
+use super::{Capability, Condition, Error, Result, Usage, blockvol};
+use crate::mount::Syscall;
+use crate::state::{AccessKind, Layer, VolumeRecord};
+
+/// What one layer of a stack does. The pool that owns the storage makes these from the
+/// recorded [`Layer`]s: it knows which image or disk, and how to check it is the right one.
+pub trait Ops {
+    /// The layer's device when it is open now on `below` (`None` for the bottom layer).
+    fn find(&self, below: Option<&Path>) -> Result<Option<PathBuf>>;
+    /// Opens the layer on `below` and returns its device.
+    fn open(&self, below: Option<&Path>) -> Result<PathBuf>;
+    /// Closes the layer's `device`; a device already closed is success.
+    fn close(&self, device: &Path) -> Result<()>;
+    /// Makes the layer's `device` show what the layer below has grown to.
+    fn grow(&self, device: &Path) -> Result<()>;
+}
+
+/// One volume's layers, bottom first, ready to act on.
+pub struct Stack<'a> {
+    volume: &'a VolumeRecord,
+    layers: Vec<Box<dyn Ops + 'a>>,
+}
+
+impl<'a> Stack<'a> {
+    /// The stack of `volume`, from its recorded layers (or `default` for records from
+    /// before layers were recorded), each made by `make`. A recorded layer the pool does
+    /// not serve is FAILED_PRECONDITION.
+    pub fn of(
+        volume: &'a VolumeRecord,
+        default: &[Layer],
+        mut make: impl FnMut(&Layer) -> Option<Box<dyn Ops + 'a>>,
+    ) -> Result<Stack<'a>> {
+        let recorded = if volume.layers.is_empty() { default } else { &volume.layers };
+        let layers = recorded
+            .iter()
+            .map(|layer| {
+                make(layer).ok_or_else(|| {
+                    Error::FailedPrecondition(format!(
+                        "volume {} records a {} layer, which pool {} does not serve",
+                        volume.id,
+                        layer.name(),
+                        volume.pool
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Stack { volume, layers })
+    }
+
+    /// The devices of the layers open now, bottom first; stops at the first one closed.
+    fn open_devices(&self) -> Result<Vec<PathBuf>> {
+        let mut devices: Vec<PathBuf> = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            match layer.find(devices.last().map(PathBuf::as_path))? {
+                Some(device) => devices.push(device),
+                None => break,
+            }
+        }
+        Ok(devices)
+    }
+
+    /// The top device when every layer is open; `None` when the volume is not staged here.
+    pub fn top(&self) -> Result<Option<PathBuf>> {
+        let devices = self.open_devices()?;
+        Ok(if devices.len() == self.layers.len() { devices.last().cloned() } else { None })
+    }
+
+    /// Opens every layer not open yet, bottom-up, and returns the top device with whether
+    /// anything was opened now. A failure closes what this call opened, top first.
+    pub fn open(&self) -> Result<(PathBuf, bool)> {
+        let mut devices = self.open_devices()?;
+        let already = devices.len();
+        for layer in &self.layers[already..] {
+            match layer.open(devices.last().map(PathBuf::as_path)) {
+                Ok(device) => devices.push(device),
+                Err(e) => {
+                    self.close_from(&devices, already);
+                    return Err(e);
+                }
+            }
+        }
+        let top = devices.last().cloned().ok_or_else(|| {
+            Error::FailedPrecondition(format!("volume {} has no storage layers to stage", self.volume.id))
+        })?;
+        Ok((top, devices.len() > already))
+    }
+
+    /// Closes the layers at `devices[from..]`, top first, logging failures: the undo of a
+    /// failed open, whose own error is the one to report.
+    fn close_from(&self, devices: &[PathBuf], from: usize) {
+        for (layer, device) in self.layers[from..devices.len()].iter().zip(&devices[from..]).rev() {
+            if let Err(e) = layer.close(device) {
+                tracing::warn!(volume.id = %self.volume.id, device = %device.display(), error = %e, "closing a layer after a failed stage");
+            }
+        }
+    }
+
+    /// Closes every open layer, top first.
+    pub fn close(&self) -> Result<()> {
+        let devices = self.open_devices()?;
+        for (layer, device) in self.layers.iter().zip(&devices).rev() {
+            layer.close(device)?;
+        }
+        Ok(())
+    }
+
+    /// Passes growth of the storage up through every open layer, bottom first.
+    pub fn grow(&self) -> Result<()> {
+        let devices = self.open_devices()?;
+        for (layer, device) in self.layers.iter().zip(&devices) {
+            layer.grow(device)?;
+        }
+        Ok(())
+    }
+
+    /// Opens the stack and makes its top device available at `staging` (see
+    /// [`blockvol::stage`]); a failure closes what was opened now.
+    pub fn stage(&self, sys: &dyn Syscall, staging: &Path, capability: &Capability) -> Result<()> {
+        let (device, opened_now) = self.open()?;
+        let result = blockvol::stage(sys, &device, staging, capability, fs_type(self.volume));
+        if result.is_err() && opened_now {
+            self.close().unwrap_or_else(|e| {
+                tracing::warn!(volume.id = %self.volume.id, error = %e, "closing the layers after a failed stage");
+            });
+        }
+        result
+    }
+
+    /// Closes the stack once nothing mounts or binds its top device any more.
+    pub fn unstage(&self, sys: &dyn Syscall) -> Result<()> {
+        if let Some(top) = self.top()? {
+            let mounts = blockvol::mounts(sys, &top)?;
+            if !mounts.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "{} is still mounted at {}; unpublish it first",
+                    top.display(),
+                    mounts.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        self.close()
+    }
+
+    /// True when `path` mounts or binds the top device.
+    pub fn is_mounted_at(&self, sys: &dyn Syscall, path: &Path) -> Result<bool> {
+        match self.top()? {
+            Some(top) => blockvol::is_mounted_at(sys, &top, path),
+            None => Ok(false),
+        }
+    }
+
+    /// Every mount or bind of the top device.
+    pub fn mounts(&self, sys: &dyn Syscall) -> Result<Vec<PathBuf>> {
+        match self.top()? {
+            Some(top) => blockvol::mounts(sys, &top),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Where the top device's filesystem is mounted: what a copy of the volume freezes.
+    pub fn filesystem_mount(&self, sys: &dyn Syscall) -> Result<Option<PathBuf>> {
+        match self.top()? {
+            Some(top) => blockvol::filesystem_mount(sys, &top),
+            None => Ok(None),
+        }
+    }
+
+    /// Node side of expansion: growth passed up the layers, then the filesystem mounted
+    /// at `volume_path` grown. A stack not open here grows at its next stage.
+    pub fn expand(&self, sys: &dyn Syscall, volume_path: &Path) -> Result<()> {
+        self.grow()?;
+        if self.volume.access == AccessKind::Mount
+            && let Some(top) = self.top()?
+        {
+            sys.grow_fs(fs_type(self.volume), &top, volume_path)
+                .inspect_err(|_| crate::metrics::record_error("resize"))
+                .map_err(Error::io("grow filesystem", volume_path))?;
+        }
+        Ok(())
+    }
+
+    /// The condition of the volume's filesystem when the stack is open here.
+    #[must_use]
+    pub fn condition(&self) -> Condition {
+        match self.top() {
+            Ok(Some(top)) => blockvol::filesystem_condition(&top),
+            Ok(None) => Condition::healthy(),
+            Err(e) => Condition::abnormal(e.to_string()),
+        }
+    }
+
+    /// Usage of the volume at `volume_path`, with `total` and `allocated` bytes of its
+    /// storage for a raw block volume.
+    pub fn usage(&self, sys: &dyn Syscall, volume_path: &Path, total: u64, allocated: u64) -> Result<Usage> {
+        blockvol::usage(sys, self.volume.access == AccessKind::Block, volume_path, total, allocated)
+    }
+}
+
+/// The filesystem of a volume in Filesystem mode.
+#[must_use]
+pub fn fs_type(volume: &VolumeRecord) -> &str {
+    volume.fs_type.as_deref().unwrap_or(super::DEFAULT_FS)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+
+    /// A layer that logs what is done to it, open or not, failing `open` on request.
+    struct Fake {
+        name: &'static str,
+        open: Rc<RefCell<Vec<&'static str>>>,
+        log: Rc<RefCell<Vec<String>>>,
+        fail_open: bool,
+    }
+
+    impl Ops for Fake {
+        fn find(&self, below: Option<&Path>) -> Result<Option<PathBuf>> {
+            let open = self.open.borrow().contains(&self.name);
+            Ok(open.then(|| below.map_or(PathBuf::from("/dev"), Path::to_path_buf).join(self.name)))
+        }
+        fn open(&self, below: Option<&Path>) -> Result<PathBuf> {
+            self.log.borrow_mut().push(format!("open {}", self.name));
+            if self.fail_open {
+                return Err(Error::Unavailable(format!("{} will not open", self.name)));
+            }
+            self.open.borrow_mut().push(self.name);
+            Ok(below.map_or(PathBuf::from("/dev"), Path::to_path_buf).join(self.name))
+        }
+        fn close(&self, device: &Path) -> Result<()> {
+            self.log.borrow_mut().push(format!("close {}", device.display()));
+            self.open.borrow_mut().retain(|n| *n != self.name);
+            Ok(())
+        }
+        fn grow(&self, device: &Path) -> Result<()> {
+            self.log.borrow_mut().push(format!("grow {}", device.display()));
+            Ok(())
+        }
+    }
+
+    fn volume(layers: Vec<Layer>) -> VolumeRecord {
+        let mut v = VolumeRecord::intent("vol".into(), "k".into(), "n".into(), "p", "node".into(), 1);
+        v.layers = layers;
+        v
+    }
+
+    type Log = Rc<RefCell<Vec<String>>>;
+
+    fn stack<'a>(v: &'a VolumeRecord, fail: Option<&'static str>) -> (Stack<'a>, Log) {
+        let open = Rc::new(RefCell::new(Vec::new()));
+        let log: Log = Rc::default();
+        let (o, l) = (Rc::clone(&open), Rc::clone(&log));
+        let s = Stack::of(v, &[Layer::Loop], move |layer| {
+            let name = match layer {
+                Layer::Loop => "loop",
+                Layer::Disk => "disk",
+            };
+            Some(Box::new(Fake { name, open: Rc::clone(&o), log: Rc::clone(&l), fail_open: fail == Some(name) })
+                as Box<dyn Ops>)
+        })
+        .unwrap();
+        (s, log)
+    }
+
+    #[test]
+    fn opens_bottom_up_closes_top_down_and_grows_bottom_up() {
+        let v = volume(vec![Layer::Disk, Layer::Loop]);
+        let (s, log) = stack(&v, None);
+        assert_eq!(s.top().unwrap(), None, "nothing open yet");
+        let (top, now) = s.open().unwrap();
+        assert_eq!(top, PathBuf::from("/dev/disk/loop"));
+        assert!(now);
+        assert_eq!(s.open().unwrap(), (top.clone(), false), "a second open opens nothing");
+        s.grow().unwrap();
+        s.close().unwrap();
+        assert_eq!(s.top().unwrap(), None);
+        assert_eq!(
+            *log.borrow(),
+            [
+                "open disk",
+                "open loop",
+                "grow /dev/disk",
+                "grow /dev/disk/loop",
+                "close /dev/disk/loop",
+                "close /dev/disk"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_open_closes_only_what_it_opened() {
+        let v = volume(vec![Layer::Disk, Layer::Loop]);
+        let (s, log) = stack(&v, Some("loop"));
+        assert!(matches!(s.open(), Err(Error::Unavailable(_))));
+        assert_eq!(*log.borrow(), ["open disk", "open loop", "close /dev/disk"]);
+        assert_eq!(s.top().unwrap(), None);
+    }
+
+    #[test]
+    fn records_without_layers_get_the_pools_default_and_unknown_layers_are_refused() {
+        let v = volume(Vec::new());
+        let (s, _) = stack(&v, None);
+        assert_eq!(s.open().unwrap().0, PathBuf::from("/dev/loop"));
+
+        let v = volume(vec![Layer::Disk]);
+        let err = Stack::of(&v, &[Layer::Loop], |l| match l {
+            Layer::Loop => None,
+            Layer::Disk => None,
+        })
+        .err()
+        .unwrap();
+        assert!(matches!(&err, Error::FailedPrecondition(m) if m.contains("disk layer")), "{err}");
+    }
+}
