@@ -15,7 +15,7 @@ impl Engine {
     pub(super) fn publish_ephemeral(&self, req: &NodePublish) -> Result<()> {
         for key in req.context.keys() {
             if !matches!(key.as_str(), "pool" | "size") && !key.starts_with("csi.storage.k8s.io/") {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::BadRequest(format!(
                     "unknown volume attribute {key:?} for an ephemeral volume; berth accepts \"pool\" and \"size\""
                 )));
             }
@@ -23,37 +23,34 @@ impl Engine {
         let pool = self.select_pool(req.context.get("pool").map(String::as_str))?.clone();
         let size = match req.context.get("size") {
             Some(text) => {
-                text.parse::<Bytes>().map_err(|e| Error::InvalidArgument(format!("volume attribute size: {e}")))?.0
+                text.parse::<Bytes>().map_err(|e| Error::BadRequest(format!("volume attribute size: {e}")))?.0
             }
             None => self.config.default_volume_size.0,
         };
         let allowed = self.config.pools.iter().any(|p| p.name() == pool.name() && p.ephemeral());
         if !allowed {
-            return Err(Error::FailedPrecondition(format!(
-                "pool {} does not serve inline ephemeral volumes; its configuration must say `ephemeral: true` \
-                 (device pools never do)",
-                pool.name()
-            )));
+            return Err(Error::PoolRefuses {
+                pool: pool.name().to_string(),
+                refusal: "does not serve inline ephemeral volumes; its configuration must say `ephemeral: true` \
+                          (device pools never do)",
+            });
         }
         let mut flags = self.check_node_capability(pool.as_ref(), &req.capability)?;
         flags.readonly |= req.readonly || req.capability.mode.read_only();
         if self.store.volume(&req.volume_id).is_none() {
             let room = pool.capacity()?;
             if size > room.maximum_volume_bytes.min(room.available_bytes) {
-                return Err(Error::ResourceExhausted(format!(
-                    "pool {} has {} bytes free; an ephemeral volume of {size} bytes does not fit",
-                    pool.name(),
-                    room.available_bytes
-                )));
+                return Err(Error::PoolFull {
+                    pool: pool.name().to_string(),
+                    available: room.available_bytes,
+                    requested: size,
+                });
             }
         }
         let record = match self.store.volume(&req.volume_id) {
             // Never a persistent volume: that would skip its staging and single-writer checks.
             Some(r) if !r.ephemeral => {
-                return Err(Error::AlreadyExists(format!(
-                    "volume {} exists and is not an ephemeral volume; publish it without {EPHEMERAL_KEY}",
-                    r.id
-                )));
+                return Err(Error::NotEphemeral { volume: r.id.clone(), key: EPHEMERAL_KEY });
             }
             Some(r) if r.phase == Phase::Ready => r,
             existing => {

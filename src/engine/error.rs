@@ -2,31 +2,112 @@
 //! code: adding a variant (here or in [`backend::Error`]) does not compile until its
 //! code is chosen.
 
+use std::path::PathBuf;
+
 use crate::backend;
 
-/// An operation's failure, classified the way the CSI spec classifies it.
+/// What went wrong in an operation, with what it concerns. Each variant's gRPC code is
+/// chosen once, in the `From` below.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    // The request itself.
+    /// A field, parameter or attribute berth does not accept; the text says which and why.
     #[error("{0}")]
-    InvalidArgument(String),
+    BadRequest(String),
+    /// A path in the request that berth will not mount on, publish onto or unmount.
+    #[error("{field} {}: {problem}", path.display())]
+    BadPath { field: &'static str, path: PathBuf, problem: &'static str },
+    /// The request's sizes contradict each other.
+    #[error("required_bytes {required} exceeds limit_bytes {limit}")]
+    RequiredOverLimit { required: u64, limit: u64 },
+    /// What the volume must hold does not fit in what the request allows.
+    #[error("{what} needs {needs} bytes; {allowed}")]
+    TooSmall { what: String, needs: u64, allowed: String },
+    /// A continuation token this driver did not hand out.
+    #[error("starting_token {token:?} was not issued by this driver")]
+    UnknownToken { token: String },
+
+    // What the request names, and does not exist.
+    #[error("volume {id} does not exist on node {node}")]
+    NoVolume { id: String, node: String },
+    #[error("snapshot {id} does not exist on node {node}")]
+    NoSnapshot { id: String, node: String },
+    /// The snapshot or volume a new volume is to be made from.
+    #[error("source {kind} {id} does not exist on node {node}")]
+    NoSource { kind: &'static str, id: String, node: String },
+    #[error("pool {pool:?} is not configured on node {node}")]
+    NoPool { pool: String, node: String },
+    /// A node no berth node plugin of the pool has registered as.
+    #[error("node {node:?} is not known: no berth node plugin for pool {pool} has registered under that ID")]
+    UnknownNode { node: String, pool: String },
+    #[error("the parent directory of {field} {} does not exist", path.display())]
+    NoParent { field: &'static str, path: PathBuf },
+    /// NodeGetVolumeStats on a path that is not this volume's mount.
+    #[error("volume {volume}: {}: {problem}", path.display())]
+    NotMountedHere { volume: String, path: PathBuf, problem: &'static str },
+
+    // Something is already there.
+    #[error("{kind} name {name:?} is already used by {holder}")]
+    NameTaken { kind: &'static str, name: String, holder: String },
+    /// A different volume or filesystem occupies a path the request names.
+    #[error("{occupant} is mounted at {field} {}", path.display())]
+    Occupied { occupant: &'static str, field: &'static str, path: PathBuf },
+    /// Published there already, with the other readonly setting.
+    #[error("volume {volume} is already published {at} with readonly={readonly}")]
+    PublishedOtherwise { volume: String, at: String, readonly: bool },
+    #[error("volume {volume} exists and is not an ephemeral volume; publish it without {key}")]
+    NotEphemeral { volume: String, key: &'static str },
+
+    // Another operation is at work.
+    #[error("an operation on {} is already in progress", keys.join(", "))]
+    Busy { keys: Vec<String> },
+    #[error("an operation on {} is already in progress, or {} is being deleted", keys.join(", "), sources.join(", "))]
+    BusyOrDeleting { keys: Vec<String>, sources: Vec<String> },
+    #[error("volume {volume} is being deleted")]
+    BeingDeleted { volume: String },
+
+    // The state of the volume or pool does not allow it now.
+    #[error("volume {volume} is still published to node(s) {}; unpublish it first", nodes.join(", "))]
+    StillPublished { volume: String, nodes: Vec<String> },
+    #[error("volume {volume} is still mounted at {}; unpublish and unstage it first", paths(mounts))]
+    StillMounted { volume: String, mounts: Vec<PathBuf> },
+    #[error("volume {volume} is not staged at {}; call NodeStageVolume first", path.display())]
+    NotStaged { volume: String, path: PathBuf },
+    /// A ReadWriteOncePod volume, or a single-writer mode, already has its writer.
+    #[error("volume {volume} allows a single writer and is already published at {}", paths(at))]
+    WriterHeld { volume: String, at: Vec<PathBuf> },
+    /// A node-local volume asked for on another node, or a one-node volume published elsewhere.
+    #[error("volume {volume} {held}; it cannot be published to node {node}")]
+    WrongNode { volume: String, held: String, node: String },
+    /// The volume cannot be used with the capability asked for.
     #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    OutOfRange(String),
-    #[error("{0}")]
-    ResourceExhausted(String),
-    #[error("{0}")]
-    Aborted(String),
-    #[error("{0}")]
-    Unimplemented(String),
+    Unusable(String),
+    #[error("volume {volume} is in pool {pool} which is no longer configured")]
+    PoolGone { volume: String, pool: String },
+    /// The pool is configured, but not for this: node-local at the central controller,
+    /// or not serving ephemeral volumes.
+    #[error("pool {pool:?} {refusal}")]
+    PoolRefuses { pool: String, refusal: &'static str },
+    /// The pool is configured but could not be opened (its directory is not its filesystem).
+    #[error("pool {pool:?} is unavailable: {reason}")]
+    PoolUnavailable { pool: String, reason: String },
+
+    // No room.
+    #[error("pool {pool} has {available} bytes free; {requested} bytes do not fit")]
+    PoolFull { pool: String, available: u64, requested: u64 },
+    #[error("node {node} holds pool {pool}, but the requisite topology allows only: {allowed}")]
+    OutsideTopology { node: String, pool: String, allowed: String },
+
+    // Below the engine.
     #[error("recording state for {id}: {source}")]
     State { id: String, source: std::io::Error },
     #[error(transparent)]
     Backend(#[from] backend::Error),
+}
+
+/// Paths for a message, comma-separated.
+fn paths(list: &[PathBuf]) -> String {
+    list.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Result of engine operations.
@@ -37,14 +118,33 @@ impl From<Error> for tonic::Status {
         use tonic::Status;
         let message = err.to_string();
         match err {
-            Error::InvalidArgument(_) => Status::invalid_argument(message),
-            Error::NotFound(_) => Status::not_found(message),
-            Error::AlreadyExists(_) => Status::already_exists(message),
-            Error::FailedPrecondition(_) => Status::failed_precondition(message),
-            Error::OutOfRange(_) => Status::out_of_range(message),
-            Error::ResourceExhausted(_) => Status::resource_exhausted(message),
-            Error::Aborted(_) => Status::aborted(message),
-            Error::Unimplemented(_) => Status::unimplemented(message),
+            Error::BadRequest(_) | Error::BadPath { .. } => Status::invalid_argument(message),
+            Error::RequiredOverLimit { .. } | Error::TooSmall { .. } => Status::out_of_range(message),
+            Error::UnknownToken { .. }
+            | Error::Busy { .. }
+            | Error::BusyOrDeleting { .. }
+            | Error::BeingDeleted { .. } => Status::aborted(message),
+            Error::NoVolume { .. }
+            | Error::NoSnapshot { .. }
+            | Error::NoSource { .. }
+            | Error::NoPool { .. }
+            | Error::UnknownNode { .. }
+            | Error::NoParent { .. }
+            | Error::NotMountedHere { .. } => Status::not_found(message),
+            Error::NameTaken { .. }
+            | Error::Occupied { .. }
+            | Error::PublishedOtherwise { .. }
+            | Error::NotEphemeral { .. } => Status::already_exists(message),
+            Error::StillPublished { .. }
+            | Error::StillMounted { .. }
+            | Error::NotStaged { .. }
+            | Error::WriterHeld { .. }
+            | Error::WrongNode { .. }
+            | Error::Unusable(_)
+            | Error::PoolGone { .. }
+            | Error::PoolRefuses { .. } => Status::failed_precondition(message),
+            Error::PoolUnavailable { .. } => Status::unavailable(message),
+            Error::PoolFull { .. } | Error::OutsideTopology { .. } => Status::resource_exhausted(message),
             // A full state disk: the journal has no room and no checkpoint can be written.
             Error::State { ref source, .. }
                 if source.kind() == std::io::ErrorKind::StorageFull

@@ -102,11 +102,11 @@ impl Engine {
         failpoint("volume.create.before-ready")?;
         if limit_bytes > 0 && record.capacity > limit_bytes {
             self.roll_back_logged(pool, record);
-            return Err(Error::OutOfRange(format!(
-                "pool {} can only offer {} bytes, more than limit_bytes {limit_bytes}",
-                pool.name(),
-                record.capacity,
-            )));
+            return Err(Error::TooSmall {
+                what: format!("the smallest volume pool {} can offer", pool.name()),
+                needs: record.capacity,
+                allowed: format!("limit_bytes is {limit_bytes}"),
+            });
         }
         record.phase = Phase::Ready;
         self.put_volume(record)

@@ -64,7 +64,7 @@ impl Engine {
         } else if ids::parse(Kind::Volume, token).is_some() || self.store.volume(token).is_some() {
             Some(token)
         } else {
-            return Err(Error::Aborted(format!("starting_token {token:?} was not issued by this driver")));
+            return Err(Error::UnknownToken { token: token.to_string() });
         };
         let limit = if max_entries == 0 { DEFAULT_PAGE } else { max_entries.min(super::MAX_PAGE) };
         let (records, more) = self.store.volumes_page(after, limit);

@@ -166,30 +166,22 @@ impl Engine {
 
     /// Takes the per-object locks for `keys`, or answers ABORTED naming what is busy.
     pub fn lock(&self, keys: &[String]) -> Result<Guard> {
-        self.locks
-            .try_lock(keys.iter().cloned())
-            .ok_or_else(|| Error::Aborted(format!("an operation on {} is already in progress", keys.join(", "))))
+        self.locks.try_lock(keys.iter().cloned()).ok_or_else(|| Error::Busy { keys: keys.to_vec() })
     }
 
     /// Takes `keys` exclusively and the [`crate::locks::reading`] keys of `sources`
     /// shared, or answers ABORTED naming what is busy.
     pub fn lock_reading(&self, keys: &[String], sources: &[&str]) -> Result<Guard> {
         let reading: Vec<String> = sources.iter().map(|id| crate::locks::reading(id)).collect();
-        self.locks.try_lock_sharing(keys.iter().cloned(), reading).ok_or_else(|| {
-            Error::Aborted(format!(
-                "an operation on {} is already in progress, or {} is being deleted",
-                keys.join(", "),
-                sources.join(", ")
-            ))
+        self.locks.try_lock_sharing(keys.iter().cloned(), reading).ok_or_else(|| Error::BusyOrDeleting {
+            keys: keys.to_vec(),
+            sources: sources.iter().map(ToString::to_string).collect(),
         })
     }
 
     fn pool(&self, name: &str) -> Result<&Pool> {
         self.pools.get(name).ok_or_else(|| {
-            self.missing_pool(
-                name,
-                Error::NotFound(format!("pool {name:?} is not configured on node {}", self.node_id)),
-            )
+            self.missing_pool(name, Error::NoPool { pool: name.to_string(), node: self.node_id.clone() })
         })
     }
 
@@ -197,13 +189,7 @@ impl Engine {
     /// the pool is no longer configured (UNAVAILABLE when it is, but not open).
     pub(crate) fn pool_of(&self, record: &crate::state::VolumeRecord) -> Result<Pool> {
         self.pools.get(&record.pool).cloned().ok_or_else(|| {
-            self.missing_pool(
-                &record.pool,
-                Error::FailedPrecondition(format!(
-                    "volume {} is in pool {} which is no longer configured",
-                    record.id, record.pool
-                )),
-            )
+            self.missing_pool(&record.pool, Error::PoolGone { volume: record.id.clone(), pool: record.pool.clone() })
         })
     }
 
@@ -211,9 +197,7 @@ impl Engine {
     /// directory is not its filesystem, `otherwise` when it is not configured.
     pub(crate) fn missing_pool(&self, name: &str, otherwise: Error) -> Error {
         match self.unavailable.get(name) {
-            Some(reason) => {
-                Error::Backend(backend::Error::Unavailable(format!("pool {name:?} is unavailable: {reason}")))
-            }
+            Some(reason) => Error::PoolUnavailable { pool: name.to_string(), reason: reason.clone() },
             None => otherwise,
         }
     }
@@ -221,13 +205,14 @@ impl Engine {
     /// The pool a request's parameters select: `pool`, or the only pool.
     pub fn select_pool(&self, requested: Option<&str>) -> Result<&Pool> {
         match requested {
-            Some(name) if self.remote_pools.contains(name) => Err(Error::FailedPrecondition(format!(
-                "pool {name:?} is node-local: each node's berth provisions it (csi-provisioner --node-deployment), not the central controller"
-            ))),
+            Some(name) if self.remote_pools.contains(name) => Err(Error::PoolRefuses {
+                pool: name.to_string(),
+                refusal: "is node-local: each node's berth provisions it (csi-provisioner --node-deployment), not the central controller",
+            }),
             Some(name) => self.pools.get(name).ok_or_else(|| {
                 self.missing_pool(
                     name,
-                    Error::InvalidArgument(format!(
+                    Error::BadRequest(format!(
                         "parameter pool={name:?} names no configured pool; pools: {}",
                         self.pools.keys().cloned().collect::<Vec<_>>().join(", ")
                     )),
@@ -235,15 +220,16 @@ impl Engine {
             }),
             None if self.pools.is_empty() && self.remote_pools.is_empty() && self.unavailable.len() == 1 => {
                 let name = self.unavailable.keys().next().map_or("", String::as_str);
-                Err(self.missing_pool(name, Error::InvalidArgument("no pools are configured".into())))
+                Err(self.missing_pool(name, Error::BadRequest("no pools are configured".into())))
             }
             None if self.pools.len() == 1 && self.remote_pools.is_empty() => {
-                self.pools.values().next().ok_or_else(|| Error::InvalidArgument("no pools are configured".into()))
+                self.pools.values().next().ok_or_else(|| Error::BadRequest("no pools are configured".into()))
             }
-            None if self.pools.is_empty() && self.remote_pools.len() == 1 => Err(Error::FailedPrecondition(
-                "the only pool is node-local: each node's berth provisions it, not the central controller".into(),
-            )),
-            None => Err(Error::InvalidArgument(format!(
+            None if self.pools.is_empty() && self.remote_pools.len() == 1 => Err(Error::PoolRefuses {
+                pool: self.remote_pools.iter().next().cloned().unwrap_or_default(),
+                refusal: "is the only pool, and node-local: each node's berth provisions it, not the central controller",
+            }),
+            None => Err(Error::BadRequest(format!(
                 "parameter pool is required when several pools are configured: {}",
                 self.pools.keys().cloned().collect::<Vec<_>>().join(", ")
             ))),

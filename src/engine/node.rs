@@ -63,7 +63,7 @@ impl Engine {
         if let Some((pool, rel)) = self.resolve_shared(id, context)? {
             return Ok(Resolved::Static(pool, rel));
         }
-        Err(Error::NotFound(format!("volume {id} does not exist on node {}", self.node_id)))
+        Err(Error::NoVolume { id: id.to_string(), node: self.node_id.clone() })
     }
 
     /// A raw block volume holds whatever its pod wrote: staged or published with a
@@ -71,7 +71,7 @@ impl Engine {
     fn check_access_type(id: &str, source: StageSource<'_>, capability: &Capability) -> Result<()> {
         match source {
             StageSource::Managed(record) if record.access == AccessKind::Block && !capability.block => {
-                Err(Error::FailedPrecondition(format!(
+                Err(Error::Unusable(format!(
                     "volume {id} is a raw block volume: it cannot be staged or published with a mount capability"
                 )))
             }
@@ -82,8 +82,8 @@ impl Engine {
     pub(super) fn check_node_capability(&self, pool: &dyn Backend, capability: &Capability) -> Result<ops::Flags> {
         use super::volumes::{Unfit, unfit};
         unfit(pool, capability).map_err(|reason| match reason {
-            Unfit::AccessMode(m) | Unfit::RawBlock(m) => Error::FailedPrecondition(m),
-            Unfit::Filesystem(m) | Unfit::MountFlags(m) => Error::InvalidArgument(m),
+            Unfit::AccessMode(m) | Unfit::RawBlock(m) => Error::Unusable(m),
+            Unfit::Filesystem(m) | Unfit::MountFlags(m) => Error::BadRequest(m),
         })
     }
 
@@ -102,10 +102,7 @@ impl Engine {
             if pool.is_mounted_at(source, &staged_at)? {
                 return Ok(());
             }
-            return Err(Error::AlreadyExists(format!(
-                "another volume is mounted at staging path {}",
-                staged_at.display()
-            )));
+            return Err(Error::Occupied { occupant: "another volume", field: "staging path", path: staged_at });
         }
         super::failpoint("node.stage.mount")?;
         pool.stage(source, &req.staging, &req.capability)?;
@@ -164,17 +161,11 @@ impl Engine {
         let mut flags = self.check_node_capability(pool.as_ref(), &req.capability)?;
         flags.readonly |= req.readonly || req.capability.mode.read_only();
         let staging = req.staging.as_deref().ok_or_else(|| {
-            Error::FailedPrecondition(
-                "staging_target_path is required: berth stages volumes before publishing them".into(),
-            )
+            Error::Unusable("staging_target_path is required: berth stages volumes before publishing them".into())
         })?;
         let staged_at = backend::publish_source(staging, req.capability.block);
         if !pool.is_mounted_at(source, &staged_at)? {
-            return Err(Error::FailedPrecondition(format!(
-                "volume {} is not staged at {}; call NodeStageVolume first",
-                req.volume_id,
-                staging.display()
-            )));
+            return Err(Error::NotStaged { volume: req.volume_id.clone(), path: staging.to_path_buf() });
         }
         self.clear_stale_mount(&req.target)?;
         let created = if req.capability.block {
@@ -191,25 +182,16 @@ impl Engine {
             && let Some(held) = record.single_writer.as_deref().filter(|held| *held != req.target)
             && pool.is_mounted_at(source, held)?
         {
-            return Err(Error::FailedPrecondition(format!(
-                "volume {} is published for a single writer (ReadWriteOncePod) at {}",
-                req.volume_id,
-                held.display()
-            )));
+            return Err(Error::WriterHeld { volume: req.volume_id.clone(), at: vec![held.to_path_buf()] });
         }
         if req.capability.mode == super::AccessMode::SingleNodeSingleWriter {
             let others: Vec<_> = pool
                 .mounts(source)?
                 .into_iter()
                 .filter(|m| m != staging && *m != staged_at && *m != req.target)
-                .map(|m| m.display().to_string())
                 .collect();
             if !others.is_empty() {
-                return Err(Error::FailedPrecondition(format!(
-                    "volume {} allows a single writer and is already published at {}",
-                    req.volume_id,
-                    others.join(", ")
-                )));
+                return Err(Error::WriterHeld { volume: req.volume_id.clone(), at: others });
             }
             // Recorded before the mount: a claim whose target is not mounted bars nothing.
             if let StageSource::Managed(record) = source
@@ -235,15 +217,24 @@ impl Engine {
         readonly: bool,
     ) -> Result<()> {
         if !pool.is_mounted_at(source, target)? {
-            return Err(Error::AlreadyExists(format!("another filesystem is mounted at target {}", target.display())));
+            return Err(Error::Occupied {
+                occupant: "another filesystem",
+                field: "target",
+                path: target.to_path_buf(),
+            });
         }
         let table = ops::table(self.sys.as_ref()).map_err(io_err("read mount table", target))?;
         let mounted_ro = mountinfo::at(&table, target).last().is_some_and(|m| m.read_only());
         if mounted_ro != readonly {
-            return Err(Error::AlreadyExists(format!(
-                "volume is already published at {} with readonly={mounted_ro}",
-                target.display()
-            )));
+            let volume = match source {
+                StageSource::Managed(record) => record.id.clone(),
+                StageSource::Static(path) => path.display().to_string(),
+            };
+            return Err(Error::PublishedOtherwise {
+                volume,
+                at: format!("at {}", target.display()),
+                readonly: mounted_ro,
+            });
         }
         Ok(())
     }

@@ -18,13 +18,14 @@ pub(super) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Er
 /// must exist), refuses symlinks and non-directories, and refuses a directory that holds
 /// files but is not a mount point, so a request can never hide existing data (`/etc`, a
 /// home directory) under a volume.
-pub(super) fn prepare_dir(engine: &Engine, field: &str, path: &Path) -> Result<CreatedDir> {
+pub(super) fn prepare_dir(engine: &Engine, field: &'static str, path: &Path) -> Result<CreatedDir> {
     let existing = CreatedDir { path: None, dir: true };
     match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => Err(Error::InvalidArgument(format!(
-            "{field} {} is a symlink; berth does not mount through symlinks",
-            path.display()
-        ))),
+        Ok(m) if m.file_type().is_symlink() => Err(Error::BadPath {
+            field,
+            path: path.to_path_buf(),
+            problem: "is a symlink; berth does not mount through symlinks",
+        }),
         Ok(m) if m.is_dir() => {
             if ops::is_mount_point(engine.sys.as_ref(), path).map_err(io_err("read mount table", path))? {
                 return Ok(existing);
@@ -35,19 +36,18 @@ pub(super) fn prepare_dir(engine: &Engine, field: &str, path: &Path) -> Result<C
                 .map_err(io_err("list", path))?
                 .filter(|e| e.as_ref().map_or(true, |e| e.file_name() != RAW_DEVICE_FILE));
             if entries.next().is_some() {
-                return Err(Error::InvalidArgument(format!(
-                    "{field} {} is a non-empty directory that is not a mount point; berth mounts only on empty directories",
-                    path.display()
-                )));
+                return Err(Error::BadPath {
+                    field,
+                    path: path.to_path_buf(),
+                    problem: "is a non-empty directory that is not a mount point; berth mounts only on empty directories",
+                });
             }
             Ok(existing)
         }
-        Ok(_) => Err(Error::InvalidArgument(format!("{field} {} exists and is not a directory", path.display()))),
+        Ok(_) => Err(Error::BadPath { field, path: path.to_path_buf(), problem: "exists and is not a directory" }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(path) {
             Ok(()) => Ok(CreatedDir { path: Some(path.to_path_buf()), dir: true }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(Error::NotFound(format!("the parent directory of {field} {} does not exist", path.display())))
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::NoParent { field, path: path.to_path_buf() }),
             Err(e) => Err(io_err("create directory", path)(e)),
         },
         Err(e) => Err(io_err("inspect", path)(e)),
@@ -56,22 +56,24 @@ pub(super) fn prepare_dir(engine: &Engine, field: &str, path: &Path) -> Result<C
 
 /// Makes sure `path` is a file berth may bind a raw device onto: creates it when missing
 /// (its parent must exist), refuses symlinks and directories.
-pub(super) fn prepare_file(field: &str, path: &Path) -> Result<CreatedDir> {
+pub(super) fn prepare_file(field: &'static str, path: &Path) -> Result<CreatedDir> {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => Err(Error::InvalidArgument(format!(
-            "{field} {} is a symlink; berth does not mount through symlinks",
-            path.display()
-        ))),
-        Ok(m) if m.is_dir() => Err(Error::InvalidArgument(format!(
-            "{field} {} is a directory; a raw block volume is published onto a file",
-            path.display()
-        ))),
+        Ok(m) if m.file_type().is_symlink() => Err(Error::BadPath {
+            field,
+            path: path.to_path_buf(),
+            problem: "is a symlink; berth does not mount through symlinks",
+        }),
+        Ok(m) if m.is_dir() => Err(Error::BadPath {
+            field,
+            path: path.to_path_buf(),
+            problem: "is a directory; a raw block volume is published onto a file",
+        }),
         Ok(_) => Ok(CreatedDir { path: None, dir: false }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
                 Ok(_) => Ok(CreatedDir { path: Some(path.to_path_buf()), dir: false }),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    Err(Error::NotFound(format!("the parent directory of {field} {} does not exist", path.display())))
+                    Err(Error::NoParent { field, path: path.to_path_buf() })
                 }
                 Err(e) => Err(io_err("create file", path)(e)),
             }
@@ -107,7 +109,7 @@ impl Drop for CreatedDir {
 
 /// Unmounts whatever is at `path` and removes what berth created there. Absent is success.
 /// Mount-ness comes from the mount table first: a stat of a dead hard NFS mount would hang.
-pub(super) fn tear_down(engine: &Engine, field: &str, path: &Path) -> Result<()> {
+pub(super) fn tear_down(engine: &Engine, field: &'static str, path: &Path) -> Result<()> {
     if ops::is_mount_point(engine.sys.as_ref(), path).map_err(io_err("read mount table", path))? {
         match ops::probe(path).map_err(io_err("inspect", path))? {
             ops::Probe::Stale => {
@@ -127,10 +129,11 @@ pub(super) fn tear_down(engine: &Engine, field: &str, path: &Path) -> Result<()>
         }
     };
     if meta.file_type().is_symlink() {
-        return Err(Error::InvalidArgument(format!(
-            "{field} {} is a symlink; berth does not unmount through symlinks",
-            path.display()
-        )));
+        return Err(Error::BadPath {
+            field,
+            path: path.to_path_buf(),
+            problem: "is a symlink; berth does not unmount through symlinks",
+        });
     }
     remove_path(path, meta.is_dir())
 }

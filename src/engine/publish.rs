@@ -34,10 +34,10 @@ impl Engine {
             && let Some((pool, _)) = self.resolve_shared(id, context)?
         {
             if !pool.records().map_or(Ok(false), |s| s.knows_node(node))? {
-                return Err(Error::NotFound(format!("node {node:?} has not registered with pool {}", pool.name())));
+                return Err(Error::UnknownNode { node: node.to_string(), pool: pool.name().to_string() });
             }
             if let Some(reason) = unsupported(pool.as_ref(), capability) {
-                return Err(Error::InvalidArgument(reason));
+                return Err(Error::BadRequest(reason));
             }
             return Ok(());
         }
@@ -47,23 +47,26 @@ impl Engine {
         }
         if node != record.node {
             if !self.known_node(node) {
-                return Err(Error::NotFound(format!("node {node:?} is not known to berth")));
+                return Err(Error::UnknownNode { node: node.to_string(), pool: record.pool });
             }
-            return Err(Error::FailedPrecondition(format!(
-                "volume {id} is local to node {} and cannot be published to node {node}",
-                record.node
-            )));
+            return Err(Error::WrongNode {
+                volume: id.to_string(),
+                held: format!("is local to node {}", record.node),
+                node: node.to_string(),
+            });
         }
         let pool = self.pool(&record.pool)?.clone();
         if let Some(reason) = unsupported(pool.as_ref(), capability) {
-            return Err(Error::InvalidArgument(reason));
+            return Err(Error::BadRequest(reason));
         }
         match record.published.get(node) {
             Some(&was) if was == readonly => return Ok(()),
             Some(&was) => {
-                return Err(Error::AlreadyExists(format!(
-                    "volume {id} is already published to node {node} with readonly={was}"
-                )));
+                return Err(Error::PublishedOtherwise {
+                    volume: id.to_string(),
+                    at: format!("to node {node}"),
+                    readonly: was,
+                });
             }
             None => {}
         }

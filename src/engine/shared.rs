@@ -116,31 +116,33 @@ impl Engine {
         let pool = self.pool(&record.pool)?.clone();
         let known = |node: &str| pool.records().map_or(Ok(false), |s| s.knows_node(node));
         if node != self.node_id && !record.published.contains_key(node) && !known(node)? {
-            return Err(Error::NotFound(format!(
-                "node {node:?} is not known: no berth node plugin for pool {} has registered under that ID",
-                record.pool
-            )));
+            return Err(Error::UnknownNode { node: node.to_string(), pool: record.pool });
         }
         if let Some(reason) = super::volumes::unsupported(pool.as_ref(), capability) {
-            return Err(Error::InvalidArgument(reason));
+            return Err(Error::BadRequest(reason));
         }
         match record.published.get(node) {
             Some(&was) if was == readonly => return Ok(()),
             Some(&was) => {
-                return Err(Error::AlreadyExists(format!(
-                    "volume {} is already published to node {node} with readonly={was}",
-                    record.id
-                )));
+                return Err(Error::PublishedOtherwise {
+                    volume: record.id,
+                    at: format!("to node {node}"),
+                    readonly: was,
+                });
             }
             None => {}
         }
         if !capability.mode.multi_node()
             && let Some(other) = record.published.keys().find(|n| n.as_str() != node)
         {
-            return Err(Error::FailedPrecondition(format!(
-                "volume {} is published to node {other} and access mode {:?} allows one node; unpublish it there first",
-                record.id, capability.mode
-            )));
+            return Err(Error::WrongNode {
+                volume: record.id.clone(),
+                held: format!(
+                    "is published to node {other} and access mode {} allows one node; unpublish it there first",
+                    capability.mode
+                ),
+                node: node.to_string(),
+            });
         }
         record.published.insert(node.to_string(), readonly);
         self.put_volume(&record)
@@ -164,7 +166,7 @@ impl Engine {
         let named = context.get("pool");
         let candidates: Vec<_> = self.shared_pools().filter(|(p, _)| named.is_none_or(|n| p.name() == n)).collect();
         if !has_location && candidates.len() > 1 {
-            return Err(Error::InvalidArgument(
+            return Err(Error::BadRequest(
                 "volume attributes must name server and export (or pool) when several NFS pools are configured".into(),
             ));
         }
@@ -174,7 +176,7 @@ impl Engine {
             }
         }
         if has_location && context.contains_key("subDir") {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::BadRequest(format!(
                 "volume attributes name server {:?} export {:?}, which no configured NFS pool serves",
                 context.get("server").map_or("", String::as_str),
                 context.get("export").map_or("", String::as_str)

@@ -13,10 +13,11 @@ impl Engine {
         let existing = self.store.snapshot_by_name(name);
         if let Some(s) = &existing {
             if s.source_volume != source {
-                return Err(Error::AlreadyExists(format!(
-                    "snapshot name {name:?} is already used by {} of volume {}",
-                    s.id, s.source_volume
-                )));
+                return Err(Error::NameTaken {
+                    kind: "snapshot",
+                    name: name.to_string(),
+                    holder: format!("{} of volume {}", s.id, s.source_volume),
+                });
             }
             if s.phase == Phase::Ready {
                 return Ok(s.clone());
@@ -78,7 +79,7 @@ impl Engine {
         } else if ids::parse(Kind::Snapshot, token).is_some() {
             Some(token)
         } else {
-            return Err(Error::Aborted(format!("starting_token {token:?} was not issued by this driver")));
+            return Err(Error::UnknownToken { token: token.to_string() });
         };
         let limit = if max_entries == 0 { DEFAULT_PAGE } else { max_entries.min(super::MAX_PAGE) };
         let (items, more) = self.store.snapshots_page(after, limit, |s| {
@@ -96,6 +97,6 @@ impl Engine {
         self.store
             .snapshot(id)
             .filter(|s| s.phase == Phase::Ready)
-            .ok_or_else(|| Error::NotFound(format!("snapshot {id} does not exist on node {}", self.node_id)))
+            .ok_or_else(|| Error::NoSnapshot { id: id.to_string(), node: self.node_id.clone() })
     }
 }

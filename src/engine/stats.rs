@@ -20,7 +20,11 @@ impl Engine {
         let meta = match ops::probe(volume_path).map_err(io_err("inspect", volume_path))? {
             ops::Probe::Present(m) => m,
             ops::Probe::Missing => {
-                return Err(Error::NotFound(format!("volume path {} does not exist", volume_path.display())));
+                return Err(Error::NotMountedHere {
+                    volume: volume_id.to_string(),
+                    path: volume_path.to_path_buf(),
+                    problem: "the path does not exist",
+                });
             }
             ops::Probe::Stale => {
                 return Ok((
@@ -36,7 +40,11 @@ impl Engine {
         // A raw volume's target is a file with the device node bound onto it.
         let device_file = meta.is_file() || meta.file_type().is_block_device();
         if !(meta.is_dir() || raw && device_file) {
-            return Err(Error::NotFound(format!("volume path {} is not a directory", volume_path.display())));
+            return Err(Error::NotMountedHere {
+                volume: volume_id.to_string(),
+                path: volume_path.to_path_buf(),
+                problem: "the path is not a directory",
+            });
         }
         let mounted =
             ops::is_mount_point(self.sys.as_ref(), volume_path).map_err(io_err("read mount table", volume_path))?;
@@ -45,7 +53,11 @@ impl Engine {
             // and only when it is a bind of a hostPath pool's directory. Anything else is not
             // a volume of berth's (an unknown ID with /sys, say), and is never walked.
             if !mounted {
-                return Err(Error::NotFound(format!("volume {volume_id} is not mounted at {}", volume_path.display())));
+                return Err(Error::NotMountedHere {
+                    volume: volume_id.to_string(),
+                    path: volume_path.to_path_buf(),
+                    problem: "nothing is mounted there",
+                });
             }
             let table = ops::table(self.sys.as_ref()).map_err(io_err("read mount table", volume_path))?;
             let real = fs::canonicalize(volume_path).unwrap_or_else(|_| volume_path.to_path_buf());
@@ -53,11 +65,11 @@ impl Engine {
                 mountinfo::binds_of(&table, root).iter().any(|e| e.mount_point == volume_path || e.mount_point == real)
             });
             if !from_a_pool {
-                return Err(Error::NotFound(format!(
-                    "volume {volume_id} does not exist on node {}, and {} is not a volume of its pools",
-                    self.node_id,
-                    volume_path.display()
-                )));
+                return Err(Error::NotMountedHere {
+                    volume: volume_id.to_string(),
+                    path: volume_path.to_path_buf(),
+                    problem: "no such volume exists on this node, and the path is not a volume of its pools",
+                });
             }
             let walked = tree::usage(volume_path).map_err(io_err("measure", volume_path))?;
             let st = self.sys.statfs(volume_path).map_err(io_err("statfs", volume_path))?;
@@ -82,10 +94,11 @@ impl Engine {
             ));
         }
         if !pool.is_mounted_at(StageSource::Managed(&record), volume_path)? {
-            return Err(Error::NotFound(format!(
-                "volume {volume_id} is not what is mounted at {}",
-                volume_path.display()
-            )));
+            return Err(Error::NotMountedHere {
+                volume: volume_id.to_string(),
+                path: volume_path.to_path_buf(),
+                problem: "another volume is mounted there",
+            });
         }
         Ok((pool.usage(&record, volume_path)?, condition))
     }
@@ -95,10 +108,14 @@ impl Engine {
     /// loop device and grow the filesystem; re-apply a directory's limit).
     pub fn node_expand(&self, volume_id: &str, volume_path: &Path, required: u64, limit: u64) -> Result<u64> {
         if fs::symlink_metadata(volume_path).is_err() {
-            return Err(Error::NotFound(format!("volume path {} does not exist", volume_path.display())));
+            return Err(Error::NotMountedHere {
+                volume: volume_id.to_string(),
+                path: volume_path.to_path_buf(),
+                problem: "the path does not exist",
+            });
         }
         let Some(record) = self.store.volume(volume_id) else {
-            return Err(Error::NotFound(format!("volume {volume_id} does not exist on node {}", self.node_id)));
+            return Err(Error::NoVolume { id: volume_id.to_string(), node: self.node_id.clone() });
         };
         let capacity =
             if required > record.capacity { self.expand(volume_id, required, limit)?.0 } else { record.capacity };

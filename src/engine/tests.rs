@@ -256,3 +256,41 @@ fn reconcile_finishes_deletes_and_reports_unaccounted_data() {
     assert_eq!(report.unaccounted, vec![stranger.clone()]);
     assert!(stranger.exists(), "data berth cannot account for is reported, never deleted");
 }
+
+#[test]
+fn each_failure_says_what_it_concerns_and_gets_its_code_in_one_place() {
+    use std::path::PathBuf;
+    use tonic::Code;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = engine_on(xfs_with_prjquota(dir.path(), ProjectQuotaState::Enforced), dir.path(), "auto");
+    let code = |e: Error| tonic::Status::from(e).code();
+
+    // Real failures from the engine, not hand-made ones.
+    let missing = engine.get_volume("vol:fast:none").expect_err("no such volume");
+    assert!(matches!(&missing, Error::NoVolume { id, node } if id == "vol:fast:none" && node == "node-a"), "{missing}");
+    assert_eq!(code(missing), Code::NotFound);
+    let _held = engine.lock(&["a".to_string()]).expect("lock");
+    let busy = engine.lock(&["a".to_string()]).expect_err("busy");
+    assert!(matches!(&busy, Error::Busy { keys } if keys == &["a"]), "{busy}");
+    assert_eq!(code(busy), Code::Aborted);
+    let unknown = engine.select_pool(Some("slow")).err().expect("unknown pool");
+    assert_eq!(code(unknown), Code::InvalidArgument);
+
+    for (error, want) in [
+        (Error::NotStaged { volume: "v".into(), path: PathBuf::from("/s") }, Code::FailedPrecondition),
+        (
+            Error::StillMounted { volume: "v".into(), mounts: vec![PathBuf::from("/a"), PathBuf::from("/b")] },
+            Code::FailedPrecondition,
+        ),
+        (Error::PoolFull { pool: "fast".into(), available: 1, requested: 2 }, Code::ResourceExhausted),
+        (Error::RequiredOverLimit { required: 2, limit: 1 }, Code::OutOfRange),
+        (Error::NameTaken { kind: "volume", name: "n".into(), holder: "v".into() }, Code::AlreadyExists),
+        (Error::PoolUnavailable { pool: "fast".into(), reason: "r".into() }, Code::Unavailable),
+        (Error::UnknownToken { token: "t".into() }, Code::Aborted),
+    ] {
+        let message = error.to_string();
+        assert_eq!(code(error), want, "{message}");
+    }
+    let mounted = Error::StillMounted { volume: "v".into(), mounts: vec![PathBuf::from("/a"), PathBuf::from("/b")] };
+    assert_eq!(mounted.to_string(), "volume v is still mounted at /a, /b; unpublish and unstage it first");
+}

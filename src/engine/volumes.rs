@@ -30,7 +30,7 @@ pub struct CreateVolume {
 pub fn check_parameters(parameters: &BTreeMap<String, String>) -> Result<Option<&str>> {
     for key in parameters.keys() {
         if key != POOL_PARAMETER && !key.starts_with(CO_PREFIX) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::BadRequest(format!(
                 "unknown parameter {key:?}; berth accepts \"pool\" and the csi.storage.k8s.io/ keys"
             )));
         }
@@ -105,17 +105,14 @@ fn choose_fs_type(pool: &dyn Backend, req: &CreateVolume, access: AccessKind) ->
     let from_parameter = req.parameters.get(FSTYPE_PARAMETER).map(String::as_str).filter(|t| !t.is_empty());
     let chosen = from_capability.or(from_parameter).unwrap_or(default_fs);
     if chosen.is_empty() || !FS_TYPES.contains(&chosen) {
-        return Err(Error::InvalidArgument(format!("filesystem type {chosen:?} is not one of ext4, xfs, btrfs")));
+        return Err(Error::BadRequest(format!("filesystem type {chosen:?} is not one of ext4, xfs, btrfs")));
     }
     Ok(Some(chosen.to_string()))
 }
 
 fn volume_size(req: &CreateVolume, default: u64) -> Result<u64> {
     if req.limit_bytes > 0 && req.required_bytes > req.limit_bytes {
-        return Err(Error::OutOfRange(format!(
-            "required_bytes {} exceeds limit_bytes {}",
-            req.required_bytes, req.limit_bytes
-        )));
+        return Err(Error::RequiredOverLimit { required: req.required_bytes, limit: req.limit_bytes });
     }
     Ok(match (req.required_bytes, req.limit_bytes) {
         (0, 0) => default,
@@ -145,9 +142,11 @@ fn fit_filesystem(size: u64, fs_type: Option<&str>, limit_bytes: u64) -> Result<
         return Ok(size);
     }
     if limit_bytes > 0 && limit_bytes < min {
-        return Err(Error::OutOfRange(format!(
-            "an {fs} filesystem needs at least {min} bytes, more than limit_bytes {limit_bytes}"
-        )));
+        return Err(Error::TooSmall {
+            what: format!("an {fs} filesystem"),
+            needs: min,
+            allowed: format!("limit_bytes is {limit_bytes}"),
+        });
     }
     Ok(min)
 }
@@ -162,11 +161,11 @@ impl Engine {
         pool.check_writable()?;
         self.ensure_synced(Some(pool.name()))?;
         if req.capabilities.is_empty() {
-            return Err(Error::InvalidArgument("volume_capabilities is required".into()));
+            return Err(Error::BadRequest("volume_capabilities is required".into()));
         }
         for cap in &req.capabilities {
             if let Some(reason) = unsupported(pool.as_ref(), cap) {
-                return Err(Error::InvalidArgument(reason));
+                return Err(Error::BadRequest(reason));
             }
         }
         let size = volume_size(&req, self.config.default_volume_size.0)?;
@@ -178,12 +177,11 @@ impl Engine {
             && pool.info().node_local
             && !allowed.contains(&self.node_id)
         {
-            return Err(Error::ResourceExhausted(format!(
-                "node {} holds pool {}, but the requisite topology allows only: {}",
-                self.node_id,
-                pool.name(),
-                allowed.join(", ")
-            )));
+            return Err(Error::OutsideTopology {
+                node: self.node_id.clone(),
+                pool: pool.name().to_string(),
+                allowed: allowed.join(", "),
+            });
         }
         // The source is held shared for the whole copy: deleting it waits (ABORTED) until
         // no copy reads it, so a clone never ends up with part of its source.
@@ -197,14 +195,18 @@ impl Engine {
         if let Some(v) = &existing {
             let fits = v.capacity >= req.required_bytes && (req.limit_bytes == 0 || v.capacity <= req.limit_bytes);
             if v.pool != pool.name() || !fits || v.source != req.source || v.access != access || v.fs_type != fs_type {
-                return Err(Error::AlreadyExists(format!(
-                    "volume name {:?} is already used by {} (pool {}, {} bytes, source {:?}) which this request does not match",
-                    req.name, v.id, v.pool, v.capacity, v.source
-                )));
+                return Err(Error::NameTaken {
+                    kind: "volume",
+                    name: req.name.clone(),
+                    holder: format!(
+                        "{} (pool {}, {} bytes, source {:?}) which this request does not match",
+                        v.id, v.pool, v.capacity, v.source
+                    ),
+                });
             }
             match v.phase {
                 Phase::Ready => return Ok(v.clone()),
-                Phase::Deleting => return Err(Error::Aborted(format!("volume {} is being deleted", v.id))),
+                Phase::Deleting => return Err(Error::BeingDeleted { volume: v.id.clone() }),
                 Phase::Creating => tracing::info!(volume.id = %v.id, "finishing an interrupted CreateVolume"),
             }
         }
@@ -222,12 +224,11 @@ impl Engine {
             pool.enforcement()?;
             let room = pool.capacity()?;
             if size > room.available_bytes {
-                return Err(Error::ResourceExhausted(format!(
-                    "pool {} on node {} has {} bytes free; {size} requested",
-                    pool.name(),
-                    self.node_id,
-                    room.available_bytes
-                )));
+                return Err(Error::PoolFull {
+                    pool: format!("{} on node {}", pool.name(), self.node_id),
+                    available: room.available_bytes,
+                    requested: size,
+                });
             }
             let record = self.new_volume_record(&req, pool.as_ref(), size, access, fs_type);
             self.begin_volume(&record)?;
@@ -249,40 +250,46 @@ impl Engine {
         match &req.source {
             None => Ok((None, None)),
             Some(ContentSource::Snapshot(id)) => {
-                let s = self.store.snapshot(id).filter(|s| s.phase == Phase::Ready).ok_or_else(|| {
-                    Error::NotFound(format!("source snapshot {id} does not exist on node {}", self.node_id))
+                let s = self.store.snapshot(id).filter(|s| s.phase == Phase::Ready).ok_or_else(|| Error::NoSource {
+                    kind: "snapshot",
+                    id: id.clone(),
+                    node: self.node_id.clone(),
                 })?;
                 if s.pool != pool.name() {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::BadRequest(format!(
                         "snapshot {id} is in pool {}; it can only be restored into that pool, not {}",
                         s.pool,
                         pool.name()
                     )));
                 }
                 if size < s.size {
-                    return Err(Error::OutOfRange(format!(
-                        "snapshot {id} holds {} bytes; {size} bytes cannot hold it",
-                        s.size
-                    )));
+                    return Err(Error::TooSmall {
+                        what: format!("a restore of snapshot {id}"),
+                        needs: s.size,
+                        allowed: format!("{size} requested"),
+                    });
                 }
                 Ok((Some(s), None))
             }
             Some(ContentSource::Volume(id)) => {
-                let v = self.store.volume(id).filter(|v| v.phase == Phase::Ready).ok_or_else(|| {
-                    Error::NotFound(format!("source volume {id} does not exist on node {}", self.node_id))
+                let v = self.store.volume(id).filter(|v| v.phase == Phase::Ready).ok_or_else(|| Error::NoSource {
+                    kind: "volume",
+                    id: id.clone(),
+                    node: self.node_id.clone(),
                 })?;
                 if v.pool != pool.name() {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::BadRequest(format!(
                         "volume {id} is in pool {}; it can only be cloned within that pool, not into {}",
                         v.pool,
                         pool.name()
                     )));
                 }
                 if size < v.capacity {
-                    return Err(Error::OutOfRange(format!(
-                        "clone of {id} needs at least its {} bytes; {size} requested",
-                        v.capacity
-                    )));
+                    return Err(Error::TooSmall {
+                        what: format!("a clone of {id}"),
+                        needs: v.capacity,
+                        allowed: format!("{size} requested"),
+                    });
                 }
                 Ok((None, Some(v)))
             }
@@ -327,17 +334,14 @@ impl Engine {
         let pool = self.pool(&record.pool)?.clone();
         pool.check_writable()?;
         if !record.published.is_empty() {
-            return Err(Error::FailedPrecondition(format!(
-                "volume {id} is still published to node(s) {}; unpublish it first",
-                record.published.keys().cloned().collect::<Vec<_>>().join(", ")
-            )));
+            return Err(Error::StillPublished {
+                volume: id.to_string(),
+                nodes: record.published.keys().cloned().collect(),
+            });
         }
         let mounts = pool.mounts(crate::backend::StageSource::Managed(&record))?;
         if !mounts.is_empty() {
-            return Err(Error::FailedPrecondition(format!(
-                "volume {id} is still mounted at {}; unpublish and unstage it first",
-                mounts.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", ")
-            )));
+            return Err(Error::StillMounted { volume: id.to_string(), mounts });
         }
         self.delete_volume_storage(pool.as_ref(), &mut record)?;
         tracing::info!(volume.id = %id, "volume deleted");
@@ -348,7 +352,7 @@ impl Engine {
         self.store
             .volume(id)
             .filter(|v| v.phase != Phase::Deleting)
-            .ok_or_else(|| Error::NotFound(format!("volume {id} does not exist on node {}", self.node_id)))
+            .ok_or_else(|| Error::NoVolume { id: id.to_string(), node: self.node_id.clone() })
     }
 
     /// Whether every capability (and the parameters, if given) fit the volume.
@@ -361,7 +365,7 @@ impl Engine {
         self.sync_for_id(Kind::Volume, id)?;
         let record = self.ready_volume(id)?;
         if capabilities.is_empty() {
-            return Err(Error::InvalidArgument("volume_capabilities is required".into()));
+            return Err(Error::BadRequest("volume_capabilities is required".into()));
         }
         let pool = self.pool(&record.pool)?;
         if let Some(name) = check_parameters(parameters)?
@@ -391,7 +395,7 @@ impl Engine {
     /// the central controller for a node-local volume, whose owning node applies the limit.
     pub fn controller_expand(&self, id: &str, required: u64, limit: u64) -> Result<(u64, bool)> {
         if limit > 0 && required > limit {
-            return Err(Error::OutOfRange(format!("required_bytes {required} exceeds limit_bytes {limit}")));
+            return Err(Error::RequiredOverLimit { required, limit });
         }
         self.sync_for_id(Kind::Volume, id)?;
         if self.store.volume(id).is_none()
@@ -407,15 +411,16 @@ impl Engine {
     /// the node must finish the expansion.
     pub(super) fn expand(&self, id: &str, required: u64, limit: u64) -> Result<(u64, bool)> {
         if limit > 0 && required > limit {
-            return Err(Error::OutOfRange(format!("required_bytes {required} exceeds limit_bytes {limit}")));
+            return Err(Error::RequiredOverLimit { required, limit });
         }
         let _guard = self.lock(&[id.to_string()])?;
         let mut record = self.ready_volume(id)?;
         if limit > 0 && record.capacity > limit {
-            return Err(Error::OutOfRange(format!(
-                "volume {id} already has {} bytes, more than limit_bytes {limit}; volumes do not shrink",
-                record.capacity
-            )));
+            return Err(Error::TooSmall {
+                what: format!("volume {id}, which does not shrink,"),
+                needs: record.capacity,
+                allowed: format!("limit_bytes is {limit}"),
+            });
         }
         if required <= record.capacity {
             return Ok((record.capacity, false));
@@ -425,10 +430,11 @@ impl Engine {
         let room = pool.capacity()?;
         let growth = required - record.capacity;
         if growth > room.available_bytes && !pool.info().grows_within_device {
-            return Err(Error::ResourceExhausted(format!(
-                "pool {} has {} bytes free; growing {id} by {growth} bytes does not fit",
-                record.pool, room.available_bytes
-            )));
+            return Err(Error::PoolFull {
+                pool: record.pool.clone(),
+                available: room.available_bytes,
+                requested: growth,
+            });
         }
         let node_required = pool.expand_volume(&record, required)?;
         record.capacity = required;
