@@ -126,26 +126,21 @@ pub fn resolve_parent(path: &Path) -> PathBuf {
     }
 }
 
-/// Opens directory `rel` beneath `root` without following any symlink on the way and without
-/// leaving `root`. The fd is O_PATH: usable as a mount source via `/proc/self/fd/N`.
-pub fn open_dir_beneath(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
-    let root_dir = File::open(root)?;
-    let target = CString::new(rel.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+/// openat2(2) of `path` relative to `dir` (the working directory when `None`), as an
+/// O_PATH fd with `flags` added, resolved as `resolve` says.
+fn open_path(dir: Option<&File>, path: &Path, flags: libc::c_int, resolve: u64) -> io::Result<OwnedFd> {
+    let target = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: open_how is a plain C struct of integers; all-zero is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-    how.resolve =
-        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV;
-    // SAFETY: `root_dir` is an open directory fd for the whole call, `target` is a valid
-    // NUL-terminated string, and `how` is a fully initialised open_how whose size we pass.
+    how.flags = u64::try_from(libc::O_PATH | libc::O_CLOEXEC | flags)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    how.resolve = resolve;
+    let dir_fd = dir.map_or(libc::AT_FDCWD, AsRawFd::as_raw_fd);
+    // SAFETY: `dir_fd` is AT_FDCWD or an fd `dir` keeps open for the whole call, `target`
+    // is a valid NUL-terminated string, and `how` is a fully initialised open_how whose
+    // size we pass.
     let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root_dir.as_raw_fd(),
-            target.as_ptr(),
-            &raw const how,
-            std::mem::size_of::<libc::open_how>(),
-        )
+        libc::syscall(libc::SYS_openat2, dir_fd, target.as_ptr(), &raw const how, std::mem::size_of::<libc::open_how>())
     };
     if fd < 0 {
         return Err(io::Error::last_os_error());
@@ -153,6 +148,26 @@ pub fn open_dir_beneath(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
     let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     // SAFETY: openat2 returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens directory `rel` beneath `root` without following any symlink on the way and without
+/// leaving `root`. The fd is O_PATH: usable as a mount source via `/proc/self/fd/N`.
+pub fn open_dir_beneath(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
+    let root_dir = File::open(root)?;
+    open_path(
+        Some(&root_dir),
+        rel,
+        libc::O_DIRECTORY,
+        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV,
+    )
+}
+
+/// Opens an absolute path as an O_PATH fd without following a symlink in any of its
+/// components: ELOOP when one is there. Paths from requests have their links resolved
+/// once, when the request arrives ([`resolve_parent`]); a link found later was put there
+/// since, so the path mounted would not be the path checked.
+pub fn open_unfollowed(path: &Path) -> io::Result<OwnedFd> {
+    open_path(None, path, 0, libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS)
 }
 
 /// The `/proc/self/fd/N` path naming an open fd, for mount(2) sources.

@@ -749,3 +749,85 @@ async fn a_target_swapped_for_a_symlink_after_the_check_mounts_nothing_elsewhere
     b.stop();
     unmount_below(root);
 }
+
+#[tokio::test]
+async fn a_parent_directory_swapped_for_a_symlink_after_the_check_mounts_nothing_elsewhere() {
+    let test = "a_parent_directory_swapped_for_a_symlink_after_the_check_mounts_nothing_elsewhere";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let root = scratch.path();
+    let pool = root.join("pool");
+    let mut b = Berth::start(root, &hostpath_config(&root.join("state"), &pool, "none"), "node-a", &[]).await;
+    let id = b.controller.create_volume(create_req("pvc-swap-parent", 1 << 20)).await.expect("create").into_inner();
+    let id = id.volume.expect("volume").volume_id;
+    // Half a second between berth's checks of the paths and its bind mount.
+    b.env.push(("BERTH_FAILPOINTS".into(), "node.publish.bind=sleep(500)".into()));
+    b.restart().await;
+
+    // Each round: the directory a process swaps, and where its symlink then leads.
+    // A swapped target's parent would mount the volume over the victim; a swapped
+    // staging path's parent would show the victim (a host directory) in the pod.
+    for (round, swap_staging) in [("target", false), ("staging", true)] {
+        let base = root.join(round);
+        let (staging_parent, pod) = (base.join("plugins"), base.join("pod"));
+        let (staging, target) = (staging_parent.join("staging"), pod.join("volumes/mount"));
+        let victim = base.join("victim");
+        fs::create_dir_all(pod.join("volumes")).expect("mkdir");
+        fs::create_dir_all(victim.join("mount")).expect("mkdir");
+        fs::create_dir_all(victim.join("staging")).expect("mkdir");
+        fs::write(victim.join("staging/host-secret"), b"host").expect("write");
+        fs::create_dir_all(&staging_parent).expect("mkdir");
+        b.node
+            .node_stage_volume(pb::NodeStageVolumeRequest {
+                volume_id: id.clone(),
+                staging_target_path: staging.display().to_string(),
+                volume_capability: Some(rwo()),
+                ..Default::default()
+            })
+            .await
+            .expect("stage");
+        let mut node = b.node.clone();
+        let publish = pb::NodePublishVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: staging.display().to_string(),
+            target_path: target.display().to_string(),
+            volume_capability: Some(rwo()),
+            ..Default::default()
+        };
+        let call = tokio::spawn(async move { node.node_publish_volume(publish).await });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !target.is_dir() {
+            assert!(std::time::Instant::now() < deadline, "{round}: berth never made the target");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let swapped = if swap_staging { staging_parent.clone() } else { pod.join("volumes") };
+        let kept = base.join("kept");
+        fs::rename(&swapped, &kept).expect("move the real directory away");
+        std::os::unix::fs::symlink(&victim, &swapped).expect("symlink");
+        let published = call.await.expect("join");
+        let status = published.expect_err("the mount must not follow the swapped-in symlink");
+        assert!(status.message().contains("symbolic link"), "{round}: {}", status.message());
+        assert!(mounts_below(&victim).is_empty(), "{round}: the victim directory got a mount");
+        assert!(!target.join("host-secret").exists(), "{round}: the host directory shows at the target");
+        fs::remove_file(&swapped).expect("rm symlink");
+        fs::rename(&kept, &swapped).expect("put the real directory back");
+        b.node
+            .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+                volume_id: id.clone(),
+                target_path: target.display().to_string(),
+            })
+            .await
+            .expect("unpublish");
+        b.node
+            .node_unstage_volume(pb::NodeUnstageVolumeRequest {
+                volume_id: id.clone(),
+                staging_target_path: staging.display().to_string(),
+            })
+            .await
+            .expect("unstage");
+    }
+    b.stop();
+    unmount_below(root);
+}

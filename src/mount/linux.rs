@@ -51,23 +51,34 @@ impl Syscall for LinuxSyscall {
         flags: MsFlags,
         data: Option<&str>,
     ) -> io::Result<()> {
-        // The target is opened once, not following a final symbolic link, and mounted on
-        // through /proc/self/fd: a target swapped for a symlink after berth checked it
-        // (its parent may be writable by a pod) cannot send the mount elsewhere.
-        let fd = nix::fcntl::open(
-            target,
-            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )?;
-        let st = nix::sys::stat::fstat(&fd)?;
-        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("mount target {} is a symbolic link", target.display()),
-            ));
-        }
-        let at = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-        nix::mount::mount(source, at.as_str(), fs_type, flags, data).map_err(io::Error::from)
+        // The target, and the source of a bind, are opened once without following a
+        // symbolic link in any component, and mounted through /proc/self/fd: a directory
+        // on the way swapped for a symlink after berth checked the path (a pod may be able
+        // to write a kubelet directory's parent) cannot send the mount elsewhere, or show a
+        // host directory in the pod. A source that is already an fd (a pool directory
+        // opened beneath its root) is used as it is.
+        let unfollowed = |role: &str, path: &Path| {
+            crate::safepath::open_unfollowed(path).map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "mount {role} {} has a symbolic link on its path that was not there when it was checked",
+                        path.display()
+                    ),
+                ),
+                _ => e,
+            })
+        };
+        let target_fd = unfollowed("target", target)?;
+        let source_fd = match source {
+            Some(s) if flags.contains(MsFlags::MS_BIND) && !s.starts_with("/proc/self/fd") => {
+                Some(unfollowed("source", s)?)
+            }
+            _ => None,
+        };
+        let at = crate::safepath::proc_fd_path(&target_fd);
+        let from = source_fd.as_ref().map(crate::safepath::proc_fd_path);
+        nix::mount::mount(from.as_deref().or(source), &at, fs_type, flags, data).map_err(io::Error::from)
     }
 
     fn umount(&self, target: &Path, flags: MntFlags) -> io::Result<()> {
