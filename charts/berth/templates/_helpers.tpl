@@ -45,18 +45,22 @@ app.kubernetes.io/part-of: berth
 app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- end }}
 
-{{/* The berth image reference. */}}
-{{- define "berth.image" -}}
-{{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
-{{- else }}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{/* An image reference, repository:tag or, with a digest, repository:tag@digest (the
+runtime pulls the digest; the tag stays for people reading the manifest). Call with a
+map of repository, tag and digest. */}}
+{{- define "berth.imageRef" -}}
+{{- printf "%s:%s" .repository .tag }}
+{{- with .digest }}@{{ . }}{{ end }}
 {{- end }}
+
+{{/* The berth image reference; the tag defaults to the chart's appVersion. */}}
+{{- define "berth.image" -}}
+{{- include "berth.imageRef" (dict "repository" .Values.image.repository "tag" (default .Chart.AppVersion .Values.image.tag) "digest" .Values.image.digest) }}
 {{- end }}
 
 {{/* A sidecar image reference: call with the sidecars.<name> map. */}}
 {{- define "berth.sidecarImage" -}}
-{{- printf "%s:%s" .repository .tag }}
+{{- include "berth.imageRef" . }}
 {{- end }}
 
 {{/* The pools each driver serves, by type. Output is YAML: {pools: [...]}. */}}
