@@ -78,6 +78,10 @@ struct ServeArgs {
     /// (e.g. 127.0.0.1:9808, or :9808 for every IPv6 and IPv4 address); off when unset.
     #[arg(long, env = "BERTH_METRICS_ADDRESS", value_name = "HOST:PORT")]
     metrics_address: Option<String>,
+    /// Let this group (a numeric GID) use the socket too (mode 0660 instead of 0600), for
+    /// sidecars that run as a non-root user with it as a supplemental group.
+    #[arg(long, env = "BERTH_SOCKET_GROUP", value_name = "GID")]
+    socket_group: Option<u32>,
 }
 
 #[derive(clap::Args)]
@@ -146,6 +150,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             args.mode,
             args.metrics_address.as_deref(),
             std::time::Duration::from_secs(args.drain_seconds),
+            args.socket_group,
         ))
         .map_err(|e| e.to_string());
     // Work still running past the drain limit is not waited for: the process exits, and

@@ -62,8 +62,9 @@ fn remove_stale_socket(path: &Path) -> Result<(), ServeError> {
     }
 }
 
-/// Binds the socket with owner-only permissions.
-fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+/// Binds the socket with owner-only permissions (0600), or, with `group`, readable and
+/// writable by that group too (0660), for sidecars that run as another, non-root user.
+fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ServeError> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|source| ServeError::Socket { path: parent.into(), source })?;
     }
@@ -74,8 +75,13 @@ fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     let listener = UnixListener::bind(path);
     nix::sys::stat::umask(old);
     let listener = listener.map_err(|source| ServeError::Socket { path: path.into(), source })?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-        .map_err(|source| ServeError::Socket { path: path.into(), source })?;
+    let socket_error = |source: io::Error| ServeError::Socket { path: path.into(), source };
+    if let Some(gid) = group {
+        // The group first, then the mode: no other group ever gets the 0660.
+        std::os::unix::fs::lchown(path, None, Some(gid)).map_err(socket_error)?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(if group.is_some() { 0o660 } else { 0o600 }))
+        .map_err(socket_error)?;
     Ok(listener)
 }
 
@@ -158,6 +164,7 @@ pub async fn serve(
     mode: Mode,
     metrics_address: Option<&str>,
     drain: std::time::Duration,
+    socket_group: Option<u32>,
 ) -> Result<(), ServeError> {
     let path = socket_path(endpoint)?;
     let registry = Arc::new(Registry::default());
@@ -175,7 +182,7 @@ pub async fn serve(
         }
         None => None,
     };
-    let listener = bind(&path)?;
+    let listener = bind(&path, socket_group)?;
     let checkpoints = tokio::spawn(keep_checkpoints(Arc::clone(&engine)));
     let controller = mode != Mode::Node;
     let shared = Shared::new(engine, driver_name, controller, Arc::clone(&registry));
@@ -258,6 +265,22 @@ mod tests {
         for bad in ["tcp://127.0.0.1:1", "unix://relative.sock", "/no/scheme", "unix:///"] {
             assert!(socket_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_owner_only_or_shared_with_the_sidecars_group() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let own = dir.path().join("own.sock");
+        let _own = bind(&own, None).expect("bind");
+        let meta = fs::metadata(&own).expect("stat");
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        let shared = dir.path().join("shared.sock");
+        // Root may give the socket any group; another user only one of its own.
+        let gid = if nix::unistd::geteuid().is_root() { 65532 } else { nix::unistd::getgid().as_raw() };
+        let _shared = bind(&shared, Some(gid)).expect("bind");
+        let meta = fs::metadata(&shared).expect("stat");
+        assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, gid));
     }
 
     #[test]

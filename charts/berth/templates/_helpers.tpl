@@ -229,6 +229,22 @@ securityContext:
 {{- end }}
 
 {{/*
+The securityContext of a node sidecar that needs only berth's socket and the API server:
+with node.sidecarUser set it runs as that user, in the group berth gives its socket (see
+berth.node.berthContainer). Call with the root context or a dict holding it as "ctx".
+*/}}
+{{- define "berth.node.sidecarSecurityContext" -}}
+{{- $ctx := . }}
+{{- if hasKey . "ctx" }}{{ $ctx = .ctx }}{{ end }}
+{{- include "berth.sidecarSecurityContext" . }}
+{{- with $ctx.Values.node.sidecarUser }}
+  runAsNonRoot: true
+  runAsUser: {{ . }}
+  runAsGroup: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
 Checks that fail the install early with a reason, instead of a berth that refuses to
 start or a StorageClass that can never provision.
 */}}

@@ -18,6 +18,11 @@ args:
   {{- include "berth.serveArgs" (dict "ctx" $ctx "mode" .mode "driver" .driver "metricsPort" .metricsPort) | nindent 2 }}
 env:
   {{- include "berth.nodeNameEnv" $ctx | nindent 2 }}
+  {{- with $ctx.Values.node.sidecarUser }}
+  # The non-root sidecars (node.sidecarUser) reach the socket through its group.
+  - name: BERTH_SOCKET_GROUP
+    value: {{ . | quote }}
+  {{- end }}
 securityContext:
   # Mounts, loop devices, quotas, mkfs and NFS mounts need full privileges on the host.
   privileged: true
@@ -103,7 +108,7 @@ imagePullPolicy: {{ $ctx.Values.sidecars.pullPolicy }}
 args:
   - --csi-address=/csi/csi.sock
   - --http-endpoint={{ include "berth.listen" (dict "address" (include "berth.node.healthAddress" $ctx) "port" .port) }}
-{{ include "berth.sidecarSecurityContext" . }}
+{{ include "berth.node.sidecarSecurityContext" . }}
 resources:
   {{- toYaml $ctx.Values.node.resources.sidecars | nindent 2 }}
 volumeMounts:
@@ -147,7 +152,7 @@ ports:
     containerPort: {{ .Values.node.ports.localProvisioner }}
     protocol: TCP
 {{- end }}
-{{ include "berth.sidecarSecurityContext" . }}
+{{ include "berth.node.sidecarSecurityContext" . }}
 resources:
   {{- toYaml .Values.node.resources.sidecars | nindent 2 }}
 volumeMounts:
@@ -181,7 +186,7 @@ ports:
     containerPort: {{ .Values.node.ports.localSnapshotter }}
     protocol: TCP
 {{- end }}
-{{ include "berth.sidecarSecurityContext" . }}
+{{ include "berth.node.sidecarSecurityContext" . }}
 resources:
   {{- toYaml .Values.node.resources.sidecars | nindent 2 }}
 volumeMounts:
