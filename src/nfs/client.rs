@@ -5,18 +5,15 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use super::decode::{self, Mnt, ReplyError};
 use super::rpc::{AuthSys, RpcError, Transport};
-use super::types::{
-    Attr, Entry, Error, Fh, FileType, FsStat, Result, SetAttr, Status, dirop, fattr, fh, post_op_attr, post_op_fh,
-    put_sattr, wcc_data,
-};
-use super::xdr::{Dec, Enc, XdrError};
+use super::types::{Attr, Entry, Error, Fh, FileType, FsStat, Result, SetAttr, Status, dirop, put_sattr};
+use super::xdr::{Enc, XdrError};
 
 const NFS_PROGRAM: u32 = 100_003;
 const MOUNT_PROGRAM: u32 = 100_005;
 const PMAP_PROGRAM: u32 = 100_000;
 const PMAP_PORT: u16 = 111;
-const MAX_NAME: usize = 4096;
 
 /// Where and how to reach an export.
 #[derive(Debug, Clone)]
@@ -75,10 +72,9 @@ impl Client {
                     let mut e = Enc::new();
                     e.u32(prog).u32(vers).u32(6).u32(0);
                     let reply = pmap.call(PMAP_PROGRAM, 2, 3, e.bytes()).map_err(rpc_err)?;
-                    let port = Dec::new(&reply).u32().map_err(|e| rpc_err(e.into()))?;
-                    match u16::try_from(port) {
-                        Ok(p) if p > 0 => Ok(p),
-                        _ => Err(rpc_err(RpcError::NotRun(format!(
+                    match decode::getport(&reply).map_err(|e| rpc_err(e.into()))? {
+                        Some(port) => Ok(port),
+                        None => Err(rpc_err(RpcError::NotRun(format!(
                             "program {prog} version {vers} is not registered with the portmapper; \
                              the controller needs NFSv3 and MOUNTv3 over TCP"
                         )))),
@@ -99,22 +95,21 @@ impl Client {
         let mut e = Enc::new();
         e.opaque(ep.export.as_bytes());
         let reply = mount.call(MOUNT_PROGRAM, 3, 1, e.bytes()).map_err(rpc_err)?;
-        let mut d = Dec::new(&reply);
-        let status = d.u32().map_err(|e| rpc_err(e.into()))?;
-        if status != 0 {
-            let reason = match status {
-                1 => "not permitted".to_string(),
-                2 => "no such export".to_string(),
-                13 => "access denied (check the export's client list)".to_string(),
-                other => format!("MOUNT status {other}"),
-            };
-            return Err(Error::Mount { server: server.clone(), export: ep.export.clone(), reason });
-        }
-        let root = fh(&mut d).map_err(|e| rpc_err(e.into()))?;
+        let root = match decode::mnt(&reply).map_err(|e| rpc_err(e.into()))? {
+            Mnt::Mounted { root } => root,
+            Mnt::Refused(status) => {
+                let reason = match status {
+                    1 => "not permitted".to_string(),
+                    2 => "no such export".to_string(),
+                    13 => "access denied (check the export's client list)".to_string(),
+                    other => format!("MOUNT status {other}"),
+                };
+                return Err(Error::Mount { server: server.clone(), export: ep.export.clone(), reason });
+            }
+        };
         let nfs = Transport::connect(SocketAddr::new(ip, nfs_port), ep.timeout, &ep.auth).map_err(io_err)?;
         let mut client = Client { nfs, root, server, io_size: 64 << 10 };
-        let info = client.fsinfo()?;
-        client.io_size = info.clamp(4096, 1 << 20);
+        client.io_size = client.fsinfo()?.io_size();
         Ok(client)
     }
 
@@ -128,37 +123,31 @@ impl Client {
         Error::Rpc { server: self.server.clone(), source: RpcError::Xdr(e) }
     }
 
-    /// Runs `proc` and decodes its status; on success `ok` decodes the rest.
+    /// Runs `proc` named `name` and decodes its reply with `decode`.
     fn op<T>(
         &mut self,
         name: &'static str,
         proc: u32,
         args: &Enc,
-        ok: impl FnOnce(&mut Dec<'_>) -> std::result::Result<T, XdrError>,
+        decode: impl FnOnce(&[u8]) -> std::result::Result<T, ReplyError>,
     ) -> Result<T> {
         let reply = self.call(proc, args)?;
-        let mut d = Dec::new(&reply);
-        let status = d.u32().map_err(|e| self.xdr(e))?;
-        if status != 0 {
-            return Err(Error::Status { proc: name, status: Status(status) });
-        }
-        ok(&mut d).map_err(|e| self.xdr(e))
+        decode(&reply).map_err(|e| match e {
+            ReplyError::Status(status) => Error::Status { proc: name, status },
+            ReplyError::Xdr(e) => self.xdr(e),
+        })
     }
 
-    fn fsinfo(&mut self) -> Result<u32> {
+    fn fsinfo(&mut self) -> Result<decode::FsInfo> {
         let mut e = Enc::new();
         e.opaque(&self.root.0);
-        self.op("FSINFO", 19, &e, |d| {
-            post_op_attr(d)?;
-            let (rtmax, rtpref, _rtmult, wtmax, wtpref) = (d.u32()?, d.u32()?, d.u32()?, d.u32()?, d.u32()?);
-            Ok(rtpref.min(wtpref).max(rtmax.min(wtmax).min(1 << 20)).min(rtmax).min(wtmax))
-        })
+        self.op("FSINFO", 19, &e, decode::fsinfo)
     }
 
     pub fn getattr(&mut self, fh: &Fh) -> Result<Attr> {
         let mut e = Enc::new();
         e.opaque(&fh.0);
-        self.op("GETATTR", 1, &e, fattr)
+        self.op("GETATTR", 1, &e, decode::getattr)
     }
 
     pub fn setattr(&mut self, fh: &Fh, attr: &SetAttr) -> Result<()> {
@@ -166,18 +155,14 @@ impl Client {
         e.opaque(&fh.0);
         put_sattr(&mut e, attr);
         e.bool(false);
-        self.op("SETATTR", 2, &e, |_| Ok(()))
+        self.op("SETATTR", 2, &e, decode::status)
     }
 
     /// Looks up `name` in `dir` (never following a symlink); `None` when absent.
     pub fn lookup(&mut self, dir: &Fh, name: &[u8]) -> Result<Option<(Fh, Attr)>> {
         let mut e = Enc::new();
         dirop(&mut e, dir, name);
-        let found = self.op("LOOKUP", 3, &e, |d| {
-            let obj = fh(d)?;
-            let attr = post_op_attr(d)?;
-            Ok((obj, attr))
-        });
+        let found = self.op("LOOKUP", 3, &e, decode::lookup);
         match found {
             Ok((obj, Some(attr))) => Ok(Some((obj, attr))),
             Ok((obj, None)) => {
@@ -192,23 +177,14 @@ impl Client {
     pub fn readlink(&mut self, fh: &Fh) -> Result<Vec<u8>> {
         let mut e = Enc::new();
         e.opaque(&fh.0);
-        self.op("READLINK", 5, &e, |d| {
-            post_op_attr(d)?;
-            Ok(d.opaque("symlink target", MAX_NAME)?.to_vec())
-        })
+        self.op("READLINK", 5, &e, decode::readlink)
     }
 
     /// Reads up to `count` bytes at `offset`; returns the data and whether the file ended.
     pub fn read(&mut self, fh: &Fh, offset: u64, count: u32) -> Result<(Vec<u8>, bool)> {
         let mut e = Enc::new();
         e.opaque(&fh.0).u64(offset).u32(count);
-        self.op("READ", 6, &e, |d| {
-            post_op_attr(d)?;
-            let _count = d.u32()?;
-            let eof = d.bool()?;
-            let data = d.opaque("READ data", 1 << 22)?.to_vec();
-            Ok((data, eof))
-        })
+        self.op("READ", 6, &e, decode::read)
     }
 
     /// Writes `data` at `offset` unstably (COMMIT makes it durable); returns bytes written.
@@ -216,20 +192,17 @@ impl Client {
         let mut e = Enc::new();
         let count = u32::try_from(data.len()).unwrap_or(u32::MAX);
         e.opaque(&fh.0).u64(offset).u32(count).u32(if stable { 2 } else { 0 }).opaque(data);
-        self.op("WRITE", 7, &e, |d| {
-            wcc_data(d)?;
-            d.u32()
-        })
+        self.op("WRITE", 7, &e, decode::write)
     }
 
     pub fn commit(&mut self, fh: &Fh) -> Result<()> {
         let mut e = Enc::new();
         e.opaque(&fh.0).u64(0).u32(0);
-        self.op("COMMIT", 21, &e, |_| Ok(()))
+        self.op("COMMIT", 21, &e, decode::status)
     }
 
     fn created(&mut self, name: &'static str, proc: u32, e: &Enc, dir: &Fh, entry: &[u8]) -> Result<(Fh, Attr)> {
-        let (obj, attr) = self.op(name, proc, e, |d| Ok((post_op_fh(d)?, post_op_attr(d)?)))?;
+        let (obj, attr) = self.op(name, proc, e, decode::created)?;
         match (obj, attr) {
             (Some(obj), Some(attr)) => Ok((obj, attr)),
             (Some(obj), None) => {
@@ -284,20 +257,20 @@ impl Client {
     pub fn remove(&mut self, dir: &Fh, name: &[u8]) -> Result<()> {
         let mut e = Enc::new();
         dirop(&mut e, dir, name);
-        self.op("REMOVE", 12, &e, |_| Ok(()))
+        self.op("REMOVE", 12, &e, decode::status)
     }
 
     pub fn rmdir(&mut self, dir: &Fh, name: &[u8]) -> Result<()> {
         let mut e = Enc::new();
         dirop(&mut e, dir, name);
-        self.op("RMDIR", 13, &e, |_| Ok(()))
+        self.op("RMDIR", 13, &e, decode::status)
     }
 
     pub fn rename(&mut self, from_dir: &Fh, from: &[u8], to_dir: &Fh, to: &[u8]) -> Result<()> {
         let mut e = Enc::new();
         dirop(&mut e, from_dir, from);
         dirop(&mut e, to_dir, to);
-        self.op("RENAME", 14, &e, |_| Ok(()))
+        self.op("RENAME", 14, &e, decode::status)
     }
 
     /// Makes `dir/name` a hard link to `file`; EXIST when the name is taken.
@@ -305,7 +278,7 @@ impl Client {
         let mut e = Enc::new();
         e.opaque(&file.0);
         dirop(&mut e, dir, name);
-        self.op("LINK", 15, &e, |_| Ok(()))
+        self.op("LINK", 15, &e, decode::status)
     }
 
     /// Every entry of `dir` except `.` and `..`, with attributes and handles.
@@ -316,21 +289,8 @@ impl Client {
         loop {
             let mut e = Enc::new();
             e.opaque(&dir.0).u64(cookie).fixed(&verf).u32(32 << 10).u32(256 << 10);
-            let (next_verf, entries, eof) = self.op("READDIRPLUS", 17, &e, |d| {
-                post_op_attr(d)?;
-                let mut v = [0u8; 8];
-                v.copy_from_slice(d.fixed(8)?);
-                let mut entries = Vec::new();
-                while d.bool()? {
-                    let fileid = d.u64()?;
-                    let name = d.opaque("file name", MAX_NAME)?.to_vec();
-                    let cookie = d.u64()?;
-                    let attr = post_op_attr(d)?;
-                    let fh = post_op_fh(d)?;
-                    entries.push((cookie, Entry { name, fileid, attr, fh }));
-                }
-                Ok((v, entries, d.bool()?))
-            })?;
+            let decode::DirPage { verf: next_verf, entries, eof } =
+                self.op("READDIRPLUS", 17, &e, decode::readdirplus)?;
             verf = next_verf;
             let progressed = !entries.is_empty();
             for (c, entry) in entries {
@@ -348,17 +308,7 @@ impl Client {
     pub fn fsstat(&mut self, fh: &Fh) -> Result<FsStat> {
         let mut e = Enc::new();
         e.opaque(&fh.0);
-        self.op("FSSTAT", 18, &e, |d| {
-            post_op_attr(d)?;
-            Ok(FsStat {
-                total_bytes: d.u64()?,
-                free_bytes: d.u64()?,
-                avail_bytes: d.u64()?,
-                total_files: d.u64()?,
-                free_files: d.u64()?,
-                avail_files: d.u64()?,
-            })
-        })
+        self.op("FSSTAT", 18, &e, decode::fsstat)
     }
 }
 

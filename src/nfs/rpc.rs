@@ -5,10 +5,9 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use super::xdr::{Dec, Enc, XdrError};
+use super::decode::{self, Call};
+use super::xdr::{Enc, XdrError};
 
-/// The largest reply berth accepts (a READ or READDIRPLUS of 1 MiB plus headers fits).
-const MAX_REPLY: usize = 8 << 20;
 /// Reserved ports tried when the process may bind them (servers exporting with `secure`).
 const RESERVED: std::ops::RangeInclusive<u16> = 600..=1023;
 
@@ -124,51 +123,7 @@ impl Transport {
         self.stream.write_all(&bytes)?;
 
         let reply = self.read_record()?;
-        let mut d = Dec::new(&reply);
-        let got = d.u32()?;
-        if got != xid {
-            return Err(RpcError::Xid { want: xid, got });
-        }
-        if d.u32()? != 1 {
-            return Err(RpcError::Xdr(XdrError::Invalid("message type")));
-        }
-        match d.u32()? {
-            0 => {
-                d.u32()?; // verifier flavor
-                d.opaque("verifier", 400)?;
-                match d.u32()? {
-                    0 => Ok(d.rest().to_vec()),
-                    1 => Err(RpcError::NotRun(format!("program {prog} is not available"))),
-                    2 => {
-                        let (low, high) = (d.u32()?, d.u32()?);
-                        Err(RpcError::NotRun(format!(
-                            "program {prog} version {vers} is not offered (versions {low} to {high} are)"
-                        )))
-                    }
-                    3 => Err(RpcError::NotRun(format!("procedure {proc} of program {prog} is not offered"))),
-                    4 => Err(RpcError::NotRun("the server could not decode the arguments".into())),
-                    other => Err(RpcError::NotRun(format!("server error (accept status {other})"))),
-                }
-            }
-            1 => {
-                if d.u32()? == 0 {
-                    Err(RpcError::Denied("RPC version mismatch".into()))
-                } else {
-                    let why = match d.u32()? {
-                        1 => "bad credential",
-                        2 => {
-                            "credential rejected (the export may require a reserved source port or another security flavor)"
-                        }
-                        3 => "bad verifier",
-                        4 => "verifier rejected",
-                        5 => "security flavor too weak",
-                        _ => "authentication failed",
-                    };
-                    Err(RpcError::Denied(why.into()))
-                }
-            }
-            _ => Err(RpcError::Xdr(XdrError::Invalid("reply status"))),
-        }
+        decode::rpc_reply(&reply, &Call { xid, prog, vers, proc }).map(<[u8]>::to_vec)
     }
 
     fn read_record(&mut self) -> Result<Vec<u8>, RpcError> {
@@ -176,15 +131,11 @@ impl Transport {
         loop {
             let mut mark = [0u8; 4];
             self.stream.read_exact(&mut mark)?;
-            let mark = u32::from_be_bytes(mark);
-            let len = usize::try_from(mark & 0x7fff_ffff).unwrap_or(usize::MAX);
-            if out.len().saturating_add(len) > MAX_REPLY {
-                return Err(RpcError::TooLarge(out.len().saturating_add(len)));
-            }
+            let frag = decode::fragment(mark, out.len())?;
             let start = out.len();
-            out.resize(start + len, 0);
+            out.resize(start + frag.len, 0);
             self.stream.read_exact(&mut out[start..])?;
-            if mark & 0x8000_0000 != 0 {
+            if frag.last {
                 return Ok(out);
             }
         }
