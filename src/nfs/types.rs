@@ -198,7 +198,7 @@ pub struct SetAttr {
 }
 
 /// One directory entry from READDIRPLUS.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub name: Vec<u8>,
     pub fileid: u64,

@@ -213,7 +213,7 @@ pub fn created(reply: &[u8]) -> Reply<(Option<Fh>, Option<Attr>)> {
 }
 
 /// One READDIRPLUS reply: a page of entries with their cookies.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirPage {
     pub verf: [u8; 8],
     pub entries: Vec<(u64, Entry)>,
