@@ -184,7 +184,7 @@ impl Client {
     pub fn read(&mut self, fh: &Fh, offset: u64, count: u32) -> Result<(Vec<u8>, bool)> {
         let mut e = Enc::new();
         e.opaque(&fh.0).u64(offset).u32(count);
-        self.op("READ", 6, &e, decode::read)
+        self.op("READ", 6, &e, |reply| decode::read(reply, count))
     }
 
     /// Writes `data` at `offset` unstably (COMMIT makes it durable); returns bytes written.
@@ -192,7 +192,7 @@ impl Client {
         let mut e = Enc::new();
         let count = u32::try_from(data.len()).unwrap_or(u32::MAX);
         e.opaque(&fh.0).u64(offset).u32(count).u32(if stable { 2 } else { 0 }).opaque(data);
-        self.op("WRITE", 7, &e, decode::write)
+        self.op("WRITE", 7, &e, |reply| decode::write(reply, data.len()))
     }
 
     pub fn commit(&mut self, fh: &Fh) -> Result<()> {
@@ -315,10 +315,134 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
 
     #[test]
     fn literals_resolve_without_dns() {
         assert_eq!(resolve("127.0.0.1").expect("v4")[0].to_string(), "127.0.0.1");
         assert_eq!(resolve("[::1]").expect("v6")[0].to_string(), "::1");
+    }
+
+    /// Calls a scripted server answers on one connection before it hangs up, so a client
+    /// that would call forever ends with an I/O error instead.
+    const MAX_CALLS: usize = 50;
+
+    /// A server for MOUNT and NFS on one port of 127.0.0.1 that answers each call of
+    /// `prog`/`proc` with the results `script` gives, or by default: MNT with a root handle
+    /// and AUTH_SYS, FSINFO with 64 KiB sizes, anything else NFS3ERR_NOTSUPP.
+    fn scripted(script: impl Fn(u32, u32) -> Option<Vec<u8>> + Send + Sync + 'static) -> Endpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let script = Arc::new(script);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let (Ok(mut s), script) = (conn, Arc::clone(&script)) else { return };
+                std::thread::spawn(move || {
+                    for _ in 0..MAX_CALLS {
+                        let mut mark = [0u8; 4];
+                        if s.read_exact(&mut mark).is_err() {
+                            return;
+                        }
+                        let mut call = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
+                        s.read_exact(&mut call).expect("call");
+                        let word = |at: usize| u32::from_be_bytes(call[at..at + 4].try_into().expect("word"));
+                        let (prog, proc) = (word(12), word(20));
+                        let results = script(prog, proc).unwrap_or_else(|| {
+                            let mut e = Enc::new();
+                            match (prog, proc) {
+                                (MOUNT_PROGRAM, 1) => e.u32(0).opaque(&[1; 8]).u32(1).u32(1),
+                                (NFS_PROGRAM, 19) => e
+                                    .u32(0)
+                                    .bool(false)
+                                    .u32(65536)
+                                    .u32(65536)
+                                    .u32(4096)
+                                    .u32(65536)
+                                    .u32(65536)
+                                    .u32(4096)
+                                    .u32(4096)
+                                    .u64(u64::MAX)
+                                    .u32(0)
+                                    .u32(1)
+                                    .u32(0),
+                                _ => e.u32(10004),
+                            };
+                            e.into_bytes()
+                        });
+                        let mut e = Enc::new();
+                        e.u32(0).u32(word(0)).u32(1).u32(0).u32(0).opaque(&[]).u32(0);
+                        let mut reply = e.into_bytes();
+                        reply.extend_from_slice(&results);
+                        let len = u32::try_from(reply.len() - 4).expect("len");
+                        reply[..4].copy_from_slice(&(0x8000_0000 | len).to_be_bytes());
+                        if s.write_all(&reply).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Endpoint {
+            host: "127.0.0.1".into(),
+            export: "/export".into(),
+            nfs_port: Some(port),
+            mount_port: Some(port),
+            timeout: Duration::from_secs(5),
+            auth: AuthSys { machine: "test".into(), uid: 0, gid: 0 },
+        }
+    }
+
+    fn only(want: u32, results: impl Fn() -> Enc + Send + Sync + 'static) -> Endpoint {
+        scripted(move |prog, proc| (prog == NFS_PROGRAM && proc == want).then(|| results().into_bytes()))
+    }
+
+    #[test]
+    fn a_scripted_server_serves_a_client() {
+        let mut client = Client::connect(&only(18, || {
+            let mut e = Enc::new();
+            e.u32(0).bool(false).u64(1000).u64(600).u64(500).u64(10).u64(6).u64(5).u32(0);
+            e
+        }))
+        .expect("connect");
+        assert_eq!((client.root.clone(), client.io_size), (Fh(vec![1; 8]), 65536));
+        let root = client.root.clone();
+        assert_eq!(client.fsstat(&root).expect("fsstat").avail_bytes, 500);
+        assert_eq!(client.getattr(&root).expect_err("not offered").status(), Some(Status::NOTSUPP));
+    }
+
+    /// A WRITE that claims more bytes than were sent would make berth skip data it never
+    /// wrote (export::write_all, copy::copy_file advance by the count).
+    #[test]
+    fn a_write_count_beyond_the_data_sent_is_refused() {
+        let mut client = Client::connect(&only(7, || {
+            let mut e = Enc::new();
+            e.u32(0).bool(false).bool(false).u32(1000).u32(2).fixed(&[0; 8]);
+            e
+        }))
+        .expect("connect");
+        let root = client.root.clone();
+        let err = client.write(&root, 0, b"abc", true).expect_err("1000 of 3 bytes written");
+        assert!(err.to_string().contains("WRITE count of 1000 bytes exceeds the limit of 3"), "{err}");
+    }
+
+    #[test]
+    fn read_data_beyond_the_count_asked_or_its_own_count_is_refused() {
+        let reply = |count: u32, data: &'static [u8]| {
+            move || {
+                let mut e = Enc::new();
+                e.u32(0).bool(false).u32(count).bool(false).opaque(data);
+                e
+            }
+        };
+        let mut client = Client::connect(&only(6, reply(20, &[7; 20]))).expect("connect");
+        let root = client.root.clone();
+        let err = client.read(&root, 0, 10).expect_err("20 of 10 bytes read");
+        assert!(err.to_string().contains("READ data of 20 bytes exceeds the limit of 10"), "{err}");
+
+        let mut client = Client::connect(&only(6, reply(3, b"hello"))).expect("connect");
+        let err = client.read(&root, 0, 10).expect_err("count 3, 5 bytes of data");
+        assert!(err.to_string().contains("invalid READ count"), "{err}");
     }
 }

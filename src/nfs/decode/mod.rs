@@ -187,21 +187,32 @@ pub fn readlink(reply: &[u8]) -> Reply<Vec<u8>> {
     Ok(d.opaque("symlink target", MAX_NAME)?.to_vec())
 }
 
-/// READ: the data and whether the file ended.
-pub fn read(reply: &[u8]) -> Reply<(Vec<u8>, bool)> {
+/// READ of `asked` bytes: the data and whether the file ended. More data than asked
+/// for, or a count that is not the data's length, is a broken reply.
+pub fn read(reply: &[u8], asked: u32) -> Reply<(Vec<u8>, bool)> {
     let mut d = ok(reply)?;
     post_op_attr(&mut d)?;
-    let _count = d.u32()?;
+    let count = d.u32()?;
     let eof = d.bool()?;
-    let data = d.opaque("READ data", 1 << 22)?.to_vec();
-    Ok((data, eof))
+    let max = usize::try_from(asked).unwrap_or(usize::MAX);
+    let data = d.opaque("READ data", max)?;
+    if usize::try_from(count).ok() != Some(data.len()) {
+        return Err(XdrError::Invalid("READ count").into());
+    }
+    Ok((data.to_vec(), eof))
 }
 
-/// WRITE: how many bytes the server wrote.
-pub fn write(reply: &[u8]) -> Reply<u32> {
+/// WRITE of `sent` bytes: how many of them the server wrote. A count beyond `sent`
+/// would have berth skip data that was never written, so it is a broken reply.
+pub fn write(reply: &[u8], sent: usize) -> Reply<u32> {
     let mut d = ok(reply)?;
     wcc_data(&mut d)?;
-    Ok(d.u32()?)
+    let count = d.u32()?;
+    let len = usize::try_from(count).unwrap_or(usize::MAX);
+    if len > sent {
+        return Err(XdrError::TooLong { what: "WRITE count", len, max: sent }.into());
+    }
+    Ok(count)
 }
 
 /// CREATE, MKDIR, SYMLINK and MKNOD: the new object's handle and attributes, each when

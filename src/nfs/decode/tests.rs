@@ -262,8 +262,8 @@ fn nfs_statuses_are_errors_whatever_follows() {
         assert_eq!(getattr(&reply), Err(want.clone()));
         assert_eq!(lookup(&reply), Err(want.clone()));
         assert_eq!(readlink(&reply), Err(want.clone()));
-        assert_eq!(read(&reply), Err(want.clone()));
-        assert_eq!(write(&reply), Err(want.clone()));
+        assert_eq!(read(&reply, 10), Err(want.clone()));
+        assert_eq!(write(&reply, 10), Err(want.clone()));
         assert_eq!(created(&reply), Err(want.clone()));
         assert_eq!(readdirplus(&reply), Err(want.clone()));
         assert_eq!(fsstat(&reply), Err(want.clone()));
@@ -310,8 +310,19 @@ fn read_write_and_readlink_replies_decode() {
     let a = sample_attr(FileType::Regular);
     let mut e = nfs_ok();
     put_post_op_attr(&mut e, Some(&a));
+    let head = e.len();
     e.u32(5).bool(true).opaque(b"hello");
-    truncations(e.bytes(), e.len(), &(b"hello".to_vec(), true), read);
+    truncations(e.bytes(), e.len(), &(b"hello".to_vec(), true), |r| read(r, 5));
+    // More than asked for, a count that is not the data's length, a length beyond the reply.
+    let full = e.into_bytes();
+    assert_eq!(read(&full, 4), Err(ReplyError::Xdr(XdrError::TooLong { what: "READ data", len: 5, max: 4 })));
+    let mut wrong_count = full.clone();
+    word(&mut wrong_count, head, 6);
+    assert_eq!(read(&wrong_count, 10), Err(ReplyError::Xdr(XdrError::Invalid("READ count"))));
+    let mut huge = full;
+    word(&mut huge, head, u32::MAX);
+    word(&mut huge, head + 8, u32::MAX);
+    assert!(read(&huge, u32::MAX).is_err_and(|e| e.is_short()));
 
     let mut e = nfs_ok();
     e.bool(true).u64(4096).u32(1).u32(2).u32(3).u32(4); // wcc_data: before
@@ -319,7 +330,11 @@ fn read_write_and_readlink_replies_decode() {
     e.u32(4096);
     let used = e.len();
     e.u32(2).fixed(&[0xab; 8]); // committed, verifier: not read
-    truncations(e.bytes(), used, &4096, write);
+    truncations(e.bytes(), used, &4096, |r| write(r, 4096));
+    assert_eq!(
+        write(e.bytes(), 4095),
+        Err(ReplyError::Xdr(XdrError::TooLong { what: "WRITE count", len: 4096, max: 4095 }))
+    );
 
     let mut e = nfs_ok();
     put_post_op_attr(&mut e, None);
