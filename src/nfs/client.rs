@@ -281,10 +281,13 @@ impl Client {
         self.op("LINK", 15, &e, decode::status)
     }
 
-    /// Every entry of `dir` except `.` and `..`, with attributes and handles.
+    /// Every entry of `dir` except `.` and `..`, with attributes and handles. A server
+    /// that sends berth back to a cookie it already listed from is answering in a loop:
+    /// that is an error, not an endless listing.
     pub fn readdirplus(&mut self, dir: &Fh) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
         let mut cookie = 0u64;
+        let mut asked = std::collections::HashSet::from([cookie]);
         let mut verf = [0u8; 8];
         loop {
             let mut e = Enc::new();
@@ -302,6 +305,9 @@ impl Client {
             if eof || !progressed {
                 return Ok(out);
             }
+            if !asked.insert(cookie) {
+                return Err(self.xdr(XdrError::Invalid("repeated READDIRPLUS cookie")));
+            }
         }
     }
 
@@ -318,6 +324,7 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn literals_resolve_without_dns() {
@@ -444,5 +451,28 @@ mod tests {
         let mut client = Client::connect(&only(6, reply(3, b"hello"))).expect("connect");
         let err = client.read(&root, 0, 10).expect_err("count 3, 5 bytes of data");
         assert!(err.to_string().contains("invalid READ count"), "{err}");
+    }
+
+    /// A server whose READDIRPLUS cookies come round again would keep berth listing, and
+    /// growing the listing, forever.
+    #[test]
+    fn a_readdirplus_cookie_loop_is_an_error_not_an_endless_listing() {
+        for cycle in [1, 2, 3] {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let counted = Arc::clone(&calls);
+            let mut client = Client::connect(&only(17, move || {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                let mut e = Enc::new();
+                e.u32(0).bool(false).fixed(&[0; 8]);
+                e.bool(true).u64(1).opaque(b"x").u64(5 + (n % cycle) as u64).bool(false).bool(false);
+                e.bool(false).bool(false);
+                e
+            }))
+            .expect("connect");
+            let root = client.root.clone();
+            let err = client.readdirplus(&root).expect_err("cookie loop");
+            assert!(err.to_string().contains("READDIRPLUS cookie"), "cycle of {cycle}: {err}");
+            assert_eq!(calls.load(Ordering::SeqCst), cycle + 1, "cycle of {cycle}");
+        }
     }
 }
