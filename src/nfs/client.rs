@@ -14,6 +14,8 @@ const NFS_PROGRAM: u32 = 100_003;
 const MOUNT_PROGRAM: u32 = 100_005;
 const PMAP_PROGRAM: u32 = 100_000;
 const PMAP_PORT: u16 = 111;
+const AUTH_NONE: u32 = 0;
+const AUTH_SYS: u32 = 1;
 
 /// Where and how to reach an export.
 #[derive(Debug, Clone)]
@@ -96,7 +98,19 @@ impl Client {
         e.opaque(ep.export.as_bytes());
         let reply = mount.call(MOUNT_PROGRAM, 3, 1, e.bytes()).map_err(rpc_err)?;
         let root = match decode::mnt(&reply).map_err(|e| rpc_err(e.into()))? {
-            Mnt::Mounted { root } => root,
+            // As Linux's client does: AUTH_NONE in the list means the server ignores
+            // credentials, and an empty list comes from servers that predate it.
+            Mnt::Mounted { root, flavors }
+                if flavors.is_empty() || flavors.contains(&AUTH_SYS) || flavors.contains(&AUTH_NONE) =>
+            {
+                root
+            }
+            Mnt::Mounted { flavors, .. } => {
+                let reason = format!(
+                    "the export does not accept AUTH_SYS, the only security flavor berth speaks (it offers {flavors:?})"
+                );
+                return Err(Error::Mount { server: server.clone(), export: ep.export.clone(), reason });
+            }
             Mnt::Refused(status) => {
                 let reason = match status {
                     1 => "not permitted".to_string(),
@@ -473,6 +487,24 @@ mod tests {
             let err = client.readdirplus(&root).expect_err("cookie loop");
             assert!(err.to_string().contains("READDIRPLUS cookie"), "cycle of {cycle}: {err}");
             assert_eq!(calls.load(Ordering::SeqCst), cycle + 1, "cycle of {cycle}");
+        }
+    }
+
+    /// An export that offers only Kerberos says so at MOUNT; berth presents AUTH_SYS.
+    #[test]
+    fn an_export_without_auth_sys_is_refused_at_mount() {
+        let ep = scripted(|prog, _| {
+            (prog == MOUNT_PROGRAM).then(|| {
+                let mut e = Enc::new();
+                e.u32(0).opaque(&[1; 8]).u32(2).u32(390_003).u32(390_004);
+                e.into_bytes()
+            })
+        });
+        match Client::connect(&ep) {
+            Err(Error::Mount { reason, .. }) => {
+                assert!(reason.contains("AUTH_SYS") && reason.contains("390003"), "{reason}");
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

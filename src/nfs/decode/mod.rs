@@ -127,8 +127,8 @@ pub fn getport(reply: &[u8]) -> Result<Option<u16>, XdrError> {
 /// A MOUNT v3 MNT reply (RFC 1813 section 5.2.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mnt {
-    /// The export's root handle.
-    Mounted { root: Fh },
+    /// The export's root handle and the RPC security flavors it accepts.
+    Mounted { root: Fh, flavors: Vec<u32> },
     /// The server's mountstat3, not MNT3_OK.
     Refused(u32),
 }
@@ -139,7 +139,14 @@ pub fn mnt(reply: &[u8]) -> Result<Mnt, XdrError> {
     if status != 0 {
         return Ok(Mnt::Refused(status));
     }
-    Ok(Mnt::Mounted { root: fh(&mut d)? })
+    let root = fh(&mut d)?;
+    // The list grows with the flavors read, never with the count the server claims.
+    let count = d.u32()?;
+    let mut flavors = Vec::new();
+    for _ in 0..count {
+        flavors.push(d.u32()?);
+    }
+    Ok(Mnt::Mounted { root, flavors })
 }
 
 /// Why an NFSv3 reply yields no results.

@@ -240,8 +240,8 @@ fn mnt_reply(root: &[u8], flavors: &[u32]) -> Enc {
 #[test]
 fn mount_replies_yield_the_root_handle_or_the_refusal() {
     let root = [7u8; 28];
-    let wire = mnt_reply(&root, &[1]).into_bytes();
-    truncations(&wire, 4 + 4 + 28, &Mnt::Mounted { root: Fh(root.to_vec()) }, mnt);
+    let wire = mnt_reply(&root, &[1, 390_003]).into_bytes();
+    truncations(&wire, wire.len(), &Mnt::Mounted { root: Fh(root.to_vec()), flavors: vec![1, 390_003] }, mnt);
     assert_eq!(mnt(&13u32.to_be_bytes()), Ok(Mnt::Refused(13)));
     // Handles longer than NFSv3's 64 bytes, however long the reply claims they are.
     for len in [65, 1 << 30, u32::MAX] {
@@ -250,7 +250,11 @@ fn mount_replies_yield_the_root_handle_or_the_refusal() {
         assert!(matches!(mnt(e.bytes()), Err(XdrError::TooLong { what: "file handle", .. })), "{len}");
     }
     let wire = mnt_reply(&[9u8; 64], &[]).into_bytes();
-    assert_eq!(mnt(&wire), Ok(Mnt::Mounted { root: Fh(vec![9u8; 64]) }));
+    assert_eq!(mnt(&wire), Ok(Mnt::Mounted { root: Fh(vec![9u8; 64]), flavors: vec![] }));
+    // A flavor count of 4 billion followed by one flavor: short, after reading that one.
+    let mut e = Enc::new();
+    e.u32(0).opaque(&[1; 8]).u32(u32::MAX).u32(1);
+    assert_eq!(mnt(e.bytes()), Err(XdrError::Short { need: 4, at: e.len() }));
 }
 
 #[test]
