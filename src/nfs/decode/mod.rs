@@ -97,20 +97,24 @@ pub fn rpc_reply<'a>(reply: &'a [u8], call: &Call) -> Result<&'a [u8], RpcError>
             }
         }
         1 => {
-            if d.u32()? == 0 {
-                Err(RpcError::Denied("RPC version mismatch".into()))
-            } else {
-                let why = match d.u32()? {
-                    1 => "bad credential",
-                    2 => {
-                        "credential rejected (the export may require a reserved source port or another security flavor)"
-                    }
-                    3 => "bad verifier",
-                    4 => "verifier rejected",
-                    5 => "security flavor too weak",
-                    _ => "authentication failed",
+            match d.u32()? {
+                0 => {
+                    let (low, high) = (d.u32()?, d.u32()?);
+                    Err(RpcError::Denied(format!("RPC version mismatch (the server speaks versions {low} to {high})")))
+                }
+                1 => {
+                    let why = match d.u32()? {
+                    1 => "bad credential".into(),
+                    2 => "credential rejected (the export may require a reserved source port or another security flavor)"
+                        .into(),
+                    3 => "bad verifier".into(),
+                    4 => "verifier rejected".into(),
+                    5 => "security flavor too weak".into(),
+                    other => format!("authentication failed (auth status {other})"),
                 };
-                Err(RpcError::Denied(why.into()))
+                    Err(RpcError::Denied(why))
+                }
+                _ => Err(RpcError::Xdr(XdrError::Invalid("reject status"))),
             }
         }
         _ => Err(RpcError::Xdr(XdrError::Invalid("reply status"))),
@@ -120,8 +124,11 @@ pub fn rpc_reply<'a>(reply: &'a [u8], call: &Call) -> Result<&'a [u8], RpcError>
 /// The port from a portmapper GETPORT reply (RFC 1833); `None` when the program is not
 /// registered.
 pub fn getport(reply: &[u8]) -> Result<Option<u16>, XdrError> {
-    let port = Dec::new(reply).u32()?;
-    Ok(u16::try_from(port).ok().filter(|&p| p > 0))
+    match u16::try_from(Dec::new(reply).u32()?) {
+        Ok(0) => Ok(None),
+        Ok(port) => Ok(Some(port)),
+        Err(_) => Err(XdrError::Invalid("port")),
+    }
 }
 
 /// A MOUNT v3 MNT reply (RFC 1813 section 5.2.1).

@@ -201,6 +201,12 @@ fn refused_and_malformed_rpc_replies_are_precise_errors() {
     };
     assert!(denied(&[1, 2]).contains("reserved source port"));
     assert_eq!(denied(&[1, 5]), "security flavor too weak");
+    assert_eq!(denied(&[1, 99]), "authentication failed (auth status 99)");
+    assert_eq!(denied(&[0, 2, 2]), "RPC version mismatch (the server speaks versions 2 to 2)");
+    // A reject status other than RPC_MISMATCH (0) and AUTH_ERROR (1) is not an auth error.
+    let mut e = Enc::new();
+    e.u32(CALL.xid).u32(1).u32(1).u32(2).u32(2);
+    assert!(matches!(rpc_reply(e.bytes(), &CALL), Err(RpcError::Xdr(XdrError::Invalid("reject status")))));
 
     let mut e = Enc::new();
     e.u32(CALL.xid ^ 1).u32(1).u32(0);
@@ -226,6 +232,8 @@ fn refused_and_malformed_rpc_replies_are_precise_errors() {
 fn portmapper_ports_decode() {
     truncations(&2049u32.to_be_bytes(), 4, &Some(2049), getport);
     assert_eq!(getport(&0u32.to_be_bytes()), Ok(None));
+    // Not "unregistered": a port no TCP port can be.
+    assert_eq!(getport(&65536u32.to_be_bytes()), Err(XdrError::Invalid("port")));
 }
 
 fn mnt_reply(root: &[u8], flavors: &[u32]) -> Enc {
