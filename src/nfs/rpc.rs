@@ -126,15 +126,19 @@ impl Transport {
         decode::rpc_reply(&reply, &Call { xid, prog, vers, proc }).map(<[u8]>::to_vec)
     }
 
+    /// Reads one record. The buffer grows with the bytes that arrive, not with the length
+    /// a fragment's mark claims.
     fn read_record(&mut self) -> Result<Vec<u8>, RpcError> {
         let mut out = Vec::new();
         loop {
             let mut mark = [0u8; 4];
             self.stream.read_exact(&mut mark)?;
             let frag = decode::fragment(mark, out.len())?;
-            let start = out.len();
-            out.resize(start + frag.len, 0);
-            self.stream.read_exact(&mut out[start..])?;
+            let want = u64::try_from(frag.len).unwrap_or(u64::MAX);
+            let got = Read::by_ref(&mut self.stream).take(want).read_to_end(&mut out)?;
+            if got < frag.len {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            }
             if frag.last {
                 return Ok(out);
             }
@@ -203,6 +207,27 @@ mod tests {
         });
         let mut t = Transport::connect(addr, Duration::from_secs(5), &auth()).expect("connect");
         assert!(matches!(t.call(1, 1, 1, &[]), Err(RpcError::Xid { .. })));
+    }
+
+    /// A mark that promises 8 MiB, then 4 bytes and a hang-up: the call ends early.
+    #[test]
+    fn a_fragment_shorter_than_its_mark_ends_the_call() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut mark = [0u8; 4];
+            s.read_exact(&mut mark).expect("mark");
+            let mut call = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
+            s.read_exact(&mut call).expect("call");
+            s.write_all(&(0x8000_0000u32 | 8 << 20).to_be_bytes()).expect("write");
+            s.write_all(&call[..4]).expect("write");
+        });
+        let mut t = Transport::connect(addr, Duration::from_secs(5), &auth()).expect("connect");
+        match t.call(1, 1, 1, &[]) {
+            Err(RpcError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
