@@ -7,7 +7,7 @@ use super::rpc::RpcError;
 use super::xdr::{Enc, XdrError};
 
 /// The largest file handle NFSv3 allows.
-pub(super) const MAX_FH: usize = 64;
+pub const MAX_FH: usize = 64;
 
 /// A file handle.
 #[derive(Clone, PartialEq, Eq, Hash)]
