@@ -1,9 +1,10 @@
 //! Every decoder of what an NFS server sends back: ONC RPC record marking and reply
 //! headers, the portmapper's GETPORT, MOUNT v3's MNT and the NFSv3 results berth reads.
 //! Each is a pure function over the received bytes, so tests and the `nfs_reply` fuzz
-//! target reach all of them without a server. None panics or allocates more than the
-//! bytes it was given hold: every length from the wire is checked against the bytes left
-//! before it is used, and a reply that does not decode is a precise error.
+//! target reach all of them without a server. None panics, and none allocates by a
+//! length the bytes claim: every length from the wire is checked against its limit and
+//! the bytes left before it is used, so what a decoder builds grows only with the bytes
+//! it was given. A reply that does not decode is a precise error.
 
 use super::rpc::RpcError;
 use super::types::{Attr, Entry, Fh, FileType, FsStat, MAX_FH, Status, Time};
