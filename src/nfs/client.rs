@@ -5,18 +5,17 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use super::decode::{self, Mnt, ReplyError};
 use super::rpc::{AuthSys, RpcError, Transport};
-use super::types::{
-    Attr, Entry, Error, Fh, FileType, FsStat, Result, SetAttr, Status, dirop, fattr, fh, post_op_attr, post_op_fh,
-    put_sattr, wcc_data,
-};
-use super::xdr::{Dec, Enc, XdrError};
+use super::types::{Attr, Entry, Error, Fh, FileType, FsStat, Result, SetAttr, Status, dirop, put_sattr};
+use super::xdr::{Enc, XdrError};
 
 const NFS_PROGRAM: u32 = 100_003;
 const MOUNT_PROGRAM: u32 = 100_005;
 const PMAP_PROGRAM: u32 = 100_000;
 const PMAP_PORT: u16 = 111;
-const MAX_NAME: usize = 4096;
+const AUTH_NONE: u32 = 0;
+const AUTH_SYS: u32 = 1;
 
 /// Where and how to reach an export.
 #[derive(Debug, Clone)]
@@ -75,10 +74,9 @@ impl Client {
                     let mut e = Enc::new();
                     e.u32(prog).u32(vers).u32(6).u32(0);
                     let reply = pmap.call(PMAP_PROGRAM, 2, 3, e.bytes()).map_err(rpc_err)?;
-                    let port = Dec::new(&reply).u32().map_err(|e| rpc_err(e.into()))?;
-                    match u16::try_from(port) {
-                        Ok(p) if p > 0 => Ok(p),
-                        _ => Err(rpc_err(RpcError::NotRun(format!(
+                    match decode::getport(&reply).map_err(|e| rpc_err(e.into()))? {
+                        Some(port) => Ok(port),
+                        None => Err(rpc_err(RpcError::NotRun(format!(
                             "program {prog} version {vers} is not registered with the portmapper; \
                              the controller needs NFSv3 and MOUNTv3 over TCP"
                         )))),
@@ -99,22 +97,33 @@ impl Client {
         let mut e = Enc::new();
         e.opaque(ep.export.as_bytes());
         let reply = mount.call(MOUNT_PROGRAM, 3, 1, e.bytes()).map_err(rpc_err)?;
-        let mut d = Dec::new(&reply);
-        let status = d.u32().map_err(|e| rpc_err(e.into()))?;
-        if status != 0 {
-            let reason = match status {
-                1 => "not permitted".to_string(),
-                2 => "no such export".to_string(),
-                13 => "access denied (check the export's client list)".to_string(),
-                other => format!("MOUNT status {other}"),
-            };
-            return Err(Error::Mount { server: server.clone(), export: ep.export.clone(), reason });
-        }
-        let root = fh(&mut d).map_err(|e| rpc_err(e.into()))?;
+        let root = match decode::mnt(&reply).map_err(|e| rpc_err(e.into()))? {
+            // As Linux's client does: AUTH_NONE in the list means the server ignores
+            // credentials, and an empty list comes from servers that predate it.
+            Mnt::Mounted { root, flavors }
+                if flavors.is_empty() || flavors.contains(&AUTH_SYS) || flavors.contains(&AUTH_NONE) =>
+            {
+                root
+            }
+            Mnt::Mounted { flavors, .. } => {
+                let reason = format!(
+                    "the export does not accept AUTH_SYS, the only security flavor berth speaks (it offers {flavors:?})"
+                );
+                return Err(Error::Mount { server: server.clone(), export: ep.export.clone(), reason });
+            }
+            Mnt::Refused(status) => {
+                let reason = match status {
+                    1 => "not permitted".to_string(),
+                    2 => "no such export".to_string(),
+                    13 => "access denied (check the export's client list)".to_string(),
+                    other => format!("MOUNT status {other}"),
+                };
+                return Err(Error::Mount { server: server.clone(), export: ep.export.clone(), reason });
+            }
+        };
         let nfs = Transport::connect(SocketAddr::new(ip, nfs_port), ep.timeout, &ep.auth).map_err(io_err)?;
         let mut client = Client { nfs, root, server, io_size: 64 << 10 };
-        let info = client.fsinfo()?;
-        client.io_size = info.clamp(4096, 1 << 20);
+        client.io_size = client.fsinfo()?.io_size();
         Ok(client)
     }
 
@@ -128,37 +137,31 @@ impl Client {
         Error::Rpc { server: self.server.clone(), source: RpcError::Xdr(e) }
     }
 
-    /// Runs `proc` and decodes its status; on success `ok` decodes the rest.
+    /// Runs `proc` named `name` and decodes its reply with `decode`.
     fn op<T>(
         &mut self,
         name: &'static str,
         proc: u32,
         args: &Enc,
-        ok: impl FnOnce(&mut Dec<'_>) -> std::result::Result<T, XdrError>,
+        decode: impl FnOnce(&[u8]) -> std::result::Result<T, ReplyError>,
     ) -> Result<T> {
         let reply = self.call(proc, args)?;
-        let mut d = Dec::new(&reply);
-        let status = d.u32().map_err(|e| self.xdr(e))?;
-        if status != 0 {
-            return Err(Error::Status { proc: name, status: Status(status) });
-        }
-        ok(&mut d).map_err(|e| self.xdr(e))
+        decode(&reply).map_err(|e| match e {
+            ReplyError::Status(status) => Error::Status { proc: name, status },
+            ReplyError::Xdr(e) => self.xdr(e),
+        })
     }
 
-    fn fsinfo(&mut self) -> Result<u32> {
+    fn fsinfo(&mut self) -> Result<decode::FsInfo> {
         let mut e = Enc::new();
         e.opaque(&self.root.0);
-        self.op("FSINFO", 19, &e, |d| {
-            post_op_attr(d)?;
-            let (rtmax, rtpref, _rtmult, wtmax, wtpref) = (d.u32()?, d.u32()?, d.u32()?, d.u32()?, d.u32()?);
-            Ok(rtpref.min(wtpref).max(rtmax.min(wtmax).min(1 << 20)).min(rtmax).min(wtmax))
-        })
+        self.op("FSINFO", 19, &e, decode::fsinfo)
     }
 
     pub fn getattr(&mut self, fh: &Fh) -> Result<Attr> {
         let mut e = Enc::new();
         e.opaque(&fh.0);
-        self.op("GETATTR", 1, &e, fattr)
+        self.op("GETATTR", 1, &e, decode::getattr)
     }
 
     pub fn setattr(&mut self, fh: &Fh, attr: &SetAttr) -> Result<()> {
@@ -166,18 +169,14 @@ impl Client {
         e.opaque(&fh.0);
         put_sattr(&mut e, attr);
         e.bool(false);
-        self.op("SETATTR", 2, &e, |_| Ok(()))
+        self.op("SETATTR", 2, &e, decode::status)
     }
 
     /// Looks up `name` in `dir` (never following a symlink); `None` when absent.
     pub fn lookup(&mut self, dir: &Fh, name: &[u8]) -> Result<Option<(Fh, Attr)>> {
         let mut e = Enc::new();
         dirop(&mut e, dir, name);
-        let found = self.op("LOOKUP", 3, &e, |d| {
-            let obj = fh(d)?;
-            let attr = post_op_attr(d)?;
-            Ok((obj, attr))
-        });
+        let found = self.op("LOOKUP", 3, &e, decode::lookup);
         match found {
             Ok((obj, Some(attr))) => Ok(Some((obj, attr))),
             Ok((obj, None)) => {
@@ -192,23 +191,14 @@ impl Client {
     pub fn readlink(&mut self, fh: &Fh) -> Result<Vec<u8>> {
         let mut e = Enc::new();
         e.opaque(&fh.0);
-        self.op("READLINK", 5, &e, |d| {
-            post_op_attr(d)?;
-            Ok(d.opaque("symlink target", MAX_NAME)?.to_vec())
-        })
+        self.op("READLINK", 5, &e, decode::readlink)
     }
 
     /// Reads up to `count` bytes at `offset`; returns the data and whether the file ended.
     pub fn read(&mut self, fh: &Fh, offset: u64, count: u32) -> Result<(Vec<u8>, bool)> {
         let mut e = Enc::new();
         e.opaque(&fh.0).u64(offset).u32(count);
-        self.op("READ", 6, &e, |d| {
-            post_op_attr(d)?;
-            let _count = d.u32()?;
-            let eof = d.bool()?;
-            let data = d.opaque("READ data", 1 << 22)?.to_vec();
-            Ok((data, eof))
-        })
+        self.op("READ", 6, &e, |reply| decode::read(reply, count))
     }
 
     /// Writes `data` at `offset` unstably (COMMIT makes it durable); returns bytes written.
@@ -216,20 +206,17 @@ impl Client {
         let mut e = Enc::new();
         let count = u32::try_from(data.len()).unwrap_or(u32::MAX);
         e.opaque(&fh.0).u64(offset).u32(count).u32(if stable { 2 } else { 0 }).opaque(data);
-        self.op("WRITE", 7, &e, |d| {
-            wcc_data(d)?;
-            d.u32()
-        })
+        self.op("WRITE", 7, &e, |reply| decode::write(reply, data.len()))
     }
 
     pub fn commit(&mut self, fh: &Fh) -> Result<()> {
         let mut e = Enc::new();
         e.opaque(&fh.0).u64(0).u32(0);
-        self.op("COMMIT", 21, &e, |_| Ok(()))
+        self.op("COMMIT", 21, &e, decode::status)
     }
 
     fn created(&mut self, name: &'static str, proc: u32, e: &Enc, dir: &Fh, entry: &[u8]) -> Result<(Fh, Attr)> {
-        let (obj, attr) = self.op(name, proc, e, |d| Ok((post_op_fh(d)?, post_op_attr(d)?)))?;
+        let (obj, attr) = self.op(name, proc, e, decode::created)?;
         match (obj, attr) {
             (Some(obj), Some(attr)) => Ok((obj, attr)),
             (Some(obj), None) => {
@@ -284,20 +271,20 @@ impl Client {
     pub fn remove(&mut self, dir: &Fh, name: &[u8]) -> Result<()> {
         let mut e = Enc::new();
         dirop(&mut e, dir, name);
-        self.op("REMOVE", 12, &e, |_| Ok(()))
+        self.op("REMOVE", 12, &e, decode::status)
     }
 
     pub fn rmdir(&mut self, dir: &Fh, name: &[u8]) -> Result<()> {
         let mut e = Enc::new();
         dirop(&mut e, dir, name);
-        self.op("RMDIR", 13, &e, |_| Ok(()))
+        self.op("RMDIR", 13, &e, decode::status)
     }
 
     pub fn rename(&mut self, from_dir: &Fh, from: &[u8], to_dir: &Fh, to: &[u8]) -> Result<()> {
         let mut e = Enc::new();
         dirop(&mut e, from_dir, from);
         dirop(&mut e, to_dir, to);
-        self.op("RENAME", 14, &e, |_| Ok(()))
+        self.op("RENAME", 14, &e, decode::status)
     }
 
     /// Makes `dir/name` a hard link to `file`; EXIST when the name is taken.
@@ -305,32 +292,22 @@ impl Client {
         let mut e = Enc::new();
         e.opaque(&file.0);
         dirop(&mut e, dir, name);
-        self.op("LINK", 15, &e, |_| Ok(()))
+        self.op("LINK", 15, &e, decode::status)
     }
 
-    /// Every entry of `dir` except `.` and `..`, with attributes and handles.
+    /// Every entry of `dir` except `.` and `..`, with attributes and handles. A server
+    /// that sends berth back to a cookie it already listed from is answering in a loop:
+    /// that is an error, not an endless listing.
     pub fn readdirplus(&mut self, dir: &Fh) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
         let mut cookie = 0u64;
+        let mut asked = std::collections::HashSet::from([cookie]);
         let mut verf = [0u8; 8];
         loop {
             let mut e = Enc::new();
             e.opaque(&dir.0).u64(cookie).fixed(&verf).u32(32 << 10).u32(256 << 10);
-            let (next_verf, entries, eof) = self.op("READDIRPLUS", 17, &e, |d| {
-                post_op_attr(d)?;
-                let mut v = [0u8; 8];
-                v.copy_from_slice(d.fixed(8)?);
-                let mut entries = Vec::new();
-                while d.bool()? {
-                    let fileid = d.u64()?;
-                    let name = d.opaque("file name", MAX_NAME)?.to_vec();
-                    let cookie = d.u64()?;
-                    let attr = post_op_attr(d)?;
-                    let fh = post_op_fh(d)?;
-                    entries.push((cookie, Entry { name, fileid, attr, fh }));
-                }
-                Ok((v, entries, d.bool()?))
-            })?;
+            let decode::DirPage { verf: next_verf, entries, eof } =
+                self.op("READDIRPLUS", 17, &e, decode::readdirplus)?;
             verf = next_verf;
             let progressed = !entries.is_empty();
             for (c, entry) in entries {
@@ -342,33 +319,192 @@ impl Client {
             if eof || !progressed {
                 return Ok(out);
             }
+            if !asked.insert(cookie) {
+                return Err(self.xdr(XdrError::Invalid("repeated READDIRPLUS cookie")));
+            }
         }
     }
 
     pub fn fsstat(&mut self, fh: &Fh) -> Result<FsStat> {
         let mut e = Enc::new();
         e.opaque(&fh.0);
-        self.op("FSSTAT", 18, &e, |d| {
-            post_op_attr(d)?;
-            Ok(FsStat {
-                total_bytes: d.u64()?,
-                free_bytes: d.u64()?,
-                avail_bytes: d.u64()?,
-                total_files: d.u64()?,
-                free_files: d.u64()?,
-                avail_files: d.u64()?,
-            })
-        })
+        self.op("FSSTAT", 18, &e, decode::fsstat)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn literals_resolve_without_dns() {
         assert_eq!(resolve("127.0.0.1").expect("v4")[0].to_string(), "127.0.0.1");
         assert_eq!(resolve("[::1]").expect("v6")[0].to_string(), "::1");
+    }
+
+    /// Calls a scripted server answers on one connection before it hangs up, so a client
+    /// that would call forever ends with an I/O error instead.
+    const MAX_CALLS: usize = 50;
+
+    /// A server for MOUNT and NFS on one port of 127.0.0.1 that answers each call of
+    /// `prog`/`proc` with the results `script` gives, or by default: MNT with a root handle
+    /// and AUTH_SYS, FSINFO with 64 KiB sizes, anything else NFS3ERR_NOTSUPP.
+    fn scripted(script: impl Fn(u32, u32) -> Option<Vec<u8>> + Send + Sync + 'static) -> Endpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let script = Arc::new(script);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let (Ok(mut s), script) = (conn, Arc::clone(&script)) else { return };
+                std::thread::spawn(move || {
+                    for _ in 0..MAX_CALLS {
+                        let mut mark = [0u8; 4];
+                        if s.read_exact(&mut mark).is_err() {
+                            return;
+                        }
+                        let mut call = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
+                        s.read_exact(&mut call).expect("call");
+                        let word = |at: usize| u32::from_be_bytes(call[at..at + 4].try_into().expect("word"));
+                        let (prog, proc) = (word(12), word(20));
+                        let results = script(prog, proc).unwrap_or_else(|| {
+                            let mut e = Enc::new();
+                            match (prog, proc) {
+                                (MOUNT_PROGRAM, 1) => e.u32(0).opaque(&[1; 8]).u32(1).u32(1),
+                                (NFS_PROGRAM, 19) => e
+                                    .u32(0)
+                                    .bool(false)
+                                    .u32(65536)
+                                    .u32(65536)
+                                    .u32(4096)
+                                    .u32(65536)
+                                    .u32(65536)
+                                    .u32(4096)
+                                    .u32(4096)
+                                    .u64(u64::MAX)
+                                    .u32(0)
+                                    .u32(1)
+                                    .u32(0),
+                                _ => e.u32(10004),
+                            };
+                            e.into_bytes()
+                        });
+                        let mut e = Enc::new();
+                        e.u32(0).u32(word(0)).u32(1).u32(0).u32(0).opaque(&[]).u32(0);
+                        let mut reply = e.into_bytes();
+                        reply.extend_from_slice(&results);
+                        let len = u32::try_from(reply.len() - 4).expect("len");
+                        reply[..4].copy_from_slice(&(0x8000_0000 | len).to_be_bytes());
+                        if s.write_all(&reply).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Endpoint {
+            host: "127.0.0.1".into(),
+            export: "/export".into(),
+            nfs_port: Some(port),
+            mount_port: Some(port),
+            timeout: Duration::from_secs(5),
+            auth: AuthSys { machine: "test".into(), uid: 0, gid: 0 },
+        }
+    }
+
+    fn only(want: u32, results: impl Fn() -> Enc + Send + Sync + 'static) -> Endpoint {
+        scripted(move |prog, proc| (prog == NFS_PROGRAM && proc == want).then(|| results().into_bytes()))
+    }
+
+    #[test]
+    fn a_scripted_server_serves_a_client() {
+        let mut client = Client::connect(&only(18, || {
+            let mut e = Enc::new();
+            e.u32(0).bool(false).u64(1000).u64(600).u64(500).u64(10).u64(6).u64(5).u32(0);
+            e
+        }))
+        .expect("connect");
+        assert_eq!((client.root.clone(), client.io_size), (Fh(vec![1; 8]), 65536));
+        let root = client.root.clone();
+        assert_eq!(client.fsstat(&root).expect("fsstat").avail_bytes, 500);
+        assert_eq!(client.getattr(&root).expect_err("not offered").status(), Some(Status::NOTSUPP));
+    }
+
+    /// A WRITE that claims more bytes than were sent would make berth skip data it never
+    /// wrote (export::write_all, copy::copy_file advance by the count).
+    #[test]
+    fn a_write_count_beyond_the_data_sent_is_refused() {
+        let mut client = Client::connect(&only(7, || {
+            let mut e = Enc::new();
+            e.u32(0).bool(false).bool(false).u32(1000).u32(2).fixed(&[0; 8]);
+            e
+        }))
+        .expect("connect");
+        let root = client.root.clone();
+        let err = client.write(&root, 0, b"abc", true).expect_err("1000 of 3 bytes written");
+        assert!(err.to_string().contains("WRITE count of 1000 bytes exceeds the limit of 3"), "{err}");
+    }
+
+    #[test]
+    fn read_data_beyond_the_count_asked_or_its_own_count_is_refused() {
+        let reply = |count: u32, data: &'static [u8]| {
+            move || {
+                let mut e = Enc::new();
+                e.u32(0).bool(false).u32(count).bool(false).opaque(data);
+                e
+            }
+        };
+        let mut client = Client::connect(&only(6, reply(20, &[7; 20]))).expect("connect");
+        let root = client.root.clone();
+        let err = client.read(&root, 0, 10).expect_err("20 of 10 bytes read");
+        assert!(err.to_string().contains("READ data of 20 bytes exceeds the limit of 10"), "{err}");
+
+        let mut client = Client::connect(&only(6, reply(3, b"hello"))).expect("connect");
+        let err = client.read(&root, 0, 10).expect_err("count 3, 5 bytes of data");
+        assert!(err.to_string().contains("invalid READ count"), "{err}");
+    }
+
+    /// A server whose READDIRPLUS cookies come round again would keep berth listing, and
+    /// growing the listing, forever.
+    #[test]
+    fn a_readdirplus_cookie_loop_is_an_error_not_an_endless_listing() {
+        for cycle in [1, 2, 3] {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let counted = Arc::clone(&calls);
+            let mut client = Client::connect(&only(17, move || {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                let mut e = Enc::new();
+                e.u32(0).bool(false).fixed(&[0; 8]);
+                e.bool(true).u64(1).opaque(b"x").u64(5 + (n % cycle) as u64).bool(false).bool(false);
+                e.bool(false).bool(false);
+                e
+            }))
+            .expect("connect");
+            let root = client.root.clone();
+            let err = client.readdirplus(&root).expect_err("cookie loop");
+            assert!(err.to_string().contains("READDIRPLUS cookie"), "cycle of {cycle}: {err}");
+            assert_eq!(calls.load(Ordering::SeqCst), cycle + 1, "cycle of {cycle}");
+        }
+    }
+
+    /// An export that offers only Kerberos says so at MOUNT; berth presents AUTH_SYS.
+    #[test]
+    fn an_export_without_auth_sys_is_refused_at_mount() {
+        let ep = scripted(|prog, _| {
+            (prog == MOUNT_PROGRAM).then(|| {
+                let mut e = Enc::new();
+                e.u32(0).opaque(&[1; 8]).u32(2).u32(390_003).u32(390_004);
+                e.into_bytes()
+            })
+        });
+        match Client::connect(&ep) {
+            Err(Error::Mount { reason, .. }) => {
+                assert!(reason.contains("AUTH_SYS") && reason.contains("390003"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -5,10 +5,9 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use super::xdr::{Dec, Enc, XdrError};
+use super::decode::{self, Call};
+use super::xdr::{Enc, XdrError};
 
-/// The largest reply berth accepts (a READ or READDIRPLUS of 1 MiB plus headers fits).
-const MAX_REPLY: usize = 8 << 20;
 /// Reserved ports tried when the process may bind them (servers exporting with `secure`).
 const RESERVED: std::ops::RangeInclusive<u16> = 600..=1023;
 
@@ -124,67 +123,23 @@ impl Transport {
         self.stream.write_all(&bytes)?;
 
         let reply = self.read_record()?;
-        let mut d = Dec::new(&reply);
-        let got = d.u32()?;
-        if got != xid {
-            return Err(RpcError::Xid { want: xid, got });
-        }
-        if d.u32()? != 1 {
-            return Err(RpcError::Xdr(XdrError::Invalid("message type")));
-        }
-        match d.u32()? {
-            0 => {
-                d.u32()?; // verifier flavor
-                d.opaque("verifier", 400)?;
-                match d.u32()? {
-                    0 => Ok(d.rest().to_vec()),
-                    1 => Err(RpcError::NotRun(format!("program {prog} is not available"))),
-                    2 => {
-                        let (low, high) = (d.u32()?, d.u32()?);
-                        Err(RpcError::NotRun(format!(
-                            "program {prog} version {vers} is not offered (versions {low} to {high} are)"
-                        )))
-                    }
-                    3 => Err(RpcError::NotRun(format!("procedure {proc} of program {prog} is not offered"))),
-                    4 => Err(RpcError::NotRun("the server could not decode the arguments".into())),
-                    other => Err(RpcError::NotRun(format!("server error (accept status {other})"))),
-                }
-            }
-            1 => {
-                if d.u32()? == 0 {
-                    Err(RpcError::Denied("RPC version mismatch".into()))
-                } else {
-                    let why = match d.u32()? {
-                        1 => "bad credential",
-                        2 => {
-                            "credential rejected (the export may require a reserved source port or another security flavor)"
-                        }
-                        3 => "bad verifier",
-                        4 => "verifier rejected",
-                        5 => "security flavor too weak",
-                        _ => "authentication failed",
-                    };
-                    Err(RpcError::Denied(why.into()))
-                }
-            }
-            _ => Err(RpcError::Xdr(XdrError::Invalid("reply status"))),
-        }
+        decode::rpc_reply(&reply, &Call { xid, prog, vers, proc }).map(<[u8]>::to_vec)
     }
 
+    /// Reads one record. The buffer grows with the bytes that arrive, not with the length
+    /// a fragment's mark claims.
     fn read_record(&mut self) -> Result<Vec<u8>, RpcError> {
         let mut out = Vec::new();
         loop {
             let mut mark = [0u8; 4];
             self.stream.read_exact(&mut mark)?;
-            let mark = u32::from_be_bytes(mark);
-            let len = usize::try_from(mark & 0x7fff_ffff).unwrap_or(usize::MAX);
-            if out.len().saturating_add(len) > MAX_REPLY {
-                return Err(RpcError::TooLarge(out.len().saturating_add(len)));
+            let frag = decode::fragment(mark, out.len())?;
+            let want = u64::try_from(frag.len).unwrap_or(u64::MAX);
+            let got = Read::by_ref(&mut self.stream).take(want).read_to_end(&mut out)?;
+            if got < frag.len {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
             }
-            let start = out.len();
-            out.resize(start + len, 0);
-            self.stream.read_exact(&mut out[start..])?;
-            if mark & 0x8000_0000 != 0 {
+            if frag.last {
                 return Ok(out);
             }
         }
@@ -252,6 +207,27 @@ mod tests {
         });
         let mut t = Transport::connect(addr, Duration::from_secs(5), &auth()).expect("connect");
         assert!(matches!(t.call(1, 1, 1, &[]), Err(RpcError::Xid { .. })));
+    }
+
+    /// A mark that promises 8 MiB, then 4 bytes and a hang-up: the call ends early.
+    #[test]
+    fn a_fragment_shorter_than_its_mark_ends_the_call() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut mark = [0u8; 4];
+            s.read_exact(&mut mark).expect("mark");
+            let mut call = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
+            s.read_exact(&mut call).expect("call");
+            s.write_all(&(0x8000_0000u32 | 8 << 20).to_be_bytes()).expect("write");
+            s.write_all(&call[..4]).expect("write");
+        });
+        let mut t = Transport::connect(addr, Duration::from_secs(5), &auth()).expect("connect");
+        match t.call(1, 1, 1, &[]) {
+            Err(RpcError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -1,12 +1,13 @@
-//! NFSv3 data types (RFC 1813) and their XDR encodings: handles, statuses, attributes.
+//! NFSv3 data types (RFC 1813) and the XDR encodings of the arguments berth sends:
+//! handles, statuses, attributes. Replies are decoded in [`super::decode`].
 
 use std::fmt;
 
 use super::rpc::RpcError;
-use super::xdr::{Dec, Enc, XdrError};
+use super::xdr::{Enc, XdrError};
 
 /// The largest file handle NFSv3 allows.
-pub(super) const MAX_FH: usize = 64;
+pub const MAX_FH: usize = 64;
 
 /// A file handle.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -197,7 +198,7 @@ pub struct SetAttr {
 }
 
 /// One directory entry from READDIRPLUS.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub name: Vec<u8>,
     pub fileid: u64,
@@ -214,50 +215,6 @@ pub struct FsStat {
     pub total_files: u64,
     pub free_files: u64,
     pub avail_files: u64,
-}
-
-pub(super) fn time(d: &mut Dec<'_>) -> std::result::Result<Time, XdrError> {
-    Ok(Time { seconds: d.u32()?, nseconds: d.u32()? })
-}
-
-pub(super) fn fattr(d: &mut Dec<'_>) -> std::result::Result<Attr, XdrError> {
-    Ok(Attr {
-        ftype: FileType::from_wire(d.u32()?)?,
-        mode: d.u32()?,
-        nlink: d.u32()?,
-        uid: d.u32()?,
-        gid: d.u32()?,
-        size: d.u64()?,
-        used: d.u64()?,
-        rdev: (d.u32()?, d.u32()?),
-        fsid: d.u64()?,
-        fileid: d.u64()?,
-        atime: time(d)?,
-        mtime: time(d)?,
-        ctime: time(d)?,
-    })
-}
-
-pub(super) fn post_op_attr(d: &mut Dec<'_>) -> std::result::Result<Option<Attr>, XdrError> {
-    if d.bool()? { Ok(Some(fattr(d)?)) } else { Ok(None) }
-}
-
-pub(super) fn wcc_data(d: &mut Dec<'_>) -> std::result::Result<(), XdrError> {
-    if d.bool()? {
-        d.u64()?;
-        time(d)?;
-        time(d)?;
-    }
-    post_op_attr(d)?;
-    Ok(())
-}
-
-pub(super) fn fh(d: &mut Dec<'_>) -> std::result::Result<Fh, XdrError> {
-    Ok(Fh(d.opaque("file handle", MAX_FH)?.to_vec()))
-}
-
-pub(super) fn post_op_fh(d: &mut Dec<'_>) -> std::result::Result<Option<Fh>, XdrError> {
-    if d.bool()? { Ok(Some(fh(d)?)) } else { Ok(None) }
 }
 
 pub(super) fn put_time(e: &mut Enc, t: Option<Time>) {
@@ -300,23 +257,6 @@ mod tests {
         assert_eq!(Status(28).errno(), Some(libc::ENOSPC));
         assert_eq!(Status(10008).errno(), None);
         assert_eq!(Status(4242).to_string(), "NFS3 status 4242");
-    }
-
-    #[test]
-    fn attributes_decode_from_the_wire() {
-        let mut e = Enc::new();
-        e.u32(1).u32(0o100644).u32(1).u32(1000).u32(100).u64(10).u64(4096).u32(0).u32(0);
-        e.u64(7).u64(99).u32(1).u32(2).u32(3).u32(4).u32(5).u32(6);
-        let bytes = e.into_bytes();
-        let attr = fattr(&mut Dec::new(&bytes)).expect("decodes");
-        assert_eq!(
-            (attr.ftype, attr.mode, attr.uid, attr.size, attr.fileid),
-            (FileType::Regular, 0o100644, 1000, 10, 99)
-        );
-        assert_eq!(attr.mtime, Time { seconds: 3, nseconds: 4 });
-        let mut bad = bytes.clone();
-        bad[3] = 9;
-        assert!(fattr(&mut Dec::new(&bad)).is_err());
     }
 
     #[test]
