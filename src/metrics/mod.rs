@@ -57,11 +57,24 @@ struct Rpcs {
     latency: BTreeMap<&'static str, Histogram>,
 }
 
+/// The limits the server enforces, reported next to the counts they bound. The server
+/// fills them in from the modules that enforce them, so this module, which every layer
+/// records into, depends on none of those.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Slow CSI calls (volume stats) that do their work at once.
+    pub slow_calls: usize,
+    /// Client connections the CSI socket serves at once.
+    pub connections: usize,
+}
+
 /// Everything one berth process counts, and the state its probes report. The server owns
 /// one and hands it to what records into it, so two servers (or two tests) in one process
 /// never share a count.
 #[derive(Debug, Default)]
 pub struct Registry {
+    /// The limits reported as `berth_rpc_slow_max` and `berth_connections_max`.
+    pub limits: Limits,
     rpcs: Mutex<Rpcs>,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     /// RPCs being served right now, counted until their work ends (not when a client that
@@ -80,6 +93,11 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// A registry with nothing counted yet that reports `limits`.
+    pub fn new(limits: Limits) -> Registry {
+        Registry { limits, ..Registry::default() }
+    }
+
     /// Records one finished RPC: its method, its gRPC code name and how long it took.
     pub fn observe_rpc(&self, method: &'static str, code: &'static str, elapsed: Duration) {
         let mut rpcs = self.rpcs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

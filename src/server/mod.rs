@@ -10,7 +10,7 @@ use tokio::net::UnixListener;
 
 use crate::csi::{Shared, controller::ControllerService, identity::IdentityService, node::NodeService, pb};
 use crate::engine::Engine;
-use crate::metrics::Registry;
+use crate::metrics::{Limits, Registry};
 
 /// Which services one process serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -160,7 +160,7 @@ pub async fn serve(
     drain: std::time::Duration,
 ) -> Result<(), ServeError> {
     let path = socket_path(endpoint)?;
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::new(Limits { slow_calls: crate::csi::MAX_SLOW, connections: MAX_CONNECTIONS }));
     let metrics = match metrics_address {
         Some(address) => {
             let listener = crate::metrics::http::bind(address)
