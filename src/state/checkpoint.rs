@@ -38,6 +38,13 @@ pub struct Checkpoint {
     pub snapshots: Vec<SnapshotRecord>,
 }
 
+impl Checkpoint {
+    /// The records of this checkpoint as the in-memory tables.
+    pub fn into_maps(self) -> Maps {
+        Maps::from_records(self.volumes, self.snapshots)
+    }
+}
+
 #[derive(Serialize)]
 struct Out<'a> {
     version: u32,

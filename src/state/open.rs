@@ -78,7 +78,7 @@ pub fn read_records(state_dir: &Path) -> io::Result<(Vec<VolumeRecord>, Vec<Snap
             return Err(journal::damaged(&journal, damage));
         }
         let frames = scan.frames;
-        let maps = Maps::load(Some(base), &frames, &journal)?;
+        let maps = Maps::load(base.into_maps(), &frames, &journal)?;
         return Ok((maps.volumes.by_id.into_values().collect(), maps.snapshots.by_id.into_values().collect()));
     }
     Err(io::Error::new(io::ErrorKind::ResourceBusy, "the records kept changing while being read; try again"))
@@ -147,6 +147,7 @@ impl Store {
         }
         let epoch = base.as_ref().map_or(0, |c| c.epoch);
         let replayed = journal::replay(&journal_path, epoch)?;
+        let base = base.map_or_else(Maps::default, checkpoint::Checkpoint::into_maps);
         let mut maps = Maps::load(base, &replayed.frames, &journal_path)?;
         let found = legacy::find(&root)?;
         let imported = found.imported.len();

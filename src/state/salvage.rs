@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::open::{LOCK_WAIT, lock_state};
-use super::{Change, JOURNAL, Maps, checkpoint, journal, now_ms, unique_u64};
+use super::{Change, JOURNAL, checkpoint, journal, now_ms, unique_u64};
 
 /// What a salvage kept and lost.
 #[derive(Debug)]
@@ -78,7 +78,7 @@ pub fn salvage(state_dir: &Path, trust_checkpoint: bool) -> io::Result<Salvaged>
     }
     fs::File::open(&kept_at)?.sync_all()?;
 
-    let mut maps = Maps::from_checkpoint(base);
+    let mut maps = base.into_maps();
     for payload in &read.frames {
         match serde_json::from_slice::<Change>(payload) {
             Ok(change) => maps.apply(change),
