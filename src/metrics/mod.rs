@@ -1,5 +1,7 @@
-//! Prometheus metrics: what berth counts as it runs, what it measures at scrape time, and
-//! the small HTTP server that exposes both on `/metrics` (and `/healthz`).
+//! Prometheus metrics: what berth counts as it runs, and the text format it exposes.
+//! What is measured at scrape time, and the HTTP endpoint, belong to the server
+//! (`server::collect`, `server::http`): they read the engine, and every layer below the
+//! server records into this module, so it imports none of them.
 //!
 //! Counters live in a [`Registry`] the server owns: the RPC wrapper in `csi` records each
 //! call into it, and code that mounts, formats or attaches loop devices calls
@@ -8,9 +10,7 @@
 //! `&'static str` chosen by berth's code, or IDs, names and pool names that berth has
 //! validated; a request's secrets or volume context never become a label.
 
-pub mod collect;
 pub mod exposition;
-pub mod http;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -57,11 +57,24 @@ struct Rpcs {
     latency: BTreeMap<&'static str, Histogram>,
 }
 
+/// The limits the server enforces, reported next to the counts they bound. The server
+/// fills them in from the modules that enforce them, so this module, which every layer
+/// records into, depends on none of those.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Slow CSI calls (volume stats) that do their work at once.
+    pub slow_calls: usize,
+    /// Client connections the CSI socket serves at once.
+    pub connections: usize,
+}
+
 /// Everything one berth process counts, and the state its probes report. The server owns
 /// one and hands it to what records into it, so two servers (or two tests) in one process
 /// never share a count.
 #[derive(Debug, Default)]
 pub struct Registry {
+    /// The limits reported as `berth_rpc_slow_max` and `berth_connections_max`.
+    pub limits: Limits,
     rpcs: Mutex<Rpcs>,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     /// RPCs being served right now, counted until their work ends (not when a client that
@@ -80,6 +93,11 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// A registry with nothing counted yet that reports `limits`.
+    pub fn new(limits: Limits) -> Registry {
+        Registry { limits, ..Registry::default() }
+    }
+
     /// Records one finished RPC: its method, its gRPC code name and how long it took.
     pub fn observe_rpc(&self, method: &'static str, code: &'static str, elapsed: Duration) {
         let mut rpcs = self.rpcs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

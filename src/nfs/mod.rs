@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod decode;
+pub mod failure;
 pub mod rpc;
 pub mod types;
 pub mod xdr;

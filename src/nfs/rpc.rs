@@ -6,27 +6,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use super::decode::{self, Call};
-use super::xdr::{Enc, XdrError};
+pub use super::failure::RpcError;
+use super::xdr::Enc;
 
 /// Reserved ports tried when the process may bind them (servers exporting with `secure`).
 const RESERVED: std::ops::RangeInclusive<u16> = 600..=1023;
-
-/// Why a call failed below the NFS layer.
-#[derive(Debug, thiserror::Error)]
-pub enum RpcError {
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    #[error("malformed reply: {0}")]
-    Xdr(#[from] XdrError),
-    #[error("reply {got:#x} does not answer call {want:#x}")]
-    Xid { want: u32, got: u32 },
-    #[error("reply of {0} bytes is larger than berth accepts")]
-    TooLarge(usize),
-    #[error("server refused the call: {0}")]
-    Denied(String),
-    #[error("server did not run the call: {0}")]
-    NotRun(String),
-}
 
 /// The AUTH_SYS identity berth presents (RFC 5531 appendix A). The server trusts it as
 /// given; berth presents root so it can create directories and set owners.

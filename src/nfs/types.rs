@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::rpc::RpcError;
+use super::failure::RpcError;
 use super::xdr::{Enc, XdrError};
 
 /// The largest file handle NFSv3 allows.

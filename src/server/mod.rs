@@ -10,7 +10,7 @@ use tokio::net::UnixListener;
 
 use crate::csi::{Shared, controller::ControllerService, identity::IdentityService, node::NodeService, pb};
 use crate::engine::Engine;
-use crate::metrics::Registry;
+use crate::metrics::{Limits, Registry};
 
 /// Which services one process serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -85,7 +85,9 @@ fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
+mod collect;
 mod connections;
+mod http;
 
 pub use connections::MAX_CONNECTIONS;
 use connections::{Incoming, TrackCalls};
@@ -167,18 +169,18 @@ pub async fn serve(
     socket_group: Option<u32>,
 ) -> Result<(), ServeError> {
     let path = socket_path(endpoint)?;
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::new(Limits { slow_calls: crate::csi::MAX_SLOW, connections: MAX_CONNECTIONS }));
     let metrics = match metrics_address {
         Some(address) => {
-            let listener = crate::metrics::http::bind(address)
+            let listener = http::bind(address)
                 .await
                 .map_err(|source| ServeError::Metrics { address: address.to_string(), source })?;
             let local =
                 listener.local_addr().map_err(|source| ServeError::Metrics { address: address.to_string(), source })?;
             tracing::info!(address = %local, "serving metrics on /metrics and /healthz");
             let collector =
-                Arc::new(crate::metrics::collect::Collector::new(Arc::clone(&registry), Some(Arc::clone(&engine))));
-            Some(tokio::spawn(crate::metrics::http::serve(listener, collector)))
+                Arc::new(collect::Collector::new(Arc::clone(&registry), Some(Arc::clone(&engine))));
+            Some(tokio::spawn(http::serve(listener, collector)))
         }
         None => None,
     };

@@ -38,6 +38,13 @@ pub struct Checkpoint {
     pub snapshots: Vec<SnapshotRecord>,
 }
 
+impl Checkpoint {
+    /// The records of this checkpoint as the in-memory tables.
+    pub fn into_maps(self) -> Maps {
+        Maps::from_records(self.volumes, self.snapshots)
+    }
+}
+
 #[derive(Serialize)]
 struct Out<'a> {
     version: u32,
@@ -164,7 +171,7 @@ mod tests {
     #[test]
     fn every_byte_of_a_checkpoint_is_checked() {
         let mut maps = Maps::default();
-        maps.apply(super::super::Change::PutVolume(Box::new(super::super::tests::volume("vol-1", "pvc-1"))));
+        maps.apply(super::super::Change::PutVolume(Box::new(super::super::testutil::volume("vol-1", "pvc-1"))));
         let (dir, bytes) = written(&maps);
         let read_back = read(dir.path()).expect("read").expect("there");
         assert_eq!((read_back.epoch, read_back.journal_size, read_back.volumes.len()), (7, Some(4096), 1));

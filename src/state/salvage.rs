@@ -11,7 +11,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{Change, JOURNAL, LOCK_WAIT, Maps, checkpoint, journal, lock_state, now_ms, unique_u64};
+use super::open::{LOCK_WAIT, lock_state};
+use super::{Change, JOURNAL, checkpoint, journal, now_ms, unique_u64};
 
 /// What a salvage kept and lost.
 #[derive(Debug)]
@@ -77,7 +78,7 @@ pub fn salvage(state_dir: &Path, trust_checkpoint: bool) -> io::Result<Salvaged>
     }
     fs::File::open(&kept_at)?.sync_all()?;
 
-    let mut maps = Maps::from_checkpoint(base);
+    let mut maps = base.into_maps();
     for payload in &read.frames {
         match serde_json::from_slice::<Change>(payload) {
             Ok(change) => maps.apply(change),
@@ -104,4 +105,55 @@ pub fn salvage(state_dir: &Path, trust_checkpoint: bool) -> io::Result<Salvaged>
 /// The epoch of the checkpoint on disk, whatever its state, so the new one differs.
 fn maps_epoch(root: &Path) -> u64 {
     checkpoint::read_unchecked(root).map_or(0, |c| c.epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::super::testutil::six_volumes;
+    use super::*;
+    use crate::state::Store;
+
+    #[test]
+    fn a_flipped_bit_in_the_journal_stops_the_start_and_salvage_names_what_it_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = six_volumes(dir.path());
+        // One bit of vol-2's frame, the second of five.
+        let file = fs::OpenOptions::new().read(true).write(true).open(&journal).expect("open");
+        use std::os::unix::fs::FileExt;
+        let mut byte = [0u8; 1];
+        let at = journal::BLOCK as u64 + 100;
+        file.read_exact_at(&mut byte, at).expect("read");
+        file.write_all_at(&[byte[0] ^ 0x04], at).expect("flip");
+        let err = Store::open(dir.path()).expect_err("damage");
+        assert!(err.to_string().contains("frame 1 (at byte 4096) is damaged, and 3 frame(s)"), "{err}");
+        assert!(err.to_string().contains("berth doctor"), "{err}");
+
+        let saved = salvage(dir.path(), false).expect("salvage");
+        assert_eq!((saved.volumes, saved.snapshots), (5, 0));
+        assert_eq!(saved.lost.len(), 1, "{:?}", saved.lost);
+        assert!(saved.lost[0].starts_with("frame 1"), "{:?}", saved.lost);
+        assert!(saved.kept_at.join("journal").exists() && saved.kept_at.join("records").exists());
+        let (store, _) = Store::open(dir.path()).expect("starts after the salvage");
+        let ids: Vec<String> = store.volumes_where(|_| true).into_iter().map(|v| v.id).collect();
+        assert_eq!(ids, ["vol-0", "vol-1", "vol-3", "vol-4", "vol-5"]);
+    }
+
+    #[test]
+    fn salvage_uses_a_damaged_checkpoint_only_when_told_to() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        six_volumes(dir.path());
+        let records = dir.path().join("state/records");
+        let text = fs::read_to_string(&records).expect("read").replacen("vol-0", "vol-9", 1);
+        fs::write(&records, text).expect("a changed digit in a key");
+        let err = Store::open(dir.path()).expect_err("damage");
+        assert!(err.to_string().contains("do not match its checksum"), "{err}");
+        let err = salvage(dir.path(), false).expect_err("not without being told");
+        assert!(err.to_string().contains("--trust-checkpoint"), "{err}");
+        let saved = salvage(dir.path(), true).expect("told to");
+        assert_eq!(saved.volumes, 6);
+        assert!(saved.lost.is_empty(), "{:?}", saved.lost);
+        assert!(Store::open(dir.path()).expect("starts").0.volume("vol-9").is_some());
+    }
 }

@@ -7,7 +7,6 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint;
 use super::records::{SnapshotRecord, VolumeRecord};
 
 /// What a [`Table`] needs of a record: its ID and the CO's name for it.
@@ -129,17 +128,14 @@ impl Maps {
         }
     }
 
-    pub(super) fn from_checkpoint(c: checkpoint::Checkpoint) -> Maps {
-        Maps { volumes: Table::from_records(c.volumes), snapshots: Table::from_records(c.snapshots) }
+    /// The tables of these records (a checkpoint's).
+    pub(super) fn from_records(volumes: Vec<VolumeRecord>, snapshots: Vec<SnapshotRecord>) -> Maps {
+        Maps { volumes: Table::from_records(volumes), snapshots: Table::from_records(snapshots) }
     }
 
-    /// Applies a checkpoint's records and the changes journaled since, in order.
-    pub(super) fn load(
-        checkpoint: Option<checkpoint::Checkpoint>,
-        frames: &[Vec<u8>],
-        journal: &Path,
-    ) -> io::Result<Maps> {
-        let mut maps = checkpoint.map_or_else(Maps::default, Maps::from_checkpoint);
+    /// Applies to `base` (a checkpoint's records) the changes journaled since, in order.
+    pub(super) fn load(base: Maps, frames: &[Vec<u8>], journal: &Path) -> io::Result<Maps> {
+        let mut maps = base;
         for (i, frame) in frames.iter().enumerate() {
             let change = serde_json::from_slice(frame).map_err(|e| {
                 let at = journal.display();

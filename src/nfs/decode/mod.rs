@@ -6,7 +6,7 @@
 //! the bytes left before it is used, so what a decoder builds grows only with the bytes
 //! it was given. A reply that does not decode is a precise error.
 
-use super::rpc::RpcError;
+use super::failure::RpcError;
 use super::types::{Attr, Entry, Fh, FileType, FsStat, MAX_FH, Status, Time};
 use super::xdr::{Dec, XdrError};
 

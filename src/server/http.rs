@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use super::collect::Collector;
-use super::exposition::CONTENT_TYPE;
+use crate::metrics::exposition::CONTENT_TYPE;
 
 /// Connections served at once; more are closed at accept. Scrapers hold one or two.
 pub const MAX_CONNECTIONS: usize = 32;

@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::exposition::{Kind, Writer, format_value};
-use super::{Counters, LATENCY_BUCKETS, Registry};
+use crate::metrics::exposition::{Kind, Writer, format_value};
+use crate::metrics::{Counters, LATENCY_BUCKETS, Registry};
 use crate::backend::StageSource;
 use crate::engine::Engine;
 use crate::state::{Phase, VolumeRecord};
@@ -60,11 +60,11 @@ impl Collector {
         );
         w.sample("berth_rpc_slow_waiting", &[], r.slow_waiting.load(Ordering::SeqCst) as f64);
         w.family("berth_rpc_slow_max", Kind::Gauge, "How many slow CSI calls do their work at once.");
-        w.sample("berth_rpc_slow_max", &[], crate::csi::MAX_SLOW as f64);
+        w.sample("berth_rpc_slow_max", &[], r.limits.slow_calls as f64);
         w.family("berth_connections", Kind::Gauge, "Client connections to the CSI socket open now.");
         w.sample("berth_connections", &[], r.connections.load(Ordering::SeqCst) as f64);
         w.family("berth_connections_max", Kind::Gauge, "Client connections the CSI socket serves at once.");
-        w.sample("berth_connections_max", &[], crate::server::MAX_CONNECTIONS as f64);
+        w.sample("berth_connections_max", &[], r.limits.connections as f64);
         w.family(
             "berth_connections_refused_total",
             Kind::Counter,
@@ -270,9 +270,12 @@ mod tests {
 
     #[test]
     fn without_an_engine_only_the_counters_are_rendered() {
-        let text = Collector::new(Arc::default(), None).render();
+        let registry = Registry::new(crate::metrics::Limits { slow_calls: 4, connections: 256 });
+        let text = Collector::new(Arc::new(registry), None).render();
         let samples = parse(&text).expect("valid");
         assert!(samples.iter().all(|s| !s.name.starts_with("berth_pool_")));
         assert!(samples.iter().any(|s| s.name == "berth_rpc_in_flight"));
+        assert_eq!(find(&samples, "berth_rpc_slow_max", &[]), Some(4.0), "the limits the registry was given");
+        assert_eq!(find(&samples, "berth_connections_max", &[]), Some(256.0));
     }
 }
