@@ -149,15 +149,10 @@ impl HostPath {
                 self.sys.btrfs_qgroup_limit(&dir, Some(bytes)).map_err(Error::io("set qgroup limit", &dir))
             }
             (Enforced::ProjectQuota, Mode::Project { mount_point }) => {
-                let project = volume
-                    .project_id
-                    .ok_or_else(|| Error::InvalidArgument(format!("volume {} has no project ID", volume.id)))?;
+                let project = volume.project_id.ok_or_else(|| Error::NoProjectId { volume: volume.id.clone() })?;
                 self.sys.set_project_limit(mount_point, project, bytes).map_err(Error::io("set project quota", &dir))
             }
-            (Enforced::ProjectQuota, _) => Err(Error::Unsupported(format!(
-                "volume {} was created with a project quota but the pool's filesystem no longer has project quotas enabled",
-                volume.id
-            ))),
+            (Enforced::ProjectQuota, _) => Err(Error::ProjectQuotasGone { volume: volume.id.clone() }),
             (Enforced::None | Enforced::DeviceSize, _) => Ok(()),
         }
     }
@@ -241,20 +236,16 @@ fn nested_subvolumes(sys: &dyn Syscall, dir: &Path) -> std::io::Result<Vec<PathB
     Ok(found)
 }
 
-/// FAILED_PRECONDITION when `volume` (at `dir`) holds nested subvolumes: a btrfs snapshot
-/// has only empty directories where they are, so a snapshot or clone would miss their data.
+/// [`Error::NestedSubvolumes`] when `volume` (at `dir`) holds nested subvolumes: a btrfs
+/// snapshot has only empty directories where they are, so a snapshot or clone would miss
+/// their data.
 fn refuse_nested(sys: &dyn Syscall, volume: &VolumeRecord, dir: &Path) -> Result<()> {
     let nested = nested_subvolumes(sys, dir).map_err(Error::io("find nested subvolumes", dir))?;
     if nested.is_empty() {
         return Ok(());
     }
-    let names: Vec<String> = nested.iter().map(|p| p.strip_prefix(dir).unwrap_or(p).display().to_string()).collect();
-    Err(Error::FailedPrecondition(format!(
-        "volume {} holds btrfs subvolumes made inside it ({}): a snapshot or clone would miss their data; \
-         delete them (btrfs subvolume delete) or move their data into plain directories",
-        volume.id,
-        names.join(", ")
-    )))
+    let subvolumes = nested.iter().map(|p| p.strip_prefix(dir).unwrap_or(p).to_path_buf()).collect();
+    Err(Error::NestedSubvolumes { volume: volume.id.clone(), subvolumes })
 }
 
 /// A thread that adds the subvolumes pods make inside their volumes to the volume's
@@ -525,42 +516,33 @@ impl Node for HostPath {
     }
 
     fn static_path(&self, sub_path: &str) -> Result<PathBuf> {
-        let rel = safepath::relative("subPath", sub_path).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let rel = safepath::relative("subPath", sub_path)?;
         if let Some(first) = rel.components().next()
             && (first.as_os_str() == VOLUMES || first.as_os_str() == SNAPSHOTS)
         {
-            return Err(Error::InvalidArgument(format!(
-                "subPath {sub_path:?} points into berth's managed {VOLUMES}/ or {SNAPSHOTS}/ directories"
-            )));
+            return Err(Error::ManagedSubPath { sub_path: sub_path.to_string() });
         }
         Ok(rel)
     }
 
     fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()> {
-        let mut flags = ops::parse_flags(&capability.mount_flags).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let mut flags = ops::parse_flags(&capability.mount_flags)?;
         flags.readonly |= capability.mode.read_only();
         let rel = match source {
             StageSource::Managed(v) => Path::new(VOLUMES).join(&v.key),
             StageSource::Static(rel) => rel.to_path_buf(),
         };
         let fd = safepath::open_dir_beneath(&self.root, &rel).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) => {
-                Error::NotFound(format!("volume directory {} does not exist", self.root.join(&rel).display()))
+            Some(libc::ENOENT) => Error::NoVolumeDirectory { path: self.root.join(&rel) },
+            Some(libc::ELOOP | libc::EXDEV | libc::ENOTDIR) => {
+                Error::NotPlainDirectory { pool: self.info.name.clone(), path: rel.clone() }
             }
-            Some(libc::ELOOP | libc::EXDEV | libc::ENOTDIR) => Error::InvalidArgument(format!(
-                "{} is not a plain directory inside pool {} (symlinks are not followed)",
-                rel.display(),
-                self.info.name
-            )),
             _ => Error::Io { op: "open volume directory", path: self.root.join(&rel), source: e },
         })?;
         let read_only_fs =
             nix::sys::statvfs::fstatvfs(&fd).is_ok_and(|st| st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
         if read_only_fs && !flags.readonly {
-            return Err(Error::FailedPrecondition(format!(
-                "pool {} is on a read-only filesystem: a read-write stage would fail every write of the pod",
-                self.info.name
-            )));
+            return Err(Error::ReadWriteStageOfReadOnlyPool { pool: self.info.name.clone() });
         }
         ops::bind(self.sys.as_ref(), &safepath::proc_fd_path(&fd), staging, flags)
             .map_err(Error::io("bind mount", staging))

@@ -212,7 +212,7 @@ impl Engine {
     pub(crate) fn missing_pool(&self, name: &str, otherwise: Error) -> Error {
         match self.unavailable.get(name) {
             Some(reason) => {
-                Error::Backend(backend::Error::Unavailable(format!("pool {name:?} is unavailable: {reason}")))
+                Error::Backend(backend::Error::PoolUnavailable { pool: name.to_string(), reason: reason.clone() })
             }
             None => otherwise,
         }

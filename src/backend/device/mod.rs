@@ -25,7 +25,8 @@ use crate::config::{DevicePool as DevicePoolConfig, Wipe};
 use crate::mount::{Signature, Syscall};
 use crate::progress::Progress;
 use crate::state::{AccessKind, DeviceIdentity, Enforced, Layer, Phase, SnapshotMethod, SnapshotRecord, VolumeRecord};
-use identity::Claim;
+use identity::{Claim, Conflict};
+pub use identity::{Mismatch, Replaced};
 
 const CHUNK: usize = 1 << 20;
 
@@ -41,7 +42,7 @@ pub struct DevicePool {
     held: Holdings,
     /// Volumes whose records name a device another record names too, with why: neither
     /// is mounted or wiped until an operator removes the wrong record.
-    conflicts: BTreeMap<String, String>,
+    conflicts: BTreeMap<String, Conflict>,
     /// Where the freezes of copies from mounted volumes are recorded first, so a crash
     /// never leaves a filesystem frozen (see [`blockvol::Freezes`]).
     freezes: Option<blockvol::Freezes>,
@@ -171,12 +172,12 @@ impl DevicePool {
                 })
             })
             .collect();
-        let conflicts: BTreeMap<String, String> = identity::conflicts(&claims)
+        let conflicts: BTreeMap<String, Conflict> = identity::conflicts(&claims)
             .into_iter()
             .filter(|(id, _)| recorded.iter().any(|v| &v.id == id && v.pool == config.name))
             .collect();
-        for (volume, why) in &conflicts {
-            tracing::error!(pool = %config.name, volume.id = %volume, "{why}");
+        for (volume, conflict) in &conflicts {
+            tracing::error!(pool = %config.name, volume.id = %volume, "{}", conflict.error(volume));
         }
         held.lock().extend(recorded.into_iter().filter(|v| v.pool == config.name).filter_map(|v| {
             let path = PathBuf::from(v.device.as_deref()?);
@@ -233,21 +234,14 @@ impl DevicePool {
     }
 
     fn device_of<'a>(&self, volume: &'a VolumeRecord) -> Result<&'a Path> {
-        volume
-            .device
-            .as_deref()
-            .map(Path::new)
-            .ok_or_else(|| Error::NotFound(format!("volume {} has no device recorded", volume.id)))
+        volume.device.as_deref().map(Path::new).ok_or_else(|| Error::NoDeviceRecorded { volume: volume.id.clone() })
     }
 
     /// [`DevicePool::locate`] for work that needs the device present.
     fn present(&self, volume: &VolumeRecord) -> Result<PathBuf> {
-        self.locate(volume)?.ok_or_else(|| {
-            Error::FailedPrecondition(format!(
-                "volume {}'s device {} is not present on this node",
-                volume.id,
-                volume.device.as_deref().unwrap_or_default()
-            ))
+        self.locate(volume)?.ok_or_else(|| Error::DeviceMissing {
+            volume: volume.id.clone(),
+            device: volume.device.clone().unwrap_or_default(),
         })
     }
 
@@ -262,17 +256,15 @@ impl DevicePool {
     fn managed<'a>(&self, source: StageSource<'a>) -> Result<&'a VolumeRecord> {
         match source {
             StageSource::Managed(v) => Ok(v),
-            StageSource::Static(_) => Err(Error::InvalidArgument("device pools have no static volumes".into())),
+            StageSource::Static(_) => Err(Error::no_static_volumes(&self.info)),
         }
     }
 
     fn snapshot_path(&self, key: &str) -> Result<PathBuf> {
-        self.snapshot_dir.as_ref().map(|d| d.join(format!("{key}.img"))).ok_or_else(|| {
-            Error::Unimplemented(format!(
-                "device pool {} keeps no snapshots: set snapshotPool to a block pool on this node",
-                self.info.name
-            ))
-        })
+        self.snapshot_dir
+            .as_ref()
+            .map(|d| d.join(format!("{key}.img")))
+            .ok_or_else(|| Error::NoSnapshots { pool: self.info.name.clone() })
     }
 
     fn write_device(&self, device: &Path, from: &Path) -> Result<()> {
@@ -351,12 +343,8 @@ impl Controller for DevicePool {
                 Err(e) => tracing::warn!(device = %device.name.display(), error = %e, "cannot probe listed device"),
             }
         }
-        let (device, serial) = chosen.ok_or_else(|| {
-            Error::Exhausted(format!(
-                "device pool {} has no free blank device of at least {} bytes",
-                self.info.name, volume.capacity
-            ))
-        })?;
+        let (device, serial) =
+            chosen.ok_or_else(|| Error::NoBlankDevice { pool: self.info.name.clone(), bytes: volume.capacity })?;
         held.insert(volume.id.clone(), Held { path: device.name.clone(), serial: serial.clone() });
         volume.device = Some(device.name.display().to_string());
         volume.device_identity = Some(DeviceIdentity {
@@ -410,11 +398,7 @@ impl Controller for DevicePool {
         let device = self.present(volume)?;
         let size = self.sys.device_size(&device).map_err(Error::io("device size", &device))?;
         if size < bytes {
-            return Err(Error::OutOfRange(format!(
-                "volume {} is the whole device {} of {size} bytes; it cannot grow to {bytes}",
-                volume.id,
-                device.display()
-            )));
+            return Err(Error::DiskTooSmall { volume: volume.id.clone(), device, size, bytes });
         }
         Ok(true)
     }
@@ -478,10 +462,7 @@ impl Node for DevicePool {
     }
 
     fn static_path(&self, _sub_path: &str) -> Result<PathBuf> {
-        Err(Error::InvalidArgument(format!(
-            "pool {} is a device pool; static volumes by subPath are served by hostpath pools",
-            self.info.name
-        )))
+        Err(Error::no_static_volumes(&self.info))
     }
 
     fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()> {
