@@ -119,3 +119,60 @@ fn backend_status(err: backend::Error, message: String) -> tonic::Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use tonic::Code;
+
+    use super::*;
+
+    fn io(errno: i32) -> backend::Error {
+        backend::Error::Io {
+            op: "write",
+            path: PathBuf::from("/pool/volumes/k"),
+            source: std::io::Error::from_raw_os_error(errno),
+        }
+    }
+
+    #[test]
+    fn backend_failures_get_the_code_their_variant_says() {
+        use backend::Error as E;
+        let cases = [
+            (E::NoBlankDevice { pool: "disks".into(), bytes: 1 << 30 }, Code::ResourceExhausted),
+            (E::ReadOnlyPool { pool: "fast".into(), root: "/srv/fast".into() }, Code::FailedPrecondition),
+            (
+                E::ServerUnreachable { op: "claim", location: "nfs:/export/a".into(), reason: "timed out".into() },
+                Code::Unavailable,
+            ),
+            (E::NoSnapshots { pool: "disks".into() }, Code::Unimplemented),
+            (
+                E::DiskTooSmall { volume: "vol-1".into(), device: "/dev/sdb".into(), size: 10, bytes: 20 },
+                Code::OutOfRange,
+            ),
+            (E::SubdirTaken { path: "nfs:/export/a".into(), holder: "vol-2".into() }, Code::AlreadyExists),
+            (E::NoImage { volume: "vol-1".into(), image: "/pool/volumes/k.img".into() }, Code::NotFound),
+            (E::BadMountFlag(crate::mount::ops::FlagError("exec=1".into())), Code::InvalidArgument),
+            (io(libc::ENOSPC), Code::ResourceExhausted),
+            (io(libc::EDQUOT), Code::ResourceExhausted),
+            (io(libc::EROFS), Code::FailedPrecondition),
+            (io(libc::EIO), Code::Internal),
+        ];
+        for (err, code) in cases {
+            let shown = err.to_string();
+            let status = tonic::Status::from(Error::from(err));
+            assert_eq!(status.code(), code, "{shown}");
+            assert!(status.message().starts_with(&shown), "the message is the error's: {}", status.message());
+        }
+    }
+
+    #[test]
+    fn messages_name_what_the_failure_concerns() {
+        let status =
+            tonic::Status::from(Error::from(backend::Error::NoBlankDevice { pool: "disks".into(), bytes: 4096 }));
+        assert_eq!(status.message(), "device pool disks has no free blank device of at least 4096 bytes");
+        let status = tonic::Status::from(Error::from(io(libc::EROFS)));
+        assert!(status.message().ends_with("(the pool's filesystem is read-only)"), "{}", status.message());
+    }
+}
