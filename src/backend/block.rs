@@ -102,13 +102,7 @@ impl BlockPool {
         let loops = self.sys.loop_find(image).map_err(Error::io("find loop device", image))?;
         for foreign in loops.iter().filter(|l| l.tag != tag) {
             if let Some(at) = blockvol::filesystem_mount(self.sys.as_ref(), &foreign.path)? {
-                return Err(Error::FailedPrecondition(format!(
-                    "the image of volume {} is attached to {} and mounted at {} by someone other than berth; \
-                     unmount it before staging the volume",
-                    volume.id,
-                    foreign.path.display(),
-                    at.display()
-                )));
+                return Err(Error::ForeignMount { volume: volume.id.clone(), device: foreign.path.clone(), at });
             }
         }
         Ok(())
@@ -131,7 +125,7 @@ impl BlockPool {
     fn managed<'a>(&self, source: StageSource<'a>) -> Result<&'a VolumeRecord> {
         match source {
             StageSource::Managed(v) => Ok(v),
-            StageSource::Static(_) => Err(Error::InvalidArgument("block pools have no static volumes".into())),
+            StageSource::Static(_) => Err(Error::no_static_volumes(&self.info)),
         }
     }
 
@@ -307,17 +301,14 @@ impl Node for BlockPool {
     }
 
     fn static_path(&self, _sub_path: &str) -> Result<PathBuf> {
-        Err(Error::InvalidArgument(format!(
-            "pool {} is a block pool; static volumes by subPath are served by hostpath pools",
-            self.info.name
-        )))
+        Err(Error::no_static_volumes(&self.info))
     }
 
     fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()> {
         let volume = self.managed(source)?;
         let image = self.image(&volume.key);
         if !image.is_file() {
-            return Err(Error::NotFound(format!("image {} of volume {} does not exist", image.display(), volume.id)));
+            return Err(Error::NoImage { volume: volume.id.clone(), image });
         }
         self.refuse_foreign_mount(volume, &image)?;
         self.stack(volume)?.stage(self.sys.as_ref(), staging, capability)

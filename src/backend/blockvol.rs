@@ -16,13 +16,10 @@ use crate::mount::{MsFlags, Signature, Syscall, mountinfo};
 /// grown to fill the device (a restored or expanded volume may be larger than its
 /// filesystem).
 pub fn stage(sys: &dyn Syscall, device: &Path, staging: &Path, capability: &Capability, fs_type: &str) -> Result<()> {
-    let flags = ops::parse_flags(&capability.mount_flags).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let flags = ops::parse_flags(&capability.mount_flags)?;
     let readonly = flags.readonly || capability.mode.read_only();
     if !capability.block && !capability.fs_type.is_empty() && capability.fs_type != fs_type {
-        return Err(Error::FailedPrecondition(format!(
-            "the volume was created with a {fs_type} filesystem and cannot be staged as {}",
-            capability.fs_type
-        )));
+        return Err(Error::FsTypeConflict { created: fs_type.to_string(), requested: capability.fs_type.clone() });
     }
     if capability.block {
         let file = staging.join(RAW_DEVICE_FILE);
@@ -39,10 +36,7 @@ pub fn stage(sys: &dyn Syscall, device: &Path, staging: &Path, capability: &Capa
     }
     match sys.blkid(device).map_err(Error::io("probe", device))? {
         Signature::None if readonly => {
-            return Err(Error::FailedPrecondition(format!(
-                "{} holds no filesystem and the volume is staged read-only; berth formats only on a writable stage",
-                device.display()
-            )));
+            return Err(Error::UnformattedReadOnly { device: device.to_path_buf() });
         }
         Signature::None => {
             tracing::info!(device = %device.display(), fs_type, "formatting a blank device");
@@ -54,16 +48,10 @@ pub fn stage(sys: &dyn Syscall, device: &Path, staging: &Path, capability: &Capa
         }
         Signature::Filesystem(found) if found == fs_type => {}
         Signature::Filesystem(found) => {
-            return Err(Error::FailedPrecondition(format!(
-                "{} holds a {found} filesystem, not {fs_type}; berth never reformats a device that holds data",
-                device.display()
-            )));
+            return Err(Error::WrongFilesystem { device: device.to_path_buf(), found, wanted: fs_type.to_string() });
         }
         Signature::PartitionTable(table) => {
-            return Err(Error::FailedPrecondition(format!(
-                "{} holds a {table} partition table; berth formats only devices without any signature",
-                device.display()
-            )));
+            return Err(Error::PartitionTable { device: device.to_path_buf(), table });
         }
     }
     // The host kernel mounts what a pod wrote: no setuid program or device node in it
@@ -353,7 +341,7 @@ mod tests {
         let err =
             stage(&fake, Path::new("/dev/loop100"), dir.path(), &cap(false, AccessMode::SingleNodeReaderOnly), "ext4")
                 .expect_err("read-only blank");
-        assert!(matches!(err, Error::FailedPrecondition(_)));
+        assert!(matches!(err, Error::UnformattedReadOnly { .. }), "{err}");
         assert!(fake.calls().is_empty());
     }
 

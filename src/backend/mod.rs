@@ -4,6 +4,7 @@
 pub mod block;
 pub mod blockvol;
 pub mod device;
+mod error;
 pub mod hostpath;
 pub mod identity;
 mod image;
@@ -13,11 +14,12 @@ pub mod stack;
 pub mod tree;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::state::{Enforced, SnapshotRecord, VolumeRecord};
+
+pub use error::{Error, Result};
 
 /// How a volume may be accessed, from a capability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,55 +158,11 @@ impl PoolInfo {
     }
 }
 
-/// What went wrong inside a backend, with the path or object it concerns.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
-    #[error("pool {pool} requires enforced capacity, but {reason}")]
-    Unenforceable { pool: String, reason: String },
-    #[error("{0}")]
-    Unsupported(String),
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Exhausted(String),
-    #[error("{0}")]
-    OutOfRange(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    Unimplemented(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// The storage (an NFS server) cannot be reached now; a retry may succeed.
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-impl Error {
-    /// Wraps an I/O error with the operation and path it concerns.
-    pub fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-        move |source| Error::Io { op, path: path.to_path_buf(), source }
-    }
-
-    /// True when the error means the disk or quota is full.
-    #[must_use]
-    pub fn is_no_space(&self) -> bool {
-        matches!(self, Error::Io { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
-    }
-}
-
-/// FAILED_PRECONDITION when the filesystem holding pool `name` at `root` is read-only.
+/// [`Error::ReadOnlyPool`] when the filesystem holding pool `name` at `root` is read-only.
 pub fn writable(name: &str, root: &Path) -> Result<()> {
     match nix::sys::statvfs::statvfs(root) {
         Ok(st) if st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) => {
-            Err(Error::FailedPrecondition(format!(
-                "pool {name} is on a read-only filesystem ({}); it takes no changes until it is writable",
-                root.display()
-            )))
+            Err(Error::ReadOnlyPool { pool: name.to_string(), root: root.to_path_buf() })
         }
         _ => Ok(()),
     }
@@ -214,9 +172,6 @@ pub fn writable(name: &str, root: &Path) -> Result<()> {
 pub(crate) fn failpoint(name: &'static str, path: &Path) -> Result<()> {
     crate::failpoint::hit(name).map_err(Error::io(name, path))
 }
-
-/// Result of backend operations.
-pub type Result<T> = std::result::Result<T, Error>;
 
 /// Space in a pool as the scheduler should see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,7 +234,7 @@ pub const RAW_DEVICE_FILE: &str = "device";
 pub trait Controller: Send + Sync {
     /// What the pool is.
     fn info(&self) -> &PoolInfo;
-    /// FAILED_PRECONDITION when the pool cannot take changes now (its filesystem is
+    /// [`Error::ReadOnlyPool`] when the pool cannot take changes now (its filesystem is
     /// read-only): checked before an operation records its intent, so it changes nothing.
     fn check_writable(&self) -> Result<()>;
     /// How new volumes' sizes will be enforced, or why they cannot be when required.

@@ -36,7 +36,7 @@ pub struct Stack<'a> {
 impl<'a> Stack<'a> {
     /// The stack of `volume`, from its recorded layers (or `default` for records from
     /// before layers were recorded), each made by `make`. A recorded layer the pool does
-    /// not serve is FAILED_PRECONDITION.
+    /// not serve is [`Error::UnservedLayer`].
     pub fn of(
         volume: &'a VolumeRecord,
         default: &[Layer],
@@ -46,13 +46,10 @@ impl<'a> Stack<'a> {
         let layers = recorded
             .iter()
             .map(|layer| {
-                make(layer).ok_or_else(|| {
-                    Error::FailedPrecondition(format!(
-                        "volume {} records a {} layer, which pool {} does not serve",
-                        volume.id,
-                        layer.name(),
-                        volume.pool
-                    ))
+                make(layer).ok_or_else(|| Error::UnservedLayer {
+                    volume: volume.id.clone(),
+                    layer: layer.name(),
+                    pool: volume.pool.clone(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -91,9 +88,7 @@ impl<'a> Stack<'a> {
                 }
             }
         }
-        let top = devices.last().cloned().ok_or_else(|| {
-            Error::FailedPrecondition(format!("volume {} has no storage layers to stage", self.volume.id))
-        })?;
+        let top = devices.last().cloned().ok_or_else(|| Error::NoLayers { volume: self.volume.id.clone() })?;
         Ok((top, devices.len() > already))
     }
 
@@ -143,11 +138,7 @@ impl<'a> Stack<'a> {
         if let Some(top) = self.top()? {
             let mounts = blockvol::mounts(sys, &top)?;
             if !mounts.is_empty() {
-                return Err(Error::FailedPrecondition(format!(
-                    "{} is still mounted at {}; unpublish it first",
-                    top.display(),
-                    mounts.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", ")
-                )));
+                return Err(Error::StillMounted { device: top, mounts });
             }
         }
         self.close()
@@ -237,7 +228,11 @@ mod tests {
         fn open(&self, below: Option<&Path>) -> Result<PathBuf> {
             self.log.borrow_mut().push(format!("open {}", self.name));
             if self.fail_open {
-                return Err(Error::Unavailable(format!("{} will not open", self.name)));
+                return Err(Error::Io {
+                    op: "open",
+                    path: PathBuf::from(self.name),
+                    source: std::io::Error::from_raw_os_error(libc::EBUSY),
+                });
             }
             self.open.borrow_mut().push(self.name);
             Ok(below.map_or(PathBuf::from("/dev"), Path::to_path_buf).join(self.name))
@@ -306,7 +301,7 @@ mod tests {
     fn a_failed_open_closes_only_what_it_opened() {
         let v = volume(vec![Layer::Disk, Layer::Loop]);
         let (s, log) = stack(&v, Some("loop"));
-        assert!(matches!(s.open(), Err(Error::Unavailable(_))));
+        assert!(matches!(s.open(), Err(Error::Io { op: "open", .. })));
         assert_eq!(*log.borrow(), ["open disk", "open loop", "close /dev/disk"]);
         assert_eq!(s.top().unwrap(), None);
     }
@@ -324,6 +319,7 @@ mod tests {
         })
         .err()
         .unwrap();
-        assert!(matches!(&err, Error::FailedPrecondition(m) if m.contains("disk layer")), "{err}");
+        assert!(matches!(&err, Error::UnservedLayer { layer: "disk", .. }), "{err}");
+        assert!(err.to_string().contains("disk layer"), "{err}");
     }
 }

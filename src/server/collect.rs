@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::metrics::exposition::{Kind, Writer, format_value};
-use crate::metrics::{Counters, LATENCY_BUCKETS, Registry};
 use crate::backend::StageSource;
 use crate::engine::Engine;
+use crate::metrics::exposition::{Kind, Writer, format_value};
+use crate::metrics::{Counters, LATENCY_BUCKETS, Registry};
 use crate::state::{Phase, VolumeRecord};
 
 /// How long a volume's measured usage is reused: walking a large tree or syncing a btrfs

@@ -178,8 +178,7 @@ pub async fn serve(
             let local =
                 listener.local_addr().map_err(|source| ServeError::Metrics { address: address.to_string(), source })?;
             tracing::info!(address = %local, "serving metrics on /metrics and /healthz");
-            let collector =
-                Arc::new(collect::Collector::new(Arc::clone(&registry), Some(Arc::clone(&engine))));
+            let collector = Arc::new(collect::Collector::new(Arc::clone(&registry), Some(Arc::clone(&engine))));
             Some(tokio::spawn(http::serve(listener, collector)))
         }
         None => None,

@@ -24,30 +24,97 @@ pub struct Observed {
     pub fs_uuid: Option<String>,
 }
 
-/// Why the device found now is not the one recorded, or `None` when it is. The hardware
-/// identity must be equal (a disk that had none must still have none); the size must be
-/// equal too, except that a disk with the recorded identity may have grown (a SAN LUN
-/// resized in place).
-pub fn differs(recorded: &DeviceIdentity, now: &Observed) -> Option<String> {
-    if recorded.serial != now.serial {
-        return Some(format!(
-            "its identity is {}, not {}",
-            describe_serial(&now.serial),
-            describe_serial(&recorded.serial)
-        ));
+/// How the device found now differs from the one recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mismatch {
+    /// Another hardware identity (or one where none was, or none where one was).
+    Identity { now: Option<String>, recorded: Option<String> },
+    /// Another filesystem UUID, or none where one was recorded.
+    FsUuid { now: Option<String>, recorded: String },
+    /// Another size, not explained by a disk of the recorded identity grown in place.
+    Size { now: u64, recorded: u64 },
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mismatch::Identity { now, recorded } => {
+                write!(f, "its identity is {}, not {}", describe_serial(now), describe_serial(recorded))
+            }
+            Mismatch::FsUuid { now, recorded } => {
+                write!(
+                    f,
+                    "its filesystem UUID is {}, not {recorded}",
+                    now.as_deref().unwrap_or("absent (no filesystem)")
+                )
+            }
+            Mismatch::Size { now, recorded } => write!(f, "it holds {now} bytes, not {recorded}"),
+        }
     }
-    if recorded.fs_uuid.is_some() && recorded.fs_uuid != now.fs_uuid {
-        return Some(format!(
-            "its filesystem UUID is {}, not {}",
-            now.fs_uuid.as_deref().unwrap_or("absent (no filesystem)"),
-            recorded.fs_uuid.as_deref().unwrap_or_default()
-        ));
+}
+
+/// How the device found now differs from the one recorded, or `None` when it is the one.
+/// The hardware identity must be equal (a disk that had none must still have none); the
+/// size must be equal too, except that a disk with the recorded identity may have grown
+/// (a SAN LUN resized in place).
+pub fn differs(recorded: &DeviceIdentity, now: &Observed) -> Option<Mismatch> {
+    if recorded.serial != now.serial {
+        return Some(Mismatch::Identity { now: now.serial.clone(), recorded: recorded.serial.clone() });
+    }
+    if let Some(uuid) = &recorded.fs_uuid
+        && recorded.fs_uuid != now.fs_uuid
+    {
+        return Some(Mismatch::FsUuid { now: now.fs_uuid.clone(), recorded: uuid.clone() });
     }
     let grown_in_place = recorded.serial.is_some() && now.size > recorded.size;
     if now.size != recorded.size && !grown_in_place {
-        return Some(format!("it holds {} bytes, not {}", now.size, recorded.size));
+        return Some(Mismatch::Size { now: now.size, recorded: recorded.size });
     }
     None
+}
+
+/// A volume's recorded device path now leads to another disk: what was recorded, what the
+/// path leads to, how they differ, and where the recorded disk is now.
+#[derive(Debug)]
+pub struct Replaced {
+    pub volume: String,
+    /// The recorded path, as the allow-list names it.
+    pub path: PathBuf,
+    pub recorded: DeviceIdentity,
+    /// The device the path leads to now.
+    pub found: PathBuf,
+    pub mismatch: Mismatch,
+    /// The recorded disk, found by its hardware identity among the devices the allow-list
+    /// names; `None` when it is not among them.
+    pub moved_to: Option<Device>,
+}
+
+impl std::error::Error for Replaced {}
+
+impl std::fmt::Display for Replaced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (path, recorded) = (self.path.display(), &self.recorded);
+        write!(
+            f,
+            "volume {} was created on {path} ({}, identity {}, {} bytes), but {path} now leads to {}, another device: {}. \
+             berth neither mounts nor wipes it. ",
+            self.volume,
+            recorded.kernel_name,
+            describe_serial(&recorded.serial),
+            recorded.size,
+            self.found.display(),
+            self.mismatch,
+        )?;
+        match &self.moved_to {
+            Some(d) => write!(
+                f,
+                "The recorded disk is now {} ({}); fix the link, or the pool's allow-list, and retry.",
+                d.canonical.display(),
+                d.name.display()
+            ),
+            None => f.write_str("The recorded disk is not among the devices the allow-list names on this node."),
+        }
+    }
 }
 
 /// How a message names a hardware identity.
@@ -64,9 +131,29 @@ pub struct Claim {
     pub serial: Option<String>,
 }
 
+/// A device that the records of other volumes name too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// Where the records' paths lead now, or the hardware identity they share.
+    pub device: String,
+    /// The other volumes whose records name it.
+    pub others: Vec<String>,
+}
+
+impl Conflict {
+    /// The error that refuses `volume`'s device.
+    pub fn error(&self, volume: &str) -> Error {
+        Error::DeviceClaimedTwice {
+            volume: volume.to_string(),
+            device: self.device.clone(),
+            others: self.others.clone(),
+        }
+    }
+}
+
 /// Volumes whose records name a device that another record names too (by where the path
-/// leads now, or by hardware identity), each with a sentence naming the others.
-pub fn conflicts(claims: &[Claim]) -> BTreeMap<String, String> {
+/// leads now, or by hardware identity), each with the device and the other volumes.
+pub fn conflicts(claims: &[Claim]) -> BTreeMap<String, Conflict> {
     let mut by_device: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for claim in claims {
         if let Some(dev) = &claim.resolved {
@@ -84,13 +171,8 @@ pub fn conflicts(claims: &[Claim]) -> BTreeMap<String, String> {
             continue;
         }
         for v in &volumes {
-            let others: Vec<&str> = volumes.iter().copied().filter(|o| o != v).collect();
-            out.entry(v.to_string()).or_insert_with(|| {
-                format!(
-                    "the records of volume {v} and of {} name the same device ({device}); berth neither mounts nor wipes it until an operator removes the wrong record",
-                    others.join(", ")
-                )
-            });
+            let others = volumes.iter().filter(|o| *o != v).map(|o| (*o).to_string()).collect();
+            out.entry(v.to_string()).or_insert_with(|| Conflict { device: device.clone(), others });
         }
     }
     out
@@ -133,12 +215,12 @@ impl DevicePool {
     /// The device node holding `volume` now, after checking that the record is the only
     /// one naming it, that the allow-list still names it, and that the device the
     /// recorded path leads to is the disk recorded (identity and size): `None` when the
-    /// path leads nowhere (the disk is gone). Anything else is FAILED_PRECONDITION and
-    /// nothing may be mounted or wiped.
+    /// path leads nowhere (the disk is gone). Anything else is an error that says which
+    /// check failed, and nothing may be mounted or wiped.
     pub(super) fn locate(&self, volume: &VolumeRecord) -> Result<Option<PathBuf>> {
         let path = self.device_of(volume)?;
-        if let Some(why) = self.conflicts.get(&volume.id) {
-            return Err(Error::FailedPrecondition(why.clone()));
+        if let Some(conflict) = self.conflicts.get(&volume.id) {
+            return Err(conflict.error(&volume.id));
         }
         let canonical = match fs::canonicalize(path) {
             Ok(c) => c,
@@ -148,22 +230,16 @@ impl DevicePool {
         // The allow-list is a set of devices: the recorded path may be named by it, or (a
         // record from before identities, holding the kernel's name) lead to a device it names.
         if !self.allows(path) && !self.devices()?.iter().any(|d| d.canonical == canonical) {
-            return Err(Error::FailedPrecondition(format!(
-                "volume {} is recorded on {} ({}), which pool {}'s allow-list ({}) does not name: berth neither mounts nor wipes a device outside it",
-                volume.id,
-                path.display(),
-                canonical.display(),
-                self.info.name,
-                self.patterns.join(", ")
-            )));
+            return Err(Error::NotOnAllowList {
+                volume: volume.id.clone(),
+                path: path.to_path_buf(),
+                canonical,
+                pool: self.info.name.clone(),
+                patterns: self.patterns.clone(),
+            });
         }
         if !canonical.starts_with("/dev") || !fs::metadata(&canonical).is_ok_and(|m| m.file_type().is_block_device()) {
-            return Err(Error::FailedPrecondition(format!(
-                "volume {}'s device {} leads to {}, which is not a block device under /dev",
-                volume.id,
-                path.display(),
-                canonical.display()
-            )));
+            return Err(Error::NotABlockDevice { volume: volume.id.clone(), path: path.to_path_buf(), canonical });
         }
         let Some(recorded) = &volume.device_identity else {
             // Recorded before identities were: only the path can be checked.
@@ -187,17 +263,14 @@ impl DevicePool {
         };
         match differs(recorded, &now) {
             None => Ok(Some(now.kernel_name)),
-            Some(what) => Err(Error::FailedPrecondition(format!(
-                "volume {} was created on {} ({}, identity {}, {} bytes), but {} now leads to {}, another device: {what}. berth neither mounts nor wipes it. {}",
-                volume.id,
-                path.display(),
-                recorded.kernel_name,
-                describe_serial(&recorded.serial),
-                recorded.size,
-                path.display(),
-                now.kernel_name.display(),
-                self.whereabouts(recorded)
-            ))),
+            Some(mismatch) => Err(Error::DeviceReplaced(Box::new(Replaced {
+                volume: volume.id.clone(),
+                path: path.to_path_buf(),
+                recorded: recorded.clone(),
+                found: now.kernel_name,
+                mismatch,
+                moved_to: self.whereabouts(recorded),
+            }))),
         }
     }
 
@@ -225,19 +298,11 @@ impl DevicePool {
         true
     }
 
-    /// Where the disk `recorded` describes is now, for a mismatch message.
-    fn whereabouts(&self, recorded: &DeviceIdentity) -> String {
-        let found = recorded.serial.as_ref().and_then(|serial| {
+    /// Where the disk `recorded` describes is now, among the devices the allow-list names.
+    fn whereabouts(&self, recorded: &DeviceIdentity) -> Option<Device> {
+        recorded.serial.as_ref().and_then(|serial| {
             self.devices().ok()?.into_iter().find(|d| self.serial(&d.canonical).as_ref() == Some(serial))
-        });
-        match found {
-            Some(d) => format!(
-                "The recorded disk is now {} ({}); fix the link, or the pool's allow-list, and retry.",
-                d.canonical.display(),
-                d.name.display()
-            ),
-            None => "The recorded disk is not among the devices the allow-list names on this node.".to_string(),
-        }
+        })
     }
 }
 
@@ -274,7 +339,7 @@ mod tests {
             (signed(None), seen(Some("u2")), None),
         ]);
         for (rec, seen, want) in cases {
-            let got = differs(&rec, &seen);
+            let got = differs(&rec, &seen).map(|m| m.to_string());
             match want {
                 None => assert_eq!(got, None, "{rec:?} vs {seen:?}"),
                 Some(w) => assert!(got.as_deref().is_some_and(|g| g.contains(w)), "{rec:?} vs {seen:?}: {got:?}"),
@@ -298,8 +363,10 @@ mod tests {
             claim("vol-a", Some("/dev/sdb"), Some("wwid:1")),
         ]);
         assert_eq!(found.keys().collect::<Vec<_>>(), ["vol-a", "vol-b", "vol-c", "vol-d"]);
-        assert!(found["vol-a"].contains("vol-c") && found["vol-a"].contains("/dev/sdb"), "{}", found["vol-a"]);
-        assert!(found["vol-d"].contains("vol-b") && found["vol-d"].contains("wwid:2"), "{}", found["vol-d"]);
+        assert_eq!(found["vol-a"], Conflict { device: "/dev/sdb".into(), others: vec!["vol-c".into()] });
+        assert_eq!(found["vol-d"], Conflict { device: "wwid:2".into(), others: vec!["vol-b".into()] });
+        let message = found["vol-a"].error("vol-a").to_string();
+        assert!(message.contains("vol-c") && message.contains("same device (/dev/sdb)"), "{message}");
         assert!(conflicts(&[claim("x", Some("/dev/sdb"), None), claim("y", Some("/dev/sdc"), None)]).is_empty());
     }
 }

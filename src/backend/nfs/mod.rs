@@ -80,15 +80,14 @@ impl Controller for NfsPool {
         volume.enforced = Enforced::None;
         let sub = match self.sub_dir(volume) {
             Some(s) => s.to_string(),
-            None => self.template.expand(&volume.parameters, &volume.name).map_err(Error::InvalidArgument)?,
+            None => {
+                self.template.expand(&volume.parameters, &volume.name).map_err(|reason| Error::BadSubDir { reason })?
+            }
         };
         let id = volume.id.clone();
-        let fresh = self.with("claim", &sub, |c| export::claim(c, &sub, &id))?.map_err(|holder| {
-            Error::AlreadyExists(format!(
-                "directory {} is already used by volume {holder}; give the pool a subDir template that tells volumes apart",
-                self.location(&sub).display()
-            ))
-        })?;
+        let fresh = self
+            .with("claim", &sub, |c| export::claim(c, &sub, &id))?
+            .map_err(|holder| Error::SubdirTaken { path: self.location(&sub), holder })?;
         super::failpoint("nfs.claim", &self.location(&sub))?;
         if self.sub_dir(volume).is_none() {
             volume.parameters.insert(SUBDIR_KEY.to_string(), sub.clone());
@@ -101,14 +100,10 @@ impl Controller for NfsPool {
         if let Some((_, attr)) = existing {
             if fresh {
                 self.with("release claim", &sub, |c| export::release(c, &sub, &id))?;
-                return Err(Error::AlreadyExists(format!(
-                    "directory {} already exists and belongs to no berth volume; berth never adopts existing data: \
-                     remove or rename it, or publish it as a static volume",
-                    self.location(&sub).display()
-                )));
+                return Err(Error::ExistingData { path: self.location(&sub) });
             }
             if attr.ftype != FileType::Directory {
-                return Err(Error::FailedPrecondition(format!("{} is not a directory", self.location(&sub).display())));
+                return Err(Error::NotADirectory { path: self.location(&sub) });
             }
             // Made by an earlier attempt; copies are renamed into place only when whole.
             return Ok(());
@@ -224,10 +219,8 @@ impl Controller for NfsPool {
     }
 
     fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()> {
-        let sub = self
-            .sub_dir(volume)
-            .ok_or_else(|| Error::FailedPrecondition(format!("volume {} has no directory on the export", volume.id)))?
-            .to_string();
+        let sub =
+            self.sub_dir(volume).ok_or_else(|| Error::NoExportDirectory { volume: volume.id.clone() })?.to_string();
         let key = snapshot.key.clone();
         let label = format!("snapshot {}", snapshot.id);
         super::failpoint("nfs.snapshot.copy", &self.location(&sub))?;
@@ -296,30 +289,29 @@ impl Node for NfsPool {
     }
 
     fn static_path(&self, sub_path: &str) -> Result<PathBuf> {
-        template::check_path("subDir", sub_path).map_err(Error::InvalidArgument)?;
+        template::check_path("subDir", sub_path).map_err(|reason| Error::BadSubDir { reason })?;
         Ok(PathBuf::from(sub_path))
     }
 
     fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()> {
         let rel = self.rel_of(source)?;
         let mut options = self.options.clone();
-        options.extend(Options::parse(&capability.mount_flags).map_err(|e| Error::InvalidArgument(e.to_string()))?);
+        options.extend(Options::parse(&capability.mount_flags)?);
         let mut flags = options.flags;
         if options.readonly || capability.mode.read_only() {
             flags |= MsFlags::MS_RDONLY;
         }
-        let addr = nfs::client::resolve(&self.server).map_err(|e| Error::Unavailable(e.to_string()))?[0];
         let device = self.device(&rel);
+        let unreachable = |reason: String| Error::ServerUnreachable { op: "mount", location: device.clone(), reason };
+        let addr = nfs::client::resolve(&self.server).map_err(|e| unreachable(e.to_string()))?[0];
         self.sys
             .mount(Some(Path::new(&device)), staging, Some(options.fs_type()), flags, Some(&options.data(addr)))
             .map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOENT) => Error::NotFound(format!("{device} does not exist on the server")),
+                Some(libc::ENOENT) => Error::NotOnServer { location: device.clone() },
                 Some(libc::ETIMEDOUT | libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH) => {
-                    Error::Unavailable(format!("mounting {device}: {e}"))
+                    unreachable(e.to_string())
                 }
-                Some(libc::ENODEV) => Error::FailedPrecondition(format!(
-                    "mounting {device}: this node's kernel has no NFS client (no nfs in /proc/filesystems)"
-                )),
+                Some(libc::ENODEV) => Error::NoNfsClient { location: device.clone() },
                 _ => Error::Io { op: "mount", path: staging.to_path_buf(), source: e },
             })
     }
@@ -445,7 +437,7 @@ impl Shared for NfsPool {
         let prefix = match (context.get(CONTEXT_SERVER), context.get(CONTEXT_EXPORT)) {
             (None, None) => String::new(),
             (Some(server), Some(exp)) => {
-                let exp = safepath::absolute("export", exp).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                let exp = safepath::absolute("export", exp)?;
                 let unbracket = |s: &str| s.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
                 if unbracket(server) != unbracket(&self.server) {
                     return Ok(None);
@@ -455,15 +447,16 @@ impl Shared for NfsPool {
                     Err(_) => return Ok(None),
                 }
             }
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "volume attributes {CONTEXT_SERVER} and {CONTEXT_EXPORT} must be given together"
-                )));
+            (Some(_), None) => {
+                return Err(Error::LoneNfsAttribute { given: CONTEXT_SERVER, missing: CONTEXT_EXPORT });
+            }
+            (None, Some(_)) => {
+                return Err(Error::LoneNfsAttribute { given: CONTEXT_EXPORT, missing: CONTEXT_SERVER });
             }
         };
-        template::check_path("subDir", sub).map_err(Error::InvalidArgument)?;
+        template::check_path("subDir", sub).map_err(|reason| Error::BadSubDir { reason })?;
         let rel = if prefix.is_empty() { sub.clone() } else { format!("{prefix}/{sub}") };
-        template::check_path("export and subDir", &rel).map_err(Error::InvalidArgument)?;
+        template::check_path("export and subDir", &rel).map_err(|reason| Error::BadSubDir { reason })?;
         Ok(Some(PathBuf::from(rel)))
     }
 

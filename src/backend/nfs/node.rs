@@ -50,8 +50,8 @@ pub struct UsageCache {
 }
 
 fn measure(path: &Path) -> Result<Measured, String> {
-    let walked = tree::usage(path).map_err(|e| format!("measuring {}: {e}", path.display()))?;
-    let st = nix::sys::statvfs::statvfs(path).map_err(|e| format!("statvfs {}: {e}", path.display()))?;
+    let walked = tree::usage(path).map_err(|e| format!("walking it: {e}"))?;
+    let st = nix::sys::statvfs::statvfs(path).map_err(|e| format!("statvfs: {e}"))?;
     #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
     let frsize = st.fragment_size() as u64;
     #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
@@ -67,7 +67,8 @@ fn measure(path: &Path) -> Result<Measured, String> {
 impl UsageCache {
     /// The usage of the tree mounted at `path`: a fresh cached value, or a new walk if it
     /// finishes within a few seconds, or else the last value (the walk goes on in the
-    /// background, one at a time per path). `Err` when nothing could be measured.
+    /// background, one at a time per path). `Err` says why nothing could be measured (the
+    /// caller names the path).
     pub fn get(&self, path: &Path) -> Result<Measured, String> {
         let rx = {
             let mut slots = self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -104,8 +105,7 @@ impl UsageCache {
         match slots.get(path).and_then(|s| s.measured.clone()) {
             Some((_, m)) => m,
             None => Err(format!(
-                "{} did not answer within {}s (is the NFS server reachable?); measuring goes on in the background",
-                path.display(),
+                "it did not answer within {}s (is the NFS server reachable?); measuring goes on in the background",
                 USAGE_WAIT.as_secs()
             )),
         }

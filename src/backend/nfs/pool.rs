@@ -95,7 +95,11 @@ impl NfsPool {
 
     pub(super) fn map_err(&self, op: &'static str, rel: &str, e: nfs::Error) -> Error {
         if e.is_transport() {
-            return Error::Unavailable(format!("{op} {}: {e}", self.location(rel).display()));
+            return Error::ServerUnreachable {
+                op,
+                location: self.location(rel).display().to_string(),
+                reason: e.to_string(),
+            };
         }
         let source = match e.status().and_then(crate::nfs::types::Status::errno) {
             Some(errno) => io::Error::from_raw_os_error(errno),
@@ -148,7 +152,11 @@ impl NfsPool {
                 Err(e) => return Err(self.map_err(op, rel, e)),
             }
         }
-        Err(Error::Unavailable(format!("{op} {}: the NFS server is unreachable", self.location(rel).display())))
+        Err(Error::ServerUnreachable {
+            op,
+            location: self.location(rel).display().to_string(),
+            reason: "the NFS server is unreachable".to_string(),
+        })
     }
 
     /// Runs a long operation (a copy) on a connection of its own, so other calls go on.
@@ -169,19 +177,17 @@ impl NfsPool {
     pub(super) fn source_dir(&self, source: Source<'_>) -> Result<String> {
         match source {
             Source::Snapshot(s) => Ok(format!("{}/{}", export::SNAPSHOTS, s.key)),
-            Source::Volume(v) => self
-                .sub_dir(v)
-                .map(str::to_string)
-                .ok_or_else(|| Error::NotFound(format!("volume {} has no directory on the export", v.id))),
+            Source::Volume(v) => {
+                self.sub_dir(v).map(str::to_string).ok_or_else(|| Error::NoExportDirectory { volume: v.id.clone() })
+            }
         }
     }
 
     pub(super) fn rel_of(&self, source: StageSource<'_>) -> Result<PathBuf> {
         match source {
-            StageSource::Managed(v) => self
-                .sub_dir(v)
-                .map(PathBuf::from)
-                .ok_or_else(|| Error::NotFound(format!("volume {} has no directory on the export", v.id))),
+            StageSource::Managed(v) => {
+                self.sub_dir(v).map(PathBuf::from).ok_or_else(|| Error::NoExportDirectory { volume: v.id.clone() })
+            }
             StageSource::Static(rel) => Ok(rel.to_path_buf()),
         }
     }
@@ -191,11 +197,11 @@ impl NfsPool {
     }
 
     pub(super) fn record_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
-        serde_json::to_vec_pretty(value).map_err(|e| Error::InvalidArgument(format!("encoding a record: {e}")))
+        serde_json::to_vec_pretty(value).map_err(Error::EncodeRecord)
     }
 
     pub(super) fn nfs_usage(&self, path: &Path, capacity: Option<u64>) -> Result<Usage> {
-        let m = self.usage.get(path).map_err(Error::Unavailable)?;
+        let m = self.usage.get(path).map_err(|reason| Error::UsageUnmeasured { path: path.to_path_buf(), reason })?;
         let total = capacity.unwrap_or(m.total_bytes);
         Ok(Usage {
             total_bytes: total,

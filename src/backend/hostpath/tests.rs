@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
-use crate::mount::FsStat;
 use crate::mount::fake::{Call, RecordingSyscall};
+use crate::mount::{FsStat, ProjectQuotaState};
 
 const XFS_MAGIC: i64 = 0x5846_5342;
 

@@ -5,13 +5,16 @@
 //! mounted with project quotas each volume gets a project ID and a hard block limit;
 //! elsewhere sizes are recorded but not enforced, and snapshots are reflink copies where
 //! the filesystem can clone, else full copies.
+//!
+//! `enforcement` chooses and sets the size limits; `nested` deals with the subvolumes pods
+//! make inside btrfs volumes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::tree::{self, Reflink};
@@ -20,10 +23,15 @@ use super::{
 };
 use crate::config::{Enforcement, HostPathPool};
 use crate::mount::ops;
-use crate::mount::{FsKind, ProjectQuotaState, Syscall, mountinfo};
+use crate::mount::{Syscall, mountinfo};
 use crate::progress::Progress;
 use crate::safepath;
 use crate::state::{Enforced, SnapshotMethod, SnapshotRecord, VolumeRecord};
+use enforcement::{Mode, detect_mode};
+use nested::{NestedWatch, adopt_nested, nested_subvolumes, refuse_nested};
+
+mod enforcement;
+mod nested;
 
 const VOLUMES: &str = "volumes";
 const SNAPSHOTS: &str = "snapshots";
@@ -31,18 +39,8 @@ const SNAPSHOTS: &str = "snapshots";
 /// for volume stats (1 minute by default), so each walk serves at least one period's
 /// calls, not one call each.
 const USAGE_TTL: Duration = Duration::from_secs(90);
-/// How often a btrfs pool with quotas looks for subvolumes pods made inside their volumes.
-const ADOPT_PERIOD: Duration = Duration::from_secs(5);
 /// First project ID berth hands out; low IDs are left to administrators.
 pub const FIRST_PROJECT_ID: u32 = 100_000;
-
-/// How this pool's filesystem lets berth enforce sizes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Mode {
-    Btrfs { qgroups: bool },
-    Project { mount_point: PathBuf },
-    Plain { reason: String },
-}
 
 /// A hostPath pool.
 pub struct HostPath {
@@ -137,31 +135,6 @@ impl HostPath {
         Ok(usage)
     }
 
-    /// Sets a volume's size limit; a failure counts in the `quota` errors metric.
-    fn apply_limit(&self, volume: &VolumeRecord, bytes: u64) -> Result<()> {
-        self.set_limit(volume, bytes).inspect_err(|_| crate::metrics::record_error("quota"))
-    }
-
-    fn set_limit(&self, volume: &VolumeRecord, bytes: u64) -> Result<()> {
-        let dir = self.volume_dir(&volume.key);
-        match (volume.enforced, &self.mode) {
-            (Enforced::BtrfsQgroup, _) => {
-                self.sys.btrfs_qgroup_limit(&dir, Some(bytes)).map_err(Error::io("set qgroup limit", &dir))
-            }
-            (Enforced::ProjectQuota, Mode::Project { mount_point }) => {
-                let project = volume
-                    .project_id
-                    .ok_or_else(|| Error::InvalidArgument(format!("volume {} has no project ID", volume.id)))?;
-                self.sys.set_project_limit(mount_point, project, bytes).map_err(Error::io("set project quota", &dir))
-            }
-            (Enforced::ProjectQuota, _) => Err(Error::Unsupported(format!(
-                "volume {} was created with a project quota but the pool's filesystem no longer has project quotas enabled",
-                volume.id
-            ))),
-            (Enforced::None | Enforced::DeviceSize, _) => Ok(()),
-        }
-    }
-
     /// Creates the volume's directory: empty, or with the source's content.
     fn populate(&self, volume: &VolumeRecord, source: Option<Source<'_>>) -> Result<()> {
         let parent = self.root.join(VOLUMES);
@@ -216,143 +189,6 @@ impl HostPath {
     }
 }
 
-/// The btrfs subvolumes inside the volume directory `dir` (a pod may make them:
-/// BTRFS_IOC_SUBVOL_CREATE needs no privilege), deepest first. Symbolic links are not
-/// followed; only directories are examined.
-fn nested_subvolumes(sys: &dyn Syscall, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    use std::os::unix::fs::MetadataExt;
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(at) = pending.pop() {
-        for entry in fs::read_dir(&at)? {
-            let entry = entry?;
-            if !entry.file_type()?.is_dir() {
-                continue;
-            }
-            let path = entry.path();
-            // A subvolume's root directory is inode 256.
-            if fs::symlink_metadata(&path)?.ino() == 256 && sys.btrfs_is_subvolume(&path).unwrap_or(false) {
-                found.push(path.clone());
-            }
-            pending.push(path);
-        }
-    }
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    Ok(found)
-}
-
-/// FAILED_PRECONDITION when `volume` (at `dir`) holds nested subvolumes: a btrfs snapshot
-/// has only empty directories where they are, so a snapshot or clone would miss their data.
-fn refuse_nested(sys: &dyn Syscall, volume: &VolumeRecord, dir: &Path) -> Result<()> {
-    let nested = nested_subvolumes(sys, dir).map_err(Error::io("find nested subvolumes", dir))?;
-    if nested.is_empty() {
-        return Ok(());
-    }
-    let names: Vec<String> = nested.iter().map(|p| p.strip_prefix(dir).unwrap_or(p).display().to_string()).collect();
-    Err(Error::FailedPrecondition(format!(
-        "volume {} holds btrfs subvolumes made inside it ({}): a snapshot or clone would miss their data; \
-         delete them (btrfs subvolume delete) or move their data into plain directories",
-        volume.id,
-        names.join(", ")
-    )))
-}
-
-/// A thread that adds the subvolumes pods make inside their volumes to the volume's
-/// quota group every [`ADOPT_PERIOD`]: making a subvolume needs no privilege, and a new
-/// subvolume's qgroup belongs to no group, so until then its data escapes the volume's
-/// limit. Usage reads and snapshots adopt at once too. Stops when dropped.
-struct NestedWatch {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl NestedWatch {
-    fn start(sys: Arc<dyn Syscall>, volumes: PathBuf, pool: String) -> std::io::Result<NestedWatch> {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new().name("berth-subvolumes".into()).spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(ADOPT_PERIOD) {
-                let Ok(entries) = fs::read_dir(&volumes) else { continue };
-                for entry in entries.flatten() {
-                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                        adopt_nested(sys.as_ref(), &pool, &entry.path());
-                    }
-                }
-            }
-        })?;
-        Ok(NestedWatch { stop: Some(stop), thread: Some(thread) })
-    }
-}
-
-impl Drop for NestedWatch {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Adds the subvolumes made inside the volume directory `dir` to its quota group.
-/// Best effort: a volume being created or deleted meanwhile is simply skipped.
-fn adopt_nested(sys: &dyn Syscall, pool: &str, dir: &Path) {
-    if !sys.btrfs_is_subvolume(dir).unwrap_or(false) {
-        return;
-    }
-    match sys.btrfs_qgroup_adopt(dir) {
-        Ok(ids) if !ids.is_empty() => tracing::info!(
-            pool,
-            volume_dir = %dir.display(),
-            subvolumes = ?ids,
-            "subvolumes made inside a volume now count toward its size limit"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::debug!(pool, volume_dir = %dir.display(), error = %e, "cannot adopt nested subvolumes"),
-    }
-}
-
-fn detect_mode(sys: &dyn Syscall, root: &Path, policy: Enforcement) -> Result<Mode> {
-    let stat = sys.statfs(root).map_err(Error::io("statfs", root))?;
-    match stat.kind() {
-        FsKind::Btrfs => {
-            let mut qgroups = sys.btrfs_quota_enabled(root).unwrap_or(false);
-            if !qgroups && policy != Enforcement::None {
-                match sys.btrfs_quota_enable(root) {
-                    Ok(()) => {
-                        tracing::info!(path = %root.display(), "enabled btrfs quotas (qgroups) to enforce volume sizes");
-                        qgroups = true;
-                    }
-                    Err(e) => tracing::warn!(path = %root.display(), error = %e, "cannot enable btrfs quotas"),
-                }
-            }
-            Ok(Mode::Btrfs { qgroups })
-        }
-        kind @ (FsKind::Xfs | FsKind::Ext4) => {
-            let table = ops::table(sys).map_err(Error::io("read mount table", root))?;
-            let Some(host) = mountinfo::containing(&table, root) else {
-                return Ok(Mode::Plain { reason: format!("no mount holds {}", root.display()) });
-            };
-            let prj = ["prjquota", "pquota", "pqnoenforce"].iter().any(|o| host.has_super_option(o));
-            if !prj {
-                return Ok(Mode::Plain {
-                    reason: format!("{kind} at {} is not mounted with prjquota", host.mount_point.display()),
-                });
-            }
-            match sys.project_quota_state(&host.mount_point) {
-                Ok(ProjectQuotaState::Enforced) => Ok(Mode::Project { mount_point: host.mount_point.clone() }),
-                Ok(state) => {
-                    Ok(Mode::Plain { reason: format!("project quota on {} is {state:?}", host.mount_point.display()) })
-                }
-                Err(e) => Ok(Mode::Plain {
-                    reason: format!("project quota on {} cannot be queried: {e}", host.mount_point.display()),
-                }),
-            }
-        }
-        FsKind::Other(magic) => {
-            Ok(Mode::Plain { reason: format!("filesystem type {magic:#x} has no per-directory quota") })
-        }
-    }
-}
-
 impl Controller for HostPath {
     fn info(&self) -> &PoolInfo {
         &self.info
@@ -363,19 +199,7 @@ impl Controller for HostPath {
     }
 
     fn enforcement(&self) -> Result<Enforced> {
-        let (enforced, reason) = match (&self.mode, self.policy) {
-            (_, Enforcement::None) => (Enforced::None, String::new()),
-            (Mode::Btrfs { qgroups: true }, _) => (Enforced::BtrfsQgroup, String::new()),
-            (Mode::Btrfs { qgroups: false }, _) => {
-                (Enforced::None, "btrfs quotas (qgroups) could not be enabled".to_string())
-            }
-            (Mode::Project { .. }, _) => (Enforced::ProjectQuota, String::new()),
-            (Mode::Plain { reason }, _) => (Enforced::None, reason.clone()),
-        };
-        if enforced == Enforced::None && self.policy == Enforcement::Required {
-            return Err(Error::Unenforceable { pool: self.info.name.clone(), reason });
-        }
-        Ok(enforced)
+        self.enforced()
     }
 
     fn capacity(&self) -> Result<Capacity> {
@@ -525,42 +349,33 @@ impl Node for HostPath {
     }
 
     fn static_path(&self, sub_path: &str) -> Result<PathBuf> {
-        let rel = safepath::relative("subPath", sub_path).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let rel = safepath::relative("subPath", sub_path)?;
         if let Some(first) = rel.components().next()
             && (first.as_os_str() == VOLUMES || first.as_os_str() == SNAPSHOTS)
         {
-            return Err(Error::InvalidArgument(format!(
-                "subPath {sub_path:?} points into berth's managed {VOLUMES}/ or {SNAPSHOTS}/ directories"
-            )));
+            return Err(Error::ManagedSubPath { sub_path: sub_path.to_string() });
         }
         Ok(rel)
     }
 
     fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()> {
-        let mut flags = ops::parse_flags(&capability.mount_flags).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let mut flags = ops::parse_flags(&capability.mount_flags)?;
         flags.readonly |= capability.mode.read_only();
         let rel = match source {
             StageSource::Managed(v) => Path::new(VOLUMES).join(&v.key),
             StageSource::Static(rel) => rel.to_path_buf(),
         };
         let fd = safepath::open_dir_beneath(&self.root, &rel).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOENT) => {
-                Error::NotFound(format!("volume directory {} does not exist", self.root.join(&rel).display()))
+            Some(libc::ENOENT) => Error::NoVolumeDirectory { path: self.root.join(&rel) },
+            Some(libc::ELOOP | libc::EXDEV | libc::ENOTDIR) => {
+                Error::NotPlainDirectory { pool: self.info.name.clone(), path: rel.clone() }
             }
-            Some(libc::ELOOP | libc::EXDEV | libc::ENOTDIR) => Error::InvalidArgument(format!(
-                "{} is not a plain directory inside pool {} (symlinks are not followed)",
-                rel.display(),
-                self.info.name
-            )),
             _ => Error::Io { op: "open volume directory", path: self.root.join(&rel), source: e },
         })?;
         let read_only_fs =
             nix::sys::statvfs::fstatvfs(&fd).is_ok_and(|st| st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
         if read_only_fs && !flags.readonly {
-            return Err(Error::FailedPrecondition(format!(
-                "pool {} is on a read-only filesystem: a read-write stage would fail every write of the pod",
-                self.info.name
-            )));
+            return Err(Error::ReadWriteStageOfReadOnlyPool { pool: self.info.name.clone() });
         }
         ops::bind(self.sys.as_ref(), &safepath::proc_fd_path(&fd), staging, flags)
             .map_err(Error::io("bind mount", staging))
@@ -636,5 +451,4 @@ impl Node for HostPath {
 }
 
 #[cfg(test)]
-#[path = "hostpath_tests.rs"]
 mod tests;
