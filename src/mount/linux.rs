@@ -42,6 +42,14 @@ fn open_exclusive(device: &Path) -> io::Result<File> {
     std::fs::OpenOptions::new().write(true).custom_flags(libc::O_CLOEXEC | libc::O_EXCL).open(device)
 }
 
+impl LinuxSyscall {
+    /// What quota commands for the filesystem at `mount_point` (open as `dir`) act on:
+    /// the directory, or on kernels before 5.14 the block device the mount table names.
+    fn quota_target<'a>(&self, dir: &'a File, mount_point: &Path) -> io::Result<quota::Target<'a>> {
+        quota::Target::new(dir.as_fd(), || quota::device_of(&self.mountinfo()?, mount_point))
+    }
+}
+
 impl Syscall for LinuxSyscall {
     fn mount(
         &self,
@@ -147,7 +155,8 @@ impl Syscall for LinuxSyscall {
     }
 
     fn project_quota_state(&self, mount_point: &Path) -> io::Result<ProjectQuotaState> {
-        quota::project_quota_state(open_dir(mount_point)?.as_fd())
+        let dir = open_dir(mount_point)?;
+        quota::project_quota_state(&self.quota_target(&dir, mount_point)?)
     }
 
     fn set_project_id(&self, dir: &Path, project: u32) -> io::Result<()> {
@@ -159,11 +168,13 @@ impl Syscall for LinuxSyscall {
     }
 
     fn set_project_limit(&self, mount_point: &Path, project: u32, bytes: u64) -> io::Result<()> {
-        quota::set_project_limit(open_dir(mount_point)?.as_fd(), project, bytes)
+        let dir = open_dir(mount_point)?;
+        quota::set_project_limit(&self.quota_target(&dir, mount_point)?, project, bytes)
     }
 
     fn project_usage(&self, mount_point: &Path, project: u32) -> io::Result<ProjectUsage> {
-        quota::project_usage(open_dir(mount_point)?.as_fd(), project)
+        let dir = open_dir(mount_point)?;
+        quota::project_usage(&self.quota_target(&dir, mount_point)?, project)
     }
 
     fn loop_attach(&self, image: &Path, tag: &str, readonly: bool) -> io::Result<LoopDevice> {

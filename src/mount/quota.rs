@@ -1,13 +1,18 @@
 //! XFS / ext4 project quotas: project ids via `FS_IOC_FS[GS]ETXATTR` and limits
-//! via `quotactl_fd(2)` with the XFS-style (`Q_X*`) commands, which the kernel's
-//! generic quota layer also serves for ext4.
+//! via the XFS-style (`Q_X*`) quota commands, which the kernel's generic quota layer
+//! also serves for ext4. The commands go through `quotactl_fd(2)` on the mount point
+//! (Linux 5.14 and later), or, on older kernels, through `quotactl(2)` on the
+//! filesystem's block device ([`Target`]).
 //!
 //! Structures and constants mirror `linux/fs.h`, `linux/quota.h` and
 //! `linux/dqblk_xfs.h`. All descriptors are caller-opened directories.
 
+use std::ffi::CString;
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use super::ioctl::{Req, ioctl};
 
@@ -143,6 +148,119 @@ unsafe fn quotactl_fd<T>(fd: libc::c_int, cmd: u32, id: u32, addr: *mut T) -> io
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Calls `quotactl(cmd, special, id, addr)`, `special` the filesystem's block device.
+///
+/// # Safety
+/// As [`quotactl_fd`]: `addr` must be null or point to a live, writable value of the
+/// exact type the command reads or writes.
+unsafe fn quotactl_path<T>(special: &CString, cmd: u32, id: u32, addr: *mut T) -> io::Result<()> {
+    // SAFETY: `special` is a NUL-terminated string live for the call; the syscall reads
+    // or writes `*addr` only as the type the command implies, which the caller guarantees.
+    let ret = unsafe { libc::syscall(libc::SYS_quotactl, cmd, special.as_ptr(), id, addr) };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// How the kernel is asked about one filesystem's quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interface {
+    /// `quotactl_fd(2)` on a directory of the filesystem (Linux 5.14 and later).
+    Fd,
+    /// `quotactl(2)` on the filesystem's block device, for older kernels.
+    Device,
+}
+
+/// Which interface a kernel offers, from what `quotactl_fd(-1, ..)` and
+/// `quotactl(.., NULL, ..)` answered: a syscall that is there checks its arguments
+/// (EBADF, EFAULT, ...), one that is not answers ENOSYS. `None`: no quota syscalls.
+#[must_use]
+pub fn interface_from(fd_probe: &io::Result<()>, path_probe: &io::Result<()>) -> Option<Interface> {
+    let missing = |r: &io::Result<()>| matches!(r, Err(e) if e.raw_os_error() == Some(libc::ENOSYS));
+    if !missing(fd_probe) {
+        Some(Interface::Fd)
+    } else if !missing(path_probe) {
+        Some(Interface::Device)
+    } else {
+        None
+    }
+}
+
+/// The interface this kernel offers, probed once.
+#[must_use]
+pub fn interface() -> Option<Interface> {
+    static PROBED: std::sync::OnceLock<Option<Interface>> = std::sync::OnceLock::new();
+    *PROBED.get_or_init(|| {
+        let cmd = qcmd(Q_XGETQSTATV, PRJQUOTA);
+        // SAFETY: fd -1 is never open, so the kernel fails with EBADF (or ENOSYS)
+        // without dereferencing the null `addr`.
+        let fd_probe = unsafe { quotactl_fd::<libc::c_void>(-1, cmd, 0, std::ptr::null_mut()) };
+        // SAFETY: a null `special` makes the kernel fail (EFAULT, or ENOSYS without the
+        // syscall) before it looks at the null `addr`.
+        let path_probe = unsafe {
+            let ret = libc::syscall(
+                libc::SYS_quotactl,
+                cmd,
+                std::ptr::null::<libc::c_char>(),
+                0,
+                std::ptr::null_mut::<libc::c_void>(),
+            );
+            if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        };
+        interface_from(&fd_probe, &path_probe)
+    })
+}
+
+/// What quota commands act on: a directory of the filesystem, or its block device.
+pub enum Target<'a> {
+    Fd(BorrowedFd<'a>),
+    Device(CString),
+}
+
+impl<'a> Target<'a> {
+    /// The target for the filesystem at `mount_point`, whose directory `dir` is open and
+    /// whose block device is `device`, by the interface the kernel offers.
+    pub fn new(dir: BorrowedFd<'a>, device: impl FnOnce() -> io::Result<std::path::PathBuf>) -> io::Result<Target<'a>> {
+        match interface() {
+            Some(Interface::Device) => {
+                let device = device()?;
+                CString::new(device.as_os_str().as_bytes())
+                    .map(Target::Device)
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+            }
+            _ => Ok(Target::Fd(dir)),
+        }
+    }
+
+    /// Runs quota command `cmd` for `id` on this target.
+    ///
+    /// # Safety
+    /// As [`quotactl_fd`]: `addr` must be null or point to a live, writable value of the
+    /// exact type the command reads or writes.
+    unsafe fn call<T>(&self, cmd: u32, id: u32, addr: *mut T) -> io::Result<()> {
+        match self {
+            // SAFETY: passed on from the caller.
+            Target::Fd(fd) => unsafe { quotactl_fd(fd.as_raw_fd(), cmd, id, addr) },
+            // SAFETY: passed on from the caller.
+            Target::Device(special) => unsafe { quotactl_path(special, cmd, id, addr) },
+        }
+    }
+}
+
+/// The block device a mount table names for the filesystem mounted at `mount_point`.
+pub fn device_of(mountinfo: &str, mount_point: &Path) -> io::Result<std::path::PathBuf> {
+    let table =
+        super::mountinfo::parse(mountinfo).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    super::mountinfo::at(&table, mount_point)
+        .last()
+        .map(|e| std::path::PathBuf::from(&e.source))
+        .filter(|source| source.starts_with("/dev/"))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no block device is mounted at {} for quotactl(2)", mount_point.display()),
+            )
+        })
+}
+
 fn get_fsxattr(fd: BorrowedFd<'_>) -> io::Result<FsXattr> {
     let mut attr = FsXattr::default();
     // SAFETY: FS_IOC_FSGETXATTR writes one `struct fsxattr` (size asserted) to
@@ -186,12 +304,12 @@ pub enum ProjectQuotaState {
 
 /// Reports whether project quotas are unsupported, off, only accounted or
 /// enforced on the filesystem that `mount_point` belongs to.
-pub fn project_quota_state(mount_point: BorrowedFd<'_>) -> io::Result<ProjectQuotaState> {
+pub fn project_quota_state(mount_point: &Target<'_>) -> io::Result<ProjectQuotaState> {
     let mut st = FsQuotaStatv { qs_version: FS_QSTATV_VERSION1, ..FsQuotaStatv::default() };
     let cmd = qcmd(Q_XGETQSTATV, PRJQUOTA);
     // SAFETY: Q_XGETQSTATV reads the version from and writes one
     // `struct fs_quota_statv` (size asserted) into `st`, live for the call.
-    match unsafe { quotactl_fd(mount_point.as_raw_fd(), cmd, 0, &raw mut st) } {
+    match unsafe { mount_point.call(cmd, 0, &raw mut st) } {
         Ok(()) => Ok(if st.qs_flags & FS_QUOTA_PDQ_ENFD != 0 {
             ProjectQuotaState::Enforced
         } else if st.qs_flags & FS_QUOTA_PDQ_ACCT != 0 {
@@ -214,10 +332,10 @@ pub fn project_quota_state(mount_point: BorrowedFd<'_>) -> io::Result<ProjectQuo
 /// Tells "quota-capable but off" from "no quota support" after an ENOSYS:
 /// Q_GETFMT fails with ESRCH on a quota-capable filesystem whose project
 /// quota is not active, and with ENOSYS/EINVAL where there is no support.
-fn probe_getfmt(mount_point: BorrowedFd<'_>) -> ProjectQuotaState {
+fn probe_getfmt(mount_point: &Target<'_>) -> ProjectQuotaState {
     let mut fmt: u32 = 0;
     // SAFETY: Q_GETFMT writes one u32 (the format id) into `fmt`, live for the call.
-    match unsafe { quotactl_fd(mount_point.as_raw_fd(), qcmd(Q_GETFMT, PRJQUOTA), 0, &raw mut fmt) } {
+    match unsafe { mount_point.call(qcmd(Q_GETFMT, PRJQUOTA), 0, &raw mut fmt) } {
         Err(e) if e.raw_os_error() != Some(libc::ESRCH) => ProjectQuotaState::Unsupported,
         _ => ProjectQuotaState::Off,
     }
@@ -225,7 +343,7 @@ fn probe_getfmt(mount_point: BorrowedFd<'_>) -> ProjectQuotaState {
 
 /// Sets project `project`'s block hard and soft limits to `hard_bytes` (rounded
 /// up to 512 bytes; 0 means no limit) on the filesystem of `mount_point`.
-pub fn set_project_limit(mount_point: BorrowedFd<'_>, project: u32, hard_bytes: u64) -> io::Result<()> {
+pub fn set_project_limit(mount_point: &Target<'_>, project: u32, hard_bytes: u64) -> io::Result<()> {
     let blocks = hard_bytes.div_ceil(BBSIZE);
     let mut dq = FsDiskQuota {
         d_version: FS_DQUOT_VERSION,
@@ -239,7 +357,7 @@ pub fn set_project_limit(mount_point: BorrowedFd<'_>, project: u32, hard_bytes: 
     let cmd = qcmd(Q_XSETQLIM, PRJQUOTA);
     // SAFETY: Q_XSETQLIM reads one `struct fs_disk_quota` (size asserted) from
     // `dq`, which is live for the call.
-    unsafe { quotactl_fd(mount_point.as_raw_fd(), cmd, project, &raw mut dq) }
+    unsafe { mount_point.call(cmd, project, &raw mut dq) }
 }
 
 /// Usage and limit of one project, in bytes and inodes.
@@ -255,12 +373,12 @@ pub struct ProjectUsage {
 
 /// Reads project `project`'s usage and hard limit on the filesystem of
 /// `mount_point`; a project the filesystem has never seen reports all zeros.
-pub fn project_usage(mount_point: BorrowedFd<'_>, project: u32) -> io::Result<ProjectUsage> {
+pub fn project_usage(mount_point: &Target<'_>, project: u32) -> io::Result<ProjectUsage> {
     let mut dq = FsDiskQuota::default();
     let cmd = qcmd(Q_XGETQUOTA, PRJQUOTA);
     // SAFETY: Q_XGETQUOTA writes one `struct fs_disk_quota` (size asserted)
     // into `dq`, which is live for the call.
-    match unsafe { quotactl_fd(mount_point.as_raw_fd(), cmd, project, &raw mut dq) } {
+    match unsafe { mount_point.call(cmd, project, &raw mut dq) } {
         Ok(()) => Ok(ProjectUsage {
             used_bytes: dq.d_bcount.saturating_mul(BBSIZE),
             used_inodes: dq.d_icount,
@@ -273,26 +391,37 @@ pub fn project_usage(mount_point: BorrowedFd<'_>, project: u32) -> io::Result<Pr
 }
 
 /// Reports whether the kernel has the quota subsystem (CONFIG_QUOTA, seen as
-/// `/proc/sys/fs/quota`) and the `quotactl_fd` syscall. Whether a given
+/// `/proc/sys/fs/quota`) and a quota syscall ([`interface`]). Whether a given
 /// filesystem can use it is for [`project_quota_state`] to say.
 #[must_use]
 pub fn kernel_has_quota() -> bool {
-    if !std::path::Path::new("/proc/sys/fs/quota").exists() {
-        return false;
-    }
-    // Probe with an invalid descriptor: a kernel with the syscall answers EBADF
-    // before anything else, one without it ENOSYS. Probing a real mount instead
-    // would conflate "no syscall" with "this filesystem has no quota ops".
-    let cmd = qcmd(Q_XGETQSTATV, PRJQUOTA);
-    // SAFETY: fd -1 is never open, so the kernel fails with EBADF (or ENOSYS)
-    // without dereferencing the null `addr`.
-    let res = unsafe { quotactl_fd::<libc::c_void>(-1, cmd, 0, std::ptr::null_mut()) };
-    !matches!(res, Err(e) if e.raw_os_error() == Some(libc::ENOSYS))
+    std::path::Path::new("/proc/sys/fs/quota").exists() && interface().is_some()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn old_kernels_get_quotactl_on_the_device() {
+        let errno = |n| Err(io::Error::from_raw_os_error(n));
+        assert_eq!(interface_from(&errno(libc::EBADF), &errno(libc::EFAULT)), Some(Interface::Fd));
+        // Before 5.14: no quotactl_fd, but quotactl checks its arguments.
+        assert_eq!(interface_from(&errno(libc::ENOSYS), &errno(libc::EFAULT)), Some(Interface::Device));
+        assert_eq!(interface_from(&errno(libc::ENOSYS), &errno(libc::ENOSYS)), None);
+        // This kernel is 5.14 or later.
+        assert_eq!(interface(), Some(Interface::Fd));
+    }
+
+    #[test]
+    fn the_device_for_quotactl_comes_from_the_mount_table() {
+        let table = "30 1 8:1 / /srv/pool rw,relatime - xfs /dev/sdb1 rw,prjquota\n\
+                     31 30 0:5 / /srv/pool/sub rw - tmpfs tmpfs rw\n";
+        assert_eq!(device_of(table, Path::new("/srv/pool")).unwrap(), Path::new("/dev/sdb1"));
+        let err = device_of(table, Path::new("/srv/pool/sub")).unwrap_err();
+        assert!(err.to_string().contains("no block device"), "{err}");
+        assert!(device_of(table, Path::new("/elsewhere")).is_err());
+    }
     use std::mem::offset_of;
 
     #[test]
