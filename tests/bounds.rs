@@ -7,12 +7,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::time::Instant;
 
 use berth::csi::pb;
-use berth::state::{AccessKind, Enforced, Phase, SnapshotRecord, VolumeRecord};
+use berth::state::{Phase, SnapshotRecord, VolumeRecord};
 use common::*;
 use prost::Message;
 
@@ -44,32 +44,17 @@ async fn ten_thousand_volumes_keep_pages_small_memory_bounded_and_startup_fast()
     for i in 0..COUNT {
         let key = format!("{i:032x}");
         let id = format!("vol:default:{key}");
+        let name = format!("pvc-{i:08}-0a1b2c3d-4e5f-6789-abcd-ef0123456789");
         let volume = VolumeRecord {
-            id: id.clone(),
-            name: format!("pvc-{i:08}-0a1b2c3d-4e5f-6789-abcd-ef0123456789"),
-            pool: "default".into(),
-            key: key.clone(),
-            node: "node-a".into(),
-            capacity: 1 << 30,
             phase: Phase::Ready,
-            access: AccessKind::Mount,
-            enforced: Enforced::None,
-            project_id: None,
-            source: None,
-            published: BTreeMap::new(),
-            ephemeral: false,
-            fs_type: None,
-            device: None,
-            device_identity: None,
-            layers: Vec::new(),
             parameters: [
                 ("csi.storage.k8s.io/pvc/name".to_string(), format!("data-postgres-{i}")),
                 ("csi.storage.k8s.io/pvc/namespace".to_string(), "databases".to_string()),
-                ("csi.storage.k8s.io/pv/name".to_string(), format!("pvc-{i:08}-0a1b2c3d-4e5f-6789-abcd-ef0123456789")),
+                ("csi.storage.k8s.io/pv/name".to_string(), name.clone()),
             ]
             .into(),
-            single_writer: None,
             created_unix_ms: 1,
+            ..VolumeRecord::intent(id.clone(), key.clone(), name, "default", "node-a".into(), 1 << 30)
         };
         fs::write(vdir.join(format!("{i}.json")), serde_json::to_vec(&volume).expect("json")).expect("write");
         fs::create_dir(pool.join("volumes").join(&key)).expect("mkdir");

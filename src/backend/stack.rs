@@ -68,10 +68,14 @@ impl<'a> Stack<'a> {
         Ok(devices)
     }
 
+    /// The top device of `devices` (from [`Stack::open_devices`]) when every layer is open.
+    fn top_of<'d>(&self, devices: &'d [PathBuf]) -> Option<&'d PathBuf> {
+        if devices.len() == self.layers.len() { devices.last() } else { None }
+    }
+
     /// The top device when every layer is open; `None` when the volume is not staged here.
     pub fn top(&self) -> Result<Option<PathBuf>> {
-        let devices = self.open_devices()?;
-        Ok(if devices.len() == self.layers.len() { devices.last().cloned() } else { None })
+        Ok(self.top_of(&self.open_devices()?).cloned())
     }
 
     /// Opens every layer not open yet, bottom-up, and returns the top device with whether
@@ -104,8 +108,11 @@ impl<'a> Stack<'a> {
 
     /// Closes every open layer, top first.
     pub fn close(&self) -> Result<()> {
-        let devices = self.open_devices()?;
-        for (layer, device) in self.layers.iter().zip(&devices).rev() {
+        self.close_devices(&self.open_devices()?)
+    }
+
+    fn close_devices(&self, devices: &[PathBuf]) -> Result<()> {
+        for (layer, device) in self.layers.iter().zip(devices).rev() {
             layer.close(device)?;
         }
         Ok(())
@@ -113,8 +120,11 @@ impl<'a> Stack<'a> {
 
     /// Passes growth of the storage up through every open layer, bottom first.
     pub fn grow(&self) -> Result<()> {
-        let devices = self.open_devices()?;
-        for (layer, device) in self.layers.iter().zip(&devices) {
+        self.grow_devices(&self.open_devices()?)
+    }
+
+    fn grow_devices(&self, devices: &[PathBuf]) -> Result<()> {
+        for (layer, device) in self.layers.iter().zip(devices) {
             layer.grow(device)?;
         }
         Ok(())
@@ -135,13 +145,14 @@ impl<'a> Stack<'a> {
 
     /// Closes the stack once nothing mounts or binds its top device any more.
     pub fn unstage(&self, sys: &dyn Syscall) -> Result<()> {
-        if let Some(top) = self.top()? {
-            let mounts = blockvol::mounts(sys, &top)?;
+        let devices = self.open_devices()?;
+        if let Some(top) = self.top_of(&devices) {
+            let mounts = blockvol::mounts(sys, top)?;
             if !mounts.is_empty() {
-                return Err(Error::StillMounted { device: top, mounts });
+                return Err(Error::StillMounted { device: top.clone(), mounts });
             }
         }
-        self.close()
+        self.close_devices(&devices)
     }
 
     /// True when `path` mounts or binds the top device.
@@ -171,11 +182,12 @@ impl<'a> Stack<'a> {
     /// Node side of expansion: growth passed up the layers, then the filesystem mounted
     /// at `volume_path` grown. A stack not open here grows at its next stage.
     pub fn expand(&self, sys: &dyn Syscall, volume_path: &Path) -> Result<()> {
-        self.grow()?;
+        let devices = self.open_devices()?;
+        self.grow_devices(&devices)?;
         if self.volume.access == AccessKind::Mount
-            && let Some(top) = self.top()?
+            && let Some(top) = self.top_of(&devices)
         {
-            sys.grow_fs(fs_type(self.volume), &top, volume_path)
+            sys.grow_fs(fs_type(self.volume), top, volume_path)
                 .inspect_err(|_| crate::metrics::record_error("resize"))
                 .map_err(Error::io("grow filesystem", volume_path))?;
         }

@@ -1,32 +1,13 @@
 //! Records and stores the state module's tests build on.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{AccessKind, Enforced, JOURNAL, Phase, SnapshotRecord, Store, VolumeRecord, checkpoint};
+use super::{JOURNAL, Phase, SnapshotRecord, Store, VolumeRecord, checkpoint};
 
 pub(super) fn volume(id: &str, name: &str) -> VolumeRecord {
     VolumeRecord {
-        id: id.into(),
-        name: name.into(),
-        pool: "p".into(),
-        key: "0".repeat(32),
-        node: "n".into(),
-        capacity: 1 << 20,
-        phase: Phase::Creating,
-        access: AccessKind::Mount,
-        enforced: Enforced::None,
-        project_id: None,
-        source: None,
-        published: BTreeMap::new(),
-        ephemeral: false,
-        fs_type: None,
-        device: None,
-        device_identity: None,
-        layers: Vec::new(),
-        parameters: BTreeMap::new(),
-        single_writer: None,
         created_unix_ms: 1,
+        ..VolumeRecord::intent(id.into(), "0".repeat(32), name.into(), "p", "n".into(), 1 << 20)
     }
 }
 

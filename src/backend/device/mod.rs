@@ -259,9 +259,8 @@ impl Node for DevicePool {
     }
 
     fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()> {
-        let volume = self.managed(source)?;
-        self.present(volume)?;
-        self.stack(volume)?.stage(self.sys.as_ref(), staging, capability)
+        // Opening the disk layer checks the disk is present and is the recorded one.
+        self.stack(self.managed(source)?)?.stage(self.sys.as_ref(), staging, capability)
     }
 
     /// Records the UUID of the filesystem on a filesystem volume's disk, once there is one.
