@@ -22,7 +22,11 @@ use tonic::Code;
 const MIB: i64 = 1 << 20;
 
 fn block_config(state: &Path, pool: &Path) -> String {
-    format!("stateDir: {}\npools:\n  - name: img\n    type: block\n    path: {}\n", state.display(), pool.display())
+    format!(
+        "stateDir: {}\npools:\n  - name: img\n    type: block\n    path: {}\n    createPath: true\n",
+        state.display(),
+        pool.display()
+    )
 }
 
 fn fs_cap(fs_type: &str) -> pb::VolumeCapability {
@@ -546,7 +550,7 @@ async fn device_pool_picks_the_smallest_fit_and_wipes_on_delete() {
     sh("mkfs.ext4", &["-q", "-F", &disks.devices[3]]);
     let pool = scratch.path().join("snap-pool");
     let config = format!(
-        "stateDir: {}\npools:\n  - name: disks\n    type: device\n    devices: [{}]\n    wipe: zero\n    snapshotPool: img\n  - name: img\n    type: block\n    path: {}\n",
+        "stateDir: {}\npools:\n  - name: disks\n    type: device\n    devices: [{}]\n    wipe: zero\n    snapshotPool: img\n  - name: img\n    type: block\n    path: {}\n    createPath: true\n",
         scratch.path().join("state").display(),
         disks.devices.join(", "),
         pool.display()
@@ -660,7 +664,7 @@ async fn preallocated_images_and_device_pools_without_a_snapshot_pool() {
     let Some(pool_fs) = FsImage::new(&scratch, test, "xfs", "1G") else { return };
     let disks = Disks::new(scratch.path(), &[32]);
     let config = format!(
-        "stateDir: {}\npools:\n  - {{name: thick, type: block, path: {}, preallocate: true}}\n  - {{name: disks, type: device, devices: ['{}'], wipe: signatures}}\n",
+        "stateDir: {}\npools:\n  - {{name: thick, type: block, path: {}, createPath: true, preallocate: true}}\n  - {{name: disks, type: device, devices: ['{}'], wipe: signatures}}\n",
         scratch.path().join("state").display(),
         pool_fs.mount.join("thick").display(),
         disks.devices[0]

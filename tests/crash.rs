@@ -141,7 +141,7 @@ async fn lifecycle(
     let hp = pool_fs.join(format!("hp-{tag}"));
     let blk = pool_fs.join(format!("blk-{tag}"));
     let config = format!(
-        "stateDir: {}\npools:\n  - {{name: hp, type: hostpath, path: {}, capacityEnforcement: required}}\n  - {{name: blk, type: block, path: {}}}\n  - {{name: dev, type: device, devices: ['{}', '{}'], snapshotPool: blk}}\n",
+        "stateDir: {}\npools:\n  - {{name: hp, type: hostpath, path: {}, createPath: true, capacityEnforcement: required}}\n  - {{name: blk, type: block, path: {}, createPath: true}}\n  - {{name: dev, type: device, devices: ['{}', '{}'], snapshotPool: blk}}\n",
         dir.join("state").display(),
         hp.display(),
         blk.display(),

@@ -825,6 +825,37 @@ async fn a_clone_or_restore_holds_its_source_until_the_copy_is_whole() {
 }
 
 #[tokio::test]
+async fn a_new_pool_whose_directory_is_missing_is_not_made_unless_its_configuration_says_so() {
+    let scratch = Scratch::new();
+    // A data disk's mount point that does not exist yet: the disk is not mounted.
+    let pool = scratch.path().join("mnt/disk1/berth");
+    let config = format!(
+        "stateDir: {}\npools:\n  - {{name: disk1, type: hostpath, path: {}}}\n",
+        scratch.path().join("state").display(),
+        pool.display()
+    );
+    let mut b = Berth::start(scratch.path(), &config, "node-a", &[]).await;
+    let mut req = create_req("pvc-early", MIB);
+    req.parameters.insert("pool".into(), "disk1".into());
+    let status = b.controller.create_volume(req.clone()).await.expect_err("no pool on the root disk");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("does not exist") && status.message().contains("createPath"),
+        "{}",
+        status.message()
+    );
+    assert!(!scratch.path().join("mnt").exists(), "nothing was created, not even a parent");
+    b.stop();
+
+    // The disk arrives (here: the directory is made); the next start makes it the pool.
+    fs::create_dir_all(&pool).expect("mkdir");
+    b.restart().await;
+    b.controller.create_volume(req).await.expect("created once the directory is there");
+    assert!(pool.join(".berth-pool").exists(), "the pool is marked");
+    b.stop();
+}
+
+#[tokio::test]
 async fn a_pool_whose_disk_is_not_mounted_or_is_read_only_answers_precisely_and_is_never_recreated() {
     let test = "a_pool_whose_disk_is_not_mounted_or_is_read_only_answers_precisely_and_is_never_recreated";
     if !require_root(test) {

@@ -130,7 +130,7 @@ async fn metrics_measure_block_volumes_where_they_are_mounted() {
     }
     let scratch = Scratch::new();
     let config = format!(
-        "stateDir: {}\npools:\n  - name: img\n    type: block\n    path: {}\n",
+        "stateDir: {}\npools:\n  - name: img\n    type: block\n    path: {}\n    createPath: true\n",
         scratch.path().join("state").display(),
         scratch.path().join("img").display()
     );
@@ -372,7 +372,7 @@ fn doctor_passes_a_good_machine_and_fails_a_broken_one() {
     fs::create_dir_all(&volumes).expect("mkdir");
     fs::create_dir_all(&images).expect("mkdir");
     let with_block = format!(
-        "{}  - name: img\n    type: block\n    path: {}\n",
+        "{}  - name: img\n    type: block\n    path: {}\n    createPath: true\n",
         hostpath_config(&state, &volumes, "required"),
         images.display()
     );
@@ -635,7 +635,7 @@ fn overlapping_roots_are_refused_at_start_and_by_doctor() {
         // a second pool inside the first, reached through a symbolic link
         (
             format!(
-                "{}  - {{name: inner, type: block, path: {}}}\n",
+                "{}  - {{name: inner, type: block, path: {}, createPath: true}}\n",
                 hostpath_config(&scratch.path().join("state"), &pool, "none"),
                 scratch.path().join("link/inner").display()
             ),

@@ -71,12 +71,19 @@ fn holds_volumes(root: &Path) -> bool {
     ["volumes", "snapshots"].iter().any(|d| fs::read_dir(root.join(d)).is_ok_and(|mut e| e.next().is_some()))
 }
 
-/// Checks `root` for pool `name` and marks it when it is unmarked (creating the
-/// directory of a new pool); `Err` says why the pool cannot be used.
-pub fn claim(name: &str, root: &Path, recorded: usize) -> Result<(), String> {
+/// Checks `root` for pool `name` and marks it when it is unmarked; `Err` says why the
+/// pool cannot be used. A missing directory is made only when `create` is set (the pool's
+/// `createPath`): otherwise it is most likely the mount point of a disk not there yet.
+pub fn claim(name: &str, root: &Path, recorded: usize, create: bool) -> Result<(), String> {
     match inspect(name, root, recorded) {
         Found::Marked => Ok(()),
         Found::Wrong(reason) => Err(reason),
+        Found::Unmarked if !create && !root.exists() => Err(format!(
+            "{} does not exist, and pool {name:?} does not set createPath: true. If it is the mount point of \
+             the pool's disk, mount the disk there; otherwise make the directory (or set createPath), then \
+             restart berth",
+            root.display()
+        )),
         Found::Unmarked => write(name, root).map_err(|e| match e.raw_os_error() {
             Some(libc::EROFS) => {
                 format!("{} is on a read-only filesystem: a new pool cannot be made there", root.display())
@@ -102,22 +109,40 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("pool");
         assert_eq!(inspect("p", &root, 0), Found::Unmarked, "a new pool");
-        claim("p", &root, 0).expect("made");
+        claim("p", &root, 0, true).expect("made");
         assert_eq!(inspect("p", &root, 5), Found::Marked);
         assert!(matches!(inspect("q", &root, 0), Found::Wrong(r) if r.contains("names pool \"p\"")));
 
         // The disk is not mounted: an empty directory, or none, with records of the pool.
         let unmounted = dir.path().join("unmounted");
-        let err = claim("p", &unmounted, 3).expect_err("records but no pool");
+        let err = claim("p", &unmounted, 3, true).expect_err("records but no pool");
         assert!(err.contains("probably not mounted"), "{err}");
         assert!(!unmounted.exists(), "nothing is created");
         fs::create_dir(&unmounted).expect("mkdir");
-        assert!(claim("p", &unmounted, 3).is_err(), "an empty mount point either");
+        assert!(claim("p", &unmounted, 3, true).is_err(), "an empty mount point either");
         assert!(!unmounted.join(MARKER).exists());
 
         // A pool from before markers, holding its volumes, is marked.
         fs::create_dir_all(unmounted.join("volumes/abc")).expect("mkdir");
-        claim("p", &unmounted, 3).expect("adopted");
+        claim("p", &unmounted, 3, true).expect("adopted");
         assert_eq!(inspect("p", &unmounted, 3), Found::Marked);
+    }
+
+    #[test]
+    fn a_missing_pool_directory_is_made_only_when_the_pool_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("mnt/disk1");
+        let err = claim("disk1", &root, 0, false).expect_err("a new pool whose directory is missing");
+        assert!(err.contains("does not exist") && err.contains("createPath"), "{err}");
+        assert!(!dir.path().join("mnt").exists(), "nothing is created, not even the parent");
+
+        // An existing empty directory is a new pool whatever the setting.
+        fs::create_dir_all(&root).expect("mkdir");
+        claim("disk1", &root, 0, false).expect("an existing directory is marked");
+        assert_eq!(inspect("disk1", &root, 0), Found::Marked);
+
+        let made = dir.path().join("made/here");
+        claim("p", &made, 0, true).expect("createPath makes it");
+        assert_eq!(inspect("p", &made, 0), Found::Marked);
     }
 }

@@ -31,6 +31,7 @@ pools:
     type: hostpath
     path: /var/lib/berth/pools/default
     capacityEnforcement: auto
+    createPath: true
 ";
 
 /// The whole configuration file.
@@ -114,6 +115,19 @@ impl PoolConfig {
             PoolConfig::Device(_) | PoolConfig::Nfs(_) => None,
         }
     }
+
+    /// Whether berth may make the pool's directory when it is missing. Off unless the
+    /// pool says `createPath: true`: a pool's directory is usually the mount point of a
+    /// data disk, and a disk that is not mounted yet must not become a pool on the root
+    /// disk. The embedded default configuration sets it, so a plain machine needs no setup.
+    #[must_use]
+    pub fn creates_path(&self) -> bool {
+        match self {
+            PoolConfig::Hostpath(p) => p.create_path,
+            PoolConfig::Block(p) => p.create_path,
+            PoolConfig::Device(_) | PoolConfig::Nfs(_) => false,
+        }
+    }
 }
 
 /// A hostPath pool.
@@ -129,6 +143,9 @@ pub struct HostPathPool {
     /// Whether pods may ask for inline ephemeral volumes in this pool (off unless set).
     #[serde(default)]
     pub ephemeral: bool,
+    /// Whether berth makes `path` when it is missing (see [`PoolConfig::creates_path`]).
+    #[serde(default)]
+    pub create_path: bool,
 }
 
 /// A block pool: each volume a sparse image file attached through a loop device.
@@ -144,6 +161,9 @@ pub struct BlockPool {
     /// Whether pods may ask for inline ephemeral volumes in this pool (off unless set).
     #[serde(default)]
     pub ephemeral: bool,
+    /// Whether berth makes `path` when it is missing (see [`PoolConfig::creates_path`]).
+    #[serde(default)]
+    pub create_path: bool,
 }
 
 /// A device pool: each volume one whole disk or partition from `devices`.

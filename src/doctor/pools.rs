@@ -32,8 +32,13 @@ fn fs_name(kind: FsKind) -> String {
 
 /// The pool's directory exists: the first check of a pool with a path, which the others
 /// need (`Err` ends the pool's checks).
-fn pool_path(s: &str, root: &Path) -> Result<Check, Check> {
+fn pool_path(s: &str, root: &Path, create: bool) -> Result<Check, Check> {
     match fs::metadata(root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => Err(Check::ok(
+            s,
+            "path",
+            format!("{} is missing; berth's next start makes it (createPath: true)", root.display()),
+        )),
         Ok(m) if m.is_dir() => Ok(Check::ok(s, "path", format!("{} is a directory", root.display()))),
         Ok(_) => Err(Check::fail(
             s,
@@ -46,7 +51,8 @@ fn pool_path(s: &str, root: &Path) -> Result<Check, Check> {
             "path",
             format!("{}: {e} (other checks of this pool skipped)", root.display()),
             format!(
-                "mount the pool's disk at {0}, or create it (mkdir -p {0}) if it belongs on the filesystem above it",
+                "mount the pool's disk at {0}, or create it (mkdir -p {0}) if it belongs on the filesystem above it; \
+                 berth does not make it unless the pool sets createPath: true",
                 root.display()
             ),
         )),
@@ -90,7 +96,7 @@ pub fn hostpath(host: &Host, pool: &HostPathPool, recorded: usize) -> Vec<Check>
     let subject = format!("pool {}", pool.name);
     let s = subject.as_str();
     let mut out = Vec::new();
-    match pool_path(s, &pool.path) {
+    match pool_path(s, &pool.path, pool.create_path) {
         Ok(c) => out.push(c),
         Err(c) => return vec![c],
     }
@@ -112,7 +118,7 @@ pub fn block(host: &Host, pool: &BlockPool, recorded: usize) -> Vec<Check> {
     let subject = format!("pool {}", pool.name);
     let s = subject.as_str();
     let mut out = Vec::new();
-    match pool_path(s, &pool.path) {
+    match pool_path(s, &pool.path, pool.create_path) {
         Ok(c) => out.push(c),
         Err(c) => return vec![c],
     }

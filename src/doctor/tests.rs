@@ -32,7 +32,13 @@ fn fake(magic: i64, mountinfo: &str) -> RecordingSyscall {
 }
 
 fn pool(path: &Path, enforcement: Enforcement) -> HostPathPool {
-    HostPathPool { name: "fast".into(), path: path.to_path_buf(), capacity_enforcement: enforcement, ephemeral: false }
+    HostPathPool {
+        name: "fast".into(),
+        path: path.to_path_buf(),
+        capacity_enforcement: enforcement,
+        ephemeral: false,
+        create_path: false,
+    }
 }
 
 use crate::config::Enforcement;
@@ -48,6 +54,12 @@ fn a_missing_pool_path_fails_and_skips_the_rest() {
     let checks = pools::hostpath(&host(&sys, dir.path()), &pool(&dir.path().join("absent"), Enforcement::Auto), 0);
     assert_eq!(verdicts(&checks), vec![("path", Verdict::Fail)]);
     assert!(checks[0].fix.as_deref().is_some_and(|f| f.contains("mkdir -p")), "{checks:?}");
+
+    // With createPath, berth makes it at start: that is not a failure.
+    let created = HostPathPool { create_path: true, ..pool(&dir.path().join("absent"), Enforcement::Auto) };
+    let checks = pools::hostpath(&host(&sys, dir.path()), &created, 0);
+    assert_eq!(verdicts(&checks), vec![("path", Verdict::Ok)]);
+    assert!(checks[0].detail.contains("next start makes it"), "{checks:?}");
 }
 
 #[test]
@@ -107,7 +119,7 @@ fn a_pool_directory_that_is_not_the_pool_fails_the_identity_check() {
     let wrong = identity(2);
     assert_eq!(wrong.verdict, Verdict::Fail, "records of the pool, but not its disk");
     assert!(wrong.detail.contains("probably not mounted"), "{}", wrong.detail);
-    crate::backend::identity::claim("fast", dir.path(), 0).expect("mark");
+    crate::backend::identity::claim("fast", dir.path(), 0, false).expect("mark");
     assert_eq!(identity(2).verdict, Verdict::Ok);
 }
 

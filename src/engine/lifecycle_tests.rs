@@ -16,7 +16,7 @@ const EXT4_MAGIC: i64 = 0xEF53;
 
 fn config(dir: &Path) -> Config {
     let text = format!(
-        "stateDir: {}\npools:\n  - name: fast\n    type: hostpath\n    path: {}\n",
+        "stateDir: {}\npools:\n  - name: fast\n    type: hostpath\n    path: {}\n    createPath: true\n",
         dir.join("state").display(),
         dir.join("pool").display()
     );

@@ -140,7 +140,8 @@ impl Engine {
                 continue;
             }
             if let Some(root) = pool.path()
-                && let Err(reason) = backend::identity::claim(pool.name(), root, store.count_in_pool(pool.name()))
+                && let Err(reason) =
+                    backend::identity::claim(pool.name(), root, store.count_in_pool(pool.name()), pool.creates_path())
             {
                 tracing::error!(pool = pool.name(), path = %root.display(), reason, "pool unavailable");
                 unavailable.insert(pool.name().to_string(), reason);

@@ -14,7 +14,7 @@ const XFS_MAGIC: i64 = 0x5846_5342;
 
 fn engine_on(fake: Arc<RecordingSyscall>, dir: &Path, enforcement: &str) -> Engine {
     let text = format!(
-        "stateDir: {}\npools:\n  - name: fast\n    type: hostpath\n    path: {}\n    capacityEnforcement: {enforcement}\n",
+        "stateDir: {}\npools:\n  - name: fast\n    type: hostpath\n    path: {}\n    createPath: true\n    capacityEnforcement: {enforcement}\n",
         dir.join("state").display(),
         dir.join("pool").display()
     );
@@ -216,7 +216,7 @@ fn a_failed_create_leaves_nothing_behind() {
 fn central_controller_defers_node_local_expansion_to_the_node() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = format!(
-        "stateDir: {}\npools:\n  - name: fast\n    type: hostpath\n    path: {}\n",
+        "stateDir: {}\npools:\n  - name: fast\n    type: hostpath\n    path: {}\n    createPath: true\n",
         dir.path().join("state").display(),
         dir.path().join("pool").display()
     );

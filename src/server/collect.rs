@@ -215,7 +215,7 @@ mod tests {
 
     fn engine(dir: &std::path::Path) -> Arc<Engine> {
         let text = format!(
-            "stateDir: {}\npools:\n  - name: fast\n    type: hostpath\n    path: {}\n    capacityEnforcement: none\n",
+            "stateDir: {}\npools:\n  - name: fast\n    type: hostpath\n    path: {}\n    createPath: true\n    capacityEnforcement: none\n",
             dir.join("state").display(),
             dir.join("pool").display()
         );

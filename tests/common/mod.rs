@@ -352,7 +352,7 @@ pub async fn hostpath_on(
 
 pub fn hostpath_config(state: &Path, pool: &Path, enforcement: &str) -> String {
     format!(
-        "stateDir: {}\npools:\n  - name: default\n    type: hostpath\n    path: {}\n    capacityEnforcement: {enforcement}\n",
+        "stateDir: {}\npools:\n  - name: default\n    type: hostpath\n    path: {}\n    createPath: true\n    capacityEnforcement: {enforcement}\n",
         state.display(),
         pool.display()
     )

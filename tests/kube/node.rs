@@ -43,7 +43,7 @@ impl NodeSpec {
     /// Adds a block pool `name` (volumes are image files on the node's disk, attached
     /// through loop devices at NodeStage).
     pub fn block_pool(self, name: &str) -> NodeSpec {
-        self.pools(&format!("  - {{name: {name}, type: block, path: $DISK/{name}}}\n"))
+        self.pools(&format!("  - {{name: {name}, type: block, path: $DISK/{name}, createPath: true}}\n"))
     }
 
     /// The extra pools with `$DISK` replaced by `disk`.
