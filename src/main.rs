@@ -74,10 +74,15 @@ struct ServeArgs {
     /// it below the pod's terminationGracePeriodSeconds.
     #[arg(long, env = "BERTH_DRAIN_SECONDS", default_value_t = 20)]
     drain_seconds: u64,
-    /// Serve Prometheus metrics on /metrics and readiness on /healthz at this HOST:PORT
+    /// Serve Prometheus metrics on /metrics, with /healthz and /readyz, at this HOST:PORT
     /// (e.g. 127.0.0.1:9808, or :9808 for every IPv6 and IPv4 address); off when unset.
     #[arg(long, env = "BERTH_METRICS_ADDRESS", value_name = "HOST:PORT")]
     metrics_address: Option<String>,
+    /// Serve only /healthz (liveness: 200 while berth serves, also while a start finishes
+    /// interrupted work) and /readyz (200 once Probe answers ready) at this HOST:PORT, for
+    /// the kubelet's probes; off when unset.
+    #[arg(long, env = "BERTH_HEALTH_ADDRESS", value_name = "HOST:PORT")]
+    health_address: Option<String>,
     /// Let this group (a numeric GID) use the socket too (mode 0660 instead of 0600), for
     /// sidecars that run as a non-root user with it as a supplemental group.
     #[arg(long, env = "BERTH_SOCKET_GROUP", value_name = "GID")]
@@ -148,7 +153,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             &args.endpoint,
             &args.driver_name,
             args.mode,
-            args.metrics_address.as_deref(),
+            &server::HttpAddresses { metrics: args.metrics_address, health: args.health_address },
             std::time::Duration::from_secs(args.drain_seconds),
             args.socket_group,
         ))

@@ -588,7 +588,13 @@ async fn a_start_that_finishes_interrupted_work_serves_probe_at_once() {
     use berth::csi::pb::controller_client::ControllerClient;
     use berth::csi::pb::identity_client::IdentityClient;
     let scratch = common::Scratch::new();
-    let Some((_disk, pool, mut b)) = common::hostpath_on(&scratch, test, ("ext4", "128M"), "auto", &[]).await else {
+    // The kubelet's liveness probe asks berth's health address, which every start serves.
+    let health = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        free.local_addr().expect("address").to_string()
+    };
+    let args = ["--health-address", health.as_str()];
+    let Some((_disk, pool, mut b)) = common::hostpath_on(&scratch, test, ("ext4", "128M"), "auto", &args).await else {
         return;
     };
     let source = source_with_files(&mut b, &pool, 60).await;
@@ -619,6 +625,16 @@ async fn a_start_that_finishes_interrupted_work_serves_probe_at_once() {
                 let early =
                     ControllerClient::new(channel).create_volume(common::create_req("pvc-early", 1 << 20)).await;
                 assert_eq!(early.expect_err("not ready").code(), tonic::Code::Unavailable);
+                // Alive, so a liveness probe does not restart the copy; not ready yet.
+                let health = health.clone();
+                let (alive, ready) = tokio::task::spawn_blocking(move || {
+                    (common::http_get(&health, "/healthz"), common::http_get(&health, "/readyz"))
+                })
+                .await
+                .expect("join");
+                assert_eq!(alive.0, 200, "/healthz during recovery: {}", alive.1);
+                assert!(alive.1.contains("interrupted"), "{}", alive.1);
+                assert_eq!(ready.0, 503, "/readyz during recovery: {}", ready.1);
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -635,6 +651,7 @@ async fn a_start_that_finishes_interrupted_work_serves_probe_at_once() {
     // starts over 120 times.
     let passes = std::fs::read_to_string(&copied_log).expect("log").lines().filter(|l| *l == "hostpath.copy").count();
     assert!((1..=92).contains(&passes), "the restart passed the copy point {passes} times");
+    assert_eq!(common::http_get(&health, "/readyz").0, 200, "ready once recovered");
     b.stop();
 }
 

@@ -1,7 +1,9 @@
-//! The metrics endpoint: HTTP/1.1 on a TCP address, with `GET /metrics` (Prometheus text
+//! The HTTP endpoints: HTTP/1.1 on a TCP address, with `GET /metrics` (Prometheus text
 //! format), `GET /healthz` (liveness: 200 while berth serves, also while it finishes work
 //! a restart interrupted; 503 once it is stopping) and `GET /readyz` (200 when berth
-//! answers Probe with ready, else 503).
+//! answers Probe with ready, else 503). The metrics address serves all three; the health
+//! address ([`Routes::Health`]) only the last two, for probes that must work whether or
+//! not metrics are collected.
 //!
 //! hyper (already compiled in for tonic) does the HTTP; this module only routes. A scrape
 //! renders on a blocking thread, since measuring volumes touches the filesystem.
@@ -55,8 +57,17 @@ fn dual_stack(port: u16) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// What an endpoint serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// `/metrics`, `/healthz` and `/readyz` (`--metrics-address`).
+    All,
+    /// `/healthz` and `/readyz` only (`--health-address`).
+    Health,
+}
+
 /// Serves until the task is dropped.
-pub async fn serve(listener: TcpListener, collector: Arc<Collector>) {
+pub async fn serve(listener: TcpListener, collector: Arc<Collector>, routes: Routes) {
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
@@ -75,7 +86,7 @@ pub async fn serve(listener: TcpListener, collector: Arc<Collector>) {
         let collector = Arc::clone(&collector);
         tokio::spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |req| respond(req, Arc::clone(&collector)));
+            let service = hyper::service::service_fn(move |req| respond(req, Arc::clone(&collector), routes));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
@@ -94,11 +105,25 @@ fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
     response
 }
 
-async fn respond(req: Request<Incoming>, collector: Arc<Collector>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    req: Request<Incoming>,
+    collector: Arc<Collector>,
+    routes: Routes,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     let path = req.uri().path();
-    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
-        return Ok(text(StatusCode::NOT_FOUND, PLAIN, "not found: berth serves /metrics, /healthz and /readyz\n"));
+    match routes {
+        Routes::All if !matches!(path, "/metrics" | "/healthz" | "/readyz") => {
+            return Ok(text(StatusCode::NOT_FOUND, PLAIN, "not found: berth serves /metrics, /healthz and /readyz\n"));
+        }
+        Routes::Health if !matches!(path, "/healthz" | "/readyz") => {
+            return Ok(text(
+                StatusCode::NOT_FOUND,
+                PLAIN,
+                "not found: this health address serves /healthz and /readyz; metrics are on --metrics-address\n",
+            ));
+        }
+        _ => {}
     }
     if req.method() != Method::GET {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "only GET is allowed\n");
@@ -146,7 +171,7 @@ mod tests {
         let port = listener.local_addr().expect("address").port();
         let registry = Arc::new(crate::metrics::Registry::default());
         registry.set_ready(true);
-        let server = tokio::spawn(serve(listener, Arc::new(Collector::new(registry, None))));
+        let server = tokio::spawn(serve(listener, Arc::new(Collector::new(registry, None)), Routes::All));
         let close = "Connection: close\r\n\r\n";
         for host in ["127.0.0.1", "[::1]"] {
             let address: std::net::SocketAddr = format!("{host}:{port}").parse().expect("address");
@@ -162,7 +187,7 @@ mod tests {
         let listener = bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let registry = Arc::new(crate::metrics::Registry::default());
-        let server = tokio::spawn(serve(listener, Arc::new(Collector::new(Arc::clone(&registry), None))));
+        let server = tokio::spawn(serve(listener, Arc::new(Collector::new(Arc::clone(&registry), None)), Routes::All));
         let close = "Connection: close\r\n\r\n";
 
         let metrics = get(address, &format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{close}")).await;
@@ -190,6 +215,24 @@ mod tests {
         assert!(post.starts_with("HTTP/1.1 405") && post.contains("allow: GET"), "{post}");
         let garbage = get(address, "NOT HTTP AT ALL\r\n\r\n").await;
         assert!(garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn the_health_address_answers_probes_and_nothing_else() {
+        let listener = bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let registry = Arc::new(crate::metrics::Registry::default());
+        let collector = Arc::new(Collector::new(Arc::clone(&registry), None));
+        let server = tokio::spawn(serve(listener, collector, Routes::Health));
+        let close = "Connection: close\r\n\r\n";
+        registry.set_ready(false);
+        let health = get(address, &format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        let ready = get(address, &format!("GET /readyz HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+        let metrics = get(address, &format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(metrics.starts_with("HTTP/1.1 404") && metrics.contains("--metrics-address"), "{metrics}");
         server.abort();
     }
 }

@@ -34,8 +34,18 @@ pub enum ServeError {
     NotASocket { path: PathBuf },
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
-    #[error("metrics address {address}: {source}")]
-    Metrics { address: String, source: io::Error },
+    #[error("HTTP address {address}: {source}")]
+    Http { address: String, source: io::Error },
+}
+
+/// Where berth serves HTTP (`HOST:PORT`, or `:PORT` for every address); none by default.
+#[derive(Debug, Clone, Default)]
+pub struct HttpAddresses {
+    /// `/metrics`, `/healthz` and `/readyz` (`--metrics-address`).
+    pub metrics: Option<String>,
+    /// `/healthz` and `/readyz` only (`--health-address`), for liveness and readiness
+    /// probes whether or not metrics are on.
+    pub health: Option<String>,
 }
 
 /// The socket path of a `unix://` endpoint.
@@ -157,32 +167,32 @@ async fn shutdown_signal() {
 }
 
 /// Serves until SIGTERM or SIGINT: then stops accepting, lets in-flight RPCs finish, and
-/// returns without unmounting anything. With `metrics_address` (`HOST:PORT`), Prometheus
-/// metrics and `/healthz` are served there too.
+/// returns without unmounting anything. With `http.metrics` (`HOST:PORT`), Prometheus
+/// metrics, `/healthz` and `/readyz` are served there; with `http.health`, only the last two.
 pub async fn serve(
     engine: Arc<Engine>,
     endpoint: &str,
     driver_name: &str,
     mode: Mode,
-    metrics_address: Option<&str>,
+    http: &HttpAddresses,
     drain: std::time::Duration,
     socket_group: Option<u32>,
 ) -> Result<(), ServeError> {
     let path = socket_path(endpoint)?;
     let registry = Arc::new(Registry::new(Limits { slow_calls: crate::csi::MAX_SLOW, connections: MAX_CONNECTIONS }));
-    let metrics = match metrics_address {
-        Some(address) => {
-            let listener = http::bind(address)
-                .await
-                .map_err(|source| ServeError::Metrics { address: address.to_string(), source })?;
-            let local =
-                listener.local_addr().map_err(|source| ServeError::Metrics { address: address.to_string(), source })?;
-            tracing::info!(address = %local, "serving metrics on /metrics and /healthz");
-            let collector = Arc::new(collect::Collector::new(Arc::clone(&registry), Some(Arc::clone(&engine))));
-            Some(tokio::spawn(http::serve(listener, collector)))
+    let collector = Arc::new(collect::Collector::new(Arc::clone(&registry), Some(Arc::clone(&engine))));
+    let mut endpoints = Vec::new();
+    for (address, routes) in [(&http.metrics, http::Routes::All), (&http.health, http::Routes::Health)] {
+        let Some(address) = address else { continue };
+        let failed = |source| ServeError::Http { address: address.clone(), source };
+        let listener = http::bind(address).await.map_err(failed)?;
+        let local = listener.local_addr().map_err(failed)?;
+        match routes {
+            http::Routes::All => tracing::info!(address = %local, "serving metrics on /metrics, /healthz and /readyz"),
+            http::Routes::Health => tracing::info!(address = %local, "serving health on /healthz and /readyz"),
         }
-        None => None,
-    };
+        endpoints.push(tokio::spawn(http::serve(listener, Arc::clone(&collector), routes)));
+    }
     let listener = bind(&path, socket_group)?;
     let checkpoints = tokio::spawn(keep_checkpoints(Arc::clone(&engine)));
     let controller = mode != Mode::Node;
@@ -245,7 +255,7 @@ pub async fn serve(
     }
     registry.set_ready(false);
     drop(recovery);
-    if let Some(task) = metrics {
+    for task in endpoints {
         task.abort();
     }
     checkpoints.abort();
