@@ -9,6 +9,7 @@ pub mod backend;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod crypt;
 pub mod csi;
 pub mod doctor;
 pub mod durable;

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 
 use nix::mount::{MntFlags, MsFlags};
 
+use crate::crypt::{Key, KeyId};
+
 use super::{BlockInfo, FsStat, LoopDevice, ProjectQuotaState, ProjectUsage, QgroupUsage, Signature, Syscall};
 
 /// One recorded call.
@@ -109,6 +111,20 @@ pub enum Call {
         offset: u64,
         len: u64,
     },
+    /// [`Syscall::fscrypt_add_key`]: the identifier, never the key.
+    AddKey {
+        on: PathBuf,
+        id: KeyId,
+    },
+    RemoveKey {
+        on: PathBuf,
+        id: KeyId,
+    },
+    /// [`Syscall::fscrypt_set_policy`], with the path the descriptor was opened at.
+    SetPolicy {
+        path: PathBuf,
+        id: KeyId,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -125,6 +141,9 @@ struct Inner {
     block_infos: HashMap<PathBuf, BlockInfo>,
     /// When set, mount and umount edit `mountinfo` as the kernel would.
     track_mounts: bool,
+    /// fscrypt keys added and not removed, and the policies set, by directory.
+    keys: std::collections::HashSet<KeyId>,
+    policies: HashMap<PathBuf, KeyId>,
     next_mount_id: u32,
 }
 
@@ -192,6 +211,24 @@ impl RecordingSyscall {
     /// Makes sysfs report `info` for `device`.
     pub fn set_block_info(&self, device: &Path, info: BlockInfo) {
         self.lock().block_infos.insert(device.to_path_buf(), info);
+    }
+
+    /// The fscrypt keys present: added and not removed since.
+    pub fn keys_present(&self) -> Vec<KeyId> {
+        let mut keys: Vec<KeyId> = self.lock().keys.iter().copied().collect();
+        keys.sort();
+        keys
+    }
+
+    /// The identifier the fake derives from a key: not the kernel's derivation, but as
+    /// the kernel's, the same for the same key and different for another.
+    #[must_use]
+    pub fn key_id(key: &Key) -> KeyId {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(key.bytes());
+        let mut id = [0u8; crate::crypt::KEY_ID_BYTES];
+        id.copy_from_slice(&digest[..crate::crypt::KEY_ID_BYTES]);
+        KeyId(id)
     }
 
     /// Every call so far, in order.
@@ -451,5 +488,33 @@ impl Syscall for RecordingSyscall {
 
     fn discard_range(&self, device: &Path, offset: u64, len: u64) -> io::Result<()> {
         self.record("discard_range", Call::DiscardRange { device: device.into(), offset, len })
+    }
+
+    fn fscrypt_add_key(&self, on: &Path, key: &Key) -> io::Result<KeyId> {
+        let id = Self::key_id(key);
+        self.record("fscrypt_add_key", Call::AddKey { on: on.into(), id })?;
+        self.lock().keys.insert(id);
+        Ok(id)
+    }
+
+    fn fscrypt_remove_key(&self, on: &Path, id: &KeyId) -> io::Result<u32> {
+        self.record("fscrypt_remove_key", Call::RemoveKey { on: on.into(), id: *id })?;
+        if self.lock().keys.remove(id) { Ok(0) } else { Err(io::Error::from_raw_os_error(libc::ENOKEY)) }
+    }
+
+    fn fscrypt_set_policy(&self, dir: BorrowedFd<'_>, id: &KeyId) -> io::Result<()> {
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
+        if !self.lock().keys.contains(id) {
+            return Err(io::Error::from_raw_os_error(libc::ENOKEY));
+        }
+        self.record("fscrypt_set_policy", Call::SetPolicy { path: path.clone(), id: *id })?;
+        self.lock().policies.insert(path, *id);
+        Ok(())
+    }
+
+    fn fscrypt_policy_key(&self, dir: BorrowedFd<'_>) -> io::Result<Option<KeyId>> {
+        self.check("fscrypt_policy_key")?;
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
+        Ok(self.lock().policies.get(&path).copied())
     }
 }

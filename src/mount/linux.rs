@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 
 use super::{
     BlockInfo, FsStat, LoopDevice, ProjectQuotaState, ProjectUsage, QgroupUsage, Signature, Syscall, blockdev, btrfs,
-    loopdev, quota, sysfs, tools,
+    fscrypt, loopdev, quota, sysfs, tools,
 };
 
 /// Performs the calls on the running kernel.
@@ -278,5 +278,21 @@ impl Syscall for LinuxSyscall {
 
     fn discard_range(&self, device: &Path, offset: u64, len: u64) -> io::Result<()> {
         blockdev::discard(open_exclusive(device)?.as_fd(), offset, len)
+    }
+
+    fn fscrypt_add_key(&self, on: &Path, key: &crate::crypt::Key) -> io::Result<crate::crypt::KeyId> {
+        fscrypt::add_key(open_dir(on)?.as_fd(), key)
+    }
+
+    fn fscrypt_remove_key(&self, on: &Path, id: &crate::crypt::KeyId) -> io::Result<u32> {
+        fscrypt::remove_key(open_dir(on)?.as_fd(), id)
+    }
+
+    fn fscrypt_set_policy(&self, dir: BorrowedFd<'_>, id: &crate::crypt::KeyId) -> io::Result<()> {
+        fscrypt::set_policy(dir, id)
+    }
+
+    fn fscrypt_policy_key(&self, dir: BorrowedFd<'_>) -> io::Result<Option<crate::crypt::KeyId>> {
+        fscrypt::policy_key(dir)
     }
 }

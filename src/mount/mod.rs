@@ -8,6 +8,7 @@
 pub mod blockdev;
 pub mod btrfs;
 pub mod fake;
+pub mod fscrypt;
 mod ioctl;
 mod linux;
 pub mod loopdev;
@@ -163,6 +164,16 @@ pub trait Syscall: Send + Sync {
     fn zero_range(&self, device: &Path, offset: u64, len: u64) -> io::Result<()>;
     /// Discards `len` bytes at `offset` of a device (BLKDISCARD), opened exclusively.
     fn discard_range(&self, device: &Path, offset: u64, len: u64) -> io::Result<()>;
+    /// Adds an fscrypt master key to the filesystem holding `on`; returns its identifier.
+    fn fscrypt_add_key(&self, on: &Path, key: &crate::crypt::Key) -> io::Result<crate::crypt::KeyId>;
+    /// Removes berth's claim on key `id` from the filesystem holding `on` (ENOKEY when it
+    /// is not there); returns the kernel's removal status flags.
+    fn fscrypt_remove_key(&self, on: &Path, id: &crate::crypt::KeyId) -> io::Result<u32>;
+    /// Gives the open, empty directory `dir` a v2 encryption policy under key `id`.
+    fn fscrypt_set_policy(&self, dir: BorrowedFd<'_>, id: &crate::crypt::KeyId) -> io::Result<()>;
+    /// The key of the open directory `dir`'s policy; `None` when it is not encrypted.
+    /// EOPNOTSUPP or ENOTTY: the filesystem cannot encrypt.
+    fn fscrypt_policy_key(&self, dir: BorrowedFd<'_>) -> io::Result<Option<crate::crypt::KeyId>>;
 }
 
 /// A loop device berth found or attached.
