@@ -144,6 +144,47 @@ impl Key {
     }
 }
 
+/// HMAC-SHA512 (RFC 2104) of `message` under `key` (at most one block long).
+fn hmac_sha512(key: &[u8], message: &[&[u8]]) -> [u8; 64] {
+    use sha2::{Digest, Sha512};
+    const BLOCK: usize = 128;
+    debug_assert!(key.len() <= BLOCK);
+    let mut padded = [0u8; BLOCK];
+    padded[..key.len()].copy_from_slice(key);
+    let mut inner = Sha512::new();
+    inner.update(padded.map(|b| b ^ 0x36));
+    for part in message {
+        inner.update(part);
+    }
+    let mut outer = Sha512::new();
+    outer.update(padded.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    for b in &mut padded {
+        // SAFETY: `b` is a valid, aligned, exclusive reference into this array.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+    outer.finalize().into()
+}
+
+/// The identifier fscrypt derives from a v2 master key, computed here as the kernel does
+/// (HKDF-SHA512 without salt, then 16 bytes expanded with the info `"fscrypt\0"`, context
+/// 1): berth checks a key against a volume's recorded identifier before the key reaches
+/// the kernel, and records the identifier before the key is added, so a crash in between
+/// leaves nothing it cannot find and remove.
+#[must_use]
+pub fn key_id(key: &Key) -> KeyId {
+    const CONTEXT_KEY_IDENTIFIER: u8 = 1;
+    let mut prk = hmac_sha512(&[0u8; 64], &[key.bytes()]);
+    let okm = hmac_sha512(&prk, &[b"fscrypt\0", &[CONTEXT_KEY_IDENTIFIER], &[1]]);
+    for b in &mut prk {
+        // SAFETY: `b` is a valid, aligned, exclusive reference into this array.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+    let mut id = [0u8; KEY_ID_BYTES];
+    id.copy_from_slice(&okm[..KEY_ID_BYTES]);
+    KeyId(id)
+}
+
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Key(<redacted>)")

@@ -220,17 +220,6 @@ impl RecordingSyscall {
         keys
     }
 
-    /// The identifier the fake derives from a key: not the kernel's derivation, but as
-    /// the kernel's, the same for the same key and different for another.
-    #[must_use]
-    pub fn key_id(key: &Key) -> KeyId {
-        use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(key.bytes());
-        let mut id = [0u8; crate::crypt::KEY_ID_BYTES];
-        id.copy_from_slice(&digest[..crate::crypt::KEY_ID_BYTES]);
-        KeyId(id)
-    }
-
     /// Every call so far, in order.
     pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
@@ -491,7 +480,7 @@ impl Syscall for RecordingSyscall {
     }
 
     fn fscrypt_add_key(&self, on: &Path, key: &Key) -> io::Result<KeyId> {
-        let id = Self::key_id(key);
+        let id = crate::crypt::key_id(key);
         self.record("fscrypt_add_key", Call::AddKey { on: on.into(), id })?;
         self.lock().keys.insert(id);
         Ok(id)

@@ -224,9 +224,11 @@ mod tests {
         assert_eq!(policy_key(open(&dir).as_fd()).expect("get"), None, "not encrypted yet");
         let key = Key::from_bytes([7; KEY_BYTES]);
         let id = add_key(open(&fs.mount).as_fd(), &key).expect("add key");
+        assert_eq!(crate::crypt::key_id(&key), id, "berth derives the identifier as the kernel does");
         assert_eq!(add_key(open(&fs.mount).as_fd(), &key).expect("again"), id, "the same key, the same identifier");
         let other = add_key(open(&fs.mount).as_fd(), &Key::from_bytes([8; KEY_BYTES])).expect("another key");
         assert_ne!(other, id);
+        assert_eq!(crate::crypt::key_id(&Key::from_bytes([8; KEY_BYTES])), other);
         remove_key(open(&fs.mount).as_fd(), &other).expect("remove the other");
 
         set_policy(open(&dir).as_fd(), &id).expect("set policy");
