@@ -293,6 +293,11 @@ impl Controller for BlockPool {
         found.extend(super::unaccounted_in(&self.root.join(SNAPSHOTS), ".img", known));
         found
     }
+
+    /// Its volumes are not encrypted at rest.
+    fn keys(&self) -> Option<&dyn super::Keys> {
+        None
+    }
 }
 
 impl Node for BlockPool {

@@ -26,6 +26,9 @@ pub enum Error {
     /// A read-write stage of a volume on a read-only filesystem.
     #[error("pool {pool} is on a read-only filesystem: a read-write stage would fail every write of the pod")]
     ReadWriteStageOfReadOnlyPool { pool: String },
+    /// Encryption asked of a pool whose type or filesystem cannot encrypt.
+    #[error("pool {pool} cannot encrypt volumes: {reason}")]
+    CannotEncrypt { pool: String, reason: String },
     /// A static volume (an administrator's directory) named in a pool that has none.
     #[error("pool {pool} is a {kind} pool; static volumes by subPath are served by hostpath pools")]
     NoStaticVolumes { pool: String, kind: PoolKind },
@@ -81,6 +84,15 @@ pub enum Error {
         "volume {volume} was created with a project quota but the pool's filesystem no longer has project quotas enabled"
     )]
     ProjectQuotasGone { volume: String },
+    /// An encrypted volume's directory is under another key than its record names.
+    #[error("{path} is encrypted under key {found}, but volume {volume} is recorded under key {recorded}")]
+    EncryptedOtherwise { volume: String, path: PathBuf, found: crate::crypt::KeyId, recorded: crate::crypt::KeyId },
+    /// An encrypted volume's directory has no policy yet but holds files: berth never
+    /// encrypts a directory that already holds plaintext.
+    #[error(
+        "{path} of encrypted volume {volume} holds files that are not encrypted; berth does not encrypt a directory that already holds data"
+    )]
+    PlaintextInEncrypted { volume: String, path: PathBuf },
     /// A btrfs volume holds subvolumes, which a snapshot or clone would leave empty.
     #[error(
         "volume {volume} holds btrfs subvolumes made inside it ({}): a snapshot or clone would miss their data; \

@@ -262,6 +262,25 @@ pub trait Controller: Send + Sync {
     fn condition(&self, volume: &VolumeRecord) -> Condition;
     /// Storage in the pool that none of the `known` keys names (reported at start).
     fn unaccounted(&self, known: &HashSet<String>) -> Vec<PathBuf>;
+    /// The pool's encryption keys, when its type can encrypt volumes at rest.
+    fn keys(&self) -> Option<&dyn Keys>;
+}
+
+/// A pool that encrypts volumes at rest: where their keys go. The pool encrypts what a
+/// record's `encryption` names (at creation, in copies and at stage) under the key the
+/// record identifies; the engine adds that key first and decides when it may go (a key
+/// belongs to the whole filesystem, and several volumes may share it).
+pub trait Keys: Send + Sync {
+    /// The scheme this pool encrypts with, or [`Error::CannotEncrypt`] saying why it
+    /// cannot (asked before a volume is recorded).
+    fn scheme(&self) -> Result<crate::crypt::Scheme>;
+    /// Makes `key` available to the pool's volumes; returns the identifier the kernel
+    /// derived from it.
+    fn add_key(&self, key: &crate::crypt::Key) -> Result<crate::crypt::KeyId>;
+    /// Takes key `id` away: the volumes under it become unreadable. A key that is not
+    /// there is success. True when files under it were still open (they stay readable
+    /// until closed).
+    fn remove_key(&self, id: &crate::crypt::KeyId) -> Result<bool>;
 }
 
 /// The node side of a pool: what NodeStageVolume, NodePublishVolume, NodeExpandVolume

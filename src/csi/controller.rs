@@ -137,6 +137,9 @@ impl pb::controller_server::Controller for ControllerService {
                 parameters,
                 source,
                 allowed_nodes,
+                key: crate::crypt::Key::from_secrets(&req.secrets)
+                    .map_err(Status::invalid_argument)?
+                    .map(std::sync::Arc::new),
             })?;
             Ok(pb::CreateVolumeResponse { volume: Some(volume(&record, engine.volume_context(&record))) })
         })
@@ -314,7 +317,8 @@ impl pb::controller_server::Controller for ControllerService {
                     return Err(Status::invalid_argument(format!("unknown snapshot parameter {key:?}")));
                 }
             }
-            let record = engine.create_snapshot(&req.source_volume_id, &req.name)?;
+            let key = crate::crypt::Key::from_secrets(&req.secrets).map_err(Status::invalid_argument)?;
+            let record = engine.create_snapshot(&req.source_volume_id, &req.name, key.as_ref())?;
             Ok(pb::CreateSnapshotResponse { snapshot: Some(snapshot(&record)) })
         })
         .await

@@ -58,6 +58,9 @@ impl pb::node_server::Node for NodeService {
                 staging,
                 capability: capability("volume_capability", cap)?,
                 context: map("volume_context", &req.volume_context)?,
+                key: crate::crypt::Key::from_secrets(&req.secrets)
+                    .map_err(Status::invalid_argument)?
+                    .map(std::sync::Arc::new),
             })?;
             Ok(pb::NodeStageVolumeResponse {})
         })

@@ -23,6 +23,17 @@ pub enum Error {
     /// What the volume must hold does not fit in what the request allows.
     #[error("{what} needs {needs} bytes; {allowed}")]
     TooSmall { what: String, needs: u64, allowed: String },
+    /// An encrypted volume's call without the key in its secrets.
+    #[error(
+        "volume {volume} is encrypted ({scheme}): {} needs its key in the secrets' {} entry; {}",
+        from.call(), crate::crypt::SECRET_KEY, from.how()
+    )]
+    KeyMissing { volume: String, scheme: crate::crypt::Scheme, from: super::encryption::KeyFrom },
+    /// The secrets' key is not the one the volume or snapshot is encrypted under.
+    #[error(
+        "the key in the secrets is not the key of {what}: its identifier is {given}, and {what} is encrypted under {recorded}"
+    )]
+    WrongKey { what: String, given: crate::crypt::KeyId, recorded: crate::crypt::KeyId },
     /// A continuation token this driver did not hand out.
     #[error("starting_token {token:?} was not issued by this driver")]
     UnknownToken { token: String },
@@ -118,7 +129,10 @@ impl From<Error> for tonic::Status {
         use tonic::Status;
         let message = err.to_string();
         match err {
-            Error::BadRequest(_) | Error::BadPath { .. } => Status::invalid_argument(message),
+            Error::BadRequest(_) | Error::BadPath { .. } | Error::KeyMissing { .. } => {
+                Status::invalid_argument(message)
+            }
+            Error::WrongKey { .. } => Status::permission_denied(message),
             Error::RequiredOverLimit { .. } | Error::TooSmall { .. } => Status::out_of_range(message),
             Error::UnknownToken { .. }
             | Error::Busy { .. }
@@ -179,7 +193,8 @@ fn backend_status(err: backend::Error, message: String) -> tonic::Status {
         | E::LoneNfsAttribute { .. }
         | E::BadMountFlag(_)
         | E::BadMountOption(_)
-        | E::NotPlainDirectory { .. } => Status::invalid_argument(message),
+        | E::NotPlainDirectory { .. }
+        | E::CannotEncrypt { .. } => Status::invalid_argument(message),
         // The volume's storage is not where its record or context says.
         E::NoVolumeDirectory { .. }
         | E::NoImage { .. }
@@ -194,6 +209,8 @@ fn backend_status(err: backend::Error, message: String) -> tonic::Status {
         | E::NoProjectId { .. }
         | E::ProjectQuotasGone { .. }
         | E::NestedSubvolumes { .. }
+        | E::EncryptedOtherwise { .. }
+        | E::PlaintextInEncrypted { .. }
         | E::FsTypeConflict { .. }
         | E::UnformattedReadOnly { .. }
         | E::WrongFilesystem { .. }

@@ -47,6 +47,7 @@ fn request(name: &str, source: Option<ContentSource>) -> CreateVolume {
         parameters: BTreeMap::new(),
         source,
         allowed_nodes: None,
+        key: None,
     }
 }
 
@@ -72,6 +73,7 @@ fn half_snapshot(name: &str, source_volume: &str, phase: Phase) -> SnapshotRecor
         phase,
         size: 0,
         method: None,
+        encryption: None,
         created_unix_ms: 1,
     }
 }

@@ -1,6 +1,7 @@
 //! The engine: what each CSI operation does, independent of gRPC. The services in `csi`
 //! translate requests into these calls (on blocking threads) and errors into codes.
 
+pub mod encryption;
 mod ephemeral;
 mod error;
 mod lifecycle;
@@ -60,6 +61,8 @@ pub struct Engine {
     pub unavailable: BTreeMap<String, String>,
     /// Shared pools whose records the central controller still has to load.
     pub shared_sync: shared::SyncState,
+    /// Encryption keys calls hold in the kernel (see [`encryption`]).
+    pub key_holds: encryption::KeyHolds,
 }
 
 /// Where this process runs relative to the node-local pools it is configured with.
@@ -98,6 +101,7 @@ impl Engine {
     pub fn recover(&self) {
         let started = std::time::Instant::now();
         self.reconcile();
+        self.remove_unused_keys();
         tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "reconciled records with the pools");
     }
 
@@ -160,6 +164,7 @@ impl Engine {
             remote_pools,
             unavailable,
             shared_sync: shared::SyncState::default(),
+            key_holds: encryption::KeyHolds::default(),
         };
         engine.start_shared(placement)?;
         Ok(engine)

@@ -22,6 +22,8 @@ pub struct NodeStage {
     pub staging: PathBuf,
     pub capability: Capability,
     pub context: BTreeMap<String, String>,
+    /// The key of an encrypted volume, from the node-stage secrets.
+    pub key: Option<std::sync::Arc<crate::crypt::Key>>,
 }
 
 /// A validated NodePublishVolume request.
@@ -91,7 +93,12 @@ impl Engine {
     /// else mounted there: ALREADY_EXISTS. A bare directory left by a reboot is remounted.
     pub fn node_stage(&self, req: &NodeStage) -> Result<()> {
         let _guard = self.lock(std::slice::from_ref(&req.volume_id))?;
-        let resolved = self.resolve(&req.volume_id, &req.context)?;
+        let mut resolved = self.resolve(&req.volume_id, &req.context)?;
+        // Held until the volume is mounted, which then keeps the key in the kernel.
+        let _key = match &mut resolved {
+            Resolved::Managed(pool, record) => self.unlock(pool, record, req.key.as_deref())?,
+            Resolved::Static(..) => None,
+        };
         let (pool, source) = resolved.parts();
         Self::check_access_type(&req.volume_id, source, &req.capability)?;
         self.check_node_capability(pool.as_ref(), &req.capability)?;
@@ -112,6 +119,32 @@ impl Engine {
         }
         tracing::info!(volume.id = %req.volume_id, staging.path = %req.staging.display(), "volume staged");
         Ok(())
+    }
+
+    /// For an encrypted volume, checks `key` against the one it is recorded under (and
+    /// records it, before the kernel sees it, at the first stage of a volume created
+    /// without it), and adds it to the kernel for the stage.
+    fn unlock(
+        &self,
+        pool: &Pool,
+        record: &mut VolumeRecord,
+        key: Option<&crate::crypt::Key>,
+    ) -> Result<Option<super::encryption::KeyHold<'_>>> {
+        let Some(encryption) = record.encryption.clone() else { return Ok(None) };
+        let key = key.ok_or_else(|| Error::KeyMissing {
+            volume: record.id.clone(),
+            scheme: encryption.scheme,
+            from: super::encryption::KeyFrom::NodeStage,
+        })?;
+        let id = Self::check_key(&format!("volume {}", record.id), encryption.key_id, key)?;
+        if encryption.key_id.is_none() {
+            record.encryption = Some(crate::crypt::Encryption { key_id: Some(id), ..encryption });
+            self.put_volume(record)?;
+        }
+        super::failpoint("node.stage.add-key")?;
+        let hold = self.hold_key(pool, key)?;
+        super::failpoint("node.stage.key-added")?;
+        Ok(Some(hold))
     }
 
     /// Records what staging put on a volume's storage (a device's filesystem UUID, checked
@@ -144,6 +177,7 @@ impl Engine {
             && let Some(pool) = self.pools.get(&record.pool)
         {
             pool.unstage(StageSource::Managed(&record))?;
+            self.release_key_of(pool, &record);
         }
         tracing::info!(volume.id = %volume_id, staging.path = %staging.display(), "volume unstaged");
         Ok(())

@@ -37,6 +37,7 @@ fn stage(staging: &Path, capability: Capability, context: &[(&str, &str)]) -> No
         staging: staging.to_path_buf(),
         capability,
         context: context.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        key: None,
     }
 }
 

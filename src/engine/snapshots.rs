@@ -6,8 +6,9 @@ use crate::ids::{self, Kind};
 use crate::state::{self, Phase, SnapshotRecord};
 
 impl Engine {
-    /// Snapshots a volume, or returns the snapshot this name already made of it.
-    pub fn create_snapshot(&self, source: &str, name: &str) -> Result<SnapshotRecord> {
+    /// Snapshots a volume, or returns the snapshot this name already made of it. `key`
+    /// (from the snapshotter's secrets) reads an encrypted volume that is not staged here.
+    pub fn create_snapshot(&self, source: &str, name: &str, key: Option<&crate::crypt::Key>) -> Result<SnapshotRecord> {
         self.sync_for_id(Kind::Volume, source)?;
         let _guard = self.lock(&[format!("snapshot-name:{name}"), source.to_string()])?;
         let existing = self.store.snapshot_by_name(name);
@@ -40,10 +41,15 @@ impl Engine {
                 phase: Phase::Creating,
                 size: 0,
                 method: None,
+                encryption: volume.encryption.clone(),
                 created_unix_ms: state::now_ms(),
             };
             self.begin_snapshot(&record)?;
             record
+        };
+        let _key = match super::encryption::key_of(&volume) {
+            Some(id) => Some(self.hold_for(&pool, &volume, id, key, super::encryption::KeyFrom::CreateSnapshot)?),
+            None => None,
         };
         self.build_snapshot(pool.as_ref(), &volume, &mut record)?;
         tracing::info!(snapshot.id = %record.id, volume.id = %source, bytes = record.size, method = ?record.method, "snapshot created");

@@ -47,6 +47,7 @@ fn create(name: &str, bytes: u64) -> CreateVolume {
         parameters: BTreeMap::new(),
         source: None,
         allowed_nodes: None,
+        key: None,
     }
 }
 

@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use super::encryption::{self, KeyFrom};
 use super::{Capability, Engine, Error, FS_TYPES, Result};
 use crate::backend::{Backend, Source};
+use crate::crypt::{Encryption, Scheme};
 use crate::ids::{self, Kind};
 use crate::state::{AccessKind, ContentSource, Phase, SnapshotRecord, VolumeRecord};
 
@@ -24,14 +26,16 @@ pub struct CreateVolume {
     pub source: Option<ContentSource>,
     /// Node IDs the requisite topology allows; `None` when the request sets no requisite.
     pub allowed_nodes: Option<Vec<String>>,
+    /// The key of an encrypted volume, from the provisioner's secrets.
+    pub key: Option<std::sync::Arc<crate::crypt::Key>>,
 }
 
 /// Checks StorageClass parameters and returns the pool they name, if any.
 pub fn check_parameters(parameters: &BTreeMap<String, String>) -> Result<Option<&str>> {
     for key in parameters.keys() {
-        if key != POOL_PARAMETER && !key.starts_with(CO_PREFIX) {
+        if key != POOL_PARAMETER && key != crate::crypt::PARAMETER && !key.starts_with(CO_PREFIX) {
             return Err(Error::BadRequest(format!(
-                "unknown parameter {key:?}; berth accepts \"pool\" and the csi.storage.k8s.io/ keys"
+                "unknown parameter {key:?}; berth accepts \"pool\", \"encryption\" and the csi.storage.k8s.io/ keys"
             )));
         }
     }
@@ -151,6 +155,62 @@ fn fit_filesystem(size: u64, fs_type: Option<&str>, limit_bytes: u64) -> Result<
     Ok(min)
 }
 
+/// Whether `pool` encrypts with `scheme`: INVALID_ARGUMENT saying why not.
+fn check_scheme(pool: &crate::backend::Pool, scheme: Scheme) -> Result<()> {
+    let cannot = |reason: String| crate::backend::Error::CannotEncrypt { pool: pool.name().to_string(), reason };
+    let keys = pool.keys().ok_or_else(|| {
+        cannot(format!("{} pools do not encrypt; hostpath pools on ext4 with the encrypt feature do", pool.info().kind))
+    })?;
+    let offered = keys.scheme()?;
+    if offered != scheme {
+        return Err(cannot(format!("it encrypts with {offered}, not {scheme}")).into());
+    }
+    Ok(())
+}
+
+/// The encryption of a new volume: what its StorageClass asks for, with the key its
+/// source is under (a copy of encrypted content stays under that key), or the request's
+/// key, or none yet (an empty volume gets its key at its first stage).
+fn encryption_of_new(
+    req: &CreateVolume,
+    scheme: Option<Scheme>,
+    source: Option<Source<'_>>,
+) -> Result<Option<Encryption>> {
+    let (what, from) = match source {
+        Some(Source::Snapshot(s)) => (format!("snapshot {}", s.id), s.encryption.clone()),
+        Some(Source::Volume(v)) => (format!("volume {}", v.id), v.encryption.clone()),
+        None => (String::new(), None),
+    };
+    let given = req.key.as_deref();
+    match (scheme, from) {
+        (None, None) => Ok(None),
+        (None, Some(e)) => Err(Error::BadRequest(format!(
+            "source {what} is encrypted ({}); a volume made from it must be encrypted too: use a StorageClass with \
+             parameter {}: {}",
+            e.scheme,
+            crate::crypt::PARAMETER,
+            e.scheme
+        ))),
+        (Some(scheme), Some(e)) if e.scheme != scheme => {
+            Err(Error::BadRequest(format!("source {what} is encrypted with {}, not {scheme}", e.scheme)))
+        }
+        (Some(scheme), Some(e)) => {
+            if let Some(key) = given {
+                Engine::check_key(&what, e.key_id, key)?;
+            }
+            Ok(Some(Encryption { scheme, key_id: e.key_id }))
+        }
+        (Some(scheme), None) => {
+            if source.is_some() && given.is_none() {
+                // Plaintext copied into an encrypted volume: encrypted as it is written,
+                // under the request's key; without it the copy would stay plaintext.
+                return Err(Error::KeyMissing { volume: req.name.clone(), scheme, from: KeyFrom::CreateVolume });
+            }
+            Ok(Some(Encryption { scheme, key_id: given.map(crate::crypt::key_id) }))
+        }
+    }
+}
+
 impl Engine {
     /// Creates a volume, or returns the one this name already created. Same name with an
     /// incompatible request is ALREADY_EXISTS; a missing source NOT_FOUND; no room here
@@ -167,6 +227,11 @@ impl Engine {
             if let Some(reason) = unsupported(pool.as_ref(), cap) {
                 return Err(Error::BadRequest(reason));
             }
+        }
+        let scheme = Scheme::from_parameter(req.parameters.get(crate::crypt::PARAMETER).map(String::as_str))
+            .map_err(Error::BadRequest)?;
+        if let Some(scheme) = scheme {
+            check_scheme(&pool, scheme)?;
         }
         let size = volume_size(&req, self.config.default_volume_size.0)?;
         let access = if req.capabilities.iter().any(|c| c.block) { AccessKind::Block } else { AccessKind::Mount };
@@ -194,7 +259,14 @@ impl Engine {
         let existing = self.store.volume_by_name(&req.name);
         if let Some(v) = &existing {
             let fits = v.capacity >= req.required_bytes && (req.limit_bytes == 0 || v.capacity <= req.limit_bytes);
-            if v.pool != pool.name() || !fits || v.source != req.source || v.access != access || v.fs_type != fs_type {
+            let encrypted = v.encryption.as_ref().map(|e| e.scheme);
+            if v.pool != pool.name()
+                || !fits
+                || v.source != req.source
+                || v.access != access
+                || v.fs_type != fs_type
+                || encrypted != scheme
+            {
                 return Err(Error::NameTaken {
                     kind: "volume",
                     name: req.name.clone(),
@@ -230,9 +302,18 @@ impl Engine {
                     requested: size,
                 });
             }
-            let record = self.new_volume_record(&req, pool.as_ref(), size, access, fs_type);
+            let mut record = self.new_volume_record(&req, pool.as_ref(), size, access, fs_type);
+            // The key's identifier is recorded with the intent, before the key is used.
+            record.encryption = encryption_of_new(&req, scheme, source)?;
+            if let Some(id) = encryption::key_of(&record) {
+                self.check_hold(&pool, &record, id, req.key.as_deref(), KeyFrom::CreateVolume)?;
+            }
             self.begin_volume(&record)?;
             record
+        };
+        let _key = match encryption::key_of(&record) {
+            Some(id) => Some(self.hold_for(&pool, &record, id, req.key.as_deref(), KeyFrom::CreateVolume)?),
+            None => None,
         };
         self.build_volume(pool.as_ref(), &mut record, source, req.limit_bytes)?;
         tracing::info!(volume.id = %record.id, volume.name = %record.name, bytes = record.capacity, enforced = record.enforced.as_str(), "volume created");

@@ -248,6 +248,7 @@ mod tests {
                 .into(),
                 source: None,
                 allowed_nodes: None,
+                key: None,
             })
             .expect("create");
         let key = vol.id.rsplit(':').next().expect("key");

@@ -127,6 +127,9 @@ pub struct VolumeRecord {
     /// published nowhere else, whatever access mode a request names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub single_writer: Option<PathBuf>,
+    /// How the volume is encrypted at rest, and the identifier of its key (never the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::crypt::Encryption>,
     pub created_unix_ms: u64,
 }
 
@@ -170,6 +173,9 @@ pub struct SnapshotRecord {
     pub phase: Phase,
     pub size: u64,
     pub method: Option<SnapshotMethod>,
+    /// The source volume's encryption: a snapshot's content is encrypted under its key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::crypt::Encryption>,
     pub created_unix_ms: u64,
 }
 
@@ -197,6 +203,7 @@ impl VolumeRecord {
             layers: Vec::new(),
             parameters: BTreeMap::new(),
             single_writer: None,
+            encryption: None,
             created_unix_ms: now_ms(),
         }
     }

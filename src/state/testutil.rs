@@ -22,6 +22,7 @@ pub(super) fn snapshot(id: &str, name: &str) -> SnapshotRecord {
         phase: Phase::Ready,
         size: 1,
         method: None,
+        encryption: None,
         created_unix_ms: 1,
     }
 }

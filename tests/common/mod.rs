@@ -108,6 +108,11 @@ impl FsImage {
     /// Creates and mounts the image under `scratch`; `None` (with a SKIPPED line) when the
     /// mkfs tool is missing.
     pub fn new(scratch: &Scratch, test: &str, fs: &str, size: &str) -> Option<FsImage> {
+        Self::with_options(scratch, test, fs, size, &[])
+    }
+
+    /// [`FsImage::new`] with more mkfs arguments (e.g. `-O encrypt` for ext4).
+    pub fn with_options(scratch: &Scratch, test: &str, fs: &str, size: &str, options: &[&str]) -> Option<FsImage> {
         let mkfs = format!("mkfs.{fs}");
         if !have(&mkfs) {
             println!("SKIPPED: {test}: {mkfs} is not installed");
@@ -123,10 +128,25 @@ impl FsImage {
             _ => &["-q", "-F"],
         };
         let mut args = quiet.to_vec();
+        args.extend_from_slice(options);
         args.push(image.to_str().expect("utf8"));
         sh(&mkfs, &args);
         sh("mount", &["-o", "loop", image.to_str().expect("utf8"), mount.to_str().expect("utf8")]);
         Some(FsImage { mount, image })
+    }
+}
+
+impl FsImage {
+    /// The image file.
+    pub fn image(&self) -> &Path {
+        &self.image
+    }
+
+    /// Unmounts the filesystem (to read its image as a thief would) and mounts it again.
+    pub fn remount_after(&self, look: impl FnOnce(&Path)) {
+        sh("umount", &[self.mount.to_str().expect("utf8")]);
+        look(&self.image);
+        sh("mount", &["-o", "loop", self.image.to_str().expect("utf8"), self.mount.to_str().expect("utf8")]);
     }
 }
 

@@ -247,6 +247,11 @@ impl Controller for DevicePool {
     fn unaccounted(&self, _known: &HashSet<String>) -> Vec<PathBuf> {
         Vec::new()
     }
+
+    /// Its volumes are not encrypted at rest.
+    fn keys(&self) -> Option<&dyn super::Keys> {
+        None
+    }
 }
 
 impl Node for DevicePool {

@@ -30,6 +30,7 @@ use crate::state::{Enforced, SnapshotMethod, SnapshotRecord, VolumeRecord};
 use enforcement::{Mode, detect_mode};
 use nested::{NestedWatch, adopt_nested, nested_subvolumes, refuse_nested};
 
+mod encryption;
 mod enforcement;
 mod nested;
 
@@ -108,6 +109,20 @@ impl HostPath {
         matches!(self.mode, Mode::Btrfs { .. })
     }
 
+    /// The root of a copy made from encrypted `volume` (or into it) gets the volume's
+    /// policy before anything is copied in.
+    fn prepare_copy(
+        &self,
+        volume: &VolumeRecord,
+        dest: &Path,
+        root: std::os::fd::BorrowedFd<'_>,
+    ) -> std::io::Result<()> {
+        match encryption::key_of(volume) {
+            Some(id) => self.ensure_policy(&volume.id, dest, root, &id).map_err(std::io::Error::other),
+            None => Ok(()),
+        }
+    }
+
     /// The usage of the tree at `dir`, walked at most once per [`USAGE_TTL`]. Only walks of
     /// the same directory wait for each other: the cache's lock is never held during one,
     /// so a huge volume slows its own stats, not every volume's.
@@ -177,10 +192,17 @@ impl HostPath {
             }
             (Some(from), false) => {
                 let mut progress = Progress::new("copy into volume", tree::usage(&from).ok().map(|u| u.bytes));
-                let stats = tree::copy_tree(&from, parent, &volume.key, Reflink::Auto, &mut |done| {
-                    progress.update(done);
-                    let _ = crate::failpoint::hit("hostpath.copy");
-                })
+                let stats = tree::copy_tree_prepared(
+                    &from,
+                    parent,
+                    &volume.key,
+                    Reflink::Auto,
+                    &|root| self.prepare_copy(volume, dir, root),
+                    &mut |done| {
+                        progress.update(done);
+                        let _ = crate::failpoint::hit("hostpath.copy");
+                    },
+                )
                 .map_err(Error::io("copy into volume", dir))?;
                 tracing::info!(volume.id = %volume.id, bytes = stats.bytes, reflinked = stats.reflinked, "volume populated from source");
             }
@@ -223,6 +245,13 @@ impl Controller for HostPath {
         }
         self.populate(volume, source)?;
         let dir = self.volume_dir(&volume.key);
+        if source.is_none()
+            && let Some(id) = encryption::key_of(volume)
+        {
+            let fd = safepath::open_dir_beneath(&self.root, &Path::new(VOLUMES).join(&volume.key))
+                .map_err(Error::io("open volume directory", &dir))?;
+            self.ensure_policy(&volume.id, &dir, std::os::fd::AsFd::as_fd(&fd), &id)?;
+        }
         super::failpoint("hostpath.quota.set", &dir)?;
         if let Some(project) = volume.project_id {
             self.sys.set_project_id(&dir, project).map_err(Error::io("set project ID", &dir))?;
@@ -293,10 +322,17 @@ impl Controller for HostPath {
         }
         if !dest.exists() {
             let mut progress = Progress::new("copy snapshot", tree::usage(&source).ok().map(|u| u.bytes));
-            let stats = tree::copy_tree(&source, &parent, &snapshot.key, Reflink::Auto, &mut |done| {
-                progress.update(done);
-                let _ = crate::failpoint::hit("hostpath.snapshot.copy");
-            })
+            let stats = tree::copy_tree_prepared(
+                &source,
+                &parent,
+                &snapshot.key,
+                Reflink::Auto,
+                &|root| self.prepare_copy(volume, &dest, root),
+                &mut |done| {
+                    progress.update(done);
+                    let _ = crate::failpoint::hit("hostpath.snapshot.copy");
+                },
+            )
             .map_err(Error::io("copy snapshot", &dest))?;
             snapshot.method = Some(if stats.reflinked > 0 { SnapshotMethod::Reflink } else { SnapshotMethod::Copy });
             // The space a restore needs: what the copy allocated, not the files' logical
@@ -341,6 +377,10 @@ impl Controller for HostPath {
         found.extend(super::unaccounted_in(&self.root.join(SNAPSHOTS), "", known));
         found
     }
+
+    fn keys(&self) -> Option<&dyn super::Keys> {
+        Some(self)
+    }
 }
 
 impl Node for HostPath {
@@ -376,6 +416,11 @@ impl Node for HostPath {
             nix::sys::statvfs::fstatvfs(&fd).is_ok_and(|st| st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
         if read_only_fs && !flags.readonly {
             return Err(Error::ReadWriteStageOfReadOnlyPool { pool: self.info.name.clone() });
+        }
+        if let StageSource::Managed(v) = source
+            && let Some(id) = encryption::key_of(v)
+        {
+            self.ensure_policy(&v.id, &self.root.join(&rel), std::os::fd::AsFd::as_fd(&fd), &id)?;
         }
         ops::bind(self.sys.as_ref(), &safepath::proc_fd_path(&fd), staging, flags)
             .map_err(Error::io("bind mount", staging))

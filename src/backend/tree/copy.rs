@@ -267,6 +267,20 @@ pub fn copy_tree(
     reflink: Reflink,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<CopyStats> {
+    copy_tree_prepared(src, dst_parent, dst_name, reflink, &|_| Ok(()), progress)
+}
+
+/// [`copy_tree`], with `prepare` called on the copy's root directory before anything is
+/// copied into it, and again on a resumed copy's (so it must be idempotent): an encrypted
+/// copy gets its policy there, while the directory is still empty.
+pub fn copy_tree_prepared(
+    src: &Path,
+    dst_parent: &Path,
+    dst_name: &str,
+    reflink: Reflink,
+    prepare: &dyn Fn(BorrowedFd<'_>) -> io::Result<()>,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<CopyStats> {
     let final_name = component(dst_name)?;
     let partial = CString::new(format!(".{dst_name}.partial"))?;
     let src_fd = open(src, DIR_NOFOLLOW, Mode::empty())?;
@@ -300,6 +314,7 @@ pub fn copy_tree(
     }
     let result = (|| {
         let dst = open_dir(dp, &partial)?;
+        prepare(dst.as_fd())?;
         let dst_root = (dst.try_clone()?, fstat(dst.as_fd())?);
         let stats = CopyStats::default();
         let mut c = Copier { reflink, resume, stats, root, dst_root, links: HashMap::new(), progress };

@@ -27,7 +27,7 @@ use nix::sys::stat::Mode;
 use nix::sys::time::TimeSpec;
 
 pub(crate) use copy::boot_id;
-pub use copy::{CopyStats, copy_tree};
+pub use copy::{CopyStats, copy_tree, copy_tree_prepared};
 pub use data::{Reflink, copy_file_data, copy_file_data_from};
 pub use inodes::{Usage, for_each_inode, usage};
 pub use remove::remove_tree;

@@ -1,0 +1,82 @@
+//! Encrypted hostPath volumes: fscrypt v2 policies on volume and snapshot directories,
+//! where the pool's filesystem can encrypt (ext4 with the `encrypt` feature, f2fs).
+//!
+//! A volume's directory gets its policy while it is empty: at creation when the request
+//! brought the key, else at its first stage; a copy's root (clone, restore, snapshot) gets
+//! it before anything is copied in, so no byte of it is ever stored in plaintext.
+//! Deleting needs no key: the kernel unlinks encrypted names without it.
+
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::Path;
+
+use super::HostPath;
+use crate::backend::{Error, Keys, Result};
+use crate::crypt::{Key, KeyId, Scheme};
+use crate::mount::fscrypt;
+use crate::state::VolumeRecord;
+
+/// The key a record's volume is encrypted under, once it has one.
+pub(super) fn key_of(volume: &VolumeRecord) -> Option<KeyId> {
+    volume.encryption.as_ref().and_then(|e| e.key_id)
+}
+
+impl HostPath {
+    /// Makes the open directory `dir` (at `path`, for messages) encrypted under `id`:
+    /// already so is success; under another key, or holding plaintext, is refused.
+    /// `dir` may be an `O_PATH` descriptor (which takes no ioctls): the directory is
+    /// reopened through it, so it is the same directory, whatever its path leads to now.
+    pub(super) fn ensure_policy(&self, volume: &str, path: &Path, dir: BorrowedFd<'_>, id: &KeyId) -> Result<()> {
+        let opened = fs::File::open(format!("/proc/self/fd/{}", dir.as_raw_fd())).map_err(Error::io("open", path))?;
+        let dir = opened.as_fd();
+        match self.sys.fscrypt_policy_key(dir).map_err(Error::io("read the encryption policy of", path))? {
+            Some(found) if found == *id => Ok(()),
+            Some(found) => Err(Error::EncryptedOtherwise {
+                volume: volume.to_string(),
+                path: path.to_path_buf(),
+                found,
+                recorded: *id,
+            }),
+            None => {
+                let mut entries =
+                    fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())).map_err(Error::io("list", path))?;
+                if entries.next().is_some() {
+                    return Err(Error::PlaintextInEncrypted { volume: volume.to_string(), path: path.to_path_buf() });
+                }
+                self.sys.fscrypt_set_policy(dir, id).map_err(Error::io("set the encryption policy of", path))
+            }
+        }
+    }
+}
+
+impl Keys for HostPath {
+    fn scheme(&self) -> Result<Scheme> {
+        let root = fs::File::open(&self.root).map_err(Error::io("open pool directory", &self.root))?;
+        match self.sys.fscrypt_policy_key(root.as_fd()) {
+            Ok(_) => Ok(Scheme::Fscrypt),
+            Err(e) if fscrypt::unsupported(&e) => Err(Error::CannotEncrypt {
+                pool: self.info.name.clone(),
+                reason: format!(
+                    "the filesystem of {} has no fscrypt ({e}); ext4 needs the encrypt feature (tune2fs -O encrypt \
+                     on its device), and xfs and btrfs cannot",
+                    self.root.display()
+                ),
+            }),
+            Err(e) => Err(Error::io("read the encryption policy of", &self.root)(e)),
+        }
+    }
+
+    fn add_key(&self, key: &Key) -> Result<KeyId> {
+        self.sys
+            .fscrypt_add_key(&self.root, key)
+            .map_err(Error::io("add an encryption key to the filesystem of", &self.root))
+    }
+
+    fn remove_key(&self, id: &KeyId) -> Result<bool> {
+        match self.sys.fscrypt_remove_key(&self.root, id) {
+            Ok(flags) => Ok(flags & fscrypt::REMOVAL_FILES_BUSY != 0),
+            Err(e) if e.raw_os_error() == Some(libc::ENOKEY) => Ok(false),
+            Err(e) => Err(Error::io("remove an encryption key from the filesystem of", &self.root)(e)),
+        }
+    }
+}
