@@ -62,6 +62,43 @@ impl fmt::Display for Scheme {
     }
 }
 
+/// Where the key of each kind of call comes from, for the message when it is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFrom {
+    NodeStage,
+    CreateVolume,
+    CreateSnapshot,
+}
+
+impl KeyFrom {
+    /// The call.
+    #[must_use]
+    pub fn call(self) -> &'static str {
+        match self {
+            KeyFrom::NodeStage => "NodeStageVolume",
+            KeyFrom::CreateVolume => "CreateVolume",
+            KeyFrom::CreateSnapshot => "CreateSnapshot",
+        }
+    }
+
+    /// How a user gets the key into that call's secrets.
+    #[must_use]
+    pub fn how(self) -> &'static str {
+        match self {
+            KeyFrom::NodeStage => {
+                "name the Secret in the StorageClass with csi.storage.k8s.io/node-stage-secret-name and -namespace"
+            }
+            KeyFrom::CreateVolume => {
+                "name the Secret in the StorageClass with csi.storage.k8s.io/provisioner-secret-name and -namespace"
+            }
+            KeyFrom::CreateSnapshot => {
+                "name the Secret in the VolumeSnapshotClass with csi.storage.k8s.io/snapshotter-secret-name and \
+                 -namespace, or snapshot the volume while it is staged on its node"
+            }
+        }
+    }
+}
+
 /// A volume's encryption, as its record keeps it: the scheme, and the identifier of its
 /// key once a key was given (never the key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

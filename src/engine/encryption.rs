@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use super::{Engine, Error, Result};
 use crate::backend::{self, Pool, StageSource};
-use crate::crypt::{Key, KeyId, key_id};
+use crate::crypt::{Key, KeyFrom, KeyId, key_id};
 use crate::state::VolumeRecord;
 
 /// Calls holding a key in the kernel, by pool and key.
@@ -37,43 +37,6 @@ impl Drop for KeyHold<'_> {
 /// The key a record's volume (or snapshot) is encrypted under, once it has one.
 pub(super) fn key_of(volume: &VolumeRecord) -> Option<KeyId> {
     volume.encryption.as_ref().and_then(|e| e.key_id)
-}
-
-/// Where the key of each kind of call comes from, for the message when it is missing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyFrom {
-    NodeStage,
-    CreateVolume,
-    CreateSnapshot,
-}
-
-impl KeyFrom {
-    /// The call.
-    #[must_use]
-    pub fn call(self) -> &'static str {
-        match self {
-            KeyFrom::NodeStage => "NodeStageVolume",
-            KeyFrom::CreateVolume => "CreateVolume",
-            KeyFrom::CreateSnapshot => "CreateSnapshot",
-        }
-    }
-
-    /// How a user gets the key into that call's secrets.
-    #[must_use]
-    pub fn how(self) -> &'static str {
-        match self {
-            KeyFrom::NodeStage => {
-                "name the Secret in the StorageClass with csi.storage.k8s.io/node-stage-secret-name and -namespace"
-            }
-            KeyFrom::CreateVolume => {
-                "name the Secret in the StorageClass with csi.storage.k8s.io/provisioner-secret-name and -namespace"
-            }
-            KeyFrom::CreateSnapshot => {
-                "name the Secret in the VolumeSnapshotClass with csi.storage.k8s.io/snapshotter-secret-name and \
-                 -namespace, or snapshot the volume while it is staged on its node"
-            }
-        }
-    }
 }
 
 impl Engine {

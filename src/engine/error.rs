@@ -28,7 +28,7 @@ pub enum Error {
         "volume {volume} is encrypted ({scheme}): {} needs its key in the secrets' {} entry; {}",
         from.call(), crate::crypt::SECRET_KEY, from.how()
     )]
-    KeyMissing { volume: String, scheme: crate::crypt::Scheme, from: super::encryption::KeyFrom },
+    KeyMissing { volume: String, scheme: crate::crypt::Scheme, from: crate::crypt::KeyFrom },
     /// The secrets' key is not the one the volume or snapshot is encrypted under.
     #[error(
         "the key in the secrets is not the key of {what}: its identifier is {given}, and {what} is encrypted under {recorded}"

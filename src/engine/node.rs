@@ -134,7 +134,7 @@ impl Engine {
         let key = key.ok_or_else(|| Error::KeyMissing {
             volume: record.id.clone(),
             scheme: encryption.scheme,
-            from: super::encryption::KeyFrom::NodeStage,
+            from: crate::crypt::KeyFrom::NodeStage,
         })?;
         let id = Self::check_key(&format!("volume {}", record.id), encryption.key_id, key)?;
         if encryption.key_id.is_none() {

@@ -48,7 +48,7 @@ impl Engine {
             record
         };
         let _key = match super::encryption::key_of(&volume) {
-            Some(id) => Some(self.hold_for(&pool, &volume, id, key, super::encryption::KeyFrom::CreateSnapshot)?),
+            Some(id) => Some(self.hold_for(&pool, &volume, id, key, crate::crypt::KeyFrom::CreateSnapshot)?),
             None => None,
         };
         self.build_snapshot(pool.as_ref(), &volume, &mut record)?;

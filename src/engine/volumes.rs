@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use super::encryption::{self, KeyFrom};
+use super::encryption;
 use super::{Capability, Engine, Error, FS_TYPES, Result};
 use crate::backend::{Backend, Source};
+use crate::crypt::KeyFrom;
 use crate::crypt::{Encryption, Scheme};
 use crate::ids::{self, Kind};
 use crate::state::{AccessKind, ContentSource, Phase, SnapshotRecord, VolumeRecord};
