@@ -129,8 +129,9 @@ pub fn checks(host: &Host, pool: &NfsPool) -> Vec<Check> {
                 "mount export",
                 failed(&ep, Stage::Mount, e),
                 format!(
-                    "set the pool's export to a path the server exports, and export it read-write to this host's \
-                     address (for a pod behind SNAT, the node's address) ({DOCS})"
+                    "set the pool's export to a path the server exports, export it read-write to this host's \
+                     address (for a pod behind SNAT, the node's address), and with `secure` keep the source port \
+                     below 1024 or export with `insecure` ({DOCS})"
                 ),
             ));
             return out;
@@ -146,7 +147,10 @@ pub fn checks(host: &Host, pool: &NfsPool) -> Vec<Check> {
                 s,
                 "nfsv3",
                 failed(&ep, Stage::Nfs, e),
-                format!("serve NFS v3 over TCP on port {nfs_port} to this host ({DOCS})"),
+                format!(
+                    "serve NFS v3 over TCP on port {nfs_port} to this host's address, and with `secure` keep the \
+                     source port below 1024 or export with `insecure` ({DOCS})"
+                ),
             ));
             return out;
         }

@@ -118,9 +118,10 @@ impl fmt::Display for Failure {
             Some(Stage::Mount) => match e {
                 nfs::Error::Mount { status: Some(1 | 13), .. } => write!(
                     f,
-                    "MOUNT refuses {export} to this host: either {server} does not export that path (servers answer \
-                     the same for an absent export; `showmount -e {server}` lists them) or the export's client list \
-                     leaves out this host's address: {e}"
+                    "MOUNT refuses {export} to this host: {server} does not export that path (servers answer the \
+                     same for an absent export; `showmount -e {server}` lists them), or the export's client list \
+                     leaves out the address it sees, or it exports with `secure` and the source port it saw was \
+                     above 1023: {e}"
                 ),
                 nfs::Error::Mount { status: Some(2), .. } => {
                     write!(f, "{server} has no export {export} (check the pool's export path): {e}")
@@ -130,9 +131,18 @@ impl fmt::Display for Failure {
                 }
                 _ => write!(f, "MOUNT v3 on {server} does not answer: {e}"),
             },
-            Some(Stage::Nfs) => match rpc_source(e) {
-                Some(RpcError::Denied(_)) => write!(f, "NFS refused this host's call: {NO_SECURE}: {e}"),
-                Some(RpcError::NotRun(_)) => write!(f, "{server} does not serve NFS v3 on the port it names: {e}"),
+            Some(Stage::Nfs) => match (rpc_source(e), e.status()) {
+                (Some(RpcError::Denied(_)), _) => write!(f, "NFS refused this host's call: {NO_SECURE}: {e}"),
+                (Some(RpcError::NotRun(_)), _) => {
+                    write!(f, "{server} does not serve NFS v3 on the port it names: {e}")
+                }
+                (_, Some(PERM | ACCES)) => write!(
+                    f,
+                    "NFS refuses {export} to this host although MOUNT granted it: the server exports it with `secure` \
+                     and the source port it saw was above 1023 (a NAT on the way may have changed it), or its \
+                     client list leaves out the address it sees: {e}"
+                ),
+                (None, Some(_)) => write!(f, "NFS v3 on {server} refused the export's root: {e}"),
                 _ => write!(f, "NFS v3 on {server} does not answer: {e}"),
             },
             None => match e.status() {
@@ -264,7 +274,8 @@ mod tests {
             (None, status(28), None, &["full"]),
             (Some(Stage::Portmapper), rpc(RpcError::Io(refused)), None, &["no portmapper", "port 111", "NFSv4-only"]),
             (Some(Stage::Portmapper), rpc(RpcError::NotRun("x".into())), None, &["does not list MOUNT v3"]),
-            (Some(Stage::Mount), mount(Some(13)), None, &["does not export that path", "client list", "showmount -e"]),
+            (Some(Stage::Mount), mount(Some(13)), None, &["does not export that path", "client list", "`secure`"]),
+            (Some(Stage::Nfs), status(1), None, &["`secure`", "above 1023", "NAT", "NFS3ERR_PERM"]),
             (Some(Stage::Mount), mount(Some(2)), None, &["has no export /srv/k8s"]),
             (Some(Stage::Mount), rpc(RpcError::Denied("credential rejected".into())), None, &["`secure`", "insecure"]),
             (Some(Stage::Nfs), rpc(RpcError::Denied("credential rejected".into())), None, &["reserved source ports"]),
