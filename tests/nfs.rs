@@ -729,18 +729,20 @@ fn doctor_reaches_the_export_and_reports_a_dead_server() {
             .output()
             .expect("run doctor");
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-        let export = report["checks"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["subject"] == "pool shared" && c["check"] == "export"))
-            .cloned()
-            .expect("an export check");
-        (out.status.success(), export)
+        let check = |name: &str| {
+            report["checks"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["subject"] == "pool shared" && c["check"] == name))
+                .cloned()
+                .unwrap_or_default()
+        };
+        (out.status.success(), check("write as root"), check("mount export"))
     };
-    let (_, alive) = doctor();
+    let (_, alive, _) = doctor();
     assert_eq!(alive["verdict"], "ok", "{alive}");
-    assert!(alive["detail"].as_str().is_some_and(|d| d.contains("writable")), "{alive}");
+    assert!(alive["detail"].as_str().is_some_and(|d| d.contains("owned by uid 0")), "{alive}");
     assert!(
-        fs::read_dir(&g.export).expect("ls").all(|e| !e
+        fs::read_dir(g.export.join(".berth/nodes")).expect("ls").all(|e| !e
             .expect("entry")
             .file_name()
             .to_string_lossy()
@@ -748,9 +750,10 @@ fn doctor_reaches_the_export_and_reports_a_dead_server() {
         "the probe file was removed"
     );
     g.stop();
-    let (ok, dead) = doctor();
+    let (ok, _, dead) = doctor();
     assert!(!ok, "a dead server fails the doctor");
     assert_eq!(dead["verdict"], "fail", "{dead}");
+    assert!(dead["detail"].as_str().is_some_and(|d| d.contains("does not answer")), "{dead}");
 }
 
 #[tokio::test]

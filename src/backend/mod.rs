@@ -337,6 +337,8 @@ pub trait Shared: Send + Sync {
     fn register_node(self: Arc<Self>, node: &str);
     /// Whether `node` announced itself with [`Shared::register_node`].
     fn knows_node(&self, node: &str) -> Result<bool>;
+    /// Why `node` is not known, as far as the pool can tell, for the NOT_FOUND message.
+    fn unknown_node(&self, node: &str) -> String;
     /// The directory a volume context names (a volume of this pool unknown to this
     /// process, or a static volume), relative to the pool; `None` when the context names
     /// none of this pool's storage.

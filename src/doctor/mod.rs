@@ -8,6 +8,7 @@
 //! command exit non-zero.
 
 mod checks;
+mod nfs;
 mod pools;
 #[cfg(test)]
 mod tests;
@@ -218,6 +219,6 @@ fn pool_checks(host: &Host, pool: &PoolConfig, recorded: usize) -> Vec<Check> {
         PoolConfig::Hostpath(p) => pools::hostpath(host, p, recorded),
         PoolConfig::Block(p) => pools::block(host, p, recorded),
         PoolConfig::Device(p) => pools::device(host, p),
-        PoolConfig::Nfs(p) => pools::nfs(host, p),
+        PoolConfig::Nfs(p) => nfs::checks(host, p),
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::Check;
 use super::checks::Host;
 use crate::backend::tree::{self, Reflink};
-use crate::config::{BlockPool, DevicePool, Enforcement, HostPathPool, NfsPool, Wipe};
+use crate::config::{BlockPool, DevicePool, Enforcement, HostPathPool, Wipe};
 use crate::mount::{FsKind, ProjectQuotaState, mountinfo, ops};
 
 /// A human name for a filesystem magic number.
@@ -342,37 +342,4 @@ fn reflink(subject: &str, root: &Path, kind: FsKind, subvolumes: bool) -> Check 
             "for instant snapshots use btrfs, or xfs made with reflink=1 (the default of recent xfsprogs)",
         ),
     }
-}
-
-/// Checks one NFS pool: its configuration, and that the server answers and the export is
-/// writable (through berth's own client, as the controller uses it).
-pub fn nfs(host: &Host, pool: &NfsPool) -> Vec<Check> {
-    let subject = format!("pool {}", pool.name);
-    let s = subject.as_str();
-    let opened = match crate::backend::nfs::NfsPool::open(pool, Arc::clone(&host.sys)) {
-        Ok(p) => p,
-        Err(e) => {
-            return vec![Check::fail(
-                s,
-                "config",
-                e.to_string(),
-                "fix the pool's server, export, mountOptions, subDir or permissions",
-            )];
-        }
-    };
-    let mut out = vec![Check::ok(s, "config", format!("{}:{}", pool.server, pool.export))];
-    match opened.probe_export() {
-        Ok((free, total)) => out.push(Check::ok(
-            s,
-            "export",
-            format!("{}:{} answers and is writable; {free} of {total} bytes free", pool.server, pool.export),
-        )),
-        Err(e) => out.push(Check::fail(
-            s,
-            "export",
-            e.to_string(),
-            "check that the server is reachable, exports the path over NFSv3 with MOUNT, and allows root (no_root_squash) from this host",
-        )),
-    }
-    out
 }

@@ -49,8 +49,8 @@ pub enum Error {
     #[error("pool {pool:?} is not configured on node {node}")]
     NoPool { pool: String, node: String },
     /// A node no berth node plugin of the pool has registered as.
-    #[error("node {node:?} is not known: no berth node plugin for pool {pool} has registered under that ID")]
-    UnknownNode { node: String, pool: String },
+    #[error("node {node:?} is not known: no berth node plugin for pool {pool} has registered under that ID{why}")]
+    UnknownNode { node: String, pool: String, why: String },
     #[error("the parent directory of {field} {} does not exist", path.display())]
     NoParent { field: &'static str, path: PathBuf },
     /// NodeGetVolumeStats on a path that is not this volume's mount.

@@ -34,7 +34,7 @@ impl Engine {
             && let Some((pool, _)) = self.resolve_shared(id, context)?
         {
             if !pool.records().map_or(Ok(false), |s| s.knows_node(node))? {
-                return Err(Error::UnknownNode { node: node.to_string(), pool: pool.name().to_string() });
+                return Err(self.unknown_shared_node(&pool, node));
             }
             if let Some(reason) = unsupported(pool.as_ref(), capability) {
                 return Err(Error::BadRequest(reason));
@@ -47,7 +47,7 @@ impl Engine {
         }
         if node != record.node {
             if !self.known_node(node) {
-                return Err(Error::UnknownNode { node: node.to_string(), pool: record.pool });
+                return Err(Error::UnknownNode { node: node.to_string(), pool: record.pool, why: String::new() });
             }
             return Err(Error::WrongNode {
                 volume: id.to_string(),

@@ -103,6 +103,13 @@ impl Engine {
         }
     }
 
+    /// NOT_FOUND for a node that has not registered with a shared pool, saying why as far
+    /// as the pool can tell (no node registered at all points at the server's settings).
+    pub(super) fn unknown_shared_node(&self, pool: &Pool, node: &str) -> Error {
+        let why = pool.records().map(|s| format!("; {}", s.unknown_node(node))).unwrap_or_default();
+        Error::UnknownNode { node: node.to_string(), pool: pool.name().to_string(), why }
+    }
+
     /// ControllerPublishVolume for a shared pool's volume: the node must have announced
     /// itself (else NOT_FOUND); a single-node mode refuses a second node with
     /// FAILED_PRECONDITION naming the node that has it; multi-node modes publish anywhere.
@@ -116,7 +123,7 @@ impl Engine {
         let pool = self.pool(&record.pool)?.clone();
         let known = |node: &str| pool.records().map_or(Ok(false), |s| s.knows_node(node));
         if node != self.node_id && !record.published.contains_key(node) && !known(node)? {
-            return Err(Error::UnknownNode { node: node.to_string(), pool: record.pool });
+            return Err(self.unknown_shared_node(&pool, node));
         }
         if let Some(reason) = super::volumes::unsupported(pool.as_ref(), capability) {
             return Err(Error::BadRequest(reason));

@@ -2,7 +2,7 @@
 //! yields the export's root handle, and the portmapper lookup that finds their ports.
 //! Names are byte strings: content in users' volumes need not be UTF-8.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use super::decode::{self, Mnt, ReplyError};
@@ -10,10 +10,13 @@ use super::rpc::{AuthSys, RpcError, Transport};
 use super::types::{Attr, Entry, Error, Fh, FileType, FsStat, Result, SetAttr, Status, dirop, put_sattr};
 use super::xdr::{Enc, XdrError};
 
-const NFS_PROGRAM: u32 = 100_003;
-const MOUNT_PROGRAM: u32 = 100_005;
+/// The NFS program number.
+pub const NFS_PROGRAM: u32 = 100_003;
+/// The MOUNT program number.
+pub const MOUNT_PROGRAM: u32 = 100_005;
 const PMAP_PROGRAM: u32 = 100_000;
-const PMAP_PORT: u16 = 111;
+/// The portmapper's port.
+pub const PMAP_PORT: u16 = 111;
 const AUTH_NONE: u32 = 0;
 const AUTH_SYS: u32 = 1;
 
@@ -47,6 +50,99 @@ pub fn resolve(host: &str) -> Result<Vec<std::net::IpAddr>> {
     Ok(addrs)
 }
 
+/// The server's service a connection was talking to when it failed: each is a separate
+/// requirement on the server (docs/nfs.md, "What the server must allow").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Resolving the server's name.
+    Resolve,
+    /// The portmapper (port 111), asked where MOUNT v3 and NFS v3 listen.
+    Portmapper,
+    /// MOUNT v3, asked for the export's root handle.
+    Mount,
+    /// NFS v3 itself.
+    Nfs,
+}
+
+/// A failed connection: what failed, and at which stage.
+#[derive(Debug)]
+pub struct ConnectError {
+    pub stage: Stage,
+    pub error: Error,
+}
+
+/// Asks the portmapper on `ip` for the TCP port of `prog` version `vers`; `None` when the
+/// program is not registered.
+pub fn getport(ip: IpAddr, ep: &Endpoint, prog: u32, vers: u32) -> Result<Option<u16>> {
+    let rpc_err = |source: RpcError| Error::Rpc { server: ep.host.clone(), source };
+    let mut pmap =
+        Transport::connect(SocketAddr::new(ip, PMAP_PORT), ep.timeout, &ep.auth).map_err(|e| rpc_err(e.into()))?;
+    let mut e = Enc::new();
+    e.u32(prog).u32(vers).u32(6).u32(0);
+    let reply = pmap.call(PMAP_PROGRAM, 2, 3, e.bytes()).map_err(rpc_err)?;
+    decode::getport(&reply).map_err(|e| rpc_err(e.into()))
+}
+
+/// The MOUNT and NFS ports: from the endpoint where it names them, else the portmapper's.
+pub fn ports(ip: IpAddr, ep: &Endpoint) -> std::result::Result<(u16, u16), ConnectError> {
+    let find = |given: Option<u16>, prog: u32| -> std::result::Result<u16, ConnectError> {
+        if let Some(port) = given {
+            return Ok(port);
+        }
+        let stage = Stage::Portmapper;
+        match getport(ip, ep, prog, 3) {
+            Ok(Some(port)) => Ok(port),
+            Ok(None) => Err(ConnectError {
+                stage,
+                error: Error::Rpc {
+                    server: ep.host.clone(),
+                    source: RpcError::NotRun(format!(
+                        "program {prog} version 3 is not registered with the portmapper; \
+                         berth's client needs NFSv3 and MOUNTv3 over TCP"
+                    )),
+                },
+            }),
+            Err(error) => Err(ConnectError { stage, error }),
+        }
+    };
+    Ok((find(ep.mount_port, MOUNT_PROGRAM)?, find(ep.nfs_port, NFS_PROGRAM)?))
+}
+
+/// Asks MOUNT v3 at `ip:port` for the export's root handle.
+pub fn mnt(ip: IpAddr, port: u16, ep: &Endpoint) -> Result<Fh> {
+    let server = ep.host.clone();
+    let rpc_err = |source: RpcError| Error::Rpc { server: server.clone(), source };
+    let mut mount =
+        Transport::connect(SocketAddr::new(ip, port), ep.timeout, &ep.auth).map_err(|e| rpc_err(e.into()))?;
+    let mut e = Enc::new();
+    e.opaque(ep.export.as_bytes());
+    let reply = mount.call(MOUNT_PROGRAM, 3, 1, e.bytes()).map_err(rpc_err)?;
+    match decode::mnt(&reply).map_err(|e| rpc_err(e.into()))? {
+        // As Linux's client does: AUTH_NONE in the list means the server ignores
+        // credentials, and an empty list comes from servers that predate it.
+        Mnt::Mounted { root, flavors }
+            if flavors.is_empty() || flavors.contains(&AUTH_SYS) || flavors.contains(&AUTH_NONE) =>
+        {
+            Ok(root)
+        }
+        Mnt::Mounted { flavors, .. } => {
+            let reason = format!(
+                "the export does not accept AUTH_SYS, the only security flavor berth speaks (it offers {flavors:?})"
+            );
+            Err(Error::Mount { server, export: ep.export.clone(), status: None, reason })
+        }
+        Mnt::Refused(status) => {
+            let reason = match status {
+                1 => "not permitted".to_string(),
+                2 => "no such export".to_string(),
+                13 => "access denied (check the export's client list)".to_string(),
+                other => format!("MOUNT status {other}"),
+            };
+            Err(Error::Mount { server, export: ep.export.clone(), status: Some(status), reason })
+        }
+    }
+}
+
 /// A connection to one export: the NFS transport and the export's root handle.
 #[derive(Debug)]
 pub struct Client {
@@ -61,70 +157,34 @@ impl Client {
     /// Resolves the server, finds the ports, mounts the export with MOUNT v3 and opens the
     /// NFS connection.
     pub fn connect(ep: &Endpoint) -> Result<Client> {
-        let ip = resolve(&ep.host)?[0];
+        Client::connect_staged(ep).map_err(|e| e.error)
+    }
+
+    /// [`Client::connect`], saying at which stage it failed.
+    pub fn connect_staged(ep: &Endpoint) -> std::result::Result<Client, ConnectError> {
+        let at = |stage: Stage| move |error: Error| ConnectError { stage, error };
+        let ip = resolve(&ep.host).map_err(at(Stage::Resolve))?[0];
+        let (mount_port, nfs_port) = ports(ip, ep)?;
+        let root = mnt(ip, mount_port, ep).map_err(at(Stage::Mount))?;
+        Client::open(ip, nfs_port, root, ep).map_err(at(Stage::Nfs))
+    }
+
+    /// Opens NFS v3 at `ip:port` on the export whose root handle is `root` (its FSINFO
+    /// answers first).
+    pub fn open(ip: IpAddr, port: u16, root: Fh, ep: &Endpoint) -> Result<Client> {
         let server = ep.host.clone();
-        let rpc_err = |source: RpcError| Error::Rpc { server: server.clone(), source };
-        let io_err = |e: std::io::Error| rpc_err(RpcError::Io(e));
-        let (mount_port, nfs_port) = match (ep.mount_port, ep.nfs_port) {
-            (Some(m), Some(n)) => (m, n),
-            (m, n) => {
-                let mut pmap =
-                    Transport::connect(SocketAddr::new(ip, PMAP_PORT), ep.timeout, &ep.auth).map_err(io_err)?;
-                let mut getport = |prog: u32, vers: u32| -> Result<u16> {
-                    let mut e = Enc::new();
-                    e.u32(prog).u32(vers).u32(6).u32(0);
-                    let reply = pmap.call(PMAP_PROGRAM, 2, 3, e.bytes()).map_err(rpc_err)?;
-                    match decode::getport(&reply).map_err(|e| rpc_err(e.into()))? {
-                        Some(port) => Ok(port),
-                        None => Err(rpc_err(RpcError::NotRun(format!(
-                            "program {prog} version {vers} is not registered with the portmapper; \
-                             the controller needs NFSv3 and MOUNTv3 over TCP"
-                        )))),
-                    }
-                };
-                let m = match m {
-                    Some(m) => m,
-                    None => getport(MOUNT_PROGRAM, 3)?,
-                };
-                let n = match n {
-                    Some(n) => n,
-                    None => getport(NFS_PROGRAM, 3)?,
-                };
-                (m, n)
-            }
-        };
-        let mut mount = Transport::connect(SocketAddr::new(ip, mount_port), ep.timeout, &ep.auth).map_err(io_err)?;
-        let mut e = Enc::new();
-        e.opaque(ep.export.as_bytes());
-        let reply = mount.call(MOUNT_PROGRAM, 3, 1, e.bytes()).map_err(rpc_err)?;
-        let root = match decode::mnt(&reply).map_err(|e| rpc_err(e.into()))? {
-            // As Linux's client does: AUTH_NONE in the list means the server ignores
-            // credentials, and an empty list comes from servers that predate it.
-            Mnt::Mounted { root, flavors }
-                if flavors.is_empty() || flavors.contains(&AUTH_SYS) || flavors.contains(&AUTH_NONE) =>
-            {
-                root
-            }
-            Mnt::Mounted { flavors, .. } => {
-                let reason = format!(
-                    "the export does not accept AUTH_SYS, the only security flavor berth speaks (it offers {flavors:?})"
-                );
-                return Err(Error::Mount { server: server.clone(), export: ep.export.clone(), reason });
-            }
-            Mnt::Refused(status) => {
-                let reason = match status {
-                    1 => "not permitted".to_string(),
-                    2 => "no such export".to_string(),
-                    13 => "access denied (check the export's client list)".to_string(),
-                    other => format!("MOUNT status {other}"),
-                };
-                return Err(Error::Mount { server: server.clone(), export: ep.export.clone(), reason });
-            }
-        };
-        let nfs = Transport::connect(SocketAddr::new(ip, nfs_port), ep.timeout, &ep.auth).map_err(io_err)?;
+        let nfs = Transport::connect(SocketAddr::new(ip, port), ep.timeout, &ep.auth)
+            .map_err(|e| Error::Rpc { server: server.clone(), source: e.into() })?;
         let mut client = Client { nfs, root, server, io_size: 64 << 10 };
         client.io_size = client.fsinfo()?.io_size();
         Ok(client)
+    }
+
+    /// The local address of the NFS connection, as this host sees it (a NAT on the way may
+    /// change the address and port the server sees).
+    #[must_use]
+    pub fn source(&self) -> Option<SocketAddr> {
+        self.nfs.local_addr()
     }
 
     fn call(&mut self, proc: u32, args: &Enc) -> Result<Vec<u8>> {

@@ -90,6 +90,12 @@ impl Transport {
         Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EADDRNOTAVAIL)))
     }
 
+    /// The local end of the connection.
+    #[must_use]
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.stream.local_addr().ok()
+    }
+
     /// Calls `proc` of `prog` version `vers` with XDR-encoded `args`; returns the encoded
     /// results. Any error leaves the connection unusable: callers drop it.
     pub fn call(&mut self, prog: u32, vers: u32, proc: u32, args: &[u8]) -> Result<Vec<u8>, RpcError> {

@@ -82,8 +82,9 @@ pub enum Error {
     Rpc { server: String, source: RpcError },
     #[error("resolving NFS server {host}: {reason}")]
     Resolve { host: String, reason: String },
+    /// MOUNT refused the export (`status` is the MNT3 status, when it gave one).
     #[error("MOUNT {export} on {server}: {reason}")]
-    Mount { server: String, export: String, reason: String },
+    Mount { server: String, export: String, status: Option<u32>, reason: String },
     /// The server answered with an error status.
     #[error("{proc}: {status}")]
     Status { proc: &'static str, status: Status },

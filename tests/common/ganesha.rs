@@ -17,6 +17,9 @@ use super::have;
 /// A running ganesha; killed on drop.
 pub struct Ganesha {
     child: Child,
+    /// Held for the server's whole life by [`Ganesha::start_with`] when asked: no other
+    /// ganesha registers with rpcbind meanwhile, so the portmapper names this one's ports.
+    _lock: Option<StartLock>,
     pub export: PathBuf,
     pub nfs_port: u16,
     pub mount_port: u16,
@@ -55,11 +58,19 @@ impl Ganesha {
     /// Starts ganesha exporting `dir/export`; `None` (with a SKIPPED line naming `test`)
     /// when ganesha is not installed or cannot start here.
     pub fn start(dir: &Path, test: &str) -> Option<Ganesha> {
+        Ganesha::start_with(dir, test, &[], false)
+    }
+
+    /// [`Ganesha::start`], with more exports: each `(name, settings)` exports `dir/<name>`
+    /// with `settings` (ganesha EXPORT block lines, e.g. `Squash = Root_Squash;`) in place
+    /// of the defaults they name. With `own_portmapper`, rpcbind names this server's ports
+    /// until it stops (other ganeshas wait to start).
+    pub fn start_with(dir: &Path, test: &str, extra: &[(&str, &str)], own_portmapper: bool) -> Option<Ganesha> {
         if !have("ganesha.nfsd") || !have("rpcbind") {
             println!("SKIPPED: {test}: nfs-ganesha and rpcbind are not installed (scripts/test installs them)");
             return None;
         }
-        let _lock = StartLock::take();
+        let lock = StartLock::take();
         if !rpcbind_running() {
             let _ = Command::new("rpcbind").stdout(Stdio::null()).stderr(Stdio::null()).status();
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -72,6 +83,21 @@ impl Ganesha {
         fs::create_dir_all(&export).expect("mkdir export");
         fs::create_dir_all(&recovery).expect("mkdir recovery");
         let (nfs_port, mount_port) = (free_port(), free_port());
+        let export_block = |id: usize, path: &Path, settings: &str| {
+            let squash = if settings.contains("Squash") { "" } else { "Squash = No_Root_Squash;\n  " };
+            format!(
+                "EXPORT {{\n  Export_Id = {id};\n  Path = {e};\n  Pseudo = {e};\n  Access_Type = RW;\n  {squash}\
+                 {settings}\n  Attr_Expiration_Time = 0;\n  SecType = sys;\n  Protocols = 3, 4;\n  Transports = TCP;\n  \
+                 FSAL {{ Name = VFS; }}\n}}\n",
+                e = path.display()
+            )
+        };
+        let mut exports = export_block(1, &export, "");
+        for (i, (name, settings)) in extra.iter().enumerate() {
+            let path = dir.join(name);
+            fs::create_dir_all(&path).expect("mkdir extra export");
+            exports.push_str(&export_block(i + 2, &path, settings));
+        }
         let config = dir.join("ganesha.conf");
         let log = dir.join("ganesha.log");
         let text = format!(
@@ -79,15 +105,12 @@ impl Ganesha {
              NLM_Port = {};\n  Rquota_Port = {};\n  Enable_NLM = false;\n  Enable_RQUOTA = false;\n  \
              Enable_UDP = false;\n  Protocols = 3, 4;\n}}\n\
              NFSV4 {{\n  Graceless = true;\n  RecoveryBackend = fs;\n  RecoveryRoot = {};\n}}\n\
-             EXPORT {{\n  Export_Id = 1;\n  Path = {e};\n  Pseudo = {e};\n  Access_Type = RW;\n  \
-             Squash = No_Root_Squash;\n  Attr_Expiration_Time = 0;\n  SecType = sys;\n  Protocols = 3, 4;\n  Transports = TCP;\n  \
-             FSAL {{ Name = VFS; }}\n}}\n\
+             {exports}\
              MDCACHE {{\n  Dir_Chunk = 0;\n}}\n\
              LOG {{ Default_Log_Level = EVENT; }}\n",
             free_port(),
             free_port(),
             recovery.display(),
-            e = export.display()
         );
         fs::File::create(&config).and_then(|mut f| f.write_all(text.as_bytes())).expect("write ganesha.conf");
         let child = Command::new("ganesha.nfsd")
@@ -120,7 +143,8 @@ impl Ganesha {
                 && TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, nfs_port).into(), Duration::from_millis(200))
                     .is_ok()
             {
-                return Some(Ganesha { child, export, nfs_port, mount_port, log });
+                let held = if own_portmapper { lock } else { None };
+                return Some(Ganesha { child, _lock: held, export, nfs_port, mount_port, log });
             }
             if Instant::now() > deadline {
                 let _ = child.kill();

@@ -7,6 +7,7 @@
 //! rebuilt from it at start. Nodes mount `server:/export/<subdir>` with mount(2)
 //! ([`node`]). docs/nfs.md explains the design.
 
+pub mod access;
 pub mod copy;
 pub mod export;
 pub mod node;
@@ -407,17 +408,31 @@ impl Shared for NfsPool {
         std::thread::spawn(move || {
             loop {
                 let stamp = crate::state::now_ms().to_string();
-                let done = self.with("register node", export::NODES, |c| {
-                    let dir = export::meta_dir(c, export::NODES)?;
-                    export::write_file(c, &dir, &node, stamp.as_bytes())
-                });
-                match done {
-                    Ok(()) => {
+                match access::register(&self.endpoint, &node, stamp.as_bytes()) {
+                    Ok(access::Owner::Root) => {
                         tracing::info!(pool = %self.info.name, node.id = %node, "node registered on the export");
                         return;
                     }
-                    Err(e) => {
-                        tracing::warn!(pool = %self.info.name, node.id = %node, error = %e, "cannot register this node on the export yet; retrying");
+                    Ok(access::Owner::Squashed(uid)) => {
+                        tracing::warn!(
+                            pool = %self.info.name,
+                            node.id = %node,
+                            squashed.uid = uid,
+                            "node registered on the export, but the server squashes this node's root to uid {uid} \
+                             (root_squash or all_squash): containers running as root write as uid {uid} in this \
+                             pool's volumes"
+                        );
+                        return;
+                    }
+                    Err(failure) => {
+                        tracing::warn!(
+                            pool = %self.info.name,
+                            node.id = %node,
+                            location = %self.location(&format!("{}/{}/{node}", export::META, export::NODES)).display(),
+                            retry.seconds = REGISTER_RETRY.as_secs(),
+                            "cannot register this node on the export, so ControllerPublishVolume answers NOT_FOUND \
+                             for it: {failure}"
+                        );
                         std::thread::sleep(REGISTER_RETRY);
                     }
                 }
@@ -433,6 +448,34 @@ impl Shared for NfsPool {
             let dir = export::meta_dir(c, export::NODES)?;
             Ok(c.lookup(&dir, node.as_bytes())?.is_some())
         })
+    }
+
+    fn unknown_node(&self, node: &str) -> String {
+        let nodes = format!("{}/{}", export::META, export::NODES);
+        let where_ = self.location(&format!("{nodes}/{node}"));
+        let listed = self.with("list nodes", &nodes, |c| {
+            let dir = export::meta_dir(c, export::NODES)?;
+            Ok(c.readdirplus(&dir)?
+                .into_iter()
+                .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect::<Vec<_>>())
+        });
+        let how = "a node plugin registers at start by writing that file as uid 0 through NFSv3 \
+                   (portmapper, MOUNT and NFS v3; no root squash for the node addresses)";
+        let then = "if the node runs berth, its log line \"cannot register this node\" names the cause, and \
+                    `berth doctor` in its berth-nfs container checks each requirement";
+        match listed {
+            Ok(names) if names.is_empty() => format!(
+                "no file {}; no node has registered on this export at all, so the server most likely refuses the \
+                 nodes ({how}); {then}",
+                where_.display()
+            ),
+            Ok(names) => {
+                format!("no file {} while {} other node(s) did register; {how}; {then}", where_.display(), names.len())
+            }
+            Err(e) => format!("no file {} ({how}); listing the registered nodes failed: {e}", where_.display()),
+        }
     }
 
     fn context_path(&self, context: &BTreeMap<String, String>) -> Result<Option<PathBuf>> {

@@ -112,17 +112,10 @@ impl NfsPool {
         Client::connect(&self.endpoint)
     }
 
-    /// For `berth doctor`: connects to the export and proves it writable by creating and
-    /// removing a probe file in the export's root; returns its free and total bytes.
-    pub fn probe_export(&self) -> Result<(u64, u64)> {
-        let name = format!(".berth-doctor-{}", std::process::id());
-        self.dedicated("probe export", "", |c| {
-            let root = c.root.clone();
-            let stat = c.fsstat(&root)?;
-            c.create(&root, name.as_bytes(), 0o600, false)?;
-            c.remove(&root, name.as_bytes())?;
-            Ok((stat.avail_bytes, stat.total_bytes))
-        })
+    /// Where and how the pool's userspace client reaches the export.
+    #[must_use]
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// Runs `f` on the pool's shared connection, reconnecting when it broke. A call that
