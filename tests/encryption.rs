@@ -209,6 +209,14 @@ async fn an_encrypted_volume_is_ciphertext_on_disk_and_reads_back_with_its_key_o
         .expect("snapshot deleted without the key");
     assert!(names_in(&pool.join("volumes")).is_empty() && names_in(&pool.join("snapshots")).is_empty());
     b.stop();
+    // The key reached no log line and no record; its identifier may.
+    let logs = b.logs();
+    assert!(!logs.contains(KEY) && !logs.contains(&other_key()), "a key is in the log");
+    let state = fs::read_dir(scratch.path().join("state/state")).expect("state files");
+    for file in state {
+        let bytes = fs::read(file.expect("entry").path()).expect("read state");
+        assert!(!contains(&bytes, KEY.as_bytes()), "a key is in the records");
+    }
 }
 
 #[tokio::test]

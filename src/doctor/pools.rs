@@ -105,11 +105,38 @@ pub fn hostpath(host: &Host, pool: &HostPathPool, recorded: usize) -> Vec<Check>
             out.push(check);
             out.push(enforcement(host, pool, kind, mount.as_ref()));
             out.push(reflink(s, &pool.path, kind, true));
+            out.push(encryption(host, s, &pool.path));
         }
         Err(c) => out.push(c),
     }
     out.push(identity(s, &pool.name, &pool.path, recorded));
     out
+}
+
+/// Whether this kernel and the pool's filesystem can encrypt its volumes (StorageClass
+/// parameter `encryption: fscrypt`). A pool that cannot is fine: such volumes are refused
+/// there at CreateVolume, never stored in plaintext.
+fn encryption(host: &Host, s: &str, root: &Path) -> Check {
+    use std::os::fd::AsFd;
+    let probe = fs::File::open(root).and_then(|dir| host.sys.fscrypt_policy_key(dir.as_fd()));
+    match probe {
+        Ok(_) => {
+            Check::ok(s, "encryption", "fscrypt: volumes of StorageClasses with encryption: fscrypt can be made here")
+        }
+        Err(e) if crate::mount::fscrypt::unsupported(&e) => Check::ok(
+            s,
+            "encryption",
+            format!(
+                "none ({e}): volumes asking for encryption are refused here; ext4 gains it with tune2fs -O encrypt"
+            ),
+        ),
+        Err(e) => Check::warn(
+            s,
+            "encryption",
+            format!("cannot tell whether {} can encrypt: {e}", root.display()),
+            "check that berth can open the pool directory",
+        ),
+    }
 }
 
 /// Checks one block pool: its path, filesystem and reflinks (images are cloned for

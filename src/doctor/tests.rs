@@ -337,3 +337,26 @@ fn the_records_check_loads_them_as_a_start_would_and_names_what_is_damaged() {
     assert!(check.detail.contains("records cannot be read"), "{}", check.detail);
     assert!(check.fix.is_some_and(|f| f.contains("backup")));
 }
+
+#[test]
+fn the_encryption_check_says_whether_the_pool_can_encrypt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let check = |sys: &Arc<RecordingSyscall>| {
+        let checks = pools::hostpath(&host(sys, dir.path()), &pool(dir.path(), Enforcement::Auto), 0);
+        checks.into_iter().find(|c| c.check == "encryption").expect("an encryption check")
+    };
+    let can = Arc::new(fake(EXT4, ""));
+    let found = check(&can);
+    assert_eq!(found.verdict, Verdict::Ok);
+    assert!(found.detail.starts_with("fscrypt"), "{}", found.detail);
+
+    let cannot = Arc::new(fake(EXT4, ""));
+    cannot.fail("fscrypt_policy_key", libc::EOPNOTSUPP);
+    let found = check(&cannot);
+    assert_eq!(found.verdict, Verdict::Ok, "a pool need not encrypt");
+    assert!(found.detail.starts_with("none") && found.detail.contains("tune2fs -O encrypt"), "{}", found.detail);
+
+    let unsure = Arc::new(fake(EXT4, ""));
+    unsure.fail("fscrypt_policy_key", libc::EIO);
+    assert_eq!(check(&unsure).verdict, Verdict::Warn);
+}
