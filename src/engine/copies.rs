@@ -19,8 +19,9 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::{Engine, Error, Result};
-use crate::backend::{Stop, Work};
+use crate::backend::{Pool, Source, Stop, Work};
 use crate::locks::Guard;
+use crate::state::{Phase, SnapshotRecord, VolumeRecord};
 
 /// How long deleting a volume or snapshot waits for the copies it stops to let go: a copy
 /// checks between chunks, each one NFS call of at most the client's 10 s deadline.
@@ -202,6 +203,91 @@ impl Engine {
                 return running;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Starting copies and answering for them, per kind of object.
+impl Engine {
+    /// Cuts the snapshot whose intent is recorded in the background, holding the
+    /// snapshot and, shared, what copies read of its source volume.
+    pub(super) fn start_snapshot_copy(
+        &self,
+        pool: Pool,
+        volume: VolumeRecord,
+        mut record: SnapshotRecord,
+    ) -> Result<Arc<Job>> {
+        let guard = self.lock_reading(std::slice::from_ref(&record.id), &[&volume.id])?;
+        let (target, key) = (record.id.clone(), snapshot_key(&record.name));
+        Ok(self.start_copy(&target, &volume.id.clone(), key, guard, move |engine, work| {
+            engine.build_snapshot(pool.as_ref(), &volume, &mut record, work)?;
+            tracing::info!(snapshot.id = %record.id, volume.id = %volume.id, bytes = record.size, files = work.files(), "snapshot created");
+            Ok(())
+        }))
+    }
+
+    /// The snapshot a background copy is cutting, once the copy ended or
+    /// [`Engine::copy_wait`] passed: Ready, or still Creating (not ready to use).
+    pub(super) fn await_snapshot(&self, name: &str, id: &str, job: &Job) -> Result<SnapshotRecord> {
+        job.wait(self.copy_wait());
+        match self.store.snapshot(id) {
+            Some(s) => Ok(s),
+            // Rolled back: its failure, or, when it was stopped, ABORTED for the retry to
+            // find out why.
+            None => Err(self
+                .copies
+                .take_failure(&snapshot_key(name))
+                .unwrap_or_else(|| Error::Busy { keys: vec![id.to_string()] })),
+        }
+    }
+
+    /// Fills the volume whose intent is recorded from its source in the background,
+    /// holding the volume and, shared, what copies read of the source.
+    pub(super) fn start_volume_copy(
+        &self,
+        pool: Pool,
+        mut record: VolumeRecord,
+        sources: (Option<SnapshotRecord>, Option<VolumeRecord>),
+        limit_bytes: u64,
+    ) -> Result<Arc<Job>> {
+        let source_id = match &sources {
+            (Some(s), _) => s.id.clone(),
+            (_, Some(v)) => v.id.clone(),
+            (None, None) => String::new(),
+        };
+        let guard = self.lock_reading(std::slice::from_ref(&record.id), &[&source_id])?;
+        let (target, key) = (record.id.clone(), volume_key(&record.name));
+        Ok(self.start_copy(&target, &source_id, key, guard, move |engine, work| {
+            let source = match &sources {
+                (Some(s), _) => Some(Source::Snapshot(s)),
+                (_, Some(v)) => Some(Source::Volume(v)),
+                (None, None) => None,
+            };
+            engine.build_volume(pool.as_ref(), &mut record, source, limit_bytes, work)?;
+            tracing::info!(volume.id = %record.id, volume.name = %record.name, bytes = work.bytes(), files = work.files(), "volume created");
+            Ok(())
+        }))
+    }
+
+    /// The volume a background copy fills, once the copy ended or [`Engine::copy_wait`]
+    /// passed: Ready, or ABORTED saying how far the copy is.
+    pub(super) fn await_volume(&self, name: &str, id: &str, job: &Job) -> Result<VolumeRecord> {
+        job.wait(self.copy_wait());
+        match self.store.volume(id) {
+            Some(v) if v.phase == Phase::Ready => Ok(v),
+            Some(v) => Err(Error::CopyInProgress {
+                volume: v.id,
+                source_id: job.source.clone(),
+                files: job.work.files(),
+                bytes: job.work.bytes(),
+                seconds: job.started.elapsed().as_secs(),
+            }),
+            // Rolled back: its failure, or, when it was stopped, ABORTED for the retry to
+            // find out why.
+            None => Err(self
+                .copies
+                .take_failure(&volume_key(name))
+                .unwrap_or_else(|| Error::Busy { keys: vec![id.to_string()] })),
         }
     }
 }

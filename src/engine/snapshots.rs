@@ -1,12 +1,10 @@
 //! CreateSnapshot, DeleteSnapshot, ListSnapshots and the GetSnapshot lookup.
 
-use std::sync::Arc;
-
 use super::listing::Page;
 use super::{DEFAULT_PAGE, Engine, Error, Result, copies};
-use crate::backend::{Pool, Work};
+use crate::backend::Work;
 use crate::ids::{self, Kind};
-use crate::state::{self, Phase, SnapshotRecord, VolumeRecord};
+use crate::state::{self, Phase, SnapshotRecord};
 
 impl Engine {
     /// Snapshots a volume, or returns the snapshot this name already made of it. A copy
@@ -63,38 +61,6 @@ impl Engine {
         self.build_snapshot(pool.as_ref(), &volume, &mut record, &Work::new())?;
         tracing::info!(snapshot.id = %record.id, volume.id = %source, bytes = record.size, method = ?record.method, "snapshot created");
         Ok(record)
-    }
-
-    /// Cuts the snapshot whose intent is recorded in the background, holding the
-    /// snapshot and, shared, what copies read of its source volume.
-    pub(super) fn start_snapshot_copy(
-        &self,
-        pool: Pool,
-        volume: VolumeRecord,
-        mut record: SnapshotRecord,
-    ) -> Result<Arc<copies::Job>> {
-        let guard = self.lock_reading(std::slice::from_ref(&record.id), &[&volume.id])?;
-        let (target, key) = (record.id.clone(), copies::snapshot_key(&record.name));
-        Ok(self.start_copy(&target, &volume.id.clone(), key, guard, move |engine, work| {
-            engine.build_snapshot(pool.as_ref(), &volume, &mut record, work)?;
-            tracing::info!(snapshot.id = %record.id, volume.id = %volume.id, bytes = record.size, files = work.files(), "snapshot created");
-            Ok(())
-        }))
-    }
-
-    /// The snapshot a background copy is cutting, once the copy ended or
-    /// [`Engine::copy_wait`] passed: Ready, or still Creating (not ready to use).
-    fn await_snapshot(&self, name: &str, id: &str, job: &copies::Job) -> Result<SnapshotRecord> {
-        job.wait(self.copy_wait());
-        match self.store.snapshot(id) {
-            Some(s) => Ok(s),
-            // Rolled back: its failure, or, when it was stopped, ABORTED for the retry to
-            // find out why.
-            None => Err(self
-                .copies
-                .take_failure(&copies::snapshot_key(name))
-                .unwrap_or_else(|| Error::Busy { keys: vec![id.to_string()] })),
-        }
     }
 
     /// Deletes a snapshot; unknown IDs are already gone. A copy cutting the snapshot, or

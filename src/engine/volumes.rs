@@ -3,8 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use std::sync::Arc;
-
 use super::{Capability, Engine, Error, FS_TYPES, Result, copies};
 use crate::backend::{Backend, Pool, Source, Work};
 use crate::ids::{self, Kind};
@@ -251,56 +249,6 @@ impl Engine {
         self.build_volume(pool.as_ref(), &mut record, source, req.limit_bytes, &Work::new())?;
         tracing::info!(volume.id = %record.id, volume.name = %record.name, bytes = record.capacity, enforced = record.enforced.as_str(), "volume created");
         Ok(record)
-    }
-
-    /// Fills the volume whose intent is recorded from its source in the background,
-    /// holding the volume and, shared, what copies read of the source.
-    pub(super) fn start_volume_copy(
-        &self,
-        pool: Pool,
-        mut record: VolumeRecord,
-        sources: (Option<SnapshotRecord>, Option<VolumeRecord>),
-        limit_bytes: u64,
-    ) -> Result<Arc<copies::Job>> {
-        let source_id = match &sources {
-            (Some(s), _) => s.id.clone(),
-            (_, Some(v)) => v.id.clone(),
-            (None, None) => String::new(),
-        };
-        let guard = self.lock_reading(std::slice::from_ref(&record.id), &[&source_id])?;
-        let (target, key) = (record.id.clone(), copies::volume_key(&record.name));
-        Ok(self.start_copy(&target, &source_id, key, guard, move |engine, work| {
-            let source = match &sources {
-                (Some(s), _) => Some(Source::Snapshot(s)),
-                (_, Some(v)) => Some(Source::Volume(v)),
-                (None, None) => None,
-            };
-            engine.build_volume(pool.as_ref(), &mut record, source, limit_bytes, work)?;
-            tracing::info!(volume.id = %record.id, volume.name = %record.name, bytes = work.bytes(), files = work.files(), "volume created");
-            Ok(())
-        }))
-    }
-
-    /// The volume a background copy fills, once the copy ended or [`Engine::copy_wait`]
-    /// passed: Ready, or ABORTED saying how far the copy is.
-    fn await_volume(&self, name: &str, id: &str, job: &copies::Job) -> Result<VolumeRecord> {
-        job.wait(self.copy_wait());
-        match self.store.volume(id) {
-            Some(v) if v.phase == Phase::Ready => Ok(v),
-            Some(v) => Err(Error::CopyInProgress {
-                volume: v.id,
-                source_id: job.source.clone(),
-                files: job.work.files(),
-                bytes: job.work.bytes(),
-                seconds: job.started.elapsed().as_secs(),
-            }),
-            // Rolled back: its failure, or, when it was stopped, ABORTED for the retry to
-            // find out why.
-            None => Err(self
-                .copies
-                .take_failure(&copies::volume_key(name))
-                .unwrap_or_else(|| Error::Busy { keys: vec![id.to_string()] })),
-        }
     }
 
     /// The Ready snapshot or volume a request copies from, checked against the pool and
