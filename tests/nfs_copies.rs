@@ -199,9 +199,10 @@ async fn deleting_what_a_copy_reads_or_writes_stops_it_and_leaves_nothing() {
     let test = "deleting_what_a_copy_reads_or_writes_stops_it_and_leaves_nothing";
     let scratch = Scratch::new();
     let Some((g, mut b)) = start(&scratch, test, &[]).await else { return };
-    let create = |name: &str| volume_req(name, 64 << 20, None);
+    let create = |name: &str| volume_req(name, 128 << 20, None);
     let v = b.controller.create_volume(create("src")).await.expect("create").into_inner().volume.expect("v");
-    data_file(&g.export.join("src").join("data"), 40);
+    // Slowed, a copy of this takes 100 x 150 ms: far longer than any call may take.
+    data_file(&g.export.join("src").join("data"), 100);
     // A snapshot cut at full speed, to restore from below.
     let base = snapshot(&mut b, &v.volume_id, "base").await;
     let base = until_ready(&mut b, &base.snapshot_id, Duration::from_secs(60)).await;
@@ -227,7 +228,7 @@ async fn deleting_what_a_copy_reads_or_writes_stops_it_and_leaves_nothing() {
     assert!(!cut.ready_to_use, "the slowed cut is still running");
 
     // DeleteVolume of a volume being restored into: the ID is in the ABORTED answer.
-    let req = volume_req("restore", 64 << 20, from_snapshot(&base.snapshot_id));
+    let req = volume_req("restore", 128 << 20, from_snapshot(&base.snapshot_id));
     let status = bounded("CreateVolume", b.controller.create_volume(req.clone())).await.expect_err("in progress");
     assert_eq!(status.code(), Code::Aborted, "{status:?}");
     let target = status.message().split_whitespace().nth(1).expect("volume id").to_string();
@@ -235,6 +236,10 @@ async fn deleting_what_a_copy_reads_or_writes_stops_it_and_leaves_nothing() {
     assert!(!names(&g.export.join(".berth/tmp")).is_empty(), "the restore's partial copy is in .berth/tmp");
     let del = pb::DeleteVolumeRequest { volume_id: target.clone(), ..Default::default() };
     bounded("DeleteVolume of a restore target", b.controller.delete_volume(del)).await.expect("deleted");
+    let req = pb::ListSnapshotsRequest { snapshot_id: cut.snapshot_id.clone(), ..Default::default() };
+    let listed = b.controller.list_snapshots(req).await.expect("list").into_inner();
+    assert_eq!(listed.entries.len(), 1, "the cut is listed while it runs");
+    assert!(!listed.entries[0].snapshot.as_ref().expect("s").ready_to_use, "and still running");
     let del = pb::DeleteVolumeRequest { volume_id: v.volume_id.clone(), ..Default::default() };
     bounded("DeleteVolume of a snapshot source", b.controller.delete_volume(del)).await.expect("deleted");
 
