@@ -19,6 +19,10 @@
 //! transaction group commits), so a file that stores "nothing" may still hold data. A
 //! copy therefore reads every byte of a file's apparent size; a very large sparse file
 //! takes long to copy, which is why copies run in the background and can be cancelled.
+//! NFSv4.2 SEEK is no shortcut to take lightly either: nfs-ganesha 4.3 answers a SEEK
+//! made with the anonymous stateid with OK and offset 0 without seeking at all, and turns
+//! any failure into NFS4ERR_NXIO, which otherwise means "no data from here on"; a SEEK
+//! client has to OPEN each file and must not read NXIO as a hole.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
