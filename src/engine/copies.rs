@@ -291,3 +291,36 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_are_found_by_what_they_make_or_read_and_stop_for_shutdown_once_closing() {
+        let copies = Copies::default();
+        let job = Arc::new(Job::new("vol:p:target".into(), "snap:p:source".into()));
+        copies.jobs.lock().expect("lock").insert(job.target.clone(), Arc::clone(&job));
+        assert_eq!(copies.touching("vol:p:target").len(), 1);
+        assert_eq!(copies.touching("snap:p:source").len(), 1);
+        assert!(copies.touching("vol:p:other").is_empty());
+        job.work.add_bytes(10);
+        assert_eq!(copies.in_progress(), (1, 10));
+        assert!(!job.wait(Duration::from_millis(10)), "still running");
+        copies.stop_all();
+        assert_eq!(job.work.stopped(), Some(Stop::Shutdown));
+        let ender = Arc::clone(&job);
+        let t = std::thread::spawn(move || ender.end());
+        assert!(job.wait(Duration::from_secs(5)), "ended");
+        t.join().expect("join");
+    }
+
+    #[test]
+    fn a_failure_is_answered_once() {
+        let copies = Copies::default();
+        copies.failures.lock().expect("lock").insert(volume_key("a"), Error::Busy { keys: vec!["x".into()] });
+        assert!(copies.take_failure(&snapshot_key("a")).is_none(), "volume and snapshot names are apart");
+        assert!(copies.take_failure(&volume_key("a")).is_some());
+        assert!(copies.take_failure(&volume_key("a")).is_none());
+    }
+}
