@@ -149,7 +149,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("starting the async runtime: {e}"))?;
     let served = runtime
         .block_on(server::serve(
-            Arc::new(engine),
+            engine.shared(),
             &args.endpoint,
             &args.driver_name,
             args.mode,

@@ -16,7 +16,7 @@ use super::stack::{self, Stack};
 use super::tree::{self, Reflink};
 use super::{
     Capability, Capacity, Condition, Controller, Error, Node, PoolInfo, PoolKind, Result, Source, StageSource, Usage,
-    blockvol,
+    Work, blockvol,
 };
 use crate::config::BlockPool as BlockPoolConfig;
 use crate::mount::{LOOP_TAG_PREFIX, LoopDevice, Syscall};
@@ -188,7 +188,7 @@ impl Controller for BlockPool {
         Ok(false)
     }
 
-    fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()> {
+    fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>, _work: &Work) -> Result<()> {
         volume.enforced = Enforced::DeviceSize;
         volume.layers = vec![Layer::Loop];
         let image = self.image(&volume.key);
@@ -243,7 +243,7 @@ impl Controller for BlockPool {
         Ok(true)
     }
 
-    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()> {
+    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord, _work: &Work) -> Result<()> {
         let dest = self.snapshot_image(&snapshot.key);
         if !dest.exists() {
             let freeze = self.mounted_filesystem(volume)?;

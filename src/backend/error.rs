@@ -186,6 +186,9 @@ pub enum Error {
     /// The usage of a mounted NFS volume could not be measured (in time).
     #[error("usage of {path} is unknown: {reason}")]
     UsageUnmeasured { path: PathBuf, reason: String },
+    /// Long work was asked to stop ([`super::work::Work::stop`]) before it ended.
+    #[error("{op} {location}: stopped before it finished")]
+    Stopped { op: &'static str, location: String },
     /// A record could not be encoded for the export (a bug).
     #[error("encoding a record: {0}")]
     EncodeRecord(#[source] serde_json::Error),

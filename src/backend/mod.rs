@@ -12,6 +12,7 @@ pub mod nfs;
 pub mod registry;
 pub mod stack;
 pub mod tree;
+pub mod work;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use crate::state::{Enforced, SnapshotRecord, VolumeRecord};
 
 pub use error::{Error, Result};
+pub use work::{Stop, Work};
 
 /// How a volume may be accessed, from a capability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +130,10 @@ pub struct PoolInfo {
     /// A volume's growth takes nothing from the pool's free space (a whole disk is what
     /// it is: growing past it is OUT_OF_RANGE, not a full pool).
     pub grows_within_device: bool,
+    /// Copies (snapshots, restores, clones) can take long, so the engine runs them in the
+    /// background and answers their calls within a bounded time (NFS: every byte crosses
+    /// the network).
+    pub background_copies: bool,
 }
 
 impl PoolInfo {
@@ -142,6 +148,7 @@ impl PoolInfo {
             fs_types: FS_TYPES,
             default_fs: None,
             grows_within_device: false,
+            background_copies: false,
         }
     }
 
@@ -247,13 +254,16 @@ pub trait Controller: Send + Sync {
     fn reserve(&self, volume: &mut VolumeRecord) -> Result<bool>;
     /// Creates storage for `volume` (empty, or from `source`); fills in backend fields.
     /// Must finish its own half-done work when called again for the same record.
-    fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()>;
+    /// A copy from `source` checks `work` between the units it can abandon and reports
+    /// its progress there.
+    fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>, work: &Work) -> Result<()>;
     /// Removes a volume's storage; storage already gone is success.
     fn delete_volume(&self, volume: &VolumeRecord) -> Result<()>;
     /// Grows a volume's storage to `bytes`; true when NodeExpandVolume must finish the job.
     fn expand_volume(&self, volume: &VolumeRecord, bytes: u64) -> Result<bool>;
     /// Takes a snapshot of `volume`, filling in the method and size.
-    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()>;
+    /// A copy checks `work` between the units it can abandon and reports its progress there.
+    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord, work: &Work) -> Result<()>;
     /// Removes a snapshot's storage; already gone is success.
     fn delete_snapshot(&self, snapshot: &SnapshotRecord) -> Result<()>;
     /// What the pool adds to a volume's context for its node calls.

@@ -49,6 +49,18 @@ pub struct Config {
     pub max_volumes_per_node: u64,
     /// The storage pools this driver serves.
     pub pools: Vec<PoolConfig>,
+    /// How long, in milliseconds, a call that starts or finds a background copy (an NFS
+    /// snapshot, restore or clone) waits for it before answering "still in progress": a
+    /// small copy answers done at once, a long one never holds a call longer than this.
+    #[serde(default = "default_copy_wait_ms")]
+    pub copy_wait_ms: u64,
+}
+
+/// See [`Config::copy_wait_ms`].
+pub const DEFAULT_COPY_WAIT_MS: u64 = 2000;
+
+fn default_copy_wait_ms() -> u64 {
+    DEFAULT_COPY_WAIT_MS
 }
 
 fn default_state_dir() -> PathBuf {

@@ -78,7 +78,7 @@ pub fn snapshot(s: &SnapshotRecord) -> pb::Snapshot {
         snapshot_id: s.id.clone(),
         source_volume_id: s.source_volume.clone(),
         creation_time: Some(timestamp(s.created_unix_ms)),
-        ready_to_use: true,
+        ready_to_use: s.phase == crate::state::Phase::Ready,
         group_snapshot_id: String::new(),
     }
 }

@@ -63,7 +63,7 @@ impl Engine {
                 if fresh {
                     self.begin_volume(&record)?;
                 }
-                self.build_volume(pool.as_ref(), &mut record, None, 0)?;
+                self.build_volume(pool.as_ref(), &mut record, None, 0, &crate::backend::Work::new())?;
                 record
             }
         };

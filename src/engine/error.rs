@@ -76,6 +76,12 @@ pub enum Error {
     BusyOrDeleting { keys: Vec<String>, sources: Vec<String> },
     #[error("volume {volume} is being deleted")]
     BeingDeleted { volume: String },
+    /// A volume's content is still being copied in the background; the retry after the
+    /// copy ends answers for good.
+    #[error(
+        "volume {volume} is being filled from {source_id}: {files} files and {bytes} bytes of data copied in {seconds} s so far; the copy goes on in the background, retry later"
+    )]
+    CopyInProgress { volume: String, source_id: String, files: u64, bytes: u64, seconds: u64 },
 
     // The state of the volume or pool does not allow it now.
     #[error("volume {volume} is still published to node(s) {}; unpublish it first", nodes.join(", "))]
@@ -137,7 +143,8 @@ impl From<Error> for tonic::Status {
             Error::UnknownToken { .. }
             | Error::Busy { .. }
             | Error::BusyOrDeleting { .. }
-            | Error::BeingDeleted { .. } => Status::aborted(message),
+            | Error::BeingDeleted { .. }
+            | Error::CopyInProgress { .. } => Status::aborted(message),
             Error::NoVolume { .. }
             | Error::NoSnapshot { .. }
             | Error::NoSource { .. }
@@ -232,6 +239,9 @@ fn backend_status(err: backend::Error, message: String) -> tonic::Status {
         E::NoSnapshots { .. } => Status::unimplemented(message),
         // Storage that cannot be reached now may be reachable on a retry.
         E::ServerUnreachable { .. } | E::UsageUnmeasured { .. } => Status::unavailable(message),
+        // Stopped because what it concerned is being deleted or berth is stopping: the
+        // retry finds out which, and answers for good.
+        E::Stopped { .. } => Status::aborted(message),
     }
 }
 

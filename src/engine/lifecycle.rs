@@ -16,7 +16,7 @@
 //! in the local store; a record is forgotten in the same order.
 
 use super::{Engine, Error, Result, failpoint};
-use crate::backend::{Backend, Pool, Source};
+use crate::backend::{Backend, Pool, Source, Stop, Work};
 use crate::state::{ContentSource, Phase, SnapshotRecord, VolumeRecord};
 
 /// What resuming an unfinished record did.
@@ -70,13 +70,15 @@ impl Engine {
     /// Makes the storage of a volume whose intent is recorded and marks it Ready. A
     /// failure rolls the volume back (the failure is final and leaves nothing behind);
     /// a crash leaves the intent for a retry or for recovery to finish. `limit_bytes`
-    /// (0: none) refuses a pool that can only offer more than the request allows.
+    /// (0: none) refuses a pool that can only offer more than the request allows. A copy
+    /// stopped for shutdown is left as a crash would leave it, for the next start.
     pub(super) fn build_volume(
         &self,
         pool: &dyn Backend,
         record: &mut VolumeRecord,
         source: Option<Source<'_>>,
         limit_bytes: u64,
+        work: &Work,
     ) -> Result<()> {
         failpoint("volume.create.after-intent")?;
         // What the volume will occupy (a device pool's disk) is recorded before anything
@@ -95,8 +97,10 @@ impl Engine {
                 return Err(e.into());
             }
         }
-        if let Err(e) = pool.create_volume(record, source) {
-            self.roll_back_logged(pool, record);
+        if let Err(e) = pool.create_volume(record, source, work) {
+            if work.stopped() != Some(Stop::Shutdown) {
+                self.roll_back_logged(pool, record);
+            }
             return Err(e.into());
         }
         failpoint("volume.create.before-ready")?;
@@ -147,15 +151,19 @@ impl Engine {
     }
 
     /// Takes the snapshot whose intent is recorded and marks it Ready; a failure rolls it
-    /// back, a crash leaves the intent.
+    /// back, a crash (or a copy stopped for shutdown) leaves the intent.
     pub(super) fn build_snapshot(
         &self,
         pool: &dyn Backend,
         volume: &VolumeRecord,
         record: &mut SnapshotRecord,
+        work: &Work,
     ) -> Result<()> {
         failpoint("snapshot.create.after-intent")?;
-        if let Err(e) = pool.create_snapshot(volume, record) {
+        if let Err(e) = pool.create_snapshot(volume, record, work) {
+            if work.stopped() == Some(Stop::Shutdown) {
+                return Err(e.into());
+            }
             if let Err(undo) = self.roll_back_snapshot(pool, record) {
                 tracing::error!(snapshot.id = %record.id, error = %undo, "rolling back a failed snapshot; a retry will finish it");
             }
@@ -183,6 +191,25 @@ impl Engine {
         self.remove_snapshot_record(record)
     }
 
+    /// The Ready snapshot or volume a Creating volume's record names as its source; why
+    /// not, when it is gone.
+    pub(super) fn recorded_source(
+        &self,
+        record: &VolumeRecord,
+    ) -> std::result::Result<(Option<SnapshotRecord>, Option<VolumeRecord>), String> {
+        match &record.source {
+            None => Ok((None, None)),
+            Some(ContentSource::Snapshot(id)) => match self.store.snapshot(id).filter(|s| s.phase == Phase::Ready) {
+                Some(s) => Ok((Some(s), None)),
+                None => Err(format!("its source snapshot {id} is gone")),
+            },
+            Some(ContentSource::Volume(id)) => match self.store.volume(id).filter(|v| v.phase == Phase::Ready) {
+                Some(v) => Ok((None, Some(v))),
+                None => Err(format!("its source volume {id} is gone")),
+            },
+        }
+    }
+
     /// Takes an unfinished volume record to an end: a creation is finished when its
     /// source still exists (and rolled back when it cannot be finished), a deletion is
     /// finished. The caller holds the volume's lock.
@@ -191,22 +218,15 @@ impl Engine {
             Phase::Ready => Ok(Resumed::Finished),
             Phase::Deleting => self.delete_volume_storage(pool, record).map(|()| Resumed::Deleted),
             Phase::Creating => {
-                let snapshot = match &record.source {
-                    Some(ContentSource::Snapshot(id)) => self.store.snapshot(id).filter(|s| s.phase == Phase::Ready),
-                    _ => None,
-                };
-                let volume = match &record.source {
-                    Some(ContentSource::Volume(id)) => self.store.volume(id).filter(|v| v.phase == Phase::Ready),
-                    _ => None,
-                };
-                let source = match (&record.source, &snapshot, &volume) {
-                    (None, _, _) => Ok(None),
-                    (Some(_), Some(s), _) => Ok(Some(Source::Snapshot(s))),
-                    (Some(_), _, Some(v)) => Ok(Some(Source::Volume(v))),
-                    (Some(gone), None, None) => Err(format!("its source {gone:?} is gone")),
+                let sources = self.recorded_source(record);
+                let source = match &sources {
+                    Ok((Some(s), _)) => Ok(Some(Source::Snapshot(s))),
+                    Ok((_, Some(v))) => Ok(Some(Source::Volume(v))),
+                    Ok((None, None)) => Ok(None),
+                    Err(reason) => Err(reason.clone()),
                 };
                 let built = match source {
-                    Ok(source) => self.build_volume(pool, record, source, 0),
+                    Ok(source) => self.build_volume(pool, record, source, 0, &Work::new()),
                     Err(reason) => {
                         tracing::warn!(volume.id = %record.id, reason, "cannot finish an interrupted CreateVolume; rolling it back");
                         return self.roll_back_volume(pool, record).map(|()| Resumed::RolledBack);
@@ -237,7 +257,7 @@ impl Engine {
                     tracing::warn!(snapshot.id = %record.id, volume.id = %record.source_volume, "cannot finish an interrupted CreateSnapshot: its source volume is gone; rolling it back");
                     return self.roll_back_snapshot(pool, record).map(|()| Resumed::RolledBack);
                 };
-                match self.build_snapshot(pool, &volume, record) {
+                match self.build_snapshot(pool, &volume, record, &Work::new()) {
                     Ok(()) => Ok(Resumed::Finished),
                     Err(e) if self.store.snapshot(&record.id).is_none() => {
                         tracing::warn!(snapshot.id = %record.id, error = %e, "cannot finish an interrupted CreateSnapshot; rolled it back");

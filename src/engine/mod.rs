@@ -1,6 +1,7 @@
 //! The engine: what each CSI operation does, independent of gRPC. The services in `csi`
 //! translate requests into these calls (on blocking threads) and errors into codes.
 
+mod copies;
 pub mod encryption;
 mod ephemeral;
 mod error;
@@ -63,6 +64,10 @@ pub struct Engine {
     pub shared_sync: shared::SyncState,
     /// Encryption keys calls hold in the kernel (see [`encryption`]).
     pub key_holds: encryption::KeyHolds,
+    /// Copies running in the background.
+    pub copies: copies::Copies,
+    /// This engine, once [`Engine::shared`] put it in an `Arc`: background copies hold it.
+    me: std::sync::Weak<Engine>,
 }
 
 /// Where this process runs relative to the node-local pools it is configured with.
@@ -165,9 +170,24 @@ impl Engine {
             unavailable,
             shared_sync: shared::SyncState::default(),
             key_holds: encryption::KeyHolds::default(),
+            copies: copies::Copies::default(),
+            me: std::sync::Weak::new(),
         };
         engine.start_shared(placement)?;
         Ok(engine)
+    }
+
+    /// Shares the engine between threads. Only a shared engine runs long copies in the
+    /// background (see [`copies`]); otherwise each call runs its copy to the end.
+    #[must_use]
+    pub fn shared(self) -> Arc<Engine> {
+        Arc::new_cyclic(|me| Engine { me: me.clone(), ..self })
+    }
+
+    /// Asks every background copy to stop because berth is stopping; each leaves its
+    /// intent recorded for the next start. [`Engine::wait_for_copies`] waits for them.
+    pub fn stop_copies_for_shutdown(&self) {
+        self.copies.stop_all();
     }
 
     /// Takes the per-object locks for `keys`, or answers ABORTED naming what is busy.

@@ -13,6 +13,8 @@ pub struct Report {
     pub rolled_back: usize,
     pub deleted: usize,
     pub failed: usize,
+    /// Interrupted copies taken up again in the background.
+    pub resumed: usize,
     /// Paths in pool directories that no record names.
     pub unaccounted: Vec<std::path::PathBuf>,
 }
@@ -29,6 +31,46 @@ impl Report {
 }
 
 impl Engine {
+    /// Takes an interrupted background copy into a volume up again in the background;
+    /// false when the volume is not such a copy (or its source is gone, which the
+    /// ordinary resumption rolls back).
+    fn resume_volume_copy(&self, pool: &crate::backend::Pool, volume: &crate::state::VolumeRecord) -> bool {
+        if volume.phase != Phase::Creating || volume.source.is_none() || !self.runs_copies_in_background(pool) {
+            return false;
+        }
+        let Ok(sources) = self.recorded_source(volume) else { return false };
+        match self.start_volume_copy(pool.clone(), volume.clone(), sources, 0) {
+            Ok(_) => {
+                tracing::info!(volume.id = %volume.id, "taking an interrupted copy up again in the background");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(volume.id = %volume.id, error = %e, "an interrupted copy is in use; the call holding it finishes it");
+                true
+            }
+        }
+    }
+
+    /// [`Engine::resume_volume_copy`] for a snapshot cut.
+    fn resume_snapshot_copy(&self, pool: &crate::backend::Pool, snapshot: &crate::state::SnapshotRecord) -> bool {
+        if snapshot.phase != Phase::Creating || !self.runs_copies_in_background(pool) {
+            return false;
+        }
+        let Some(volume) = self.store.volume(&snapshot.source_volume).filter(|v| v.phase == Phase::Ready) else {
+            return false;
+        };
+        match self.start_snapshot_copy(pool.clone(), volume, snapshot.clone()) {
+            Ok(_) => {
+                tracing::info!(snapshot.id = %snapshot.id, "taking an interrupted snapshot cut up again in the background");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(snapshot.id = %snapshot.id, error = %e, "an interrupted snapshot cut is in use; the call holding it finishes it");
+                true
+            }
+        }
+    }
+
     /// Takes every unfinished volume and snapshot record to an end, then reports data no
     /// record accounts for. Runs before any call other than Identity's is served, so no
     /// lock is held by anyone else; a record whose lock is taken anyway is left for the
@@ -37,6 +79,10 @@ impl Engine {
         let mut report = Report::default();
         for mut volume in self.store.volumes_where(|v| v.phase != Phase::Ready) {
             let Some(pool) = self.pools.get(&volume.pool).cloned() else { continue };
+            if self.resume_volume_copy(&pool, &volume) {
+                report.resumed += 1;
+                continue;
+            }
             let Some(_guard) = self.locks.try_lock([volume.id.clone()]) else {
                 tracing::warn!(volume.id = %volume.id, "an unfinished volume is in use; the call holding it finishes it");
                 continue;
@@ -54,6 +100,10 @@ impl Engine {
         }
         for mut snapshot in self.store.snapshots_page(None, usize::MAX, |s| s.phase != Phase::Ready).0 {
             let Some(pool) = self.pools.get(&snapshot.pool).cloned() else { continue };
+            if self.resume_snapshot_copy(&pool, &snapshot) {
+                report.resumed += 1;
+                continue;
+            }
             let Some(_guard) = self.locks.try_lock([snapshot.id.clone()]) else {
                 tracing::warn!(snapshot.id = %snapshot.id, "an unfinished snapshot is in use; the call holding it finishes it");
                 continue;
@@ -82,6 +132,7 @@ impl Engine {
                 rolled_back = report.rolled_back,
                 deleted = report.deleted,
                 failed = report.failed,
+                resumed = report.resumed,
                 unaccounted = report.unaccounted.len(),
                 "reconciled state at start"
             );

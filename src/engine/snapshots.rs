@@ -1,13 +1,16 @@
 //! CreateSnapshot, DeleteSnapshot, ListSnapshots and the GetSnapshot lookup.
 
 use super::listing::Page;
-use super::{DEFAULT_PAGE, Engine, Error, Result};
+use super::{DEFAULT_PAGE, Engine, Error, Result, copies};
+use crate::backend::Work;
 use crate::ids::{self, Kind};
 use crate::state::{self, Phase, SnapshotRecord};
 
 impl Engine {
-    /// Snapshots a volume, or returns the snapshot this name already made of it. `key`
-    /// (from the snapshotter's secrets) reads an encrypted volume that is not staged here.
+    /// Snapshots a volume, or returns the snapshot this name already made of it. A copy
+    /// that outlasts [`Engine::copy_wait`] goes on in the background and the snapshot is
+    /// returned not yet Ready (`ready_to_use` false); its retries return the record.
+    /// `key` (from the snapshotter's secrets) reads an encrypted volume not staged here.
     pub fn create_snapshot(&self, source: &str, name: &str, key: Option<&crate::crypt::Key>) -> Result<SnapshotRecord> {
         self.sync_for_id(Kind::Volume, source)?;
         let _guard = self.lock(&[format!("snapshot-name:{name}"), source.to_string()])?;
@@ -23,6 +26,11 @@ impl Engine {
             if s.phase == Phase::Ready {
                 return Ok(s.clone());
             }
+            if let Some(job) = self.copies.running(&s.id) {
+                return self.await_snapshot(name, &s.id, &job);
+            }
+        } else if let Some(failed) = self.copies.take_failure(&copies::snapshot_key(name)) {
+            return Err(failed);
         }
         let volume = self.ready_volume(source)?;
         let pool = self.pool(&volume.pool)?.clone();
@@ -47,18 +55,26 @@ impl Engine {
             self.begin_snapshot(&record)?;
             record
         };
+        // Pools that copy in the background (NFS) do not encrypt: no key outlives the call.
+        if pool.info().background_copies {
+            let id = record.id.clone();
+            let job = self.start_snapshot_copy(pool, volume, record)?;
+            return self.await_snapshot(name, &id, &job);
+        }
         let _key = match super::encryption::key_of(&volume) {
             Some(id) => Some(self.hold_for(&pool, &volume, id, key, crate::crypt::KeyFrom::CreateSnapshot)?),
             None => None,
         };
-        self.build_snapshot(pool.as_ref(), &volume, &mut record)?;
+        self.build_snapshot(pool.as_ref(), &volume, &mut record, &Work::new())?;
         tracing::info!(snapshot.id = %record.id, volume.id = %source, bytes = record.size, method = ?record.method, "snapshot created");
         Ok(record)
     }
 
-    /// Deletes a snapshot; unknown IDs are already gone.
+    /// Deletes a snapshot; unknown IDs are already gone. A copy cutting the snapshot, or
+    /// restoring from it, is stopped and undone first.
     pub fn delete_snapshot(&self, id: &str) -> Result<()> {
         self.sync_for_id(Kind::Snapshot, id)?;
+        self.stop_copies(id)?;
         // Also exclusive on what restores from it read: never deleted under a restore.
         let _guard = self.lock(&[id.to_string(), crate::locks::reading(id)])?;
         let Some(mut record) = self.store.snapshot(id) else {
@@ -89,7 +105,7 @@ impl Engine {
         };
         let limit = if max_entries == 0 { DEFAULT_PAGE } else { max_entries.min(super::MAX_PAGE) };
         let (items, more) = self.store.snapshots_page(after, limit, |s| {
-            s.phase == Phase::Ready
+            self.listable(s)
                 && (snapshot_id.is_empty() || s.id == snapshot_id)
                 && (source.is_empty() || s.source_volume == source)
         });
@@ -97,12 +113,18 @@ impl Engine {
         Ok(Page { items, next_token })
     }
 
+    /// Whether a snapshot is listed: Ready, or being cut by a background copy (listed
+    /// with `ready_to_use` false, as the CO polls for readiness with ListSnapshots).
+    fn listable(&self, s: &SnapshotRecord) -> bool {
+        s.phase == Phase::Ready || (s.phase == Phase::Creating && self.copies.running(&s.id).is_some())
+    }
+
     /// A snapshot by ID.
     pub fn get_snapshot(&self, id: &str) -> Result<SnapshotRecord> {
         self.sync_for_id(Kind::Snapshot, id)?;
         self.store
             .snapshot(id)
-            .filter(|s| s.phase == Phase::Ready)
+            .filter(|s| self.listable(s))
             .ok_or_else(|| Error::NoSnapshot { id: id.to_string(), node: self.node_id.clone() })
     }
 }

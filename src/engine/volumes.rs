@@ -3,11 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use super::encryption;
-use super::{Capability, Engine, Error, FS_TYPES, Result};
-use crate::backend::{Backend, Source};
-use crate::crypt::KeyFrom;
-use crate::crypt::{Encryption, Scheme};
+use super::{Capability, Engine, Error, FS_TYPES, Result, copies, encryption};
+use crate::backend::{Backend, Pool, Source, Work};
+use crate::crypt::{Encryption, KeyFrom, Scheme};
 use crate::ids::{self, Kind};
 use crate::state::{AccessKind, ContentSource, Phase, SnapshotRecord, VolumeRecord};
 
@@ -280,8 +278,15 @@ impl Engine {
             match v.phase {
                 Phase::Ready => return Ok(v.clone()),
                 Phase::Deleting => return Err(Error::BeingDeleted { volume: v.id.clone() }),
-                Phase::Creating => tracing::info!(volume.id = %v.id, "finishing an interrupted CreateVolume"),
+                Phase::Creating => {
+                    if let Some(job) = self.copies.running(&v.id) {
+                        return self.await_volume(&req.name, &v.id, &job);
+                    }
+                    tracing::info!(volume.id = %v.id, "finishing an interrupted CreateVolume");
+                }
             }
+        } else if let Some(failed) = self.copies.take_failure(&copies::volume_key(&req.name)) {
+            return Err(failed);
         }
 
         let (snapshot, source_volume) = self.resolve_source(&req, pool.as_ref(), size)?;
@@ -312,11 +317,17 @@ impl Engine {
             self.begin_volume(&record)?;
             record
         };
+        // Pools that copy in the background (NFS) do not encrypt: no key outlives the call.
+        if source.is_some() && pool.info().background_copies {
+            let id = record.id.clone();
+            let job = self.start_volume_copy(pool, record, (snapshot, source_volume), req.limit_bytes)?;
+            return self.await_volume(&req.name, &id, &job);
+        }
         let _key = match encryption::key_of(&record) {
             Some(id) => Some(self.hold_for(&pool, &record, id, req.key.as_deref(), KeyFrom::CreateVolume)?),
             None => None,
         };
-        self.build_volume(pool.as_ref(), &mut record, source, req.limit_bytes)?;
+        self.build_volume(pool.as_ref(), &mut record, source, req.limit_bytes, &Work::new())?;
         tracing::info!(volume.id = %record.id, volume.name = %record.name, bytes = record.capacity, enforced = record.enforced.as_str(), "volume created");
         Ok(record)
     }
@@ -405,29 +416,48 @@ impl Engine {
     }
 
     /// Deletes a volume; unknown IDs are already gone. A volume still published or mounted
-    /// is FAILED_PRECONDITION and left untouched.
+    /// is FAILED_PRECONDITION and left untouched. Background copies into or out of it are
+    /// stopped and undone first.
     pub fn delete_volume(&self, id: &str) -> Result<()> {
         self.sync_for_id(Kind::Volume, id)?;
+        // A volume in use is refused before any copy of it is touched; a copy filling the
+        // volume, or reading it, is then stopped and undone.
+        if let Some(record) = self.store.volume(id) {
+            self.refuse_in_use(&record)?;
+            self.stop_copies(id)?;
+        }
         // Also exclusive on what copies from it read: never deleted under a clone.
         let _guard = self.lock(&[id.to_string(), crate::locks::reading(id)])?;
         let Some(mut record) = self.store.volume(id) else {
             return Ok(());
         };
+        let pool = self.refuse_in_use(&record)?;
+        self.delete_volume_storage(pool.as_ref(), &mut record)?;
+        tracing::info!(volume.id = %id, "volume deleted");
+        Ok(())
+    }
+
+    /// The pool of a volume about to be deleted; FAILED_PRECONDITION while the volume is
+    /// published or mounted.
+    fn refuse_in_use(&self, record: &VolumeRecord) -> Result<Pool> {
         let pool = self.pool(&record.pool)?.clone();
         pool.check_writable()?;
         if !record.published.is_empty() {
             return Err(Error::StillPublished {
-                volume: id.to_string(),
+                volume: record.id.clone(),
                 nodes: record.published.keys().cloned().collect(),
             });
         }
-        let mounts = pool.mounts(crate::backend::StageSource::Managed(&record))?;
-        if !mounts.is_empty() {
-            return Err(Error::StillMounted { volume: id.to_string(), mounts });
+        // A volume still being created was never handed out, so nothing mounts it (and
+        // its record may not name its storage yet).
+        if record.phase == Phase::Creating {
+            return Ok(pool);
         }
-        self.delete_volume_storage(pool.as_ref(), &mut record)?;
-        tracing::info!(volume.id = %id, "volume deleted");
-        Ok(())
+        let mounts = pool.mounts(crate::backend::StageSource::Managed(record))?;
+        if !mounts.is_empty() {
+            return Err(Error::StillMounted { volume: record.id.clone(), mounts });
+        }
+        Ok(pool)
     }
 
     pub(super) fn ready_volume(&self, id: &str) -> Result<VolumeRecord> {

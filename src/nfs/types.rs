@@ -88,6 +88,9 @@ pub enum Error {
     /// The server answered with an error status.
     #[error("{proc}: {status}")]
     Status { proc: &'static str, status: Status },
+    /// The caller asked a long operation (a tree copy) to stop.
+    #[error("stopped before it finished")]
+    Stopped,
 }
 
 impl Error {

@@ -79,6 +79,19 @@ impl Collector {
         w.sample("berth_connections_evicted_total", &[], r.evicted.load(Ordering::SeqCst) as f64);
         write_counters(&mut w, &r.counters());
         if let Some(engine) = &self.engine {
+            let (copies, copied) = engine.copies.in_progress();
+            w.family(
+                "berth_copies_in_progress",
+                Kind::Gauge,
+                "Snapshot cuts, restores and clones running in the background (NFS pools).",
+            );
+            w.sample("berth_copies_in_progress", &[], copies as f64);
+            w.family(
+                "berth_copies_in_progress_bytes",
+                Kind::Gauge,
+                "Data bytes the background copies in progress have copied so far (zero blocks are not counted).",
+            );
+            w.sample("berth_copies_in_progress_bytes", &[], copied as f64);
             write_pools(&mut w, engine);
             self.write_volumes(&mut w, engine);
         }
@@ -222,7 +235,7 @@ mod tests {
         let stat = FsStat { magic: 0xEF53, total_bytes: 10 << 30, available_bytes: 8 << 30, ..FsStat::default() };
         let fake = Arc::new(RecordingSyscall::new(stat, ""));
         let config = Config::parse(&text, "test").expect("config");
-        Arc::new(Engine::open(config, "node-a".into(), fake, Placement::OnNode).expect("engine"))
+        Engine::open(config, "node-a".into(), fake, Placement::OnNode).expect("engine").shared()
     }
 
     #[test]

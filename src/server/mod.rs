@@ -235,8 +235,12 @@ pub async fn serve(
     tokio::select! {
         result = &mut server => result?,
         () = shutdown_signal() => {
+            let deadline = std::time::Instant::now() + drain;
             registry.set_stopping();
             registry.set_ready(false);
+            // Background copies can run for hours: they stop now, between two chunks,
+            // leaving their intent for the next start, rather than outlive the drain.
+            shared.engine.stop_copies_for_shutdown();
             // Stop accepting, then wait for the calls in flight. Idle client connections
             // (a sidecar keeps one open) must not hold the exit hostage.
             let _ = stop_tx.send(());
@@ -250,6 +254,11 @@ pub async fn serve(
                 // next start finishes or rolls them back. Holding the state any longer
                 // would keep the replacement process from starting.
                 tracing::warn!(unfinished, drain_seconds = drain.as_secs(), "stopping with operations unfinished after the drain limit; the next start finishes or rolls them back");
+            }
+            let engine = Arc::clone(&shared.engine);
+            let copying = tokio::task::spawn_blocking(move || engine.wait_for_copies(deadline)).await.unwrap_or(0);
+            if copying > 0 {
+                tracing::warn!(copies = copying, drain_seconds = drain.as_secs(), "stopping with background copies that did not stop within the drain limit; the next start takes them up again");
             }
         }
     }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use super::stack::{self, Stack};
 use super::{
     Capability, Capacity, Condition, Controller, Error, Node, PoolInfo, PoolKind, Result, Source, StageSource, Usage,
-    blockvol,
+    Work, blockvol,
 };
 use crate::config::{DevicePool as DevicePoolConfig, Wipe};
 use crate::mount::Syscall;
@@ -169,7 +169,7 @@ impl Controller for DevicePool {
         self.choose(volume)
     }
 
-    fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()> {
+    fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>, _work: &Work) -> Result<()> {
         volume.enforced = Enforced::DeviceSize;
         volume.layers = vec![Layer::Disk];
         self.reserve(volume)?;
@@ -207,7 +207,7 @@ impl Controller for DevicePool {
         Ok(true)
     }
 
-    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()> {
+    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord, _work: &Work) -> Result<()> {
         let dest = self.snapshot_path(&snapshot.key)?;
         if !dest.exists() {
             self.copy_to_image(volume, &dest, &snapshot.key)?;

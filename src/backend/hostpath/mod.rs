@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use super::tree::{self, Reflink};
 use super::{
     Capability, Capacity, Condition, Controller, Error, Node, PoolInfo, PoolKind, Result, Source, StageSource, Usage,
+    Work,
 };
 use crate::config::{Enforcement, HostPathPool};
 use crate::mount::ops;
@@ -238,7 +239,7 @@ impl Controller for HostPath {
         Ok(false)
     }
 
-    fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()> {
+    fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>, _work: &Work) -> Result<()> {
         volume.enforced = self.enforcement()?;
         if volume.enforced == Enforced::ProjectQuota && volume.project_id.is_none() {
             volume.project_id = Some(self.next_project.fetch_add(1, Ordering::SeqCst));
@@ -301,7 +302,7 @@ impl Controller for HostPath {
         self.apply_limit(volume, bytes).map(|()| false)
     }
 
-    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()> {
+    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord, _work: &Work) -> Result<()> {
         let source = self.volume_dir(&volume.key);
         let parent = self.root.join(SNAPSHOTS);
         let dest = self.snapshot_dir(&snapshot.key);

@@ -36,14 +36,14 @@ fn a_clone_gives_every_copied_directory_and_file_its_project_through_the_syscall
     let dir = tempfile::tempdir().expect("tempdir");
     let (fake, pool) = pool_on_xfs_with_prjquota(dir.path());
     let mut source = record("a");
-    pool.create_volume(&mut source, None).expect("create source");
+    pool.create_volume(&mut source, None, &crate::backend::Work::new()).expect("create source");
     let src_dir = pool.volume_dir(&source.key);
     std::fs::create_dir(src_dir.join("sub")).expect("mkdir");
     std::fs::write(src_dir.join("sub/f"), b"data").expect("write");
     std::os::unix::fs::symlink("/etc/passwd", src_dir.join("link")).expect("symlink");
 
     let mut clone = record("b");
-    pool.create_volume(&mut clone, Some(Source::Volume(&source))).expect("clone");
+    pool.create_volume(&mut clone, Some(Source::Volume(&source)), &crate::backend::Work::new()).expect("clone");
     let project = clone.project_id.expect("project ID");
     assert_ne!(Some(project), source.project_id);
     let clone_dir = pool.volume_dir(&clone.key);

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use super::{
     Capability, Capacity, Condition, Controller, Error, Node, PoolInfo, Result, Shared, Source, StageSource, Usage,
+    Work,
 };
 use crate::config::OnDelete;
 use crate::mount::{MsFlags, mountinfo, ops};
@@ -77,7 +78,7 @@ impl Controller for NfsPool {
         Ok(false)
     }
 
-    fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>) -> Result<()> {
+    fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>, work: &Work) -> Result<()> {
         volume.enforced = Enforced::None;
         let sub = match self.sub_dir(volume) {
             Some(s) => s.to_string(),
@@ -137,7 +138,7 @@ impl Controller for NfsPool {
                         .ok_or(nfs::Error::Status { proc: "LOOKUP", status: nfs::Status::NOENT })?;
                     let tmp = export::meta_dir(c, export::TMP)?;
                     copy::remove_tree(c, &tmp, key.as_bytes())?;
-                    let stats = copy::copy_tree(c, &from, &tmp, key.as_bytes(), &label)?;
+                    let stats = copy::copy_tree(c, &from, &tmp, key.as_bytes(), &label, work)?;
                     // NFS3ERR_IO stands for the injected fault.
                     crate::failpoint::hit("nfs.copy.before-rename")
                         .map_err(|_| nfs::Error::Status { proc: "nfs.copy.before-rename", status: nfs::Status(5) })?;
@@ -219,7 +220,7 @@ impl Controller for NfsPool {
         Ok(false)
     }
 
-    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord) -> Result<()> {
+    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord, work: &Work) -> Result<()> {
         let sub =
             self.sub_dir(volume).ok_or_else(|| Error::NoExportDirectory { volume: volume.id.clone() })?.to_string();
         let key = snapshot.key.clone();
@@ -238,7 +239,7 @@ impl Controller for NfsPool {
                 .ok_or(nfs::Error::Status { proc: "LOOKUP", status: nfs::Status::NOENT })?;
             let tmp = format!(".tmp-{key}");
             copy::remove_tree(c, &snaps, tmp.as_bytes())?;
-            let stats = copy::copy_tree(c, &from, &snaps, tmp.as_bytes(), &label)?;
+            let stats = copy::copy_tree(c, &from, &snaps, tmp.as_bytes(), &label, work)?;
             c.rename(&snaps, tmp.as_bytes(), &snaps, key.as_bytes())?;
             Ok(stats.bytes)
         })?;

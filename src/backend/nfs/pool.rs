@@ -74,6 +74,7 @@ impl NfsPool {
             info: PoolInfo {
                 node_local: false,
                 fs_types: super::FS_TYPES,
+                background_copies: true,
                 ..PoolInfo::directories(&config.name, PoolKind::Nfs)
             },
             server: config.server.as_str().to_string(),
@@ -94,6 +95,9 @@ impl NfsPool {
     }
 
     pub(super) fn map_err(&self, op: &'static str, rel: &str, e: nfs::Error) -> Error {
+        if matches!(e, nfs::Error::Stopped) {
+            return Error::Stopped { op, location: self.location(rel).display().to_string() };
+        }
         if e.is_transport() {
             return Error::ServerUnreachable {
                 op,
