@@ -13,7 +13,7 @@ from conftest import (VALUE_SETS, flag, is_berth, merged_values, of_kind, one, p
                       render_values, rendered, workloads)
 
 CLASHING = {9808, 9809, 9810, 9811, 9090, 9091}
-LEADER_ELECTED = {"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter"}
+LEADER_ELECTED = {"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "csi-health-monitor"}
 # The flags the chart passes to each sidecar, each checked in the sidecar's source at the
 # version values.yaml pins (external-provisioner v6.3.0, external-attacher v4.12.0,
 # external-snapshotter v8.6.0, external-resizer at the v2.3.0 line, csi-lib-utils'
@@ -29,6 +29,9 @@ SIDECAR_FLAGS = {
                         "timeout", "feature-gates", "http-endpoint"},
     "node-driver-registrar": {"csi-address", "kubelet-registration-path", "http-endpoint"},
     "liveness-probe": {"csi-address", "http-endpoint"},
+    # external-health-monitor v0.18.0, cmd/csi-external-health-monitor-controller/main.go.
+    "csi-health-monitor": {"csi-address", "leader-election", "leader-election-namespace", "timeout",
+                           "list-volumes-interval", "monitor-interval", "http-endpoint"},
 }
 
 
@@ -139,7 +142,7 @@ def test_leader_elected_sidecars_serve_http_and_are_probed_on_leader_election(va
             probe = c["livenessProbe"]["httpGet"]
             assert probe["path"] == "/healthz/leader-election"
             assert probe_port(c, spec) == port
-            role = c["name"].removeprefix("csi-")
+            role = {"health-monitor": "monitor"}.get(c["name"].removeprefix("csi-"), c["name"].removeprefix("csi-"))
             assert {"name": f"sc-{role}", "containerPort": port, "protocol": "TCP"} in c["ports"]
 
 
@@ -156,7 +159,8 @@ def test_every_sidecar_metrics_port_reaches_the_service_monitor():
                 if p["name"].startswith(("sc-", "metrics-")):
                     served.add(p["name"])
     assert served == scraped == set(service_ports), (served, scraped, service_ports)
-    assert {"sc-provisioner", "sc-attacher", "sc-resizer", "sc-snapshotter", "metrics-local", "metrics-nfs"} <= scraped
+    assert {"sc-provisioner", "sc-attacher", "sc-resizer", "sc-snapshotter", "sc-monitor", "metrics-local",
+            "metrics-nfs"} <= scraped
 
 
 def test_grace_periods_cover_the_drain_time(value_set):

@@ -31,7 +31,7 @@ from conftest import (
     workloads,
 )
 
-CONTROLLER_SIDECARS = {"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter"}
+CONTROLLER_SIDECARS = {"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "csi-health-monitor"}
 TOPOLOGY_KEY = "topology.berth.csi.io/node"
 
 
@@ -431,6 +431,8 @@ NEEDS = {
     "csi-snapshotter": [("snapshot.storage.k8s.io", "volumesnapshotcontents", "update"),
                         ("snapshot.storage.k8s.io", "volumesnapshotcontents/status", "patch"),
                         ("snapshot.storage.k8s.io", "volumesnapshotclasses", "list")],
+    "csi-health-monitor": [("", "persistentvolumes", "watch"), ("", "persistentvolumeclaims", "get"),
+                           ("", "events", "create"), ("", "events", "patch"), ("", "events", "watch")],
 }
 
 

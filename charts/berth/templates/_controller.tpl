@@ -110,3 +110,45 @@ volumeMounts:
   - name: socket-dir
     mountPath: /csi
 {{- end }}
+
+{{/*
+csi-external-health-monitor-controller of the NFS controller (healthMonitor): leader
+elected like the other sidecars, so --http-endpoint serves /metrics and
+/healthz/leader-election, its liveness probe.
+*/}}
+{{- define "berth.controller.healthMonitor" -}}
+{{- $hm := .Values.healthMonitor }}
+{{- $port := .Values.controller.ports.healthMonitor }}
+name: csi-health-monitor
+image: {{ include "berth.sidecarImage" .Values.sidecars.healthMonitor }}
+imagePullPolicy: {{ .Values.sidecars.pullPolicy }}
+args:
+  - --csi-address=/csi/csi.sock
+  - --leader-election
+  - --leader-election-namespace=$(NAMESPACE)
+  - --timeout={{ $hm.timeout }}
+  # berth offers LIST_VOLUMES: one ListVolumes round per interval.
+  - --list-volumes-interval={{ $hm.listVolumesInterval }}
+  - --monitor-interval={{ $hm.monitorInterval }}
+  - --http-endpoint={{ include "berth.listen" (dict "address" "" "port" $port) }}
+env:
+  {{- include "berth.podIdentityEnv" . | nindent 2 }}
+ports:
+  - name: sc-monitor
+    containerPort: {{ $port }}
+    protocol: TCP
+livenessProbe:
+  httpGet:
+    path: /healthz/leader-election
+    port: sc-monitor
+  initialDelaySeconds: 10
+  timeoutSeconds: 10
+  periodSeconds: 20
+  failureThreshold: 1
+{{ include "berth.sidecarSecurityContext" . }}
+resources:
+  {{- toYaml .Values.controller.resources.sidecars | nindent 2 }}
+volumeMounts:
+  - name: socket-dir
+    mountPath: /csi
+{{- end }}

@@ -382,9 +382,10 @@ subjects:
 {{- end }}
 
 {{/*
-The sidecars whose metrics some pod serves, as a JSON list of roles: the node plugin's
-provisioner and snapshotter (local driver), the controllers' resizer, and the NFS
-controller's provisioner, attacher and snapshotter.
+The sidecars' metrics ports some pod serves, as a JSON list of {name, port}: name is the
+container port's name (sc-<role>), port the Service's port. The node plugin's provisioner
+and snapshotter (local driver), the controllers' resizer, the NFS controller's
+provisioner, attacher and snapshotter, and the health monitor wherever it runs.
 */}}
 {{- define "berth.metrics.sidecars" -}}
 {{- $roles := list }}
@@ -393,7 +394,25 @@ controller's provisioner, attacher and snapshotter.
 {{- if .Values.nfs.enabled }}{{ $roles = append $roles "attacher" }}{{ end }}
 {{- if or .Values.nfs.enabled (and .Values.local.enabled .Values.local.expansion.enabled) }}{{ $roles = append $roles "resizer" }}{{ end }}
 {{- if and $snap (or .Values.local.enabled .Values.nfs.enabled) }}{{ $roles = append $roles "snapshotter" }}{{ end }}
-{{- toJson $roles }}
+{{- $out := list }}
+{{- range $roles }}{{ $out = append $out (dict "name" (printf "sc-%s" .) "port" (index $.Values.controller.ports .)) }}{{ end }}
+{{- if include "berth.healthMonitor.components" . | fromJsonArray }}
+{{- $out = append $out (dict "name" "sc-monitor" "port" .Values.controller.ports.healthMonitor) }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+The components that run csi-external-health-monitor-controller, as a JSON list: "node"
+(one per node for the node-local driver, healthMonitor.nodeLocal) and "nfs-controller".
+*/}}
+{{- define "berth.healthMonitor.components" -}}
+{{- $out := list }}
+{{- if .Values.healthMonitor.enabled }}
+{{- if and .Values.local.enabled .Values.healthMonitor.nodeLocal }}{{ $out = append $out "node" }}{{ end }}
+{{- if .Values.nfs.enabled }}{{ $out = append $out "nfs-controller" }}{{ end }}
+{{- end }}
+{{- toJson $out }}
 {{- end }}
 
 {{/*

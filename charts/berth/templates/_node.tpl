@@ -195,6 +195,41 @@ volumeMounts:
 {{- end }}
 
 {{/*
+csi-external-health-monitor-controller of the node-local driver (healthMonitor.nodeLocal):
+one per node, without leader election. berth's ListVolumes here lists only this node's
+volumes, and the sidecar skips the PersistentVolumes it did not list, so each node reports
+its own. Like the node's provisioner it serves only metrics (no /healthz/leader-election),
+so --http-endpoint comes with metrics.enabled and there is no liveness probe.
+*/}}
+{{- define "berth.node.healthMonitor" -}}
+{{- $hm := .Values.healthMonitor }}
+name: csi-health-monitor
+image: {{ include "berth.sidecarImage" .Values.sidecars.healthMonitor }}
+imagePullPolicy: {{ .Values.sidecars.pullPolicy }}
+args:
+  - --csi-address=/csi/csi.sock
+  - --timeout={{ $hm.timeout }}
+  # berth offers LIST_VOLUMES: one ListVolumes round per interval.
+  - --list-volumes-interval={{ $hm.listVolumesInterval }}
+  - --monitor-interval={{ $hm.monitorInterval }}
+  {{- if .Values.metrics.enabled }}
+  - --http-endpoint={{ include "berth.listen" (dict "address" .Values.metrics.bindAddress "port" .Values.node.ports.localHealthMonitor) }}
+  {{- end }}
+{{- if .Values.metrics.enabled }}
+ports:
+  - name: sc-monitor
+    containerPort: {{ .Values.node.ports.localHealthMonitor }}
+    protocol: TCP
+{{- end }}
+{{ include "berth.node.sidecarSecurityContext" . }}
+resources:
+  {{- toYaml .Values.node.resources.sidecars | nindent 2 }}
+volumeMounts:
+  - name: local-socket-dir
+    mountPath: /csi
+{{- end }}
+
+{{/*
 One node plugin DaemonSet: call with (dict "ctx" $ "group" G), G a dict with name (""
 for the main DaemonSet), pools (its node-local pools), config (its ConfigMap), and
 nodeSelector, tolerations, affinity.
@@ -214,7 +249,8 @@ nodeSelector, tolerations, affinity.
 {{- $component := ternary "node" (printf "node-%s" $g.name) (eq $g.name "") }}
 # The node plugin, on every node. For the node-local driver it is also the provisioner:
 # csi-provisioner and csi-snapshotter run here with --node-deployment, so the node that
-# owns the disk creates, deletes and snapshots its volumes.
+# owns the disk creates, deletes and snapshots its volumes, and the health monitor reports
+# the condition of that node's volumes.
 apiVersion: apps/v1
 kind: DaemonSet
 metadata:
@@ -292,6 +328,10 @@ spec:
         {{- if .Values.snapshots.enabled }}
         {{- $text = include "berth.node.snapshotter" . }}
         {{- include "berth.container" (dict "spec" $text "over" (get $over "csi-snapshotter")) | nindent 8 }}
+        {{- end }}
+        {{- if has "node" (include "berth.healthMonitor.components" . | fromJsonArray) }}
+        {{- $text = include "berth.node.healthMonitor" . }}
+        {{- include "berth.container" (dict "spec" $text "over" (get $over "csi-health-monitor")) | nindent 8 }}
         {{- end }}
         {{- end }}
         {{- if $nfs.enabled }}
