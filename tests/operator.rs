@@ -392,7 +392,9 @@ fn doctor_passes_a_good_machine_and_fails_a_broken_one() {
 
     // Broken: the pool path is missing, the kubelet dir does not propagate mounts.
     let missing = scratch.path().join("no-such-pool");
-    let broken = write_config(scratch.path(), "broken.yaml", &hostpath_config(&state, &missing, "auto"));
+    // Without createPath: berth would not make the directory, so doctor fails it.
+    let broken_config = hostpath_config(&state, &missing, "auto").replace("    createPath: true\n", "");
+    let broken = write_config(scratch.path(), "broken.yaml", &broken_config);
     let private_s = private.display().to_string();
     let (ok, report) = doctor_json(&["--config", &broken, "--kubelet-dir", &private_s, "--endpoint", &endpoint]);
     assert!(!ok, "any fail exits non-zero");
