@@ -34,6 +34,12 @@ impl Drop for KeyHold<'_> {
     }
 }
 
+/// The error for a call on encrypted `volume` that brought no key and finds none.
+fn missing_key(volume: &VolumeRecord, from: KeyFrom) -> Error {
+    let scheme = volume.encryption.as_ref().map_or(crate::crypt::Scheme::Fscrypt, |e| e.scheme);
+    Error::KeyMissing { volume: volume.id.clone(), scheme, from }
+}
+
 /// The key a record's volume (or snapshot) is encrypted under, once it has one.
 pub(super) fn key_of(volume: &VolumeRecord) -> Option<KeyId> {
     volume.encryption.as_ref().and_then(|e| e.key_id)
@@ -85,11 +91,6 @@ impl Engine {
             Self::check_key(&format!("volume {}", volume.id), Some(id), key)?;
             return self.hold_key(pool, key);
         }
-        let missing = || Error::KeyMissing {
-            volume: volume.id.clone(),
-            scheme: volume.encryption.as_ref().map_or(crate::crypt::Scheme::Fscrypt, |e| e.scheme),
-            from,
-        };
         let mut holds = self.holds();
         let at = (pool.name().to_string(), id);
         if let Some(n) = holds.get_mut(&at) {
@@ -97,7 +98,7 @@ impl Engine {
         } else if self.staged_under(pool, &id)? {
             holds.insert(at, 1);
         } else {
-            return Err(missing());
+            return Err(missing_key(volume, from));
         }
         Ok(KeyHold { engine: self, pool: pool.clone(), id })
     }
@@ -118,11 +119,7 @@ impl Engine {
         if self.holds().contains_key(&(pool.name().to_string(), id)) || self.staged_under(pool, &id)? {
             return Ok(());
         }
-        Err(Error::KeyMissing {
-            volume: volume.id.clone(),
-            scheme: volume.encryption.as_ref().map_or(crate::crypt::Scheme::Fscrypt, |e| e.scheme),
-            from,
-        })
+        Err(missing_key(volume, from))
     }
 
     fn let_go(&self, pool: &Pool, id: &KeyId) {
