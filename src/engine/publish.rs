@@ -8,7 +8,7 @@ use crate::ids::{self, Kind};
 
 impl Engine {
     fn known_node(&self, node: &str) -> bool {
-        node == self.node_id || !self.store.volumes_where(|v| v.node == node).is_empty()
+        node == self.node_id || self.store.any_volume(|v| v.node == node)
     }
 
     /// Records that `node` may use the volume. Unknown volume or node: NOT_FOUND; another

@@ -101,7 +101,8 @@ impl Collector {
     fn write_volumes(&self, w: &mut Writer, engine: &Engine) {
         let volumes = engine.store.volumes_where(|v| v.phase == Phase::Ready && engine.pools.contains_key(&v.pool));
         let mut cache = self.usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.retain(|id, _| volumes.iter().any(|v| &v.id == id));
+        let ready: std::collections::HashSet<&str> = volumes.iter().map(|v| v.id.as_str()).collect();
+        cache.retain(|id, _| ready.contains(id.as_str()));
         let start = Instant::now();
         for volume in &volumes {
             let fresh = cache.get(&volume.id).is_some_and(|(at, _)| at.elapsed() < USAGE_TTL);
@@ -195,18 +196,11 @@ fn write_pools(w: &mut Writer, engine: &Engine) {
     for (name, kind, c) in &capacities {
         w.sample("berth_pool_free_bytes", &[("pool", name), ("type", kind)], c.available_bytes as f64);
     }
-    let mut volumes: BTreeMap<&str, u64> = engine.pools.keys().map(|k| (k.as_str(), 0)).collect();
-    for v in engine.store.volumes_where(|_| true) {
-        if let Some(n) = volumes.get_mut(v.pool.as_str()) {
-            *n += 1;
-        }
-    }
-    let mut snapshots: BTreeMap<&str, u64> = engine.pools.keys().map(|k| (k.as_str(), 0)).collect();
-    for s in engine.store.snapshots_page(None, usize::MAX, |_| true).0 {
-        if let Some(n) = snapshots.get_mut(s.pool.as_str()) {
-            *n += 1;
-        }
-    }
+    let (volume_counts, snapshot_counts) = engine.store.counts_by_pool();
+    let of = |counts: &std::collections::HashMap<String, u64>| -> BTreeMap<&str, u64> {
+        engine.pools.keys().map(|k| (k.as_str(), counts.get(k).copied().unwrap_or(0))).collect()
+    };
+    let (volumes, snapshots) = (of(&volume_counts), of(&snapshot_counts));
     w.family("berth_pool_volumes", Kind::Gauge, "Volumes berth keeps in each pool.");
     for (pool, n) in &volumes {
         w.sample("berth_pool_volumes", &[("pool", pool)], *n as f64);

@@ -38,6 +38,7 @@ pub use records::{
 pub use salvage::{Salvaged, salvage};
 use table::{Change, Maps};
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -125,6 +126,33 @@ impl Store {
     /// Every volume matching `pred` (for capacity and node lookups).
     pub fn volumes_where(&self, pred: impl Fn(&VolumeRecord) -> bool) -> Vec<VolumeRecord> {
         self.maps().volumes.by_id.values().filter(|v| pred(v)).cloned().collect()
+    }
+
+    /// Whether any volume record satisfies `pred`; clones nothing.
+    pub fn any_volume(&self, pred: impl Fn(&VolumeRecord) -> bool) -> bool {
+        self.maps().volumes.by_id.values().any(pred)
+    }
+
+    /// How many volume records and how many snapshot records name each pool; clones no
+    /// record.
+    pub fn counts_by_pool(&self) -> (HashMap<String, u64>, HashMap<String, u64>) {
+        fn bump(counts: &mut HashMap<String, u64>, pool: &str) {
+            match counts.get_mut(pool) {
+                Some(n) => *n += 1,
+                None => {
+                    counts.insert(pool.to_string(), 1);
+                }
+            }
+        }
+        let maps = self.maps();
+        let (mut volumes, mut snapshots) = (HashMap::new(), HashMap::new());
+        for v in maps.volumes.by_id.values() {
+            bump(&mut volumes, &v.pool);
+        }
+        for s in maps.snapshots.by_id.values() {
+            bump(&mut snapshots, &s.pool);
+        }
+        (volumes, snapshots)
     }
 
     /// How many volume and snapshot records name `pool`.
@@ -225,5 +253,25 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 7);
+    }
+
+    #[test]
+    fn counts_and_lookups_by_predicate_agree_with_the_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path()).expect("open");
+        for (i, pool) in ["a", "a", "b"].iter().enumerate() {
+            store
+                .put_volume(&VolumeRecord {
+                    pool: (*pool).into(),
+                    ..volume(&format!("vol:{pool}:{i}"), &format!("n{i}"))
+                })
+                .expect("put");
+        }
+        store.put_snapshot(&super::testutil::snapshot("snap:p:1", "s1")).expect("put");
+        let (volumes, snapshots) = store.counts_by_pool();
+        assert_eq!((volumes.get("a"), volumes.get("b"), volumes.get("p")), (Some(&2), Some(&1), None));
+        assert_eq!(snapshots.get("p"), Some(&1));
+        assert!(store.any_volume(|v| v.pool == "b"));
+        assert!(!store.any_volume(|v| v.pool == "c"));
     }
 }
