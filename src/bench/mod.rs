@@ -28,6 +28,9 @@ pub enum Workload {
     Attach,
     /// Write `--snapshot-size` bytes into a volume, then time CreateSnapshot and a restore.
     Snapshot,
+    /// GET the driver's `/metrics` (`--metrics-address`) `--scrapes` times, with whatever
+    /// volumes it holds (pre-create them with `provision --existing N --keep-existing`).
+    Scrape,
 }
 
 /// The access type of the benchmark's volumes.
@@ -82,6 +85,13 @@ pub struct BenchArgs {
     /// Where staging and target directories are made (must be on this node).
     #[arg(long, default_value = "/tmp")]
     pub work_dir: PathBuf,
+    /// The driver's metrics address (HOST:PORT, as given to `berth serve --metrics-address`),
+    /// for `scrape`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_address: Option<String>,
+    /// Scrapes of `/metrics` in `scrape`.
+    #[arg(long, default_value_t = 20)]
+    pub scrapes: usize,
     /// The driver's process ID, to read its memory and CPU time from /proc.
     #[arg(long)]
     pub pid: Option<u32>,
@@ -240,6 +250,19 @@ async fn run(args: &BenchArgs) -> Result<Value, String> {
                     "wall_s": round(r.wall.as_secs_f64()),
                     "ops": ops(&steps, r.wall),
                     "cpu": cpu_json(args.pid, before, calls),
+                }));
+            }
+            Workload::Scrape => {
+                let address = args.metrics_address.as_deref().ok_or("the scrape workload needs --metrics-address")?;
+                let r = workloads::scrape(address, args.scrapes).await?;
+                let mut ops = serde_json::Map::new();
+                ops.insert("GET /metrics".into(), r.latencies.summary(r.wall));
+                results.push(json!({
+                    "workload": "scrape",
+                    "existing": r.volumes,
+                    "bytes": r.bytes,
+                    "ops": ops,
+                    "cpu": cpu_json(args.pid, before, args.scrapes),
                 }));
             }
             Workload::Snapshot => {

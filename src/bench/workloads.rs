@@ -393,3 +393,38 @@ pub async fn snapshot(ctx: &Ctx, bytes: u64) -> Result<SnapshotResult, Error> {
     cleanup?;
     Ok(result)
 }
+
+/// What [`scrape`] measured.
+pub struct ScrapeResult {
+    pub latencies: Latencies,
+    pub wall: Duration,
+    /// Volumes in the last answer (its `berth_volume_capacity_bytes` samples).
+    pub volumes: usize,
+    /// Size of the last answer.
+    pub bytes: usize,
+}
+
+/// GETs `/metrics` from the driver's metrics address `n` times, one after another.
+pub async fn scrape(address: &str, n: usize) -> Result<ScrapeResult, Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut latencies, mut volumes, mut bytes) = (Latencies::default(), 0, 0);
+    let started = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let mut stream =
+            tokio::net::TcpStream::connect(address).await.map_err(|e| format!("connecting to {address}: {e}"))?;
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.map_err(|e| format!("asking {address}: {e}"))?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.map_err(|e| format!("reading from {address}: {e}"))?;
+        latencies.push(t.elapsed());
+        let text = String::from_utf8_lossy(&answer);
+        if !text.starts_with("HTTP/1.1 200") {
+            return Err(format!("{address}/metrics answered {}", text.lines().next().unwrap_or("nothing")));
+        }
+        bytes = answer.len();
+        volumes = text.lines().filter(|l| l.starts_with("berth_volume_capacity_bytes{")).count();
+    }
+    Ok(ScrapeResult { latencies, wall: started.elapsed(), volumes, bytes })
+}
+
