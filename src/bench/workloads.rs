@@ -427,4 +427,3 @@ pub async fn scrape(address: &str, n: usize) -> Result<ScrapeResult, Error> {
     }
     Ok(ScrapeResult { latencies, wall: started.elapsed(), volumes, bytes })
 }
-

@@ -49,11 +49,16 @@ impl Writer {
                 if i > 0 {
                     self.out.push(',');
                 }
-                let _ = write!(self.out, "{key}=\"{}\"", escape_label(value));
+                self.out.push_str(key);
+                self.out.push_str("=\"");
+                escape_label_into(&mut self.out, value);
+                self.out.push('"');
             }
             self.out.push('}');
         }
-        let _ = writeln!(self.out, " {}", format_value(value));
+        self.out.push(' ');
+        write_value(&mut self.out, value);
+        self.out.push('\n');
     }
 
     /// The finished document.
@@ -63,8 +68,13 @@ impl Writer {
     }
 }
 
-fn escape_label(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
+/// Appends `value` escaped as a label value: a scrape of many volumes writes many
+/// labels, so nothing is allocated per label.
+fn escape_label_into(out: &mut String, value: &str) {
+    if !value.contains(['\\', '"', '\n']) {
+        out.push_str(value);
+        return;
+    }
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -73,7 +83,15 @@ fn escape_label(value: &str) -> String {
             c => out.push(c),
         }
     }
-    out
+}
+
+/// Appends `value` as [`format_value`] formats it.
+fn write_value(out: &mut String, value: f64) {
+    if value.is_finite() && value.fract() == 0.0 && value.abs() < 9.0e15 {
+        let _ = write!(out, "{}", value as i64);
+    } else {
+        out.push_str(&format_value(value));
+    }
 }
 
 /// Formats a sample value: integers without a fraction, infinities as `+Inf`/`-Inf`.

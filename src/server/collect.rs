@@ -122,8 +122,7 @@ impl Collector {
         }
         w.family("berth_volume_capacity_bytes", Kind::Gauge, "Size of each volume as provisioned or expanded.");
         for v in &volumes {
-            let labels = volume_labels(v);
-            w.sample("berth_volume_capacity_bytes", &refs(&labels), v.capacity as f64);
+            w.sample("berth_volume_capacity_bytes", &volume_labels(v), v.capacity as f64);
         }
         w.family(
             "berth_volume_used_bytes",
@@ -133,8 +132,7 @@ impl Collector {
         );
         for v in &volumes {
             if let Some((_, used)) = cache.get(&v.id) {
-                let labels = volume_labels(v);
-                w.sample("berth_volume_used_bytes", &refs(&labels), *used as f64);
+                w.sample("berth_volume_used_bytes", &volume_labels(v), *used as f64);
             }
         }
     }
@@ -142,19 +140,15 @@ impl Collector {
 
 /// A volume's labels: its ID and name, its pool, and the PVC it was provisioned for when
 /// csi-provisioner passed that (`--extra-create-metadata`), else empty.
-fn volume_labels(v: &VolumeRecord) -> [(&'static str, String); 5] {
-    let param = |k: &str| v.parameters.get(k).cloned().unwrap_or_default();
+fn volume_labels(v: &VolumeRecord) -> [(&'static str, &str); 5] {
+    let param = |k: &str| v.parameters.get(k).map_or("", String::as_str);
     [
-        ("volume_id", v.id.clone()),
-        ("volume_name", v.name.clone()),
-        ("pool", v.pool.clone()),
+        ("volume_id", &v.id),
+        ("volume_name", &v.name),
+        ("pool", &v.pool),
         ("pvc_namespace", param(PVC_NAMESPACE)),
         ("pvc_name", param(PVC_NAME)),
     ]
-}
-
-fn refs<'a>(labels: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    labels.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 fn write_counters(w: &mut Writer, c: &Counters) {
