@@ -285,3 +285,9 @@ def test_no_livenessprobe_sidecar_in_any_configuration():
                 assert "livenessprobe" not in c["image"], f"{config}: {c['name']} runs {c['image']}"
     assert "livenessProbe" not in chart().merge_values({})["sidecars"]
     assert "livenessprobe" not in (CHART / "Chart.yaml").read_text()
+
+
+def test_metrics_service_lists_pods_that_are_not_ready():
+    """A berth that recovers is not ready, and that is when its metrics tell most."""
+    (svc,) = of_kind(objects_of({"metrics": {"enabled": True}}), "Service")
+    assert svc["spec"]["publishNotReadyAddresses"] is True
