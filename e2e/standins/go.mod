@@ -1,7 +1,7 @@
-// Stand-ins for csi-node-driver-registrar, livenessprobe and
-// csi-external-health-monitor-controller, the sidecars the Go module proxy does not serve at
-// any version this project could find (docs/kubernetes-e2e.md). scripts/kube-cluster builds
-// them and the cluster's chart install uses them in place of the images the chart pins.
+// Stand-ins for csi-node-driver-registrar and csi-external-health-monitor-controller, the
+// sidecars the Go module proxy does not serve at any version this project could find
+// (docs/kubernetes-e2e.md). scripts/kube-cluster builds them and the cluster's chart
+// install uses them in place of the images the chart pins.
 module berth.local/e2e/standins
 
 go 1.26.0

@@ -41,7 +41,7 @@ def check_hatch(c, before):
     assert c["securityContext"] == {**before["securityContext"], "runAsUser": 1000}, "securityContext is merged"
 
 
-@pytest.mark.parametrize("name", ["berth", "csi-provisioner", "liveness-probe"])
+@pytest.mark.parametrize("name", ["berth", "csi-provisioner", "node-driver-registrar"])
 def test_node_container_escape_hatches(name):
     before = containers(one(objects_of({}), "DaemonSet", "berth-node"))[name]
     objects = objects_of({"node": {"containers": {name: HATCH}, "extraVolumes": [{"name": "extra", "emptyDir": {}}]}})
@@ -53,7 +53,7 @@ def test_node_container_escape_hatches(name):
     assert others == {n: c for n, c in containers(one(objects_of({}), "DaemonSet", "berth-node")).items() if n != name}
 
 
-@pytest.mark.parametrize("name", ["berth", "csi-resizer", "liveness-probe"])
+@pytest.mark.parametrize("name", ["berth", "csi-resizer"])
 def test_controller_container_escape_hatches(name):
     before = containers(one(objects_of({}), "Deployment", "berth-local-controller"))[name]
     values = {"controller": {"containers": {name: HATCH}, "extraVolumes": [{"name": "extra", "emptyDir": {}}]}}
@@ -106,6 +106,11 @@ def test_scheduling_per_controller():
         ({"controller": {"containers": {"node-driver-registrar": {}}}}, "node-driver-registrar"),
         ({"node": {"groups": [{"name": "a", "nodeSelector": {"x": "y"}, "pools": [], "extra": 1}]}}, "extra"),
         ({"controller": {"local": {"nodeselector": {}}}}, "nodeselector"),
+        # The livenessprobe sidecar is gone: old values that still name it are refused.
+        ({"node": {"containers": {"liveness-probe": {}}}}, "liveness-probe"),
+        ({"node": {"containers": {"liveness-probe-nfs": {}}}}, "liveness-probe-nfs"),
+        ({"controller": {"containers": {"liveness-probe": {}}}}, "liveness-probe"),
+        ({"sidecars": {"livenessProbe": {"repository": "r", "tag": "t"}}}, "livenessProbe"),
     ],
 )
 def test_the_schema_stays_strict_around_the_hatches(values, where):

@@ -135,7 +135,7 @@ def test_ports_do_not_clash_with_the_other_sidecars(value_set):
         ports = [p["containerPort"] for c in spec["containers"] for p in c.get("ports", [])]
         names = [p["name"] for c in spec["containers"] for p in c.get("ports", [])]
         endpoints = [a.split("=", 1)[1].rpartition(":")[2] for c in spec["containers"] for a in c.get("args", [])
-                     if a.startswith(("--http-endpoint=", "--metrics-address="))]
+                     if a.startswith(("--http-endpoint=", "--metrics-address=", "--health-address="))]
         assert len(ports) == len(set(ports)), f"{value_set}: {w['metadata']['name']} {sorted(ports)}"
         assert len(names) == len(set(names)), f"{value_set}: {w['metadata']['name']} {sorted(names)}"
         assert len(endpoints) == len(set(endpoints)), f"{value_set}: {w['metadata']['name']} {sorted(endpoints)}"

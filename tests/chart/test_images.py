@@ -18,7 +18,7 @@ SIDECARS = {
     "resizer": "csi-resizer",
     "snapshotter": "csi-snapshotter",
     "nodeDriverRegistrar": "node-driver-registrar",
-    "livenessProbe": "liveness-probe",
+    "healthMonitor": "csi-health-monitor",
 }
 
 
@@ -42,8 +42,8 @@ def images(values: dict) -> dict[str, set[str]]:
 
 
 def sidecar_images(found: dict[str, set[str]]) -> dict[str, set[str]]:
-    """Value name -> images, the container names mapped back (the node's registrar and
-    liveness-probe containers carry a driver suffix for the second driver)."""
+    """Value name -> images, the container names mapped back (the node's registrar
+    carries a driver suffix for the second driver)."""
     out: dict[str, set[str]] = {}
     for container, refs in found.items():
         for value, name in SIDECARS.items():
@@ -90,7 +90,7 @@ def test_berth_digest_keeps_the_tag():
 
 
 @pytest.mark.parametrize("digest", ["latest", "sha256:abc", "sha256:" + "A" * 64, "sha512:" + "0" * 128, DIGEST + " "])
-@pytest.mark.parametrize("where", ["image", "provisioner", "livenessProbe"])
+@pytest.mark.parametrize("where", ["image", "provisioner", "nodeDriverRegistrar"])
 def test_schema_refuses_what_is_not_a_sha256_digest(where, digest):
     values = {"image": {"repository": "berth", "digest": digest}} if where == "image" else \
         {"sidecars": {where: {"digest": digest}}}

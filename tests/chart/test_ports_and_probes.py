@@ -1,16 +1,20 @@
-"""Health and metrics endpoints: on the host network the health endpoints listen on
-loopback (where the kubelet probes them) and no port takes the sidecars' usual 9808-9811
-or 9090/9091; metrics listen dual-stack so IPv6 scrapes work; every leader-elected sidecar
-serves --http-endpoint and is probed on /healthz/leader-election; every sidecar's metrics
-reach the ServiceMonitor; grace periods cover berth's drain time; timeouts fit copies."""
+"""Health and metrics endpoints: every berth container serves its own /healthz and /readyz
+(--health-address) and the kubelet probes exactly those, never CSI Probe through a
+livenessprobe sidecar (Probe answers "not ready" while berth finishes interrupted work, and
+a liveness probe on it would restart berth over and over); on the host network the health
+endpoints listen on loopback (where the kubelet probes them) and no port takes the sidecars'
+usual 9808-9811 or 9090/9091; metrics listen dual-stack so IPv6 scrapes work; every
+leader-elected sidecar serves --http-endpoint and is probed on /healthz/leader-election;
+every sidecar's metrics reach the ServiceMonitor; grace periods cover berth's drain time;
+timeouts fit copies."""
 
 from __future__ import annotations
 
 import helm_python as helm
 import pytest
 
-from conftest import (VALUE_SETS, flag, is_berth, merged_values, of_kind, one, parse_manifests, pod_spec,
-                      render_values, rendered, workloads)
+from conftest import (CHART, NFS_POOL, VALUE_SETS, chart, flag, is_berth, merged_values, of_kind, one,
+                      parse_manifests, pod_spec, render_values, rendered, workloads)
 
 CLASHING = {9808, 9809, 9810, 9811, 9090, 9091}
 LEADER_ELECTED = {"csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "csi-health-monitor"}
@@ -28,7 +32,6 @@ SIDECAR_FLAGS = {
     "csi-snapshotter": {"csi-address", "node-deployment", "leader-election", "leader-election-namespace",
                         "timeout", "feature-gates", "http-endpoint"},
     "node-driver-registrar": {"csi-address", "kubelet-registration-path", "http-endpoint"},
-    "liveness-probe": {"csi-address", "http-endpoint"},
     # external-health-monitor v0.18.0, cmd/csi-external-health-monitor-controller/main.go.
     "csi-health-monitor": {"csi-address", "leader-election", "leader-election-namespace", "timeout",
                            "list-volumes-interval", "monitor-interval", "http-endpoint"},
@@ -48,9 +51,9 @@ def containers(spec):
     return {c["name"]: c for c in spec["containers"]}
 
 
-def probe_port(container, spec):
+def probe_port(container, spec, probe="livenessProbe"):
     """The port number an httpGet probe of this container asks, named ports resolved."""
-    port = container["livenessProbe"]["httpGet"]["port"]
+    port = container[probe]["httpGet"]["port"]
     if isinstance(port, int):
         return port
     named = {p["name"]: p["containerPort"] for c in spec["containers"] for p in c.get("ports", [])}
@@ -90,28 +93,34 @@ def test_health_endpoints_on_the_host_network_listen_on_loopback_and_are_probed_
     values = merged_values(value_set)
     spec = node_pod(rendered(value_set))
     host_network = spec["hostNetwork"]
+    # Every address something in the pod listens on for HTTP.
+    endpoints = [listen(flag(s, f))[1] for s in spec["containers"] for f in ("http-endpoint", "health-address")
+                 if flag(s, f)]
     for c in spec["containers"]:
-        if c["name"].startswith(("liveness-probe", "node-driver-registrar")):
-            host, port = listen(flag(c, "http-endpoint"))
+        address = flag(c, "health-address") if is_berth(c) else \
+            flag(c, "http-endpoint") if c["name"].startswith("node-driver-registrar") else None
+        if address is not None:
+            host, port = listen(address)
             if host_network:
                 assert host == values["node"]["healthAddress"] == "127.0.0.1", f"{value_set}: {c['name']} on {host}"
             else:
                 assert host == "", "in the pod's own network every address is the pod's"
-        if "livenessProbe" in c and "httpGet" in c["livenessProbe"]:
-            get = c["livenessProbe"]["httpGet"]
-            assert get.get("host") == ("127.0.0.1" if host_network else None), f"{value_set}: {c['name']} {get}"
-            # The probe asks the port something listens on.
-            endpoints = [listen(flag(s, "http-endpoint"))[1] for s in spec["containers"] if flag(s, "http-endpoint")]
-            assert probe_port(c, spec) in endpoints, f"{value_set}: {c['name']} probes a port nothing serves"
+        for probe in ("livenessProbe", "readinessProbe"):
+            if probe in c and "httpGet" in c[probe]:
+                get = c[probe]["httpGet"]
+                assert get.get("host") == ("127.0.0.1" if host_network else None), f"{value_set}: {c['name']} {get}"
+                # The probe asks the port something listens on.
+                assert probe_port(c, spec, probe) in endpoints, f"{value_set}: {c['name']} probes a port nothing serves"
 
 
 def test_ipv6_loopback_for_health_endpoints():
     spec = node_pod(objects_of({"node": {"hostNetwork": True, "healthAddress": "::1"}}))
     c = containers(spec)
-    assert flag(c["liveness-probe"], "http-endpoint") == "[::1]:26800"
+    assert flag(c["berth"], "health-address") == "[::1]:26800"
     assert flag(c["node-driver-registrar"], "http-endpoint") == "[::1]:26801"
     assert c["node-driver-registrar"]["livenessProbe"]["httpGet"]["host"] == "::1"
     assert c["berth"]["livenessProbe"]["httpGet"]["host"] == "::1"
+    assert c["berth"]["readinessProbe"]["httpGet"]["host"] == "::1"
 
 
 def test_health_address_must_be_an_ip_address():
@@ -194,3 +203,91 @@ def test_copies_get_a_long_timeout(value_set):
                 assert flag(c, "timeout") == "1200s", f"{value_set}: {w['metadata']['name']} {c['name']}"
             elif c["name"] in ("csi-attacher", "csi-resizer"):
                 assert flag(c, "timeout") == values["sidecars"]["timeout"]
+
+
+# Configurations beyond the value sets that change what the node and controller pods hold.
+MORE_CONFIGURATIONS = {
+    "metrics": {"nfs": {"enabled": True}, "pools": chart().merge_values({})["pools"] + [NFS_POOL],
+                "metrics": {"enabled": True}},
+    "host-network": {"node": {"hostNetwork": True}},
+    "root-sidecars": {"node": {"sidecarUser": None}},
+    "no-health-monitor": {"healthMonitor": {"enabled": False}, "snapshots": {"enabled": False}},
+    "groups": {"node": {"groups": [{"name": "fast", "nodeSelector": {"disks": "nvme"},
+                                    "pools": [{"name": "nvme", "type": "hostpath", "path": "/mnt/nvme"}]}]}},
+}
+
+
+def every_configuration():
+    for value_set in sorted(VALUE_SETS):
+        yield value_set, rendered(value_set), merged_values(value_set)
+    for name, values in MORE_CONFIGURATIONS.items():
+        yield name, objects_of(values), chart().merge_values(values)
+
+
+def test_every_berth_container_is_probed_on_its_own_health_address():
+    """Liveness asks berth's /healthz, readiness its /readyz, both on the port and address
+    berth's --health-address serves: the node's per-driver health port (on
+    node.healthAddress in the host network), the controllers' controller.ports.health on
+    every address of the pod."""
+    for config, objects, values in every_configuration():
+        local_driver = values["local"]["driverName"]
+        for w in workloads(objects):
+            spec = pod_spec(w)
+            host_network = spec.get("hostNetwork", False)
+            berths = [c for c in spec["containers"] if is_berth(c)]
+            assert berths, f"{config}: {w['metadata']['name']} has no berth"
+            for c in berths:
+                where = f"{config}: {w['metadata']['name']}/{c['name']}"
+                host, port = listen(flag(c, "health-address"))
+                if w["kind"] == "DaemonSet":
+                    ports = values["node"]["ports"]
+                    want = ports["localHealth"] if flag(c, "driver-name") == local_driver else ports["nfsHealth"]
+                    want_host = values["node"]["healthAddress"] if host_network else ""
+                else:
+                    want, want_host = values["controller"]["ports"]["health"], ""
+                assert (host, port) == (want_host, want), f"{where}: --health-address={flag(c, 'health-address')}"
+                # The port is declared by berth itself, so the port-uniqueness checks see it.
+                own = {p["name"]: p["containerPort"] for p in c["ports"]}
+                for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                    assert set(c[probe]) & {"httpGet", "exec", "grpc", "tcpSocket"} == {"httpGet"}, f"{where}: {probe}"
+                    get = c[probe]["httpGet"]
+                    assert get["path"] == path, f"{where}: {probe} asks {get['path']}"
+                    assert own.get(get["port"]) == port, f"{where}: {probe} asks port {get['port']}, berth serves {port}"
+                    assert get.get("host", "") == want_host, f"{where}: {probe} asks host {get.get('host')}"
+                if values["metrics"]["enabled"]:
+                    assert listen(flag(c, "metrics-address"))[1] != port, f"{where}: metrics and health on one port"
+
+
+def test_probes_wait_out_a_recovery_and_a_drain():
+    """/healthz answers 200 while berth recovers, so liveness may stay strict; it answers 503
+    once berth stops, so liveness gives up only after the drain time. Readiness follows
+    /readyz closely: a node pod that is not ready yet holds the DaemonSet's rolling update."""
+    values = merged_values("both")
+    for w in workloads(rendered("both")):
+        for c in pod_spec(w)["containers"]:
+            if not is_berth(c):
+                continue
+            live, ready = c["livenessProbe"], c["readinessProbe"]
+            assert live["periodSeconds"] * live["failureThreshold"] > values["drainSeconds"], c["name"]
+            assert ready["periodSeconds"] <= live["periodSeconds"], c["name"]
+            assert ready.get("successThreshold", 1) == 1
+    (ds,) = of_kind(rendered("both"), "DaemonSet")
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == 1
+
+
+def test_no_livenessprobe_sidecar_in_any_configuration():
+    """The livenessprobe sidecar turned Probe's "not ready" into a failed liveness probe:
+    no configuration renders it, no value names it."""
+    for config, objects, _ in every_configuration():
+        for w in workloads(objects):
+            for c in pod_spec(w)["containers"]:
+                assert not c["name"].startswith("liveness-probe"), f"{config}: {w['metadata']['name']}/{c['name']}"
+                assert "livenessprobe" not in c["image"], f"{config}: {c['name']} runs {c['image']}"
+    assert "livenessProbe" not in chart().merge_values({})["sidecars"]
+    assert "livenessprobe" not in (CHART / "Chart.yaml").read_text()
+
+
+def test_metrics_service_lists_pods_that_are_not_ready():
+    """A berth that recovers is not ready, and that is when its metrics tell most."""
+    (svc,) = of_kind(objects_of({"metrics": {"enabled": True}}), "Service")
+    assert svc["spec"]["publishNotReadyAddresses"] is True

@@ -109,7 +109,7 @@ def test_nfs_only_has_no_node_local_pieces():
     assert names(objects, "ConfigMap") == ["berth-nfs-config"]
     ds = one(objects, "DaemonSet", "berth-node")
     containers = [c["name"] for c in ds["spec"]["template"]["spec"]["containers"]]
-    assert containers == ["berth-nfs", "node-driver-registrar-nfs", "liveness-probe-nfs"]
+    assert containers == ["berth-nfs", "node-driver-registrar-nfs"]
     # Nothing in the node pod talks to the API server without the local driver.
     assert ds["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     assert not [r for r in of_kind(objects, "Role") if r["metadata"]["name"].endswith("-capacity")]

@@ -105,11 +105,11 @@ def test_each_driver_has_its_own_node_plugin_and_registrar(value_set):
         assert flag(reg, "kubelet-registration-path") == f"{kubelet_dir}/plugins/{driver}/csi.sock"
         reg_vol, reg_path = resolve_path(reg, "/registration/x")
         assert volume(spec, reg_vol)["hostPath"]["path"] == f"{kubelet_dir}/plugins_registry"
-        probes = [c for c in spec["containers"] if c["name"].startswith("liveness-probe") and sidecar_target(spec, c) is berth]
-        assert len(probes) == 1, f"{driver}: {len(probes)} livenessprobes"
-        port = int(flag(probes[0], "http-endpoint").rsplit(":", 1)[1])
+        # The kubelet probes berth itself, on the address it serves /healthz and /readyz.
+        port = int(flag(berth, "health-address").rsplit(":", 1)[1])
         named = {p["name"]: p["containerPort"] for p in berth.get("ports", [])}
-        assert named[berth["livenessProbe"]["httpGet"]["port"]] == port, "berth's liveness probe asks its livenessprobe"
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert named[berth[probe]["httpGet"]["port"]] == port, f"{driver}: {probe} asks another port"
     assert set(served) == set(drivers(value_set)), "every CSIDriver is served on every node"
 
 

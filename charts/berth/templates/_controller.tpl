@@ -10,7 +10,8 @@ name: berth
 image: {{ include "berth.image" $ctx }}
 imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
 args:
-  {{- include "berth.serveArgs" (dict "ctx" $ctx "mode" "controller" "driver" .cfg.driverName "metricsPort" $metricsPort) | nindent 2 }}
+  {{- $health := include "berth.listen" (dict "address" "" "port" $ctx.Values.controller.ports.health) }}
+  {{- include "berth.serveArgs" (dict "ctx" $ctx "mode" "controller" "driver" .cfg.driverName "metricsPort" $metricsPort "health" $health) | nindent 2 }}
 env:
   {{- include "berth.nodeNameEnv" $ctx | nindent 2 }}
 securityContext:
@@ -19,7 +20,7 @@ securityContext:
   capabilities:
     drop: ["ALL"]
 ports:
-  # The port of the livenessprobe sidecar, named here for berth's probe.
+  # berth's own /healthz and /readyz (--health-address), on every address of the pod.
   - name: healthz
     containerPort: {{ $ctx.Values.controller.ports.health }}
     protocol: TCP
@@ -28,7 +29,7 @@ ports:
     containerPort: {{ $metricsPort }}
     protocol: TCP
   {{- end }}
-{{ include "berth.livenessProbe" (dict "ctx" $ctx "port" "healthz") }}
+{{ include "berth.probes" (dict "port" "healthz") }}
 resources:
   {{- toYaml $ctx.Values.controller.resources.berth | nindent 2 }}
 volumeMounts:
@@ -90,22 +91,6 @@ livenessProbe:
 {{ include "berth.sidecarSecurityContext" . }}
 resources:
   {{- toYaml $ctx.Values.controller.resources.sidecars | nindent 2 }}
-volumeMounts:
-  - name: socket-dir
-    mountPath: /csi
-{{- end }}
-
-{{/* The controllers' livenessprobe, for berth's liveness probe. */}}
-{{- define "berth.controller.livenessProbe" -}}
-name: liveness-probe
-image: {{ include "berth.sidecarImage" .Values.sidecars.livenessProbe }}
-imagePullPolicy: {{ .Values.sidecars.pullPolicy }}
-args:
-  - --csi-address=/csi/csi.sock
-  - --http-endpoint={{ include "berth.listen" (dict "address" "" "port" .Values.controller.ports.health) }}
-{{ include "berth.sidecarSecurityContext" . }}
-resources:
-  {{- toYaml .Values.controller.resources.sidecars | nindent 2 }}
 volumeMounts:
   - name: socket-dir
     mountPath: /csi

@@ -111,8 +111,9 @@ matches for kind VolumeSnapshotClass".
 
 {{/*
 The berth container's arguments: call with
-(dict "ctx" $ "mode" "all" "driver" NAME "metricsPort" PORT).
-The socket is always /csi/csi.sock inside the container.
+(dict "ctx" $ "mode" "all" "driver" NAME "metricsPort" PORT "health" HOST:PORT).
+The socket is always /csi/csi.sock inside the container; the health address serves the
+kubelet's probes (berth.probes) whether or not metrics are on.
 */}}
 {{- define "berth.serveArgs" -}}
 - serve
@@ -124,6 +125,7 @@ The socket is always /csi/csi.sock inside the container.
 - --log-level={{ .ctx.Values.logLevel }}
 - --log-format={{ .ctx.Values.logFormat }}
 - --drain-seconds={{ .ctx.Values.drainSeconds }}
+- --health-address={{ .health }}
 {{- if .ctx.Values.metrics.enabled }}
 - --metrics-address={{ include "berth.listen" (dict "address" .ctx.Values.metrics.bindAddress "port" .metricsPort) }}
 {{- end }}
@@ -202,10 +204,16 @@ appended, resources replaces the chart's, securityContext is merged over the cha
 {{- end }}
 
 {{/*
-The liveness probe every berth container gets, against its livenessprobe sidecar: call
-with (dict "ctx" $ "port" NAME "host" ADDRESS-or-empty).
+The probes every berth container gets, against its own --health-address: call with
+(dict "port" NAME "host" ADDRESS-or-empty).
+Liveness asks /healthz, which answers 200 while berth serves, also while a start finishes
+work a restart interrupted (a copy may take minutes), and 503 once berth stops: a restart
+can only help a berth that no longer answers at all. It must not ask CSI Probe, which
+answers "not ready" during that work, so restarting would start the work over, forever.
+Readiness asks /readyz, 200 once Probe answers ready: a node pod that is still recovering
+is not ready and holds a DaemonSet rolling update (maxUnavailable) until it is.
 */}}
-{{- define "berth.livenessProbe" -}}
+{{- define "berth.probes" -}}
 livenessProbe:
   httpGet:
     path: /healthz
@@ -217,6 +225,16 @@ livenessProbe:
   timeoutSeconds: 3
   periodSeconds: 10
   failureThreshold: 5
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: {{ .port }}
+    {{- with .host }}
+    host: {{ . | quote }}
+    {{- end }}
+  timeoutSeconds: 3
+  periodSeconds: 5
+  failureThreshold: 3
 {{- end }}
 
 {{/* Security context of sidecars: no privilege, nothing written outside volumes. */}}

@@ -15,7 +15,8 @@ name: {{ .name }}
 image: {{ include "berth.image" $ctx }}
 imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
 args:
-  {{- include "berth.serveArgs" (dict "ctx" $ctx "mode" .mode "driver" .driver "metricsPort" .metricsPort) | nindent 2 }}
+  {{- $health := include "berth.listen" (dict "address" (include "berth.node.healthAddress" $ctx) "port" .healthPort) }}
+  {{- include "berth.serveArgs" (dict "ctx" $ctx "mode" .mode "driver" .driver "metricsPort" .metricsPort "health" $health) | nindent 2 }}
 env:
   {{- include "berth.nodeNameEnv" $ctx | nindent 2 }}
   {{- with $ctx.Values.node.sidecarUser }}
@@ -27,7 +28,7 @@ securityContext:
   # Mounts, loop devices, quotas, mkfs and NFS mounts need full privileges on the host.
   privileged: true
 ports:
-  # The port of this driver's livenessprobe sidecar, named here for berth's probe.
+  # berth's own /healthz and /readyz (--health-address), which the kubelet probes.
   - name: {{ .healthName }}
     containerPort: {{ .healthPort }}
     protocol: TCP
@@ -36,7 +37,7 @@ ports:
     containerPort: {{ .metricsPort }}
     protocol: TCP
   {{- end }}
-{{ include "berth.livenessProbe" (dict "ctx" $ctx "port" .healthName "host" (include "berth.node.healthAddress" $ctx)) }}
+{{ include "berth.probes" (dict "port" .healthName "host" (include "berth.node.healthAddress" $ctx)) }}
 resources:
   {{- toYaml $ctx.Values.node.resources.berth | nindent 2 }}
 volumeMounts:
@@ -97,23 +98,6 @@ volumeMounts:
     mountPath: /csi
   - name: registration-dir
     mountPath: /registration
-{{- end }}
-
-{{/* livenessprobe: call with (dict "ctx" $ "name" NAME "socketVolume" VOL "port" PORT). */}}
-{{- define "berth.node.livenessProbe" -}}
-{{- $ctx := .ctx }}
-name: {{ .name }}
-image: {{ include "berth.sidecarImage" $ctx.Values.sidecars.livenessProbe }}
-imagePullPolicy: {{ $ctx.Values.sidecars.pullPolicy }}
-args:
-  - --csi-address=/csi/csi.sock
-  - --http-endpoint={{ include "berth.listen" (dict "address" (include "berth.node.healthAddress" $ctx) "port" .port) }}
-{{ include "berth.node.sidecarSecurityContext" . }}
-resources:
-  {{- toYaml $ctx.Values.node.resources.sidecars | nindent 2 }}
-volumeMounts:
-  - name: {{ .socketVolume }}
-    mountPath: /csi
 {{- end }}
 
 {{/* csi-provisioner of the node-local driver, with --node-deployment. */}}
@@ -321,8 +305,6 @@ spec:
         {{- $text = include "berth.node.registrar" (dict "ctx" . "name" "node-driver-registrar" "driver" $local.driverName
               "socketVolume" "local-socket-dir" "port" $ports.localRegistrar "portName" "healthz-reg") }}
         {{- include "berth.container" (dict "spec" $text "over" (get $over "node-driver-registrar")) | nindent 8 }}
-        {{- $text = include "berth.node.livenessProbe" (dict "ctx" . "name" "liveness-probe" "socketVolume" "local-socket-dir" "port" $ports.localHealth) }}
-        {{- include "berth.container" (dict "spec" $text "over" (get $over "liveness-probe")) | nindent 8 }}
         {{- $text = include "berth.node.provisioner" . }}
         {{- include "berth.container" (dict "spec" $text "over" (get $over "csi-provisioner")) | nindent 8 }}
         {{- if .Values.snapshots.enabled }}
@@ -344,8 +326,6 @@ spec:
         {{- $text = include "berth.node.registrar" (dict "ctx" . "name" "node-driver-registrar-nfs" "driver" $nfs.driverName
               "socketVolume" "nfs-socket-dir" "port" $ports.nfsRegistrar "portName" "healthz-reg-nfs") }}
         {{- include "berth.container" (dict "spec" $text "over" (get $over "node-driver-registrar-nfs")) | nindent 8 }}
-        {{- $text = include "berth.node.livenessProbe" (dict "ctx" . "name" "liveness-probe-nfs" "socketVolume" "nfs-socket-dir" "port" $ports.nfsHealth) }}
-        {{- include "berth.container" (dict "spec" $text "over" (get $over "liveness-probe-nfs")) | nindent 8 }}
         {{- end }}
       volumes:
         # Only the two kubelet directories where berth mounts volumes, with Bidirectional
