@@ -163,3 +163,74 @@ impl Ops for CryptLayer<'_> {
             .map_err(Error::io("resize", device))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypt::{Encryption, KEY_BYTES};
+    use crate::mount::FsStat;
+    use crate::mount::fake::{Call, RecordingSyscall};
+
+    fn volume() -> VolumeRecord {
+        let mut v = VolumeRecord::intent("vol-1".into(), "k1".into(), "pvc".into(), "img", "node".into(), 1 << 30);
+        v.encryption = Some(Encryption { scheme: Scheme::Luks2, key_id: None });
+        v.layers = layers(Layer::Loop, &v);
+        v
+    }
+
+    fn luks_calls(fake: &RecordingSyscall) -> Vec<Call> {
+        fake.calls().into_iter().filter(|c| format!("{c:?}").starts_with("Luks")).collect()
+    }
+
+    #[test]
+    fn only_a_blank_device_is_formatted_and_only_its_own_header_opens() {
+        let fake = RecordingSyscall::new(FsStat::default(), "");
+        let v = volume();
+        assert_eq!(v.layers, [Layer::Loop, Layer::Crypt]);
+        let key = Key::from_bytes([1; KEY_BYTES]);
+        let layer = CryptLayer { sys: &fake, volume: &v, key: Some(&key) };
+        let below = Path::new("/dev/loop7");
+
+        fake.set_signature(below, Signature::Filesystem("ext4".into()));
+        let err = layer.open(Some(below)).expect_err("an ext4 device");
+        assert!(matches!(err, Error::NotLuks { .. }), "{err}");
+        fake.set_signature(below, Signature::PartitionTable("gpt".into()));
+        assert!(matches!(layer.open(Some(below)), Err(Error::NotLuks { .. })));
+        assert!(luks_calls(&fake).is_empty(), "nothing formatted or opened");
+
+        // Another key's header (another volume's image copied here, say) is not opened.
+        fake.luks_format(Path::new("/dev/loop8"), &Key::from_bytes([2; KEY_BYTES])).expect("format");
+        let err = layer.open(Some(Path::new("/dev/loop8"))).expect_err("another key's header");
+        assert!(matches!(err, Error::LuksKeyRefused { .. }), "{err}");
+
+        let blank = Path::new("/dev/loop9");
+        assert_eq!(layer.open(Some(blank)).expect("open"), PathBuf::from("/dev/mapper/berth-k1"));
+        assert_eq!(layer.find(Some(blank)).expect("find"), Some(PathBuf::from("/dev/mapper/berth-k1")));
+        let err = layer.find(Some(Path::new("/dev/loop10"))).expect_err("open on another device");
+        assert!(matches!(err, Error::MappedElsewhere { .. }), "{err}");
+        layer.close(Path::new("/dev/mapper/berth-k1")).expect("close");
+        layer.close(Path::new("/dev/mapper/berth-k1")).expect("closing twice is success");
+        assert_eq!(layer.find(Some(blank)).expect("find"), None);
+
+        let keyless = CryptLayer { sys: &fake, volume: &v, key: None };
+        assert!(matches!(keyless.open(Some(blank)), Err(Error::NoKeyForLayer { .. })));
+        assert!(matches!(keyless.open(None), Err(Error::UnservedLayer { layer: "crypt", .. })));
+    }
+
+    #[test]
+    fn pools_offer_luks2_only_where_the_node_can_and_wipe_only_luks_storage() {
+        let fake = RecordingSyscall::new(FsStat::default(), "");
+        assert_eq!(offered(&fake, "img").expect("offered"), Scheme::Luks2);
+        fake.fail("luks_support", libc::ENODEV);
+        let err = offered(&fake, "img").expect_err("no device-mapper");
+        assert!(matches!(&err, Error::CannotEncrypt { .. }) && err.to_string().contains("luks2 only"), "{err}");
+
+        let image = Path::new("/pool/volumes/k1.img");
+        wipe_header(&fake, "vol-1", false, image).expect("plain volume");
+        assert!(fake.calls().is_empty(), "a plaintext volume has no header to erase");
+        wipe_header(&fake, "vol-1", true, image).expect("never staged: no header yet");
+        fake.luks_format(image, &Key::from_bytes([1; KEY_BYTES])).expect("format");
+        wipe_header(&fake, "vol-1", true, image).expect("erase");
+        assert_eq!(luks_calls(&fake).last(), Some(&Call::LuksWipe { device: image.to_path_buf() }));
+    }
+}
