@@ -73,8 +73,12 @@ pub struct CryptLayer<'a> {
 }
 
 impl CryptLayer<'_> {
+    /// The mapping's device node. Where udev manages /dev, `/dev/mapper/<name>` is a link
+    /// to `/dev/dm-N`: the stack works with what it leads to, as mount(2) and bind
+    /// mounts of the node record it, so mount-table lookups of the top device match.
     fn mapped(&self) -> PathBuf {
-        Path::new(luks::MAPPER_DIR).join(mapping_name(self.volume))
+        let path = Path::new(luks::MAPPER_DIR).join(mapping_name(self.volume));
+        std::fs::canonicalize(&path).unwrap_or(path)
     }
 
     /// The layer below: the crypt layer is never the bottom of a stack.
