@@ -42,21 +42,31 @@ pub fn device_mapper_listed(misc: &str, devices: &str) -> bool {
     names(misc) || names(devices)
 }
 
+/// What this node lacks for device-mapper, from /proc/misc, /proc/devices and whether
+/// `/dev/mapper/control` exists; `None` when it has it. The kernel's own lists decide:
+/// libdevmapper creates the control node on first use whether or not the kernel has
+/// device-mapper.
+#[must_use]
+pub fn device_mapper_missing(misc: &str, devices: &str, control: bool) -> Option<&'static str> {
+    if !device_mapper_listed(misc, devices) {
+        return Some(
+            "the kernel has no device-mapper (none in /proc/misc or /proc/devices): load dm_mod and dm_crypt, or use a \
+             kernel built with CONFIG_DM_CRYPT",
+        );
+    }
+    if !control {
+        return Some("the kernel has device-mapper but /dev/mapper/control is missing: give berth the host's /dev");
+    }
+    None
+}
+
 /// Whether this node can open LUKS2 containers; the error says what it lacks.
 pub fn support() -> io::Result<()> {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    if !Path::new(CONTROL).exists() && !device_mapper_listed(&read("/proc/misc"), &read("/proc/devices")) {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "the kernel has no device-mapper (no /dev/mapper/control, none in /proc/misc or /proc/devices): load dm_mod \
-             and dm_crypt, or use a kernel built with CONFIG_DM_CRYPT",
-        ));
-    }
-    if !Path::new(CONTROL).exists() {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "the kernel has device-mapper but /dev/mapper/control is missing: give berth the host's /dev",
-        ));
+    if let Some(missing) =
+        device_mapper_missing(&read("/proc/misc"), &read("/proc/devices"), Path::new(CONTROL).exists())
+    {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, missing));
     }
     cryptsetup(&["--version"], None).map(drop)
 }
@@ -214,6 +224,11 @@ mod tests {
         assert!(device_mapper_listed("", devices));
         assert!(!device_mapper_listed(" 62 hpet\n", "Block devices:\n  7 loop\n"));
         assert!(!device_mapper_listed("236 device-mapperx\n", ""));
+
+        // A control node alone is no device-mapper: libdevmapper makes it on first use.
+        assert!(device_mapper_missing("", "", true).is_some_and(|m| m.contains("no device-mapper")));
+        assert!(device_mapper_missing(misc, "", false).is_some_and(|m| m.contains("control is missing")));
+        assert_eq!(device_mapper_missing(misc, devices, true), None);
     }
 
     #[test]
