@@ -17,7 +17,8 @@ pub const PARAMETER: &str = "encryption";
 /// The secrets entry holding a volume's key: 64 bytes as 128 hexadecimal digits.
 pub const SECRET_KEY: &str = "encryptionKey";
 
-/// Bytes in a key: fscrypt's AES-256-XTS needs a 512-bit master key.
+/// Bytes in a key: fscrypt's AES-256-XTS needs a 512-bit master key, and LUKS2 takes the
+/// same 64 bytes as its keyslot passphrase.
 pub const KEY_BYTES: usize = 64;
 
 /// Bytes in a key identifier.
@@ -30,6 +31,10 @@ pub enum Scheme {
     /// The filesystem encrypts file contents and names (fscrypt v2 policy, AES-256-XTS
     /// contents and AES-256-CTS names) under the volume's directory.
     Fscrypt,
+    /// The whole block device is a LUKS2 container (dm-crypt, AES-256-XTS), opened as a
+    /// device-mapper layer on the block-device stack: everything the filesystem writes,
+    /// metadata and free space included, is ciphertext on the image or disk.
+    Luks2,
 }
 
 impl Scheme {
@@ -38,6 +43,7 @@ impl Scheme {
     pub fn as_str(self) -> &'static str {
         match self {
             Scheme::Fscrypt => "fscrypt",
+            Scheme::Luks2 => "luks2",
         }
     }
 
@@ -49,8 +55,9 @@ impl Scheme {
         match value {
             None | Some("none") => Ok(None),
             Some("fscrypt") => Ok(Some(Scheme::Fscrypt)),
+            Some("luks2") => Ok(Some(Scheme::Luks2)),
             Some(other) => {
-                Err(format!("parameter {PARAMETER}: {other:?} is not a scheme berth offers (fscrypt, none)"))
+                Err(format!("parameter {PARAMETER}: {other:?} is not a scheme berth offers (fscrypt, luks2, none)"))
             }
         }
     }
@@ -264,10 +271,11 @@ mod tests {
     #[test]
     fn schemes_and_identifiers_read_back_as_written() {
         assert_eq!(Scheme::from_parameter(Some("fscrypt")), Ok(Some(Scheme::Fscrypt)));
+        assert_eq!(Scheme::from_parameter(Some("luks2")), Ok(Some(Scheme::Luks2)));
         assert_eq!(Scheme::from_parameter(None), Ok(None));
         assert_eq!(Scheme::from_parameter(Some("none")), Ok(None));
         let err = Scheme::from_parameter(Some("rot13")).expect_err("unknown");
-        assert!(err.contains("fscrypt, none"), "{err}");
+        assert!(err.contains("fscrypt, luks2, none"), "{err}");
 
         let e = Encryption { scheme: Scheme::Fscrypt, key_id: Some(KeyId([0x1f; KEY_ID_BYTES])) };
         let text = serde_json::to_string(&e).expect("json");

@@ -11,6 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::crypt::{self, CryptLayer};
 use super::image::{write_whole_file, write_whole_file_from};
 use super::stack::{self, Stack};
 use super::tree::{self, Reflink};
@@ -19,6 +20,7 @@ use super::{
     Work, blockvol,
 };
 use crate::config::BlockPool as BlockPoolConfig;
+use crate::crypt::{Key, Scheme};
 use crate::mount::{LOOP_TAG_PREFIX, LoopDevice, Syscall};
 use crate::progress::Progress;
 use crate::state::{Enforced, Layer, SnapshotMethod, SnapshotRecord, VolumeRecord};
@@ -108,10 +110,17 @@ impl BlockPool {
         Ok(())
     }
 
-    /// The device stack of `volume`: its image through a loop device.
+    /// The device stack of `volume`: its image through a loop device, and the crypt
+    /// layer on top for an encrypted volume.
     fn stack<'a>(&'a self, volume: &'a VolumeRecord) -> Result<Stack<'a>> {
+        self.stack_with(volume, None)
+    }
+
+    /// [`BlockPool::stack`] with the volume's key, which opening its crypt layer needs.
+    fn stack_with<'a>(&'a self, volume: &'a VolumeRecord, key: Option<&'a Key>) -> Result<Stack<'a>> {
         Stack::of(volume, &[Layer::Loop], |layer| match layer {
             Layer::Loop => Some(Box::new(LoopLayer { pool: self, volume }) as Box<dyn stack::Ops>),
+            Layer::Crypt => Some(Box::new(CryptLayer { sys: self.sys.as_ref(), volume, key }) as Box<dyn stack::Ops>),
             Layer::Disk => None,
         })
     }
@@ -190,7 +199,7 @@ impl Controller for BlockPool {
 
     fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>, _work: &Work) -> Result<()> {
         volume.enforced = Enforced::DeviceSize;
-        volume.layers = vec![Layer::Loop];
+        volume.layers = crypt::layers(Layer::Loop, volume);
         let image = self.image(&volume.key);
         if image.exists() {
             return Ok(());
@@ -223,6 +232,11 @@ impl Controller for BlockPool {
         super::failpoint("block.delete", &self.image(&volume.key))?;
         self.stack(volume)?.close()?;
         let image = self.image(&volume.key);
+        // Removing the file frees its blocks, which keep what was written: the header's
+        // keyslots go first, so no key opens what is left.
+        if image.exists() {
+            crypt::wipe_header(self.sys.as_ref(), &volume.id, crypt::is_luks(volume.encryption.as_ref()), &image)?;
+        }
         match fs::remove_file(&image) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -264,6 +278,9 @@ impl Controller for BlockPool {
 
     fn delete_snapshot(&self, snapshot: &SnapshotRecord) -> Result<()> {
         let path = self.snapshot_image(&snapshot.key);
+        if path.exists() {
+            crypt::wipe_header(self.sys.as_ref(), &snapshot.id, crypt::is_luks(snapshot.encryption.as_ref()), &path)?;
+        }
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -294,8 +311,13 @@ impl Controller for BlockPool {
         found
     }
 
-    /// Its volumes are not encrypted at rest.
-    fn keys(&self) -> Option<&dyn super::Keys> {
+    /// LUKS2, where this node has cryptsetup and device-mapper.
+    fn encryption(&self) -> Result<Scheme> {
+        crypt::offered(self.sys.as_ref(), &self.info.name)
+    }
+
+    /// Each volume's key goes to its crypt layer at stage.
+    fn keyring(&self) -> Option<&dyn super::Keyring> {
         None
     }
 }
@@ -309,14 +331,14 @@ impl Node for BlockPool {
         Err(Error::no_static_volumes(&self.info))
     }
 
-    fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()> {
+    fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability, key: Option<&Key>) -> Result<()> {
         let volume = self.managed(source)?;
         let image = self.image(&volume.key);
         if !image.is_file() {
             return Err(Error::NoImage { volume: volume.id.clone(), image });
         }
         self.refuse_foreign_mount(volume, &image)?;
-        self.stack(volume)?.stage(self.sys.as_ref(), staging, capability)
+        self.stack_with(volume, key)?.stage(self.sys.as_ref(), staging, capability)
     }
 
     /// Staging records nothing new: the record names the storage.

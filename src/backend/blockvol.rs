@@ -107,7 +107,13 @@ pub fn is_mounted_at(sys: &dyn Syscall, device: &Path, path: &Path) -> Result<bo
 /// Every mount point of `device`: its filesystem's mounts and binds of its device node.
 pub fn mounts(sys: &dyn Syscall, device: &Path) -> Result<Vec<PathBuf>> {
     let table = ops::table(sys).map_err(Error::io("read mount table", device))?;
-    let name = device.file_name().map(|n| Path::new("/").join(n));
+    // A bind of a device node shows the node's path inside /dev as its root
+    // (`/loop3`, `/mapper/berth-k` for a crypt layer's node where udev does not link it).
+    let name = device
+        .strip_prefix("/dev")
+        .ok()
+        .map(|rel| Path::new("/").join(rel))
+        .or_else(|| device.file_name().map(|n| Path::new("/").join(n)));
     Ok(table
         .iter()
         .filter(|e| {
@@ -278,6 +284,21 @@ mod tests {
 
     fn cap(block: bool, mode: AccessMode) -> Capability {
         Capability { block, fs_type: String::new(), mount_flags: vec![], mode }
+    }
+
+    #[test]
+    fn mounts_finds_raw_binds_of_nodes_below_dev_by_their_path_in_dev() {
+        let table = "30 1 0:5 /loop3 /k/a rw - devtmpfs udev rw\n\
+                     31 1 0:5 /mapper/berth-k /k/b rw - devtmpfs udev rw\n\
+                     32 1 253:0 / /k/c rw - ext4 /dev/mapper/berth-k rw\n\
+                     33 1 0:5 /berth-k /k/d rw - devtmpfs udev rw\n";
+        let fake = RecordingSyscall::new(FsStat::default(), table);
+        assert_eq!(mounts(&fake, Path::new("/dev/loop3")).expect("loop"), [PathBuf::from("/k/a")]);
+        assert_eq!(
+            mounts(&fake, Path::new("/dev/mapper/berth-k")).expect("mapping"),
+            [PathBuf::from("/k/b"), PathBuf::from("/k/c")],
+            "a bind of /dev/mapper/berth-k, not of some /dev/berth-k"
+        );
     }
 
     #[test]

@@ -123,6 +123,27 @@ pub enum Error {
     /// A volume records a layer of its device stack that its pool does not serve.
     #[error("volume {volume} records a {layer} layer, which pool {pool} does not serve")]
     UnservedLayer { volume: String, layer: &'static str, pool: String },
+    /// A volume's crypt layer opened without its key (only NodeStageVolume brings it).
+    #[error(
+        "volume {volume} is encrypted (luks2): opening its crypt layer needs its key, which NodeStageVolume brings"
+    )]
+    NoKeyForLayer { volume: String },
+    /// The device under a crypt layer holds something other than a LUKS header.
+    #[error(
+        "{device} under the crypt layer of volume {volume} holds {found}, not a LUKS2 header; berth formats only \
+         devices without any signature"
+    )]
+    NotLuks { volume: String, device: PathBuf, found: String },
+    /// The LUKS header under a crypt layer does not open with the volume's (checked) key:
+    /// it is not the header berth wrote for this volume.
+    #[error(
+        "the LUKS2 header on {device} does not open with the key volume {volume} is recorded under; it is not this \
+         volume's header"
+    )]
+    LuksKeyRefused { volume: String, device: PathBuf },
+    /// A volume's device-mapper name is open on another device than the layer below.
+    #[error("device-mapper device {name} is open on {found}, not on {expected}; close it (cryptsetup close {name})")]
+    MappedElsewhere { name: String, found: PathBuf, expected: PathBuf },
     /// A volume records no layers at all, so there is no device to stage.
     #[error("volume {volume} has no storage layers to stage")]
     NoLayers { volume: String },

@@ -3,6 +3,7 @@
 
 pub mod block;
 pub mod blockvol;
+pub mod crypt;
 pub mod device;
 mod error;
 pub mod hostpath;
@@ -272,18 +273,20 @@ pub trait Controller: Send + Sync {
     fn condition(&self, volume: &VolumeRecord) -> Condition;
     /// Storage in the pool that none of the `known` keys names (reported at start).
     fn unaccounted(&self, known: &HashSet<String>) -> Vec<PathBuf>;
-    /// The pool's encryption keys, when its type can encrypt volumes at rest.
-    fn keys(&self) -> Option<&dyn Keys>;
+    /// The scheme this pool encrypts volumes with, or [`Error::CannotEncrypt`] saying why
+    /// it cannot (asked before a volume is recorded). The pool encrypts what a record's
+    /// `encryption` names: at creation, in copies and at stage.
+    fn encryption(&self) -> Result<crate::crypt::Scheme>;
+    /// Where the keys of the pool's volumes go when they belong to its filesystem rather
+    /// than to each volume (fscrypt); `None` when each volume's key goes to its own stage
+    /// ([`Node::stage`]: LUKS2) or the pool does not encrypt.
+    fn keyring(&self) -> Option<&dyn Keyring>;
 }
 
-/// A pool that encrypts volumes at rest: where their keys go. The pool encrypts what a
-/// record's `encryption` names (at creation, in copies and at stage) under the key the
-/// record identifies; the engine adds that key first and decides when it may go (a key
-/// belongs to the whole filesystem, and several volumes may share it).
-pub trait Keys: Send + Sync {
-    /// The scheme this pool encrypts with, or [`Error::CannotEncrypt`] saying why it
-    /// cannot (asked before a volume is recorded).
-    fn scheme(&self) -> Result<crate::crypt::Scheme>;
+/// The keys of a pool whose filesystem holds them (fscrypt): the engine adds a volume's
+/// key before it reads or writes the volume and decides when it may go (a key belongs
+/// to the whole filesystem, and several volumes may share it).
+pub trait Keyring: Send + Sync {
     /// Makes `key` available to the pool's volumes; returns the identifier the kernel
     /// derived from it.
     fn add_key(&self, key: &crate::crypt::Key) -> Result<crate::crypt::KeyId>;
@@ -302,7 +305,15 @@ pub trait Node: Send + Sync {
     fn static_path(&self, sub_path: &str) -> Result<PathBuf>;
     /// Makes the volume available at `staging` (an empty directory that is not a mount):
     /// a mounted filesystem, or for raw block the device bound at `staging/device`.
-    fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()>;
+    /// `key` is an encrypted volume's key, already checked against its record; a pool
+    /// without a [`Controller::keyring`] opens the volume's own encryption with it.
+    fn stage(
+        &self,
+        source: StageSource<'_>,
+        staging: &Path,
+        capability: &Capability,
+        key: Option<&crate::crypt::Key>,
+    ) -> Result<()>;
     /// Records in `volume` what staging put on its storage (a device's filesystem UUID);
     /// true when the record changed and must be written.
     fn note_staged(&self, volume: &mut VolumeRecord) -> Result<bool>;

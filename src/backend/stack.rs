@@ -276,6 +276,7 @@ mod tests {
             let name = match layer {
                 Layer::Loop => "loop",
                 Layer::Disk => "disk",
+                Layer::Crypt => "crypt",
             };
             Some(Box::new(Fake { name, open: Rc::clone(&o), log: Rc::clone(&l), fail_open: fail == Some(name) })
                 as Box<dyn Ops>)
@@ -326,8 +327,7 @@ mod tests {
 
         let v = volume(vec![Layer::Disk]);
         let err = Stack::of(&v, &[Layer::Loop], |l| match l {
-            Layer::Loop => None,
-            Layer::Disk => None,
+            Layer::Loop | Layer::Disk | Layer::Crypt => None,
         })
         .err()
         .unwrap();

@@ -113,6 +113,20 @@ pub fn hostpath(host: &Host, pool: &HostPathPool, recorded: usize) -> Vec<Check>
     out
 }
 
+/// Whether this node can encrypt a block or device pool's volumes (StorageClass
+/// parameter `encryption: luks2`): cryptsetup and device-mapper. A node that cannot is
+/// fine: such volumes are refused at CreateVolume.
+fn luks(host: &Host, s: &str) -> Check {
+    match host.sys.luks_support() {
+        Ok(()) => {
+            Check::ok(s, "encryption", "luks2: volumes of StorageClasses with encryption: luks2 can be made here")
+        }
+        Err(e) => {
+            Check::ok(s, "encryption", format!("none ({e}): volumes asking for encryption: luks2 are refused here"))
+        }
+    }
+}
+
 /// Whether this kernel and the pool's filesystem can encrypt its volumes (StorageClass
 /// parameter `encryption: fscrypt`). A pool that cannot is fine: such volumes are refused
 /// there at CreateVolume, never stored in plaintext.
@@ -153,6 +167,7 @@ pub fn block(host: &Host, pool: &BlockPool, recorded: usize) -> Vec<Check> {
         Ok((check, kind, _)) => {
             out.push(check);
             out.push(reflink(s, &pool.path, kind, false));
+            out.push(luks(host, s));
         }
         Err(c) => out.push(c),
     }
@@ -232,7 +247,7 @@ pub fn device(host: &Host, pool: &DevicePool) -> Vec<Check> {
             "remove wipe: signatures (the default is zero) unless every disk stays with one tenant",
         ),
     };
-    vec![devices, names, wipe]
+    vec![devices, names, wipe, luks(host, s)]
 }
 
 fn enforcement(host: &Host, pool: &HostPathPool, kind: FsKind, mount: Option<&mountinfo::MountEntry>) -> Check {

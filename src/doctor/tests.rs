@@ -251,8 +251,18 @@ fn block_and_device_pools_turn_missing_pieces_into_failures() {
     let found = pools::device(&h, disks);
     assert_eq!(
         verdicts(&found),
-        vec![("devices", Verdict::Warn), ("device names", Verdict::Warn), ("wipe", Verdict::Ok)]
+        vec![
+            ("devices", Verdict::Warn),
+            ("device names", Verdict::Warn),
+            ("wipe", Verdict::Ok),
+            ("encryption", Verdict::Ok)
+        ]
     );
+    assert!(found[3].detail.starts_with("luks2"), "{:?}", found[3]);
+    sys.fail("luks_support", libc::ENODEV);
+    let without = pools::device(&h, disks);
+    assert_eq!(without[3].verdict, Verdict::Ok, "a pool need not encrypt");
+    assert!(without[3].detail.starts_with("none") && without[3].detail.contains("refused"), "{:?}", without[3]);
     assert!(found[0].detail.contains("/dev/nothing-here-*"), "{:?}", found[0]);
     assert!(found[1].detail.contains("kernel's names"), "{:?}", found[1]);
     let stable = Config::parse(
@@ -262,7 +272,7 @@ fn block_and_device_pools_turn_missing_pieces_into_failures() {
     .expect("config");
     let PoolConfig::Device(stable) = &stable.pools[0] else { panic!("device pool") };
     let found = pools::device(&h, stable);
-    assert_eq!(verdicts(&found)[1..], [("device names", Verdict::Ok), ("wipe", Verdict::Warn)]);
+    assert_eq!(verdicts(&found)[1..3], [("device names", Verdict::Ok), ("wipe", Verdict::Warn)]);
     assert!(found[2].detail.contains("can read the last one's data"), "{:?}", found[2]);
 }
 

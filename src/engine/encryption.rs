@@ -8,6 +8,11 @@
 //! identifier is recorded before its key is first added, so a start after a crash finds
 //! every key a crash may have left behind and removes those nothing staged uses
 //! ([`Engine::remove_unused_keys`]).
+//!
+//! This is fscrypt's arrangement, for pools with a [`backend::Keyring`]. LUKS2 volumes
+//! (block and device pools) have no shared keyring: a volume's key goes to its own crypt
+//! layer at NodeStage, is checked against the recorded identifier exactly as here, and
+//! leaves the node when the layer is closed at NodeUnstage.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -62,9 +67,9 @@ impl Engine {
 
     /// Adds `key` to `pool`'s filesystem and keeps it there until the hold is dropped.
     pub(super) fn hold_key(&self, pool: &Pool, key: &Key) -> Result<KeyHold<'_>> {
-        let keys = pool.keys().ok_or_else(|| backend::Error::CannotEncrypt {
+        let keys = pool.keyring().ok_or_else(|| backend::Error::CannotEncrypt {
             pool: pool.name().to_string(),
-            reason: format!("{} pools do not encrypt", pool.info().kind),
+            reason: format!("{} pools keep no keys in a filesystem keyring", pool.info().kind),
         })?;
         let id = key_id(key);
         let mut holds = self.holds();
@@ -166,7 +171,7 @@ impl Engine {
     /// Removes key `id` from `pool` unless a staged volume uses it. The caller holds
     /// the holds' lock, so no call adds it meanwhile.
     fn remove_unless_staged(&self, pool: &Pool, id: &KeyId) {
-        let Some(keys) = pool.keys() else { return };
+        let Some(keys) = pool.keyring() else { return };
         match self.staged_under(pool, id) {
             Ok(true) => return,
             Ok(false) => {}

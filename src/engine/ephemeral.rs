@@ -76,7 +76,7 @@ impl Engine {
         if flags.readonly {
             capability.mount_flags.push("ro".into());
         }
-        pool.stage(source, &req.target, &capability)?;
+        pool.stage(source, &req.target, &capability, None)?;
         created.keep();
         tracing::info!(volume.id = %req.volume_id, target.path = %req.target.display(), "ephemeral volume published");
         Ok(())

@@ -224,6 +224,10 @@ fn backend_status(err: backend::Error, message: String) -> tonic::Status {
         | E::PartitionTable { .. }
         | E::ForeignMount { .. }
         | E::UnservedLayer { .. }
+        | E::NoKeyForLayer { .. }
+        | E::NotLuks { .. }
+        | E::LuksKeyRefused { .. }
+        | E::MappedElsewhere { .. }
         | E::NoLayers { .. }
         | E::StillMounted { .. }
         | E::DeviceMissing { .. }

@@ -9,6 +9,8 @@ mod lifecycle;
 #[cfg(test)]
 mod lifecycle_tests;
 mod listing;
+#[cfg(test)]
+mod luks_tests;
 mod node;
 mod paths;
 mod publish;

@@ -112,7 +112,11 @@ impl Engine {
             return Err(Error::Occupied { occupant: "another volume", field: "staging path", path: staged_at });
         }
         super::failpoint("node.stage.mount")?;
-        pool.stage(source, &req.staging, &req.capability)?;
+        let key = match source {
+            StageSource::Managed(record) if record.encryption.is_some() => req.key.as_deref(),
+            _ => None,
+        };
+        pool.stage(source, &req.staging, &req.capability, key)?;
         created.keep();
         if let StageSource::Managed(record) = source {
             self.note_staged(pool.as_ref(), record);
@@ -123,7 +127,8 @@ impl Engine {
 
     /// For an encrypted volume, checks `key` against the one it is recorded under (and
     /// records it, before the kernel sees it, at the first stage of a volume created
-    /// without it), and adds it to the kernel for the stage.
+    /// without it), and adds it to the pool's keyring for the stage (fscrypt); a pool
+    /// without one opens the volume's crypt layer with it in [`Backend::stage`] (LUKS2).
     fn unlock(
         &self,
         pool: &Pool,
@@ -140,6 +145,9 @@ impl Engine {
         if encryption.key_id.is_none() {
             record.encryption = Some(crate::crypt::Encryption { key_id: Some(id), ..encryption });
             self.put_volume(record)?;
+        }
+        if pool.keyring().is_none() {
+            return Ok(None);
         }
         super::failpoint("node.stage.add-key")?;
         let hold = self.hold_key(pool, key)?;

@@ -61,7 +61,8 @@ impl Engine {
             let job = self.start_snapshot_copy(pool, volume, record)?;
             return self.await_snapshot(name, &id, &job);
         }
-        let _key = match super::encryption::key_of(&volume) {
+        // A LUKS2 volume's snapshot copies its ciphertext and needs no key.
+        let _key = match super::encryption::key_of(&volume).filter(|_| pool.keyring().is_some()) {
             Some(id) => Some(self.hold_for(&pool, &volume, id, key, crate::crypt::KeyFrom::CreateSnapshot)?),
             None => None,
         };

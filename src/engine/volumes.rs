@@ -157,10 +157,7 @@ fn fit_filesystem(size: u64, fs_type: Option<&str>, limit_bytes: u64) -> Result<
 /// Whether `pool` encrypts with `scheme`: INVALID_ARGUMENT saying why not.
 fn check_scheme(pool: &crate::backend::Pool, scheme: Scheme) -> Result<()> {
     let cannot = |reason: String| crate::backend::Error::CannotEncrypt { pool: pool.name().to_string(), reason };
-    let keys = pool.keys().ok_or_else(|| {
-        cannot(format!("{} pools do not encrypt; hostpath pools on ext4 with the encrypt feature do", pool.info().kind))
-    })?;
-    let offered = keys.scheme()?;
+    let offered = pool.encryption()?;
     if offered != scheme {
         return Err(cannot(format!("it encrypts with {offered}, not {scheme}")).into());
     }
@@ -199,6 +196,10 @@ fn encryption_of_new(
             }
             Ok(Some(Encryption { scheme, key_id: e.key_id }))
         }
+        (Some(Scheme::Luks2), None) if source.is_some() => Err(Error::BadRequest(format!(
+            "source {what} is not encrypted: a luks2 volume is a copy of its source's blocks, which would stay \
+             plaintext; copy the data into a new luks2 volume from inside a pod instead"
+        ))),
         (Some(scheme), None) => {
             if source.is_some() && given.is_none() {
                 // Plaintext copied into an encrypted volume: encrypted as it is written,
@@ -311,7 +312,7 @@ impl Engine {
             let mut record = self.new_volume_record(&req, pool.as_ref(), size, access, fs_type);
             // The key's identifier is recorded with the intent, before the key is used.
             record.encryption = encryption_of_new(&req, scheme, source)?;
-            if let Some(id) = encryption::key_of(&record) {
+            if let Some(id) = encryption::key_of(&record).filter(|_| pool.keyring().is_some()) {
                 self.check_hold(&pool, &record, id, req.key.as_deref(), KeyFrom::CreateVolume)?;
             }
             self.begin_volume(&record)?;
@@ -323,7 +324,9 @@ impl Engine {
             let job = self.start_volume_copy(pool, record, (snapshot, source_volume), req.limit_bytes)?;
             return self.await_volume(&req.name, &id, &job);
         }
-        let _key = match encryption::key_of(&record) {
+        // fscrypt: the copy is encrypted as it is written, so the key must be in the
+        // filesystem. LUKS2: the copy is the source's ciphertext, and needs no key.
+        let _key = match encryption::key_of(&record).filter(|_| pool.keyring().is_some()) {
             Some(id) => Some(self.hold_for(&pool, &record, id, req.key.as_deref(), KeyFrom::CreateVolume)?),
             None => None,
         };

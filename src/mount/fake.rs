@@ -125,6 +125,24 @@ pub enum Call {
         path: PathBuf,
         id: KeyId,
     },
+    /// [`Syscall::luks_format`]: the device, never the key.
+    LuksFormat {
+        device: PathBuf,
+    },
+    /// [`Syscall::luks_open`]: the device and mapping, never the key.
+    LuksOpen {
+        device: PathBuf,
+        name: String,
+    },
+    LuksClose {
+        name: String,
+    },
+    LuksResize {
+        name: String,
+    },
+    LuksWipe {
+        device: PathBuf,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -144,6 +162,9 @@ struct Inner {
     /// fscrypt keys added and not removed, and the policies set, by directory.
     keys: std::collections::HashSet<KeyId>,
     policies: HashMap<PathBuf, KeyId>,
+    /// The key identifier of each LUKS header written, by device, and the open mappings.
+    luks_headers: HashMap<PathBuf, KeyId>,
+    luks_open: HashMap<String, PathBuf>,
     next_mount_id: u32,
 }
 
@@ -191,6 +212,18 @@ impl RecordingSyscall {
     /// `"umount"` is a plain unmount; a lazy one (`MNT_DETACH`) is `"umount_detach"`.
     pub fn fail(&self, op: &'static str, errno: i32) {
         self.lock().failures.insert(op, errno);
+    }
+
+    /// Lets the named operation succeed again after [`Self::fail`].
+    pub fn unfail(&self, op: &'static str) {
+        self.lock().failures.remove(op);
+    }
+
+    /// The open LUKS mappings, by name, with the device under each.
+    pub fn luks_mappings(&self) -> Vec<(String, PathBuf)> {
+        let mut open: Vec<_> = self.lock().luks_open.iter().map(|(n, d)| (n.clone(), d.clone())).collect();
+        open.sort();
+        open
     }
 
     /// Sets the usage reported for a project.
@@ -505,5 +538,70 @@ impl Syscall for RecordingSyscall {
         self.check("fscrypt_policy_key")?;
         let path = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
         Ok(self.lock().policies.get(&path).copied())
+    }
+
+    fn luks_support(&self) -> io::Result<()> {
+        self.check("luks_support")
+    }
+
+    /// Writes the header the fake's blkid reports afterwards, remembering which key opens it.
+    fn luks_format(&self, device: &Path, key: &Key) -> io::Result<()> {
+        self.record("luks_format", Call::LuksFormat { device: device.into() })?;
+        let mut inner = self.lock();
+        inner.signatures.insert(device.to_path_buf(), Signature::Filesystem(super::luks::SIGNATURE.into()));
+        inner.luks_headers.insert(device.to_path_buf(), crate::crypt::key_id(key));
+        Ok(())
+    }
+
+    /// Opens only a header [`Self::luks_format`] wrote, and only with its key.
+    fn luks_open(&self, device: &Path, name: &str, key: &Key) -> io::Result<()> {
+        self.check("luks_open")?;
+        {
+            let inner = self.lock();
+            match inner.luks_headers.get(device) {
+                None => return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a LUKS device")),
+                Some(id) if *id != crate::crypt::key_id(key) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "no key available with this passphrase",
+                    ));
+                }
+                Some(_) => {}
+            }
+            if inner.luks_open.contains_key(name) {
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
+            }
+        }
+        self.record("luks_open", Call::LuksOpen { device: device.into(), name: name.into() })?;
+        self.lock().luks_open.insert(name.to_string(), device.to_path_buf());
+        Ok(())
+    }
+
+    fn luks_status(&self, name: &str) -> io::Result<Option<PathBuf>> {
+        self.check("luks_status")?;
+        Ok(self.lock().luks_open.get(name).cloned())
+    }
+
+    fn luks_close(&self, name: &str) -> io::Result<()> {
+        if !self.lock().luks_open.contains_key(name) {
+            return Ok(());
+        }
+        self.record("luks_close", Call::LuksClose { name: name.into() })?;
+        self.lock().luks_open.remove(name);
+        Ok(())
+    }
+
+    fn luks_resize(&self, name: &str) -> io::Result<()> {
+        self.record("luks_resize", Call::LuksResize { name: name.into() })
+    }
+
+    fn luks_wipe(&self, device: &Path) -> io::Result<bool> {
+        if !self.lock().luks_headers.contains_key(device) {
+            self.check("luks_wipe")?;
+            return Ok(false);
+        }
+        self.record("luks_wipe", Call::LuksWipe { device: device.into() })?;
+        self.lock().luks_headers.remove(device);
+        Ok(true)
     }
 }

@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 
 use super::{
     BlockInfo, FsStat, LoopDevice, ProjectQuotaState, ProjectUsage, QgroupUsage, Signature, Syscall, blockdev, btrfs,
-    fscrypt, loopdev, quota, sysfs, tools,
+    fscrypt, loopdev, luks, quota, sysfs, tools,
 };
 
 /// Performs the calls on the running kernel.
@@ -294,5 +294,33 @@ impl Syscall for LinuxSyscall {
 
     fn fscrypt_policy_key(&self, dir: BorrowedFd<'_>) -> io::Result<Option<crate::crypt::KeyId>> {
         fscrypt::policy_key(dir)
+    }
+
+    fn luks_support(&self) -> io::Result<()> {
+        luks::support()
+    }
+
+    fn luks_format(&self, device: &Path, key: &crate::crypt::Key) -> io::Result<()> {
+        luks::format(device, key)
+    }
+
+    fn luks_open(&self, device: &Path, name: &str, key: &crate::crypt::Key) -> io::Result<()> {
+        luks::open(device, name, key)
+    }
+
+    fn luks_status(&self, name: &str) -> io::Result<Option<std::path::PathBuf>> {
+        luks::status(name)
+    }
+
+    fn luks_close(&self, name: &str) -> io::Result<()> {
+        luks::close(name)
+    }
+
+    fn luks_resize(&self, name: &str) -> io::Result<()> {
+        luks::resize(name)
+    }
+
+    fn luks_wipe(&self, device: &Path) -> io::Result<bool> {
+        luks::erase(device)
     }
 }

@@ -12,6 +12,7 @@ pub mod fscrypt;
 mod ioctl;
 mod linux;
 pub mod loopdev;
+pub mod luks;
 pub mod mountinfo;
 pub mod ops;
 pub mod quota;
@@ -174,6 +175,23 @@ pub trait Syscall: Send + Sync {
     /// The key of the open directory `dir`'s policy; `None` when it is not encrypted.
     /// EOPNOTSUPP or ENOTTY: the filesystem cannot encrypt.
     fn fscrypt_policy_key(&self, dir: BorrowedFd<'_>) -> io::Result<Option<crate::crypt::KeyId>>;
+    /// Whether this node can open LUKS2 containers (cryptsetup installed, device-mapper
+    /// in the kernel); the error says what it lacks.
+    fn luks_support(&self) -> io::Result<()>;
+    /// Writes a LUKS2 header on `device` with one keyslot that `key` opens.
+    fn luks_format(&self, device: &Path, key: &crate::crypt::Key) -> io::Result<()>;
+    /// Opens the LUKS2 container on `device` as `/dev/mapper/<name>`; PermissionDenied
+    /// when no keyslot opens with `key`.
+    fn luks_open(&self, device: &Path, name: &str, key: &crate::crypt::Key) -> io::Result<()>;
+    /// The device under the open LUKS2 mapping `name`; `None` when it is not open.
+    fn luks_status(&self, name: &str) -> io::Result<Option<std::path::PathBuf>>;
+    /// Closes the mapping `name`; one not open is success.
+    fn luks_close(&self, name: &str) -> io::Result<()>;
+    /// Grows the open mapping `name` to fill the device under it.
+    fn luks_resize(&self, name: &str) -> io::Result<()>;
+    /// Destroys every keyslot of the LUKS header on `device` (an image file or a
+    /// disk); false when it holds no LUKS header.
+    fn luks_wipe(&self, device: &Path) -> io::Result<bool>;
 }
 
 /// A loop device berth found or attached.

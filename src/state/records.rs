@@ -68,6 +68,9 @@ pub enum Layer {
     Loop,
     /// The disk the record's `device` and `device_identity` name.
     Disk,
+    /// A LUKS2 container on the layer below, opened through device-mapper under a name
+    /// derived from the volume's key (`berth-<key>`), with the key NodeStage brings.
+    Crypt,
 }
 
 impl Layer {
@@ -77,6 +80,7 @@ impl Layer {
         match self {
             Layer::Loop => "loop",
             Layer::Disk => "disk",
+            Layer::Crypt => "crypt",
         }
     }
 }

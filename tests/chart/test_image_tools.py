@@ -26,6 +26,7 @@ PROGRAM_PACKAGES = {
     "mkfs.ext4": "e2fsprogs", "resize2fs": "e2fsprogs", "e2fsck": "e2fsprogs", "tune2fs": "e2fsprogs",
     "mkfs.xfs": "xfsprogs", "xfs_growfs": "xfsprogs", "xfs_quota": "xfsprogs", "xfs_io": "xfsprogs",
     "mkfs.btrfs": "btrfs-progs", "btrfs": "btrfs-progs",
+    "cryptsetup": "cryptsetup-bin",
 }
 
 
@@ -105,7 +106,7 @@ def runnable() -> str | None:
     missing = [p for p in entries("programs") if not p.startswith("/") and not any(
         os.path.exists(os.path.join(d, p)) for d in ("/usr/sbin", "/usr/bin", "/sbin", "/bin"))]
     if missing:
-        return f"this machine lacks {missing} (scripts/test installs e2fsprogs, xfsprogs, btrfs-progs)"
+        return f"this machine lacks {missing} (scripts/test installs e2fsprogs, xfsprogs, btrfs-progs, cryptsetup-bin)"
     return None
 
 

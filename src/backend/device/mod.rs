@@ -18,12 +18,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::crypt::{self, CryptLayer};
 use super::stack::{self, Stack};
 use super::{
     Capability, Capacity, Condition, Controller, Error, Node, PoolInfo, PoolKind, Result, Source, StageSource, Usage,
     Work, blockvol,
 };
 use crate::config::{DevicePool as DevicePoolConfig, Wipe};
+use crate::crypt::{Key, Scheme};
 use crate::mount::Syscall;
 use crate::state::{AccessKind, Enforced, Layer, Phase, SnapshotMethod, SnapshotRecord, VolumeRecord};
 use allocation::Held;
@@ -120,10 +122,17 @@ impl DevicePool {
         })
     }
 
-    /// The device stack of `volume`: its disk.
+    /// The device stack of `volume`: its disk, and the crypt layer on top for an
+    /// encrypted volume.
     fn stack<'a>(&'a self, volume: &'a VolumeRecord) -> Result<Stack<'a>> {
+        self.stack_with(volume, None)
+    }
+
+    /// [`DevicePool::stack`] with the volume's key, which opening its crypt layer needs.
+    fn stack_with<'a>(&'a self, volume: &'a VolumeRecord, key: Option<&'a Key>) -> Result<Stack<'a>> {
         Stack::of(volume, &[Layer::Disk], |layer| match layer {
             Layer::Disk => Some(Box::new(DiskLayer { pool: self, volume }) as Box<dyn stack::Ops>),
+            Layer::Crypt => Some(Box::new(CryptLayer { sys: self.sys.as_ref(), volume, key }) as Box<dyn stack::Ops>),
             Layer::Loop => None,
         })
     }
@@ -171,7 +180,7 @@ impl Controller for DevicePool {
 
     fn create_volume(&self, volume: &mut VolumeRecord, source: Option<Source<'_>>, _work: &Work) -> Result<()> {
         volume.enforced = Enforced::DeviceSize;
-        volume.layers = vec![Layer::Disk];
+        volume.layers = crypt::layers(Layer::Disk, volume);
         self.reserve(volume)?;
         let device = self.present(volume)?;
         let Some(source) = source else { return Ok(()) };
@@ -191,6 +200,9 @@ impl Controller for DevicePool {
         // only at stage, after creation. Erasing signatures is enough, even for large disks.
         let untouched = volume.phase == Phase::Creating && volume.source.is_none();
         if let Some(device) = self.locate(volume)? {
+            // A wipe that erases only signatures would leave the keyslots: they go first.
+            self.stack(volume)?.close()?;
+            crypt::wipe_header(self.sys.as_ref(), &volume.id, crypt::is_luks(volume.encryption.as_ref()), &device)?;
             wipe::wipe(self.sys.as_ref(), &device, if untouched { Wipe::Signatures } else { self.wipe })?;
         }
         self.held.lock().remove(&volume.id);
@@ -219,6 +231,9 @@ impl Controller for DevicePool {
 
     fn delete_snapshot(&self, snapshot: &SnapshotRecord) -> Result<()> {
         let path = self.snapshot_path(&snapshot.key)?;
+        if path.exists() {
+            crypt::wipe_header(self.sys.as_ref(), &snapshot.id, crypt::is_luks(snapshot.encryption.as_ref()), &path)?;
+        }
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -248,8 +263,13 @@ impl Controller for DevicePool {
         Vec::new()
     }
 
-    /// Its volumes are not encrypted at rest.
-    fn keys(&self) -> Option<&dyn super::Keys> {
+    /// LUKS2, where this node has cryptsetup and device-mapper.
+    fn encryption(&self) -> Result<Scheme> {
+        crypt::offered(self.sys.as_ref(), &self.info.name)
+    }
+
+    /// Each volume's key goes to its crypt layer at stage.
+    fn keyring(&self) -> Option<&dyn super::Keyring> {
         None
     }
 }
@@ -263,9 +283,9 @@ impl Node for DevicePool {
         Err(Error::no_static_volumes(&self.info))
     }
 
-    fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()> {
+    fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability, key: Option<&Key>) -> Result<()> {
         // Opening the disk layer checks the disk is present and is the recorded one.
-        self.stack(self.managed(source)?)?.stage(self.sys.as_ref(), staging, capability)
+        self.stack_with(self.managed(source)?, key)?.stage(self.sys.as_ref(), staging, capability)
     }
 
     /// Records the UUID of the filesystem on a filesystem volume's disk, once there is one.

@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 
 use super::HostPath;
-use crate::backend::{Error, Keys, Result};
+use crate::backend::{Error, Keyring, Result};
 use crate::crypt::{Key, KeyId, Scheme};
 use crate::mount::fscrypt;
 use crate::state::VolumeRecord;
@@ -49,8 +49,9 @@ impl HostPath {
     }
 }
 
-impl Keys for HostPath {
-    fn scheme(&self) -> Result<Scheme> {
+impl HostPath {
+    /// fscrypt when the pool's filesystem can encrypt, else why not.
+    pub(super) fn scheme(&self) -> Result<Scheme> {
         let root = fs::File::open(&self.root).map_err(Error::io("open pool directory", &self.root))?;
         match self.sys.fscrypt_policy_key(root.as_fd()) {
             Ok(_) => Ok(Scheme::Fscrypt),
@@ -65,7 +66,9 @@ impl Keys for HostPath {
             Err(e) => Err(Error::io("read the encryption policy of", &self.root)(e)),
         }
     }
+}
 
+impl Keyring for HostPath {
     fn add_key(&self, key: &Key) -> Result<KeyId> {
         self.sys
             .fscrypt_add_key(&self.root, key)

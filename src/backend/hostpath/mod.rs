@@ -379,7 +379,13 @@ impl Controller for HostPath {
         found
     }
 
-    fn keys(&self) -> Option<&dyn super::Keys> {
+    /// fscrypt, where the pool's filesystem can.
+    fn encryption(&self) -> Result<crate::crypt::Scheme> {
+        self.scheme()
+    }
+
+    /// fscrypt keys belong to the pool's filesystem.
+    fn keyring(&self) -> Option<&dyn super::Keyring> {
         Some(self)
     }
 }
@@ -399,7 +405,14 @@ impl Node for HostPath {
         Ok(rel)
     }
 
-    fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()> {
+    /// The key is in the filesystem already (the engine added it through the keyring).
+    fn stage(
+        &self,
+        source: StageSource<'_>,
+        staging: &Path,
+        capability: &Capability,
+        _key: Option<&crate::crypt::Key>,
+    ) -> Result<()> {
         let mut flags = ops::parse_flags(&capability.mount_flags)?;
         flags.readonly |= capability.mode.read_only();
         let rel = match source {

@@ -284,7 +284,14 @@ impl Controller for NfsPool {
     }
 
     /// Its volumes are not encrypted at rest.
-    fn keys(&self) -> Option<&dyn super::Keys> {
+    fn encryption(&self) -> Result<crate::crypt::Scheme> {
+        Err(super::Error::CannotEncrypt {
+            pool: self.info.name.clone(),
+            reason: "nfs pools do not encrypt; hostpath pools (fscrypt) and block and device pools (luks2) do".into(),
+        })
+    }
+
+    fn keyring(&self) -> Option<&dyn super::Keyring> {
         None
     }
 }
@@ -300,7 +307,13 @@ impl Node for NfsPool {
         Ok(PathBuf::from(sub_path))
     }
 
-    fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability) -> Result<()> {
+    fn stage(
+        &self,
+        source: StageSource<'_>,
+        staging: &Path,
+        capability: &Capability,
+        _key: Option<&crate::crypt::Key>,
+    ) -> Result<()> {
         let rel = self.rel_of(source)?;
         let mut options = self.options.clone();
         options.extend(Options::parse(&capability.mount_flags)?);
