@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::crypt::{KEY_BYTES, Key, Scheme};
 use crate::mount::fake::{Call, RecordingSyscall};
 use crate::mount::{FsStat, Syscall};
-use crate::state::{ContentSource, Layer};
+use crate::state::{ContentSource, Layer, VolumeRecord};
 
 const RIGHT: [u8; KEY_BYTES] = [0x5a; KEY_BYTES];
 const WRONG: [u8; KEY_BYTES] = [0xa5; KEY_BYTES];
@@ -64,6 +64,15 @@ fn stage(id: &str, staging: &Path, key: Option<[u8; KEY_BYTES]>) -> NodeStage {
     }
 }
 
+/// A block pool on the recording fake holding one luks2 volume, `pvc-1`, never staged.
+fn luks_volume() -> (tempfile::TempDir, Arc<RecordingSyscall>, Engine, VolumeRecord) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = fake();
+    let engine = engine(&fake, dir.path());
+    let vol = engine.create_volume(create("pvc-1", "disks", "luks2", None)).expect("create");
+    (dir, fake, engine, vol)
+}
+
 fn code(e: Error) -> Code {
     tonic::Status::from(e).code()
 }
@@ -93,10 +102,7 @@ fn storage_calls(fake: &RecordingSyscall, from: usize) -> Vec<String> {
 
 #[test]
 fn stage_formats_then_opens_unstage_closes_top_first_and_a_second_stage_only_opens() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fake = fake();
-    let engine = engine(&fake, dir.path());
-    let vol = engine.create_volume(create("pvc-1", "disks", "luks2", None)).expect("create");
+    let (dir, fake, engine, vol) = luks_volume();
     assert_eq!(vol.layers, [Layer::Loop, Layer::Crypt]);
     assert_eq!(vol.encryption.as_ref().map(|e| (e.scheme, e.key_id)), Some((Scheme::Luks2, None)));
     let name = format!("berth-{}", vol.key);
@@ -136,10 +142,7 @@ fn stage_formats_then_opens_unstage_closes_top_first_and_a_second_stage_only_ope
 
 #[test]
 fn a_wrong_or_missing_key_is_refused_before_cryptsetup_and_no_key_shows_anywhere() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fake = fake();
-    let engine = engine(&fake, dir.path());
-    let vol = engine.create_volume(create("pvc-1", "disks", "luks2", None)).expect("create");
+    let (dir, fake, engine, vol) = luks_volume();
     let staging = dir.path().join("staging");
     let before = fake.calls().len();
     let missing = engine.node_stage(&stage(&vol.id, &staging, None)).expect_err("no key");
@@ -165,10 +168,7 @@ fn a_wrong_or_missing_key_is_refused_before_cryptsetup_and_no_key_shows_anywhere
 
 #[test]
 fn expansion_grows_the_loop_then_the_crypt_layer_then_the_filesystem() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fake = fake();
-    let engine = engine(&fake, dir.path());
-    let vol = engine.create_volume(create("pvc-1", "disks", "luks2", None)).expect("create");
+    let (dir, fake, engine, vol) = luks_volume();
     let staging = dir.path().join("staging");
     engine.node_stage(&stage(&vol.id, &staging, Some(RIGHT))).expect("stage");
     engine.controller_expand(&vol.id, 128 << 20, 0).expect("controller expand");
@@ -183,10 +183,7 @@ fn expansion_grows_the_loop_then_the_crypt_layer_then_the_filesystem() {
 
 #[test]
 fn delete_erases_the_header_before_the_image_goes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fake = fake();
-    let engine = engine(&fake, dir.path());
-    let vol = engine.create_volume(create("pvc-1", "disks", "luks2", None)).expect("create");
+    let (dir, fake, engine, vol) = luks_volume();
     let image = dir.path().join("block/volumes").join(format!("{}.img", vol.key));
     let staging = dir.path().join("staging");
     engine.node_stage(&stage(&vol.id, &staging, Some(RIGHT))).expect("stage");
@@ -202,10 +199,7 @@ fn delete_erases_the_header_before_the_image_goes() {
 
 #[test]
 fn a_retry_after_a_crash_between_format_and_open_opens_the_header_it_wrote() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fake = fake();
-    let engine = engine(&fake, dir.path());
-    let vol = engine.create_volume(create("pvc-1", "disks", "luks2", None)).expect("create");
+    let (dir, fake, engine, vol) = luks_volume();
     let staging = dir.path().join("staging");
     fake.fail("luks_open", libc::EIO);
     engine.node_stage(&stage(&vol.id, &staging, Some(RIGHT))).expect_err("open fails");
@@ -242,10 +236,7 @@ fn schemes_go_to_the_pools_that_offer_them() {
 
 #[test]
 fn snapshots_and_clones_copy_ciphertext_without_a_key_and_stay_luks2() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fake = fake();
-    let engine = engine(&fake, dir.path());
-    let vol = engine.create_volume(create("pvc-1", "disks", "luks2", None)).expect("create");
+    let (dir, fake, engine, vol) = luks_volume();
     let staging = dir.path().join("staging");
     engine.node_stage(&stage(&vol.id, &staging, Some(RIGHT))).expect("stage");
     engine.node_unstage(&vol.id, &staging).expect("unstage");
