@@ -718,21 +718,8 @@ async fn a_target_swapped_for_a_symlink_after_the_check_mounts_nothing_elsewhere
     fs::create_dir_all(&pod).expect("mkdir");
     fs::create_dir_all(&victim).expect("mkdir");
     let target = pod.join("mount");
-    let mut node = b.node.clone();
-    let publish = pb::NodePublishVolumeRequest {
-        volume_id: id.clone(),
-        staging_target_path: staging.display().to_string(),
-        target_path: target.display().to_string(),
-        volume_capability: Some(rwo()),
-        ..Default::default()
-    };
-    let call = tokio::spawn(async move { node.node_publish_volume(publish).await });
+    let call = publish_paused(&b, &id, &staging, &target, "target").await;
     // The pod, which can write the target's parent, swaps the target for a symlink.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !target.is_dir() {
-        assert!(std::time::Instant::now() < deadline, "berth never made the target");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
     fs::remove_dir(&target).expect("remove the target");
     std::os::unix::fs::symlink(&victim, &target).expect("symlink");
     let published = call.await.expect("join");
@@ -748,6 +735,33 @@ async fn a_target_swapped_for_a_symlink_after_the_check_mounts_nothing_elsewhere
         .expect("unstage");
     b.stop();
     unmount_below(root);
+}
+
+/// Starts a NodePublishVolume of `id` at `target` (berth must run with a pause at
+/// `node.publish.bind`) and returns once berth has made the target, while the call waits
+/// between its checks and its mount. `what` names the round in messages.
+async fn publish_paused(
+    b: &Berth,
+    id: &str,
+    staging: &Path,
+    target: &Path,
+    what: &str,
+) -> tokio::task::JoinHandle<Result<tonic::Response<pb::NodePublishVolumeResponse>, tonic::Status>> {
+    let mut node = b.node.clone();
+    let publish = pb::NodePublishVolumeRequest {
+        volume_id: id.to_string(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(rwo()),
+        ..Default::default()
+    };
+    let call = tokio::spawn(async move { node.node_publish_volume(publish).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !target.is_dir() {
+        assert!(std::time::Instant::now() < deadline, "{what}: berth never made the target");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    call
 }
 
 #[tokio::test]
@@ -788,20 +802,7 @@ async fn a_parent_directory_swapped_for_a_symlink_after_the_check_mounts_nothing
             })
             .await
             .expect("stage");
-        let mut node = b.node.clone();
-        let publish = pb::NodePublishVolumeRequest {
-            volume_id: id.clone(),
-            staging_target_path: staging.display().to_string(),
-            target_path: target.display().to_string(),
-            volume_capability: Some(rwo()),
-            ..Default::default()
-        };
-        let call = tokio::spawn(async move { node.node_publish_volume(publish).await });
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !target.is_dir() {
-            assert!(std::time::Instant::now() < deadline, "{round}: berth never made the target");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let call = publish_paused(&b, &id, &staging, &target, round).await;
         let swapped = if swap_staging { staging_parent.clone() } else { pod.join("volumes") };
         let kept = base.join("kept");
         fs::rename(&swapped, &kept).expect("move the real directory away");

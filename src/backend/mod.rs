@@ -294,6 +294,9 @@ pub trait Keyring: Send + Sync {
     /// there is success. True when files under it were still open (they stay readable
     /// until closed).
     fn remove_key(&self, id: &crate::crypt::KeyId) -> Result<bool>;
+    /// Whether any of `volumes` (this pool's) is mounted or bound anywhere now: their key
+    /// must stay. One look at the mount table for them all.
+    fn any_mounted(&self, volumes: &[VolumeRecord]) -> Result<bool>;
 }
 
 /// The node side of a pool: what NodeStageVolume, NodePublishVolume, NodeExpandVolume

@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use super::{Engine, Error, Result};
-use crate::backend::{self, Pool, StageSource};
+use crate::backend::{self, Pool};
 use crate::crypt::{Key, KeyFrom, KeyId, key_id};
 use crate::state::VolumeRecord;
 
@@ -190,11 +190,8 @@ impl Engine {
     }
 
     fn staged_under(&self, pool: &Pool, id: &KeyId) -> Result<bool> {
-        for v in self.store.volumes_where(|v| v.pool == pool.name() && key_of(v) == Some(*id)) {
-            if !pool.mounts(StageSource::Managed(&v))?.is_empty() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        let Some(keyring) = pool.keyring() else { return Ok(false) };
+        let under = self.store.volumes_where(|v| v.pool == pool.name() && key_of(v) == Some(*id));
+        Ok(keyring.any_mounted(&under)?)
     }
 }

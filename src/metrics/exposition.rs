@@ -40,6 +40,12 @@ impl Writer {
         let _ = writeln!(self.out, "# TYPE {name} {}", kind.as_str());
     }
 
+    /// A family with a single sample and no labels: a gauge or counter of the process.
+    pub fn single(&mut self, name: &str, kind: Kind, help: &str, value: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
     /// Writes one sample line; label values are escaped.
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.out.push_str(name);

@@ -48,50 +48,66 @@ impl Collector {
         let mut w = Writer::default();
         w.family("berth_build_info", Kind::Gauge, "berth's version; always 1.");
         w.sample("berth_build_info", &[("version", crate::VERSION)], 1.0);
-        w.family("berth_ready", Kind::Gauge, "1 when berth answers Probe with ready, else 0.");
         let r = &self.registry;
-        w.sample("berth_ready", &[], if r.ready() { 1.0 } else { 0.0 });
-        w.family("berth_rpc_in_flight", Kind::Gauge, "CSI calls being served right now.");
-        w.sample("berth_rpc_in_flight", &[], r.in_flight.load(Ordering::SeqCst) as f64);
-        w.family(
+        let ready = if r.ready() { 1.0 } else { 0.0 };
+        w.single("berth_ready", Kind::Gauge, "1 when berth answers Probe with ready, else 0.", ready);
+        w.single(
+            "berth_rpc_in_flight",
+            Kind::Gauge,
+            "CSI calls being served right now.",
+            r.in_flight.load(Ordering::SeqCst) as f64,
+        );
+        w.single(
             "berth_rpc_slow_waiting",
             Kind::Gauge,
             "Slow CSI calls (volume stats) waiting for one of the turns berth_rpc_slow_max allows.",
+            r.slow_waiting.load(Ordering::SeqCst) as f64,
         );
-        w.sample("berth_rpc_slow_waiting", &[], r.slow_waiting.load(Ordering::SeqCst) as f64);
-        w.family("berth_rpc_slow_max", Kind::Gauge, "How many slow CSI calls do their work at once.");
-        w.sample("berth_rpc_slow_max", &[], r.limits.slow_calls as f64);
-        w.family("berth_connections", Kind::Gauge, "Client connections to the CSI socket open now.");
-        w.sample("berth_connections", &[], r.connections.load(Ordering::SeqCst) as f64);
-        w.family("berth_connections_max", Kind::Gauge, "Client connections the CSI socket serves at once.");
-        w.sample("berth_connections_max", &[], r.limits.connections as f64);
-        w.family(
+        w.single(
+            "berth_rpc_slow_max",
+            Kind::Gauge,
+            "How many slow CSI calls do their work at once.",
+            r.limits.slow_calls as f64,
+        );
+        w.single(
+            "berth_connections",
+            Kind::Gauge,
+            "Client connections to the CSI socket open now.",
+            r.connections.load(Ordering::SeqCst) as f64,
+        );
+        w.single(
+            "berth_connections_max",
+            Kind::Gauge,
+            "Client connections the CSI socket serves at once.",
+            r.limits.connections as f64,
+        );
+        w.single(
             "berth_connections_refused_total",
             Kind::Counter,
             "Connections closed at accept because the socket served its maximum and every one had a call in flight.",
+            r.refused.load(Ordering::SeqCst) as f64,
         );
-        w.sample("berth_connections_refused_total", &[], r.refused.load(Ordering::SeqCst) as f64);
-        w.family(
+        w.single(
             "berth_connections_evicted_total",
             Kind::Counter,
             "Idle connections closed to make room for a new client while the socket served its maximum.",
+            r.evicted.load(Ordering::SeqCst) as f64,
         );
-        w.sample("berth_connections_evicted_total", &[], r.evicted.load(Ordering::SeqCst) as f64);
         write_counters(&mut w, &r.counters());
         if let Some(engine) = &self.engine {
             let (copies, copied) = engine.copies.in_progress();
-            w.family(
+            w.single(
                 "berth_copies_in_progress",
                 Kind::Gauge,
                 "Snapshot cuts, restores and clones running in the background (NFS pools).",
+                copies as f64,
             );
-            w.sample("berth_copies_in_progress", &[], copies as f64);
-            w.family(
+            w.single(
                 "berth_copies_in_progress_bytes",
                 Kind::Gauge,
                 "Data bytes the background copies in progress have copied so far (zero blocks are not counted).",
+                copied as f64,
             );
-            w.sample("berth_copies_in_progress_bytes", &[], copied as f64);
             write_pools(&mut w, engine);
             self.write_volumes(&mut w, engine);
         }

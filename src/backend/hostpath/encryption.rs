@@ -13,7 +13,7 @@ use std::path::Path;
 use super::HostPath;
 use crate::backend::{Error, Keyring, Result};
 use crate::crypt::{Key, KeyId, Scheme};
-use crate::mount::fscrypt;
+use crate::mount::{fscrypt, mountinfo, ops};
 use crate::state::VolumeRecord;
 
 /// The key a record's volume is encrypted under, once it has one.
@@ -81,5 +81,10 @@ impl Keyring for HostPath {
             Err(e) if e.raw_os_error() == Some(libc::ENOKEY) => Ok(false),
             Err(e) => Err(Error::io("remove an encryption key from the filesystem of", &self.root)(e)),
         }
+    }
+
+    fn any_mounted(&self, volumes: &[VolumeRecord]) -> Result<bool> {
+        let table = ops::table(self.sys.as_ref()).map_err(Error::io("read mount table", &self.root))?;
+        Ok(volumes.iter().any(|v| !mountinfo::binds_of(&table, &self.volume_dir(&v.key)).is_empty()))
     }
 }
