@@ -34,7 +34,7 @@ async fn bench_runs_every_workload_and_reports_json() {
         "--endpoint",
         &endpoint,
         "--workload",
-        "startup,provision,attach,snapshot",
+        "startup,provision,attach,snapshot,stats",
         "--existing",
         "10",
         "--pairs",
@@ -45,6 +45,8 @@ async fn bench_runs_every_workload_and_reports_json() {
         "5",
         "--snapshot-size",
         "4Mi",
+        "--files",
+        "3000",
         "--capacity",
         "16Mi",
         "--pid",
@@ -61,7 +63,7 @@ async fn bench_runs_every_workload_and_reports_json() {
     assert_eq!(report["driver"]["name"], "local.berth.csi.io");
     let results = report["results"].as_array().expect("results");
     let kinds: Vec<&str> = results.iter().filter_map(|r| r["workload"].as_str()).collect();
-    assert_eq!(kinds, ["startup", "provision", "provision", "attach", "snapshot"]);
+    assert_eq!(kinds, ["startup", "provision", "provision", "attach", "snapshot", "stats"]);
     positive(&results[0]["ready_ms"], "startup ready_ms");
     for (r, conc) in results[1..3].iter().zip([1, 4]) {
         assert_eq!(r["concurrency"], conc);
@@ -81,6 +83,16 @@ async fn bench_runs_every_workload_and_reports_json() {
     assert_eq!(results[4]["bytes"], 4 << 20);
     positive(&results[4]["snapshot_ms"], "snapshot_ms");
     positive(&results[4]["restore_ms"], "restore_ms");
+    let stats = &results[5];
+    assert_eq!(stats["files"], 3000);
+    for (call, count) in [("first", 1), ("later", 5), ("du -s", 3)] {
+        assert_eq!(stats["ops"][call]["count"], count, "{call}: {stats}");
+        positive(&stats["ops"][call]["p50_ms"], call);
+    }
+    // 3,000 files of 100 bytes: btrfs keeps them inline in its metadata, which the
+    // volume's quota group counts; du counts a block per file.
+    positive(&stats["used_bytes"], "used bytes");
+    positive(&stats["du_bytes"], "du bytes");
     let f = &report["footprint"];
     let idle = positive(&f["idle_rss_kib"], "idle RSS");
     assert!(positive(&f["load_max_rss_kib"], "load RSS") >= idle && f["hwm_kib"].as_f64() >= Some(idle), "{f}");

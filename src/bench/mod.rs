@@ -4,6 +4,7 @@
 //! Results print as a table, or as JSON with `--output json`.
 
 pub mod stats;
+pub mod volstats;
 pub mod workloads;
 
 use std::path::PathBuf;
@@ -31,6 +32,9 @@ pub enum Workload {
     /// GET the driver's `/metrics` (`--metrics-address`) `--scrapes` times, with whatever
     /// volumes it holds (pre-create them with `provision --existing N --keep-existing`).
     Scrape,
+    /// Write `--files` files into a published volume, then time NodeGetVolumeStats: the
+    /// first call and `--cycles` more, beside `du -s` of the same tree.
+    Stats,
 }
 
 /// The access type of the benchmark's volumes.
@@ -64,9 +68,12 @@ pub struct BenchArgs {
     /// then again with this many clients when it is above 1.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
-    /// Attach cycles.
+    /// Attach cycles; in `stats`, the NodeGetVolumeStats calls after the first.
     #[arg(long, default_value_t = 20)]
     pub cycles: usize,
+    /// Files written into the volume of `stats`, 1,000 to a directory.
+    #[arg(long, default_value_t = 100_000)]
+    pub files: usize,
     /// Bytes written into the volume before it is snapshotted.
     #[arg(long, value_parser = quantity, default_value = "1Gi")]
     pub snapshot_size: i64,
@@ -265,6 +272,19 @@ async fn run(args: &BenchArgs) -> Result<Value, String> {
                     "cpu": cpu_json(args.pid, before, args.scrapes),
                 }));
             }
+            Workload::Stats => {
+                let r = volstats::stats(&ctx, args.files, args.cycles).await?;
+                results.push(json!({
+                    "workload": "stats",
+                    "files": r.files,
+                    "fill_s": round(r.fill.as_secs_f64()),
+                    "used_bytes": r.used_bytes,
+                    "used_inodes": r.used_inodes,
+                    "du_bytes": r.du_bytes,
+                    "ops": ops(&[("first", &r.first), ("later", &r.later), ("du -s", &r.du)], Duration::ZERO),
+                    "cpu": cpu_json(args.pid, before, 1 + args.cycles),
+                }));
+            }
             Workload::Snapshot => {
                 let bytes = u64::try_from(args.snapshot_size).map_err(|_| "--snapshot-size must be positive")?;
                 let r = workloads::snapshot(&ctx, bytes).await?;
@@ -340,29 +360,18 @@ pub fn table(report: &Value) -> String {
         let w = r["workload"].as_str().unwrap_or("");
         match w {
             "startup" => out.push_str(&format!("startup: ready after {} ms ({} probes)\n", r["ready_ms"], r["probes"])),
+            "stats" => {
+                out.push_str(&format!(
+                    "stats: {} files written in {} s; the driver answered {} bytes, {} inodes used; du -s counted {} bytes\n",
+                    r["files"], r["fill_s"], r["used_bytes"], r["used_inodes"], r["du_bytes"]
+                ));
+                out.push_str(&ops_rows(w, r));
+            }
             "snapshot" => out.push_str(&format!(
                 "snapshot: {} bytes written in {} s; CreateSnapshot {} ms; restore {} ms\n",
                 r["bytes"], r["write_s"], r["snapshot_ms"], r["restore_ms"]
             )),
-            _ => {
-                let cpu = r["cpu"]["cpu_ms_per_1000_ops"].as_f64().map_or("-".into(), |c| format!("{c:.1}"));
-                for (call, s) in r["ops"].as_object().into_iter().flatten() {
-                    out.push_str(&format!(
-                        "{:<10} {:>8} {:>5} {:<10} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.1} {:>10}\n",
-                        w,
-                        r["existing"].as_u64().map_or("-".into(), |n| n.to_string()),
-                        r["concurrency"].as_u64().unwrap_or(1),
-                        call,
-                        s["count"],
-                        s["p50_ms"].as_f64().unwrap_or(0.0),
-                        s["p90_ms"].as_f64().unwrap_or(0.0),
-                        s["p99_ms"].as_f64().unwrap_or(0.0),
-                        s["max_ms"].as_f64().unwrap_or(0.0),
-                        s["ops_per_s"].as_f64().unwrap_or(0.0),
-                        cpu
-                    ));
-                }
-            }
+            _ => out.push_str(&ops_rows(w, r)),
         }
     }
     let f = &report["footprint"];
@@ -370,6 +379,29 @@ pub fn table(report: &Value) -> String {
         out.push_str(&format!(
             "footprint (pid {}): idle RSS {} KiB; max RSS under load {} KiB; peak (VmHWM) {} KiB\n",
             f["pid"], f["idle_rss_kib"], f["load_max_rss_kib"], f["hwm_kib"]
+        ));
+    }
+    out
+}
+
+/// One table row per timed call of a workload's result.
+fn ops_rows(workload: &str, r: &Value) -> String {
+    let cpu = r["cpu"]["cpu_ms_per_1000_ops"].as_f64().map_or("-".into(), |c| format!("{c:.1}"));
+    let mut out = String::new();
+    for (call, s) in r["ops"].as_object().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<10} {:>8} {:>5} {:<10} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.1} {:>10}\n",
+            workload,
+            r["existing"].as_u64().map_or("-".into(), |n| n.to_string()),
+            r["concurrency"].as_u64().unwrap_or(1),
+            call,
+            s["count"],
+            s["p50_ms"].as_f64().unwrap_or(0.0),
+            s["p90_ms"].as_f64().unwrap_or(0.0),
+            s["p99_ms"].as_f64().unwrap_or(0.0),
+            s["max_ms"].as_f64().unwrap_or(0.0),
+            s["ops_per_s"].as_f64().unwrap_or(0.0),
+            cpu
         ));
     }
     out

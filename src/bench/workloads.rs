@@ -41,7 +41,7 @@ pub struct Ctx {
 /// A call's failure, as text.
 pub type Error = String;
 
-fn failed(what: &str, s: tonic::Status) -> Error {
+pub(super) fn failed(what: &str, s: tonic::Status) -> Error {
     format!("{what}: {}: {}", crate::csi::code_name(s.code()), s.message())
 }
 
@@ -51,7 +51,12 @@ impl Ctx {
         crate::client::connect(&self.endpoint, self.timeout).await.map_err(|f| format!("{}: {}", f.code, f.message))
     }
 
-    fn create_req(&self, name: String, bytes: i64, source: Option<pb::VolumeContentSource>) -> pb::CreateVolumeRequest {
+    pub(super) fn create_req(
+        &self,
+        name: String,
+        bytes: i64,
+        source: Option<pb::VolumeContentSource>,
+    ) -> pb::CreateVolumeRequest {
         pb::CreateVolumeRequest {
             name,
             capacity_range: Some(pb::CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
@@ -64,12 +69,15 @@ impl Ctx {
 }
 
 /// Creates a volume and returns it.
-async fn create(c: &mut ControllerClient<Channel>, req: pb::CreateVolumeRequest) -> Result<pb::Volume, Error> {
+pub(super) async fn create(
+    c: &mut ControllerClient<Channel>,
+    req: pb::CreateVolumeRequest,
+) -> Result<pb::Volume, Error> {
     let r = c.create_volume(req).await.map_err(|s| failed("CreateVolume", s))?;
     r.into_inner().volume.ok_or_else(|| "CreateVolume answered without a volume".to_string())
 }
 
-async fn delete(c: &mut ControllerClient<Channel>, id: &str) -> Result<(), Error> {
+pub(super) async fn delete(c: &mut ControllerClient<Channel>, id: &str) -> Result<(), Error> {
     let req = pb::DeleteVolumeRequest { volume_id: id.to_string(), ..Default::default() };
     c.delete_volume(req).await.map(|_| ()).map_err(|s| failed("DeleteVolume", s))
 }
@@ -164,20 +172,20 @@ pub async fn pairs(ctx: &Ctx, pairs: usize, concurrency: usize, tag: &str) -> Re
 }
 
 /// A volume staged and published for a workload, with the paths used.
-struct Attached {
-    volume: pb::Volume,
-    staging: Option<PathBuf>,
-    target: PathBuf,
+pub(super) struct Attached {
+    pub(super) volume: pb::Volume,
+    pub(super) staging: Option<PathBuf>,
+    pub(super) target: PathBuf,
 }
 
 /// Node calls with the capability and paths of one context.
-struct Node {
-    client: NodeClient<Channel>,
+pub(super) struct Node {
+    pub(super) client: NodeClient<Channel>,
     stages: bool,
 }
 
 impl Node {
-    async fn new(ctx: &Ctx) -> Result<Node, Error> {
+    pub(super) async fn new(ctx: &Ctx) -> Result<Node, Error> {
         let mut client = NodeClient::new(ctx.channel().await?);
         let caps = client
             .node_get_capabilities(pb::NodeGetCapabilitiesRequest {})
@@ -193,7 +201,7 @@ impl Node {
     }
 
     /// Stages (when the driver stages) and publishes; returns the time of each step.
-    async fn attach(
+    pub(super) async fn attach(
         &mut self,
         ctx: &Ctx,
         volume: &pb::Volume,
@@ -230,7 +238,7 @@ impl Node {
     }
 
     /// Unpublishes and unstages; returns the time of each step.
-    async fn detach(&mut self, a: &Attached) -> Result<(Duration, Duration), Error> {
+    pub(super) async fn detach(&mut self, a: &Attached) -> Result<(Duration, Duration), Error> {
         let req = pb::NodeUnpublishVolumeRequest {
             volume_id: a.volume.volume_id.clone(),
             target_path: a.target.display().to_string(),
