@@ -47,12 +47,12 @@ impl Engine {
             });
         }
         let mounted =
-            ops::is_mount_point(self.sys.as_ref(), volume_path).map_err(io_err("read mount table", volume_path))?;
+            || ops::is_mount_point(self.sys.as_ref(), volume_path).map_err(io_err("read mount table", volume_path));
         let Some(record) = self.store.volume(volume_id).filter(|v| v.phase == Phase::Ready) else {
             // A static volume: measure what is mounted there, without following symlinks,
             // and only when it is a bind of a hostPath pool's directory. Anything else is not
             // a volume of berth's (an unknown ID with /sys, say), and is never walked.
-            if !mounted {
+            if !mounted()? {
                 return Err(Error::NotMountedHere {
                     volume: volume_id.to_string(),
                     path: volume_path.to_path_buf(),
@@ -87,13 +87,15 @@ impl Engine {
         if condition.abnormal {
             return Ok((Usage::default(), condition));
         }
-        if !mounted {
-            return Ok((
-                Usage::default(),
-                Condition::abnormal(format!("the mount at {} is gone", volume_path.display())),
-            ));
-        }
+        // The pool's check reads the mount table; only a miss reads it again, to tell a
+        // mount that is gone from another volume's.
         if !pool.is_mounted_at(StageSource::Managed(&record), volume_path)? {
+            if !mounted()? {
+                return Ok((
+                    Usage::default(),
+                    Condition::abnormal(format!("the mount at {} is gone", volume_path.display())),
+                ));
+            }
             return Err(Error::NotMountedHere {
                 volume: volume_id.to_string(),
                 path: volume_path.to_path_buf(),
