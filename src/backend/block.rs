@@ -23,7 +23,7 @@ use crate::config::BlockPool as BlockPoolConfig;
 use crate::crypt::{Key, Scheme};
 use crate::mount::{LOOP_TAG_PREFIX, LoopDevice, Syscall};
 use crate::progress::Progress;
-use crate::state::{Enforced, Layer, SnapshotMethod, SnapshotRecord, VolumeRecord};
+use crate::state::{AccessKind, Enforced, Layer, SnapshotMethod, SnapshotRecord, VolumeRecord};
 
 const VOLUMES: &str = "volumes";
 const SNAPSHOTS: &str = "snapshots";
@@ -312,8 +312,8 @@ impl Controller for BlockPool {
     }
 
     /// LUKS2, where this node has cryptsetup and device-mapper.
-    fn encryption(&self) -> Result<Scheme> {
-        crypt::offered(self.sys.as_ref(), &self.info.name)
+    fn check_encryption(&self, scheme: Scheme, access: AccessKind, fs_type: Option<&str>) -> Result<()> {
+        crypt::check(self.sys.as_ref(), &self.info.name, scheme, access, fs_type)
     }
 
     /// Each volume's key goes to its crypt layer at stage.
@@ -338,7 +338,7 @@ impl Node for BlockPool {
             return Err(Error::NoImage { volume: volume.id.clone(), image });
         }
         self.refuse_foreign_mount(volume, &image)?;
-        self.stack_with(volume, key)?.stage(self.sys.as_ref(), staging, capability)
+        self.stack_with(volume, key)?.stage(self.sys.as_ref(), staging, capability, key)
     }
 
     /// Staging records nothing new: the record names the storage.
@@ -362,6 +362,10 @@ impl Node for BlockPool {
     /// Not attached here: the next stage attaches at the new size and grows then.
     fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()> {
         self.stack(volume)?.expand(self.sys.as_ref(), volume_path)
+    }
+
+    fn publish_from(&self, source: StageSource<'_>, staging: &Path) -> PathBuf {
+        blockvol::publish_from(source, staging)
     }
 
     fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage> {

@@ -4,18 +4,30 @@
 
 use std::fs;
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{Capability, Error, RAW_DEVICE_FILE, Result, Usage};
+use crate::crypt::Key;
 use crate::mount::ops::{self, Flags};
 use crate::mount::{MsFlags, Signature, Syscall, mountinfo};
 
+/// The directory of an fscrypt volume's filesystem that holds the volume's data and that
+/// publish binds onto the pod's target: ext4 encrypts directories, never its root.
+pub const FSCRYPT_DIR: &str = "volume";
+
 /// Makes `device` available at `staging`: for raw block, bound onto `staging/device`; for
-/// a filesystem, formatted if (and only if) blkid finds no signature at all, mounted, and
-/// grown to fill the device (a restored or expanded volume may be larger than its
-/// filesystem).
-pub fn stage(sys: &dyn Syscall, device: &Path, staging: &Path, capability: &Capability, fs_type: &str) -> Result<()> {
+/// a filesystem, formatted if (and only if) blkid finds no signature at all (with the
+/// filesystem's fscrypt feature when `encryptable`), mounted, and grown to fill the device
+/// (a restored or expanded volume may be larger than its filesystem).
+pub fn stage(
+    sys: &dyn Syscall,
+    device: &Path,
+    staging: &Path,
+    capability: &Capability,
+    fs_type: &str,
+    encryptable: bool,
+) -> Result<()> {
     let flags = ops::parse_flags(&capability.mount_flags)?;
     let readonly = flags.readonly || capability.mode.read_only();
     if !capability.block && !capability.fs_type.is_empty() && capability.fs_type != fs_type {
@@ -42,7 +54,7 @@ pub fn stage(sys: &dyn Syscall, device: &Path, staging: &Path, capability: &Capa
             tracing::info!(device = %device.display(), fs_type, "formatting a blank device");
             super::failpoint("block.mkfs", device)?;
             let total = sys.device_size(device).ok();
-            crate::progress::heartbeat("format", total, || sys.mkfs(device, fs_type))
+            crate::progress::heartbeat("format", total, || sys.mkfs(device, fs_type, encryptable))
                 .inspect_err(|_| crate::metrics::record_error("format"))
                 .map_err(Error::io("format", device))?;
         }
@@ -83,6 +95,39 @@ pub fn stage(sys: &dyn Syscall, device: &Path, staging: &Path, capability: &Capa
         return Err(Error::io("grow filesystem", device)(e));
     }
     Ok(())
+}
+
+/// Unlocks the fscrypt volume `volume` whose filesystem is mounted at `staging`: adds
+/// `key` to the filesystem (where it stays until the filesystem is unmounted at
+/// NodeUnstage) and makes sure [`FSCRYPT_DIR`] is encrypted under it, created empty with
+/// its policy at the first stage. A directory under another key, or one holding
+/// plaintext, is refused.
+pub fn unlock_fscrypt(sys: &dyn Syscall, volume: &str, staging: &Path, key: &Key) -> Result<()> {
+    super::failpoint("block.fscrypt.add-key", staging)?;
+    let id =
+        sys.fscrypt_add_key(staging, key).map_err(Error::io("add an encryption key to the filesystem at", staging))?;
+    let dir = staging.join(FSCRYPT_DIR);
+    match fs::DirBuilder::new().mode(0o755).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io("create", &dir)(e)),
+    }
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&dir)
+        .map_err(Error::io("open", &dir))?;
+    super::crypt::ensure_policy(sys, volume, &dir, std::os::fd::AsFd::as_fd(&opened), &id)
+}
+
+/// What publish binds for `volume` staged as a filesystem at `staging` (see
+/// [`super::Node::publish_from`]): its encrypted directory when it is an fscrypt volume.
+#[must_use]
+pub fn publish_from(source: super::StageSource<'_>, staging: &Path) -> PathBuf {
+    match source {
+        super::StageSource::Managed(v) if super::stack::is_fscrypt(v) => staging.join(FSCRYPT_DIR),
+        _ => staging.to_path_buf(),
+    }
 }
 
 /// The block device number of a device node.
@@ -306,9 +351,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let fake = RecordingSyscall::new(FsStat::default(), "");
         let dev = Path::new("/dev/loop100");
-        stage(&fake, dev, dir.path(), &cap(false, AccessMode::SingleNodeWriter), "xfs").expect("stage");
+        stage(&fake, dev, dir.path(), &cap(false, AccessMode::SingleNodeWriter), "xfs", false).expect("stage");
         let calls = fake.calls();
-        assert_eq!(calls[0], Call::Mkfs { device: dev.into(), fs_type: "xfs".into() });
+        assert_eq!(calls[0], Call::Mkfs { device: dev.into(), fs_type: "xfs".into(), encrypt: false });
         assert!(
             matches!(&calls[2], Call::Mount { fs_type: Some(t), data: Some(d), .. } if t == "xfs" && d == "nouuid")
         );
@@ -317,11 +362,11 @@ mod tests {
 
         let fake = RecordingSyscall::new(FsStat::default(), "");
         fake.set_signature(dev, Signature::Filesystem("ext4".into()));
-        let err =
-            stage(&fake, dev, dir.path(), &cap(false, AccessMode::SingleNodeWriter), "xfs").expect_err("mismatch");
+        let err = stage(&fake, dev, dir.path(), &cap(false, AccessMode::SingleNodeWriter), "xfs", false)
+            .expect_err("mismatch");
         assert!(err.to_string().contains("never reformats"), "{err}");
         fake.set_signature(dev, Signature::PartitionTable("gpt".into()));
-        assert!(stage(&fake, dev, dir.path(), &cap(false, AccessMode::SingleNodeWriter), "ext4").is_err());
+        assert!(stage(&fake, dev, dir.path(), &cap(false, AccessMode::SingleNodeWriter), "ext4", false).is_err());
         assert!(fake.calls().is_empty(), "nothing formatted or mounted: {:?}", fake.calls());
     }
 
@@ -337,7 +382,7 @@ mod tests {
             let before = errors(kind);
             let fake = RecordingSyscall::new(FsStat::default(), "");
             fake.fail(op, libc::EIO);
-            let staged = crate::metrics::scoped(&registry, || stage(&fake, dev, dir.path(), &rw, "xfs"));
+            let staged = crate::metrics::scoped(&registry, || stage(&fake, dev, dir.path(), &rw, "xfs", false));
             assert!(staged.is_err(), "{op}");
             assert_eq!(errors(kind), before + 1, "{op} counts once as {kind}");
         }
@@ -359,9 +404,15 @@ mod tests {
     fn a_read_only_stage_of_a_blank_device_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let fake = RecordingSyscall::new(FsStat::default(), "");
-        let err =
-            stage(&fake, Path::new("/dev/loop100"), dir.path(), &cap(false, AccessMode::SingleNodeReaderOnly), "ext4")
-                .expect_err("read-only blank");
+        let err = stage(
+            &fake,
+            Path::new("/dev/loop100"),
+            dir.path(),
+            &cap(false, AccessMode::SingleNodeReaderOnly),
+            "ext4",
+            false,
+        )
+        .expect_err("read-only blank");
         assert!(matches!(err, Error::UnformattedReadOnly { .. }), "{err}");
         assert!(fake.calls().is_empty());
     }
@@ -370,7 +421,7 @@ mod tests {
     fn raw_block_binds_the_device_onto_a_file_in_staging() {
         let dir = tempfile::tempdir().expect("tempdir");
         let fake = RecordingSyscall::new(FsStat::default(), "");
-        stage(&fake, Path::new("/dev/loop100"), dir.path(), &cap(true, AccessMode::SingleNodeWriter), "ext4")
+        stage(&fake, Path::new("/dev/loop100"), dir.path(), &cap(true, AccessMode::SingleNodeWriter), "ext4", false)
             .expect("stage");
         assert!(dir.path().join(RAW_DEVICE_FILE).is_file());
         assert!(

@@ -10,14 +10,15 @@
 //! and opening therefore opens the header the first attempt wrote. Deleting a volume
 //! destroys the header's keyslots ([`wipe_header`]) before the storage is released.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::stack::Ops;
 use super::{Error, Result};
-use crate::crypt::{Key, Scheme};
+use crate::crypt::{Key, KeyId, Scheme};
 use crate::mount::{Signature, Syscall, luks};
-use crate::state::{Layer, VolumeRecord};
+use crate::state::{AccessKind, Layer, VolumeRecord};
 
 /// The device-mapper name of a volume's crypt layer.
 #[must_use]
@@ -35,12 +36,51 @@ pub fn layers(bottom: Layer, volume: &VolumeRecord) -> Vec<Layer> {
     }
 }
 
-/// What a pool of block devices offers: LUKS2 when this node can open containers.
-pub fn offered(sys: &dyn Syscall, pool: &str) -> Result<Scheme> {
-    sys.luks_support().map(|()| Scheme::Luks2).map_err(|e| Error::CannotEncrypt {
-        pool: pool.to_string(),
-        reason: format!("block and device pools encrypt with luks2 only, and this node cannot: {e}"),
-    })
+/// Whether a pool of block devices can encrypt a volume of `access` with `scheme`: LUKS2
+/// when this node can open containers, whatever the volume holds; fscrypt for volumes
+/// mounted as ext4 when this kernel's ext4 can encrypt (the volume's data then lives in
+/// an encrypted directory of its filesystem, see [`super::blockvol::FSCRYPT_DIR`]).
+pub fn check(sys: &dyn Syscall, pool: &str, scheme: Scheme, access: AccessKind, fs_type: Option<&str>) -> Result<()> {
+    let cannot = |reason: String| Error::CannotEncrypt { pool: pool.to_string(), reason };
+    match scheme {
+        Scheme::Luks2 => sys
+            .luks_support()
+            .map_err(|e| cannot(format!("luks2 needs cryptsetup and device-mapper, and this node cannot: {e}"))),
+        Scheme::Fscrypt if access == AccessKind::Block => Err(cannot(
+            "fscrypt encrypts files of a filesystem; a raw block volume has none: use encryption: luks2".into(),
+        )),
+        Scheme::Fscrypt if fs_type != Some("ext4") => Err(cannot(format!(
+            "fscrypt on a block volume needs ext4 (the volume's filesystem is {}): use fsType ext4, or luks2",
+            fs_type.unwrap_or("unset")
+        ))),
+        Scheme::Fscrypt => sys.ext4_encryption_support().map_err(|e| cannot(e.to_string())),
+    }
+}
+
+/// Makes the open directory `dir` (at `path`, for messages) of `volume` encrypted under
+/// `id` with fscrypt: already so is success; under another key, or holding plaintext, is
+/// refused. `dir` may be an `O_PATH` descriptor (which takes no ioctls): the directory is
+/// reopened through it, so it is the same directory, whatever its path leads to now.
+pub fn ensure_policy(sys: &dyn Syscall, volume: &str, path: &Path, dir: BorrowedFd<'_>, id: &KeyId) -> Result<()> {
+    let opened = std::fs::File::open(format!("/proc/self/fd/{}", dir.as_raw_fd())).map_err(Error::io("open", path))?;
+    let dir = opened.as_fd();
+    match sys.fscrypt_policy_key(dir).map_err(Error::io("read the encryption policy of", path))? {
+        Some(found) if found == *id => Ok(()),
+        Some(found) => Err(Error::EncryptedOtherwise {
+            volume: volume.to_string(),
+            path: path.to_path_buf(),
+            found,
+            recorded: *id,
+        }),
+        None => {
+            let mut entries =
+                std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())).map_err(Error::io("list", path))?;
+            if entries.next().is_some() {
+                return Err(Error::PlaintextInEncrypted { volume: volume.to_string(), path: path.to_path_buf() });
+            }
+            sys.fscrypt_set_policy(dir, id).map_err(Error::io("set the encryption policy of", path))
+        }
+    }
 }
 
 /// True when `encryption` is LUKS2: what a snapshot's or volume's storage holds is a
@@ -115,7 +155,8 @@ impl Ops for CryptLayer<'_> {
 
     fn open(&self, below: Option<&Path>) -> Result<PathBuf> {
         let below = self.below(below)?;
-        let key = self.key.ok_or_else(|| Error::NoKeyForLayer { volume: self.volume.id.clone() })?;
+        let key =
+            self.key.ok_or_else(|| Error::NoKeyForLayer { volume: self.volume.id.clone(), scheme: Scheme::Luks2 })?;
         match self.sys.blkid(below).map_err(Error::io("probe", below))? {
             Signature::Filesystem(found) if found == luks::SIGNATURE => {}
             Signature::None => {
@@ -222,12 +263,22 @@ mod tests {
     }
 
     #[test]
-    fn pools_offer_luks2_only_where_the_node_can_and_wipe_only_luks_storage() {
+    fn pools_encrypt_where_the_node_can_and_wipe_only_luks_storage() {
+        use crate::state::AccessKind::{Block, Mount};
         let fake = RecordingSyscall::new(FsStat::default(), "");
-        assert_eq!(offered(&fake, "img").expect("offered"), Scheme::Luks2);
+        check(&fake, "img", Scheme::Luks2, Block, None).expect("luks2 for a raw device");
+        check(&fake, "img", Scheme::Luks2, Mount, Some("xfs")).expect("luks2 under any filesystem");
+        check(&fake, "img", Scheme::Fscrypt, Mount, Some("ext4")).expect("fscrypt on ext4");
+        for (access, fs, says) in [(Block, None, "raw block"), (Mount, Some("xfs"), "needs ext4")] {
+            let err = check(&fake, "img", Scheme::Fscrypt, access, fs).expect_err("fscrypt needs ext4 files");
+            assert!(matches!(&err, Error::CannotEncrypt { .. }) && err.to_string().contains(says), "{err}");
+        }
         fake.fail("luks_support", libc::ENODEV);
-        let err = offered(&fake, "img").expect_err("no device-mapper");
-        assert!(matches!(&err, Error::CannotEncrypt { .. }) && err.to_string().contains("luks2 only"), "{err}");
+        let err = check(&fake, "img", Scheme::Luks2, Block, None).expect_err("no device-mapper");
+        assert!(matches!(&err, Error::CannotEncrypt { .. }) && err.to_string().contains("device-mapper"), "{err}");
+        fake.fail("ext4_encryption_support", libc::EOPNOTSUPP);
+        let err = check(&fake, "img", Scheme::Fscrypt, Mount, Some("ext4")).expect_err("no ext4 encryption");
+        assert!(matches!(&err, Error::CannotEncrypt { .. }), "{err}");
 
         let image = Path::new("/pool/volumes/k1.img");
         wipe_header(&fake, "vol-1", false, image).expect("plain volume");

@@ -123,11 +123,9 @@ pub enum Error {
     /// A volume records a layer of its device stack that its pool does not serve.
     #[error("volume {volume} records a {layer} layer, which pool {pool} does not serve")]
     UnservedLayer { volume: String, layer: &'static str, pool: String },
-    /// A volume's crypt layer opened without its key (only NodeStageVolume brings it).
-    #[error(
-        "volume {volume} is encrypted (luks2): opening its crypt layer needs its key, which NodeStageVolume brings"
-    )]
-    NoKeyForLayer { volume: String },
+    /// An encrypted volume staged without its key (only NodeStageVolume brings it).
+    #[error("volume {volume} is encrypted ({scheme}): unlocking it needs its key, which NodeStageVolume brings")]
+    NoKeyForLayer { volume: String, scheme: crate::crypt::Scheme },
     /// The device under a crypt layer holds something other than a LUKS header.
     #[error(
         "{device} under the crypt layer of volume {volume} holds {found}, not a LUKS2 header; berth formats only \

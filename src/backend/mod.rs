@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::state::{Enforced, SnapshotRecord, VolumeRecord};
+use crate::state::{AccessKind, Enforced, SnapshotRecord, VolumeRecord};
 
 pub use error::{Error, Result};
 pub use work::{Stop, Work};
@@ -273,10 +273,11 @@ pub trait Controller: Send + Sync {
     fn condition(&self, volume: &VolumeRecord) -> Condition;
     /// Storage in the pool that none of the `known` keys names (reported at start).
     fn unaccounted(&self, known: &HashSet<String>) -> Vec<PathBuf>;
-    /// The scheme this pool encrypts volumes with, or [`Error::CannotEncrypt`] saying why
-    /// it cannot (asked before a volume is recorded). The pool encrypts what a record's
+    /// Whether this pool can encrypt a new volume of `access` (with filesystem `fs_type`,
+    /// for block and device volumes) with `scheme`, or [`Error::CannotEncrypt`] saying why
+    /// not (asked before a volume is recorded). The pool encrypts what a record's
     /// `encryption` names: at creation, in copies and at stage.
-    fn encryption(&self) -> Result<crate::crypt::Scheme>;
+    fn check_encryption(&self, scheme: crate::crypt::Scheme, access: AccessKind, fs_type: Option<&str>) -> Result<()>;
     /// Where the keys of the pool's volumes go when they belong to its filesystem rather
     /// than to each volume (fscrypt); `None` when each volume's key goes to its own stage
     /// ([`Node::stage`]: LUKS2) or the pool does not encrypt.
@@ -330,6 +331,12 @@ pub trait Node: Send + Sync {
     fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()>;
     /// Usage of a volume mounted (or, for raw block, bound) at `volume_path`.
     fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage>;
+    /// What NodePublishVolume binds onto a pod's target for a volume staged as a
+    /// filesystem at `staging`: the staging mount itself, unless the volume's data lives
+    /// in a directory of it (an fscrypt block volume, see [`blockvol::FSCRYPT_DIR`]).
+    fn publish_from(&self, _source: StageSource<'_>, staging: &Path) -> PathBuf {
+        staging.to_path_buf()
+    }
 }
 
 /// Both sides of a pool: what the registry opens and the engine holds.

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Capability, Condition, Error, Result, Usage, blockvol};
+use crate::crypt::{Key, Scheme};
 use crate::mount::Syscall;
 use crate::state::{AccessKind, Layer, VolumeRecord};
 
@@ -131,10 +132,21 @@ impl<'a> Stack<'a> {
     }
 
     /// Opens the stack and makes its top device available at `staging` (see
-    /// [`blockvol::stage`]); a failure closes what was opened now.
-    pub fn stage(&self, sys: &dyn Syscall, staging: &Path, capability: &Capability) -> Result<()> {
+    /// [`blockvol::stage`]); an fscrypt volume's filesystem then gets `key` (see
+    /// [`blockvol::unlock_fscrypt`]). A failure unmounts and closes what was made now.
+    pub fn stage(&self, sys: &dyn Syscall, staging: &Path, capability: &Capability, key: Option<&Key>) -> Result<()> {
         let (device, opened_now) = self.open()?;
-        let result = blockvol::stage(sys, &device, staging, capability, fs_type(self.volume));
+        let fscrypt = !capability.block && is_fscrypt(self.volume);
+        let mut result = blockvol::stage(sys, &device, staging, capability, fs_type(self.volume), fscrypt);
+        if result.is_ok() && fscrypt {
+            result = match key {
+                Some(key) => blockvol::unlock_fscrypt(sys, &self.volume.id, staging, key),
+                None => Err(Error::NoKeyForLayer { volume: self.volume.id.clone(), scheme: Scheme::Fscrypt }),
+            };
+            if result.is_err() {
+                let _ = crate::mount::ops::unmount_all(sys, staging);
+            }
+        }
         if result.is_err() && opened_now {
             self.close().unwrap_or_else(|e| {
                 tracing::warn!(volume.id = %self.volume.id, error = %e, "closing the layers after a failed stage");
@@ -209,6 +221,13 @@ impl<'a> Stack<'a> {
     pub fn usage(&self, sys: &dyn Syscall, volume_path: &Path, total: u64, allocated: u64) -> Result<Usage> {
         blockvol::usage(sys, self.volume.access == AccessKind::Block, volume_path, total, allocated)
     }
+}
+
+/// Whether `volume` is encrypted with fscrypt: its filesystem holds its data in an
+/// encrypted directory.
+#[must_use]
+pub fn is_fscrypt(volume: &VolumeRecord) -> bool {
+    volume.encryption.as_ref().is_some_and(|e| e.scheme == Scheme::Fscrypt)
 }
 
 /// The filesystem of a volume in Filesystem mode.

@@ -114,17 +114,26 @@ pub fn hostpath(host: &Host, pool: &HostPathPool, recorded: usize) -> Vec<Check>
 }
 
 /// Whether this node can encrypt a block or device pool's volumes (StorageClass
-/// parameter `encryption: luks2`): cryptsetup and device-mapper. A node that cannot is
-/// fine: such volumes are refused at CreateVolume.
-fn luks(host: &Host, s: &str) -> Check {
-    match host.sys.luks_support() {
-        Ok(()) => {
-            Check::ok(s, "encryption", "luks2: volumes of StorageClasses with encryption: luks2 can be made here")
+/// parameter `encryption`): luks2 needs cryptsetup and device-mapper, fscrypt an ext4
+/// that can encrypt (for volumes mounted as ext4). A node that cannot is fine: such
+/// volumes are refused at CreateVolume.
+fn block_encryption(host: &Host, s: &str) -> Check {
+    let detail = match (host.sys.luks_support(), host.sys.ext4_encryption_support()) {
+        (Ok(()), Ok(())) => "luks2 and fscrypt: volumes of StorageClasses with encryption: luks2, or fscrypt with \
+                             fsType ext4, can be made here"
+            .to_string(),
+        (Ok(()), Err(e)) => format!(
+            "luks2: volumes of StorageClasses with encryption: luks2 can be made here; fscrypt ones are refused ({e})"
+        ),
+        (Err(e), Ok(())) => format!(
+            "fscrypt: volumes of StorageClasses with encryption: fscrypt and fsType ext4 can be made here; luks2 ones \
+             are refused ({e})"
+        ),
+        (Err(luks), Err(fscrypt)) => {
+            format!("none (luks2: {luks}; fscrypt: {fscrypt}): volumes asking for encryption are refused here")
         }
-        Err(e) => {
-            Check::ok(s, "encryption", format!("none ({e}): volumes asking for encryption: luks2 are refused here"))
-        }
-    }
+    };
+    Check::ok(s, "encryption", detail)
 }
 
 /// Whether this kernel and the pool's filesystem can encrypt its volumes (StorageClass
@@ -167,7 +176,7 @@ pub fn block(host: &Host, pool: &BlockPool, recorded: usize) -> Vec<Check> {
         Ok((check, kind, _)) => {
             out.push(check);
             out.push(reflink(s, &pool.path, kind, false));
-            out.push(luks(host, s));
+            out.push(block_encryption(host, s));
         }
         Err(c) => out.push(c),
     }
@@ -247,7 +256,7 @@ pub fn device(host: &Host, pool: &DevicePool) -> Vec<Check> {
             "remove wipe: signatures (the default is zero) unless every disk stays with one tenant",
         ),
     };
-    vec![devices, names, wipe, luks(host, s)]
+    vec![devices, names, wipe, block_encryption(host, s)]
 }
 
 fn enforcement(host: &Host, pool: &HostPathPool, kind: FsKind, mount: Option<&mountinfo::MountEntry>) -> Check {

@@ -260,6 +260,9 @@ fn block_and_device_pools_turn_missing_pieces_into_failures() {
     );
     assert!(found[3].detail.starts_with("luks2"), "{:?}", found[3]);
     sys.fail("luks_support", libc::ENODEV);
+    let fscrypt_only = pools::device(&h, disks);
+    assert!(fscrypt_only[3].detail.starts_with("fscrypt") && fscrypt_only[3].detail.contains("refused"));
+    sys.fail("ext4_encryption_support", libc::EOPNOTSUPP);
     let without = pools::device(&h, disks);
     assert_eq!(without[3].verdict, Verdict::Ok, "a pool need not encrypt");
     assert!(without[3].detail.starts_with("none") && without[3].detail.contains("refused"), "{:?}", without[3]);

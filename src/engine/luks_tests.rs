@@ -223,8 +223,10 @@ fn schemes_go_to_the_pools_that_offer_them() {
     let err = engine.create_volume(create("a", "dirs", "luks2", None)).expect_err("luks2 on hostpath");
     assert!(err.to_string().contains("not luks2"), "{err}");
     assert_eq!(code(err), Code::InvalidArgument);
-    let err = engine.create_volume(create("b", "disks", "fscrypt", None)).expect_err("fscrypt on block");
-    assert!(err.to_string().contains("luks2, not fscrypt"), "{err}");
+    let mut xfs = create("b", "disks", "fscrypt", None);
+    xfs.parameters.insert("csi.storage.k8s.io/fstype".into(), "xfs".into());
+    let err = engine.create_volume(xfs).expect_err("fscrypt on an xfs block volume");
+    assert!(err.to_string().contains("needs ext4"), "{err}");
     assert_eq!(code(err), Code::InvalidArgument);
 
     fake.fail("luks_support", libc::ENODEV);
@@ -232,6 +234,29 @@ fn schemes_go_to_the_pools_that_offer_them() {
     assert!(err.to_string().contains("cannot encrypt"), "{err}");
     assert_eq!(code(err), Code::InvalidArgument);
     assert!(engine.store.volume_by_name("c").is_none(), "nothing recorded");
+}
+
+#[test]
+fn an_fscrypt_block_volume_is_formatted_encryptable_and_published_from_its_encrypted_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = fake();
+    let engine = engine(&fake, dir.path());
+    let vol = engine.create_volume(create("pvc-f", "disks", "fscrypt", None)).expect("fscrypt on ext4");
+    assert_eq!(vol.layers, [Layer::Loop], "no crypt layer: the filesystem encrypts");
+    let staging = dir.path().join("staging");
+    engine.node_stage(&stage(&vol.id, &staging, None)).expect_err("no key");
+    assert!(!fake.calls().iter().any(|c| matches!(c, Call::Mkfs { .. })), "nothing formatted without a key");
+    engine.node_stage(&stage(&vol.id, &staging, Some(RIGHT))).expect("stage");
+    assert!(fake.calls().iter().any(|c| matches!(c, Call::Mkfs { encrypt: true, .. })), "{:?}", fake.calls());
+    let id = crate::crypt::key_id(&Key::from_bytes(RIGHT));
+    let policy = fake.calls().into_iter().find_map(|c| match c {
+        Call::SetPolicy { path, id } => Some((path, id)),
+        _ => None,
+    });
+    assert_eq!(policy, Some((staging.join("volume"), id)), "the data directory is encrypted under the volume's key");
+    let pool = engine.pool("disks").expect("pool");
+    let from = pool.publish_from(crate::backend::StageSource::Managed(&vol), &staging);
+    assert_eq!(from, staging.join("volume"), "pods get the encrypted directory, never the filesystem's root");
 }
 
 #[test]

@@ -245,7 +245,8 @@ impl Engine {
             }
         }
         super::failpoint("node.publish.bind")?;
-        ops::bind(self.sys.as_ref(), &staged_at, &req.target, flags).map_err(io_err("bind mount", &req.target))?;
+        let from = if req.capability.block { staged_at } else { pool.publish_from(source, &staged_at) };
+        ops::bind(self.sys.as_ref(), &from, &req.target, flags).map_err(io_err("bind mount", &req.target))?;
         created.keep();
         tracing::info!(volume.id = %req.volume_id, target.path = %req.target.display(), readonly = flags.readonly, "volume published");
         Ok(())

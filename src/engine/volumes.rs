@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{Capability, Engine, Error, FS_TYPES, Result, copies, encryption};
-use crate::backend::{Backend, Pool, Source, Work};
+use crate::backend::{Backend, Pool, PoolKind, Source, Work};
 use crate::crypt::{Encryption, KeyFrom, Scheme};
 use crate::ids::{self, Kind};
 use crate::state::{AccessKind, ContentSource, Phase, SnapshotRecord, VolumeRecord};
@@ -154,23 +154,16 @@ fn fit_filesystem(size: u64, fs_type: Option<&str>, limit_bytes: u64) -> Result<
     Ok(min)
 }
 
-/// Whether `pool` encrypts with `scheme`: INVALID_ARGUMENT saying why not.
-fn check_scheme(pool: &crate::backend::Pool, scheme: Scheme) -> Result<()> {
-    let cannot = |reason: String| crate::backend::Error::CannotEncrypt { pool: pool.name().to_string(), reason };
-    let offered = pool.encryption()?;
-    if offered != scheme {
-        return Err(cannot(format!("it encrypts with {offered}, not {scheme}")).into());
-    }
-    Ok(())
-}
-
 /// The encryption of a new volume: what its StorageClass asks for, with the key its
 /// source is under (a copy of encrypted content stays under that key), or the request's
-/// key, or none yet (an empty volume gets its key at its first stage).
+/// key, or none yet (an empty volume gets its key at its first stage). `copies_blocks`:
+/// the pool copies a source's blocks (block and device pools), so a plaintext source
+/// cannot become an encrypted copy.
 fn encryption_of_new(
     req: &CreateVolume,
     scheme: Option<Scheme>,
     source: Option<Source<'_>>,
+    copies_blocks: bool,
 ) -> Result<Option<Encryption>> {
     let (what, from) = match source {
         Some(Source::Snapshot(s)) => (format!("snapshot {}", s.id), s.encryption.clone()),
@@ -196,10 +189,12 @@ fn encryption_of_new(
             }
             Ok(Some(Encryption { scheme, key_id: e.key_id }))
         }
-        (Some(Scheme::Luks2), None) if source.is_some() => Err(Error::BadRequest(format!(
-            "source {what} is not encrypted: a luks2 volume is a copy of its source's blocks, which would stay \
-             plaintext; copy the data into a new luks2 volume from inside a pod instead"
-        ))),
+        (Some(scheme), None) if source.is_some() && (scheme == Scheme::Luks2 || copies_blocks) => {
+            Err(Error::BadRequest(format!(
+                "source {what} is not encrypted: a {scheme} block volume is a copy of its source's blocks, which \
+                 would stay plaintext; copy the data into a new {scheme} volume from inside a pod instead"
+            )))
+        }
         (Some(scheme), None) => {
             if source.is_some() && given.is_none() {
                 // Plaintext copied into an encrypted volume: encrypted as it is written,
@@ -230,12 +225,12 @@ impl Engine {
         }
         let scheme = Scheme::from_parameter(req.parameters.get(crate::crypt::PARAMETER).map(String::as_str))
             .map_err(Error::BadRequest)?;
-        if let Some(scheme) = scheme {
-            check_scheme(&pool, scheme)?;
-        }
         let size = volume_size(&req, self.config.default_volume_size.0)?;
         let access = if req.capabilities.iter().any(|c| c.block) { AccessKind::Block } else { AccessKind::Mount };
         let fs_type = choose_fs_type(pool.as_ref(), &req, access)?;
+        if let Some(scheme) = scheme {
+            pool.check_encryption(scheme, access, fs_type.as_deref())?;
+        }
         let size = fit_filesystem(size, fs_type.as_deref(), req.limit_bytes)?;
         // A shared pool's volumes are reachable from every node: any topology fits.
         if let Some(allowed) = &req.allowed_nodes
@@ -311,7 +306,8 @@ impl Engine {
             }
             let mut record = self.new_volume_record(&req, pool.as_ref(), size, access, fs_type);
             // The key's identifier is recorded with the intent, before the key is used.
-            record.encryption = encryption_of_new(&req, scheme, source)?;
+            let copies_blocks = matches!(pool.info().kind, PoolKind::Block | PoolKind::Device);
+            record.encryption = encryption_of_new(&req, scheme, source, copies_blocks)?;
             if let Some(id) = encryption::key_of(&record).filter(|_| pool.keyring().is_some()) {
                 self.check_hold(&pool, &record, id, req.key.as_deref(), KeyFrom::CreateVolume)?;
             }

@@ -82,6 +82,7 @@ pub enum Call {
     Mkfs {
         device: PathBuf,
         fs_type: String,
+        encrypt: bool,
     },
     GrowFs {
         fs_type: String,
@@ -462,8 +463,8 @@ impl Syscall for RecordingSyscall {
         })
     }
 
-    fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()> {
-        self.record("mkfs", Call::Mkfs { device: device.into(), fs_type: fs_type.into() })?;
+    fn mkfs(&self, device: &Path, fs_type: &str, encrypt: bool) -> io::Result<()> {
+        self.record("mkfs", Call::Mkfs { device: device.into(), fs_type: fs_type.into(), encrypt })?;
         self.lock().signatures.insert(device.to_path_buf(), Signature::Filesystem(fs_type.into()));
         Ok(())
     }
@@ -542,6 +543,10 @@ impl Syscall for RecordingSyscall {
 
     fn luks_support(&self) -> io::Result<()> {
         self.check("luks_support")
+    }
+
+    fn ext4_encryption_support(&self) -> io::Result<()> {
+        self.check("ext4_encryption_support")
     }
 
     /// Writes the header the fake's blkid reports afterwards, remembering which key opens it.

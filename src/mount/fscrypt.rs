@@ -172,6 +172,23 @@ pub fn unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOTTY))
 }
 
+/// Where the kernel lists ext4's optional features; `encryption` is there when it was
+/// built with fscrypt (CONFIG_FS_ENCRYPTION).
+const EXT4_FEATURES: &str = "/sys/fs/ext4/features";
+
+/// Whether this kernel's ext4 can encrypt; the error says why not.
+pub fn ext4_support() -> io::Result<()> {
+    let feature = std::path::Path::new(EXT4_FEATURES).join("encryption");
+    match feature.try_exists() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("this kernel's ext4 has no fscrypt ({} is missing)", feature.display()),
+        )),
+        Err(e) => Err(io::Error::new(e.kind(), format!("reading {}: {e}", feature.display()))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;

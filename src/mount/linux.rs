@@ -213,8 +213,8 @@ impl Syscall for LinuxSyscall {
         tools::fs_uuid(device)
     }
 
-    fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()> {
-        tools::mkfs(device, fs_type)
+    fn mkfs(&self, device: &Path, fs_type: &str, encrypt: bool) -> io::Result<()> {
+        tools::mkfs(device, fs_type, encrypt)
     }
 
     fn grow_fs(&self, fs_type: &str, device: &Path, mount_point: &Path) -> io::Result<()> {
@@ -298,6 +298,10 @@ impl Syscall for LinuxSyscall {
 
     fn luks_support(&self) -> io::Result<()> {
         luks::support()
+    }
+
+    fn ext4_encryption_support(&self) -> io::Result<()> {
+        fscrypt::ext4_support()
     }
 
     fn luks_format(&self, device: &Path, key: &crate::crypt::Key) -> io::Result<()> {

@@ -144,8 +144,8 @@ pub trait Syscall: Send + Sync {
     fn blkid(&self, device: &Path) -> io::Result<Signature>;
     /// The UUID of the filesystem on a device, `None` when it holds none.
     fn fs_uuid(&self, device: &Path) -> io::Result<Option<String>>;
-    /// Formats a device.
-    fn mkfs(&self, device: &Path, fs_type: &str) -> io::Result<()>;
+    /// Formats a device; `encrypt` turns on the filesystem's fscrypt feature (ext4 only).
+    fn mkfs(&self, device: &Path, fs_type: &str, encrypt: bool) -> io::Result<()>;
     /// Grows a mounted filesystem to fill its device.
     fn grow_fs(&self, fs_type: &str, device: &Path, mount_point: &Path) -> io::Result<()>;
     /// Grows an unmounted filesystem to fill its device when it is smaller; true if it grew.
@@ -178,6 +178,8 @@ pub trait Syscall: Send + Sync {
     /// Whether this node can open LUKS2 containers (cryptsetup installed, device-mapper
     /// in the kernel); the error says what it lacks.
     fn luks_support(&self) -> io::Result<()>;
+    /// Whether this kernel's ext4 can encrypt directories (fscrypt); the error says why not.
+    fn ext4_encryption_support(&self) -> io::Result<()>;
     /// Writes a LUKS2 header on `device` with one keyslot that `key` opens.
     fn luks_format(&self, device: &Path, key: &crate::crypt::Key) -> io::Result<()>;
     /// Opens the LUKS2 container on `device` as `/dev/mapper/<name>`; PermissionDenied

@@ -84,14 +84,22 @@ pub fn parse_blkid(text: &str) -> Signature {
     Signature::PartitionTable("unknown".to_string())
 }
 
-/// Formats `device` with `fs_type` (ext4, xfs or btrfs).
-pub fn mkfs(device: &Path, fs_type: &str) -> io::Result<()> {
-    let (program, flags): (&str, &[&str]) = match fs_type {
+/// Formats `device` with `fs_type` (ext4, xfs or btrfs); `encrypt` formats ext4 with its
+/// `encrypt` feature, which fscrypt needs (xfs and btrfs have none).
+pub fn mkfs(device: &Path, fs_type: &str, encrypt: bool) -> io::Result<()> {
+    let (program, flags): (&str, &[&str]) = match (fs_type, encrypt) {
         // No discard pass: a fresh image is sparse and a wiped device was discarded already.
-        "ext4" => ("mkfs.ext4", &["-q", "-F", "-E", "nodiscard"]),
-        "xfs" => ("mkfs.xfs", &["-q", "-f", "-K"]),
-        "btrfs" => ("mkfs.btrfs", &["-q", "-f", "-K"]),
-        other => return Err(unsupported(other)),
+        ("ext4", false) => ("mkfs.ext4", &["-q", "-F", "-E", "nodiscard"]),
+        ("ext4", true) => ("mkfs.ext4", &["-q", "-F", "-E", "nodiscard", "-O", "encrypt"]),
+        ("xfs", false) => ("mkfs.xfs", &["-q", "-f", "-K"]),
+        ("btrfs", false) => ("mkfs.btrfs", &["-q", "-f", "-K"]),
+        (other, true) => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{other} cannot be encrypted with fscrypt"),
+            ));
+        }
+        (other, false) => return Err(unsupported(other)),
     };
     let mut args: Vec<&std::ffi::OsStr> = flags.iter().map(std::ffi::OsStr::new).collect();
     args.push(device.as_os_str());
@@ -198,7 +206,16 @@ mod tests {
     #[test]
     fn only_known_filesystems_are_formatted() {
         for bad in ["ext4;id", "ntfs", "", "../xfs"] {
-            assert_eq!(mkfs(Path::new("/dev/null"), bad).unwrap_err().kind(), io::ErrorKind::InvalidInput, "{bad}");
+            assert_eq!(
+                mkfs(Path::new("/dev/null"), bad, false).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput,
+                "{bad}"
+            );
+            assert_eq!(
+                mkfs(Path::new("/dev/null"), bad, true).unwrap_err().kind(),
+                io::ErrorKind::Unsupported,
+                "{bad}"
+            );
             assert_eq!(
                 grow(bad, Path::new("/dev/null"), Path::new("/")).unwrap_err().kind(),
                 io::ErrorKind::InvalidInput

@@ -264,8 +264,8 @@ impl Controller for DevicePool {
     }
 
     /// LUKS2, where this node has cryptsetup and device-mapper.
-    fn encryption(&self) -> Result<Scheme> {
-        crypt::offered(self.sys.as_ref(), &self.info.name)
+    fn check_encryption(&self, scheme: Scheme, access: AccessKind, fs_type: Option<&str>) -> Result<()> {
+        crypt::check(self.sys.as_ref(), &self.info.name, scheme, access, fs_type)
     }
 
     /// Each volume's key goes to its crypt layer at stage.
@@ -285,7 +285,7 @@ impl Node for DevicePool {
 
     fn stage(&self, source: StageSource<'_>, staging: &Path, capability: &Capability, key: Option<&Key>) -> Result<()> {
         // Opening the disk layer checks the disk is present and is the recorded one.
-        self.stack_with(self.managed(source)?, key)?.stage(self.sys.as_ref(), staging, capability)
+        self.stack_with(self.managed(source)?, key)?.stage(self.sys.as_ref(), staging, capability, key)
     }
 
     /// Records the UUID of the filesystem on a filesystem volume's disk, once there is one.
@@ -320,6 +320,10 @@ impl Node for DevicePool {
     fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()> {
         self.present(volume)?;
         self.stack(volume)?.expand(self.sys.as_ref(), volume_path)
+    }
+
+    fn publish_from(&self, source: StageSource<'_>, staging: &Path) -> PathBuf {
+        blockvol::publish_from(source, staging)
     }
 
     fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage> {

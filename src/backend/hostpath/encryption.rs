@@ -7,7 +7,7 @@
 //! Deleting needs no key: the kernel unlinks encrypted names without it.
 
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use super::HostPath;
@@ -22,34 +22,12 @@ pub(super) fn key_of(volume: &VolumeRecord) -> Option<KeyId> {
 }
 
 impl HostPath {
-    /// Makes the open directory `dir` (at `path`, for messages) encrypted under `id`:
-    /// already so is success; under another key, or holding plaintext, is refused.
-    /// `dir` may be an `O_PATH` descriptor (which takes no ioctls): the directory is
-    /// reopened through it, so it is the same directory, whatever its path leads to now.
+    /// Makes the open directory `dir` (at `path`, for messages) encrypted under `id`; see
+    /// [`crate::backend::crypt::ensure_policy`].
     pub(super) fn ensure_policy(&self, volume: &str, path: &Path, dir: BorrowedFd<'_>, id: &KeyId) -> Result<()> {
-        let opened = fs::File::open(format!("/proc/self/fd/{}", dir.as_raw_fd())).map_err(Error::io("open", path))?;
-        let dir = opened.as_fd();
-        match self.sys.fscrypt_policy_key(dir).map_err(Error::io("read the encryption policy of", path))? {
-            Some(found) if found == *id => Ok(()),
-            Some(found) => Err(Error::EncryptedOtherwise {
-                volume: volume.to_string(),
-                path: path.to_path_buf(),
-                found,
-                recorded: *id,
-            }),
-            None => {
-                let mut entries =
-                    fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())).map_err(Error::io("list", path))?;
-                if entries.next().is_some() {
-                    return Err(Error::PlaintextInEncrypted { volume: volume.to_string(), path: path.to_path_buf() });
-                }
-                self.sys.fscrypt_set_policy(dir, id).map_err(Error::io("set the encryption policy of", path))
-            }
-        }
+        crate::backend::crypt::ensure_policy(self.sys.as_ref(), volume, path, dir, id)
     }
-}
 
-impl HostPath {
     /// fscrypt when the pool's filesystem can encrypt, else why not.
     pub(super) fn scheme(&self) -> Result<Scheme> {
         let root = fs::File::open(&self.root).map_err(Error::io("open pool directory", &self.root))?;

@@ -27,7 +27,7 @@ use crate::mount::ops;
 use crate::mount::{Syscall, mountinfo};
 use crate::progress::Progress;
 use crate::safepath;
-use crate::state::{Enforced, SnapshotMethod, SnapshotRecord, VolumeRecord};
+use crate::state::{AccessKind, Enforced, SnapshotMethod, SnapshotRecord, VolumeRecord};
 use enforcement::{Mode, detect_mode};
 use nested::{NestedWatch, adopt_nested, nested_subvolumes, refuse_nested};
 
@@ -380,8 +380,14 @@ impl Controller for HostPath {
     }
 
     /// fscrypt, where the pool's filesystem can.
-    fn encryption(&self) -> Result<crate::crypt::Scheme> {
-        self.scheme()
+    fn check_encryption(&self, scheme: crate::crypt::Scheme, _: AccessKind, _: Option<&str>) -> Result<()> {
+        match self.scheme()? {
+            offered if offered == scheme => Ok(()),
+            offered => Err(Error::CannotEncrypt {
+                pool: self.info.name.clone(),
+                reason: format!("it encrypts with {offered}, not {scheme}"),
+            }),
+        }
     }
 
     /// fscrypt keys belong to the pool's filesystem.

@@ -28,7 +28,7 @@ use crate::config::OnDelete;
 use crate::mount::{MsFlags, mountinfo, ops};
 use crate::nfs::{self, FileType, SetAttr};
 use crate::safepath;
-use crate::state::{Enforced, Phase, SnapshotMethod, SnapshotRecord, VolumeRecord};
+use crate::state::{AccessKind, Enforced, Phase, SnapshotMethod, SnapshotRecord, VolumeRecord};
 
 use crate::config::mount_options::Options;
 use crate::config::template;
@@ -284,7 +284,7 @@ impl Controller for NfsPool {
     }
 
     /// Its volumes are not encrypted at rest.
-    fn encryption(&self) -> Result<crate::crypt::Scheme> {
+    fn check_encryption(&self, _: crate::crypt::Scheme, _: AccessKind, _: Option<&str>) -> Result<()> {
         Err(super::Error::CannotEncrypt {
             pool: self.info.name.clone(),
             reason: "nfs pools do not encrypt; hostpath pools (fscrypt) and block and device pools (luks2) do".into(),
