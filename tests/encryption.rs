@@ -286,3 +286,171 @@ async fn a_crash_between_adding_the_key_and_the_mount_leaves_no_key_behind() {
     b.controller.delete_volume(pb::DeleteVolumeRequest { volume_id: id, ..Default::default() }).await.expect("delete");
     b.stop();
 }
+
+/// A capability for a volume mounted as `fs_type`.
+fn fs_cap(fs_type: &str) -> pb::VolumeCapability {
+    let mut cap = rwo();
+    cap.access_type = Some(pb::volume_capability::AccessType::Mount(pb::volume_capability::MountVolume {
+        fs_type: fs_type.into(),
+        ..Default::default()
+    }));
+    cap
+}
+
+fn with_source(mut req: pb::CreateVolumeRequest, source: pb::volume_content_source::Type) -> pb::CreateVolumeRequest {
+    req.volume_content_source = Some(pb::VolumeContentSource { r#type: Some(source) });
+    req
+}
+
+/// Stages `volume_id` as ext4 with `key` and publishes it at `target`.
+async fn stage_and_publish(
+    b: &mut Berth,
+    volume_id: &str,
+    staging: &Path,
+    target: &Path,
+    key: &str,
+) -> Result<(), tonic::Status> {
+    let mut stage = stage_req(volume_id, staging, Some(key));
+    stage.volume_capability = Some(fs_cap("ext4"));
+    b.node.node_stage_volume(stage).await?;
+    let publish = pb::NodePublishVolumeRequest {
+        volume_id: volume_id.to_string(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(fs_cap("ext4")),
+        ..Default::default()
+    };
+    b.node.node_publish_volume(publish).await.map(|_| ())
+}
+
+async fn unpublish_and_unstage(b: &mut Berth, volume_id: &str, staging: &Path, target: &Path) {
+    b.node
+        .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: volume_id.to_string(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .expect("unpublish");
+    unstage(b, volume_id, staging).await;
+}
+
+#[tokio::test]
+async fn an_fscrypt_block_volume_holds_only_ciphertext_in_its_image() {
+    let test = "an_fscrypt_block_volume_holds_only_ciphertext_in_its_image";
+    if !require_root(test) {
+        return;
+    }
+    if !Path::new("/sys/fs/ext4/features/encryption").exists() {
+        println!("SKIPPED: {test}: this kernel's ext4 has no fscrypt (/sys/fs/ext4/features/encryption)");
+        return;
+    }
+    let scratch = Scratch::new();
+    let images = scratch.path().join("images");
+    let config = format!(
+        "stateDir: {}\npools:\n  - name: img\n    type: block\n    path: {}\n    createPath: true\n",
+        scratch.path().join("state").display(),
+        images.display()
+    );
+    let mut b = Berth::start(scratch.path(), &config, "node-a", &[]).await;
+    let block_volume = |name: &str, fs_type: &str, key: Option<&str>| {
+        let mut req = encrypted(name, key);
+        req.capacity_range = Some(pb::CapacityRange { required_bytes: 64 * MIB, limit_bytes: 0 });
+        req.volume_capabilities = vec![fs_cap(fs_type)];
+        req
+    };
+
+    // fscrypt encrypts files: a raw device or a filesystem other than ext4 is refused.
+    let mut raw = block_volume("pvc-raw", "ext4", Some(KEY));
+    raw.volume_capabilities[0].access_type =
+        Some(pb::volume_capability::AccessType::Block(pb::volume_capability::BlockVolume {}));
+    let refused = b.controller.create_volume(raw).await.expect_err("raw block");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("luks2"), "{}", refused.message());
+    let refused = b.controller.create_volume(block_volume("pvc-xfs", "xfs", Some(KEY))).await.expect_err("xfs");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("needs ext4"), "{}", refused.message());
+
+    let id = b
+        .controller
+        .create_volume(block_volume("pvc-block-ledger", "ext4", None))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .expect("volume")
+        .volume_id;
+    let image = images.join("volumes").join(format!("{}.img", key_of(&id)));
+    let (staging, target) = (scratch.path().join("staging"), scratch.path().join("target"));
+    let mut keyless = stage_req(&id, &staging, None);
+    keyless.volume_capability = Some(fs_cap("ext4"));
+    assert_eq!(code(b.node.node_stage_volume(keyless).await), Code::InvalidArgument);
+
+    stage_and_publish(&mut b, &id, &staging, &target, KEY).await.expect("stage and publish with the key");
+    assert_eq!(names_in(&staging), ["lost+found", "volume"], "the data lives in the encrypted directory");
+    fs::write(target.join(FILE_NAME), PLAINTEXT.repeat(100)).expect("write through the pod's target");
+    unpublish_and_unstage(&mut b, &id, &staging, &target).await;
+    assert!(mounts_below(scratch.path()).is_empty(), "unstaged: nothing mounted, the key left with the filesystem");
+    let bytes = fs::read(&image).expect("read the image");
+    assert!(!contains(&bytes, PLAINTEXT.as_bytes()), "the plaintext is in the image");
+    assert!(!contains(&bytes, FILE_NAME.as_bytes()), "the file name is in the image");
+
+    let wrong = stage_and_publish(&mut b, &id, &staging, &target, &other_key()).await.expect_err("wrong key");
+    assert_eq!(wrong.code(), Code::PermissionDenied);
+    assert!(mounts_below(scratch.path()).is_empty(), "a refused stage mounts nothing");
+    stage_and_publish(&mut b, &id, &staging, &target, KEY).await.expect("stage with the key");
+    assert_eq!(fs::read_to_string(target.join(FILE_NAME)).expect("read"), PLAINTEXT.repeat(100));
+
+    // A snapshot copies the image's ciphertext; its restore needs the key to read it.
+    let snap = b
+        .controller
+        .create_snapshot(pb::CreateSnapshotRequest {
+            source_volume_id: id.clone(),
+            name: "snap-block-ledger".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("snapshot while published")
+        .into_inner()
+        .snapshot
+        .expect("snapshot");
+    unpublish_and_unstage(&mut b, &id, &staging, &target).await;
+    use pb::volume_content_source::{SnapshotSource, Type, VolumeSource};
+    let from_snap = Type::Snapshot(SnapshotSource { snapshot_id: snap.snapshot_id.clone() });
+    let restored = b
+        .controller
+        .create_volume(with_source(block_volume("pvc-block-restored", "ext4", Some(KEY)), from_snap))
+        .await
+        .expect("restore")
+        .into_inner()
+        .volume
+        .expect("volume")
+        .volume_id;
+    let wrong = stage_and_publish(&mut b, &restored, &staging, &target, &other_key()).await.expect_err("wrong");
+    assert_eq!(wrong.code(), Code::PermissionDenied);
+    stage_and_publish(&mut b, &restored, &staging, &target, KEY).await.expect("stage the restore");
+    assert_eq!(fs::read_to_string(target.join(FILE_NAME)).expect("read the restore"), PLAINTEXT.repeat(100));
+    unpublish_and_unstage(&mut b, &restored, &staging, &target).await;
+
+    // A plaintext block volume cannot become an encrypted copy: its blocks would stay plaintext.
+    let mut plain = create_req("pvc-block-plain", 64 * MIB);
+    plain.volume_capabilities = vec![fs_cap("ext4")];
+    let plain = b.controller.create_volume(plain).await.expect("plain").into_inner().volume.expect("volume").volume_id;
+    let from_plain = Type::Volume(VolumeSource { volume_id: plain.clone() });
+    let refused = b
+        .controller
+        .create_volume(with_source(block_volume("pvc-block-clone", "ext4", Some(KEY)), from_plain))
+        .await
+        .expect_err("plaintext clone");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("would stay plaintext"), "{}", refused.message());
+
+    for volume_id in [restored, plain, id] {
+        b.controller.delete_volume(pb::DeleteVolumeRequest { volume_id, ..Default::default() }).await.expect("delete");
+    }
+    b.controller
+        .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id, ..Default::default() })
+        .await
+        .expect("delete the snapshot");
+    b.stop();
+    assert!(!b.logs().contains(KEY), "a key is in the log");
+}

@@ -483,6 +483,19 @@ async fn every_rpc_answers_hostile_input_with_the_exact_code() {
         r.parameters.insert(k.into(), v.into());
         t.check(&format!("CreateVolume parameter {k}={v}"), c.create_volume(r).await, Code::InvalidArgument);
     }
+    // Encryption keys that are not 128 hex digits, built around the sentinel: refused
+    // whatever the scheme and whether or not the pool can encrypt, and never echoed.
+    let padded = |fill: char, len: usize| format!("{SECRET}{}", fill.to_string().repeat(len - SECRET.len()));
+    for (scheme, key) in [("fscrypt", SECRET.to_string()), ("fscrypt", padded('a', 128)), ("luks2", padded('0', 127))] {
+        let mut r = create_req("hostile-key", 1 << 20);
+        r.parameters.insert("encryption".into(), scheme.into());
+        r.secrets = [("encryptionKey".to_string(), key)].into();
+        t.check(
+            &format!("CreateVolume {scheme} with a malformed key"),
+            c.create_volume(r).await,
+            Code::InvalidArgument,
+        );
+    }
     // Maps over 4 KiB.
     let big: HashMap<String, String> = [("k".to_string(), "v".repeat(5000))].into();
     let mut r = create_req("big", 1 << 20);
