@@ -1,5 +1,6 @@
 //! Crash consistency: berth is SIGKILLed at every fault point of a full volume lifecycle
-//! (hostPath on btrfs, block and device volumes: create, stage, publish, snapshot, restore,
+//! (hostPath on btrfs, block volumes encrypted with fscrypt, device volumes: create,
+//! stage, publish, snapshot, restore,
 //! expand and their reverses; a restore onto a device is killed after its disk is recorded
 //! and in the middle of the copy), restarted, and the interrupted call replayed the way the
 //! CO would. Every replay must succeed (creates with the same ID), no data may be lost, and
@@ -22,6 +23,12 @@ use berth::csi::pb;
 use common::*;
 
 const MIB: i64 = 1 << 20;
+/// The key of the encrypted block volume (128 hex digits, as a Secret holds it).
+const KEY: &str = "7c6b5a4938271605f4e3d2c1b0a998877c6b5a4938271605f4e3d2c1b0a998877c6b5a4938271605f4e3d2c1b0a998877c6b5a4938271605f4e3d2c1b0a99887";
+
+fn key_secret() -> std::collections::HashMap<String, String> {
+    [("encryptionKey".to_string(), KEY.to_string())].into()
+}
 
 struct Run {
     b: Berth,
@@ -59,7 +66,14 @@ fn req(name: &str, bytes: i64, pool: &str) -> pb::CreateVolumeRequest {
     r
 }
 
-async fn stage_publish(run: &mut Run, id: &str, staging: &Path, target: &Path) {
+/// Stages (with the volume's key in `secrets` when it is encrypted) and publishes.
+async fn stage_publish_with(
+    run: &mut Run,
+    id: &str,
+    staging: &Path,
+    target: &Path,
+    secrets: std::collections::HashMap<String, String>,
+) {
     let (id2, st, tg) = (id.to_string(), staging.display().to_string(), target.display().to_string());
     run.step("NodeStageVolume", async |b: &mut Berth| {
         b.node
@@ -67,6 +81,7 @@ async fn stage_publish(run: &mut Run, id: &str, staging: &Path, target: &Path) {
                 volume_id: id2.clone(),
                 staging_target_path: st.clone(),
                 volume_capability: Some(fs_cap()),
+                secrets: secrets.clone(),
                 ..Default::default()
             })
             .await
@@ -84,6 +99,10 @@ async fn stage_publish(run: &mut Run, id: &str, staging: &Path, target: &Path) {
             .await
     })
     .await;
+}
+
+async fn stage_publish(run: &mut Run, id: &str, staging: &Path, target: &Path) {
+    stage_publish_with(run, id, staging, target, Default::default()).await;
 }
 
 async fn unpublish_unstage(run: &mut Run, id: &str, staging: &Path, target: &Path) {
@@ -162,7 +181,12 @@ async fn lifecycle(
     let v_hp_dir = hp.join("volumes").join(v_hp.rsplit(':').next().expect("key"));
     let mode = fs::metadata(&v_hp_dir).expect("volume directory").permissions().mode() & 0o7777;
     assert_eq!(mode, 0o777, "a new volume is writable by any pod user, crash or not (faults {faults:?})");
-    let v_blk = create(&mut run, req("v-blk", 32 * MIB, "blk")).await;
+    // The block volume is encrypted with fscrypt: its key reaches its filesystem between
+    // the mount and the publish, where a crash may land too.
+    let mut encrypted = req("v-blk", 32 * MIB, "blk");
+    encrypted.parameters.insert("encryption".into(), "fscrypt".into());
+    encrypted.parameters.insert("csi.storage.k8s.io/fstype".into(), "ext4".into());
+    let v_blk = create(&mut run, encrypted).await;
     let v_dev = create(&mut run, req("v-dev", 16 * MIB, "dev")).await;
     let paths = |name: &str| (dir.join(format!("staging-{name}")), dir.join(format!("pods/{name}/mount")));
     fs::create_dir_all(dir.join("pods/hp")).expect("mkdir");
@@ -173,7 +197,7 @@ async fn lifecycle(
     let (s_blk, t_blk) = paths("blk");
     stage_publish(&mut run, &v_hp, &s_hp, &t_hp).await;
     fs::write(t_hp.join("a"), b"hostpath data").expect("write");
-    stage_publish(&mut run, &v_blk, &s_blk, &t_blk).await;
+    stage_publish_with(&mut run, &v_blk, &s_blk, &t_blk, key_secret()).await;
     fs::write(t_blk.join("b"), b"block data").expect("write");
     let (s_dev, t_dev) = paths("dev");
     stage_publish(&mut run, &v_dev, &s_dev, &t_dev).await;
@@ -215,6 +239,9 @@ async fn lifecycle(
     let r_dev = create(&mut run, restore_dev).await;
     unpublish_unstage(&mut run, &v_hp, &s_hp, &t_hp).await;
     unpublish_unstage(&mut run, &v_blk, &s_blk, &t_blk).await;
+    let image = blk.join("volumes").join(format!("{}.img", v_blk.rsplit(':').next().expect("key")));
+    let bytes = fs::read(&image).expect("read the block image");
+    assert!(!bytes.windows(10).any(|w| w == b"block data"), "the encrypted volume's plaintext is in its image");
     let (s_r, t_r) = paths("restored");
     stage_publish(&mut run, &r_hp, &s_r, &t_r).await;
     assert_eq!(fs::read(t_r.join("a")).expect("restored data"), b"hostpath data");

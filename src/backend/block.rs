@@ -368,6 +368,10 @@ impl Node for BlockPool {
         blockvol::publish_from(source, staging)
     }
 
+    fn finish_stage(&self, source: StageSource<'_>, staging: &Path, key: Option<&Key>) -> Result<()> {
+        self.stack(self.managed(source)?)?.unlock(self.sys.as_ref(), staging, key)
+    }
+
     fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage> {
         let image = self.image(&volume.key);
         let meta = fs::metadata(&image).map_err(Error::io("stat image", &image))?;

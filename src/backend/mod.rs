@@ -331,6 +331,13 @@ pub trait Node: Send + Sync {
     fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()>;
     /// Usage of a volume mounted (or, for raw block, bound) at `volume_path`.
     fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage>;
+    /// Finishes the stage of a volume whose storage is already mounted at `staging` (a
+    /// retry, or a replay after a crash between the mount and the stage's last step):
+    /// an fscrypt block volume's key and encrypted directory (see
+    /// [`blockvol::unlock_fscrypt`]). Nothing for other pools.
+    fn finish_stage(&self, _source: StageSource<'_>, _staging: &Path, _key: Option<&crate::crypt::Key>) -> Result<()> {
+        Ok(())
+    }
     /// What NodePublishVolume binds onto a pod's target for a volume staged as a
     /// filesystem at `staging`: the staging mount itself, unless the volume's data lives
     /// in a directory of it (an fscrypt block volume, see [`blockvol::FSCRYPT_DIR`]).

@@ -139,10 +139,7 @@ impl<'a> Stack<'a> {
         let fscrypt = !capability.block && is_fscrypt(self.volume);
         let mut result = blockvol::stage(sys, &device, staging, capability, fs_type(self.volume), fscrypt);
         if result.is_ok() && fscrypt {
-            result = match key {
-                Some(key) => blockvol::unlock_fscrypt(sys, &self.volume.id, staging, key),
-                None => Err(Error::NoKeyForLayer { volume: self.volume.id.clone(), scheme: Scheme::Fscrypt }),
-            };
+            result = self.unlock(sys, staging, key);
             if result.is_err() {
                 let _ = crate::mount::ops::unmount_all(sys, staging);
             }
@@ -153,6 +150,20 @@ impl<'a> Stack<'a> {
             });
         }
         result
+    }
+
+    /// Gives an fscrypt volume's filesystem, mounted at `staging`, its key and encrypted
+    /// directory (see [`blockvol::unlock_fscrypt`]); nothing for other volumes. Also what
+    /// a stage that finds the filesystem mounted already does: the mount may have been
+    /// made by a call that died before this step.
+    pub fn unlock(&self, sys: &dyn Syscall, staging: &Path, key: Option<&Key>) -> Result<()> {
+        if !is_fscrypt(self.volume) || self.volume.access == AccessKind::Block {
+            return Ok(());
+        }
+        match key {
+            Some(key) => blockvol::unlock_fscrypt(sys, &self.volume.id, staging, key),
+            None => Err(Error::NoKeyForLayer { volume: self.volume.id.clone(), scheme: Scheme::Fscrypt }),
+        }
     }
 
     /// Closes the stack once nothing mounts or binds its top device any more.

@@ -105,17 +105,17 @@ impl Engine {
         self.clear_stale_mount(&req.staging)?;
         let created = prepare_dir(self, "staging_target_path", &req.staging)?;
         let staged_at = backend::publish_source(&req.staging, req.capability.block);
-        if ops::is_mount_point(self.sys.as_ref(), &staged_at).map_err(io_err("read mount table", &staged_at))? {
-            if pool.is_mounted_at(source, &staged_at)? {
-                return Ok(());
-            }
-            return Err(Error::Occupied { occupant: "another volume", field: "staging path", path: staged_at });
-        }
-        super::failpoint("node.stage.mount")?;
         let key = match source {
             StageSource::Managed(record) if record.encryption.is_some() => req.key.as_deref(),
             _ => None,
         };
+        if ops::is_mount_point(self.sys.as_ref(), &staged_at).map_err(io_err("read mount table", &staged_at))? {
+            if pool.is_mounted_at(source, &staged_at)? {
+                return pool.finish_stage(source, &req.staging, key).map_err(Error::from);
+            }
+            return Err(Error::Occupied { occupant: "another volume", field: "staging path", path: staged_at });
+        }
+        super::failpoint("node.stage.mount")?;
         pool.stage(source, &req.staging, &req.capability, key)?;
         created.keep();
         if let StageSource::Managed(record) = source {

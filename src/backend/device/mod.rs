@@ -326,6 +326,10 @@ impl Node for DevicePool {
         blockvol::publish_from(source, staging)
     }
 
+    fn finish_stage(&self, source: StageSource<'_>, staging: &Path, key: Option<&Key>) -> Result<()> {
+        self.stack(self.managed(source)?)?.unlock(self.sys.as_ref(), staging, key)
+    }
+
     fn usage(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<Usage> {
         let device = self.present(volume)?;
         let size = self.sys.device_size(&device).map_err(Error::io("device size", &device))?;
