@@ -397,8 +397,30 @@ async fn an_fscrypt_block_volume_holds_only_ciphertext_in_its_image() {
     let wrong = stage_and_publish(&mut b, &id, &staging, &target, &other_key()).await.expect_err("wrong key");
     assert_eq!(wrong.code(), Code::PermissionDenied);
     assert!(mounts_below(scratch.path()).is_empty(), "a refused stage mounts nothing");
+    // Expansion and stats work as for plaintext volumes: grown while unstaged, the
+    // filesystem fills its new size at the next stage.
+    b.controller
+        .controller_expand_volume(pb::ControllerExpandVolumeRequest {
+            volume_id: id.clone(),
+            capacity_range: Some(pb::CapacityRange { required_bytes: 128 * MIB, limit_bytes: 0 }),
+            ..Default::default()
+        })
+        .await
+        .expect("expand");
     stage_and_publish(&mut b, &id, &staging, &target, KEY).await.expect("stage with the key");
     assert_eq!(fs::read_to_string(target.join(FILE_NAME)).expect("read"), PLAINTEXT.repeat(100));
+    let stats = b
+        .node
+        .node_get_volume_stats(pb::NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: target.display().to_string(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .expect("stats of the encrypted directory")
+        .into_inner();
+    let bytes = stats.usage.iter().find(|u| u.unit == pb::volume_usage::Unit::Bytes as i32).expect("bytes");
+    assert!(bytes.total > 100 * MIB && bytes.used > 0, "the grown filesystem: {bytes:?}");
 
     // A snapshot copies the image's ciphertext; its restore needs the key to read it.
     let snap = b
@@ -416,15 +438,10 @@ async fn an_fscrypt_block_volume_holds_only_ciphertext_in_its_image() {
     unpublish_and_unstage(&mut b, &id, &staging, &target).await;
     use pb::volume_content_source::{SnapshotSource, Type, VolumeSource};
     let from_snap = Type::Snapshot(SnapshotSource { snapshot_id: snap.snapshot_id.clone() });
-    let restored = b
-        .controller
-        .create_volume(with_source(block_volume("pvc-block-restored", "ext4", Some(KEY)), from_snap))
-        .await
-        .expect("restore")
-        .into_inner()
-        .volume
-        .expect("volume")
-        .volume_id;
+    let mut restore = with_source(block_volume("pvc-block-restored", "ext4", Some(KEY)), from_snap);
+    restore.capacity_range = Some(pb::CapacityRange { required_bytes: 128 * MIB, limit_bytes: 0 });
+    let restored =
+        b.controller.create_volume(restore).await.expect("restore").into_inner().volume.expect("volume").volume_id;
     let wrong = stage_and_publish(&mut b, &restored, &staging, &target, &other_key()).await.expect_err("wrong");
     assert_eq!(wrong.code(), Code::PermissionDenied);
     stage_and_publish(&mut b, &restored, &staging, &target, KEY).await.expect("stage the restore");
