@@ -30,6 +30,15 @@ def test_an_encrypted_class_names_its_scheme_and_its_secret_for_stage_and_provis
     }
 
 
+def test_block_classes_may_ask_for_luks2_or_for_fscrypt_on_ext4():
+    luks = dict(ENCRYPTED, name="berth-luks", pool="block", encryption=dict(ENCRYPTED["encryption"], scheme="luks2"))
+    fscrypt = dict(ENCRYPTED, name="berth-block-fscrypt", pool="block", fsType="ext4")
+    objects = objects_of({"storageClasses": [luks, fscrypt]})
+    assert one(objects, "StorageClass", "berth-luks")["parameters"]["encryption"] == "luks2"
+    params = one(objects, "StorageClass", "berth-block-fscrypt")["parameters"]
+    assert (params["encryption"], params["csi.storage.k8s.io/fstype"]) == ("fscrypt", "ext4")
+
+
 def test_the_node_plugin_may_read_exactly_the_named_secrets_in_their_namespaces():
     other = dict(ENCRYPTED, name="berth-secure-2", encryption={"secretName": "other-key", "secretNamespace": "keys"})
     snapshots = [{"name": "berth-local", "driver": "local",
