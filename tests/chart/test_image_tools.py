@@ -27,6 +27,7 @@ PROGRAM_PACKAGES = {
     "mkfs.xfs": "xfsprogs", "xfs_growfs": "xfsprogs", "xfs_quota": "xfsprogs", "xfs_io": "xfsprogs",
     "mkfs.btrfs": "btrfs-progs", "btrfs": "btrfs-progs",
     "cryptsetup": "cryptsetup-bin",
+    "du": "coreutils",
 }
 
 
