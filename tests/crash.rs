@@ -102,7 +102,7 @@ async fn stage_publish_with(
 }
 
 async fn stage_publish(run: &mut Run, id: &str, staging: &Path, target: &Path) {
-    stage_publish_with(run, id, staging, target, Default::default()).await;
+    stage_publish_with(run, id, staging, target, std::collections::HashMap::default()).await;
 }
 
 async fn unpublish_unstage(run: &mut Run, id: &str, staging: &Path, target: &Path) {

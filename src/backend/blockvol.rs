@@ -117,7 +117,7 @@ pub fn unlock_fscrypt(sys: &dyn Syscall, volume: &str, staging: &Path, key: &Key
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&dir)
         .map_err(Error::io("open", &dir))?;
-    super::crypt::ensure_policy(sys, volume, &dir, std::os::fd::AsFd::as_fd(&opened), &id)
+    super::fscrypt::ensure_policy(sys, volume, &dir, std::os::fd::AsFd::as_fd(&opened), &id)
 }
 
 /// What publish binds for `volume` staged as a filesystem at `staging` (see
@@ -125,9 +125,16 @@ pub fn unlock_fscrypt(sys: &dyn Syscall, volume: &str, staging: &Path, key: &Key
 #[must_use]
 pub fn publish_from(source: super::StageSource<'_>, staging: &Path) -> PathBuf {
     match source {
-        super::StageSource::Managed(v) if super::stack::is_fscrypt(v) => staging.join(FSCRYPT_DIR),
+        super::StageSource::Managed(v) if is_fscrypt(v) => staging.join(FSCRYPT_DIR),
         _ => staging.to_path_buf(),
     }
+}
+
+/// Whether `volume` is encrypted with fscrypt: its filesystem holds its data in an
+/// encrypted directory.
+#[must_use]
+pub fn is_fscrypt(volume: &crate::state::VolumeRecord) -> bool {
+    volume.encryption.as_ref().is_some_and(|e| e.scheme == crate::crypt::Scheme::Fscrypt)
 }
 
 /// The block device number of a device node.

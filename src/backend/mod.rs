@@ -6,6 +6,7 @@ pub mod blockvol;
 pub mod crypt;
 pub mod device;
 mod error;
+pub mod fscrypt;
 pub mod hostpath;
 pub mod identity;
 mod image;

@@ -136,7 +136,7 @@ impl<'a> Stack<'a> {
     /// [`blockvol::unlock_fscrypt`]). A failure unmounts and closes what was made now.
     pub fn stage(&self, sys: &dyn Syscall, staging: &Path, capability: &Capability, key: Option<&Key>) -> Result<()> {
         let (device, opened_now) = self.open()?;
-        let fscrypt = !capability.block && is_fscrypt(self.volume);
+        let fscrypt = !capability.block && blockvol::is_fscrypt(self.volume);
         let mut result = blockvol::stage(sys, &device, staging, capability, fs_type(self.volume), fscrypt);
         if result.is_ok() && fscrypt {
             result = self.unlock(sys, staging, key);
@@ -157,7 +157,7 @@ impl<'a> Stack<'a> {
     /// a stage that finds the filesystem mounted already does: the mount may have been
     /// made by a call that died before this step.
     pub fn unlock(&self, sys: &dyn Syscall, staging: &Path, key: Option<&Key>) -> Result<()> {
-        if !is_fscrypt(self.volume) || self.volume.access == AccessKind::Block {
+        if !blockvol::is_fscrypt(self.volume) || self.volume.access == AccessKind::Block {
             return Ok(());
         }
         match key {
@@ -232,13 +232,6 @@ impl<'a> Stack<'a> {
     pub fn usage(&self, sys: &dyn Syscall, volume_path: &Path, total: u64, allocated: u64) -> Result<Usage> {
         blockvol::usage(sys, self.volume.access == AccessKind::Block, volume_path, total, allocated)
     }
-}
-
-/// Whether `volume` is encrypted with fscrypt: its filesystem holds its data in an
-/// encrypted directory.
-#[must_use]
-pub fn is_fscrypt(volume: &VolumeRecord) -> bool {
-    volume.encryption.as_ref().is_some_and(|e| e.scheme == Scheme::Fscrypt)
 }
 
 /// The filesystem of a volume in Filesystem mode.

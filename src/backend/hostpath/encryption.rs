@@ -23,9 +23,9 @@ pub(super) fn key_of(volume: &VolumeRecord) -> Option<KeyId> {
 
 impl HostPath {
     /// Makes the open directory `dir` (at `path`, for messages) encrypted under `id`; see
-    /// [`crate::backend::crypt::ensure_policy`].
+    /// [`crate::backend::fscrypt::ensure_policy`].
     pub(super) fn ensure_policy(&self, volume: &str, path: &Path, dir: BorrowedFd<'_>, id: &KeyId) -> Result<()> {
-        crate::backend::crypt::ensure_policy(self.sys.as_ref(), volume, path, dir, id)
+        crate::backend::fscrypt::ensure_policy(self.sys.as_ref(), volume, path, dir, id)
     }
 
     /// fscrypt when the pool's filesystem can encrypt, else why not.
