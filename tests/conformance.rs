@@ -438,11 +438,31 @@ async fn identity_and_controller_answer_every_spec_case() {
     assert_eq!(grown.capacity_bytes, 4 << 20);
     let same = t.ok("Expand to a smaller size", c.controller_expand_volume(expand(&id, 1 << 20, 0)).await);
     assert_eq!(same.capacity_bytes, 4 << 20, "volumes never shrink");
+    let modify = |id: &str, key: &str, value: &str| pb::ControllerModifyVolumeRequest {
+        volume_id: id.to_string(),
+        mutable_parameters: [(key.to_string(), value.to_string())].into(),
+        ..Default::default()
+    };
     t.code(
-        "ModifyVolume",
+        "ModifyVolume nothing to change",
         c.controller_modify_volume(pb::ControllerModifyVolumeRequest { volume_id: id.clone(), ..Default::default() })
             .await,
-        Code::Unimplemented,
+        Code::InvalidArgument,
+    );
+    t.code(
+        "ModifyVolume no id",
+        c.controller_modify_volume(modify("", "compression", "zstd")).await,
+        Code::InvalidArgument,
+    );
+    t.code(
+        "ModifyVolume unknown",
+        c.controller_modify_volume(modify("fake-vol-id-1", "compression", "zstd")).await,
+        Code::NotFound,
+    );
+    t.code(
+        "ModifyVolume unknown key",
+        c.controller_modify_volume(modify(&id, "iops", "100")).await,
+        Code::InvalidArgument,
     );
 
     // DeleteVolume.

@@ -126,6 +126,27 @@ async fn volumes_are_directories_that_delete_archive_or_stay() {
         .await
         .expect("idempotent");
 
+    // A volume of the deleting pool is kept after all: its onDelete changed while it lived.
+    let m = b.controller.create_volume(req("pvc-m", &with(&pvc("shop", "m", "gone")))).await.expect("create");
+    let m_id = m.into_inner().volume.expect("v").volume_id;
+    let keep = pb::ControllerModifyVolumeRequest {
+        volume_id: m_id.clone(),
+        mutable_parameters: [("onDelete".to_string(), "retain".to_string())].into(),
+        ..Default::default()
+    };
+    b.controller.controller_modify_volume(keep).await.expect("modify onDelete");
+    let compress = pb::ControllerModifyVolumeRequest {
+        volume_id: m_id.clone(),
+        mutable_parameters: [("compression".to_string(), "zstd".to_string())].into(),
+        ..Default::default()
+    };
+    assert_eq!(code(b.controller.controller_modify_volume(compress).await), Code::InvalidArgument);
+    b.controller
+        .delete_volume(pb::DeleteVolumeRequest { volume_id: m_id, ..Default::default() })
+        .await
+        .expect("delete");
+    assert!(g.export.join("del/shop-m").is_dir(), "the volume's own onDelete kept it");
+
     let kept =
         b.controller.create_volume(req("pvc-k", &with(&pvc("shop", "k", "kept")))).await.expect("create").into_inner();
     let kept_id = kept.volume.expect("v").volume_id;

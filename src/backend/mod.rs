@@ -10,6 +10,7 @@ pub mod fscrypt;
 pub mod hostpath;
 pub mod identity;
 mod image;
+pub mod mutable;
 pub mod nfs;
 pub mod registry;
 pub mod stack;
@@ -283,6 +284,15 @@ pub trait Controller: Send + Sync {
     /// than to each volume (fscrypt); `None` when each volume's key goes to its own stage
     /// ([`Node::stage`]: LUKS2) or the pool does not encrypt.
     fn keyring(&self) -> Option<&dyn Keyring>;
+    /// The [`mutable`] parameters users may change on this pool's live volumes.
+    fn mutable_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Makes the storage of `volume` follow its record's `mutable` parameters (idempotent:
+    /// a start after a crash may apply them again).
+    fn apply_mutable(&self, _volume: &VolumeRecord) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The keys of a pool whose filesystem holds them (fscrypt): the engine adds a volume's

@@ -35,6 +35,7 @@ pub fn controller_capabilities(attaches: bool) -> Vec<csc::rpc::Type> {
         Type::GetVolume,
         Type::SingleNodeMultiWriter,
         Type::GetSnapshot,
+        Type::ModifyVolume,
     ];
     if attaches {
         capabilities.extend([Type::PublishUnpublishVolume, Type::PublishReadonly, Type::ListVolumesPublishedNodes]);
@@ -109,11 +110,7 @@ impl pb::controller_server::Controller for ControllerService {
             id("name", &req.name)?;
             check_secrets(&req.secrets)?;
             let parameters = map("parameters", &req.parameters)?;
-            if !req.mutable_parameters.is_empty() {
-                return Err(Status::invalid_argument(
-                    "mutable_parameters are not supported: berth does not offer ControllerModifyVolume",
-                ));
-            }
+            let mutable = map("mutable_parameters", &req.mutable_parameters)?;
             let range = req.capacity_range.unwrap_or_default();
             let source = match req.volume_content_source.and_then(|s| s.r#type) {
                 None => None,
@@ -140,6 +137,7 @@ impl pb::controller_server::Controller for ControllerService {
                 key: crate::crypt::Key::from_secrets(&req.secrets)
                     .map_err(Status::invalid_argument)?
                     .map(std::sync::Arc::new),
+                mutable,
             })?;
             Ok(pb::CreateVolumeResponse { volume: Some(volume(&record, engine.volume_context(&record))) })
         })
@@ -408,14 +406,22 @@ impl pb::controller_server::Controller for ControllerService {
         .await
     }
 
-    /// Not offered: berth has no mutable volume parameters.
+    /// Changes the parameters users may change on a live volume (btrfs compression, an
+    /// NFS volume's onDelete); anything else is INVALID_ARGUMENT naming the key.
     async fn controller_modify_volume(
         &self,
-        _: Request<pb::ControllerModifyVolumeRequest>,
+        request: Request<pb::ControllerModifyVolumeRequest>,
     ) -> Result<Response<pb::ControllerModifyVolumeResponse>, Status> {
-        answer(&self.0, "ControllerModifyVolume", || {
-            Err(Status::unimplemented("berth does not offer ControllerModifyVolume"))
+        let req = request.into_inner();
+        let engine = engine(&self.0);
+        run(&self.0, "ControllerModifyVolume", req.fields(), move || {
+            id("volume_id", &req.volume_id)?;
+            check_secrets(&req.secrets)?;
+            let params = map("mutable_parameters", &req.mutable_parameters)?;
+            engine.modify_volume(&req.volume_id, &params)?;
+            Ok(pb::ControllerModifyVolumeResponse {})
         })
+        .await
     }
 
     /// A snapshot by ID.

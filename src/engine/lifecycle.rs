@@ -103,6 +103,10 @@ impl Engine {
             }
             return Err(e.into());
         }
+        if let Err(e) = pool.apply_mutable(record) {
+            self.roll_back_logged(pool, record);
+            return Err(e.into());
+        }
         failpoint("volume.create.before-ready")?;
         if limit_bytes > 0 && record.capacity > limit_bytes {
             self.roll_back_logged(pool, record);

@@ -48,6 +48,7 @@ fn request(name: &str, source: Option<ContentSource>) -> CreateVolume {
         source,
         allowed_nodes: None,
         key: None,
+        mutable: BTreeMap::new(),
     }
 }
 

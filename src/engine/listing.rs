@@ -53,6 +53,7 @@ impl Engine {
         if let Some(pool) = self.pools.get(&volume.pool) {
             context.extend(pool.volume_context(volume));
         }
+        context.extend(volume.mutable.iter().map(|(k, v)| (k.clone(), v.clone())));
         context
     }
 

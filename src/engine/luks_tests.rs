@@ -51,6 +51,7 @@ fn create(name: &str, pool: &str, encryption: &str, source: Option<ContentSource
         source,
         allowed_nodes: None,
         key: None,
+        mutable: BTreeMap::new(),
     }
 }
 

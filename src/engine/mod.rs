@@ -11,6 +11,7 @@ mod lifecycle_tests;
 mod listing;
 #[cfg(test)]
 mod luks_tests;
+mod modify;
 mod node;
 mod paths;
 mod publish;

@@ -98,6 +98,7 @@ impl Engine {
             }
             report.count(&outcome);
         }
+        self.finish_modifications();
         for mut snapshot in self.store.snapshots_page(None, usize::MAX, |s| s.phase != Phase::Ready).0 {
             let Some(pool) = self.pools.get(&snapshot.pool).cloned() else { continue };
             if self.resume_snapshot_copy(&pool, &snapshot) {

@@ -48,6 +48,7 @@ fn create(name: &str, bytes: u64) -> CreateVolume {
         source: None,
         allowed_nodes: None,
         key: None,
+        mutable: BTreeMap::new(),
     }
 }
 

@@ -27,6 +27,8 @@ pub struct CreateVolume {
     pub allowed_nodes: Option<Vec<String>>,
     /// The key of an encrypted volume, from the provisioner's secrets.
     pub key: Option<std::sync::Arc<crate::crypt::Key>>,
+    /// Mutable parameters to start with (see [`crate::backend::mutable`]).
+    pub mutable: BTreeMap<String, String>,
 }
 
 /// Checks StorageClass parameters and returns the pool they name, if any.
@@ -231,6 +233,7 @@ impl Engine {
         if let Some(scheme) = scheme {
             pool.check_encryption(scheme, access, fs_type.as_deref())?;
         }
+        super::modify::check(pool.as_ref(), &req.mutable)?;
         let size = fit_filesystem(size, fs_type.as_deref(), req.limit_bytes)?;
         // A shared pool's volumes are reachable from every node: any topology fits.
         if let Some(allowed) = &req.allowed_nodes
@@ -410,6 +413,7 @@ impl Engine {
                 .filter(|(k, _)| !crate::sensitive::is_sensitive_key(k))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            mutable: req.mutable.clone(),
             ..VolumeRecord::intent(id, key, req.name.clone(), pool.name(), node, size)
         }
     }

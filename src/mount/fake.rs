@@ -79,6 +79,10 @@ pub enum Call {
     LoopSetCapacity {
         device: PathBuf,
     },
+    SetCompression {
+        dir: PathBuf,
+        algorithm: String,
+    },
     Mkfs {
         device: PathBuf,
         fs_type: String,
@@ -543,6 +547,10 @@ impl Syscall for RecordingSyscall {
 
     fn luks_support(&self) -> io::Result<()> {
         self.check("luks_support")
+    }
+
+    fn btrfs_set_compression(&self, dir: &Path, algorithm: &str) -> io::Result<()> {
+        self.record("btrfs_set_compression", Call::SetCompression { dir: dir.into(), algorithm: algorithm.into() })
     }
 
     fn ext4_encryption_support(&self) -> io::Result<()> {

@@ -300,6 +300,10 @@ impl Syscall for LinuxSyscall {
         luks::support()
     }
 
+    fn btrfs_set_compression(&self, dir: &Path, algorithm: &str) -> io::Result<()> {
+        btrfs::set_compression(open_dir(dir)?.as_fd(), algorithm)
+    }
+
     fn ext4_encryption_support(&self) -> io::Result<()> {
         fscrypt::ext4_support()
     }

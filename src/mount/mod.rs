@@ -178,6 +178,9 @@ pub trait Syscall: Send + Sync {
     /// Whether this node can open LUKS2 containers (cryptsetup installed, device-mapper
     /// in the kernel); the error says what it lacks.
     fn luks_support(&self) -> io::Result<()>;
+    /// Sets the btrfs `compression` property of `dir` (zstd, lzo, zlib, or none): what
+    /// is written below it from now on is compressed so, or never compressed.
+    fn btrfs_set_compression(&self, dir: &Path, algorithm: &str) -> io::Result<()>;
     /// Whether this kernel's ext4 can encrypt directories (fscrypt); the error says why not.
     fn ext4_encryption_support(&self) -> io::Result<()>;
     /// Writes a LUKS2 header on `device` with one keyslot that `key` opens.

@@ -266,6 +266,7 @@ mod tests {
                 source: None,
                 allowed_nodes: None,
                 key: None,
+                mutable: std::collections::BTreeMap::new(),
             })
             .expect("create");
         let key = vol.id.rsplit(':').next().expect("key");

@@ -134,6 +134,14 @@ pub struct VolumeRecord {
     /// How the volume is encrypted at rest, and the identifier of its key (never the key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<crate::crypt::Encryption>,
+    /// The parameters a user may change on the live volume (see
+    /// [`crate::backend::mutable`]), as last asked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mutable: BTreeMap<String, String>,
+    /// Set while a change of `mutable` is recorded but not yet applied to the storage: a
+    /// start after a crash applies it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub modifying: bool,
     pub created_unix_ms: u64,
 }
 
@@ -208,6 +216,8 @@ impl VolumeRecord {
             parameters: BTreeMap::new(),
             single_writer: None,
             encryption: None,
+            mutable: BTreeMap::new(),
+            modifying: false,
             created_unix_ms: now_ms(),
         }
     }

@@ -394,6 +394,20 @@ impl Controller for HostPath {
     fn keyring(&self) -> Option<&dyn super::Keyring> {
         Some(self)
     }
+
+    /// btrfs compresses per directory; other filesystems offer nothing to change.
+    fn mutable_keys(&self) -> &'static [&'static str] {
+        if self.is_btrfs() { &[super::mutable::COMPRESSION] } else { &[] }
+    }
+
+    /// Sets the volume directory's compression property: files written from now on
+    /// inherit it (existing data keeps how it was written).
+    fn apply_mutable(&self, volume: &VolumeRecord) -> Result<()> {
+        let Some(algorithm) = volume.mutable.get(super::mutable::COMPRESSION) else { return Ok(()) };
+        let dir = self.volume_dir(&volume.key);
+        super::failpoint("hostpath.compression", &dir)?;
+        self.sys.btrfs_set_compression(&dir, algorithm).map_err(Error::io("set the compression of", &dir))
+    }
 }
 
 impl Node for HostPath {

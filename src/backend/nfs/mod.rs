@@ -171,7 +171,11 @@ impl Controller for NfsPool {
             return Ok(());
         }
         // A volume that never became ready is removed whatever the policy says.
-        let policy = if volume.phase == Phase::Creating { OnDelete::Delete } else { self.on_delete };
+        let policy = if volume.phase == Phase::Creating {
+            OnDelete::Delete
+        } else {
+            super::mutable::on_delete(&volume.mutable).unwrap_or(self.on_delete)
+        };
         let (parent_rel, leaf) = split_last(&sub);
         match policy {
             OnDelete::Retain => {
@@ -293,6 +297,11 @@ impl Controller for NfsPool {
 
     fn keyring(&self) -> Option<&dyn super::Keyring> {
         None
+    }
+
+    /// What DeleteVolume does with the directory, per volume; nothing to apply until then.
+    fn mutable_keys(&self) -> &'static [&'static str] {
+        &[super::mutable::ON_DELETE]
     }
 }
 

@@ -113,6 +113,19 @@ pub fn set_readonly(fd: BorrowedFd<'_>, readonly: bool) -> io::Result<()> {
     unsafe { ioctl(fd, BTRFS_IOC_SUBVOL_SETFLAGS, &raw mut wanted) }.map(drop)
 }
 
+/// Sets the `compression` property of the file or directory `fd` (what `btrfs property
+/// set ... compression` writes): the `btrfs.compression` extended attribute, which new
+/// files and directories below a directory inherit. `none` turns compression off even
+/// where the filesystem is mounted with `compress`.
+pub fn set_compression(fd: BorrowedFd<'_>, algorithm: &str) -> io::Result<()> {
+    // SAFETY: the name is a NUL-terminated literal; `algorithm` is live for the call and
+    // its length is passed; fsetxattr only reads both.
+    let rc = unsafe {
+        libc::fsetxattr(fd.as_raw_fd(), c"btrfs.compression".as_ptr(), algorithm.as_ptr().cast(), algorithm.len(), 0)
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 /// Flushes delalloc and commits the current transaction of the filesystem of `fd`.
 pub fn sync(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: BTRFS_IOC_SYNC is an _IO request with no argument.
