@@ -25,6 +25,7 @@ ORDER = [
     ("a Delete/Retain pair of classes", "reclaim-policies.yaml"),
     ("a static PV", "static-pv.yaml"),
     ("an inline ephemeral volume", "inline-ephemeral.yaml"),
+    ("a VolumeAttributesClass", "volume-attributes.yaml"),
 ]
 # Not part of the default install: the NFS driver is off by default.
 NEEDS_NFS = {"nfs-shared.yaml"}
