@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::stats::{Latencies, Progress};
-use super::workloads::{Ctx, Error, Node, create, delete, failed};
+use super::workloads::{Ctx, Error, Node, clean_up, create, failed};
 use crate::csi::pb;
 use crate::csi::pb::controller_client::ControllerClient;
 
@@ -120,9 +120,5 @@ pub async fn stats(ctx: &Ctx, files: usize, calls: usize) -> Result<StatsResult,
         Ok::<_, Error>(measured)
     }
     .await;
-    let cleanup = delete(&mut controller, &volume.volume_id).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    let result = result?;
-    cleanup?;
-    Ok(result)
+    clean_up(&mut controller, &volume.volume_id, &dir, result).await
 }

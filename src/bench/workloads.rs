@@ -77,9 +77,24 @@ pub(super) async fn create(
     r.into_inner().volume.ok_or_else(|| "CreateVolume answered without a volume".to_string())
 }
 
-pub(super) async fn delete(c: &mut ControllerClient<Channel>, id: &str) -> Result<(), Error> {
+async fn delete(c: &mut ControllerClient<Channel>, id: &str) -> Result<(), Error> {
     let req = pb::DeleteVolumeRequest { volume_id: id.to_string(), ..Default::default() };
     c.delete_volume(req).await.map(|_| ()).map_err(|s| failed("DeleteVolume", s))
+}
+
+/// Deletes a workload's volume and removes its directory, whatever `result` is; the
+/// workload's own error is the one reported.
+pub(super) async fn clean_up<T>(
+    controller: &mut ControllerClient<Channel>,
+    volume_id: &str,
+    dir: &Path,
+    result: Result<T, Error>,
+) -> Result<T, Error> {
+    let cleanup = delete(controller, volume_id).await;
+    let _ = std::fs::remove_dir_all(dir);
+    let result = result?;
+    cleanup?;
+    Ok(result)
 }
 
 /// Runs `job(client, index)` for every index below `total` on `concurrency` clients, each
@@ -395,11 +410,7 @@ pub async fn snapshot(ctx: &Ctx, bytes: u64) -> Result<SnapshotResult, Error> {
         Ok::<_, Error>(SnapshotResult { bytes, write, snapshot, restore })
     }
     .await;
-    let cleanup = delete(&mut controller, &volume.volume_id).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    let result = result?;
-    cleanup?;
-    Ok(result)
+    clean_up(&mut controller, &volume.volume_id, &dir, result).await
 }
 
 /// What [`scrape`] measured.
