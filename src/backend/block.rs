@@ -342,8 +342,8 @@ impl Node for BlockPool {
     }
 
     /// Staging records nothing new: the record names the storage.
-    fn note_staged(&self, _volume: &mut VolumeRecord) -> Result<bool> {
-        Ok(false)
+    fn note_staged(&self, _volume: &VolumeRecord) -> Result<Option<VolumeRecord>> {
+        Ok(None)
     }
 
     fn unstage(&self, source: StageSource<'_>) -> Result<()> {

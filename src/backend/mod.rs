@@ -296,7 +296,7 @@ pub trait Keyring: Send + Sync {
     fn remove_key(&self, id: &crate::crypt::KeyId) -> Result<bool>;
     /// Whether any of `volumes` (this pool's) is mounted or bound anywhere now: their key
     /// must stay. One look at the mount table for them all.
-    fn any_mounted(&self, volumes: &[VolumeRecord]) -> Result<bool>;
+    fn any_mounted(&self, volumes: &[std::sync::Arc<VolumeRecord>]) -> Result<bool>;
 }
 
 /// The node side of a pool: what NodeStageVolume, NodePublishVolume, NodeExpandVolume
@@ -317,9 +317,9 @@ pub trait Node: Send + Sync {
         capability: &Capability,
         key: Option<&crate::crypt::Key>,
     ) -> Result<()>;
-    /// Records in `volume` what staging put on its storage (a device's filesystem UUID);
-    /// true when the record changed and must be written.
-    fn note_staged(&self, volume: &mut VolumeRecord) -> Result<bool>;
+    /// What staging put on the volume's storage (a device's filesystem UUID): the record
+    /// to write when it has something new to say, else `None`.
+    fn note_staged(&self, volume: &VolumeRecord) -> Result<Option<VolumeRecord>>;
     /// Releases what staging held once the engine has unmounted it (loop devices).
     fn unstage(&self, source: StageSource<'_>) -> Result<()>;
     /// True when what is mounted at `path` is this volume's storage.

@@ -55,16 +55,20 @@ impl Engine {
             Some(r) if r.phase == Phase::Ready => r,
             existing => {
                 let fresh = existing.is_none();
-                let mut record = existing.unwrap_or_else(|| {
-                    let key = ids::mint(Kind::Volume, pool.name()).1;
-                    let (id, name, node) = (req.volume_id.clone(), req.volume_id.clone(), self.node_id.clone());
-                    VolumeRecord { ephemeral: true, ..VolumeRecord::intent(id, key, name, pool.name(), node, size) }
-                });
+                // An interrupted create is finished: its record changes, so it is copied.
+                let mut record = existing.map_or_else(
+                    || {
+                        let key = ids::mint(Kind::Volume, pool.name()).1;
+                        let (id, name, node) = (req.volume_id.clone(), req.volume_id.clone(), self.node_id.clone());
+                        VolumeRecord { ephemeral: true, ..VolumeRecord::intent(id, key, name, pool.name(), node, size) }
+                    },
+                    std::sync::Arc::unwrap_or_clone,
+                );
                 if fresh {
                     self.begin_volume(&record)?;
                 }
                 self.build_volume(pool.as_ref(), &mut record, None, 0, &crate::backend::Work::new())?;
-                record
+                std::sync::Arc::new(record)
             }
         };
         let source = StageSource::Managed(&record);

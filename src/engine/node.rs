@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::paths::{io_err, prepare_dir, prepare_file, tear_down};
 use super::{Capability, Engine, Error, Result};
@@ -38,7 +39,7 @@ pub struct NodePublish {
 }
 
 enum Resolved {
-    Managed(Pool, Box<VolumeRecord>),
+    Managed(Pool, Arc<VolumeRecord>),
     Static(Pool, PathBuf),
 }
 
@@ -55,7 +56,7 @@ impl Engine {
     fn resolve(&self, id: &str, context: &BTreeMap<String, String>) -> Result<Resolved> {
         if let Some(record) = self.store.volume(id).filter(|v| v.phase == Phase::Ready) {
             let pool = self.pool_of(&record)?;
-            return Ok(Resolved::Managed(pool, Box::new(record)));
+            return Ok(Resolved::Managed(pool, record));
         }
         if let Some(sub_path) = context.get("subPath") {
             let pool = self.select_pool(context.get("pool").map(String::as_str))?.clone();
@@ -132,7 +133,7 @@ impl Engine {
     fn unlock(
         &self,
         pool: &Pool,
-        record: &mut VolumeRecord,
+        record: &mut Arc<VolumeRecord>,
         key: Option<&crate::crypt::Key>,
     ) -> Result<Option<super::encryption::KeyHold<'_>>> {
         let Some(encryption) = record.encryption.clone() else { return Ok(None) };
@@ -143,8 +144,12 @@ impl Engine {
         })?;
         let id = Self::check_key(&format!("volume {}", record.id), encryption.key_id, key)?;
         if encryption.key_id.is_none() {
-            record.encryption = Some(crate::crypt::Encryption { key_id: Some(id), ..encryption });
-            self.put_volume(record)?;
+            let keyed = VolumeRecord {
+                encryption: Some(crate::crypt::Encryption { key_id: Some(id), ..encryption }),
+                ..(**record).clone()
+            };
+            self.put_volume(&keyed)?;
+            *record = Arc::new(keyed);
         }
         if pool.keyring().is_none() {
             return Ok(None);
@@ -159,11 +164,10 @@ impl Engine {
     /// before later stages and wipes). The volume is staged either way: a failure is
     /// logged, and the next stage records it.
     fn note_staged(&self, pool: &dyn Backend, record: &VolumeRecord) {
-        let mut record = record.clone();
-        match pool.note_staged(&mut record) {
-            Ok(false) => {}
-            Ok(true) => {
-                if let Err(e) = self.put_volume(&record) {
+        match pool.note_staged(record) {
+            Ok(None) => {}
+            Ok(Some(noted)) => {
+                if let Err(e) = self.put_volume(&noted) {
                     tracing::warn!(volume.id = %record.id, error = %e, "recording what staging wrote");
                 }
             }
@@ -239,8 +243,7 @@ impl Engine {
             if let StageSource::Managed(record) = source
                 && record.single_writer.as_deref() != Some(req.target.as_path())
             {
-                let mut claimed = record.clone();
-                claimed.single_writer = Some(req.target.clone());
+                let claimed = VolumeRecord { single_writer: Some(req.target.clone()), ..record.clone() };
                 self.put_volume(&claimed)?;
             }
         }
@@ -286,14 +289,12 @@ impl Engine {
         let _guard = self.lock(&[volume_id.to_string()])?;
         super::failpoint("node.unpublish.unmount")?;
         tear_down(self, "target_path", target)?;
-        if let Some(mut record) = self.store.volume(volume_id).filter(|v| v.single_writer.as_deref() == Some(target)) {
-            record.single_writer = None;
-            self.put_volume(&record)?;
+        if let Some(record) = self.store.volume(volume_id).filter(|v| v.single_writer.as_deref() == Some(target)) {
+            self.put_volume(&VolumeRecord { single_writer: None, ..(*record).clone() })?;
         }
         if let Some(record) = self.store.volume(volume_id).filter(|v| v.ephemeral) {
             let pool = self.pool_of(&record)?;
-            let mut deleting = record;
-            self.delete_volume_storage(pool.as_ref(), &mut deleting)?;
+            self.delete_volume_storage(pool.as_ref(), &mut Arc::unwrap_or_clone(record))?;
             tracing::info!(volume.id = %volume_id, "ephemeral volume deleted");
         }
         tracing::info!(volume.id = %volume_id, target.path = %target.display(), "volume unpublished");

@@ -115,7 +115,7 @@ impl Engine {
     /// FAILED_PRECONDITION naming the node that has it; multi-node modes publish anywhere.
     pub(super) fn publish_shared(
         &self,
-        mut record: VolumeRecord,
+        record: &VolumeRecord,
         node: &str,
         capability: &Capability,
         readonly: bool,
@@ -132,7 +132,7 @@ impl Engine {
             Some(&was) if was == readonly => return Ok(()),
             Some(&was) => {
                 return Err(Error::PublishedOtherwise {
-                    volume: record.id,
+                    volume: record.id.clone(),
                     at: format!("to node {node}"),
                     readonly: was,
                 });
@@ -151,6 +151,7 @@ impl Engine {
                 node: node.to_string(),
             });
         }
+        let mut record = record.clone();
         record.published.insert(node.to_string(), readonly);
         self.put_volume(&record)
     }

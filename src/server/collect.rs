@@ -115,6 +115,8 @@ impl Collector {
     }
 
     fn write_volumes(&self, w: &mut Writer, engine: &Engine) {
+        // The records are shared with the store, not copied, and measured after its lock
+        // is released: a slow walk of one volume never holds up the calls that change others.
         let volumes = engine.store.volumes_where(|v| v.phase == Phase::Ready && engine.pools.contains_key(&v.pool));
         let mut cache = self.usage.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let ready: std::collections::HashSet<&str> = volumes.iter().map(|v| v.id.as_str()).collect();
