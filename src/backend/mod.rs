@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::mount::mountinfo::MountEntry;
 use crate::state::{Enforced, SnapshotRecord, VolumeRecord};
 
 pub use error::{Error, Result};
@@ -322,10 +323,12 @@ pub trait Node: Send + Sync {
     fn note_staged(&self, volume: &VolumeRecord) -> Result<Option<VolumeRecord>>;
     /// Releases what staging held once the engine has unmounted it (loop devices).
     fn unstage(&self, source: StageSource<'_>) -> Result<()>;
-    /// True when what is mounted at `path` is this volume's storage.
-    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool>;
-    /// Every mount point where this volume's storage is mounted or bound now.
-    fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>>;
+    /// True when what `table` shows mounted at `path` is this volume's storage. `table` is
+    /// the mount table as the caller read it ([`crate::mount::ops::table`]): one read
+    /// serves every check of a call, and a call that mounts reads it again.
+    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path, table: &[MountEntry]) -> Result<bool>;
+    /// Every mount point where `table` shows this volume's storage mounted or bound.
+    fn mounts(&self, source: StageSource<'_>, table: &[MountEntry]) -> Result<Vec<PathBuf>>;
     /// Node side of expansion: make the mounted volume at `volume_path` see its new size.
     fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()>;
     /// Usage of a volume mounted (or, for raw block, bound) at `volume_path`.

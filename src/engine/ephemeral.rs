@@ -2,11 +2,11 @@
 //! through the same state machine as every other volume.
 
 use super::node::{EPHEMERAL_KEY, NodePublish};
-use super::paths::{io_err, prepare_dir};
+use super::paths::prepare_dir;
 use super::{Engine, Error, Result};
 use crate::backend::StageSource;
 use crate::ids::{self, Kind};
-use crate::mount::ops;
+use crate::mount::mountinfo;
 use crate::state::{Phase, VolumeRecord};
 use crate::units::Bytes;
 
@@ -72,9 +72,10 @@ impl Engine {
             }
         };
         let source = StageSource::Managed(&record);
-        let created = prepare_dir(self, "target_path", &req.target)?;
-        if ops::is_mount_point(self.sys.as_ref(), &req.target).map_err(io_err("read mount table", &req.target))? {
-            return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly);
+        let table = self.mount_table(&req.target)?;
+        let created = prepare_dir("target_path", &req.target, &table)?;
+        if !mountinfo::at(&table, &req.target).is_empty() {
+            return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly, &table);
         }
         let mut capability = req.capability.clone();
         if flags.readonly {

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use super::paths::{io_err, prepare_dir, prepare_file, tear_down};
 use super::{Capability, Engine, Error, Result};
 use crate::backend::{self, Backend, Pool, RAW_DEVICE_FILE, StageSource};
-use crate::mount::{mountinfo, ops};
+use crate::mount::mountinfo::{self, MountEntry};
+use crate::mount::ops;
 use crate::state::{AccessKind, Phase, VolumeRecord};
 
 /// The volume context key the kubelet sets for inline ephemeral volumes.
@@ -103,11 +104,12 @@ impl Engine {
         let (pool, source) = resolved.parts();
         Self::check_access_type(&req.volume_id, source, &req.capability)?;
         self.check_node_capability(pool.as_ref(), &req.capability)?;
-        self.clear_stale_mount(&req.staging)?;
-        let created = prepare_dir(self, "staging_target_path", &req.staging)?;
+        let mut table = self.mount_table(&req.staging)?;
+        self.clear_stale_mount(&req.staging, &mut table)?;
+        let created = prepare_dir("staging_target_path", &req.staging, &table)?;
         let staged_at = backend::publish_source(&req.staging, req.capability.block);
-        if ops::is_mount_point(self.sys.as_ref(), &staged_at).map_err(io_err("read mount table", &staged_at))? {
-            if pool.is_mounted_at(source, &staged_at)? {
+        if !mountinfo::at(&table, &staged_at).is_empty() {
+            if pool.is_mounted_at(source, &staged_at, &table)? {
                 return Ok(());
             }
             return Err(Error::Occupied { occupant: "another volume", field: "staging path", path: staged_at });
@@ -196,6 +198,8 @@ impl Engine {
     }
 
     /// Bind-mounts the staged volume at the target (read-only as a second step when asked).
+    /// Every check reads one copy of the mount table ([`Engine::mount_table`]): nothing
+    /// between them mounts, and the bind that ends the call is checked by none.
     pub fn node_publish(&self, req: &NodePublish) -> Result<()> {
         let _guard = self.lock(std::slice::from_ref(&req.volume_id))?;
         if req.context.get(EPHEMERAL_KEY).is_some_and(|v| v == "true") {
@@ -210,29 +214,30 @@ impl Engine {
             Error::Unusable("staging_target_path is required: berth stages volumes before publishing them".into())
         })?;
         let staged_at = backend::publish_source(staging, req.capability.block);
-        if !pool.is_mounted_at(source, &staged_at)? {
+        let mut table = self.mount_table(&req.target)?;
+        if !pool.is_mounted_at(source, &staged_at, &table)? {
             return Err(Error::NotStaged { volume: req.volume_id.clone(), path: staging.to_path_buf() });
         }
-        self.clear_stale_mount(&req.target)?;
+        self.clear_stale_mount(&req.target, &mut table)?;
         let created = if req.capability.block {
             prepare_file("target_path", &req.target)?
         } else {
-            prepare_dir(self, "target_path", &req.target)?
+            prepare_dir("target_path", &req.target, &table)?
         };
-        if ops::is_mount_point(self.sys.as_ref(), &req.target).map_err(io_err("read mount table", &req.target))? {
-            return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly);
+        if !mountinfo::at(&table, &req.target).is_empty() {
+            return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly, &table);
         }
         // A single-writer publish elsewhere, still mounted, bars every other publish: the
         // mode a request names is the requester's word, not the volume's.
         if let StageSource::Managed(record) = source
             && let Some(held) = record.single_writer.as_deref().filter(|held| *held != req.target)
-            && pool.is_mounted_at(source, held)?
+            && pool.is_mounted_at(source, held, &table)?
         {
             return Err(Error::WriterHeld { volume: req.volume_id.clone(), at: vec![held.to_path_buf()] });
         }
         if req.capability.mode == super::AccessMode::SingleNodeSingleWriter {
             let others: Vec<_> = pool
-                .mounts(source)?
+                .mounts(source, &table)?
                 .into_iter()
                 .filter(|m| m != staging && *m != staged_at && *m != req.target)
                 .collect();
@@ -260,16 +265,16 @@ impl Engine {
         source: StageSource<'_>,
         target: &Path,
         readonly: bool,
+        table: &[MountEntry],
     ) -> Result<()> {
-        if !pool.is_mounted_at(source, target)? {
+        if !pool.is_mounted_at(source, target, table)? {
             return Err(Error::Occupied {
                 occupant: "another filesystem",
                 field: "target",
                 path: target.to_path_buf(),
             });
         }
-        let table = ops::table(self.sys.as_ref()).map_err(io_err("read mount table", target))?;
-        let mounted_ro = mountinfo::at(&table, target).last().is_some_and(|m| m.read_only());
+        let mounted_ro = mountinfo::at(table, target).last().is_some_and(|m| m.read_only());
         if mounted_ro != readonly {
             let volume = match source {
                 StageSource::Managed(record) => record.id.clone(),
@@ -301,3 +306,7 @@ impl Engine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;

@@ -453,7 +453,8 @@ impl Engine {
         if record.phase == Phase::Creating {
             return Ok(pool);
         }
-        let mounts = pool.mounts(crate::backend::StageSource::Managed(record))?;
+        let table = self.mount_table(std::path::Path::new("/"))?;
+        let mounts = pool.mounts(crate::backend::StageSource::Managed(record), &table)?;
         if !mounts.is_empty() {
             return Err(Error::StillMounted { volume: record.id.clone(), mounts });
         }

@@ -10,6 +10,7 @@ use crate::backend::StageSource;
 use crate::engine::Engine;
 use crate::metrics::exposition::{Kind, Writer, format_value};
 use crate::metrics::{Counters, LATENCY_BUCKETS, Registry};
+use crate::mount::ops;
 use crate::state::{Phase, VolumeRecord};
 
 /// How long a volume's measured usage is reused: walking a large tree or syncing a btrfs
@@ -122,15 +123,23 @@ impl Collector {
         let ready: std::collections::HashSet<&str> = volumes.iter().map(|v| v.id.as_str()).collect();
         cache.retain(|id, _| ready.contains(id.as_str()));
         let start = Instant::now();
+        // Read once for every volume measured, and only by a scrape that measures one.
+        let mut table = None;
         for volume in &volumes {
             let fresh = cache.get(&volume.id).is_some_and(|(at, _)| at.elapsed() < USAGE_TTL);
             if fresh || start.elapsed() > USAGE_BUDGET {
                 continue;
             }
             let Some(pool) = engine.pools.get(&volume.pool) else { continue };
+            let table = table.get_or_insert_with(|| {
+                ops::table(engine.sys.as_ref()).unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "mount table unreadable for metrics");
+                    Vec::new()
+                })
+            });
             // Block volumes are measured where they are mounted; hostPath volumes and raw
             // block volumes are measured in the pool, whatever path is given.
-            let mounted = pool.mounts(StageSource::Managed(volume)).ok().and_then(|m| m.into_iter().next());
+            let mounted = pool.mounts(StageSource::Managed(volume), table).ok().and_then(|m| m.into_iter().next());
             match pool.usage(volume, &mounted.unwrap_or_default()) {
                 Ok(usage) => {
                     cache.insert(volume.id.clone(), (Instant::now(), usage.used_bytes));

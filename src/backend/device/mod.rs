@@ -27,6 +27,7 @@ use super::{
 use crate::config::{DevicePool as DevicePoolConfig, Wipe};
 use crate::crypt::{Key, Scheme};
 use crate::mount::Syscall;
+use crate::mount::mountinfo::MountEntry;
 use crate::state::{AccessKind, Enforced, Layer, Phase, SnapshotMethod, SnapshotRecord, VolumeRecord};
 use allocation::Held;
 pub use allocation::{Device, Holdings, glob_match};
@@ -311,12 +312,12 @@ impl Node for DevicePool {
         self.stack(self.managed(source)?)?.unstage(self.sys.as_ref())
     }
 
-    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool> {
-        self.stack(self.managed(source)?)?.is_mounted_at(self.sys.as_ref(), path)
+    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path, table: &[MountEntry]) -> Result<bool> {
+        self.stack(self.managed(source)?)?.is_mounted_at(table, path)
     }
 
-    fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>> {
-        self.stack(self.managed(source)?)?.mounts(self.sys.as_ref())
+    fn mounts(&self, source: StageSource<'_>, table: &[MountEntry]) -> Result<Vec<PathBuf>> {
+        self.stack(self.managed(source)?)?.mounts(table)
     }
 
     fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()> {
