@@ -98,6 +98,12 @@ impl Copies {
         jobs.values().filter(|j| j.target == id || j.source == id).cloned().collect()
     }
 
+    /// Whether a copy reads or makes `id`.
+    pub fn touches(&self, id: &str) -> bool {
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        jobs.values().any(|j| j.target == id || j.source == id)
+    }
+
     /// Asks every copy to stop for shutdown, and any started from now on.
     pub fn stop_all(&self) {
         self.closing.store(true, std::sync::atomic::Ordering::SeqCst);

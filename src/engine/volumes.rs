@@ -421,8 +421,11 @@ impl Engine {
     pub fn delete_volume(&self, id: &str) -> Result<()> {
         self.sync_for_id(Kind::Volume, id)?;
         // A volume in use is refused before any copy of it is touched; a copy filling the
-        // volume, or reading it, is then stopped and undone.
-        if let Some(record) = self.store.volume(id) {
+        // volume, or reading it, is then stopped and undone. Without a copy the check
+        // under the lock is the one that counts (one read of the mount table, not two).
+        if self.copies.touches(id)
+            && let Some(record) = self.store.volume(id)
+        {
             self.refuse_in_use(&record)?;
             self.stop_copies(id)?;
         }
