@@ -11,6 +11,10 @@ use berth::mount::LinuxSyscall;
 use berth::server::{self, Mode};
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// Every allocation is counted, for `berth_heap_*` on /metrics and `berth bench`.
+#[global_allocator]
+static HEAP: berth::metrics::heap::Counting = berth::metrics::heap::Counting;
+
 /// berth: a Kubernetes CSI driver for hostPath, block and NFS volumes.
 #[derive(Parser)]
 #[command(name = "berth", version = berth::VERSION)]

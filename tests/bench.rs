@@ -1,5 +1,6 @@
 //! `berth bench` against a real berth on a btrfs pool: every workload runs, the JSON has
-//! the documented shape, the numbers are sane, and the benchmark leaves nothing behind.
+//! the documented shape, the numbers are sane (berth's allocations per call among them),
+//! and the benchmark leaves nothing behind.
 
 // A failed unwrap or expect in a test is the test failing: allowed here, denied in berth.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -25,8 +26,10 @@ async fn bench_runs_every_workload_and_reports_json() {
         return;
     };
     let state = scratch.path().join("state");
-    let mut berth = Berth::start(scratch.path(), &hostpath_config(&state, &fs.mount, "auto"), "node-1", &[]).await;
+    let config = hostpath_config(&state, &fs.mount, "auto");
+    let mut berth = Berth::start(scratch.path(), &config, "node-1", &["--metrics-address", "127.0.0.1:0"]).await;
     let endpoint = format!("unix://{}", berth.socket.display());
+    let metrics = berth.metrics_address();
     let pid = berth.pid().expect("running").to_string();
     let work = scratch.path().join("work");
     let out = berth_cmd(&[
@@ -34,7 +37,11 @@ async fn bench_runs_every_workload_and_reports_json() {
         "--endpoint",
         &endpoint,
         "--workload",
-        "startup,provision,attach,snapshot,stats",
+        "startup,provision,attach,snapshot,scrape,stats",
+        "--metrics-address",
+        &metrics,
+        "--scrapes",
+        "3",
         "--existing",
         "10",
         "--pairs",
@@ -63,7 +70,7 @@ async fn bench_runs_every_workload_and_reports_json() {
     assert_eq!(report["driver"]["name"], "local.berth.csi.io");
     let results = report["results"].as_array().expect("results");
     let kinds: Vec<&str> = results.iter().filter_map(|r| r["workload"].as_str()).collect();
-    assert_eq!(kinds, ["startup", "provision", "provision", "attach", "snapshot", "stats"]);
+    assert_eq!(kinds, ["startup", "provision", "provision", "attach", "snapshot", "scrape", "stats"]);
     positive(&results[0]["ready_ms"], "startup ready_ms");
     for (r, conc) in results[1..3].iter().zip([1, 4]) {
         assert_eq!(r["concurrency"], conc);
@@ -76,14 +83,25 @@ async fn bench_runs_every_workload_and_reports_json() {
             assert!(p50 <= p99 && p99 <= positive(&s["max_ms"], "max") && p99 < 10_000.0, "{s}");
             positive(&s["ops_per_s"], "ops/s");
         }
+        let allocations = &r["allocations"];
+        assert_eq!(allocations["calls"], 40, "{allocations}");
+        positive(&allocations["per_call"], "allocations per call");
     }
+    // The sequential row also tells creates and deletes apart.
+    positive(&results[1]["allocations"]["by_call"]["create"], "allocations per create");
+    positive(&results[1]["allocations"]["by_call"]["delete"], "allocations per delete");
+    positive(&results[3]["allocations"]["by_call"]["cycle"], "allocations per attach cycle");
+    positive(&results[4]["allocations"]["by_call"]["snapshot"], "allocations per snapshot");
+    positive(&results[4]["allocations"]["by_call"]["restore"], "allocations per restore");
+    assert_eq!(results[5]["ops"]["GET /metrics"]["count"], 3);
+    positive(&results[5]["allocations"]["per_call"], "allocations per scrape");
     for step in ["stage", "publish", "unpublish", "unstage", "cycle"] {
         assert_eq!(results[3]["ops"][step]["count"], 5, "{step}");
     }
     assert_eq!(results[4]["bytes"], 4 << 20);
     positive(&results[4]["snapshot_ms"], "snapshot_ms");
     positive(&results[4]["restore_ms"], "restore_ms");
-    let stats = &results[5];
+    let stats = &results[6];
     assert_eq!(stats["files"], 3000);
     for (call, count) in [("first", 1), ("later", 5), ("du -s", 3)] {
         assert_eq!(stats["ops"][call]["count"], count, "{call}: {stats}");

@@ -495,7 +495,7 @@ async fn reboot_replay_reattaches_the_same_image() {
     let state = scratch.path().join("state");
     {
         let (store, _) = berth::state::Store::open(&state).expect("open state");
-        let mut record = store.volume(&vol.volume_id).expect("record");
+        let mut record = std::sync::Arc::unwrap_or_clone(store.volume(&vol.volume_id).expect("record"));
         assert_eq!(record.layers, [berth::state::Layer::Loop]);
         record.layers.clear();
         store.put_volume(&record).expect("put");
@@ -949,7 +949,7 @@ async fn device_pool_refuses_records_outside_the_allow_list_or_naming_one_device
     let twin_id = format!("{}{}", &v1[..v1.len() - 32], "0123456789abcdef0123456789abcdef");
     {
         let (store, _) = berth::state::Store::open(&state).expect("open state");
-        let mut twin = store.volume(&v1).expect("record");
+        let mut twin = std::sync::Arc::unwrap_or_clone(store.volume(&v1).expect("record"));
         twin.id = twin_id.clone();
         twin.name = "pvc-twin".into();
         twin.key = "0123456789abcdef0123456789abcdef".into();
@@ -994,7 +994,7 @@ async fn device_pool_refuses_records_outside_the_allow_list_or_naming_one_device
     let kernel_name = fs::canonicalize(rig.link_path(d1)).expect("link").display().to_string();
     {
         let (store, _) = berth::state::Store::open(&state).expect("open state");
-        let mut legacy = store.volume(&v1).expect("record");
+        let mut legacy = std::sync::Arc::unwrap_or_clone(store.volume(&v1).expect("record"));
         legacy.device = Some(kernel_name.clone());
         legacy.device_identity = None;
         assert_eq!(legacy.layers, [berth::state::Layer::Disk]);

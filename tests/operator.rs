@@ -92,6 +92,16 @@ async fn metrics_count_rpcs_by_code_time_them_and_measure_pools() {
 
     assert_eq!(find(&samples, "berth_rpc_in_flight", &[]), Some(0.0));
     assert_eq!(find(&samples, "berth_ready", &[]), Some(1.0));
+    // The counting allocator: every call allocates, so both totals only grow.
+    let allocations = find(&samples, "berth_heap_allocations_total", &[]).expect("allocations counted");
+    let bytes = find(&samples, "berth_heap_allocated_bytes_total", &[]).expect("bytes counted");
+    assert!(allocations > 1000.0 && bytes > allocations, "{allocations} {bytes}");
+    let (status, heap) = http_get(&address, "/metrics?collect=heap");
+    assert_eq!(status, 200, "{heap}");
+    let heap = parse(&heap).expect("valid exposition text");
+    let names: Vec<&str> = heap.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["berth_heap_allocations_total", "berth_heap_allocated_bytes_total"]);
+    assert!(find(&heap, "berth_heap_allocations_total", &[]) > Some(allocations), "the count grew since");
     let pool_label = [("pool", "default")];
     assert_eq!(find(&samples, "berth_pool_volumes", &pool_label), Some(1.0));
     assert_eq!(find(&samples, "berth_pool_snapshots", &pool_label), Some(1.0));

@@ -21,6 +21,7 @@ use super::{
 };
 use crate::config::BlockPool as BlockPoolConfig;
 use crate::crypt::{Key, Scheme};
+use crate::mount::mountinfo::MountEntry;
 use crate::mount::{LOOP_TAG_PREFIX, LoopDevice, Syscall};
 use crate::progress::Progress;
 use crate::state::{AccessKind, Enforced, Layer, SnapshotMethod, SnapshotRecord, VolumeRecord};
@@ -342,8 +343,8 @@ impl Node for BlockPool {
     }
 
     /// Staging records nothing new: the record names the storage.
-    fn note_staged(&self, _volume: &mut VolumeRecord) -> Result<bool> {
-        Ok(false)
+    fn note_staged(&self, _volume: &VolumeRecord) -> Result<Option<VolumeRecord>> {
+        Ok(None)
     }
 
     fn unstage(&self, source: StageSource<'_>) -> Result<()> {
@@ -351,12 +352,12 @@ impl Node for BlockPool {
         self.stack(volume)?.unstage(self.sys.as_ref())
     }
 
-    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool> {
-        self.stack(self.managed(source)?)?.is_mounted_at(self.sys.as_ref(), path)
+    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path, table: &[MountEntry]) -> Result<bool> {
+        self.stack(self.managed(source)?)?.is_mounted_at(table, path)
     }
 
-    fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>> {
-        self.stack(self.managed(source)?)?.mounts(self.sys.as_ref())
+    fn mounts(&self, source: StageSource<'_>, table: &[MountEntry]) -> Result<Vec<PathBuf>> {
+        self.stack(self.managed(source)?)?.mounts(table)
     }
 
     /// Not attached here: the next stage attaches at the new size and grows then.

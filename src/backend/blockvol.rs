@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use super::{Capability, Error, RAW_DEVICE_FILE, Result, Usage};
 use crate::crypt::Key;
+use crate::mount::mountinfo::{self, MountEntry};
 use crate::mount::ops::{self, Flags};
-use crate::mount::{MsFlags, Signature, Syscall, mountinfo};
+use crate::mount::{MsFlags, Signature, Syscall};
 
 /// The directory of an fscrypt volume's filesystem that holds the volume's data and that
 /// publish binds onto the pod's target: ext4 encrypts directories, never its root.
@@ -142,10 +143,10 @@ fn rdev(device: &Path) -> Option<u64> {
     fs::metadata(device).ok().filter(|m| m.file_type().is_block_device()).map(|m| m.rdev())
 }
 
-/// True when `path` is a mount of `device`'s filesystem or a bind of its device node.
-pub fn is_mounted_at(sys: &dyn Syscall, device: &Path, path: &Path) -> Result<bool> {
-    let table = ops::table(sys).map_err(Error::io("read mount table", path))?;
-    let Some(top) = mountinfo::at(&table, path).last().copied() else {
+/// True when `path` is, in `table`, a mount of `device`'s filesystem or a bind of its
+/// device node.
+pub fn is_mounted_at(table: &[MountEntry], device: &Path, path: &Path) -> Result<bool> {
+    let Some(top) = mountinfo::at(table, path).last().copied() else {
         return Ok(false);
     };
     if top.source == device.to_string_lossy() && top.fs_type != "devtmpfs" {
@@ -156,9 +157,10 @@ pub fn is_mounted_at(sys: &dyn Syscall, device: &Path, path: &Path) -> Result<bo
     Ok(meta.file_type().is_block_device() && Some(meta.rdev()) == rdev(device))
 }
 
-/// Every mount point of `device`: its filesystem's mounts and binds of its device node.
-pub fn mounts(sys: &dyn Syscall, device: &Path) -> Result<Vec<PathBuf>> {
-    let table = ops::table(sys).map_err(Error::io("read mount table", device))?;
+/// Every mount point of `device` in `table`: its filesystem's mounts and binds of its
+/// device node.
+#[must_use]
+pub fn mounts(table: &[MountEntry], device: &Path) -> Vec<PathBuf> {
     // A bind of a device node shows the node's path inside /dev as its root
     // (`/loop3`, `/mapper/berth-k` for a crypt layer's node where udev does not link it).
     let name = device
@@ -166,14 +168,14 @@ pub fn mounts(sys: &dyn Syscall, device: &Path) -> Result<Vec<PathBuf>> {
         .ok()
         .map(|rel| Path::new("/").join(rel))
         .or_else(|| device.file_name().map(|n| Path::new("/").join(n)));
-    Ok(table
+    table
         .iter()
         .filter(|e| {
             (e.source == device.to_string_lossy() && e.fs_type != "devtmpfs")
                 || (e.fs_type == "devtmpfs" && Some(&e.root) == name.as_ref())
         })
         .map(|e| e.mount_point.clone())
-        .collect())
+        .collect()
 }
 
 /// Where `device`'s filesystem is mounted (the staging mount), for freezing and growing.
@@ -344,10 +346,10 @@ mod tests {
                      31 1 0:5 /mapper/berth-k /k/b rw - devtmpfs udev rw\n\
                      32 1 253:0 / /k/c rw - ext4 /dev/mapper/berth-k rw\n\
                      33 1 0:5 /berth-k /k/d rw - devtmpfs udev rw\n";
-        let fake = RecordingSyscall::new(FsStat::default(), table);
-        assert_eq!(mounts(&fake, Path::new("/dev/loop3")).expect("loop"), [PathBuf::from("/k/a")]);
+        let table = mountinfo::parse(table).expect("parses");
+        assert_eq!(mounts(&table, Path::new("/dev/loop3")), [PathBuf::from("/k/a")]);
         assert_eq!(
-            mounts(&fake, Path::new("/dev/mapper/berth-k")).expect("mapping"),
+            mounts(&table, Path::new("/dev/mapper/berth-k")),
             [PathBuf::from("/k/b"), PathBuf::from("/k/c")],
             "a bind of /dev/mapper/berth-k, not of some /dev/berth-k"
         );

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::mount::mountinfo::MountEntry;
 use crate::state::{AccessKind, Enforced, SnapshotRecord, VolumeRecord};
 
 pub use error::{Error, Result};
@@ -308,7 +309,7 @@ pub trait Keyring: Send + Sync {
     fn remove_key(&self, id: &crate::crypt::KeyId) -> Result<bool>;
     /// Whether any of `volumes` (this pool's) is mounted or bound anywhere now: their key
     /// must stay. One look at the mount table for them all.
-    fn any_mounted(&self, volumes: &[VolumeRecord]) -> Result<bool>;
+    fn any_mounted(&self, volumes: &[std::sync::Arc<VolumeRecord>]) -> Result<bool>;
 }
 
 /// The node side of a pool: what NodeStageVolume, NodePublishVolume, NodeExpandVolume
@@ -329,15 +330,17 @@ pub trait Node: Send + Sync {
         capability: &Capability,
         key: Option<&crate::crypt::Key>,
     ) -> Result<()>;
-    /// Records in `volume` what staging put on its storage (a device's filesystem UUID);
-    /// true when the record changed and must be written.
-    fn note_staged(&self, volume: &mut VolumeRecord) -> Result<bool>;
+    /// What staging put on the volume's storage (a device's filesystem UUID): the record
+    /// to write when it has something new to say, else `None`.
+    fn note_staged(&self, volume: &VolumeRecord) -> Result<Option<VolumeRecord>>;
     /// Releases what staging held once the engine has unmounted it (loop devices).
     fn unstage(&self, source: StageSource<'_>) -> Result<()>;
-    /// True when what is mounted at `path` is this volume's storage.
-    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool>;
-    /// Every mount point where this volume's storage is mounted or bound now.
-    fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>>;
+    /// True when what `table` shows mounted at `path` is this volume's storage. `table` is
+    /// the mount table as the caller read it ([`crate::mount::ops::table`]): one read
+    /// serves every check of a call, and a call that mounts reads it again.
+    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path, table: &[MountEntry]) -> Result<bool>;
+    /// Every mount point where `table` shows this volume's storage mounted or bound.
+    fn mounts(&self, source: StageSource<'_>, table: &[MountEntry]) -> Result<Vec<PathBuf>>;
     /// Node side of expansion: make the mounted volume at `volume_path` see its new size.
     fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()>;
     /// Usage of a volume mounted (or, for raw block, bound) at `volume_path`.

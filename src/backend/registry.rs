@@ -51,12 +51,13 @@ pub fn open(pool: &PoolConfig, cx: &Context<'_>) -> Result<Pool, String> {
             let device_pool =
                 |name: &str| cx.config.pools.iter().any(|p| matches!(p, PoolConfig::Device(d) if d.name == name));
             let recorded = cx.store.volumes_where(|v| v.device.is_some() && device_pool(&v.pool));
-            let opened = DevicePool::open(dp, Arc::clone(cx.sys), snapshot_dir, recorded, cx.held.clone())
+            let opened = DevicePool::open(dp, Arc::clone(cx.sys), snapshot_dir, &recorded, cx.held.clone())
                 .map_err(failed)?
                 .with_freezes(cx.freezes.clone());
             // Records from before identities name the kernel's name: record the identity
             // now, while that name still leads to the volume's disk.
-            for mut v in cx.store.volumes_where(|v| v.pool == dp.name && v.device_identity.is_none()) {
+            for v in cx.store.volumes_where(|v| v.pool == dp.name && v.device_identity.is_none()) {
+                let mut v = Arc::unwrap_or_clone(v);
                 if opened.adopt(&mut v)
                     && let Err(e) = cx.store.put_volume(&v)
                 {

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use super::{Capability, Condition, Error, Result, Usage, blockvol};
 use crate::crypt::{Key, Scheme};
-use crate::mount::Syscall;
+use crate::mount::mountinfo::MountEntry;
+use crate::mount::{Syscall, ops};
 use crate::state::{AccessKind, Layer, VolumeRecord};
 
 /// What one layer of a stack does. The pool that owns the storage makes these from the
@@ -170,7 +171,9 @@ impl<'a> Stack<'a> {
     pub fn unstage(&self, sys: &dyn Syscall) -> Result<()> {
         let devices = self.open_devices()?;
         if let Some(top) = self.top_of(&devices) {
-            let mounts = blockvol::mounts(sys, top)?;
+            // Read now: the engine has just unmounted what it staged.
+            let table = ops::table(sys).map_err(Error::io("read mount table", top))?;
+            let mounts = blockvol::mounts(&table, top);
             if !mounts.is_empty() {
                 return Err(Error::StillMounted { device: top.clone(), mounts });
             }
@@ -178,20 +181,17 @@ impl<'a> Stack<'a> {
         self.close_devices(&devices)
     }
 
-    /// True when `path` mounts or binds the top device.
-    pub fn is_mounted_at(&self, sys: &dyn Syscall, path: &Path) -> Result<bool> {
+    /// True when `path` mounts or binds the top device in `table`.
+    pub fn is_mounted_at(&self, table: &[MountEntry], path: &Path) -> Result<bool> {
         match self.top()? {
-            Some(top) => blockvol::is_mounted_at(sys, &top, path),
+            Some(top) => blockvol::is_mounted_at(table, &top, path),
             None => Ok(false),
         }
     }
 
-    /// Every mount or bind of the top device.
-    pub fn mounts(&self, sys: &dyn Syscall) -> Result<Vec<PathBuf>> {
-        match self.top()? {
-            Some(top) => blockvol::mounts(sys, &top),
-            None => Ok(Vec::new()),
-        }
+    /// Every mount or bind of the top device in `table`.
+    pub fn mounts(&self, table: &[MountEntry]) -> Result<Vec<PathBuf>> {
+        Ok(self.top()?.map(|top| blockvol::mounts(table, &top)).unwrap_or_default())
     }
 
     /// Where the top device's filesystem is mounted: what a copy of the volume freezes.

@@ -3,6 +3,7 @@
 //! what the driver costs (resident memory and CPU time, read from /proc for `--pid`).
 //! Results print as a table, or as JSON with `--output json`.
 
+pub mod allocs;
 pub mod stats;
 pub mod volstats;
 pub mod workloads;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use self::allocs::Counter;
 use self::stats::{Latencies, Progress, RssSampler, cpu_time, memory, ms, round};
 use self::workloads::Ctx;
 use crate::client::Output;
@@ -93,7 +95,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "/tmp")]
     pub work_dir: PathBuf,
     /// The driver's metrics address (HOST:PORT, as given to `berth serve --metrics-address`),
-    /// for `scrape`.
+    /// for `scrape`, and to report berth's heap allocations per call of every workload.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_address: Option<String>,
     /// Scrapes of `/metrics` in `scrape`.
@@ -184,7 +186,20 @@ async fn startup(ctx: &Ctx, started_at_ns: Option<u128>) -> Result<Value, String
     }
 }
 
-async fn provision(args: &BenchArgs, ctx: &Ctx) -> Result<Vec<Value>, String> {
+/// Allocations per CreateVolume and per DeleteVolume, each measured on its own: `n`
+/// creates on one client, then their deletes.
+async fn allocations_per_create_and_delete(ctx: &Ctx, counter: &Counter, n: usize) -> Result<(f64, f64), String> {
+    let before = counter.read().await?;
+    let ids = workloads::create_all(ctx, "counting allocations of creates", "allocs", n, 1).await?;
+    let created = counter.since(before).await?;
+    let before = counter.read().await?;
+    workloads::delete_all(ctx, ids, 1).await?;
+    let deleted = counter.since(before).await?;
+    let n = n.max(1) as f64;
+    Ok((created as f64 / n, deleted as f64 / n))
+}
+
+async fn provision(args: &BenchArgs, ctx: &Ctx, counter: Option<&Counter>) -> Result<Vec<Value>, String> {
     let conc = args.concurrency.max(1);
     let t = Instant::now();
     let existing = workloads::precreate(ctx, args.existing, conc).await?;
@@ -197,7 +212,7 @@ async fn provision(args: &BenchArgs, ctx: &Ctx) -> Result<Vec<Value>, String> {
     let mut result = Ok(());
     for c in runs {
         let before = args.pid.and_then(cpu_time);
-        match workloads::pairs(ctx, args.pairs, c, &format!("c{c}")).await {
+        match workloads::pairs(ctx, args.pairs, c, &format!("c{c}"), counter).await {
             Ok(r) => out.push(json!({
                 "workload": "provision",
                 "existing": args.existing,
@@ -207,12 +222,19 @@ async fn provision(args: &BenchArgs, ctx: &Ctx) -> Result<Vec<Value>, String> {
                 "pairs_per_s": round(args.pairs as f64 / r.wall.as_secs_f64().max(1e-9)),
                 "ops": ops(&[("create", &r.create), ("delete", &r.delete)], r.wall),
                 "cpu": cpu_json(args.pid, before, 2 * args.pairs),
+                "allocations": r.allocations.map_or(Value::Null, |n| allocs::summary(n, 2 * args.pairs, &[])),
             })),
             Err(e) => {
                 result = Err(e);
                 break;
             }
         }
+    }
+    // The pairs interleave creates and deletes; their allocations are told apart by a run
+    // of creates, then one of deletes, after the timed runs.
+    if let (Some(counter), Some(first), Ok(())) = (counter, out.first_mut(), &result) {
+        let (create, delete) = allocations_per_create_and_delete(ctx, counter, args.pairs).await?;
+        first["allocations"]["by_call"] = json!({ "create": round(create), "delete": round(delete) });
     }
     // Measure memory while every pre-created volume still exists.
     if let Some(mem) = args.pid.and_then(memory)
@@ -229,6 +251,11 @@ async fn provision(args: &BenchArgs, ctx: &Ctx) -> Result<Vec<Value>, String> {
 async fn run(args: &BenchArgs) -> Result<Value, String> {
     let ctx = args.ctx();
     std::fs::create_dir_all(&ctx.work_dir).map_err(|e| format!("creating {}: {e}", ctx.work_dir.display()))?;
+    let counter = match &args.metrics_address {
+        Some(address) => Counter::connect(address).await?,
+        None => None,
+    };
+    let counter = counter.as_ref();
     let mut driver = Value::Null;
     let mut results = Vec::new();
     let idle = args.pid.and_then(memory);
@@ -246,22 +273,24 @@ async fn run(args: &BenchArgs) -> Result<Value, String> {
         let before = args.pid.and_then(cpu_time);
         match w {
             Workload::Startup => results.push(startup(&ctx, args.started_at_ns).await?),
-            Workload::Provision => results.extend(provision(args, &ctx).await?),
+            Workload::Provision => results.extend(provision(args, &ctx, counter).await?),
             Workload::Attach => {
-                let r = workloads::attach(&ctx, args.cycles).await?;
+                let r = workloads::attach(&ctx, args.cycles, counter).await?;
                 let steps: Vec<(&str, &Latencies)> = r.steps.iter().map(|(s, l)| (*s, l)).collect();
                 let calls = r.steps.iter().filter(|(s, _)| *s != "cycle").count() * args.cycles;
+                let per_cycle = |n: u64| n as f64 / args.cycles.max(1) as f64;
                 results.push(json!({
                     "workload": "attach",
                     "cycles": args.cycles,
                     "wall_s": round(r.wall.as_secs_f64()),
                     "ops": ops(&steps, r.wall),
                     "cpu": cpu_json(args.pid, before, calls),
+                    "allocations": r.allocations.map_or(Value::Null, |n| allocs::summary(n, calls, &[("cycle", per_cycle(n))])),
                 }));
             }
             Workload::Scrape => {
                 let address = args.metrics_address.as_deref().ok_or("the scrape workload needs --metrics-address")?;
-                let r = workloads::scrape(address, args.scrapes).await?;
+                let r = workloads::scrape(address, args.scrapes, counter).await?;
                 let mut ops = serde_json::Map::new();
                 ops.insert("GET /metrics".into(), r.latencies.summary(r.wall));
                 results.push(json!({
@@ -270,6 +299,7 @@ async fn run(args: &BenchArgs) -> Result<Value, String> {
                     "bytes": r.bytes,
                     "ops": ops,
                     "cpu": cpu_json(args.pid, before, args.scrapes),
+                    "allocations": r.allocations.map_or(Value::Null, |n| allocs::summary(n, args.scrapes, &[])),
                 }));
             }
             Workload::Stats => {
@@ -287,13 +317,21 @@ async fn run(args: &BenchArgs) -> Result<Value, String> {
             }
             Workload::Snapshot => {
                 let bytes = u64::try_from(args.snapshot_size).map_err(|_| "--snapshot-size must be positive")?;
-                let r = workloads::snapshot(&ctx, bytes).await?;
+                let r = workloads::snapshot(&ctx, bytes, counter).await?;
+                let allocations = r.allocations.map_or(Value::Null, |(snapshot, restore)| {
+                    allocs::summary(
+                        snapshot + restore,
+                        2,
+                        &[("snapshot", snapshot as f64), ("restore", restore as f64)],
+                    )
+                });
                 results.push(json!({
                     "workload": "snapshot",
                     "bytes": r.bytes,
                     "write_s": round(r.write.as_secs_f64()),
                     "snapshot_ms": round(ms(r.snapshot)),
                     "restore_ms": round(ms(r.restore)),
+                    "allocations": allocations,
                 }));
             }
         }
@@ -352,8 +390,19 @@ pub fn main(args: &BenchArgs) -> bool {
 pub fn table(report: &Value) -> String {
     let mut out = format!("driver: {} {}\n", report["driver"]["name"], report["driver"]["version"]);
     out.push_str(&format!(
-        "{:<10} {:>8} {:>5} {:<10} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}\n",
-        "WORKLOAD", "EXISTING", "CONC", "CALL", "COUNT", "P50_MS", "P90_MS", "P99_MS", "MAX_MS", "OPS/S", "CPU_MS/1K"
+        "{:<10} {:>8} {:>5} {:<10} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>11}\n",
+        "WORKLOAD",
+        "EXISTING",
+        "CONC",
+        "CALL",
+        "COUNT",
+        "P50_MS",
+        "P90_MS",
+        "P99_MS",
+        "MAX_MS",
+        "OPS/S",
+        "CPU_MS/1K",
+        "ALLOCS/CALL"
     ));
     let empty = Vec::new();
     for r in report["results"].as_array().unwrap_or(&empty) {
@@ -367,10 +416,22 @@ pub fn table(report: &Value) -> String {
                 ));
                 out.push_str(&ops_rows(w, r));
             }
-            "snapshot" => out.push_str(&format!(
-                "snapshot: {} bytes written in {} s; CreateSnapshot {} ms; restore {} ms\n",
-                r["bytes"], r["write_s"], r["snapshot_ms"], r["restore_ms"]
-            )),
+            "snapshot" => {
+                let allocations = |call: &str| {
+                    r["allocations"]["by_call"][call]
+                        .as_f64()
+                        .map_or(String::new(), |n| format!(", {n:.0} allocations"))
+                };
+                out.push_str(&format!(
+                    "snapshot: {} bytes written in {} s; CreateSnapshot {} ms{}; restore {} ms{}\n",
+                    r["bytes"],
+                    r["write_s"],
+                    r["snapshot_ms"],
+                    allocations("snapshot"),
+                    r["restore_ms"],
+                    allocations("restore")
+                ));
+            }
             _ => out.push_str(&ops_rows(w, r)),
         }
     }
@@ -384,13 +445,19 @@ pub fn table(report: &Value) -> String {
     out
 }
 
-/// One table row per timed call of a workload's result.
+/// One table row per timed call of a workload's result, with its allocations per call
+/// where the workload measured them (per kind of call where it could tell them apart,
+/// else the mean over its calls).
 fn ops_rows(workload: &str, r: &Value) -> String {
     let cpu = r["cpu"]["cpu_ms_per_1000_ops"].as_f64().map_or("-".into(), |c| format!("{c:.1}"));
+    let allocs = |call: &str| {
+        let a = &r["allocations"];
+        a["by_call"][call].as_f64().or_else(|| a["per_call"].as_f64()).map_or("-".into(), |n| format!("{n:.1}"))
+    };
     let mut out = String::new();
     for (call, s) in r["ops"].as_object().into_iter().flatten() {
         out.push_str(&format!(
-            "{:<10} {:>8} {:>5} {:<10} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.1} {:>10}\n",
+            "{:<10} {:>8} {:>5} {:<10} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.1} {:>10} {:>11}\n",
             workload,
             r["existing"].as_u64().map_or("-".into(), |n| n.to_string()),
             r["concurrency"].as_u64().unwrap_or(1),
@@ -401,7 +468,8 @@ fn ops_rows(workload: &str, r: &Value) -> String {
             s["p99_ms"].as_f64().unwrap_or(0.0),
             s["max_ms"].as_f64().unwrap_or(0.0),
             s["ops_per_s"].as_f64().unwrap_or(0.0),
-            cpu
+            cpu,
+            allocs(call)
         ));
     }
     out

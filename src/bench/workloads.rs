@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 
+use super::allocs::{Counter, http_get};
 use super::stats::{Latencies, Progress};
 use crate::csi::pb;
 use crate::csi::pb::controller_client::ControllerClient;
@@ -130,9 +131,14 @@ where
 
 /// Pre-creates `n` volumes (with `concurrency` clients) and returns their IDs.
 pub async fn precreate(ctx: &Ctx, n: usize, concurrency: usize) -> Result<Vec<String>, Error> {
-    let c = ctx.clone();
-    fan_out(ctx, "pre-creating volumes", n, concurrency, move |mut client, i| {
-        let req = c.create_req(format!("{}-existing-{i}", c.run_id), c.capacity, None);
+    create_all(ctx, "pre-creating volumes", "existing", n, concurrency).await
+}
+
+/// Creates `n` volumes named after `tag` (with `concurrency` clients) and returns their IDs.
+pub async fn create_all(ctx: &Ctx, what: &str, tag: &str, n: usize, concurrency: usize) -> Result<Vec<String>, Error> {
+    let (c, tag) = (ctx.clone(), tag.to_string());
+    fan_out(ctx, what, n, concurrency, move |mut client, i| {
+        let req = c.create_req(format!("{}-{tag}-{i}", c.run_id), c.capacity, None);
         async move { Ok(create(&mut client, req).await?.volume_id) }
     })
     .await
@@ -158,12 +164,22 @@ pub struct PairResult {
     pub delete: Latencies,
     /// Wall time of the whole run.
     pub wall: Duration,
+    /// The driver's allocations during the run, when it counts them.
+    pub allocations: Option<u64>,
 }
 
-/// Times `pairs` CreateVolume+DeleteVolume pairs on `concurrency` clients.
-pub async fn pairs(ctx: &Ctx, pairs: usize, concurrency: usize, tag: &str) -> Result<PairResult, Error> {
+/// Times `pairs` CreateVolume+DeleteVolume pairs on `concurrency` clients, and counts the
+/// driver's allocations meanwhile with `counter`.
+pub async fn pairs(
+    ctx: &Ctx,
+    pairs: usize,
+    concurrency: usize,
+    tag: &str,
+    counter: Option<&Counter>,
+) -> Result<PairResult, Error> {
     let c = ctx.clone();
     let tag = tag.to_string();
+    let before = read(counter).await?;
     let start = Instant::now();
     let samples = fan_out(ctx, "create+delete pairs", pairs, concurrency, move |mut client, i| {
         let req = c.create_req(format!("{}-{tag}-{i}", c.run_id), c.capacity, None);
@@ -178,12 +194,28 @@ pub async fn pairs(ctx: &Ctx, pairs: usize, concurrency: usize, tag: &str) -> Re
     })
     .await?;
     let wall = start.elapsed();
+    let allocations = since(counter, before).await?;
     let (mut create_l, mut delete_l) = (Latencies::default(), Latencies::default());
     for (c, d) in samples {
         create_l.push(c);
         delete_l.push(d);
     }
-    Ok(PairResult { create: create_l, delete: delete_l, wall })
+    Ok(PairResult { create: create_l, delete: delete_l, wall, allocations })
+}
+
+/// The driver's allocations since `before`, read with `counter`.
+async fn since(counter: Option<&Counter>, before: Option<u64>) -> Result<Option<u64>, Error> {
+    match (counter, before) {
+        (Some(counter), Some(before)) => Ok(Some(counter.since(before).await?)),
+        _ => Ok(None),
+    }
+}
+
+async fn read(counter: Option<&Counter>) -> Result<Option<u64>, Error> {
+    match counter {
+        Some(counter) => Ok(Some(counter.read().await?)),
+        None => Ok(None),
+    }
 }
 
 /// A volume staged and published for a workload, with the paths used.
@@ -281,16 +313,20 @@ pub struct AttachResult {
     pub steps: Vec<(&'static str, Latencies)>,
     /// Wall time of the cycles.
     pub wall: Duration,
+    /// The driver's allocations during the cycles, when it counts them.
+    pub allocations: Option<u64>,
 }
 
-/// Times `cycles` NodeStage+NodePublish+NodeUnpublish+NodeUnstage cycles of one volume.
-pub async fn attach(ctx: &Ctx, cycles: usize) -> Result<AttachResult, Error> {
+/// Times `cycles` NodeStage+NodePublish+NodeUnpublish+NodeUnstage cycles of one volume,
+/// counting the driver's allocations over the cycles with `counter`.
+pub async fn attach(ctx: &Ctx, cycles: usize, counter: Option<&Counter>) -> Result<AttachResult, Error> {
     let mut controller = ControllerClient::new(ctx.channel().await?);
     let volume = create(&mut controller, ctx.create_req(format!("{}-attach", ctx.run_id), ctx.capacity, None)).await?;
     let mut node = Node::new(ctx).await?;
     let dir = ctx.work_dir.join(format!("{}-attach", ctx.run_id));
     let mut steps: Vec<(&'static str, Latencies)> =
         ["stage", "publish", "unpublish", "unstage", "cycle"].into_iter().map(|s| (s, Latencies::default())).collect();
+    let before = read(counter).await?;
     let start = Instant::now();
     let mut outcome = Ok(());
     for i in 0..cycles {
@@ -316,6 +352,7 @@ pub async fn attach(ctx: &Ctx, cycles: usize) -> Result<AttachResult, Error> {
         ctx.progress.tick("attach cycles", i + 1, cycles);
     }
     let wall = start.elapsed();
+    let allocations = if outcome.is_ok() { since(counter, before).await } else { Ok(None) };
     let cleanup = delete(&mut controller, &volume.volume_id).await;
     let _ = std::fs::remove_dir_all(&dir);
     outcome?;
@@ -323,7 +360,7 @@ pub async fn attach(ctx: &Ctx, cycles: usize) -> Result<AttachResult, Error> {
     if !node.stages {
         steps.retain(|(s, _)| *s != "stage" && *s != "unstage");
     }
-    Ok(AttachResult { steps, wall })
+    Ok(AttachResult { steps, wall, allocations: allocations? })
 }
 
 /// Timings of the snapshot workload.
@@ -336,6 +373,8 @@ pub struct SnapshotResult {
     pub snapshot: Duration,
     /// CreateVolume-from-snapshot's latency.
     pub restore: Duration,
+    /// The driver's allocations in CreateSnapshot and in the restore, when it counts them.
+    pub allocations: Option<(u64, u64)>,
 }
 
 /// Writes `bytes` of incompressible data to `path` (a file in a mounted volume, or a block
@@ -366,8 +405,9 @@ fn write_data(path: &Path, bytes: u64, block: bool) -> Result<(), Error> {
 }
 
 /// Writes `bytes` into a published volume, then times CreateSnapshot and
-/// CreateVolume-from-snapshot, and cleans everything up.
-pub async fn snapshot(ctx: &Ctx, bytes: u64) -> Result<SnapshotResult, Error> {
+/// CreateVolume-from-snapshot (counting the driver's allocations in each with `counter`),
+/// and cleans everything up.
+pub async fn snapshot(ctx: &Ctx, bytes: u64, counter: Option<&Counter>) -> Result<SnapshotResult, Error> {
     let mut controller = ControllerClient::new(ctx.channel().await?);
     // Room for the data and the filesystem's own metadata.
     let size = ctx.capacity.max(i64::try_from(bytes + bytes / 8 + (64 << 20)).unwrap_or(i64::MAX));
@@ -391,23 +431,27 @@ pub async fn snapshot(ctx: &Ctx, bytes: u64) -> Result<SnapshotResult, Error> {
             name: format!("{}-snap", ctx.run_id),
             ..Default::default()
         };
+        let before = read(counter).await?;
         let t = Instant::now();
         let snap = controller.create_snapshot(req).await.map_err(|s| failed("CreateSnapshot", s))?.into_inner();
         let snapshot = t.elapsed();
+        let snapshot_allocations = since(counter, before).await?;
         let snap = snap.snapshot.ok_or("CreateSnapshot answered without a snapshot")?;
         use pb::volume_content_source::{SnapshotSource, Type};
         let source = pb::VolumeContentSource {
             r#type: Some(Type::Snapshot(SnapshotSource { snapshot_id: snap.snapshot_id.clone() })),
         };
+        let before = read(counter).await?;
         let t = Instant::now();
         let restored =
             create(&mut controller, ctx.create_req(format!("{}-restored", ctx.run_id), size, Some(source))).await;
         let restore = t.elapsed();
         let restored = restored?;
+        let allocations = snapshot_allocations.zip(since(counter, before).await?);
         delete(&mut controller, &restored.volume_id).await?;
         let req = pb::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id, ..Default::default() };
         controller.delete_snapshot(req).await.map_err(|s| failed("DeleteSnapshot", s))?;
-        Ok::<_, Error>(SnapshotResult { bytes, write, snapshot, restore })
+        Ok::<_, Error>(SnapshotResult { bytes, write, snapshot, restore, allocations })
     }
     .await;
     clean_up(&mut controller, &volume.volume_id, &dir, result).await
@@ -421,28 +465,24 @@ pub struct ScrapeResult {
     pub volumes: usize,
     /// Size of the last answer.
     pub bytes: usize,
+    /// The driver's allocations during the scrapes, when it counts them.
+    pub allocations: Option<u64>,
 }
 
-/// GETs `/metrics` from the driver's metrics address `n` times, one after another.
-pub async fn scrape(address: &str, n: usize) -> Result<ScrapeResult, Error> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// GETs `/metrics` from the driver's metrics address `n` times, one after another,
+/// counting the driver's allocations over them with `counter`.
+pub async fn scrape(address: &str, n: usize, counter: Option<&Counter>) -> Result<ScrapeResult, Error> {
     let (mut latencies, mut volumes, mut bytes) = (Latencies::default(), 0, 0);
+    let before = read(counter).await?;
     let started = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
-        let mut stream =
-            tokio::net::TcpStream::connect(address).await.map_err(|e| format!("connecting to {address}: {e}"))?;
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.map_err(|e| format!("asking {address}: {e}"))?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.map_err(|e| format!("reading from {address}: {e}"))?;
+        let answer = http_get(address, "/metrics").await?;
         latencies.push(t.elapsed());
-        let text = String::from_utf8_lossy(&answer);
-        if !text.starts_with("HTTP/1.1 200") {
-            return Err(format!("{address}/metrics answered {}", text.lines().next().unwrap_or("nothing")));
-        }
         bytes = answer.len();
-        volumes = text.lines().filter(|l| l.starts_with("berth_volume_capacity_bytes{")).count();
+        volumes =
+            String::from_utf8_lossy(&answer).lines().filter(|l| l.starts_with("berth_volume_capacity_bytes{")).count();
     }
-    Ok(ScrapeResult { latencies, wall: started.elapsed(), volumes, bytes })
+    let wall = started.elapsed();
+    Ok(ScrapeResult { latencies, wall, volumes, bytes, allocations: since(counter, before).await? })
 }

@@ -194,7 +194,7 @@ pub fn device(host: &Host, pool: &DevicePool) -> Vec<Check> {
         pool,
         Arc::clone(&host.sys),
         None,
-        Vec::new(),
+        &[],
         crate::backend::device::Holdings::default(),
     )
     .and_then(|p| p.devices());

@@ -98,6 +98,12 @@ impl Copies {
         jobs.values().filter(|j| j.target == id || j.source == id).cloned().collect()
     }
 
+    /// Whether a copy reads or makes `id`.
+    pub fn touches(&self, id: &str) -> bool {
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        jobs.values().any(|j| j.target == id || j.source == id)
+    }
+
     /// Asks every copy to stop for shutdown, and any started from now on.
     pub fn stop_all(&self) {
         self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -214,7 +220,7 @@ impl Engine {
     pub(super) fn start_snapshot_copy(
         &self,
         pool: Pool,
-        volume: VolumeRecord,
+        volume: Arc<VolumeRecord>,
         mut record: SnapshotRecord,
     ) -> Result<Arc<Job>> {
         let guard = self.lock_reading(std::slice::from_ref(&record.id), &[&volume.id])?;
@@ -228,7 +234,7 @@ impl Engine {
 
     /// The snapshot a background copy is cutting, once the copy ended or
     /// [`Engine::copy_wait`] passed: Ready, or still Creating (not ready to use).
-    pub(super) fn await_snapshot(&self, name: &str, id: &str, job: &Job) -> Result<SnapshotRecord> {
+    pub(super) fn await_snapshot(&self, name: &str, id: &str, job: &Job) -> Result<Arc<SnapshotRecord>> {
         job.wait(self.copy_wait());
         match self.store.snapshot(id) {
             Some(s) => Ok(s),
@@ -247,7 +253,7 @@ impl Engine {
         &self,
         pool: Pool,
         mut record: VolumeRecord,
-        sources: (Option<SnapshotRecord>, Option<VolumeRecord>),
+        sources: super::lifecycle::Sources,
         limit_bytes: u64,
     ) -> Result<Arc<Job>> {
         let source_id = match &sources {
@@ -271,12 +277,12 @@ impl Engine {
 
     /// The volume a background copy fills, once the copy ended or [`Engine::copy_wait`]
     /// passed: Ready, or ABORTED saying how far the copy is.
-    pub(super) fn await_volume(&self, name: &str, id: &str, job: &Job) -> Result<VolumeRecord> {
+    pub(super) fn await_volume(&self, name: &str, id: &str, job: &Job) -> Result<Arc<VolumeRecord>> {
         job.wait(self.copy_wait());
         match self.store.volume(id) {
             Some(v) if v.phase == Phase::Ready => Ok(v),
             Some(v) => Err(Error::CopyInProgress {
-                volume: v.id,
+                volume: v.id.clone(),
                 source_id: job.source.clone(),
                 files: job.work.files(),
                 bytes: job.work.bytes(),

@@ -2,11 +2,11 @@
 //! through the same state machine as every other volume.
 
 use super::node::{EPHEMERAL_KEY, NodePublish};
-use super::paths::{io_err, prepare_dir};
+use super::paths::prepare_dir;
 use super::{Engine, Error, Result};
 use crate::backend::StageSource;
 use crate::ids::{self, Kind};
-use crate::mount::ops;
+use crate::mount::mountinfo;
 use crate::state::{Phase, VolumeRecord};
 use crate::units::Bytes;
 
@@ -55,22 +55,27 @@ impl Engine {
             Some(r) if r.phase == Phase::Ready => r,
             existing => {
                 let fresh = existing.is_none();
-                let mut record = existing.unwrap_or_else(|| {
-                    let key = ids::mint(Kind::Volume, pool.name()).1;
-                    let (id, name, node) = (req.volume_id.clone(), req.volume_id.clone(), self.node_id.clone());
-                    VolumeRecord { ephemeral: true, ..VolumeRecord::intent(id, key, name, pool.name(), node, size) }
-                });
+                // An interrupted create is finished: its record changes, so it is copied.
+                let mut record = existing.map_or_else(
+                    || {
+                        let key = ids::mint(Kind::Volume, pool.name()).1;
+                        let (id, name, node) = (req.volume_id.clone(), req.volume_id.clone(), self.node_id.clone());
+                        VolumeRecord { ephemeral: true, ..VolumeRecord::intent(id, key, name, pool.name(), node, size) }
+                    },
+                    std::sync::Arc::unwrap_or_clone,
+                );
                 if fresh {
                     self.begin_volume(&record)?;
                 }
                 self.build_volume(pool.as_ref(), &mut record, None, 0, &crate::backend::Work::new())?;
-                record
+                std::sync::Arc::new(record)
             }
         };
         let source = StageSource::Managed(&record);
-        let created = prepare_dir(self, "target_path", &req.target)?;
-        if ops::is_mount_point(self.sys.as_ref(), &req.target).map_err(io_err("read mount table", &req.target))? {
-            return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly);
+        let table = self.mount_table(&req.target)?;
+        let created = prepare_dir("target_path", &req.target, &table)?;
+        if !mountinfo::at(&table, &req.target).is_empty() {
+            return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly, &table);
         }
         let mut capability = req.capability.clone();
         if flags.readonly {

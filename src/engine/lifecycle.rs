@@ -15,9 +15,15 @@
 //! A record is written first where its pool keeps its durable truth (an NFS export), then
 //! in the local store; a record is forgotten in the same order.
 
+use std::sync::Arc;
+
 use super::{Engine, Error, Result, failpoint};
 use crate::backend::{Backend, Pool, Source, Stop, Work};
 use crate::state::{ContentSource, Phase, SnapshotRecord, VolumeRecord};
+
+/// What a volume is copied from: a snapshot or another volume (or neither), shared with
+/// the store while the copy reads them.
+pub(super) type Sources = (Option<Arc<SnapshotRecord>>, Option<Arc<VolumeRecord>>);
 
 /// What resuming an unfinished record did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,10 +203,7 @@ impl Engine {
 
     /// The Ready snapshot or volume a Creating volume's record names as its source; why
     /// not, when it is gone.
-    pub(super) fn recorded_source(
-        &self,
-        record: &VolumeRecord,
-    ) -> std::result::Result<(Option<SnapshotRecord>, Option<VolumeRecord>), String> {
+    pub(super) fn recorded_source(&self, record: &VolumeRecord) -> std::result::Result<Sources, String> {
         match &record.source {
             None => Ok((None, None)),
             Some(ContentSource::Snapshot(id)) => match self.store.snapshot(id).filter(|s| s.phase == Phase::Ready) {

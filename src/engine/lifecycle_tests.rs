@@ -187,5 +187,5 @@ fn an_undo_that_fails_keeps_the_intent_and_a_later_retry_finishes_the_volume() {
     let engine = unrecovered(dir.path(), fake(crate::mount::btrfs::BTRFS_SUPER_MAGIC));
     assert_eq!(engine.reconcile().finished, 1);
     let done = engine.create_volume(request("pvc", None)).expect("retry");
-    assert_eq!((done.id, done.phase), (kept.id, Phase::Ready));
+    assert_eq!((&done.id, done.phase), (&kept.id, Phase::Ready));
 }

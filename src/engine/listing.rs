@@ -1,6 +1,7 @@
 //! ListVolumes, ControllerGetVolume and GetCapacity.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::volumes::{check_parameters, unsupported};
 use super::{Capability, DEFAULT_PAGE, Engine, Error, Result};
@@ -11,7 +12,7 @@ use crate::state::VolumeRecord;
 /// One ListVolumes entry.
 #[derive(Debug, Clone)]
 pub struct ListedVolume {
-    pub volume: VolumeRecord,
+    pub volume: Arc<VolumeRecord>,
     pub condition: Condition,
 }
 

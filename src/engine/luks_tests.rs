@@ -66,7 +66,7 @@ fn stage(id: &str, staging: &Path, key: Option<[u8; KEY_BYTES]>) -> NodeStage {
 }
 
 /// A block pool on the recording fake holding one luks2 volume, `pvc-1`, never staged.
-fn luks_volume() -> (tempfile::TempDir, Arc<RecordingSyscall>, Engine, VolumeRecord) {
+fn luks_volume() -> (tempfile::TempDir, Arc<RecordingSyscall>, Engine, Arc<VolumeRecord>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let fake = fake();
     let engine = engine(&fake, dir.path());
@@ -123,7 +123,7 @@ fn stage_formats_then_opens_unstage_closes_top_first_and_a_second_stage_only_ope
         ],
         "the filesystem is made and mounted on the mapping, never on the loop device"
     );
-    let recorded = engine.store.volume(&vol.id).expect("record").encryption.expect("encrypted").key_id;
+    let recorded = engine.store.volume(&vol.id).expect("record").encryption.as_ref().expect("encrypted").key_id;
     assert_eq!(recorded, Some(crate::crypt::key_id(&Key::from_bytes(RIGHT))), "the key's identifier is recorded");
     engine.node_stage(&stage(&vol.id, &staging, Some(RIGHT))).expect("a repeated stage is a no-op");
 
@@ -205,7 +205,7 @@ fn a_retry_after_a_crash_between_format_and_open_opens_the_header_it_wrote() {
     fake.fail("luks_open", libc::EIO);
     engine.node_stage(&stage(&vol.id, &staging, Some(RIGHT))).expect_err("open fails");
     assert!(
-        engine.store.volume(&vol.id).and_then(|v| v.encryption).and_then(|e| e.key_id).is_some(),
+        engine.store.volume(&vol.id).and_then(|v| v.encryption.as_ref().and_then(|e| e.key_id)).is_some(),
         "the identifier was recorded before the header was written"
     );
     fake.unfail("luks_open");
@@ -287,7 +287,7 @@ fn snapshots_and_clones_copy_ciphertext_without_a_key_and_stay_luks2() {
     assert_eq!(code(err), Code::InvalidArgument);
     let plain = engine.create_volume(create("plain", "disks", "none", None)).expect("plain");
     let err = engine
-        .create_volume(create("pvc-5", "disks", "luks2", Some(ContentSource::Volume(plain.id))))
+        .create_volume(create("pvc-5", "disks", "luks2", Some(ContentSource::Volume(plain.id.clone()))))
         .expect_err("a luks2 clone of plaintext");
     assert!(err.to_string().contains("would stay plaintext"), "{err}");
     assert_eq!(code(err), Code::InvalidArgument);

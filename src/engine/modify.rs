@@ -4,6 +4,7 @@
 //! between applies it again ([`Engine::finish_modifications`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::{Engine, Error, Result, failpoint};
 use crate::backend::{Backend, mutable};
@@ -18,7 +19,7 @@ pub(super) fn check(pool: &dyn Backend, params: &BTreeMap<String, String>) -> Re
 impl Engine {
     /// Changes the mutable parameters of volume `id` to include `params`. Asking for what
     /// the volume already has changes nothing.
-    pub fn modify_volume(&self, id: &str, params: &BTreeMap<String, String>) -> Result<VolumeRecord> {
+    pub fn modify_volume(&self, id: &str, params: &BTreeMap<String, String>) -> Result<Arc<VolumeRecord>> {
         if params.is_empty() {
             return Err(Error::BadRequest("mutable_parameters is required: name what to change".into()));
         }
@@ -33,24 +34,25 @@ impl Engine {
         }
         self.sync_for_id(Kind::Volume, id)?;
         let _guard = self.lock(&[id.to_string()])?;
-        let mut record = self.ready_volume(id)?;
-        if record.phase != Phase::Ready {
+        let current = self.ready_volume(id)?;
+        if current.phase != Phase::Ready {
             return Err(Error::BadRequest(format!("volume {id} is still being created; change it once it is ready")));
         }
-        let pool = self.pool_of(&record)?;
+        let pool = self.pool_of(&current)?;
         check(pool.as_ref(), params)?;
-        let unchanged = params.iter().all(|(k, v)| record.mutable.get(k) == Some(v));
-        if unchanged && !record.modifying {
-            return Ok(record);
+        let unchanged = params.iter().all(|(k, v)| current.mutable.get(k) == Some(v));
+        if unchanged && !current.modifying {
+            return Ok(current);
         }
         pool.check_writable()?;
+        let mut record = Arc::unwrap_or_clone(current);
         record.mutable.extend(params.iter().map(|(k, v)| (k.clone(), v.clone())));
         record.modifying = true;
         self.put_volume(&record)?;
         failpoint("volume.modify.recorded")?;
         self.apply_modification(pool.as_ref(), &mut record)?;
         tracing::info!(volume.id = %id, parameters = ?record.mutable, "volume modified");
-        Ok(record)
+        Ok(Arc::new(record))
     }
 
     /// Applies a recorded change to the storage, then clears `modifying`.
@@ -62,7 +64,8 @@ impl Engine {
 
     /// Applies the changes a crash left recorded but not applied; run at start.
     pub(super) fn finish_modifications(&self) {
-        for mut volume in self.store.volumes_where(|v| v.modifying && v.phase == Phase::Ready) {
+        for volume in self.store.volumes_where(|v| v.modifying && v.phase == Phase::Ready) {
+            let mut volume = Arc::unwrap_or_clone(volume);
             let Some(pool) = self.pools.get(&volume.pool).cloned() else { continue };
             let Some(_guard) = self.locks.try_lock([volume.id.clone()]) else { continue };
             match self.apply_modification(pool.as_ref(), &mut volume) {

@@ -5,11 +5,13 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::paths::{io_err, prepare_dir, prepare_file, tear_down};
 use super::{Capability, Engine, Error, Result};
 use crate::backend::{self, Backend, Pool, RAW_DEVICE_FILE, StageSource};
-use crate::mount::{mountinfo, ops};
+use crate::mount::mountinfo::{self, MountEntry};
+use crate::mount::ops;
 use crate::state::{AccessKind, Phase, VolumeRecord};
 
 /// The volume context key the kubelet sets for inline ephemeral volumes.
@@ -38,7 +40,7 @@ pub struct NodePublish {
 }
 
 enum Resolved {
-    Managed(Pool, Box<VolumeRecord>),
+    Managed(Pool, Arc<VolumeRecord>),
     Static(Pool, PathBuf),
 }
 
@@ -55,7 +57,7 @@ impl Engine {
     fn resolve(&self, id: &str, context: &BTreeMap<String, String>) -> Result<Resolved> {
         if let Some(record) = self.store.volume(id).filter(|v| v.phase == Phase::Ready) {
             let pool = self.pool_of(&record)?;
-            return Ok(Resolved::Managed(pool, Box::new(record)));
+            return Ok(Resolved::Managed(pool, record));
         }
         if let Some(sub_path) = context.get("subPath") {
             let pool = self.select_pool(context.get("pool").map(String::as_str))?.clone();
@@ -102,15 +104,16 @@ impl Engine {
         let (pool, source) = resolved.parts();
         Self::check_access_type(&req.volume_id, source, &req.capability)?;
         self.check_node_capability(pool.as_ref(), &req.capability)?;
-        self.clear_stale_mount(&req.staging)?;
-        let created = prepare_dir(self, "staging_target_path", &req.staging)?;
+        let mut table = self.mount_table(&req.staging)?;
+        self.clear_stale_mount(&req.staging, &mut table)?;
+        let created = prepare_dir("staging_target_path", &req.staging, &table)?;
         let staged_at = backend::publish_source(&req.staging, req.capability.block);
         let key = match source {
             StageSource::Managed(record) if record.encryption.is_some() => req.key.as_deref(),
             _ => None,
         };
-        if ops::is_mount_point(self.sys.as_ref(), &staged_at).map_err(io_err("read mount table", &staged_at))? {
-            if pool.is_mounted_at(source, &staged_at)? {
+        if !mountinfo::at(&table, &staged_at).is_empty() {
+            if pool.is_mounted_at(source, &staged_at, &table)? {
                 return pool.finish_stage(source, &req.staging, key).map_err(Error::from);
             }
             return Err(Error::Occupied { occupant: "another volume", field: "staging path", path: staged_at });
@@ -132,7 +135,7 @@ impl Engine {
     fn unlock(
         &self,
         pool: &Pool,
-        record: &mut VolumeRecord,
+        record: &mut Arc<VolumeRecord>,
         key: Option<&crate::crypt::Key>,
     ) -> Result<Option<super::encryption::KeyHold<'_>>> {
         let Some(encryption) = record.encryption.clone() else { return Ok(None) };
@@ -143,8 +146,12 @@ impl Engine {
         })?;
         let id = Self::check_key(&format!("volume {}", record.id), encryption.key_id, key)?;
         if encryption.key_id.is_none() {
-            record.encryption = Some(crate::crypt::Encryption { key_id: Some(id), ..encryption });
-            self.put_volume(record)?;
+            let keyed = VolumeRecord {
+                encryption: Some(crate::crypt::Encryption { key_id: Some(id), ..encryption }),
+                ..(**record).clone()
+            };
+            self.put_volume(&keyed)?;
+            *record = Arc::new(keyed);
         }
         if pool.keyring().is_none() {
             return Ok(None);
@@ -159,11 +166,10 @@ impl Engine {
     /// before later stages and wipes). The volume is staged either way: a failure is
     /// logged, and the next stage records it.
     fn note_staged(&self, pool: &dyn Backend, record: &VolumeRecord) {
-        let mut record = record.clone();
-        match pool.note_staged(&mut record) {
-            Ok(false) => {}
-            Ok(true) => {
-                if let Err(e) = self.put_volume(&record) {
+        match pool.note_staged(record) {
+            Ok(None) => {}
+            Ok(Some(noted)) => {
+                if let Err(e) = self.put_volume(&noted) {
                     tracing::warn!(volume.id = %record.id, error = %e, "recording what staging wrote");
                 }
             }
@@ -192,6 +198,8 @@ impl Engine {
     }
 
     /// Bind-mounts the staged volume at the target (read-only as a second step when asked).
+    /// Every check reads one copy of the mount table ([`Engine::mount_table`]): nothing
+    /// between them mounts, and the bind that ends the call is checked by none.
     pub fn node_publish(&self, req: &NodePublish) -> Result<()> {
         let _guard = self.lock(std::slice::from_ref(&req.volume_id))?;
         if req.context.get(EPHEMERAL_KEY).is_some_and(|v| v == "true") {
@@ -206,29 +214,30 @@ impl Engine {
             Error::Unusable("staging_target_path is required: berth stages volumes before publishing them".into())
         })?;
         let staged_at = backend::publish_source(staging, req.capability.block);
-        if !pool.is_mounted_at(source, &staged_at)? {
+        let mut table = self.mount_table(&req.target)?;
+        if !pool.is_mounted_at(source, &staged_at, &table)? {
             return Err(Error::NotStaged { volume: req.volume_id.clone(), path: staging.to_path_buf() });
         }
-        self.clear_stale_mount(&req.target)?;
+        self.clear_stale_mount(&req.target, &mut table)?;
         let created = if req.capability.block {
             prepare_file("target_path", &req.target)?
         } else {
-            prepare_dir(self, "target_path", &req.target)?
+            prepare_dir("target_path", &req.target, &table)?
         };
-        if ops::is_mount_point(self.sys.as_ref(), &req.target).map_err(io_err("read mount table", &req.target))? {
-            return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly);
+        if !mountinfo::at(&table, &req.target).is_empty() {
+            return self.check_existing_publish(pool.as_ref(), source, &req.target, flags.readonly, &table);
         }
         // A single-writer publish elsewhere, still mounted, bars every other publish: the
         // mode a request names is the requester's word, not the volume's.
         if let StageSource::Managed(record) = source
             && let Some(held) = record.single_writer.as_deref().filter(|held| *held != req.target)
-            && pool.is_mounted_at(source, held)?
+            && pool.is_mounted_at(source, held, &table)?
         {
             return Err(Error::WriterHeld { volume: req.volume_id.clone(), at: vec![held.to_path_buf()] });
         }
         if req.capability.mode == super::AccessMode::SingleNodeSingleWriter {
             let others: Vec<_> = pool
-                .mounts(source)?
+                .mounts(source, &table)?
                 .into_iter()
                 .filter(|m| m != staging && *m != staged_at && *m != req.target)
                 .collect();
@@ -239,8 +248,7 @@ impl Engine {
             if let StageSource::Managed(record) = source
                 && record.single_writer.as_deref() != Some(req.target.as_path())
             {
-                let mut claimed = record.clone();
-                claimed.single_writer = Some(req.target.clone());
+                let claimed = VolumeRecord { single_writer: Some(req.target.clone()), ..record.clone() };
                 self.put_volume(&claimed)?;
             }
         }
@@ -258,16 +266,16 @@ impl Engine {
         source: StageSource<'_>,
         target: &Path,
         readonly: bool,
+        table: &[MountEntry],
     ) -> Result<()> {
-        if !pool.is_mounted_at(source, target)? {
+        if !pool.is_mounted_at(source, target, table)? {
             return Err(Error::Occupied {
                 occupant: "another filesystem",
                 field: "target",
                 path: target.to_path_buf(),
             });
         }
-        let table = ops::table(self.sys.as_ref()).map_err(io_err("read mount table", target))?;
-        let mounted_ro = mountinfo::at(&table, target).last().is_some_and(|m| m.read_only());
+        let mounted_ro = mountinfo::at(table, target).last().is_some_and(|m| m.read_only());
         if mounted_ro != readonly {
             let volume = match source {
                 StageSource::Managed(record) => record.id.clone(),
@@ -287,17 +295,19 @@ impl Engine {
         let _guard = self.lock(&[volume_id.to_string()])?;
         super::failpoint("node.unpublish.unmount")?;
         tear_down(self, "target_path", target)?;
-        if let Some(mut record) = self.store.volume(volume_id).filter(|v| v.single_writer.as_deref() == Some(target)) {
-            record.single_writer = None;
-            self.put_volume(&record)?;
+        if let Some(record) = self.store.volume(volume_id).filter(|v| v.single_writer.as_deref() == Some(target)) {
+            self.put_volume(&VolumeRecord { single_writer: None, ..(*record).clone() })?;
         }
         if let Some(record) = self.store.volume(volume_id).filter(|v| v.ephemeral) {
             let pool = self.pool_of(&record)?;
-            let mut deleting = record;
-            self.delete_volume_storage(pool.as_ref(), &mut deleting)?;
+            self.delete_volume_storage(pool.as_ref(), &mut Arc::unwrap_or_clone(record))?;
             tracing::info!(volume.id = %volume_id, "ephemeral volume deleted");
         }
         tracing::info!(volume.id = %volume_id, target.path = %target.display(), "volume unpublished");
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;

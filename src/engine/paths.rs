@@ -8,17 +8,28 @@ use std::path::{Path, PathBuf};
 
 use super::{Engine, Error, Result};
 use crate::backend::{self, RAW_DEVICE_FILE};
+use crate::mount::mountinfo::{self, MountEntry};
 use crate::mount::ops;
 
 pub(super) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
     move |source| Error::Backend(backend::Error::Io { op, path: path.to_path_buf(), source })
 }
 
+impl Engine {
+    /// The mount table, read and parsed once for the checks of one call: the paths a node
+    /// call checks are its own, which the volume's lock keeps other calls from mounting
+    /// on, so the read holds until the call itself mounts or unmounts something (and
+    /// reads again if a check must see that).
+    pub(super) fn mount_table(&self, path: &Path) -> Result<Vec<MountEntry>> {
+        ops::table(self.sys.as_ref()).map_err(io_err("read mount table", path))
+    }
+}
+
 /// Makes sure `path` is a directory berth may mount on: creates it when missing (its parent
 /// must exist), refuses symlinks and non-directories, and refuses a directory that holds
-/// files but is not a mount point, so a request can never hide existing data (`/etc`, a
-/// home directory) under a volume.
-pub(super) fn prepare_dir(engine: &Engine, field: &'static str, path: &Path) -> Result<CreatedDir> {
+/// files but is not a mount point in `table`, so a request can never hide existing data
+/// (`/etc`, a home directory) under a volume.
+pub(super) fn prepare_dir(field: &'static str, path: &Path, table: &[MountEntry]) -> Result<CreatedDir> {
     let existing = CreatedDir { path: None, dir: true };
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => Err(Error::BadPath {
@@ -27,7 +38,7 @@ pub(super) fn prepare_dir(engine: &Engine, field: &'static str, path: &Path) -> 
             problem: "is a symlink; berth does not mount through symlinks",
         }),
         Ok(m) if m.is_dir() => {
-            if ops::is_mount_point(engine.sys.as_ref(), path).map_err(io_err("read mount table", path))? {
+            if !mountinfo::at(table, path).is_empty() {
                 return Ok(existing);
             }
             // A raw block volume's device file left by a reboot is berth's own; anything

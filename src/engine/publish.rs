@@ -1,6 +1,7 @@
 //! ControllerPublishVolume and ControllerUnpublishVolume: which nodes may use a volume.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::volumes::unsupported;
 use super::{Capability, Engine, Error, Result};
@@ -41,13 +42,17 @@ impl Engine {
             }
             return Ok(());
         }
-        let mut record = self.ready_volume(id)?;
+        let record = self.ready_volume(id)?;
         if record.node.is_empty() {
-            return self.publish_shared(record, node, capability, readonly);
+            return self.publish_shared(&record, node, capability, readonly);
         }
         if node != record.node {
             if !self.known_node(node) {
-                return Err(Error::UnknownNode { node: node.to_string(), pool: record.pool, why: String::new() });
+                return Err(Error::UnknownNode {
+                    node: node.to_string(),
+                    pool: record.pool.clone(),
+                    why: String::new(),
+                });
             }
             return Err(Error::WrongNode {
                 volume: id.to_string(),
@@ -70,26 +75,27 @@ impl Engine {
             }
             None => {}
         }
-        record.published.insert(node.to_string(), readonly);
-        self.put_volume(&record)
+        let mut published = (*record).clone();
+        published.published.insert(node.to_string(), readonly);
+        self.put_volume(&published)
     }
 
     /// Forgets that `node` (or every node, when empty) may use the volume. Idempotent.
     pub fn controller_unpublish(&self, id: &str, node: &str) -> Result<()> {
         self.sync_for_id(Kind::Volume, id)?;
         let _guard = self.lock(&[id.to_string()])?;
-        let Some(mut record) = self.store.volume(id) else {
+        let Some(record) = self.store.volume(id) else {
             return Ok(());
         };
-        let before = record.published.len();
+        if record.published.is_empty() || (!node.is_empty() && !record.published.contains_key(node)) {
+            return Ok(());
+        }
+        let mut record = Arc::unwrap_or_clone(record);
         if node.is_empty() {
             record.published.clear();
         } else {
             record.published.remove(node);
         }
-        if record.published.len() != before {
-            self.put_volume(&record)?;
-        }
-        Ok(())
+        self.put_volume(&record)
     }
 }

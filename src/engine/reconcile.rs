@@ -77,7 +77,7 @@ impl Engine {
     /// call holding it, which finishes it as a retry does.
     pub fn reconcile(&self) -> Report {
         let mut report = Report::default();
-        for mut volume in self.store.volumes_where(|v| v.phase != Phase::Ready) {
+        for volume in self.store.volumes_where(|v| v.phase != Phase::Ready) {
             let Some(pool) = self.pools.get(&volume.pool).cloned() else { continue };
             if self.resume_volume_copy(&pool, &volume) {
                 report.resumed += 1;
@@ -87,6 +87,8 @@ impl Engine {
                 tracing::warn!(volume.id = %volume.id, "an unfinished volume is in use; the call holding it finishes it");
                 continue;
             };
+            // Resuming changes the record: the copy to change.
+            let mut volume = std::sync::Arc::unwrap_or_clone(volume);
             let outcome = self.resume_volume(pool.as_ref(), &mut volume);
             match &outcome {
                 Ok(done) => {
@@ -99,7 +101,7 @@ impl Engine {
             report.count(&outcome);
         }
         self.finish_modifications();
-        for mut snapshot in self.store.snapshots_page(None, usize::MAX, |s| s.phase != Phase::Ready).0 {
+        for snapshot in self.store.snapshots_page(None, usize::MAX, |s| s.phase != Phase::Ready).0 {
             let Some(pool) = self.pools.get(&snapshot.pool).cloned() else { continue };
             if self.resume_snapshot_copy(&pool, &snapshot) {
                 report.resumed += 1;
@@ -109,6 +111,7 @@ impl Engine {
                 tracing::warn!(snapshot.id = %snapshot.id, "an unfinished snapshot is in use; the call holding it finishes it");
                 continue;
             };
+            let mut snapshot = std::sync::Arc::unwrap_or_clone(snapshot);
             let outcome = self.resume_snapshot(pool.as_ref(), &mut snapshot);
             match &outcome {
                 Ok(done) => {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::{Capability, Engine, Error, Placement, Result};
 use crate::backend::{Condition, Pool, Shared, Usage};
 use crate::ids::{self, Kind};
-use crate::mount::mountinfo::is_nfs;
+use crate::mount::mountinfo::{MountEntry, is_nfs};
 use crate::mount::{MntFlags, mountinfo, ops};
 use crate::state::VolumeRecord;
 
@@ -115,7 +115,7 @@ impl Engine {
     /// FAILED_PRECONDITION naming the node that has it; multi-node modes publish anywhere.
     pub(super) fn publish_shared(
         &self,
-        mut record: VolumeRecord,
+        record: &VolumeRecord,
         node: &str,
         capability: &Capability,
         readonly: bool,
@@ -132,7 +132,7 @@ impl Engine {
             Some(&was) if was == readonly => return Ok(()),
             Some(&was) => {
                 return Err(Error::PublishedOtherwise {
-                    volume: record.id,
+                    volume: record.id.clone(),
                     at: format!("to node {node}"),
                     readonly: was,
                 });
@@ -151,6 +151,7 @@ impl Engine {
                 node: node.to_string(),
             });
         }
+        let mut record = record.clone();
         record.published.insert(node.to_string(), readonly);
         self.put_volume(&record)
     }
@@ -194,14 +195,16 @@ impl Engine {
 
     /// NodeGetVolumeStats for an NFS mount, decided from the mount table (never a stat):
     /// usage of this volume's directory, measured off the RPC thread.
-    pub(super) fn shared_stats(&self, volume_id: &str, path: &Path) -> Result<Option<(Usage, Condition)>> {
+    pub(super) fn shared_stats(
+        &self,
+        volume_id: &str,
+        path: &Path,
+        table: &[MountEntry],
+    ) -> Result<Option<(Usage, Condition)>> {
         if self.shared_pools().next().is_none() {
             return Ok(None);
         }
-        let table = ops::table(self.sys.as_ref()).map_err(|e| {
-            Error::Backend(crate::backend::Error::Io { op: "read mount table", path: path.into(), source: e })
-        })?;
-        if !mountinfo::at(&table, path).last().is_some_and(|m| is_nfs(m)) {
+        if !mountinfo::at(table, path).last().is_some_and(|m| is_nfs(m)) {
             return Ok(None);
         }
         let record = self.store.volume(volume_id);
@@ -225,13 +228,11 @@ impl Engine {
         }))
     }
 
-    /// If an NFS mount at `path` answers ESTALE, ENOTCONN or EIO, or not at all within a
-    /// few seconds, detaches it so the caller can mount again.
-    pub(super) fn clear_stale_mount(&self, path: &Path) -> Result<()> {
-        let io_err =
-            |e| Error::Backend(crate::backend::Error::Io { op: "read mount table", path: path.into(), source: e });
-        let table = ops::table(self.sys.as_ref()).map_err(io_err)?;
-        if !mountinfo::at(&table, path).last().is_some_and(|m| is_nfs(m)) {
+    /// If the NFS mount `table` shows at `path` answers ESTALE, ENOTCONN or EIO, or not at
+    /// all within a few seconds, detaches it so the caller can mount again, and reads
+    /// `table` again.
+    pub(super) fn clear_stale_mount(&self, path: &Path, table: &mut Vec<MountEntry>) -> Result<()> {
+        if !mountinfo::at(table, path).last().is_some_and(|m| is_nfs(m)) {
             return Ok(());
         }
         if matches!(ops::probe(path), Ok(ops::Probe::Stale)) {
@@ -239,6 +240,7 @@ impl Engine {
             self.sys.umount(path, MntFlags::MNT_DETACH).map_err(|e| {
                 Error::Backend(crate::backend::Error::Io { op: "detach stale mount", path: path.into(), source: e })
             })?;
+            *table = self.mount_table(path)?;
         }
         Ok(())
     }

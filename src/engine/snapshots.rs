@@ -1,5 +1,7 @@
 //! CreateSnapshot, DeleteSnapshot, ListSnapshots and the GetSnapshot lookup.
 
+use std::sync::Arc;
+
 use super::listing::Page;
 use super::{DEFAULT_PAGE, Engine, Error, Result, copies};
 use crate::backend::Work;
@@ -11,7 +13,12 @@ impl Engine {
     /// that outlasts [`Engine::copy_wait`] goes on in the background and the snapshot is
     /// returned not yet Ready (`ready_to_use` false); its retries return the record.
     /// `key` (from the snapshotter's secrets) reads an encrypted volume not staged here.
-    pub fn create_snapshot(&self, source: &str, name: &str, key: Option<&crate::crypt::Key>) -> Result<SnapshotRecord> {
+    pub fn create_snapshot(
+        &self,
+        source: &str,
+        name: &str,
+        key: Option<&crate::crypt::Key>,
+    ) -> Result<Arc<SnapshotRecord>> {
         self.sync_for_id(Kind::Volume, source)?;
         let _guard = self.lock(&[format!("snapshot-name:{name}"), source.to_string()])?;
         let existing = self.store.snapshot_by_name(name);
@@ -24,7 +31,7 @@ impl Engine {
                 });
             }
             if s.phase == Phase::Ready {
-                return Ok(s.clone());
+                return Ok(Arc::clone(s));
             }
             if let Some(job) = self.copies.running(&s.id) {
                 return self.await_snapshot(name, &s.id, &job);
@@ -35,8 +42,9 @@ impl Engine {
         let volume = self.ready_volume(source)?;
         let pool = self.pool(&volume.pool)?.clone();
         pool.check_writable()?;
+        // Finishing an interrupted snapshot changes the record: the copy to change.
         let mut record = if let Some(s) = existing {
-            s
+            Arc::unwrap_or_clone(s)
         } else {
             let (id, key) = ids::mint(Kind::Snapshot, &volume.pool);
             let record = SnapshotRecord {
@@ -68,7 +76,7 @@ impl Engine {
         };
         self.build_snapshot(pool.as_ref(), &volume, &mut record, &Work::new())?;
         tracing::info!(snapshot.id = %record.id, volume.id = %source, bytes = record.size, method = ?record.method, "snapshot created");
-        Ok(record)
+        Ok(Arc::new(record))
     }
 
     /// Deletes a snapshot; unknown IDs are already gone. A copy cutting the snapshot, or
@@ -78,12 +86,12 @@ impl Engine {
         self.stop_copies(id)?;
         // Also exclusive on what restores from it read: never deleted under a restore.
         let _guard = self.lock(&[id.to_string(), crate::locks::reading(id)])?;
-        let Some(mut record) = self.store.snapshot(id) else {
+        let Some(record) = self.store.snapshot(id) else {
             return Ok(());
         };
         let pool = self.pool(&record.pool)?.clone();
         pool.check_writable()?;
-        self.delete_snapshot_storage(pool.as_ref(), &mut record)?;
+        self.delete_snapshot_storage(pool.as_ref(), &mut Arc::unwrap_or_clone(record))?;
         tracing::info!(snapshot.id = %id, "snapshot deleted");
         Ok(())
     }
@@ -95,7 +103,7 @@ impl Engine {
         token: &str,
         snapshot_id: &str,
         source: &str,
-    ) -> Result<Page<SnapshotRecord>> {
+    ) -> Result<Page<Arc<SnapshotRecord>>> {
         self.ensure_synced(None)?;
         let after = if token.is_empty() {
             None
@@ -121,7 +129,7 @@ impl Engine {
     }
 
     /// A snapshot by ID.
-    pub fn get_snapshot(&self, id: &str) -> Result<SnapshotRecord> {
+    pub fn get_snapshot(&self, id: &str) -> Result<Arc<SnapshotRecord>> {
         self.sync_for_id(Kind::Snapshot, id)?;
         self.store
             .snapshot(id)

@@ -14,7 +14,9 @@ use crate::state::{AccessKind, Phase};
 impl Engine {
     /// Usage of the volume mounted at `volume_path`, and whether it looks healthy.
     pub fn node_stats(&self, volume_id: &str, volume_path: &Path) -> Result<(Usage, Condition)> {
-        if let Some(answer) = self.shared_stats(volume_id, volume_path)? {
+        // Read first, before any stat: an NFS mount is told apart by the table alone.
+        let table = self.mount_table(volume_path)?;
+        if let Some(answer) = self.shared_stats(volume_id, volume_path, &table)? {
             return Ok(answer);
         }
         let meta = match ops::probe(volume_path).map_err(io_err("inspect", volume_path))? {
@@ -46,20 +48,18 @@ impl Engine {
                 problem: "the path is not a directory",
             });
         }
-        let mounted =
-            || ops::is_mount_point(self.sys.as_ref(), volume_path).map_err(io_err("read mount table", volume_path));
+        let mounted = !mountinfo::at(&table, volume_path).is_empty();
         let Some(record) = self.store.volume(volume_id).filter(|v| v.phase == Phase::Ready) else {
             // A static volume: measure what is mounted there, without following symlinks,
             // and only when it is a bind of a hostPath pool's directory. Anything else is not
             // a volume of berth's (an unknown ID with /sys, say), and is never walked.
-            if !mounted()? {
+            if !mounted {
                 return Err(Error::NotMountedHere {
                     volume: volume_id.to_string(),
                     path: volume_path.to_path_buf(),
                     problem: "nothing is mounted there",
                 });
             }
-            let table = ops::table(self.sys.as_ref()).map_err(io_err("read mount table", volume_path))?;
             let real = fs::canonicalize(volume_path).unwrap_or_else(|_| volume_path.to_path_buf());
             let from_a_pool = self.config.pools.iter().filter_map(crate::config::PoolConfig::path).any(|root| {
                 mountinfo::binds_of(&table, root).iter().any(|e| e.mount_point == volume_path || e.mount_point == real)
@@ -87,15 +87,13 @@ impl Engine {
         if condition.abnormal {
             return Ok((Usage::default(), condition));
         }
-        // The pool's check reads the mount table; only a miss reads it again, to tell a
-        // mount that is gone from another volume's.
-        if !pool.is_mounted_at(StageSource::Managed(&record), volume_path)? {
-            if !mounted()? {
-                return Ok((
-                    Usage::default(),
-                    Condition::abnormal(format!("the mount at {} is gone", volume_path.display())),
-                ));
-            }
+        if !mounted {
+            return Ok((
+                Usage::default(),
+                Condition::abnormal(format!("the mount at {} is gone", volume_path.display())),
+            ));
+        }
+        if !pool.is_mounted_at(StageSource::Managed(&record), volume_path, &table)? {
             return Err(Error::NotMountedHere {
                 volume: volume_id.to_string(),
                 path: volume_path.to_path_buf(),

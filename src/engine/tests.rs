@@ -244,7 +244,7 @@ fn reconcile_finishes_deletes_and_reports_unaccounted_data() {
     let fake = Arc::new(RecordingSyscall::new(stat, ""));
     let engine = engine_on(Arc::clone(&fake), dir.path(), "auto");
     let doomed = engine.create_volume(create("doomed", 1 << 20)).expect("create");
-    let mut deleting = engine.store.volume(&doomed.id).expect("record");
+    let mut deleting = (*engine.store.volume(&doomed.id).expect("record")).clone();
     deleting.phase = crate::state::Phase::Deleting;
     engine.store.put_volume(&deleting).expect("crash after the intent");
     let stranger = dir.path().join("pool/volumes/not-a-berth-volume");

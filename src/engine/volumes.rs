@@ -2,12 +2,13 @@
 //! checked here, records changed through the state machine in [`super::lifecycle`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::{Capability, Engine, Error, FS_TYPES, Result, copies, encryption};
 use crate::backend::{Backend, Pool, PoolKind, Source, Work};
 use crate::crypt::{Encryption, KeyFrom, Scheme};
 use crate::ids::{self, Kind};
-use crate::state::{AccessKind, ContentSource, Phase, SnapshotRecord, VolumeRecord};
+use crate::state::{AccessKind, ContentSource, Phase, VolumeRecord};
 
 /// StorageClass parameters berth reads; the provisioner's own keys are accepted too.
 const POOL_PARAMETER: &str = "pool";
@@ -212,7 +213,7 @@ impl Engine {
     /// Creates a volume, or returns the one this name already created. Same name with an
     /// incompatible request is ALREADY_EXISTS; a missing source NOT_FOUND; no room here
     /// RESOURCE_EXHAUSTED.
-    pub fn create_volume(&self, req: CreateVolume) -> Result<VolumeRecord> {
+    pub fn create_volume(&self, req: CreateVolume) -> Result<Arc<VolumeRecord>> {
         let pool_name = check_parameters(&req.parameters)?;
         let pool = self.select_pool(pool_name)?.clone();
         pool.check_writable()?;
@@ -275,7 +276,7 @@ impl Engine {
                 });
             }
             match v.phase {
-                Phase::Ready => return Ok(v.clone()),
+                Phase::Ready => return Ok(Arc::clone(v)),
                 Phase::Deleting => return Err(Error::BeingDeleted { volume: v.id.clone() }),
                 Phase::Creating => {
                     if let Some(job) = self.copies.running(&v.id) {
@@ -294,8 +295,9 @@ impl Engine {
             (_, Some(v)) => Some(Source::Volume(v)),
             _ => None,
         };
+        // Finishing an interrupted create changes the record: the copy to change.
         let mut record = if let Some(v) = existing {
-            v
+            Arc::unwrap_or_clone(v)
         } else {
             // Refuse before any side effect what cannot succeed.
             pool.enforcement()?;
@@ -331,17 +333,12 @@ impl Engine {
         };
         self.build_volume(pool.as_ref(), &mut record, source, req.limit_bytes, &Work::new())?;
         tracing::info!(volume.id = %record.id, volume.name = %record.name, bytes = record.capacity, enforced = record.enforced.as_str(), "volume created");
-        Ok(record)
+        Ok(Arc::new(record))
     }
 
     /// The Ready snapshot or volume a request copies from, checked against the pool and
     /// size it will be copied into; the records stay alive while the backend reads them.
-    fn resolve_source(
-        &self,
-        req: &CreateVolume,
-        pool: &dyn Backend,
-        size: u64,
-    ) -> Result<(Option<SnapshotRecord>, Option<VolumeRecord>)> {
+    fn resolve_source(&self, req: &CreateVolume, pool: &dyn Backend, size: u64) -> Result<super::lifecycle::Sources> {
         match &req.source {
             None => Ok((None, None)),
             Some(ContentSource::Snapshot(id)) => {
@@ -424,18 +421,21 @@ impl Engine {
     pub fn delete_volume(&self, id: &str) -> Result<()> {
         self.sync_for_id(Kind::Volume, id)?;
         // A volume in use is refused before any copy of it is touched; a copy filling the
-        // volume, or reading it, is then stopped and undone.
-        if let Some(record) = self.store.volume(id) {
+        // volume, or reading it, is then stopped and undone. Without a copy the check
+        // under the lock is the one that counts (one read of the mount table, not two).
+        if self.copies.touches(id)
+            && let Some(record) = self.store.volume(id)
+        {
             self.refuse_in_use(&record)?;
             self.stop_copies(id)?;
         }
         // Also exclusive on what copies from it read: never deleted under a clone.
         let _guard = self.lock(&[id.to_string(), crate::locks::reading(id)])?;
-        let Some(mut record) = self.store.volume(id) else {
+        let Some(record) = self.store.volume(id) else {
             return Ok(());
         };
         let pool = self.refuse_in_use(&record)?;
-        self.delete_volume_storage(pool.as_ref(), &mut record)?;
+        self.delete_volume_storage(pool.as_ref(), &mut Arc::unwrap_or_clone(record))?;
         tracing::info!(volume.id = %id, "volume deleted");
         Ok(())
     }
@@ -456,14 +456,15 @@ impl Engine {
         if record.phase == Phase::Creating {
             return Ok(pool);
         }
-        let mounts = pool.mounts(crate::backend::StageSource::Managed(record))?;
+        let table = self.mount_table(std::path::Path::new("/"))?;
+        let mounts = pool.mounts(crate::backend::StageSource::Managed(record), &table)?;
         if !mounts.is_empty() {
             return Err(Error::StillMounted { volume: record.id.clone(), mounts });
         }
         Ok(pool)
     }
 
-    pub(super) fn ready_volume(&self, id: &str) -> Result<VolumeRecord> {
+    pub(super) fn ready_volume(&self, id: &str) -> Result<Arc<VolumeRecord>> {
         self.store
             .volume(id)
             .filter(|v| v.phase != Phase::Deleting)
@@ -529,7 +530,7 @@ impl Engine {
             return Err(Error::RequiredOverLimit { required, limit });
         }
         let _guard = self.lock(&[id.to_string()])?;
-        let mut record = self.ready_volume(id)?;
+        let record = self.ready_volume(id)?;
         if limit > 0 && record.capacity > limit {
             return Err(Error::TooSmall {
                 what: format!("volume {id}, which does not shrink,"),
@@ -552,8 +553,7 @@ impl Engine {
             });
         }
         let node_required = pool.expand_volume(&record, required)?;
-        record.capacity = required;
-        self.put_volume(&record)?;
+        self.put_volume(&VolumeRecord { capacity: required, ..(*record).clone() })?;
         tracing::info!(volume.id = %id, bytes = required, node_expansion_required = node_required, "volume expanded");
         Ok((required, node_required))
     }

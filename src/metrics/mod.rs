@@ -11,6 +11,7 @@
 //! validated; a request's secrets or volume context never become a label.
 
 pub mod exposition;
+pub mod heap;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -171,6 +171,20 @@ struct Inner {
     luks_headers: HashMap<PathBuf, KeyId>,
     luks_open: HashMap<String, PathBuf>,
     next_mount_id: u32,
+    /// How many times the mount table was read.
+    mountinfo_reads: usize,
+}
+
+impl Inner {
+    /// For a bind of `source`: the device number and root (`8:1 /volumes/k`), and the
+    /// type and source (`ext4 /dev/sdb1`), of the mount that holds it.
+    fn host_of(&self, source: &Path) -> Option<(String, String)> {
+        let table = super::mountinfo::parse(&self.mountinfo).ok()?;
+        let host = super::mountinfo::containing(&table, source)?;
+        let inside = source.strip_prefix(&host.mount_point).ok()?;
+        let root = if inside.as_os_str().is_empty() { host.root.clone() } else { host.root.join(inside) };
+        Some((format!("{}:{} {}", host.major, host.minor, root.display()), format!("{} {}", host.fs_type, host.source)))
+    }
 }
 
 /// The recording fake. Configure it with the builder methods, then read [`Self::calls`].
@@ -258,6 +272,11 @@ impl RecordingSyscall {
         keys
     }
 
+    /// How many times the mount table was read so far (reads are not [`Call`]s).
+    pub fn mountinfo_reads(&self) -> usize {
+        self.lock().mountinfo_reads
+    }
+
     /// Every call so far, in order.
     pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
@@ -308,7 +327,13 @@ impl Syscall for RecordingSyscall {
                 (Some(t), Some(s)) => (t.to_string(), s.display().to_string()),
                 _ => ("bind".to_string(), source.map(|s| s.display().to_string()).unwrap_or_default()),
             };
-            let line = format!("{id} 1 0:{id} / {} {ro} - {fs} {src} rw\n", target.display());
+            let target = target.display();
+            let line = match source.filter(|_| flags.contains(MsFlags::MS_BIND)).and_then(|s| inner.host_of(s)) {
+                // A bind of a path on a mount shows what the kernel shows: that mount's
+                // filesystem, source and device number, with the path inside it as root.
+                Some(host) => format!("{id} 1 {} {target} {ro} - {} rw\n", host.0, host.1),
+                None => format!("{id} 1 0:{id} / {target} {ro} - {fs} {src} rw\n"),
+            };
             inner.mountinfo.push_str(&line);
         }
         Ok(())
@@ -319,9 +344,10 @@ impl Syscall for RecordingSyscall {
         self.record(op, Call::Umount { target: target.to_path_buf(), flags })?;
         let mut inner = self.lock();
         if inner.track_mounts {
-            let needle = format!(" / {} ", target.display());
+            let target = target.display().to_string();
             let mut lines: Vec<&str> = inner.mountinfo.lines().collect();
-            if let Some(pos) = lines.iter().rposition(|l| l.contains(&needle)) {
+            // The mount point is the fifth field (after the root, which a bind may set).
+            if let Some(pos) = lines.iter().rposition(|l| l.split(' ').nth(4) == Some(target.as_str())) {
                 lines.remove(pos);
             }
             let mut text = lines.join("\n");
@@ -335,7 +361,9 @@ impl Syscall for RecordingSyscall {
 
     fn mountinfo(&self) -> io::Result<String> {
         self.check("mountinfo")?;
-        Ok(self.lock().mountinfo.clone())
+        let mut inner = self.lock();
+        inner.mountinfo_reads += 1;
+        Ok(inner.mountinfo.clone())
     }
 
     fn statfs(&self, _path: &Path) -> io::Result<FsStat> {

@@ -61,11 +61,12 @@ pub struct ParseError {
 
 /// Parses the whole text of a mountinfo file.
 pub fn parse(text: &str) -> Result<Vec<MountEntry>, ParseError> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| parse_line(l).map_err(|reason| ParseError { line: i + 1, reason }))
-        .collect()
+    // Sized once (a line per mount): node calls read the table on every call.
+    let mut entries = Vec::with_capacity(text.bytes().filter(|&b| b == b'\n').count() + 1);
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        entries.push(parse_line(line).map_err(|reason| ParseError { line: i + 1, reason })?);
+    }
+    Ok(entries)
 }
 
 fn parse_line(line: &str) -> Result<MountEntry, &'static str> {
@@ -129,7 +130,7 @@ fn unescape(field: &str) -> PathBuf {
 }
 
 fn unescape_string(field: &str) -> String {
-    String::from_utf8_lossy(&unescape_bytes(field)).into_owned()
+    String::from_utf8(unescape_bytes(field)).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// The entries mounted exactly at `path`, oldest first (the last one is what is visible).
@@ -233,6 +234,12 @@ mod tests {
         assert_eq!(parse("garbage").unwrap_err().reason, "no ' - ' separator");
         assert_eq!(parse("1 2 x / / rw - ext4 s rw").unwrap_err().reason, "bad major:minor");
         assert!(parse("\n\n").expect("blank is empty").is_empty());
+    }
+
+    #[test]
+    fn a_source_that_is_not_utf8_is_read_lossily() {
+        let entries = parse("1 0 0:1 / /a rw - tmpfs dev\\377x rw").expect("parses");
+        assert_eq!(entries[0].source, "dev\u{fffd}x");
     }
 
     #[test]

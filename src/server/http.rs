@@ -6,7 +6,8 @@
 //! not metrics are collected.
 //!
 //! hyper (already compiled in for tonic) does the HTTP; this module only routes. A scrape
-//! renders on a blocking thread, since measuring volumes touches the filesystem.
+//! renders on a blocking thread, since measuring volumes touches the filesystem;
+//! `/metrics?collect=heap`, the heap counts alone, is answered in place.
 
 use std::convert::Infallible;
 use std::io;
@@ -98,6 +99,12 @@ pub async fn serve(listener: TcpListener, collector: Arc<Collector>, routes: Rou
     }
 }
 
+/// Whether a `/metrics` query asks for the heap counts alone (`collect=heap`). Other
+/// parameters are ignored, as Prometheus servers do with what they do not know.
+fn collects_heap_only(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|pair| pair == "collect=heap"))
+}
+
 fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
@@ -141,6 +148,9 @@ async fn respond(
         "/readyz" if collector.registry().ready() => return Ok(text(StatusCode::OK, PLAIN, "ok\n")),
         "/readyz" => return Ok(text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not ready\n")),
         _ => {}
+    }
+    if collects_heap_only(req.uri().query()) {
+        return Ok(text(StatusCode::OK, CONTENT_TYPE, collector.render_heap()));
     }
     Ok(match tokio::task::spawn_blocking(move || collector.render()).await {
         Ok(body) => text(StatusCode::OK, CONTENT_TYPE, body),
@@ -208,6 +218,12 @@ mod tests {
             let answer = get(address, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{close}")).await;
             assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"), "{answer}");
         }
+
+        // The heap counts alone, when the process counts; an empty document when not.
+        let heap = get(address, &format!("GET /metrics?collect=heap HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        assert!(heap.starts_with("HTTP/1.1 200 OK"), "{heap}");
+        let samples = crate::metrics::exposition::parse(heap.split("\r\n\r\n").nth(1).expect("body")).expect("valid");
+        assert!(samples.iter().all(|s| s.name.starts_with("berth_heap_")), "{heap}");
 
         let missing = get(address, &format!("GET /other HTTP/1.1\r\nHost: x\r\n{close}")).await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");

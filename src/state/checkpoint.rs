@@ -133,8 +133,8 @@ pub fn write_tmp(root: &Path, epoch: u64, journal_size: u64, maps: &Maps) -> io:
         version: VERSION,
         epoch,
         journal_size,
-        volumes: maps.volumes.by_id.values().collect(),
-        snapshots: maps.snapshots.by_id.values().collect(),
+        volumes: maps.volumes.by_id.values().map(AsRef::as_ref).collect(),
+        snapshots: maps.snapshots.by_id.values().map(AsRef::as_ref).collect(),
     };
     let file = BufWriter::with_capacity(1 << 16, File::create(root.join(TMP_NAME))?);
     let mut writer = Summing { inner: file, sum: Sha256::new() };
@@ -171,7 +171,9 @@ mod tests {
     #[test]
     fn every_byte_of_a_checkpoint_is_checked() {
         let mut maps = Maps::default();
-        maps.apply(super::super::Change::PutVolume(Box::new(super::super::testutil::volume("vol-1", "pvc-1"))));
+        maps.apply(super::super::Change::PutVolume(std::sync::Arc::new(super::super::testutil::volume(
+            "vol-1", "pvc-1",
+        ))));
         let (dir, bytes) = written(&maps);
         let read_back = read(dir.path()).expect("read").expect("there");
         assert_eq!((read_back.epoch, read_back.journal_size, read_back.volumes.len()), (7, Some(4096), 1));

@@ -42,7 +42,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use commit::Queue;
 
@@ -97,9 +97,10 @@ impl Store {
         self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Durably writes a volume record, then makes it visible.
+    /// Durably writes a volume record, then makes it visible. The store keeps a copy of
+    /// its own: records it holds never change.
     pub fn put_volume(&self, record: &VolumeRecord) -> io::Result<()> {
-        self.commit(Change::PutVolume(Box::new(record.clone())))
+        self.commit(Change::PutVolume(Arc::new(record.clone())))
     }
 
     /// Durably removes a volume record.
@@ -110,27 +111,29 @@ impl Store {
         self.commit(Change::RemoveVolume(id.to_string()))
     }
 
-    pub fn volume(&self, id: &str) -> Option<VolumeRecord> {
+    /// The volume record with this ID, shared with the store: a lookup copies nothing.
+    /// To change it, copy it (`(*record).clone()`), change the copy and put it.
+    pub fn volume(&self, id: &str) -> Option<Arc<VolumeRecord>> {
         self.maps().volumes.get(id)
     }
 
-    pub fn volume_by_name(&self, name: &str) -> Option<VolumeRecord> {
+    pub fn volume_by_name(&self, name: &str) -> Option<Arc<VolumeRecord>> {
         self.maps().volumes.by_name(name)
     }
 
     /// Up to `limit` volumes with IDs after `after`, in ID order, and whether more follow.
-    pub fn volumes_page(&self, after: Option<&str>, limit: usize) -> (Vec<VolumeRecord>, bool) {
+    pub fn volumes_page(&self, after: Option<&str>, limit: usize) -> (Vec<Arc<VolumeRecord>>, bool) {
         self.maps().volumes.page(after, limit, |_| true)
     }
 
-    /// Every volume matching `pred` (for capacity and node lookups).
-    pub fn volumes_where(&self, pred: impl Fn(&VolumeRecord) -> bool) -> Vec<VolumeRecord> {
+    /// Every volume matching `pred` (for capacity and node lookups), shared with the store.
+    pub fn volumes_where(&self, pred: impl Fn(&VolumeRecord) -> bool) -> Vec<Arc<VolumeRecord>> {
         self.maps().volumes.by_id.values().filter(|v| pred(v)).cloned().collect()
     }
 
     /// Whether any volume record satisfies `pred`; clones nothing.
     pub fn any_volume(&self, pred: impl Fn(&VolumeRecord) -> bool) -> bool {
-        self.maps().volumes.by_id.values().any(pred)
+        self.maps().volumes.by_id.values().any(|v| pred(v))
     }
 
     /// How many volume records and how many snapshot records name each pool; clones no
@@ -173,9 +176,9 @@ impl Store {
         self.maps().volumes.by_id.len()
     }
 
-    /// Durably writes a snapshot record, then makes it visible.
+    /// Durably writes a snapshot record, then makes it visible (a copy the store keeps).
     pub fn put_snapshot(&self, record: &SnapshotRecord) -> io::Result<()> {
-        self.commit(Change::PutSnapshot(record.clone()))
+        self.commit(Change::PutSnapshot(Arc::new(record.clone())))
     }
 
     /// Durably removes a snapshot record.
@@ -186,11 +189,12 @@ impl Store {
         self.commit(Change::RemoveSnapshot(id.to_string()))
     }
 
-    pub fn snapshot(&self, id: &str) -> Option<SnapshotRecord> {
+    /// The snapshot record with this ID, shared with the store (see [`Store::volume`]).
+    pub fn snapshot(&self, id: &str) -> Option<Arc<SnapshotRecord>> {
         self.maps().snapshots.get(id)
     }
 
-    pub fn snapshot_by_name(&self, name: &str) -> Option<SnapshotRecord> {
+    pub fn snapshot_by_name(&self, name: &str) -> Option<Arc<SnapshotRecord>> {
         self.maps().snapshots.by_name(name)
     }
 
@@ -200,7 +204,7 @@ impl Store {
         after: Option<&str>,
         limit: usize,
         pred: impl Fn(&SnapshotRecord) -> bool,
-    ) -> (Vec<SnapshotRecord>, bool) {
+    ) -> (Vec<Arc<SnapshotRecord>>, bool) {
         self.maps().snapshots.page(after, limit, pred)
     }
 
@@ -230,9 +234,27 @@ mod tests {
 
         let (reopened, bad) = Store::open(dir.path()).expect("reopen");
         assert!(bad.is_empty());
-        assert_eq!(reopened.volume("vol:p:1"), Some(v.clone()));
-        assert_eq!(reopened.volume_by_name("pvc-1").map(|v| v.id), Some("vol:p:1".into()));
+        assert_eq!(reopened.volume("vol:p:1").as_deref(), Some(&v));
+        assert_eq!(reopened.volume_by_name("pvc-1").map(|v| v.id.clone()), Some("vol:p:1".into()));
         assert!(reopened.volume_by_name("pvc-2").is_none());
+    }
+
+    #[test]
+    fn lookups_share_the_stored_record_and_a_put_replaces_it_for_later_lookups_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path()).expect("open");
+        store.put_volume(&volume("vol:p:1", "pvc-1")).expect("put");
+        let before = store.volume("vol:p:1").expect("record");
+        let by_name = store.volume_by_name("pvc-1").expect("record");
+        assert!(Arc::ptr_eq(&before, &by_name), "two lookups, one record");
+        assert!(Arc::ptr_eq(&before, &store.volumes_page(None, 10).0[0]));
+        assert!(Arc::ptr_eq(&before, &store.volumes_where(|_| true)[0]));
+
+        store.put_volume(&VolumeRecord { phase: Phase::Ready, ..(*before).clone() }).expect("put");
+        assert_eq!(before.phase, Phase::Creating, "what a caller holds does not change under it");
+        let after = store.volume("vol:p:1").expect("record");
+        assert_eq!(after.phase, Phase::Ready);
+        assert!(!Arc::ptr_eq(&before, &after));
     }
 
     #[test]
@@ -247,7 +269,7 @@ mod tests {
         loop {
             let (items, more) = store.volumes_page(after.as_deref(), 3);
             after = items.last().map(|v| v.id.clone());
-            seen.extend(items.into_iter().map(|v| v.id));
+            seen.extend(items.into_iter().map(|v| v.id.clone()));
             if !more {
                 break;
             }

@@ -7,7 +7,7 @@
 use std::fs;
 use std::io;
 use std::path::Path;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::{Change, JOURNAL, Maps, SnapshotRecord, Store, Unreadable, VolumeRecord, checkpoint, journal, legacy};
 
@@ -79,7 +79,9 @@ pub fn read_records(state_dir: &Path) -> io::Result<(Vec<VolumeRecord>, Vec<Snap
         }
         let frames = scan.frames;
         let maps = Maps::load(base.into_maps(), &frames, &journal)?;
-        return Ok((maps.volumes.by_id.into_values().collect(), maps.snapshots.by_id.into_values().collect()));
+        // The tables hold the only reference to each record: unwrapping copies nothing.
+        let volumes = maps.volumes.by_id.into_values().map(Arc::unwrap_or_clone).collect();
+        return Ok((volumes, maps.snapshots.by_id.into_values().map(Arc::unwrap_or_clone).collect()));
     }
     Err(io::Error::new(io::ErrorKind::ResourceBusy, "the records kept changing while being read; try again"))
 }
@@ -151,8 +153,8 @@ impl Store {
         let mut maps = Maps::load(base, &replayed.frames, &journal_path)?;
         let found = legacy::find(&root)?;
         let imported = found.imported.len();
-        found.volumes.into_iter().for_each(|v| maps.apply(Change::PutVolume(Box::new(v))));
-        found.snapshots.into_iter().for_each(|s| maps.apply(Change::PutSnapshot(s)));
+        found.volumes.into_iter().for_each(|v| maps.apply(Change::PutVolume(Arc::new(v))));
+        found.snapshots.into_iter().for_each(|s| maps.apply(Change::PutSnapshot(Arc::new(s))));
         let store = Store {
             _lock: lock,
             root,
@@ -204,7 +206,7 @@ mod tests {
         assert_eq!(read_records(dir.path()).expect("read").0.len(), 2);
 
         let (store, _) = Store::open(dir.path()).expect("reopen");
-        assert_eq!(store.volume("vol:p:1"), Some(v));
+        assert_eq!(store.volume("vol:p:1").as_deref(), Some(&v));
         assert_eq!((store.volume_count(), store.snapshot_count()), (2, 1));
         assert!(store.snapshot_by_name("s2").is_none());
         assert!(store.checkpoint_if_changed().expect("checkpoint"), "the replayed frames are still in the journal");
@@ -236,13 +238,13 @@ mod tests {
         let (store, _) = Store::open(dir.path()).expect("reopen");
         assert_eq!((store.volume_count(), store.snapshot_count()), (39, 2));
         for id in ids.iter().filter(|id| *id != "vol:p:03") {
-            assert_eq!(store.volume(id).map(|v| v.name), Some(format!("pvc-{id}")));
-            assert_eq!(store.volume_by_name(&format!("pvc-{id}")).map(|v| v.id).as_ref(), Some(id));
+            assert_eq!(store.volume(id).map(|v| v.name.clone()), Some(format!("pvc-{id}")));
+            assert_eq!(store.volume_by_name(&format!("pvc-{id}")).map(|v| v.id.clone()).as_ref(), Some(id));
         }
         assert!(store.volume_by_name("pvc-vol:p:03").is_none());
-        assert_eq!(store.snapshot_by_name("s-a").map(|s| s.id), Some("snap:p:a".into()));
+        assert_eq!(store.snapshot_by_name("s-a").map(|s| s.id.clone()), Some("snap:p:a".into()));
         let (page, more) = store.volumes_page(None, 100);
-        let listed: Vec<String> = page.into_iter().map(|v| v.id).collect();
+        let listed: Vec<String> = page.into_iter().map(|v| v.id.clone()).collect();
         let mut sorted = listed.clone();
         sorted.sort();
         assert!(!more);

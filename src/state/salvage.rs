@@ -136,7 +136,7 @@ mod tests {
         assert!(saved.lost[0].starts_with("frame 1"), "{:?}", saved.lost);
         assert!(saved.kept_at.join("journal").exists() && saved.kept_at.join("records").exists());
         let (store, _) = Store::open(dir.path()).expect("starts after the salvage");
-        let ids: Vec<String> = store.volumes_where(|_| true).into_iter().map(|v| v.id).collect();
+        let ids: Vec<String> = store.volumes_where(|_| true).iter().map(|v| v.id.clone()).collect();
         assert_eq!(ids, ["vol-0", "vol-1", "vol-3", "vol-4", "vol-5"]);
     }
 

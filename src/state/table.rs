@@ -1,9 +1,15 @@
 //! The records in memory: a table per kind, by ID in ID order (for pages) and by name, and
 //! the changes the journal replays into them.
+//!
+//! A record in a table is immutable and shared (`Arc`): a lookup hands out another
+//! reference, never a copy, and a change puts a new record in its place. Whoever holds
+//! the old one keeps reading it as it was.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +42,7 @@ impl Keyed for SnapshotRecord {
 /// Records by ID, in ID order (for pages), and IDs by name.
 #[derive(Debug)]
 pub(super) struct Table<T> {
-    pub(super) by_id: BTreeMap<String, T>,
+    pub(super) by_id: BTreeMap<String, Arc<T>>,
     pub(super) names: HashMap<String, String>,
 }
 
@@ -46,17 +52,17 @@ impl<T> Default for Table<T> {
     }
 }
 
-impl<T: Keyed + Clone> Table<T> {
+impl<T: Keyed> Table<T> {
     /// A table of `records` built in one pass. A checkpoint lists them in ID order, which
     /// the B-tree takes without a search per record; as with `put`, the last record of an
     /// ID or a name wins.
     pub(super) fn from_records(records: Vec<T>) -> Self {
-        let by_id: BTreeMap<String, T> = records.into_iter().map(|r| (r.id().to_string(), r)).collect();
+        let by_id: BTreeMap<String, Arc<T>> = records.into_iter().map(|r| (r.id().to_string(), Arc::new(r))).collect();
         let names = by_id.values().map(|r| (r.name().to_string(), r.id().to_string())).collect();
         Table { by_id, names }
     }
 
-    pub(super) fn put(&mut self, record: T) {
+    pub(super) fn put(&mut self, record: Arc<T>) {
         if let Some(old) = self.by_id.get(record.id()).filter(|old| old.name() != record.name()) {
             self.names.remove(old.name());
         }
@@ -70,20 +76,20 @@ impl<T: Keyed + Clone> Table<T> {
         }
     }
 
-    pub(super) fn get(&self, id: &str) -> Option<T> {
+    pub(super) fn get(&self, id: &str) -> Option<Arc<T>> {
         self.by_id.get(id).cloned()
     }
 
-    pub(super) fn by_name(&self, name: &str) -> Option<T> {
+    pub(super) fn by_name(&self, name: &str) -> Option<Arc<T>> {
         self.names.get(name).and_then(|id| self.get(id))
     }
 
     /// Up to `limit` records matching `pred` with IDs after `after`, in ID order, and
     /// whether more follow.
-    pub(super) fn page(&self, after: Option<&str>, limit: usize, pred: impl Fn(&T) -> bool) -> (Vec<T>, bool) {
-        let start = after.map_or(std::ops::Bound::Unbounded, |a| std::ops::Bound::Excluded(a.to_string()));
-        let mut matching = self.by_id.range((start, std::ops::Bound::Unbounded)).map(|(_, r)| r).filter(|r| pred(r));
-        let items: Vec<T> = matching.by_ref().take(limit).cloned().collect();
+    pub(super) fn page(&self, after: Option<&str>, limit: usize, pred: impl Fn(&T) -> bool) -> (Vec<Arc<T>>, bool) {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut matching = self.by_id.range::<str, _>((start, Bound::Unbounded)).map(|(_, r)| r).filter(|r| pred(r));
+        let items: Vec<Arc<T>> = matching.by_ref().take(limit).cloned().collect();
         let more = matching.next().is_some();
         (items, more)
     }
@@ -95,14 +101,14 @@ pub(super) struct Maps {
     pub(super) snapshots: Table<SnapshotRecord>,
 }
 
-/// One change to the records, as a journal frame holds it.
+/// One change to the records, as a journal frame holds it. A put holds the record the
+/// table will share once the frame is written (an `Arc` serializes as the record itself).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(super) enum Change {
-    // Boxed: a volume record is several times the size of the other changes.
-    PutVolume(Box<VolumeRecord>),
+    PutVolume(Arc<VolumeRecord>),
     RemoveVolume(String),
-    PutSnapshot(SnapshotRecord),
+    PutSnapshot(Arc<SnapshotRecord>),
     RemoveSnapshot(String),
 }
 
@@ -121,7 +127,7 @@ impl Change {
 impl Maps {
     pub(super) fn apply(&mut self, change: Change) {
         match change {
-            Change::PutVolume(v) => self.volumes.put(*v),
+            Change::PutVolume(v) => self.volumes.put(v),
             Change::RemoveVolume(id) => self.volumes.remove(&id),
             Change::PutSnapshot(s) => self.snapshots.put(s),
             Change::RemoveSnapshot(id) => self.snapshots.remove(&id),

@@ -27,6 +27,7 @@ use super::{
 use crate::config::{DevicePool as DevicePoolConfig, Wipe};
 use crate::crypt::{Key, Scheme};
 use crate::mount::Syscall;
+use crate::mount::mountinfo::MountEntry;
 use crate::state::{AccessKind, Enforced, Layer, Phase, SnapshotMethod, SnapshotRecord, VolumeRecord};
 use allocation::Held;
 pub use allocation::{Device, Holdings, glob_match};
@@ -67,7 +68,7 @@ impl DevicePool {
         config: &DevicePoolConfig,
         sys: Arc<dyn Syscall>,
         snapshot_dir: Option<PathBuf>,
-        recorded: Vec<VolumeRecord>,
+        recorded: &[Arc<VolumeRecord>],
         held: Holdings,
     ) -> Result<DevicePool> {
         let claims: Vec<Claim> = recorded
@@ -88,9 +89,10 @@ impl DevicePool {
         for (volume, conflict) in &conflicts {
             tracing::error!(pool = %config.name, volume.id = %volume, "{}", conflict.error(volume));
         }
-        held.lock().extend(recorded.into_iter().filter(|v| v.pool == config.name).filter_map(|v| {
+        held.lock().extend(recorded.iter().filter(|v| v.pool == config.name).filter_map(|v| {
             let path = PathBuf::from(v.device.as_deref()?);
-            Some((v.id, Held { path, serial: v.device_identity.and_then(|i| i.serial) }))
+            let serial = v.device_identity.as_ref().and_then(|i| i.serial.clone());
+            Some((v.id.clone(), Held { path, serial }))
         }));
         let pool = DevicePool {
             info: PoolInfo { grows_within_device: true, ..PoolInfo::devices(&config.name, PoolKind::Device) },
@@ -186,7 +188,9 @@ impl Controller for DevicePool {
         let Some(source) = source else { return Ok(()) };
         self.fill(&device, source)?;
         // The copy brought a filesystem: its UUID is the disk's signature from now on.
-        self.note_staged(volume)?;
+        if let Some(noted) = self.note_staged(volume)? {
+            *volume = noted;
+        }
         Ok(())
     }
 
@@ -289,32 +293,31 @@ impl Node for DevicePool {
     }
 
     /// Records the UUID of the filesystem on a filesystem volume's disk, once there is one.
-    fn note_staged(&self, volume: &mut VolumeRecord) -> Result<bool> {
+    fn note_staged(&self, volume: &VolumeRecord) -> Result<Option<VolumeRecord>> {
         if volume.access != AccessKind::Mount || volume.device_identity.as_ref().is_none_or(|i| i.fs_uuid.is_some()) {
-            return Ok(false);
+            return Ok(None);
         }
         let device = self.present(volume)?;
-        let uuid = self.sys.fs_uuid(&device).map_err(Error::io("probe", &device))?;
-        match (uuid, volume.device_identity.as_mut()) {
-            (Some(uuid), Some(identity)) => {
-                tracing::info!(volume.id = %volume.id, fs.uuid = %uuid, "recorded the filesystem UUID of a device volume");
-                identity.fs_uuid = Some(uuid);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        let Some(uuid) = self.sys.fs_uuid(&device).map_err(Error::io("probe", &device))? else {
+            return Ok(None);
+        };
+        let mut noted = volume.clone();
+        let Some(identity) = noted.device_identity.as_mut() else { return Ok(None) };
+        tracing::info!(volume.id = %volume.id, fs.uuid = %uuid, "recorded the filesystem UUID of a device volume");
+        identity.fs_uuid = Some(uuid);
+        Ok(Some(noted))
     }
 
     fn unstage(&self, source: StageSource<'_>) -> Result<()> {
         self.stack(self.managed(source)?)?.unstage(self.sys.as_ref())
     }
 
-    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool> {
-        self.stack(self.managed(source)?)?.is_mounted_at(self.sys.as_ref(), path)
+    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path, table: &[MountEntry]) -> Result<bool> {
+        self.stack(self.managed(source)?)?.is_mounted_at(table, path)
     }
 
-    fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>> {
-        self.stack(self.managed(source)?)?.mounts(self.sys.as_ref())
+    fn mounts(&self, source: StageSource<'_>, table: &[MountEntry]) -> Result<Vec<PathBuf>> {
+        self.stack(self.managed(source)?)?.mounts(table)
     }
 
     fn node_expand(&self, volume: &VolumeRecord, volume_path: &Path) -> Result<()> {

@@ -61,7 +61,7 @@ impl Keyring for HostPath {
         }
     }
 
-    fn any_mounted(&self, volumes: &[VolumeRecord]) -> Result<bool> {
+    fn any_mounted(&self, volumes: &[std::sync::Arc<VolumeRecord>]) -> Result<bool> {
         let table = ops::table(self.sys.as_ref()).map_err(Error::io("read mount table", &self.root))?;
         Ok(volumes.iter().any(|v| !mountinfo::binds_of(&table, &self.volume_dir(&v.key)).is_empty()))
     }

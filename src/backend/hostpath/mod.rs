@@ -23,8 +23,9 @@ use super::{
     Work,
 };
 use crate::config::{Enforcement, HostPathPool};
+use crate::mount::Syscall;
+use crate::mount::mountinfo::{self, MountEntry};
 use crate::mount::ops;
-use crate::mount::{Syscall, mountinfo};
 use crate::progress::Progress;
 use crate::safepath;
 use crate::state::{AccessKind, Enforced, SnapshotMethod, SnapshotRecord, VolumeRecord};
@@ -461,17 +462,17 @@ impl Node for HostPath {
     }
 
     /// Staging records nothing new: the record names the storage.
-    fn note_staged(&self, _volume: &mut VolumeRecord) -> Result<bool> {
-        Ok(false)
+    fn note_staged(&self, _volume: &VolumeRecord) -> Result<Option<VolumeRecord>> {
+        Ok(None)
     }
 
     fn unstage(&self, _source: StageSource<'_>) -> Result<()> {
         Ok(())
     }
 
-    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool> {
+    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path, table: &[MountEntry]) -> Result<bool> {
         use std::os::unix::fs::MetadataExt;
-        if !ops::is_mount_point(self.sys.as_ref(), path).map_err(Error::io("read mount table", path))? {
+        if mountinfo::at(table, path).is_empty() {
             return Ok(false);
         }
         let want = self.data_dir(source);
@@ -482,10 +483,9 @@ impl Node for HostPath {
         Ok(a.dev() == b.dev() && a.ino() == b.ino())
     }
 
-    fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>> {
+    fn mounts(&self, source: StageSource<'_>, table: &[MountEntry]) -> Result<Vec<PathBuf>> {
         let dir = self.data_dir(source);
-        let table = ops::table(self.sys.as_ref()).map_err(Error::io("read mount table", &dir))?;
-        Ok(mountinfo::binds_of(&table, &dir).into_iter().map(|m| m.mount_point.clone()).collect())
+        Ok(mountinfo::binds_of(table, &dir).into_iter().map(|m| m.mount_point.clone()).collect())
     }
 
     fn node_expand(&self, volume: &VolumeRecord, _volume_path: &Path) -> Result<()> {

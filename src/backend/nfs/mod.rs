@@ -25,7 +25,8 @@ use super::{
     Work,
 };
 use crate::config::OnDelete;
-use crate::mount::{MsFlags, mountinfo, ops};
+use crate::mount::mountinfo::{self, MountEntry};
+use crate::mount::{MsFlags, ops};
 use crate::nfs::{self, FileType, SetAttr};
 use crate::safepath;
 use crate::state::{AccessKind, Enforced, Phase, SnapshotMethod, SnapshotRecord, VolumeRecord};
@@ -346,23 +347,21 @@ impl Node for NfsPool {
     }
 
     /// Staging records nothing new: the record names the storage.
-    fn note_staged(&self, _volume: &mut VolumeRecord) -> Result<bool> {
-        Ok(false)
+    fn note_staged(&self, _volume: &VolumeRecord) -> Result<Option<VolumeRecord>> {
+        Ok(None)
     }
 
     fn unstage(&self, _source: StageSource<'_>) -> Result<()> {
         Ok(())
     }
 
-    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path) -> Result<bool> {
+    fn is_mounted_at(&self, source: StageSource<'_>, path: &Path, table: &[MountEntry]) -> Result<bool> {
         let device = self.device(&self.rel_of(source)?);
-        let table = ops::table(self.sys.as_ref()).map_err(Error::io("read mount table", path))?;
-        Ok(mountinfo::at(&table, path).last().is_some_and(|m| mountinfo::is_nfs(m) && m.source == device))
+        Ok(mountinfo::at(table, path).last().is_some_and(|m| mountinfo::is_nfs(m) && m.source == device))
     }
 
-    fn mounts(&self, source: StageSource<'_>) -> Result<Vec<PathBuf>> {
+    fn mounts(&self, source: StageSource<'_>, table: &[MountEntry]) -> Result<Vec<PathBuf>> {
         let device = self.device(&self.rel_of(source)?);
-        let table = ops::table(self.sys.as_ref()).map_err(Error::io("read mount table", Path::new("/")))?;
         Ok(table.iter().filter(|m| mountinfo::is_nfs(m) && m.source == device).map(|m| m.mount_point.clone()).collect())
     }
 
