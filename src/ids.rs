@@ -1,6 +1,7 @@
 //! Volume and snapshot identifiers minted by berth.
 //!
-//! IDs have the form `vol:<pool>:<32 hex>` and `snap:<pool>:<32 hex>`. They name the pool,
+//! IDs have the form `vol:<pool>:<32 hex>`, `snap:<pool>:<32 hex>` and, for group
+//! snapshots, `group:<pool>:<32 hex>` (the pool of the group's first member). They name the pool,
 //! never a path, and stay far below the spec's 128-byte limit whatever the pool is called
 //! (pool names are at most 40 bytes). Any other well-formed string is simply an unknown ID.
 
@@ -40,6 +41,8 @@ pub fn check(field: &'static str, value: &str) -> Result<(), IdError> {
 pub enum Kind {
     Volume,
     Snapshot,
+    /// A group snapshot.
+    Group,
 }
 
 impl Kind {
@@ -47,6 +50,7 @@ impl Kind {
         match self {
             Kind::Volume => "vol",
             Kind::Snapshot => "snap",
+            Kind::Group => "group",
         }
     }
 }

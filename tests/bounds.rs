@@ -69,6 +69,7 @@ async fn ten_thousand_volumes_keep_pages_small_memory_bounded_and_startup_fast()
             size: 1 << 20,
             method: None,
             encryption: None,
+            group: None,
             created_unix_ms: 1,
         };
         fs::write(sdir.join(format!("{i}.json")), serde_json::to_vec(&snapshot).expect("json")).expect("write");

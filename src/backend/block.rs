@@ -258,10 +258,10 @@ impl Controller for BlockPool {
         Ok(true)
     }
 
-    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord, _work: &Work) -> Result<()> {
+    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord, work: &Work) -> Result<()> {
         let dest = self.snapshot_image(&snapshot.key);
         if !dest.exists() {
-            let freeze = self.mounted_filesystem(volume)?;
+            let freeze = if work.is_held_still() { None } else { self.mounted_filesystem(volume)? };
             let cloned = self.copy_image(
                 &self.image(&volume.key),
                 &self.root.join(SNAPSHOTS),
@@ -315,6 +315,10 @@ impl Controller for BlockPool {
     /// LUKS2, where this node has cryptsetup and device-mapper.
     fn check_encryption(&self, scheme: Scheme, access: AccessKind, fs_type: Option<&str>) -> Result<()> {
         crypt::check(self.sys.as_ref(), &self.info.name, scheme, access, fs_type)
+    }
+
+    fn quiesce(&self, volume: &VolumeRecord) -> Result<super::Quiesce> {
+        self.stack(volume)?.quiesce(self.sys.as_ref())
     }
 
     /// Each volume's key goes to its crypt layer at stage.

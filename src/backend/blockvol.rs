@@ -181,10 +181,16 @@ pub fn mounts(table: &[MountEntry], device: &Path) -> Vec<PathBuf> {
 /// Where `device`'s filesystem is mounted (the staging mount), for freezing and growing.
 pub fn filesystem_mount(sys: &dyn Syscall, device: &Path) -> Result<Option<PathBuf>> {
     let table = ops::table(sys).map_err(Error::io("read mount table", device))?;
-    Ok(table
+    Ok(filesystem_mount_in(&table, device))
+}
+
+/// [`filesystem_mount`] in a mount table the caller read.
+#[must_use]
+pub fn filesystem_mount_in(table: &[MountEntry], device: &Path) -> Option<PathBuf> {
+    table
         .iter()
         .find(|e| e.source == device.to_string_lossy() && e.fs_type != "devtmpfs")
-        .map(|e| e.mount_point.clone()))
+        .map(|e| e.mount_point.clone())
 }
 
 /// Errors the kernel counted on the ext4 filesystem of `device` (`/sys/fs/ext4/<dev>/
@@ -275,9 +281,57 @@ impl Freezes {
         mount_point: Option<&Path>,
         work: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
-        let Some(mp) = mount_point else {
-            return work();
-        };
+        self.all_frozen(sys, mount_point.as_slice(), work)
+    }
+
+    /// Runs `work` with every filesystem in `mount_points` frozen at once (a group
+    /// snapshot's members): each freeze is recorded durably before it happens, all are
+    /// frozen before `work` starts, and every one that was frozen is thawed after it, also
+    /// when a later freeze or the work fails. Thawed ones are forgotten; one whose thaw
+    /// failed stays recorded for the next start.
+    pub fn all_frozen<T, P: AsRef<Path>>(
+        &self,
+        sys: &dyn Syscall,
+        mount_points: &[P],
+        work: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let mut frozen: Vec<(&Path, PathBuf)> = Vec::with_capacity(mount_points.len());
+        let mut result = Ok(());
+        for mp in mount_points.iter().map(AsRef::as_ref) {
+            if frozen.iter().any(|(done, _)| *done == mp) {
+                continue;
+            }
+            match self.freeze_recorded(sys, mp) {
+                Ok(record) => frozen.push((mp, record)),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let result = result.and_then(|()| match frozen.first() {
+            Some((mp, _)) => super::failpoint("block.frozen", mp).and_then(|()| work()),
+            None => work(),
+        });
+        let mut thaw_failed = None;
+        for (mp, record) in frozen.iter().rev() {
+            match sys.thaw(mp) {
+                // Thawed: nothing for the next start to undo.
+                Ok(()) => drop(fs::remove_file(record)),
+                Err(e) => {
+                    tracing::error!(mount_point = %mp.display(), error = %e, "thawing after a copy failed; the next start retries");
+                    thaw_failed.get_or_insert(Error::io("thaw", mp)(e));
+                }
+            }
+        }
+        match thaw_failed {
+            Some(e) => Err(e),
+            None => result,
+        }
+    }
+
+    /// Records the freeze of `mp` durably, then freezes it; the record's path.
+    fn freeze_recorded(&self, sys: &dyn Syscall, mp: &Path) -> Result<PathBuf> {
         let record = self.record_of(mp);
         let write = || -> std::io::Result<()> {
             fs::create_dir_all(&self.dir)?;
@@ -291,18 +345,7 @@ impl Freezes {
             let _ = fs::remove_file(&record);
             return Err(Error::io("freeze", mp)(e));
         }
-        let result = super::failpoint("block.frozen", mp).and_then(|()| work());
-        match sys.thaw(mp) {
-            Ok(()) => {
-                // Thawed: nothing for the next start to undo.
-                let _ = fs::remove_file(&record);
-                result
-            }
-            Err(e) => {
-                tracing::error!(mount_point = %mp.display(), error = %e, "thawing after a copy failed; the next start retries");
-                Err(Error::io("thaw", mp)(e))
-            }
-        }
+        Ok(record)
     }
 }
 

@@ -240,6 +240,18 @@ pub enum Source<'a> {
 /// device node is bind-mounted; publish binds it onward to the pod's target file.
 pub const RAW_DEVICE_FILE: &str = "device";
 
+/// How a group snapshot holds one member still while the group is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Quiesce {
+    /// Nothing on this node mounts or binds the volume: nothing can write to it.
+    Idle,
+    /// Its filesystem is mounted here: frozen (FIFREEZE) at this mount point, writes
+    /// block until the thaw, and everything acknowledged before is on the device.
+    Freeze(PathBuf),
+    /// In use, and the pool has no way to hold its writers still: why, for the message.
+    Cannot(String),
+}
+
 /// The controller side of a pool: what CreateVolume, DeleteVolume, snapshots, expansion,
 /// capacity and listing need. Every method is the pool's own statement; none has a default.
 pub trait Controller: Send + Sync {
@@ -285,6 +297,10 @@ pub trait Controller: Send + Sync {
     /// than to each volume (fscrypt); `None` when each volume's key goes to its own stage
     /// ([`Node::stage`]: LUKS2) or the pool does not encrypt.
     fn keyring(&self) -> Option<&dyn Keyring>;
+    /// How a group snapshot can hold `volume` still while every member is taken, so that
+    /// all of them show one point in time ([`Quiesce`]). Asked for every member before
+    /// anything is recorded.
+    fn quiesce(&self, volume: &VolumeRecord) -> Result<Quiesce>;
     /// The [`mutable`] parameters users may change on this pool's live volumes.
     fn mutable_keys(&self) -> &'static [&'static str] {
         &[]

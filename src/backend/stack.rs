@@ -202,6 +202,30 @@ impl<'a> Stack<'a> {
         }
     }
 
+    /// How a group snapshot holds this volume still: its filesystem frozen where it is
+    /// mounted; nothing to do when no layer is open or nothing mounts the top device; a
+    /// raw device in use cannot be held (there is no filesystem to freeze, and its writer
+    /// is the pod).
+    pub fn quiesce(&self, sys: &dyn Syscall) -> Result<super::Quiesce> {
+        use super::Quiesce;
+        let Some(top) = self.top()? else {
+            return Ok(Quiesce::Idle);
+        };
+        let table = ops::table(sys).map_err(Error::io("read mount table", &top))?;
+        if self.volume.access == AccessKind::Mount
+            && let Some(mp) = blockvol::filesystem_mount_in(&table, &top)
+        {
+            return Ok(Quiesce::Freeze(mp));
+        }
+        Ok(match blockvol::mounts(&table, &top).first() {
+            None => Quiesce::Idle,
+            Some(at) => Quiesce::Cannot(format!(
+                "it is a raw block device in use at {}, and berth can hold still only a filesystem it can freeze",
+                at.display()
+            )),
+        })
+    }
+
     /// Node side of expansion: growth passed up the layers, then the filesystem mounted
     /// at `volume_path` grown. A stack not open here grows at its next stage.
     pub fn expand(&self, sys: &dyn Syscall, volume_path: &Path) -> Result<()> {

@@ -23,6 +23,8 @@ pub struct Work {
     stop: AtomicU8,
     files: AtomicU64,
     bytes: AtomicU64,
+    /// The caller holds the source still (see [`Work::held_still`]).
+    held: bool,
 }
 
 impl Work {
@@ -30,6 +32,20 @@ impl Work {
     #[must_use]
     pub fn new() -> Work {
         Work::default()
+    }
+
+    /// Work on a source the caller already holds still: a group snapshot froze every
+    /// member's filesystem itself, so the backend takes the source as it is and must not
+    /// freeze it again (a second FIFREEZE fails with EBUSY).
+    #[must_use]
+    pub fn held_still() -> Work {
+        Work { held: true, ..Work::default() }
+    }
+
+    /// Whether the caller holds the source still ([`Work::held_still`]).
+    #[must_use]
+    pub fn is_held_still(&self) -> bool {
+        self.held
     }
 
     /// Asks the work to stop; the first reason asked is the one that counts.

@@ -64,7 +64,7 @@ pub fn volume(v: &VolumeRecord, context: std::collections::BTreeMap<String, Stri
     }
 }
 
-fn timestamp(ms: u64) -> Timestamp {
+pub(super) fn timestamp(ms: u64) -> Timestamp {
     Timestamp {
         seconds: i64::try_from(ms / 1000).unwrap_or(i64::MAX),
         nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
@@ -80,7 +80,7 @@ pub fn snapshot(s: &SnapshotRecord) -> pb::Snapshot {
         source_volume_id: s.source_volume.clone(),
         creation_time: Some(timestamp(s.created_unix_ms)),
         ready_to_use: s.phase == crate::state::Phase::Ready,
-        group_snapshot_id: String::new(),
+        group_snapshot_id: s.group.as_ref().map(|g| g.id.clone()).unwrap_or_default(),
     }
 }
 

@@ -153,6 +153,26 @@ impl Describe for pb::CreateSnapshotRequest {
     }
 }
 
+impl Describe for pb::CreateVolumeGroupSnapshotRequest {
+    /// No group ID yet: the span names the requested group name and its first volume.
+    fn fields(&self) -> Fields {
+        let first = self.source_volume_ids.first().map_or("", String::as_str);
+        Fields { snapshot_id: self.name.clone(), ..base(first) }.secrets(&self.secrets).context(&self.parameters)
+    }
+}
+
+impl Describe for pb::DeleteVolumeGroupSnapshotRequest {
+    fn fields(&self) -> Fields {
+        Fields { snapshot_id: self.group_snapshot_id.clone(), ..Fields::default() }.secrets(&self.secrets)
+    }
+}
+
+impl Describe for pb::GetVolumeGroupSnapshotRequest {
+    fn fields(&self) -> Fields {
+        Fields { snapshot_id: self.group_snapshot_id.clone(), ..Fields::default() }.secrets(&self.secrets)
+    }
+}
+
 impl Describe for pb::DeleteSnapshotRequest {
     fn fields(&self) -> Fields {
         Fields { snapshot_id: self.snapshot_id.clone(), ..Fields::default() }.secrets(&self.secrets)

@@ -26,7 +26,8 @@ impl pb::identity_server::Identity for IdentityService {
         })
     }
 
-    /// The controller service (when this process serves it), topology, and online expansion.
+    /// The controller and group controller services (when this process serves them),
+    /// topology, and online expansion.
     async fn get_plugin_capabilities(
         &self,
         _: Request<pb::GetPluginCapabilitiesRequest>,
@@ -38,6 +39,7 @@ impl pb::identity_server::Identity for IdentityService {
         let mut capabilities = vec![service(service::Type::VolumeAccessibilityConstraints)];
         if self.0.controller {
             capabilities.push(service(service::Type::ControllerService));
+            capabilities.push(service(service::Type::GroupControllerService));
         }
         capabilities.push(pb::PluginCapability {
             r#type: Some(plugin_capability::Type::VolumeExpansion(VolumeExpansion {

@@ -6,6 +6,7 @@
 
 pub mod controller;
 pub mod fields;
+pub mod group;
 pub mod identity;
 pub mod node;
 

@@ -34,6 +34,9 @@ pub enum Error {
         "the key in the secrets is not the key of {what}: its identifier is {given}, and {what} is encrypted under {recorded}"
     )]
     WrongKey { what: String, given: crate::crypt::KeyId, recorded: crate::crypt::KeyId },
+    /// A group snapshot call's snapshot_ids that are not the group's members.
+    #[error("snapshot_ids do not match group snapshot {id}: {detail}")]
+    GroupMismatch { id: String, detail: String },
     /// A continuation token this driver did not hand out.
     #[error("starting_token {token:?} was not issued by this driver")]
     UnknownToken { token: String },
@@ -43,6 +46,8 @@ pub enum Error {
     NoVolume { id: String, node: String },
     #[error("snapshot {id} does not exist on node {node}")]
     NoSnapshot { id: String, node: String },
+    #[error("group snapshot {id} does not exist on node {node}")]
+    NoGroup { id: String, node: String },
     /// The snapshot or volume a new volume is to be made from.
     #[error("source {kind} {id} does not exist on node {node}")]
     NoSource { kind: &'static str, id: String, node: String },
@@ -99,6 +104,10 @@ pub enum Error {
     /// The volume cannot be used with the capability asked for.
     #[error("{0}")]
     Unusable(String),
+    /// Volumes that cannot be snapshotted together at one point in time; the reasons
+    /// name each member and why.
+    #[error("these volumes cannot be snapshotted together at one point in time: {reasons}")]
+    CannotGroup { reasons: String },
     #[error("volume {volume} is in pool {pool} which is no longer configured")]
     PoolGone { volume: String, pool: String },
     /// The pool is configured, but not for this: node-local at the central controller,
@@ -135,7 +144,7 @@ impl From<Error> for tonic::Status {
         use tonic::Status;
         let message = err.to_string();
         match err {
-            Error::BadRequest(_) | Error::BadPath { .. } | Error::KeyMissing { .. } => {
+            Error::BadRequest(_) | Error::BadPath { .. } | Error::KeyMissing { .. } | Error::GroupMismatch { .. } => {
                 Status::invalid_argument(message)
             }
             Error::WrongKey { .. } => Status::permission_denied(message),
@@ -147,6 +156,7 @@ impl From<Error> for tonic::Status {
             | Error::CopyInProgress { .. } => Status::aborted(message),
             Error::NoVolume { .. }
             | Error::NoSnapshot { .. }
+            | Error::NoGroup { .. }
             | Error::NoSource { .. }
             | Error::NoPool { .. }
             | Error::UnknownNode { .. }
@@ -162,6 +172,7 @@ impl From<Error> for tonic::Status {
             | Error::WriterHeld { .. }
             | Error::WrongNode { .. }
             | Error::Unusable(_)
+            | Error::CannotGroup { .. }
             | Error::PoolGone { .. }
             | Error::PoolRefuses { .. } => Status::failed_precondition(message),
             Error::PoolUnavailable { .. } => Status::unavailable(message),

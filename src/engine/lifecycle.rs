@@ -53,7 +53,7 @@ impl Engine {
         self.store.remove_volume(&record.id).map_err(|source| Error::State { id: record.id.clone(), source })
     }
 
-    fn put_snapshot(&self, record: &SnapshotRecord) -> Result<()> {
+    pub(super) fn put_snapshot(&self, record: &SnapshotRecord) -> Result<()> {
         if let Some(shared) = self.pools.get(&record.pool).and_then(Pool::records) {
             shared.persist_snapshot(record)?;
         }
@@ -184,7 +184,7 @@ impl Engine {
         self.put_snapshot(record)
     }
 
-    fn roll_back_snapshot(&self, pool: &dyn Backend, record: &SnapshotRecord) -> Result<()> {
+    pub(super) fn roll_back_snapshot(&self, pool: &dyn Backend, record: &SnapshotRecord) -> Result<()> {
         pool.delete_snapshot(record)?;
         self.remove_snapshot_record(record)
     }

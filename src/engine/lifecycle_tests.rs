@@ -75,6 +75,7 @@ fn half_snapshot(name: &str, source_volume: &str, phase: Phase) -> SnapshotRecor
         size: 0,
         method: None,
         encryption: None,
+        group: None,
         created_unix_ms: 1,
     }
 }

@@ -5,6 +5,9 @@ mod copies;
 pub mod encryption;
 mod ephemeral;
 mod error;
+#[cfg(test)]
+mod group_tests;
+mod groups;
 mod lifecycle;
 #[cfg(test)]
 mod lifecycle_tests;
@@ -35,6 +38,7 @@ use crate::state::Store;
 
 pub use crate::backend::{AccessMode, Capability, FS_TYPES};
 pub use error::{Error, Result};
+pub use groups::GroupSnapshot;
 pub use listing::{CapacityQuery, ListedVolume, Page};
 pub use node::{NodePublish, NodeStage};
 pub use reconcile::Report;
@@ -69,6 +73,8 @@ pub struct Engine {
     pub key_holds: encryption::KeyHolds,
     /// Copies running in the background.
     pub copies: copies::Copies,
+    /// The freezes of filesystems, recorded so that a start thaws what a crash left frozen.
+    pub freezes: backend::blockvol::Freezes,
     /// This engine, once [`Engine::shared`] put it in an `Arc`: background copies hold it.
     me: std::sync::Weak<Engine>,
 }
@@ -174,6 +180,7 @@ impl Engine {
             shared_sync: shared::SyncState::default(),
             key_holds: encryption::KeyHolds::default(),
             copies: copies::Copies::default(),
+            freezes,
             me: std::sync::Weak::new(),
         };
         engine.start_shared(placement)?;

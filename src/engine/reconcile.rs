@@ -101,7 +101,12 @@ impl Engine {
             report.count(&outcome);
         }
         self.finish_modifications();
-        for snapshot in self.store.snapshots_page(None, usize::MAX, |s| s.phase != Phase::Ready).0 {
+        // A group's members are rolled back together, never finished one by one.
+        self.roll_back_interrupted_groups();
+        let unfinished = |s: &crate::state::SnapshotRecord| {
+            s.phase == Phase::Deleting || (s.phase == Phase::Creating && s.group.is_none())
+        };
+        for snapshot in self.store.snapshots_page(None, usize::MAX, unfinished).0 {
             let Some(pool) = self.pools.get(&snapshot.pool).cloned() else { continue };
             if self.resume_snapshot_copy(&pool, &snapshot) {
                 report.resumed += 1;

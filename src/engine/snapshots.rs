@@ -58,6 +58,7 @@ impl Engine {
                 size: 0,
                 method: None,
                 encryption: volume.encryption.clone(),
+                group: None,
                 created_unix_ms: state::now_ms(),
             };
             self.begin_snapshot(&record)?;

@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use tokio::net::UnixListener;
 
-use crate::csi::{Shared, controller::ControllerService, identity::IdentityService, node::NodeService, pb};
+use crate::csi::{
+    Shared, controller::ControllerService, group::GroupControllerService, identity::IdentityService, node::NodeService,
+    pb,
+};
 use crate::engine::Engine;
 use crate::metrics::{Limits, Registry};
 
@@ -209,6 +212,10 @@ pub async fn serve(
         )
         .add_optional_service(controller.then(|| {
             pb::controller_server::ControllerServer::new(ControllerService(shared.clone()))
+                .max_decoding_message_size(crate::csi::MAX_REQUEST_BYTES)
+        }))
+        .add_optional_service(controller.then(|| {
+            pb::group_controller_server::GroupControllerServer::new(GroupControllerService(shared.clone()))
                 .max_decoding_message_size(crate::csi::MAX_REQUEST_BYTES)
         }))
         .add_optional_service((mode != Mode::Controller).then(|| {

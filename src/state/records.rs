@@ -188,7 +188,23 @@ pub struct SnapshotRecord {
     /// The source volume's encryption: a snapshot's content is encrypted under its key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<crate::crypt::Encryption>,
+    /// The group snapshot this snapshot is a member of, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupRef>,
     pub created_unix_ms: u64,
+}
+
+/// A member snapshot's group: every member carries it, so the group needs no record of its
+/// own. A group is whole when none of its members is still `Creating`: members turn
+/// Ready only after every member's data is taken, so a crash in between leaves at least
+/// one `Creating` member, and the whole group is rolled back (never finished alone, which
+/// would break its single point in time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRef {
+    /// `group:<pool>:<key>` (see [`crate::ids`]).
+    pub id: String,
+    /// The CO's name for the group (CreateVolumeGroupSnapshot name).
+    pub name: String,
 }
 
 impl VolumeRecord {

@@ -23,6 +23,7 @@ pub(super) fn snapshot(id: &str, name: &str) -> SnapshotRecord {
         size: 1,
         method: None,
         encryption: None,
+        group: None,
         created_unix_ms: 1,
     }
 }

@@ -73,10 +73,11 @@ impl DevicePool {
 
     /// Copies `volume`'s disk into the snapshot image `dest` (named `<key>.img`), frozen
     /// while its filesystem is mounted; the image is renamed into place only when whole.
-    pub(super) fn copy_to_image(&self, volume: &VolumeRecord, dest: &Path, key: &str) -> Result<()> {
+    /// `held_still`: the caller froze the volume's filesystem already (a group snapshot).
+    pub(super) fn copy_to_image(&self, volume: &VolumeRecord, dest: &Path, key: &str, held_still: bool) -> Result<()> {
         let device = self.present(volume)?;
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-        let freeze = self.stack(volume)?.filesystem_mount(self.sys.as_ref())?;
+        let freeze = if held_still { None } else { self.stack(volume)?.filesystem_mount(self.sys.as_ref())? };
         let size = self.sys.device_size(&device).map_err(Error::io("device size", &device))?;
         self.frozen(freeze.as_deref(), || {
             write_whole_file(&dir, &format!("{key}.img"), |dst| {

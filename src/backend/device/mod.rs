@@ -223,10 +223,10 @@ impl Controller for DevicePool {
         Ok(true)
     }
 
-    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord, _work: &Work) -> Result<()> {
+    fn create_snapshot(&self, volume: &VolumeRecord, snapshot: &mut SnapshotRecord, work: &Work) -> Result<()> {
         let dest = self.snapshot_path(&snapshot.key)?;
         if !dest.exists() {
-            self.copy_to_image(volume, &dest, &snapshot.key)?;
+            self.copy_to_image(volume, &dest, &snapshot.key, work.is_held_still())?;
         }
         snapshot.method = Some(SnapshotMethod::Copy);
         snapshot.size = fs::metadata(&dest).map_err(Error::io("stat snapshot", &dest))?.len();
@@ -270,6 +270,10 @@ impl Controller for DevicePool {
     /// LUKS2, where this node has cryptsetup and device-mapper.
     fn check_encryption(&self, scheme: Scheme, access: AccessKind, fs_type: Option<&str>) -> Result<()> {
         crypt::check(self.sys.as_ref(), &self.info.name, scheme, access, fs_type)
+    }
+
+    fn quiesce(&self, volume: &VolumeRecord) -> Result<super::Quiesce> {
+        self.stack(volume)?.quiesce(self.sys.as_ref())
     }
 
     /// Each volume's key goes to its crypt layer at stage.
