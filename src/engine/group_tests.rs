@@ -219,7 +219,7 @@ fn a_failed_freeze_thaws_what_was_frozen_and_leaves_no_member() {
     let e = engine.create_group_snapshot("g", &[a.id.clone(), b.id.clone()], None).expect_err("freeze fails");
     assert_eq!(code(e), Code::Internal);
     assert!(snapshot_records(&engine).is_empty(), "the members' intents are rolled back");
-    assert!(!std::fs::read_dir(dir.path().join("block/snapshots")).map_or(false, |mut d| d.next().is_some()));
+    assert!(!std::fs::read_dir(dir.path().join("block/snapshots")).is_ok_and(|mut d| d.next().is_some()));
     fake.unfail("freeze");
     let group = engine.create_group_snapshot("g", &[a.id.clone(), b.id.clone()], None).expect("retry succeeds");
     assert!(group.ready());
@@ -258,7 +258,7 @@ fn a_start_after_a_crash_rolls_back_a_group_with_a_member_still_creating() {
 
     let engine = open(&fake, dir.path());
     let left: Vec<String> = snapshot_records(&engine).iter().map(|s| s.id.clone()).collect();
-    assert_eq!(left, [single.id.clone()], "both interrupted groups are gone, Ready member included");
+    assert_eq!(left, std::slice::from_ref(&single.id), "both interrupted groups are gone, Ready member included");
     let images: Vec<_> = std::fs::read_dir(dir.path().join("block/snapshots"))
         .expect("snapshots dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())

@@ -93,7 +93,7 @@ impl Engine {
 
         let volumes = self.group_volumes(sources)?;
         let pools = volumes.iter().map(|v| self.pool(&v.pool).cloned()).collect::<Result<Vec<_>>>()?;
-        let mut freeze = Vec::new();
+        let mut freeze: Vec<std::path::PathBuf> = Vec::new();
         let mut cannot = Vec::new();
         for (volume, pool) in volumes.iter().zip(&pools) {
             pool.check_writable()?;
@@ -107,10 +107,10 @@ impl Engine {
             return Err(Error::CannotGroup { reasons: cannot.join("; ") });
         }
         // fscrypt members (directory pools) need their key in the kernel to be read.
-        let mut _keys = Vec::new();
+        let mut held_keys = Vec::new();
         for (volume, pool) in volumes.iter().zip(&pools) {
             if let Some(id) = super::encryption::key_of(volume).filter(|_| pool.keyring().is_some()) {
-                _keys.push(self.hold_for(pool, volume, id, key, crate::crypt::KeyFrom::CreateSnapshot)?);
+                held_keys.push(self.hold_for(pool, volume, id, key, crate::crypt::KeyFrom::CreateSnapshot)?);
             }
         }
 
@@ -148,6 +148,7 @@ impl Engine {
                 .all_frozen(self.sys.as_ref(), &freeze, || {
                     for ((volume, pool), record) in volumes.iter().zip(&pools).zip(records.iter_mut()) {
                         pool.create_snapshot(volume, record, &work)?;
+                        crate::backend::failpoint("group.create.member-taken", std::path::Path::new(&volume.id))?;
                     }
                     Ok(())
                 })
@@ -170,6 +171,8 @@ impl Engine {
             frozen = freeze.len(),
             "group snapshot created"
         );
+        // The keys stay in the kernel until every member is read.
+        drop(held_keys);
         Ok(GroupSnapshot { id: group.id, members })
     }
 

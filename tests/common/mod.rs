@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use berth::csi::pb;
 use berth::csi::pb::controller_client::ControllerClient;
+use berth::csi::pb::group_controller_client::GroupControllerClient;
 use berth::csi::pb::identity_client::IdentityClient;
 use berth::csi::pb::node_client::NodeClient;
 use tonic::transport::{Channel, Endpoint};
@@ -169,6 +170,7 @@ pub struct Berth {
     pub env: Vec<(String, String)>,
     pub identity: IdentityClient<Channel>,
     pub controller: ControllerClient<Channel>,
+    pub group: GroupControllerClient<Channel>,
     pub node: NodeClient<Channel>,
 }
 
@@ -214,6 +216,7 @@ impl Berth {
             env: Vec::new(),
             identity: IdentityClient::new(Channel::from_static("http://[::1]:1").connect_lazy()),
             controller: ControllerClient::new(Channel::from_static("http://[::1]:1").connect_lazy()),
+            group: GroupControllerClient::new(Channel::from_static("http://[::1]:1").connect_lazy()),
             node: NodeClient::new(Channel::from_static("http://[::1]:1").connect_lazy()),
         };
         berth.spawn().await;
@@ -246,6 +249,7 @@ impl Berth {
                 {
                     self.identity = identity;
                     self.controller = ControllerClient::new(channel.clone());
+                    self.group = GroupControllerClient::new(channel.clone());
                     self.node = NodeClient::new(channel);
                     return;
                 }
