@@ -29,6 +29,8 @@ ORDER = [
 ]
 # Not part of the default install: the NFS driver is off by default.
 NEEDS_NFS = {"nfs-shared.yaml"}
+# Group snapshots are opt-in (snapshots.groups) and need their CRDs: test_group_snapshots.py.
+NEEDS_GROUPS = {"group-snapshot.yaml"}
 # A static PV publishes a directory that exists on one named node: the node is the point.
 NAMES_ITS_NODE = {"static-pv.yaml"}
 # Inline ephemeral volumes are an opt-in of the driver and the pool (off by default).
@@ -57,7 +59,8 @@ def test_readme_lists_every_example_in_this_order():
     positions = [readme.index(phrase) for phrase, _ in ORDER]
     assert positions == sorted(positions), "README.md lists the examples in another order"
     files = {p.name for p in EXAMPLES.glob("*.yaml")}
-    assert files == {f for _, f in ORDER} | NEEDS_NFS, files ^ ({f for _, f in ORDER} | NEEDS_NFS)
+    expected = {f for _, f in ORDER} | NEEDS_NFS | NEEDS_GROUPS
+    assert files == expected, files ^ expected
 
 
 def test_examples_use_classes_and_pools_of_the_default_install():

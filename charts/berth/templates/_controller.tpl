@@ -70,7 +70,7 @@ args:
   - --timeout={{ $sidecars.timeout }}
   {{- end }}
   {{- if eq .role "snapshotter" }}
-  # berth has no group snapshots (no GroupController service).
+  # NFS volumes cannot be frozen together: no group snapshots here.
   - --feature-gates=CSIVolumeGroupSnapshot=false
   {{- end }}
   - --http-endpoint={{ include "berth.listen" (dict "address" "" "port" $port) }}

@@ -104,6 +104,11 @@ matches for kind VolumeSnapshotClass".
 {{- if or (eq .Values.snapshots.createClasses "always") (.Capabilities.APIVersions.Has "snapshot.storage.k8s.io/v1/VolumeSnapshotClass") }}true{{ else }}false{{ end }}
 {{- end }}
 
+{{/* Whether to render VolumeGroupSnapshotClasses: as berth.snapshotAPI, for the group API. */}}
+{{- define "berth.groupSnapshotAPI" -}}
+{{- if or (eq .Values.snapshots.createClasses "always") (.Capabilities.APIVersions.Has "groupsnapshot.storage.k8s.io/v1/VolumeGroupSnapshotClass") }}true{{ else }}false{{ end }}
+{{- end }}
+
 {{/* The DaemonSet runs in the host network when asked, and always with NFS mounts. */}}
 {{- define "berth.node.hostNetwork" -}}
 {{- if or .Values.node.hostNetwork .Values.nfs.enabled }}true{{ else }}false{{ end }}

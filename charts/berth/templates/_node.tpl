@@ -157,8 +157,8 @@ args:
   - --node-deployment=true
   # Snapshots copy data where the filesystem cannot snapshot or reflink.
   - --timeout={{ $sidecars.copyTimeout }}
-  # berth has no group snapshots (no GroupController service).
-  - --feature-gates=CSIVolumeGroupSnapshot=false
+  # Group snapshots of this node's volumes (snapshots.groups; needs their CRDs).
+  - --feature-gates=CSIVolumeGroupSnapshot={{ .Values.snapshots.groups }}
   {{- if .Values.metrics.enabled }}
   - --http-endpoint={{ include "berth.listen" (dict "address" .Values.metrics.bindAddress "port" .Values.node.ports.localSnapshotter) }}
   {{- end }}
