@@ -84,7 +84,7 @@ async fn identity_and_controller_answer_every_spec_case() {
     assert_eq!(info.vendor_version, berth::VERSION);
     let caps =
         t.ok("GetPluginCapabilities", b.identity.get_plugin_capabilities(pb::GetPluginCapabilitiesRequest {}).await);
-    assert_eq!(caps.capabilities.len(), 3, "controller service, topology, online expansion");
+    assert_eq!(caps.capabilities.len(), 4, "controller and group controller services, topology, online expansion");
     assert_eq!(t.ok("Probe", b.identity.probe(pb::ProbeRequest {}).await).ready, Some(true));
     // The node-local driver's CSIDriver says attachRequired: false; it advertises no
     // attaching, so no provisioner watches VolumeAttachments for it.
@@ -98,6 +98,39 @@ async fn identity_and_controller_answer_every_spec_case() {
         assert!(!rpcs.contains(&attaching), "{attaching:?} advertised by the node-local driver: {rpcs:?}");
     }
     assert!(rpcs.contains(&Rpc::CreateDeleteSnapshot) && rpcs.contains(&Rpc::ExpandVolume), "{rpcs:?}");
+    let group = t.ok(
+        "GroupControllerGetCapabilities",
+        b.group.group_controller_get_capabilities(pb::GroupControllerGetCapabilitiesRequest {}).await,
+    );
+    assert_eq!(group.capabilities.len(), 1, "CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT");
+    let g = &mut b.group;
+    t.code(
+        "CreateVolumeGroupSnapshot no name",
+        g.create_volume_group_snapshot(pb::CreateVolumeGroupSnapshotRequest {
+            source_volume_ids: vec!["vol:default:00000000000000000000000000000000".into()],
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+    );
+    t.code(
+        "GetVolumeGroupSnapshot unknown",
+        g.get_volume_group_snapshot(pb::GetVolumeGroupSnapshotRequest {
+            group_snapshot_id: "group:default:00000000000000000000000000000000".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::NotFound,
+    );
+    t.code(
+        "DeleteVolumeGroupSnapshot unknown",
+        g.delete_volume_group_snapshot(pb::DeleteVolumeGroupSnapshotRequest {
+            group_snapshot_id: "group:default:00000000000000000000000000000000".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::Ok,
+    );
 
     // CreateVolume: request validation.
     let c = &mut b.controller;
