@@ -8,29 +8,10 @@ use std::sync::Arc;
 
 use tonic::Code;
 
+use super::luks_tests::{engine as open, fake};
 use super::*;
-use crate::config::Config;
-use crate::mount::FsStat;
 use crate::mount::fake::{Call, RecordingSyscall};
 use crate::state::{GroupRef, Phase, SnapshotRecord, VolumeRecord};
-
-fn open(fake: &Arc<RecordingSyscall>, dir: &Path) -> Engine {
-    let text = format!(
-        "stateDir: {}\npools:\n  - name: disks\n    type: block\n    path: {}\n    createPath: true\n  - name: dirs\n    type: hostpath\n    \
-         path: {}\n    createPath: true\n",
-        dir.join("state").display(),
-        dir.join("block").display(),
-        dir.join("dirs").display()
-    );
-    let config = Config::parse(&text, "test").expect("config");
-    Engine::open(config, "node-a".into(), Arc::clone(fake) as Arc<dyn crate::mount::Syscall>, Placement::OnNode)
-        .expect("engine")
-}
-
-fn fake() -> Arc<RecordingSyscall> {
-    let stat = FsStat { magic: 0xEF53, total_bytes: 10 << 30, available_bytes: 8 << 30, ..FsStat::default() };
-    Arc::new(RecordingSyscall::new(stat, "").tracking_mounts())
-}
 
 fn cap() -> Capability {
     Capability { block: false, fs_type: String::new(), mount_flags: vec![], mode: AccessMode::SingleNodeWriter }

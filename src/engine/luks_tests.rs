@@ -19,7 +19,9 @@ use crate::state::{ContentSource, Layer, VolumeRecord};
 const RIGHT: [u8; KEY_BYTES] = [0x5a; KEY_BYTES];
 const WRONG: [u8; KEY_BYTES] = [0xa5; KEY_BYTES];
 
-fn engine(fake: &Arc<RecordingSyscall>, dir: &Path) -> Engine {
+/// An engine on the recording fake with a block pool `disks` and a hostPath pool `dirs`
+/// (also what group_tests.rs runs on).
+pub(super) fn engine(fake: &Arc<RecordingSyscall>, dir: &Path) -> Engine {
     let text = format!(
         "stateDir: {}\npools:\n  - name: disks\n    type: block\n    path: {}\n    createPath: true\n  - name: dirs\n    type: hostpath\n    \
          path: {}\n    createPath: true\n",
@@ -32,7 +34,7 @@ fn engine(fake: &Arc<RecordingSyscall>, dir: &Path) -> Engine {
         .expect("engine")
 }
 
-fn fake() -> Arc<RecordingSyscall> {
+pub(super) fn fake() -> Arc<RecordingSyscall> {
     let stat = FsStat { magic: 0xEF53, total_bytes: 10 << 30, available_bytes: 8 << 30, ..FsStat::default() };
     Arc::new(RecordingSyscall::new(stat, "").tracking_mounts())
 }
