@@ -67,6 +67,25 @@ pub fn unmount_below(root: &Path) {
     }
 }
 
+/// Detaches every loop device whose backing file lies at or below `root`: what a berth
+/// killed with a block volume staged leaves attached. Run before [`unmount_below`], while
+/// the backing files' paths still lead there (the kernel shows a file of a detached mount
+/// by its path inside that filesystem); a device still mounted is only marked, and goes
+/// when the unmount releases it.
+pub fn detach_loops_below(root: &Path) {
+    let Ok(out) = Command::new("losetup").args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"]).output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(device), Some(file)) = (fields.next(), fields.next()) else { continue };
+        if Path::new(file).starts_with(root) {
+            let _ = Command::new("losetup").args(["-d", device]).status();
+        }
+    }
+}
+
 /// Mount points at or below `root` right now.
 pub fn mounts_below(root: &Path) -> Vec<berth::mount::mountinfo::MountEntry> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -95,6 +114,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        detach_loops_below(self.dir.path());
         unmount_below(self.dir.path());
     }
 }
@@ -153,6 +173,7 @@ impl FsImage {
 
 impl Drop for FsImage {
     fn drop(&mut self) {
+        detach_loops_below(&self.mount);
         unmount_below(&self.mount);
         let _ = std::fs::remove_file(&self.image);
     }
