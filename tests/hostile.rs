@@ -144,7 +144,7 @@ async fn every_rpc_answers_hostile_input_with_the_exact_code() {
     let pods = root.join("pods");
     fs::create_dir_all(&pods).expect("mkdir");
     let target = pods.join("t");
-    let (c, n) = (&mut b.controller, &mut b.node);
+    let (c, n, g) = (&mut b.controller, &mut b.node, &mut b.group);
 
     // IDs, to every RPC that takes one.
     for (class, id, malformed) in hostile_ids() {
@@ -225,6 +225,37 @@ async fn every_rpc_answers_hostile_input_with_the_exact_code() {
             &l("GetSnapshot"),
             c.get_snapshot(pb::GetSnapshotRequest { snapshot_id: id.clone(), secrets: secrets() }).await,
             bad,
+        );
+        t.check(
+            &l("CreateVolumeGroupSnapshot"),
+            g.create_volume_group_snapshot(pb::CreateVolumeGroupSnapshotRequest {
+                name: "g".into(),
+                source_volume_ids: vec![id.clone()],
+                secrets: secrets(),
+                ..Default::default()
+            })
+            .await,
+            bad,
+        );
+        t.check(
+            &l("GetVolumeGroupSnapshot"),
+            g.get_volume_group_snapshot(pb::GetVolumeGroupSnapshotRequest {
+                group_snapshot_id: id.clone(),
+                snapshot_ids: vec![id.clone()],
+                secrets: secrets(),
+            })
+            .await,
+            bad,
+        );
+        t.check(
+            &l("DeleteVolumeGroupSnapshot"),
+            g.delete_volume_group_snapshot(pb::DeleteVolumeGroupSnapshotRequest {
+                group_snapshot_id: id.clone(),
+                snapshot_ids: Vec::new(),
+                secrets: secrets(),
+            })
+            .await,
+            idem,
         );
         let mut from_volume = create_req("from-hostile", 1 << 20);
         from_volume.volume_content_source = Some(pb::VolumeContentSource {

@@ -185,6 +185,8 @@ fn a_member_that_cannot_be_held_still_refuses_the_group_before_anything_is_recor
     let e = engine.create_group_snapshot("g", &[block.id.clone(), block.id.clone()], None);
     assert_eq!(code(e.expect_err("twice")), Code::InvalidArgument);
     assert_eq!(code(engine.create_group_snapshot("g", &[], None).expect_err("none")), Code::InvalidArgument);
+    let many: Vec<String> = (0..=groups::MAX_MEMBERS).map(|i| format!("vol:disks:{i:032x}")).collect();
+    assert_eq!(code(engine.create_group_snapshot("g", &many, None).expect_err("too many")), Code::InvalidArgument);
 }
 
 #[test]

@@ -310,10 +310,21 @@ impl Engine {
     }
 }
 
-/// The requested source volumes as a set: INVALID_ARGUMENT when empty or repeated.
+/// The most volumes one group holds: every member's filesystem stays frozen until the
+/// last member is taken, so a group is kept to what one application spans.
+pub const MAX_MEMBERS: usize = 64;
+
+/// The requested source volumes as a set: INVALID_ARGUMENT when empty, repeated or more
+/// than [`MAX_MEMBERS`].
 fn distinct_sources(sources: &[String]) -> Result<BTreeSet<&str>> {
     if sources.is_empty() {
         return Err(Error::BadRequest("source_volume_ids is required".into()));
+    }
+    if sources.len() > MAX_MEMBERS {
+        return Err(Error::BadRequest(format!(
+            "source_volume_ids names {} volumes; a group snapshot holds at most {MAX_MEMBERS}",
+            sources.len()
+        )));
     }
     let mut set = BTreeSet::new();
     for s in sources {
