@@ -221,6 +221,15 @@ async fn each_restored_group_shows_one_point_of_a_writers_sequence_on_every_memb
     }
     let left = b.controller.list_snapshots(pb::ListSnapshotsRequest::default()).await.expect("list").into_inner();
     assert!(left.entries.is_empty(), "every group deleted: {:?}", left.entries);
+    // How long the members were held still (with the 40 ms pause after each member).
+    let logs = strip_ansi(&b.logs());
+    let held: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("group snapshot created"))
+        .filter_map(|l| l.split("held_ms=").nth(1)?.split(['.', ' ']).next())
+        .collect();
+    println!("members held still for (ms): {held:?}");
+    assert_eq!(held.len(), 8, "every group logs how long it held its members");
 }
 
 #[test]

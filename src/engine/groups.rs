@@ -142,6 +142,7 @@ impl Engine {
             }
             records.push(record);
         }
+        let started = std::time::Instant::now();
         let taken = failpoint("group.create.after-intent").and_then(|()| {
             let work = Work::held_still();
             self.freezes
@@ -169,6 +170,7 @@ impl Engine {
             group.id = %group.id,
             members = members.len(),
             frozen = freeze.len(),
+            held_ms = started.elapsed().as_secs_f64() * 1000.0,
             "group snapshot created"
         );
         // The keys stay in the kernel until every member is read.
