@@ -56,55 +56,6 @@ async fn create(b: &mut Berth, name: &str, bytes: i64, cap: pb::VolumeCapability
     b.controller.create_volume(req).await.expect("create").into_inner().volume.expect("volume")
 }
 
-struct Paths {
-    staging: PathBuf,
-    target: PathBuf,
-}
-
-async fn stage_publish(b: &mut Berth, root: &Path, id: &str, tag: &str, cap: pb::VolumeCapability) -> Paths {
-    let staging = root.join(format!("staging-{tag}"));
-    let pod = root.join(format!("pod-{tag}"));
-    fs::create_dir_all(&pod).expect("mkdir");
-    let target = pod.join("vol");
-    b.node
-        .node_stage_volume(pb::NodeStageVolumeRequest {
-            volume_id: id.into(),
-            staging_target_path: staging.display().to_string(),
-            volume_capability: Some(cap.clone()),
-            ..Default::default()
-        })
-        .await
-        .expect("stage");
-    b.node
-        .node_publish_volume(pb::NodePublishVolumeRequest {
-            volume_id: id.into(),
-            staging_target_path: staging.display().to_string(),
-            target_path: target.display().to_string(),
-            volume_capability: Some(cap),
-            ..Default::default()
-        })
-        .await
-        .expect("publish");
-    Paths { staging, target }
-}
-
-async fn unpublish_unstage(b: &mut Berth, id: &str, p: &Paths) {
-    b.node
-        .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
-            volume_id: id.into(),
-            target_path: p.target.display().to_string(),
-        })
-        .await
-        .expect("unpublish");
-    b.node
-        .node_unstage_volume(pb::NodeUnstageVolumeRequest {
-            volume_id: id.into(),
-            staging_target_path: p.staging.display().to_string(),
-        })
-        .await
-        .expect("unstage");
-}
-
 fn image_of(pool: &Path, id: &str) -> PathBuf {
     pool.join("volumes").join(format!("{}.img", id.rsplit(':').next().expect("key")))
 }

@@ -51,51 +51,15 @@ async fn create(b: &mut Berth, name: &str, pool: &str, source: Option<&str>) -> 
 /// A volume staged and published at `<root>/pod-<tag>/vol`.
 struct Published {
     id: String,
-    staging: PathBuf,
-    target: PathBuf,
+    paths: Paths,
 }
 
 async fn publish(b: &mut Berth, root: &Path, id: &str, tag: &str) -> Published {
-    let staging = root.join(format!("staging-{tag}"));
-    let target = root.join(format!("pod-{tag}")).join("vol");
-    fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
-    b.node
-        .node_stage_volume(pb::NodeStageVolumeRequest {
-            volume_id: id.into(),
-            staging_target_path: staging.display().to_string(),
-            volume_capability: Some(cap()),
-            ..Default::default()
-        })
-        .await
-        .expect("stage");
-    b.node
-        .node_publish_volume(pb::NodePublishVolumeRequest {
-            volume_id: id.into(),
-            staging_target_path: staging.display().to_string(),
-            target_path: target.display().to_string(),
-            volume_capability: Some(cap()),
-            ..Default::default()
-        })
-        .await
-        .expect("publish");
-    Published { id: id.to_string(), staging, target }
+    Published { id: id.to_string(), paths: stage_publish(b, root, id, tag, cap()).await }
 }
 
 async fn unpublish(b: &mut Berth, p: &Published) {
-    b.node
-        .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
-            volume_id: p.id.clone(),
-            target_path: p.target.display().to_string(),
-        })
-        .await
-        .expect("unpublish");
-    b.node
-        .node_unstage_volume(pb::NodeUnstageVolumeRequest {
-            volume_id: p.id.clone(),
-            staging_target_path: p.staging.display().to_string(),
-        })
-        .await
-        .expect("unstage");
+    unpublish_unstage(b, &p.id, &p.paths).await;
 }
 
 async fn delete_volume(b: &mut Berth, id: &str) {
@@ -185,7 +149,7 @@ async fn each_restored_group_shows_one_point_of_a_writers_sequence_on_every_memb
         }
         let sources: Vec<String> = published.iter().map(|p| p.id.clone()).collect();
         let stop = Arc::new(AtomicBool::new(false));
-        let handle = writer(published.iter().map(|p| p.target.clone()).collect(), Arc::clone(&stop));
+        let handle = writer(published.iter().map(|p| p.paths.target.clone()).collect(), Arc::clone(&stop));
         let mut groups = Vec::new();
         for n in 0..4 {
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -205,7 +169,7 @@ async fn each_restored_group_shows_one_point_of_a_writers_sequence_on_every_memb
                 // Members restore one by one, as Kubernetes restores them.
                 let id = create(&mut b, &format!("r{members}-{n}-{k}"), "img", Some(&s.snapshot_id)).await;
                 let p = publish(&mut b, scratch.path(), &id, &format!("r{members}-{n}-{k}")).await;
-                values.push(last_number(&p.target.join("seq")));
+                values.push(last_number(&p.paths.target.join("seq")));
                 unpublish(&mut b, &p).await;
                 delete_volume(&mut b, &id).await;
             }
@@ -257,7 +221,7 @@ async fn a_directory_volume_bound_to_a_pod_is_refused_and_an_idle_one_joins_the_
     let dir = create(&mut b, "dir", "dirs", None).await;
     let disk_p = publish(&mut b, scratch.path(), &disk, "disk").await;
     let dir_p = publish(&mut b, scratch.path(), &dir, "dir").await;
-    fs::write(dir_p.target.join("note"), b"directory data").expect("write");
+    fs::write(dir_p.paths.target.join("note"), b"directory data").expect("write");
     let sources = vec![disk.clone(), dir.clone()];
 
     let refused = take(&mut b, "app", &sources).await.expect_err("a bound directory volume");
@@ -271,7 +235,7 @@ async fn a_directory_volume_bound_to_a_pod_is_refused_and_an_idle_one_joins_the_
     let g = take(&mut b, "app", &sources).await.expect("group with an idle directory volume");
     let restored = create(&mut b, "restored-dir", "dirs", Some(&g.snapshots[1].snapshot_id)).await;
     let p = publish(&mut b, scratch.path(), &restored, "restored").await;
-    assert_eq!(fs::read(p.target.join("note")).expect("read"), b"directory data");
+    assert_eq!(fs::read(p.paths.target.join("note")).expect("read"), b"directory data");
     unpublish(&mut b, &p).await;
     delete_volume(&mut b, &restored).await;
 
@@ -373,8 +337,8 @@ async fn a_kill_at_every_fault_point_of_a_group_leaves_nothing_frozen_or_recorde
         b.env.clear();
         b.restart().await;
         assert!(
-            writable_within(&pa.target, Duration::from_secs(10))
-                && writable_within(&pc.target, Duration::from_secs(10)),
+            writable_within(&pa.paths.target, Duration::from_secs(10))
+                && writable_within(&pc.paths.target, Duration::from_secs(10)),
             "after a kill at {point} ({died:?}) and a restart, both filesystems take writes"
         );
         let listed = b.controller.list_snapshots(pb::ListSnapshotsRequest::default()).await.expect("list").into_inner();

@@ -354,6 +354,59 @@ impl Drop for Berth {
     }
 }
 
+/// Where a volume was staged, and the pod target it was published at.
+pub struct Paths {
+    pub staging: PathBuf,
+    pub target: PathBuf,
+}
+
+/// NodeStageVolume at `<root>/staging-<tag>`, then NodePublishVolume at
+/// `<root>/pod-<tag>/vol`, as the kubelet calls them.
+pub async fn stage_publish(b: &mut Berth, root: &Path, id: &str, tag: &str, cap: pb::VolumeCapability) -> Paths {
+    let staging = root.join(format!("staging-{tag}"));
+    let pod = root.join(format!("pod-{tag}"));
+    std::fs::create_dir_all(&pod).expect("mkdir");
+    let target = pod.join("vol");
+    b.node
+        .node_stage_volume(pb::NodeStageVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("stage");
+    b.node
+        .node_publish_volume(pb::NodePublishVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: staging.display().to_string(),
+            target_path: target.display().to_string(),
+            volume_capability: Some(cap),
+            ..Default::default()
+        })
+        .await
+        .expect("publish");
+    Paths { staging, target }
+}
+
+/// NodeUnpublishVolume, then NodeUnstageVolume.
+pub async fn unpublish_unstage(b: &mut Berth, id: &str, p: &Paths) {
+    b.node
+        .node_unpublish_volume(pb::NodeUnpublishVolumeRequest {
+            volume_id: id.into(),
+            target_path: p.target.display().to_string(),
+        })
+        .await
+        .expect("unpublish");
+    b.node
+        .node_unstage_volume(pb::NodeUnstageVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: p.staging.display().to_string(),
+        })
+        .await
+        .expect("unstage");
+}
+
 /// A mount capability with the given access mode.
 pub fn mount_cap(mode: pb::volume_capability::access_mode::Mode) -> pb::VolumeCapability {
     pb::VolumeCapability {
