@@ -87,3 +87,4 @@ def test_docs_explain_the_labelling_gap():
     doc = " ".join(DOCS.read_text().split())
     assert "snapshots.groups=true" in doc
     assert "kubectl label volumegroupsnapshotcontent" in doc
+    assert "snapshot.storage.kubernetes.io/managed-by: <node>" in doc, "the per-node class label"
