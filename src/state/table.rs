@@ -190,3 +190,73 @@ impl Maps {
         Ok(maps)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::volume;
+    use super::*;
+
+    /// The counts a pass over every record gives.
+    fn recount(table: &Table<VolumeRecord>) -> HashMap<String, u64> {
+        let mut counts = HashMap::new();
+        for r in table.by_id.values() {
+            count_in(&mut counts, &r.pool);
+        }
+        counts
+    }
+
+    #[test]
+    fn per_pool_counts_match_a_recount_after_every_put_remove_and_replace() {
+        let pools = ["a", "b", "c"];
+        let mut table = Table::from_records(vec![
+            VolumeRecord { pool: "a".into(), ..volume("vol-0", "n0") },
+            VolumeRecord { pool: "b".into(), ..volume("vol-1", "n1") },
+        ]);
+        assert_eq!(table.per_pool, recount(&table));
+        // A fixed pseudo-random walk over 12 IDs: new records, records that move to another
+        // pool or get another name, removals of present and absent IDs.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for step in 0..2_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let id = format!("vol-{}", x % 12);
+            let pool = pools[usize::try_from((x >> 8) % 3).expect("small")];
+            if (x >> 16).is_multiple_of(3) {
+                table.remove(&id);
+            } else {
+                let name = format!("n{}-{}", x % 12, (x >> 20) % 2);
+                table.put(Arc::new(VolumeRecord { pool: pool.into(), ..volume(&id, &name) }));
+            }
+            assert_eq!(table.per_pool, recount(&table), "after step {step} ({id} in {pool})");
+            assert!(table.per_pool.values().all(|&n| n > 0), "a pool without records has no entry");
+        }
+        // Emptied, nothing is left to count.
+        let ids: Vec<String> = table.by_id.keys().cloned().collect();
+        for id in &ids {
+            table.remove(id);
+        }
+        assert!(table.per_pool.is_empty());
+    }
+
+    #[test]
+    fn replaying_a_journal_counts_as_the_live_table_did() {
+        let mut live = Maps::from_records(Vec::new(), Vec::new());
+        let changes = vec![
+            Change::PutVolume(Arc::new(VolumeRecord { pool: "a".into(), ..volume("vol-1", "n1") })),
+            Change::PutVolume(Arc::new(VolumeRecord { pool: "a".into(), ..volume("vol-2", "n2") })),
+            Change::PutVolume(Arc::new(VolumeRecord { pool: "b".into(), ..volume("vol-1", "n1") })),
+            Change::RemoveVolume("vol-2".into()),
+            Change::RemoveVolume("vol-9".into()),
+        ];
+        let frames: Vec<Vec<u8>> = changes.iter().map(|c| serde_json::to_vec(c).expect("json")).collect();
+        for c in changes {
+            live.apply(c);
+        }
+        let replayed =
+            Maps::load(Maps::from_records(Vec::new(), Vec::new()), &frames, Path::new("journal")).expect("load");
+        let expected: HashMap<String, u64> = [("b".into(), 1)].into();
+        assert_eq!(live.volumes.per_pool, expected);
+        assert_eq!(replayed.volumes.per_pool, expected);
+    }
+}
