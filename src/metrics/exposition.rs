@@ -33,6 +33,12 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// A writer with room for `bytes` of text.
+    #[must_use]
+    pub fn with_capacity(bytes: usize) -> Writer {
+        Writer { out: String::with_capacity(bytes) }
+    }
+
     /// Starts a family: its HELP and TYPE lines. Samples of it must follow.
     pub fn family(&mut self, name: &str, kind: Kind, help: &str) {
         let help = help.replace('\\', "\\\\").replace('\n', "\\n");

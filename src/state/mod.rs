@@ -136,33 +136,18 @@ impl Store {
         self.maps().volumes.by_id.values().any(|v| pred(v))
     }
 
-    /// How many volume records and how many snapshot records name each pool; clones no
-    /// record.
+    /// How many volume records and how many snapshot records name each pool (pools
+    /// without records are left out); the tables keep the counts, so no record is read.
     pub fn counts_by_pool(&self) -> (HashMap<String, u64>, HashMap<String, u64>) {
-        fn bump(counts: &mut HashMap<String, u64>, pool: &str) {
-            match counts.get_mut(pool) {
-                Some(n) => *n += 1,
-                None => {
-                    counts.insert(pool.to_string(), 1);
-                }
-            }
-        }
         let maps = self.maps();
-        let (mut volumes, mut snapshots) = (HashMap::new(), HashMap::new());
-        for v in maps.volumes.by_id.values() {
-            bump(&mut volumes, &v.pool);
-        }
-        for s in maps.snapshots.by_id.values() {
-            bump(&mut snapshots, &s.pool);
-        }
-        (volumes, snapshots)
+        (maps.volumes.per_pool.clone(), maps.snapshots.per_pool.clone())
     }
 
     /// How many volume and snapshot records name `pool`.
     pub fn count_in_pool(&self, pool: &str) -> usize {
         let maps = self.maps();
-        maps.volumes.by_id.values().filter(|v| v.pool == pool).count()
-            + maps.snapshots.by_id.values().filter(|s| s.pool == pool).count()
+        let count = |per_pool: &HashMap<String, u64>| per_pool.get(pool).copied().unwrap_or(0);
+        usize::try_from(count(&maps.volumes.per_pool) + count(&maps.snapshots.per_pool)).unwrap_or(usize::MAX)
     }
 
     /// The storage key of every volume and snapshot (to find data no record accounts for).
@@ -295,5 +280,20 @@ mod tests {
         assert_eq!(snapshots.get("p"), Some(&1));
         assert!(store.any_volume(|v| v.pool == "b"));
         assert!(!store.any_volume(|v| v.pool == "c"));
+
+        // The counts follow removals and records that change, and survive a restart (from
+        // the checkpoint and from the journal both).
+        store.remove_volume("vol:b:2").expect("remove");
+        store.put_volume(&VolumeRecord { pool: "c".into(), ..volume("vol:a:0", "n0") }).expect("put");
+        assert_eq!(store.count_in_pool("a"), 1);
+        store.checkpoint().expect("checkpoint");
+        store.put_volume(&volume("vol:p:9", "n9")).expect("put");
+        drop(store);
+        let (store, _) = Store::open(dir.path()).expect("reopen");
+        let (volumes, snapshots) = store.counts_by_pool();
+        let expected: HashMap<String, u64> = [("a".into(), 1), ("c".into(), 1), ("p".into(), 1)].into();
+        assert_eq!(volumes, expected, "no entry for b, which has no volume left");
+        assert_eq!(snapshots.get("p"), Some(&1));
+        assert_eq!((store.count_in_pool("p"), store.count_in_pool("b")), (2, 0));
     }
 }

@@ -79,6 +79,8 @@ def test_misspelt_keys_are_rejected(values, where):
         {"local": {"enabled": "yes"}},
         {"local": {"defaultVolumeSize": "1.5GB"}},
         {"local": {"maxVolumesPerNode": -1}},
+        {"local": {"provisionerApi": {"qps": 0, "burst": 50}}},
+        {"local": {"provisionerApi": {"qps": 20, "burst": 0}}},
         {"logFormat": "xml"},
         {"pools": [{"name": "Default", "type": "hostpath", "path": "/a"}]},
         {"pools": [{"name": "-a", "type": "hostpath", "path": "/a"}]},

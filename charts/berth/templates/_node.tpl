@@ -123,6 +123,13 @@ args:
   - --immediate-topology=false
   # Clones copy data where the filesystem cannot reflink.
   - --timeout={{ $sidecars.copyTimeout }}
+  {{- with .Values.local.provisionerApi }}
+  # Three API requests per claim: at the sidecar's default 5/s a burst of claims waits
+  # here, not in berth (values.yaml, local.provisionerApi). Absent only in an upgrade
+  # with --reuse-values from a release before it: then the sidecar's own 5/10.
+  - --kube-api-qps={{ .qps }}
+  - --kube-api-burst={{ .burst }}
+  {{- end }}
   {{- if .Values.metrics.enabled }}
   # Its metrics (no leader election here, so no /healthz/leader-election).
   - --http-endpoint={{ include "berth.listen" (dict "address" .Values.metrics.bindAddress "port" .Values.node.ports.localProvisioner) }}
