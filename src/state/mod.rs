@@ -126,7 +126,8 @@ impl Store {
         self.maps().volumes.page(after, limit, |_| true)
     }
 
-    /// Every volume matching `pred` (for capacity and node lookups), shared with the store.
+    /// Every volume matching `pred` (for capacity and node lookups), shared with the store,
+    /// in ID order (the metrics scrape matches its usage cache to them in that order).
     pub fn volumes_where(&self, pred: impl Fn(&VolumeRecord) -> bool) -> Vec<Arc<VolumeRecord>> {
         self.maps().volumes.by_id.values().filter(|v| pred(v)).cloned().collect()
     }
