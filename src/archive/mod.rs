@@ -40,8 +40,12 @@
 //! whole, and the manifest is committed only after its chunks are.
 
 pub mod chunker;
+pub mod copy;
+mod fsmeta;
+pub mod gc;
 pub mod lease;
 pub mod manifest;
+pub mod restore;
 pub mod store;
 
 use std::fmt;
