@@ -23,11 +23,14 @@ pub struct Sizes {
     pub max: usize,
 }
 
-/// The sizes copies use. A 16 KiB write scattered at random changes the chunk it lands
-/// in and usually one neighbour, about `16 KiB + 2 * avg`, and 1% of a volume written
-/// that way must cost at most 3% (issue 22): with `avg` 16 KiB that is about 48 KiB per
-/// write, 2.9% at most for 1% written. docs/performance.md has the measurement.
-pub const DEFAULT_SIZES: Sizes = Sizes { min: 4 << 10, avg: 16 << 10, max: 64 << 10 };
+/// The sizes copies use. A 16 KiB write scattered at random changes the chunks it
+/// overlaps and often a neighbour, and 1% of a volume written that way must cost a second
+/// copy at most 3% (issue 22), manifest included; smaller chunks cost less data per write
+/// but a longer manifest (48 bytes per chunk) and more files. Measured on 256 MiB with
+/// `berth bench --workload archive --archive-chunk-kib N`: 16 KiB average sent 3.7% for
+/// scattered writes, 8 KiB 2.8%, 4 KiB 2.6% with twice the chunks; docs/performance.md
+/// has the 1 GiB figures for these sizes.
+pub const DEFAULT_SIZES: Sizes = Sizes { min: 2 << 10, avg: 8 << 10, max: 32 << 10 };
 
 /// The largest chunk any manifest may name: manifests with larger ones are refused, so a
 /// hostile manifest cannot make a restore allocate without bound.

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`chunker`] cuts every regular file's data ranges (and a block image's) into chunks of
-//!   4 to 64 KiB at content-defined boundaries; a chunk is named by its SHA-256.
+//!   2 to 32 KiB at content-defined boundaries; a chunk is named by its SHA-256.
 //! - [`store::ChunkStore`] is where chunks and manifests live: `chunks/ab/<hash>`,
 //!   `manifests/<name>`, and the two areas of the protocol below, `pending/` and `gc/`.
 //!   [`store::DirStore`] is a local (or kernel-mounted) directory; the trait asks only for

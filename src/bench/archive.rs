@@ -1,0 +1,207 @@
+//! `berth bench --workload archive`: snapshot copies of one image file into a directory
+//! store, measured the way issue 22 states its target. Needs no driver: it calls the
+//! archive library directly, beside `cp -a` of the same file to the same directory.
+//!
+//! Each run uses a fresh store: a first copy; a second after 1% of the bytes changed as
+//! 64 contiguous regions; a third after another 1% changed as 16 KiB writes at random
+//! 4 KiB-aligned offsets; a restore of the third; and `cp -a` of the image (then syncfs,
+//! as a copy ends with one) before and after the changes. The report holds medians.
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::stats::{memory, round};
+use crate::archive::chunker::{DEFAULT_SIZES, Sizes};
+use crate::archive::copy::{CopyOptions, CopyStats, copy_image};
+use crate::archive::restore::restore;
+use crate::archive::store::DirStore;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn fill(&mut self, buf: &mut [u8]) {
+        for word in buf.chunks_mut(8) {
+            let x = self.next().to_le_bytes();
+            word.copy_from_slice(&x[..word.len()]);
+        }
+    }
+}
+
+fn write_random(file: &File, rng: &mut Rng, off: u64, len: usize) -> Result<(), String> {
+    let mut buf = vec![0u8; len];
+    rng.fill(&mut buf);
+    file.write_all_at(&buf, off).map_err(|e| format!("writing the image: {e}"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn syncfs(dir: &Path) -> Result<(), String> {
+    let d = File::open(dir).map_err(|e| format!("opening {}: {e}", dir.display()))?;
+    nix::unistd::syncfs(&d).map_err(|e| format!("syncfs {}: {e}", dir.display()))
+}
+
+fn cp_a(image: &Path, dest: &Path) -> Result<Duration, String> {
+    let t = Instant::now();
+    let status = Command::new("cp").arg("-a").arg(image).arg(dest).status().map_err(|e| format!("cp -a: {e}"))?;
+    if !status.success() {
+        return Err(format!("cp -a {} {} failed: {status}", image.display(), dest.display()));
+    }
+    syncfs(dest.parent().unwrap_or(dest))?;
+    let took = t.elapsed();
+    fs::remove_file(dest).map_err(|e| format!("removing {}: {e}", dest.display()))?;
+    Ok(took)
+}
+
+#[derive(Default)]
+struct Phase {
+    secs: Vec<f64>,
+    sent: Vec<f64>,
+    read: Vec<f64>,
+}
+
+impl Phase {
+    fn add(&mut self, s: &CopyStats) {
+        self.secs.push(s.elapsed.as_secs_f64());
+        self.sent.push(s.bytes_sent as f64);
+        self.read.push(s.bytes_read as f64);
+    }
+    fn json(&self, size: u64) -> Value {
+        let (secs, sent, read) = (median(self.secs.clone()), median(self.sent.clone()), median(self.read.clone()));
+        json!({
+            "seconds": round(secs),
+            "bytes_read": read,
+            "bytes_sent": sent,
+            "sent_pct_of_size": round(sent * 100.0 / size as f64),
+            "read_mib_per_s": round(read / secs.max(1e-9) / f64::from(1 << 20)),
+        })
+    }
+}
+
+/// Runs the workload `runs` times on an image of `size` bytes under `work_dir`.
+pub fn bench(work_dir: &Path, size: u64, runs: usize, chunk_kib: Option<usize>) -> Result<Value, String> {
+    let sizes = match chunk_kib {
+        None => DEFAULT_SIZES,
+        Some(kib) => Sizes { min: (kib << 10) / 4, avg: kib << 10, max: (kib << 10) * 4 },
+    };
+    sizes.check()?;
+    let dir = work_dir.join(format!("berth-archive-bench-{}", std::process::id()));
+    fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let result = measure(&dir, size, runs.max(1), sizes);
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+fn measure(dir: &Path, size: u64, runs: usize, sizes: Sizes) -> Result<Value, String> {
+    let image = dir.join("volume.img");
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    {
+        let file = File::create(&image).map_err(|e| format!("creating the image: {e}"))?;
+        file.set_len(size).map_err(|e| format!("sizing the image: {e}"))?;
+        let block = 1 << 20;
+        let mut off = 0;
+        while off < size {
+            let len = (size - off).min(block) as usize;
+            write_random(&file, &mut rng, off, len)?;
+            off += len as u64;
+        }
+        file.sync_all().map_err(|e| format!("syncing the image: {e}"))?;
+    }
+    let (mut first, mut regions, mut scattered) = (Phase::default(), Phase::default(), Phase::default());
+    let (mut restore_s, mut cp_first, mut cp_second) = (Vec::new(), Vec::new(), Vec::new());
+    let opts = CopyOptions { sizes, ..CopyOptions::default() };
+    let percent = size / 100;
+    for run in 0..runs {
+        let root = dir.join(format!("store-{run}"));
+        let store = DirStore::open(&root).map_err(|e| e.to_string())?;
+        cp_first.push(cp_a(&image, &root.join("cp-a.img"))?.as_secs_f64());
+        first.add(&copy_image(&store, "first", &image, &opts).map_err(|e| e.to_string())?);
+        let file = File::options().write(true).open(&image).map_err(|e| format!("opening the image: {e}"))?;
+        // 1% as 64 contiguous regions, one in each 64th of the image.
+        let region = (percent / 64) as usize;
+        for i in 0..64u64 {
+            let slot = size / 64;
+            let off = i * slot + rng.next() % (slot - region as u64);
+            write_random(&file, &mut rng, off, region)?;
+        }
+        file.sync_all().map_err(|e| format!("syncing the image: {e}"))?;
+        regions.add(&copy_image(&store, "regions", &image, &opts).map_err(|e| e.to_string())?);
+        // 1% as 16 KiB writes at random 4 KiB-aligned offsets.
+        for _ in 0..percent / (16 << 10) {
+            let off = (rng.next() % ((size - (16 << 10)) / 4096)) * 4096;
+            write_random(&file, &mut rng, off, 16 << 10)?;
+        }
+        file.sync_all().map_err(|e| format!("syncing the image: {e}"))?;
+        scattered.add(&copy_image(&store, "scattered", &image, &opts).map_err(|e| e.to_string())?);
+        cp_second.push(cp_a(&image, &root.join("cp-a.img"))?.as_secs_f64());
+        let back = dir.join("restored.img");
+        let t = Instant::now();
+        restore(&store, "scattered", &back).map_err(|e| e.to_string())?;
+        restore_s.push(t.elapsed().as_secs_f64());
+        fs::remove_file(&back).map_err(|e| format!("removing {}: {e}", back.display()))?;
+        fs::remove_dir_all(&root).map_err(|e| format!("removing {}: {e}", root.display()))?;
+    }
+    let mib = size as f64 / f64::from(1 << 20);
+    let cp = |v: &Vec<f64>| {
+        let s = median(v.clone());
+        json!({ "seconds": round(s), "bytes_sent": size, "sent_pct_of_size": 100.0, "mib_per_s": round(mib / s.max(1e-9)) })
+    };
+    let restore = median(restore_s);
+    Ok(json!({
+        "workload": "archive",
+        "image_bytes": size,
+        "chunk_bytes": { "min": sizes.min, "avg": sizes.avg, "max": sizes.max },
+        "runs": runs,
+        "first_copy": first.json(size),
+        "second_copy_64_regions": regions.json(size),
+        "second_copy_scattered_16k": scattered.json(size),
+        "restore": { "seconds": round(restore), "mib_per_s": round(mib / restore.max(1e-9)) },
+        "cp_a_first": cp(&cp_first),
+        "cp_a_second": cp(&cp_second),
+        "peak_rss_kib": memory(std::process::id()).map_or(0, |m| m.hwm_kib),
+    }))
+}
+
+/// The table lines of an archive result.
+pub fn rows(r: &Value) -> String {
+    let mut out = format!(
+        "archive: image of {} bytes, chunks {}/{}/{} bytes (min/avg/max), medians of {} runs\n",
+        r["image_bytes"], r["chunk_bytes"]["min"], r["chunk_bytes"]["avg"], r["chunk_bytes"]["max"], r["runs"]
+    );
+    for (label, key) in [
+        ("first copy", "first_copy"),
+        ("second copy, 1% in 64 regions", "second_copy_64_regions"),
+        ("second copy, 1% as 16 KiB writes", "second_copy_scattered_16k"),
+    ] {
+        let p = &r[key];
+        out.push_str(&format!(
+            "  {label:<34} {:>8} s  sent {:>12} bytes ({:>6}%)  read {:>8} MiB/s\n",
+            p["seconds"], p["bytes_sent"], p["sent_pct_of_size"], p["read_mib_per_s"]
+        ));
+    }
+    for (label, key) in [("cp -a, first", "cp_a_first"), ("cp -a, second", "cp_a_second")] {
+        let p = &r[key];
+        out.push_str(&format!(
+            "  {label:<34} {:>8} s  sent {:>12} bytes ({:>6}%)       {:>8} MiB/s\n",
+            p["seconds"], p["bytes_sent"], p["sent_pct_of_size"], p["mib_per_s"]
+        ));
+    }
+    out.push_str(&format!(
+        "  {:<34} {:>8} s  {:>8} MiB/s; peak RSS {} KiB\n",
+        "restore", r["restore"]["seconds"], r["restore"]["mib_per_s"], r["peak_rss_kib"]
+    ));
+    out
+}
