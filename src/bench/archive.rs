@@ -205,3 +205,26 @@ pub fn rows(r: &Value) -> String {
     ));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_workload_reports_what_second_copies_send() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = bench(dir.path(), 8 << 20, 1, None).expect("bench");
+        let pct = |k: &str| r[k]["sent_pct_of_size"].as_f64().expect(k);
+        assert!(pct("first_copy") >= 100.0, "{r}");
+        for k in ["second_copy_64_regions", "second_copy_scattered_16k"] {
+            // 1% changed: the changed chunks and the manifest, far from a full copy (on an
+            // image this small each of the 64 regions is 1.3 KiB and costs a whole chunk
+            // or two, hence the wide bound).
+            assert!(pct(k) > 1.0 && pct(k) < 25.0, "{k}: {r}");
+        }
+        assert_eq!(r["cp_a_first"]["bytes_sent"], 8 << 20);
+        assert!(rows(&r).contains("second copy, 1% as 16 KiB writes"));
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0, "the workload left files behind");
+        assert!(bench(dir.path(), 1 << 20, 1, Some(3)).is_err(), "3 KiB is not a power of two");
+    }
+}
