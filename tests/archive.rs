@@ -476,15 +476,14 @@ fn copies_and_collections_running_together_never_lose_a_needed_chunk() {
                 fs::create_dir(&src).unwrap();
                 let mut n = 0u64;
                 while std::time::Instant::now() < deadline {
-                    // Each copy shares most chunks with the one before, which a collection
-                    // may be deleting.
-                    fs::write(src.join("shared"), noise(100, 512 << 10)).unwrap();
-                    fs::write(src.join("own"), noise(1000 * worker + n, 64 << 10)).unwrap();
-                    let name = format!("w{worker}-{n}");
-                    copy_tree(store, &name, &src, &o).unwrap();
+                    // The previous copy is deleted first, so the chunks this copy finds
+                    // present are garbage a collection may be sweeping right now.
                     if n > 0 {
-                        gc::delete(store, &format!("w{worker}-{}", n - 1), timing).unwrap();
+                        store.remove_file(Area::Manifests, &format!("w{worker}-{}", n - 1)).unwrap();
                     }
+                    fs::write(src.join("a-shared"), noise(100 + worker, 2 << 20)).unwrap();
+                    fs::write(src.join("own"), noise(1000 * worker + n, 64 << 10)).unwrap();
+                    copy_tree(store, &format!("w{worker}-{n}"), &src, &o).unwrap();
                     n += 1;
                 }
             });
@@ -492,11 +491,15 @@ fn copies_and_collections_running_together_never_lose_a_needed_chunk() {
         s.spawn(|| {
             while std::time::Instant::now() < deadline {
                 gc::collect(&store, timing).unwrap();
+                // Gaps between collections let copies start, so the next collection
+                // begins while they run.
+                std::thread::sleep(Duration::from_millis(5));
             }
         });
     });
     let names = store.list_files(Area::Manifests).unwrap();
     assert_eq!(names.len(), 2, "{names:?}");
+    gc::collect(&store, timing).unwrap();
     for name in names {
         let drill = verify(&store, &name, tmp.path());
         assert!(drill.passed(), "{drill}");
