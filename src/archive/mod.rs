@@ -8,7 +8,7 @@
 //!   `manifests/<name>`, and the two areas of the protocol below, `pending/` and `gc/`.
 //!   [`store::DirStore`] is a local (or kernel-mounted) directory; the trait asks only for
 //!   what NFSv3 offers (create, write, commit, read, rename, remove, readdir), so an
-//!   implementation over berth's userspace client fits it.
+//!   implementation over berth's userspace client fits it: [`nfsstore::NfsStore`].
 //! - [`manifest`] describes one copy: every entry of a tree (path, kind, owner, mode,
 //!   mtime, xattrs, size, data ranges, chunks) or a block image, versioned and checksummed.
 //! - [`copy`] writes a copy: only chunks the store lacks travel. [`restore`] builds a tree
@@ -45,6 +45,7 @@ mod fsmeta;
 pub mod gc;
 pub mod lease;
 pub mod manifest;
+pub mod nfsstore;
 pub mod restore;
 pub mod store;
 
