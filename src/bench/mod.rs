@@ -110,6 +110,11 @@ pub struct BenchArgs {
     /// quarter of it, max four times it); berth's own when unset.
     #[arg(long, value_name = "KIB")]
     pub archive_chunk_kib: Option<usize>,
+    /// Put the `archive` workload's stores on an NFS export through berth's userspace
+    /// client instead of under `--work-dir`: HOST:NFS_PORT:MOUNT_PORT:EXPORT (a port 0 is
+    /// asked of the portmapper).
+    #[arg(long, value_name = "HOST:NFS_PORT:MOUNT_PORT:EXPORT")]
+    pub archive_nfs: Option<String>,
     /// Scrapes of `/metrics` in `scrape`.
     #[arg(long, default_value_t = 20)]
     pub scrapes: usize,
@@ -329,8 +334,10 @@ async fn run(args: &BenchArgs) -> Result<Value, String> {
             }
             Workload::Archive => {
                 let bytes = u64::try_from(args.snapshot_size).map_err(|_| "--snapshot-size must be positive")?;
+                let ep = args.archive_nfs.as_deref().map(archive::endpoint).transpose()?;
+                let target = ep.as_ref().map_or(archive::Target::Dir, archive::Target::Nfs);
                 let r = tokio::task::block_in_place(|| {
-                    archive::bench(&ctx.work_dir, bytes, args.archive_runs, args.archive_chunk_kib)
+                    archive::bench(&ctx.work_dir, bytes, args.archive_runs, args.archive_chunk_kib, &target)
                 })?;
                 results.push(r);
             }
