@@ -38,6 +38,20 @@
 //! Chunks reach the store under a temporary name and are renamed into `chunks/` only
 //! after they are durable ([`store::ChunkStore::flush`]), so a chunk under its name is
 //! whole, and the manifest is committed only after its chunks are.
+//!
+//! # Limits, as built
+//! - The copy's side of the protocol is fenced (its commit is a rename a takeover makes
+//!   fail); the collection's is not: a collection paused longer than the stale interval
+//!   between a heartbeat and a chunk removal could remove a chunk a copy that took over
+//!   its marker has just found present. The interval (10 minutes by default, heartbeats
+//!   every quarter of it) must exceed any such pause.
+//! - A copy holds its whole manifest in memory (48 bytes per chunk once encoded, about
+//!   5.5 MB per GiB of data) and the set of hashes it has seen, and one directory
+//!   descriptor per level of the tree ([`copy::MAX_DEPTH`] levels at most).
+//! - A restore renames its result over an absent path or an empty directory; a volume
+//!   root that is a mount point or a btrfs subvolume cannot be replaced that way.
+//! - A store's temporary files of a process that died between writing and linking them
+//!   (`.<name>.<instance>.tmp` in `manifests/`, `pending/`, `gc/`) are left behind.
 
 pub mod chunker;
 pub mod copy;
