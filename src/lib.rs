@@ -4,6 +4,7 @@
 //! thin gRPC services, `engine` orchestrates state, locks and backends per RPC, `backend`
 //! holds one module per pool type, and `mount` every syscall that touches the kernel.
 
+pub mod archive;
 pub mod authority;
 pub mod backend;
 pub mod bench;

@@ -4,6 +4,7 @@
 //! Results print as a table, or as JSON with `--output json`.
 
 pub mod allocs;
+pub mod archive;
 pub mod stats;
 pub mod volstats;
 pub mod workloads;
@@ -37,6 +38,10 @@ pub enum Workload {
     /// Write `--files` files into a published volume, then time NodeGetVolumeStats: the
     /// first call and `--cycles` more, beside `du -s` of the same tree.
     Stats,
+    /// Snapshot copies (issue 22) of a `--snapshot-size` image into a directory store under
+    /// `--work-dir`: first copy, second copies after 1% changed (64 regions; scattered
+    /// 16 KiB writes), restore, beside `cp -a`; medians of `--archive-runs`. No driver.
+    Archive,
 }
 
 /// The access type of the benchmark's volumes.
@@ -98,6 +103,18 @@ pub struct BenchArgs {
     /// for `scrape`, and to report berth's heap allocations per call of every workload.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_address: Option<String>,
+    /// Runs of the `archive` workload (its figures are medians).
+    #[arg(long, default_value_t = 3)]
+    pub archive_runs: usize,
+    /// Average chunk size of the `archive` workload in KiB (a power of two; min is a
+    /// quarter of it, max four times it); berth's own when unset.
+    #[arg(long, value_name = "KIB")]
+    pub archive_chunk_kib: Option<usize>,
+    /// Put the `archive` workload's stores on an NFS export through berth's userspace
+    /// client instead of under `--work-dir`: HOST:NFS_PORT:MOUNT_PORT:EXPORT (a port 0 is
+    /// asked of the portmapper).
+    #[arg(long, value_name = "HOST:NFS_PORT:MOUNT_PORT:EXPORT")]
+    pub archive_nfs: Option<String>,
     /// Scrapes of `/metrics` in `scrape`.
     #[arg(long, default_value_t = 20)]
     pub scrapes: usize,
@@ -261,7 +278,7 @@ async fn run(args: &BenchArgs) -> Result<Value, String> {
     let idle = args.pid.and_then(memory);
     let sampler = args.pid.map(RssSampler::start);
     for w in &args.workloads {
-        if *w != Workload::Startup && driver.is_null() {
+        if !matches!(w, Workload::Startup | Workload::Archive) && driver.is_null() {
             let mut identity = pb::identity_client::IdentityClient::new(ctx.channel().await?);
             let info = identity
                 .get_plugin_info(pb::GetPluginInfoRequest {})
@@ -314,6 +331,15 @@ async fn run(args: &BenchArgs) -> Result<Value, String> {
                     "ops": ops(&[("first", &r.first), ("later", &r.later), ("du -s", &r.du)], Duration::ZERO),
                     "cpu": cpu_json(args.pid, before, 1 + args.cycles),
                 }));
+            }
+            Workload::Archive => {
+                let bytes = u64::try_from(args.snapshot_size).map_err(|_| "--snapshot-size must be positive")?;
+                let ep = args.archive_nfs.as_deref().map(archive::endpoint).transpose()?;
+                let target = ep.as_ref().map_or(archive::Target::Dir, archive::Target::Nfs);
+                let r = tokio::task::block_in_place(|| {
+                    archive::bench(&ctx.work_dir, bytes, args.archive_runs, args.archive_chunk_kib, &target)
+                })?;
+                results.push(r);
             }
             Workload::Snapshot => {
                 let bytes = u64::try_from(args.snapshot_size).map_err(|_| "--snapshot-size must be positive")?;
@@ -432,6 +458,7 @@ pub fn table(report: &Value) -> String {
                     allocations("restore")
                 ));
             }
+            "archive" => out.push_str(&archive::rows(r)),
             _ => out.push_str(&ops_rows(w, r)),
         }
     }

@@ -1,0 +1,113 @@
+//! Snapshot copies in a store on nfs-ganesha through berth's userspace NFS client: a tree
+//! copied to the export restores and reads back, a second copy sends only what changed,
+//! the same directory opened as a local store agrees, a damaged chunk on the export fails
+//! the restore naming it, and deleting copies empties the store.
+
+// A failed unwrap or expect in a test is the test failing: allowed here, denied in berth.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use berth::archive::copy::{CopyOptions, copy_image, copy_tree};
+use berth::archive::lease::Timing;
+use berth::archive::nfsstore::NfsStore;
+use berth::archive::restore::{load, restore, verify};
+use berth::archive::store::{Area, ChunkStore, DirStore};
+use berth::archive::{Error, gc};
+use common::ganesha::Ganesha;
+use common::{Scratch, require_root};
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn copies_to_an_nfs_export_restore_dedup_and_collect() {
+    let test = "copies_to_an_nfs_export_restore_dedup_and_collect";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(g) = Ganesha::start(scratch.path(), test) else { return };
+    let ep = berth::nfs::Endpoint {
+        host: "127.0.0.1".into(),
+        export: g.export.display().to_string(),
+        nfs_port: Some(g.nfs_port),
+        mount_port: Some(g.mount_port),
+        timeout: Duration::from_secs(10),
+        auth: berth::nfs::rpc::AuthSys { machine: "test".into(), uid: 0, gid: 0 },
+    };
+    let client = berth::nfs::Client::connect(&ep).expect("connect");
+    let store = NfsStore::open(client, &[b"archive", b"pool-a"], "127.0.0.1").expect("open the NFS store");
+    let timing =
+        Timing { stale_after: Duration::from_millis(500), poll: Duration::from_millis(10), ..Timing::default() };
+    let opts = CopyOptions { timing, ..CopyOptions::default() };
+
+    let src = scratch.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/f"), noise(1, 3 << 20)).unwrap();
+    let sparse = fs::File::create(src.join("sparse")).unwrap();
+    sparse.set_len(32 << 20).unwrap();
+    sparse.write_all_at(&noise(2, 100_000), 20 << 20).unwrap();
+    std::os::unix::fs::symlink("/etc", src.join("d/link")).unwrap();
+    fs::hard_link(src.join("d/f"), src.join("f-again")).unwrap();
+
+    let first = copy_tree(&store, "one", &src, &opts).expect("copy to NFS");
+    assert!(first.chunks_new > 300, "{first:?}");
+    let out = scratch.path().join("out");
+    restore(&store, "one", &out).expect("restore from NFS");
+    assert_eq!(fs::read(out.join("d/f")).unwrap(), fs::read(src.join("d/f")).unwrap());
+    assert_eq!(fs::read(out.join("sparse")).unwrap(), fs::read(src.join("sparse")).unwrap());
+    assert_eq!(fs::read_link(out.join("d/link")).unwrap(), std::path::Path::new("/etc"));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(out.join("d/f")).unwrap().ino(), fs::metadata(out.join("f-again")).unwrap().ino());
+    let drill = verify(&store, "one", scratch.path());
+    assert!(drill.passed(), "{drill}");
+
+    fs::OpenOptions::new().write(true).open(src.join("d/f")).unwrap().write_all_at(b"changed", 1 << 20).unwrap();
+    let second = copy_tree(&store, "two", &src, &opts).expect("second copy");
+    assert!(second.bytes_new < 128 << 10, "{second:?}");
+    let image = copy_image(&store, "img", &src.join("d/f"), &opts).expect("image copy");
+    assert!(image.chunks_new <= 2, "the file's chunks are stored already: {image:?}");
+
+    // The same directory as a local store: one layout, either side reads it.
+    let local = DirStore::open(&g.export.join("archive/pool-a")).unwrap();
+    assert_eq!(local.list_files(Area::Manifests).unwrap(), ["img", "one", "two"]);
+    assert!(verify(&local, "two", scratch.path()).passed());
+
+    // A chunk damaged on the export: the restore names it and the manifest.
+    let hash = load(&store, "one").unwrap().chunks().nth(5).unwrap().hash;
+    let path = local.chunk_path(&hash);
+    let good = fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    bad[0] ^= 1;
+    fs::write(&path, &bad).unwrap();
+    let err = restore(&store, "one", &scratch.path().join("bad")).unwrap_err();
+    assert!(
+        matches!(err, Error::ChunkCorrupt { chunk, ref manifest, .. } if chunk == hash && manifest == "one"),
+        "{err}"
+    );
+    assert!(!scratch.path().join("bad").exists());
+    fs::write(&path, &good).unwrap();
+
+    for name in ["one", "two", "img"] {
+        gc::delete(&store, name, timing).expect("delete");
+    }
+    assert!(store.list_chunks().unwrap().is_empty());
+    for area in [Area::Manifests, Area::Pending, Area::Gc] {
+        assert!(store.list_files(area).unwrap().is_empty(), "{area:?}");
+    }
+}
