@@ -28,6 +28,7 @@ PROGRAM_PACKAGES = {
     "mkfs.btrfs": "btrfs-progs", "btrfs": "btrfs-progs",
     "cryptsetup": "cryptsetup-bin",
     "du": "coreutils",
+    "cp": "coreutils",
 }
 
 
