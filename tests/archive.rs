@@ -7,6 +7,8 @@
 // A failed unwrap or expect in a test is the test failing: allowed here, denied in berth.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, File};
@@ -21,6 +23,7 @@ use berth::archive::manifest::Problem;
 use berth::archive::restore::{load, restore, verify};
 use berth::archive::store::{Area, ChunkStore, DirStore};
 use berth::archive::{Error, gc};
+use common::noise;
 
 fn is_root(test: &str) -> bool {
     if nix::unistd::Uid::effective().is_root() {
@@ -40,20 +43,6 @@ fn fast() -> Timing {
 
 fn opts() -> CopyOptions {
     CopyOptions { timing: fast(), ..CopyOptions::default() }
-}
-
-/// Deterministic pseudo-random bytes.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn set_xattr(path: &Path, name: &str, value: &[u8]) {

@@ -19,20 +19,7 @@ use berth::archive::restore::{load, restore, verify};
 use berth::archive::store::{Area, ChunkStore, DirStore};
 use berth::archive::{Error, gc};
 use common::ganesha::Ganesha;
-use common::{Scratch, require_root};
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+use common::{Scratch, noise, require_root};
 
 #[test]
 fn copies_to_an_nfs_export_restore_dedup_and_collect() {

@@ -299,8 +299,8 @@ pub trait Controller: Send + Sync {
     fn keyring(&self) -> Option<&dyn Keyring>;
     /// How a group snapshot can hold `volume` still while every member is taken, so that
     /// all of them show one point in time ([`Quiesce`]). Asked for every member before
-    /// anything is recorded.
-    fn quiesce(&self, volume: &VolumeRecord) -> Result<Quiesce>;
+    /// anything is recorded, with the mount table the engine read once for the group.
+    fn quiesce(&self, volume: &VolumeRecord, table: &[crate::mount::mountinfo::MountEntry]) -> Result<Quiesce>;
     /// The [`mutable`] parameters users may change on this pool's live volumes.
     fn mutable_keys(&self) -> &'static [&'static str] {
         &[]

@@ -205,19 +205,18 @@ impl<'a> Stack<'a> {
     /// How a group snapshot holds this volume still: its filesystem frozen where it is
     /// mounted; nothing to do when no layer is open or nothing mounts the top device; a
     /// raw device in use cannot be held (there is no filesystem to freeze, and its writer
-    /// is the pod).
-    pub fn quiesce(&self, sys: &dyn Syscall) -> Result<super::Quiesce> {
+    /// is the pod). `table` is the mount table as the caller read it.
+    pub fn quiesce(&self, table: &[MountEntry]) -> Result<super::Quiesce> {
         use super::Quiesce;
         let Some(top) = self.top()? else {
             return Ok(Quiesce::Idle);
         };
-        let table = ops::table(sys).map_err(Error::io("read mount table", &top))?;
         if self.volume.access == AccessKind::Mount
-            && let Some(mp) = blockvol::filesystem_mount_in(&table, &top)
+            && let Some(mp) = blockvol::filesystem_mount_in(table, &top)
         {
             return Ok(Quiesce::Freeze(mp));
         }
-        Ok(match blockvol::mounts(&table, &top).first() {
+        Ok(match blockvol::mounts(table, &top).first() {
             None => Quiesce::Idle,
             Some(at) => Quiesce::Cannot(format!(
                 "it is a raw block device in use at {}, and berth can hold still only a filesystem it can freeze",

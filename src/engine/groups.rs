@@ -95,9 +95,11 @@ impl Engine {
         let pools = volumes.iter().map(|v| self.pool(&v.pool).cloned()).collect::<Result<Vec<_>>>()?;
         let mut freeze: Vec<std::path::PathBuf> = Vec::new();
         let mut cannot = Vec::new();
+        // One read of the mount table answers for every member.
+        let table = self.mount_table(std::path::Path::new("/"))?;
         for (volume, pool) in volumes.iter().zip(&pools) {
             pool.check_writable()?;
-            match pool.quiesce(volume)? {
+            match pool.quiesce(volume, &table)? {
                 Quiesce::Idle => {}
                 Quiesce::Freeze(mount_point) => freeze.push(mount_point),
                 Quiesce::Cannot(why) => cannot.push(format!("volume {}: {why}", volume.id)),

@@ -313,31 +313,8 @@ mod tests {
     fn a_scrape_reports_pools_volumes_and_their_usage() {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = engine(dir.path());
-        let cap = Capability {
-            block: false,
-            fs_type: String::new(),
-            mount_flags: vec![],
-            mode: AccessMode::SingleNodeWriter,
-        };
-        let vol = engine
-            .create_volume(CreateVolume {
-                name: "pv-1".into(),
-                required_bytes: 5 << 20,
-                limit_bytes: 0,
-                capabilities: vec![cap],
-                parameters: [
-                    (PVC_NAME.to_string(), "data".to_string()),
-                    (PVC_NAMESPACE.to_string(), "shop".to_string()),
-                ]
-                .into(),
-                source: None,
-                allowed_nodes: None,
-                key: None,
-                mutable: std::collections::BTreeMap::new(),
-            })
-            .expect("create");
-        let key = vol.id.rsplit(':').next().expect("key");
-        std::fs::write(dir.path().join("pool/volumes").join(key).join("f"), vec![1u8; 64 << 10]).expect("write");
+        let pvc = [(PVC_NAME.to_string(), "data".to_string()), (PVC_NAMESPACE.to_string(), "shop".to_string())];
+        let vol = volume_holding(&engine, dir.path(), "pv-1", pvc.into(), 64 << 10);
 
         let text = Collector::new(Arc::default(), Some(Arc::clone(&engine))).render();
         let samples = parse(&text).expect("the scrape is valid exposition text");
@@ -354,8 +331,14 @@ mod tests {
         assert_eq!(find(&samples, "berth_build_info", &[("version", crate::VERSION)]), Some(1.0));
     }
 
-    /// A hostPath volume `name` of 5 MiB holding `bytes` in one file.
-    fn volume_holding(engine: &Engine, dir: &std::path::Path, name: &str, bytes: usize) -> Arc<VolumeRecord> {
+    /// A hostPath volume `name` of 5 MiB with `parameters`, holding `bytes` in one file.
+    fn volume_holding(
+        engine: &Engine,
+        dir: &std::path::Path,
+        name: &str,
+        parameters: std::collections::BTreeMap<String, String>,
+        bytes: usize,
+    ) -> Arc<VolumeRecord> {
         let cap = Capability {
             block: false,
             fs_type: String::new(),
@@ -368,7 +351,7 @@ mod tests {
                 required_bytes: 5 << 20,
                 limit_bytes: 0,
                 capabilities: vec![cap],
-                parameters: std::collections::BTreeMap::new(),
+                parameters,
                 source: None,
                 allowed_nodes: None,
                 key: None,
@@ -385,8 +368,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = engine(dir.path());
         let collector = Collector::new(Arc::default(), Some(Arc::clone(&engine)));
-        let vols: Vec<_> =
-            (0..6).map(|i| volume_holding(&engine, dir.path(), &format!("v{i}"), (i + 1) << 16)).collect();
+        let vols: Vec<_> = (0..6)
+            .map(|i| volume_holding(&engine, dir.path(), &format!("v{i}"), BTreeMap::new(), (i + 1) << 16))
+            .collect();
         let used = |text: &str, v: &VolumeRecord| {
             find(&parse(text).expect("exposition"), "berth_volume_used_bytes", &[("volume_id", v.id.as_str())])
         };
@@ -401,7 +385,7 @@ mod tests {
         for gone in [&vols[0], &vols[3], &vols[5]] {
             engine.delete_volume(&gone.id).expect("delete");
         }
-        let late = volume_holding(&engine, dir.path(), "late", 3 << 16);
+        let late = volume_holding(&engine, dir.path(), "late", BTreeMap::new(), 3 << 16);
         let second = collector.render();
         for (i, v) in vols.iter().enumerate() {
             let expected = if [0, 3, 5].contains(&i) { None } else { Some(measured[i]) };

@@ -47,6 +47,21 @@ pub fn have(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Deterministic pseudo-random bytes (xorshift from `seed`): data no filesystem can
+/// compress or deduplicate, the same on every run.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// Lazily unmounts every mount at or below `root`, deepest first.
 pub fn unmount_below(root: &Path) {
     for _ in 0..8 {

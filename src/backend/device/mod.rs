@@ -272,8 +272,8 @@ impl Controller for DevicePool {
         crypt::check(self.sys.as_ref(), &self.info.name, scheme, access, fs_type)
     }
 
-    fn quiesce(&self, volume: &VolumeRecord) -> Result<super::Quiesce> {
-        self.stack(volume)?.quiesce(self.sys.as_ref())
+    fn quiesce(&self, volume: &VolumeRecord, table: &[MountEntry]) -> Result<super::Quiesce> {
+        self.stack(volume)?.quiesce(table)
     }
 
     /// Each volume's key goes to its crypt layer at stage.

@@ -394,10 +394,8 @@ impl Controller for HostPath {
     /// Idle when nothing binds the volume's directory. A bound one cannot be held still:
     /// freezing it means freezing the pool's whole filesystem, on which btrfs cannot
     /// snapshot and nothing can reflink.
-    fn quiesce(&self, volume: &VolumeRecord) -> Result<super::Quiesce> {
-        let dir = self.volume_dir(&volume.key);
-        let table = ops::table(self.sys.as_ref()).map_err(Error::io("read mount table", &dir))?;
-        Ok(match mountinfo::binds_of(&table, &dir).first() {
+    fn quiesce(&self, volume: &VolumeRecord, table: &[MountEntry]) -> Result<super::Quiesce> {
+        Ok(match mountinfo::binds_of(table, &self.volume_dir(&volume.key)).first() {
             None => super::Quiesce::Idle,
             Some(bind) => super::Quiesce::Cannot(format!(
                 "it is mounted at {}, and a directory volume cannot be frozen apart from its pool's whole filesystem, on which {} cannot work; stop its writers first, or keep the group's volumes in a block pool, whose filesystems berth freezes",

@@ -297,7 +297,7 @@ impl Controller for NfsPool {
     }
 
     /// Nodes mount these volumes over NFS; nothing here can hold their writers still.
-    fn quiesce(&self, _volume: &VolumeRecord) -> Result<super::Quiesce> {
+    fn quiesce(&self, _volume: &VolumeRecord, _table: &[MountEntry]) -> Result<super::Quiesce> {
         Ok(super::Quiesce::Cannot(format!(
             "pool {} is an NFS export that nodes mount and write to directly, and berth cannot freeze their writes",
             self.info.name
