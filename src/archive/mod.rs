@@ -139,6 +139,8 @@ pub enum Error {
     ManifestMissing { name: String },
     #[error("manifest {name:?} already exists in the store; a copy never replaces one")]
     ManifestExists { name: String },
+    #[error("the store {store} cannot be reached: {reason}")]
+    Unreachable { store: String, reason: String },
     #[error("{what} {name:?} is not a valid name: use 1 to 200 of A-Z a-z 0-9 . _ - , not starting with '.'")]
     BadName { what: &'static str, name: String },
     #[error(
@@ -157,6 +159,16 @@ pub enum Error {
     ReadBack { path: String, manifest: String, chunk: Hash },
     #[error("source {path} went past {max} directory levels")]
     TooDeep { path: String, max: usize },
+}
+
+/// Where a shared pool keeps its store of snapshot copies, relative to its root: beside
+/// the pool's records, out of every volume's directory.
+pub const STORE_DIR: [&str; 2] = [".berth", "archive"];
+
+/// The manifest name of the copy of snapshot `key` (the key part of its ID, unique across
+/// nodes: a node that finds the manifest of an ID it has no record of restores from it).
+pub fn snapshot_manifest(key: &str) -> String {
+    format!("snap-{key}")
 }
 
 pub(crate) fn io_err(op: &'static str, path: impl fmt::Display) -> impl FnOnce(std::io::Error) -> Error {

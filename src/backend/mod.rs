@@ -414,6 +414,11 @@ pub trait Shared: Send + Sync {
     /// Usage of a volume of this pool mounted at `volume_path` that this process holds no
     /// record of.
     fn unrecorded_usage(&self, volume_path: &Path) -> Result<Usage>;
+
+    /// Opens this pool's store of snapshot copies (see [`crate::archive`]) on a
+    /// connection of its own: copies, restores and drills run long and must not hold up
+    /// the pool's other calls.
+    fn archive(&self) -> std::result::Result<Box<dyn crate::archive::store::ChunkStore>, crate::archive::Error>;
 }
 
 /// An open pool, as the engine holds it: its backend, and for a pool every node reaches,

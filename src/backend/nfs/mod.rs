@@ -541,4 +541,12 @@ impl Shared for NfsPool {
     fn unrecorded_usage(&self, volume_path: &Path) -> Result<Usage> {
         self.nfs_usage(volume_path, None)
     }
+
+    fn archive(&self) -> std::result::Result<Box<dyn crate::archive::store::ChunkStore>, crate::archive::Error> {
+        let place = format!("{}:{}", self.server, self.export);
+        let client = nfs::Client::connect(&self.endpoint)
+            .map_err(|e| crate::archive::Error::Unreachable { store: place.clone(), reason: e.to_string() })?;
+        let dir = crate::archive::STORE_DIR.map(str::as_bytes);
+        Ok(Box::new(crate::archive::nfsstore::NfsStore::open(client, &dir, &self.server)?))
+    }
 }
