@@ -41,7 +41,7 @@ fn fast() -> Timing {
     }
 }
 
-fn opts() -> CopyOptions {
+fn opts() -> CopyOptions<'static> {
     CopyOptions { timing: fast(), ..CopyOptions::default() }
 }
 
@@ -459,7 +459,7 @@ fn copies_and_collections_running_together_never_lose_a_needed_chunk() {
     let deadline = std::time::Instant::now() + Duration::from_secs(4);
     std::thread::scope(|s| {
         for worker in 0..2u64 {
-            let (store, tmp) = (&store, tmp.path());
+            let (store, tmp, o) = (&store, tmp.path(), &o);
             s.spawn(move || {
                 let src = tmp.join(format!("src-{worker}"));
                 fs::create_dir(&src).unwrap();
@@ -472,7 +472,7 @@ fn copies_and_collections_running_together_never_lose_a_needed_chunk() {
                     }
                     fs::write(src.join("a-shared"), noise(100 + worker, 2 << 20)).unwrap();
                     fs::write(src.join("own"), noise(1000 * worker + n, 64 << 10)).unwrap();
-                    copy_tree(store, &format!("w{worker}-{n}"), &src, &o).unwrap();
+                    copy_tree(store, &format!("w{worker}-{n}"), &src, o).unwrap();
                     n += 1;
                 }
             });

@@ -70,6 +70,7 @@ async fn ten_thousand_volumes_keep_pages_small_memory_bounded_and_startup_fast()
             method: None,
             encryption: None,
             group: None,
+            copy: None,
             created_unix_ms: 1,
         };
         fs::write(sdir.join(format!("{i}.json")), serde_json::to_vec(&snapshot).expect("json")).expect("write");

@@ -23,16 +23,22 @@ use super::{Error, Hash, check_name, escape, io_err};
 /// Directory levels a copy descends; one descriptor is open per level.
 pub const MAX_DEPTH: usize = 256;
 
-/// How a copy cuts and waits.
-#[derive(Clone, Copy, Debug)]
-pub struct CopyOptions {
+/// Told after every chunk how many data bytes the copy has read; answers false to stop it.
+pub type Progress<'a> = &'a (dyn Fn(u64) -> bool + Sync);
+
+/// How a copy cuts and waits, what its manifest says about it, and who watches it.
+#[derive(Clone, Default)]
+pub struct CopyOptions<'a> {
     pub sizes: Sizes,
     pub timing: Timing,
+    /// Written into the manifest ([`super::manifest::Manifest::labels`]).
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub progress: Option<Progress<'a>>,
 }
 
-impl Default for CopyOptions {
+impl Default for Sizes {
     fn default() -> Self {
-        CopyOptions { sizes: DEFAULT_SIZES, timing: Timing::default() }
+        DEFAULT_SIZES
     }
 }
 
@@ -63,6 +69,9 @@ struct Copier<'a> {
     sizes: Sizes,
     seen: HashSet<Hash>,
     stats: CopyStats,
+    labels: std::collections::BTreeMap<String, String>,
+    progress: Option<Progress<'a>>,
+    name: String,
 }
 
 /// Reads `len` bytes of a file from `off` with pread: no shared file offset.
@@ -106,6 +115,9 @@ impl Copier<'_> {
                 }
                 data.chunks.push(ChunkRef { hash: chunk.hash, len: n as u32 });
                 crate::failpoint::hit("archive.copy.chunk").map_err(io_err("copy", path))?;
+                if self.progress.is_some_and(|p| !p(self.stats.bytes_read)) {
+                    return Err(Error::Stopped { copy: self.name.clone() });
+                }
                 self.lease.heartbeat()?;
             }
         }
@@ -201,19 +213,29 @@ fn entry(path: String, kind: Kind, st: &FileStat, xattrs: Vec<(Vec<u8>, Vec<u8>)
     }
 }
 
-fn begin<'a>(store: &'a dyn ChunkStore, name: &str, opts: &CopyOptions) -> Result<Copier<'a>, Error> {
+fn begin<'a>(store: &'a dyn ChunkStore, name: &str, opts: &CopyOptions<'a>) -> Result<Copier<'a>, Error> {
     check_name("manifest", name)?;
     opts.sizes.check().map_err(|e| Error::Unsupported { path: name.to_string(), what: e })?;
     let lease = Lease::acquire(store, opts.timing)?;
     if store.read_file(Area::Manifests, name)?.is_some() {
         return Err(Error::ManifestExists { name: name.to_string() });
     }
-    Ok(Copier { store, lease, sizes: opts.sizes, seen: HashSet::new(), stats: CopyStats::default() })
+    Ok(Copier {
+        store,
+        lease,
+        sizes: opts.sizes,
+        seen: HashSet::new(),
+        stats: CopyStats::default(),
+        labels: opts.labels.clone(),
+        progress: opts.progress,
+        name: name.to_string(),
+    })
 }
 
 fn finish(mut c: Copier<'_>, name: &str, source: &Path, content: Content, start: Instant) -> Result<CopyStats, Error> {
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let manifest = Manifest { name: name.to_string(), created, source: source.display().to_string(), content };
+    let labels = std::mem::take(&mut c.labels);
+    let manifest = Manifest { name: name.to_string(), created, source: source.display().to_string(), labels, content };
     let bytes = manifest.encode();
     c.store.flush()?;
     crate::failpoint::hit("archive.copy.flushed").map_err(io_err("copy", name))?;
@@ -235,7 +257,12 @@ fn finish(mut c: Copier<'_>, name: &str, source: &Path, content: Content, start:
 /// Copies the directory tree at `src` (not followed if a symlink) into `store` as
 /// manifest `name`. Symlinks are recorded, never followed; mount points inside are left
 /// out; hard links are recorded once with their other names.
-pub fn copy_tree(store: &dyn ChunkStore, name: &str, src: &Path, opts: &CopyOptions) -> Result<CopyStats, Error> {
+pub fn copy_tree<'a>(
+    store: &'a dyn ChunkStore,
+    name: &str,
+    src: &Path,
+    opts: &CopyOptions<'a>,
+) -> Result<CopyStats, Error> {
     let start = Instant::now();
     let mut c = begin(store, name, opts)?;
     let shown = src.display().to_string();
@@ -250,7 +277,12 @@ pub fn copy_tree(store: &dyn ChunkStore, name: &str, src: &Path, opts: &CopyOpti
 
 /// Copies the image file at `src` (a regular file, not followed if a symlink) into
 /// `store` as manifest `name`; its holes are recorded, not read.
-pub fn copy_image(store: &dyn ChunkStore, name: &str, src: &Path, opts: &CopyOptions) -> Result<CopyStats, Error> {
+pub fn copy_image<'a>(
+    store: &'a dyn ChunkStore,
+    name: &str,
+    src: &Path,
+    opts: &CopyOptions<'a>,
+) -> Result<CopyStats, Error> {
     let start = Instant::now();
     let mut c = begin(store, name, opts)?;
     let shown = src.display().to_string();

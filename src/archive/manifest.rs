@@ -165,6 +165,10 @@ pub struct Manifest {
     pub created: u64,
     /// What was copied, for people.
     pub source: String,
+    /// What the copy is of, for programs: the snapshot, volume, node and filesystem a
+    /// restore elsewhere needs to know (see [`crate::engine`]'s snapshot copies).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
     #[serde(flatten)]
     pub content: Content,
 }
@@ -334,6 +338,7 @@ mod tests {
             name: "m".into(),
             created: 5,
             source: "/src".into(),
+            labels: [("snapshot".to_string(), "snap:p:1".to_string())].into(),
             content: Content::Tree {
                 entries: vec![
                     entry("", Kind::Dir),

@@ -139,6 +139,8 @@ pub enum Error {
     ManifestMissing { name: String },
     #[error("manifest {name:?} already exists in the store; a copy never replaces one")]
     ManifestExists { name: String },
+    #[error("copy {copy} was stopped before it committed; nothing was committed")]
+    Stopped { copy: String },
     #[error("the store {store} cannot be reached: {reason}")]
     Unreachable { store: String, reason: String },
     #[error("{what} {name:?} is not a valid name: use 1 to 200 of A-Z a-z 0-9 . _ - , not starting with '.'")]

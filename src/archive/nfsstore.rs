@@ -28,8 +28,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// An NFS failure as an archive error: the server out of reach as such, a status with
+/// its errno (a full export is ENOSPC), anything else as it was said.
 fn nfs_err(op: &'static str, path: impl std::fmt::Display) -> impl FnOnce(crate::nfs::Error) -> Error {
-    move |e| Error::Io { op, path: path.to_string(), source: std::io::Error::other(e.to_string()) }
+    move |e| {
+        if e.is_transport() {
+            return Error::Unreachable { store: path.to_string(), reason: format!("{op}: {e}") };
+        }
+        let source = match e.status().and_then(crate::nfs::types::Status::errno) {
+            Some(errno) => std::io::Error::from_raw_os_error(errno),
+            None => std::io::Error::other(e.to_string()),
+        };
+        Error::Io { op, path: path.to_string(), source }
+    }
 }
 
 /// `Ok(true)`, or `Ok(false)` when the server answered NOENT.

@@ -96,6 +96,76 @@ pub fn restore(store: &dyn ChunkStore, name: &str, dest: &Path) -> Result<Restor
     Ok(stats)
 }
 
+/// Restores manifest `name` into storage made for it, a new volume's: a tree into the
+/// empty directory `dest` (its root metadata applied to `dest` itself), an image into the
+/// file `dest` (data written at its ranges over the file's zeros, and the file kept at
+/// least as long as the image). Nothing is renamed: the caller owns `dest` and removes it
+/// whole when this fails. `manifest` is the copy as [`load`] read it.
+pub fn fill(store: &dyn ChunkStore, manifest: &Manifest, dest: &Path) -> Result<RestoreStats, Error> {
+    let start = Instant::now();
+    let name = manifest.name.as_str();
+    let mut stats = RestoreStats::default();
+    match &manifest.content {
+        Content::Tree { entries } => {
+            let mut list = fs::read_dir(dest).map_err(io_err("list", dest.display()))?;
+            if list.next().is_some() {
+                return Err(Error::DestinationInUse { path: dest.display().to_string() });
+            }
+            fill_tree(store, name, entries, dest, &mut stats)?;
+        }
+        Content::Image { data } => {
+            let shown = dest.display().to_string();
+            let flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            let file = File::from(open(dest, flags, Mode::empty()).map_err(|e| io_err("open", &shown)(e.into()))?);
+            let len = file.metadata().map_err(io_err("stat", &shown))?.len();
+            write_data(store, name, data, &file, &shown, &mut stats)?;
+            if len > data.size {
+                file.set_len(len).map_err(io_err("set size of", &shown))?;
+            }
+            file.sync_all().map_err(io_err("sync", &shown))?;
+            stats.entries = 1;
+        }
+    }
+    stats.elapsed = start.elapsed();
+    Ok(stats)
+}
+
+/// Reads every chunk manifest `name` needs back from the store once, each checked
+/// against its hash and length: what a copy does after it committed, before the copy
+/// counts as made. The chunks checked and their bytes.
+pub fn check_chunks(
+    store: &dyn ChunkStore,
+    manifest: &Manifest,
+    progress: Option<super::copy::Progress<'_>>,
+) -> Result<(u64, u64), Error> {
+    let mut seen = std::collections::HashSet::new();
+    let (mut chunks, mut bytes) = (0u64, 0u64);
+    let mut check = |data: &Data| -> Result<(), Error> {
+        for c in &data.chunks {
+            if seen.insert(c.hash) {
+                store.read_chunk(&c.hash, c.len as usize, &manifest.name)?;
+                chunks += 1;
+                bytes += u64::from(c.len);
+                if progress.is_some_and(|p| !p(bytes)) {
+                    return Err(Error::Stopped { copy: manifest.name.clone() });
+                }
+            }
+        }
+        Ok(())
+    };
+    match &manifest.content {
+        Content::Image { data } => check(data)?,
+        Content::Tree { entries } => {
+            for e in entries {
+                if let Kind::File { data } = &e.kind {
+                    check(data)?;
+                }
+            }
+        }
+    }
+    Ok((chunks, bytes))
+}
+
 /// Writes `data`'s chunks into `file` at its ranges, each checked, and sets its size.
 fn write_data(
     store: &dyn ChunkStore,

@@ -289,6 +289,14 @@ impl Controller for BlockPool {
         }
     }
 
+    fn snapshot_content(&self, snapshot: &SnapshotRecord) -> Option<super::Content> {
+        Some(super::Content::Image(self.snapshot_image(&snapshot.key)))
+    }
+
+    fn volume_content(&self, volume: &VolumeRecord) -> Option<super::Content> {
+        Some(super::Content::Image(self.image(&volume.key)))
+    }
+
     /// The record's own fields say everything a node needs.
     fn volume_context(&self, _volume: &VolumeRecord) -> BTreeMap<String, String> {
         BTreeMap::new()

@@ -229,6 +229,24 @@ pub enum StageSource<'a> {
     Static(&'a Path),
 }
 
+/// A volume's or snapshot's content as a file system sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// A directory tree (hostPath).
+    Tree(PathBuf),
+    /// An image file holding a filesystem or a raw device's bytes (block).
+    Image(PathBuf),
+}
+
+impl Content {
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        match self {
+            Content::Tree(p) | Content::Image(p) => p,
+        }
+    }
+}
+
 /// Content to create a volume from.
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {
@@ -302,6 +320,18 @@ pub trait Controller: Send + Sync {
     /// anything is recorded, with the mount table the engine read once for the group.
     fn quiesce(&self, volume: &VolumeRecord, table: &[crate::mount::mountinfo::MountEntry]) -> Result<Quiesce>;
     /// The [`mutable`] parameters users may change on this pool's live volumes.
+    /// Where a copy leaving the node reads a snapshot's content whole (see
+    /// [`crate::archive`]); `None` when the pool keeps none it can hand out.
+    fn snapshot_content(&self, _snapshot: &SnapshotRecord) -> Option<Content> {
+        None
+    }
+
+    /// Where a restore of such a copy writes a new volume's content, once
+    /// [`Controller::create_volume`] made the volume empty; `None` when it cannot.
+    fn volume_content(&self, _volume: &VolumeRecord) -> Option<Content> {
+        None
+    }
+
     fn mutable_keys(&self) -> &'static [&'static str] {
         &[]
     }

@@ -79,7 +79,7 @@ pub fn snapshot(s: &SnapshotRecord) -> pb::Snapshot {
         snapshot_id: s.id.clone(),
         source_volume_id: s.source_volume.clone(),
         creation_time: Some(timestamp(s.created_unix_ms)),
-        ready_to_use: s.phase == crate::state::Phase::Ready,
+        ready_to_use: s.ready_to_use(),
         group_snapshot_id: s.group.as_ref().map(|g| g.id.clone()).unwrap_or_default(),
     }
 }
@@ -310,13 +310,19 @@ impl pb::controller_server::Controller for ControllerService {
             id("source_volume_id", &req.source_volume_id)?;
             id("name", &req.name)?;
             check_secrets(&req.secrets)?;
-            for key in map("parameters", &req.parameters)?.keys() {
-                if !key.starts_with("csi.storage.k8s.io/") {
+            let mut copy_to = None;
+            for (key, value) in map("parameters", &req.parameters)? {
+                if key == crate::engine::COPY_TO {
+                    if value.is_empty() {
+                        return Err(Status::invalid_argument(format!("parameter {key} names no pool")));
+                    }
+                    copy_to = Some(value);
+                } else if !key.starts_with("csi.storage.k8s.io/") {
                     return Err(Status::invalid_argument(format!("unknown snapshot parameter {key:?}")));
                 }
             }
             let key = crate::crypt::Key::from_secrets(&req.secrets).map_err(Status::invalid_argument)?;
-            let record = engine.create_snapshot(&req.source_volume_id, &req.name, key.as_ref())?;
+            let record = engine.create_snapshot(&req.source_volume_id, &req.name, key.as_ref(), copy_to.as_deref())?;
             Ok(pb::CreateSnapshotResponse { snapshot: Some(snapshot(&record)) })
         })
         .await

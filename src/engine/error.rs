@@ -51,6 +51,11 @@ pub enum Error {
     /// The snapshot or volume a new volume is to be made from.
     #[error("source {kind} {id} does not exist on node {node}")]
     NoSource { kind: &'static str, id: String, node: String },
+    /// A clone's source volume is not here; it may be on another node.
+    #[error(
+        "source volume {id} does not exist on node {node}; a clone is made on the node that holds its source, so a volume on another node cannot be cloned here: take a VolumeSnapshot of it with a class whose copyTo names a shared pool, and restore that snapshot on this node"
+    )]
+    NoCloneSource { id: String, node: String },
     #[error("pool {pool:?} is not configured on node {node}")]
     NoPool { pool: String, node: String },
     /// A node no berth node plugin of the pool has registered as.
@@ -124,6 +129,14 @@ pub enum Error {
     #[error("node {node} holds pool {pool}, but the requisite topology allows only: {allowed}")]
     OutsideTopology { node: String, pool: String, allowed: String },
 
+    /// A snapshot's copy on a shared pool: making, checking, restoring or deleting it.
+    #[error("{what}: {source}")]
+    Archive {
+        what: String,
+        #[source]
+        source: Box<crate::archive::Error>,
+    },
+
     // Below the engine.
     #[error("recording state for {id}: {source}")]
     State { id: String, source: std::io::Error },
@@ -158,6 +171,7 @@ impl From<Error> for tonic::Status {
             | Error::NoSnapshot { .. }
             | Error::NoGroup { .. }
             | Error::NoSource { .. }
+            | Error::NoCloneSource { .. }
             | Error::NoPool { .. }
             | Error::UnknownNode { .. }
             | Error::NoParent { .. }
@@ -186,6 +200,35 @@ impl From<Error> for tonic::Status {
             }
             Error::State { .. } => Status::internal(message),
             Error::Backend(b) => backend_status(b, message),
+            Error::Archive { source, .. } => archive_status(&source, message),
+        }
+    }
+}
+
+/// The code of a failure of a snapshot copy: what the store holds is damaged (DATA_LOSS,
+/// no retry brings it back), the store is out of reach or full, or the copy met another.
+fn archive_status(err: &crate::archive::Error, message: String) -> tonic::Status {
+    use crate::archive::Error as E;
+    use tonic::Status;
+    match err {
+        E::ChunkMissing { .. } | E::ChunkCorrupt { .. } | E::ChunkLength { .. } | E::Manifest { .. } => {
+            Status::data_loss(message)
+        }
+        E::ReadBack { .. } => Status::data_loss(message),
+        E::ManifestMissing { .. } => Status::not_found(message),
+        E::Unreachable { .. } => Status::unavailable(message),
+        E::Busy { .. } | E::LeaseLost { .. } | E::MarkerLost { .. } | E::Stopped { .. } => Status::aborted(message),
+        E::ManifestExists { .. } => Status::already_exists(message),
+        E::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::StorageFull
+                || matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+        {
+            Status::resource_exhausted(message)
+        }
+        E::Io { source, .. } if source.raw_os_error() == Some(libc::EROFS) => Status::failed_precondition(message),
+        E::Io { .. } => Status::internal(message),
+        E::BadName { .. } | E::Unsupported { .. } | E::DestinationInUse { .. } | E::TooDeep { .. } => {
+            Status::failed_precondition(message)
         }
     }
 }

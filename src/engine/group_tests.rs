@@ -233,10 +233,11 @@ fn a_start_after_a_crash_rolls_back_a_group_with_a_member_still_creating() {
         method: None,
         encryption: None,
         group: Some(GroupRef { id: "group:disks:11111111111111111111111111111111".into(), name: "other".into() }),
+        copy: None,
         created_unix_ms: 1,
     };
     engine.store.put_snapshot(&lone).expect("put");
-    let single = engine.create_snapshot(&a.id, "single", None).expect("a snapshot outside any group");
+    let single = engine.create_snapshot(&a.id, "single", None, None).expect("a snapshot outside any group");
     drop(engine);
 
     let engine = open(&fake, dir.path());

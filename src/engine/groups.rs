@@ -136,6 +136,7 @@ impl Engine {
                 method: None,
                 encryption: volume.encryption.clone(),
                 group: Some(group.clone()),
+                copy: None,
                 created_unix_ms,
             };
             if let Err(e) = self.begin_snapshot(&record) {

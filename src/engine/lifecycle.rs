@@ -86,6 +86,20 @@ impl Engine {
         limit_bytes: u64,
         work: &Work,
     ) -> Result<()> {
+        self.build_volume_with(pool, record, source, limit_bytes, work, |_| Ok(()))
+    }
+
+    /// [`Engine::build_volume`], with `fill` writing the volume's content once its pool
+    /// made it (a restore from a snapshot copy); a failure of `fill` rolls back too.
+    pub(super) fn build_volume_with(
+        &self,
+        pool: &dyn Backend,
+        record: &mut VolumeRecord,
+        source: Option<Source<'_>>,
+        limit_bytes: u64,
+        work: &Work,
+        fill: impl FnOnce(&VolumeRecord) -> Result<()>,
+    ) -> Result<()> {
         failpoint("volume.create.after-intent")?;
         // What the volume will occupy (a device pool's disk) is recorded before anything
         // is written to it, so a crash mid-write leaves a record that names the disk.
@@ -112,6 +126,12 @@ impl Engine {
         if let Err(e) = pool.apply_mutable(record) {
             self.roll_back_logged(pool, record);
             return Err(e.into());
+        }
+        if let Err(e) = fill(record) {
+            if work.stopped() != Some(Stop::Shutdown) {
+                self.roll_back_logged(pool, record);
+            }
+            return Err(e);
         }
         failpoint("volume.create.before-ready")?;
         if limit_bytes > 0 && record.capacity > limit_bytes {

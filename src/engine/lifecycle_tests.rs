@@ -76,6 +76,7 @@ fn half_snapshot(name: &str, source_volume: &str, phase: Phase) -> SnapshotRecor
         method: None,
         encryption: None,
         group: None,
+        copy: None,
         created_unix_ms: 1,
     }
 }

@@ -270,7 +270,7 @@ fn snapshots_and_clones_copy_ciphertext_without_a_key_and_stay_luks2() {
     engine.node_unstage(&vol.id, &staging).expect("unstage");
     let id = crate::crypt::key_id(&Key::from_bytes(RIGHT));
 
-    let snap = engine.create_snapshot(&vol.id, "snap-1", None).expect("snapshot without a key");
+    let snap = engine.create_snapshot(&vol.id, "snap-1", None, None).expect("snapshot without a key");
     assert_eq!(snap.encryption.as_ref().map(|e| (e.scheme, e.key_id)), Some((Scheme::Luks2, Some(id))));
     let restored = engine
         .create_volume(create("pvc-2", "disks", "luks2", Some(ContentSource::Snapshot(snap.id.clone()))))

@@ -1,6 +1,7 @@
 //! The engine: what each CSI operation does, independent of gRPC. The services in `csi`
 //! translate requests into these calls (on blocking threads) and errors into codes.
 
+mod archive;
 mod copies;
 pub mod encryption;
 mod ephemeral;
@@ -37,6 +38,7 @@ use crate::mount::Syscall;
 use crate::state::Store;
 
 pub use crate::backend::{AccessMode, Capability, FS_TYPES};
+pub use archive::COPY_TO;
 pub use error::{Error, Result};
 pub use groups::GroupSnapshot;
 pub use listing::{CapacityQuery, ListedVolume, Page};
@@ -75,6 +77,8 @@ pub struct Engine {
     pub copies: copies::Copies,
     /// The freezes of filesystems, recorded so that a start thaws what a crash left frozen.
     pub freezes: backend::blockvol::Freezes,
+    /// Snapshot copies to shared pools made, failed and restored, since the start.
+    pub archived: archive::ArchiveCounters,
     /// This engine, once [`Engine::shared`] put it in an `Arc`: background copies hold it.
     me: std::sync::Weak<Engine>,
 }
@@ -181,6 +185,7 @@ impl Engine {
             key_holds: encryption::KeyHolds::default(),
             copies: copies::Copies::default(),
             freezes,
+            archived: archive::ArchiveCounters::default(),
             me: std::sync::Weak::new(),
         };
         engine.start_shared(placement)?;

@@ -13,11 +13,15 @@ impl Engine {
     /// that outlasts [`Engine::copy_wait`] goes on in the background and the snapshot is
     /// returned not yet Ready (`ready_to_use` false); its retries return the record.
     /// `key` (from the snapshotter's secrets) reads an encrypted volume not staged here.
+    /// `copy_to` (the class's `copyTo`) names a shared pool the snapshot is then copied to,
+    /// in the background: the snapshot is not ready to use until the copy is checked (see
+    /// [`super::archive`]).
     pub fn create_snapshot(
         &self,
         source: &str,
         name: &str,
         key: Option<&crate::crypt::Key>,
+        copy_to: Option<&str>,
     ) -> Result<Arc<SnapshotRecord>> {
         self.sync_for_id(Kind::Volume, source)?;
         let _guard = self.lock(&[format!("snapshot-name:{name}"), source.to_string()])?;
@@ -30,8 +34,24 @@ impl Engine {
                     holder: format!("{} of volume {}", s.id, s.source_volume),
                 });
             }
-            if s.phase == Phase::Ready {
+            if s.copy.as_ref().map(|c| c.pool.as_str()) != copy_to {
+                return Err(Error::NameTaken {
+                    kind: "snapshot",
+                    name: name.to_string(),
+                    holder: format!(
+                        "{} whose copy goes to {}, not {}",
+                        s.id,
+                        s.copy.as_ref().map_or("no pool", |c| c.pool.as_str()),
+                        copy_to.unwrap_or("no pool")
+                    ),
+                });
+            }
+            if s.ready_to_use() {
                 return Ok(Arc::clone(s));
+            }
+            if s.phase == Phase::Ready {
+                let volume = self.ready_volume(source)?;
+                return self.await_snapshot_copy(name, &volume, Arc::clone(s));
             }
             if let Some(job) = self.copies.running(&s.id) {
                 return self.await_snapshot(name, &s.id, &job);
@@ -47,7 +67,7 @@ impl Engine {
             Arc::unwrap_or_clone(s)
         } else {
             let (id, key) = ids::mint(Kind::Snapshot, &volume.pool);
-            let record = SnapshotRecord {
+            let mut record = SnapshotRecord {
                 id,
                 name: name.to_string(),
                 pool: volume.pool.clone(),
@@ -59,8 +79,13 @@ impl Engine {
                 method: None,
                 encryption: volume.encryption.clone(),
                 group: None,
+                copy: None,
                 created_unix_ms: state::now_ms(),
             };
+            if let Some(target) = copy_to {
+                self.check_copy_to(target, pool.as_ref(), &record)?;
+                record.copy = Some(Self::copy_for(target, &record));
+            }
             self.begin_snapshot(&record)?;
             record
         };
@@ -77,6 +102,9 @@ impl Engine {
         };
         self.build_snapshot(pool.as_ref(), &volume, &mut record, &Work::new())?;
         tracing::info!(snapshot.id = %record.id, volume.id = %source, bytes = record.size, method = ?record.method, "snapshot created");
+        if record.copy.is_some() {
+            return self.await_snapshot_copy(name, &volume, Arc::new(record));
+        }
         Ok(Arc::new(record))
     }
 
@@ -88,10 +116,18 @@ impl Engine {
         // Also exclusive on what restores from it read: never deleted under a restore.
         let _guard = self.lock(&[id.to_string(), crate::locks::reading(id)])?;
         let Some(record) = self.store.snapshot(id) else {
+            // Not here: its copy on a shared pool, if one holds it (the node that took it
+            // may be gone).
+            if let Some(found) = self.find_copy(id)? {
+                self.delete_copy(id, &found.pool, &found.manifest.name)?;
+            }
             return Ok(());
         };
         let pool = self.pool(&record.pool)?.clone();
         pool.check_writable()?;
+        if let Some(copy) = &record.copy {
+            self.delete_copy(id, &copy.pool, &copy.manifest)?;
+        }
         self.delete_snapshot_storage(pool.as_ref(), &mut Arc::unwrap_or_clone(record))?;
         tracing::info!(snapshot.id = %id, "snapshot deleted");
         Ok(())

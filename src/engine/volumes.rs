@@ -13,7 +13,7 @@ use crate::state::{AccessKind, ContentSource, Phase, VolumeRecord};
 /// StorageClass parameters berth reads; the provisioner's own keys are accepted too.
 const POOL_PARAMETER: &str = "pool";
 const CO_PREFIX: &str = "csi.storage.k8s.io/";
-const FSTYPE_PARAMETER: &str = "csi.storage.k8s.io/fstype";
+pub(super) const FSTYPE_PARAMETER: &str = "csi.storage.k8s.io/fstype";
 
 /// A validated CreateVolume request.
 #[derive(Debug, Clone)]
@@ -289,6 +289,12 @@ impl Engine {
             return Err(failed);
         }
 
+        // A snapshot this node has no record of: its copy on a shared pool, if any.
+        if let Some(ContentSource::Snapshot(id)) = &req.source
+            && self.store.snapshot(id).is_none()
+        {
+            return self.create_from_copy(&req, pool, existing, size, access, fs_type);
+        }
         let (snapshot, source_volume) = self.resolve_source(&req, pool.as_ref(), size)?;
         let source = match (&snapshot, &source_volume) {
             (Some(s), _) => Some(Source::Snapshot(s)),
@@ -364,11 +370,11 @@ impl Engine {
                 Ok((Some(s), None))
             }
             Some(ContentSource::Volume(id)) => {
-                let v = self.store.volume(id).filter(|v| v.phase == Phase::Ready).ok_or_else(|| Error::NoSource {
-                    kind: "volume",
-                    id: id.clone(),
-                    node: self.node_id.clone(),
-                })?;
+                let v = self
+                    .store
+                    .volume(id)
+                    .filter(|v| v.phase == Phase::Ready)
+                    .ok_or_else(|| Error::NoCloneSource { id: id.clone(), node: self.node_id.clone() })?;
                 if v.pool != pool.name() {
                     return Err(Error::BadRequest(format!(
                         "volume {id} is in pool {}; it can only be cloned within that pool, not into {}",
@@ -389,7 +395,7 @@ impl Engine {
     }
 
     /// The intent record of a new volume: phase Creating, a fresh ID and storage key.
-    fn new_volume_record(
+    pub(super) fn new_volume_record(
         &self,
         req: &CreateVolume,
         pool: &dyn Backend,

@@ -116,7 +116,7 @@ impl Collector {
             w.single(
                 "berth_copies_in_progress",
                 Kind::Gauge,
-                "Snapshot cuts, restores and clones running in the background (NFS pools).",
+                "Snapshot cuts, restores and clones running in the background (NFS pools), and snapshot copies to and restores from shared pools.",
                 copies as f64,
             );
             w.single(
@@ -125,6 +125,31 @@ impl Collector {
                 "Data bytes the background copies in progress have copied so far (zero blocks are not counted).",
                 copied as f64,
             );
+            let archived = &engine.archived;
+            for (name, help, value) in [
+                (
+                    "berth_snapshot_copies_completed_total",
+                    "Snapshot copies to shared pools committed and checked (ready to use).",
+                    &archived.copied,
+                ),
+                (
+                    "berth_snapshot_copies_failed_total",
+                    "Snapshot copies to shared pools that failed; the snapshotter's retry starts them again.",
+                    &archived.failed,
+                ),
+                (
+                    "berth_snapshot_copy_sent_bytes_total",
+                    "Bytes snapshot copies sent to shared pools: new chunks and manifests (what deduplication left).",
+                    &archived.sent_bytes,
+                ),
+                (
+                    "berth_snapshot_copy_restores_total",
+                    "Volumes restored from snapshot copies on shared pools.",
+                    &archived.restored,
+                ),
+            ] {
+                w.single(name, Kind::Counter, help, value.load(Ordering::Relaxed) as f64);
+            }
             write_pools(&mut w, engine);
             self.write_volumes(&mut w, engine);
         }

@@ -32,8 +32,8 @@ mod testutil;
 
 pub use open::read_records;
 pub use records::{
-    AccessKind, ContentSource, DeviceIdentity, Enforced, GroupRef, Layer, Phase, SnapshotMethod, SnapshotRecord,
-    VolumeRecord, now_ms,
+    AccessKind, ContentSource, DeviceIdentity, Enforced, GroupRef, Layer, Phase, SnapshotCopy, SnapshotMethod,
+    SnapshotRecord, VolumeRecord, now_ms,
 };
 pub use salvage::{Salvaged, salvage};
 use table::{Change, Maps};

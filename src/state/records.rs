@@ -57,6 +57,17 @@ pub enum AccessKind {
     Block,
 }
 
+impl AccessKind {
+    /// The name messages and labels use.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessKind::Mount => "mount",
+            AccessKind::Block => "block",
+        }
+    }
+}
+
 /// One layer of a block volume's device stack, bottom first (see
 /// [`crate::backend::stack`]). What a layer acts on (the image, the disk) is named by
 /// the record's other fields, so the layer records only its kind.
@@ -191,7 +202,33 @@ pub struct SnapshotRecord {
     /// The group snapshot this snapshot is a member of, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupRef>,
+    /// The copy of the snapshot's content on a shared pool, when its class asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<SnapshotCopy>,
     pub created_unix_ms: u64,
+}
+
+impl SnapshotRecord {
+    /// Whether the CO may use the snapshot: cut, and its copy (if it has one) committed
+    /// and checked. The CSI spec's post-cut processing: `ready_to_use` false until then.
+    #[must_use]
+    pub fn ready_to_use(&self) -> bool {
+        self.phase == Phase::Ready && self.copy.as_ref().is_none_or(|c| c.done)
+    }
+}
+
+/// A snapshot's copy on a shared pool (see [`crate::archive`]): recorded with the
+/// snapshot's intent, `done` once the manifest is committed and every chunk read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotCopy {
+    /// The shared pool whose store holds it.
+    pub pool: String,
+    /// Its manifest's name in that store ([`crate::archive::snapshot_manifest`]).
+    pub manifest: String,
+    pub done: bool,
+    /// Bytes the copy sent to the store (new chunks and the manifest).
+    #[serde(default)]
+    pub sent_bytes: u64,
 }
 
 /// A member snapshot's group: every member carries it, so the group needs no record of its

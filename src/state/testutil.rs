@@ -24,6 +24,7 @@ pub(super) fn snapshot(id: &str, name: &str) -> SnapshotRecord {
         method: None,
         encryption: None,
         group: None,
+        copy: None,
         created_unix_ms: 1,
     }
 }

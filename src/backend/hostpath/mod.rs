@@ -360,6 +360,14 @@ impl Controller for HostPath {
         }
     }
 
+    fn snapshot_content(&self, snapshot: &SnapshotRecord) -> Option<super::Content> {
+        Some(super::Content::Tree(self.snapshot_dir(&snapshot.key)))
+    }
+
+    fn volume_content(&self, volume: &VolumeRecord) -> Option<super::Content> {
+        Some(super::Content::Tree(self.volume_dir(&volume.key)))
+    }
+
     /// The record's own fields say everything a node needs.
     fn volume_context(&self, _volume: &VolumeRecord) -> BTreeMap<String, String> {
         BTreeMap::new()
