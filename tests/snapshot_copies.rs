@@ -386,3 +386,194 @@ impl WriteAtStart for fs::File {
         self.sync_all().unwrap();
     }
 }
+
+/// Retries CreateSnapshot, as the snapshotter does for a snapshot not ready to use,
+/// until it is; every answer before says not ready or ABORTED.
+async fn until_copied(b: &mut Berth, volume: &str, name: &str) -> pb::Snapshot {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let req = pb::CreateSnapshotRequest {
+            source_volume_id: volume.into(),
+            name: name.into(),
+            parameters: [("copyTo".to_string(), "shared".to_string())].into(),
+            ..Default::default()
+        };
+        match b.controller.create_snapshot(req).await {
+            Ok(r) => {
+                let s = r.into_inner().snapshot.expect("snapshot");
+                if s.ready_to_use {
+                    return s;
+                }
+            }
+            Err(s) => assert_eq!(s.code(), Code::Aborted, "{s:?}"),
+        }
+        assert!(Instant::now() < deadline, "snapshot {name} not copied in time:\n{}", b.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_killed_at_any_point_is_finished_by_the_retry_after_restart() {
+    let test = "a_copy_killed_at_any_point_is_finished_by_the_retry_after_restart";
+    let scratch = Scratch::new();
+    if !require_root(test) {
+        return;
+    }
+    if !cfg!(feature = "failpoints") {
+        println!("SKIPPED: {test}: needs the failpoints feature");
+        return;
+    }
+    let Some(g) = Ganesha::start(scratch.path(), test) else { return };
+    let dir_a = scratch.path().join("node-a");
+    let mut a = node(dir_a.clone(), &node_config(&dir_a, &g, &hostpath_line(&dir_a.join("pool"))), "node-a").await;
+    let vol = a.controller.create_volume(volume_req("data", "local", 100 << 20, None)).await.expect("create");
+    let vol = vol.into_inner().volume.expect("volume").volume_id;
+    let paths = stage_publish(&mut a, &dir_a, &vol, "writer", rwo()).await;
+    fs::write(paths.target.join("a"), noise(1, 600 << 10)).unwrap();
+    let before = tree_sums(&paths.target);
+    unpublish_unstage(&mut a, &vol, &paths).await;
+
+    let dir_b = scratch.path().join("node-b");
+    let mut b = node(dir_b.clone(), &node_config(&dir_b, &g, &hostpath_line(&dir_b.join("pool"))), "node-b").await;
+    for (n, point) in ["archive.copy.chunk=kill@5", "archive.copy.flushed=kill@1", "archive.copy.before-check=kill@1"]
+        .iter()
+        .enumerate()
+    {
+        a.stop();
+        a.env = vec![("BERTH_FAILPOINTS".to_string(), point.to_string())];
+        a.respawn().await;
+        let name = format!("s{n}");
+        let first = copied_snapshot(&mut a, &vol, &name).await;
+        assert!(!first.ready_to_use);
+        assert!(a.exited_within(Duration::from_secs(20)), "{point} was not reached:\n{}", a.logs());
+        a.env.clear();
+        a.respawn().await;
+        let snap = until_copied(&mut a, &vol, &name).await;
+        assert_eq!(snap.snapshot_id, first.snapshot_id, "{point}: the same snapshot, finished");
+
+        let restored =
+            until_answered(&mut b, &volume_req(&format!("r{n}"), "local", 100 << 20, Some(&snap.snapshot_id)))
+                .await
+                .unwrap_or_else(|e| panic!("{point}: restore: {e:?}"));
+        let paths = stage_publish(&mut b, &dir_b, &restored.volume_id, &format!("r{n}"), rwo()).await;
+        assert_eq!(tree_sums(&paths.target), before, "{point}");
+        unpublish_unstage(&mut b, &restored.volume_id, &paths).await;
+    }
+    let manifests = entries(&archive_dir(&g).join("manifests"));
+    assert_eq!(manifests.len(), 3, "one manifest a snapshot, none twice: {manifests:?}");
+    a.stop();
+    b.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_that_goes_away_mid_copy_is_unavailable_and_the_snapshot_not_ready() {
+    let test = "an_export_that_goes_away_mid_copy_is_unavailable_and_the_snapshot_not_ready";
+    let scratch = Scratch::new();
+    if !require_root(test) {
+        return;
+    }
+    if !cfg!(feature = "failpoints") {
+        println!("SKIPPED: {test}: needs the failpoints feature");
+        return;
+    }
+    let Some(mut g) = Ganesha::start(scratch.path(), test) else { return };
+    let dir_a = scratch.path().join("node-a");
+    let mut a = node(dir_a.clone(), &node_config(&dir_a, &g, &hostpath_line(&dir_a.join("pool"))), "node-a").await;
+    let vol = a.controller.create_volume(volume_req("data", "local", 100 << 20, None)).await.expect("create");
+    let vol = vol.into_inner().volume.expect("volume").volume_id;
+    let paths = stage_publish(&mut a, &dir_a, &vol, "writer", rwo()).await;
+    fs::write(paths.target.join("a"), noise(1, 2 << 20)).unwrap();
+    unpublish_unstage(&mut a, &vol, &paths).await;
+    a.stop();
+    a.env = vec![("BERTH_FAILPOINTS".to_string(), "archive.copy.chunk=sleep(20)".to_string())];
+    a.respawn().await;
+    let snap = copied_snapshot(&mut a, &vol, "s").await;
+    assert!(!snap.ready_to_use);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    g.stop();
+
+    // The copy fails; the snapshotter's retry hears why, once, naming the snapshot.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let err = loop {
+        let req = pb::CreateSnapshotRequest {
+            source_volume_id: vol.clone(),
+            name: "s".into(),
+            parameters: [("copyTo".to_string(), "shared".to_string())].into(),
+            ..Default::default()
+        };
+        match a.controller.create_snapshot(req).await {
+            Ok(r) => assert!(!r.into_inner().snapshot.expect("snapshot").ready_to_use, "ready without its copy"),
+            Err(e) => break e,
+        }
+        assert!(Instant::now() < deadline, "the copy did not fail:\n{}", a.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains(&snap.snapshot_id), "{}", err.message());
+    let listed = a
+        .controller
+        .list_snapshots(pb::ListSnapshotsRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(!listed.entries[0].snapshot.as_ref().expect("snapshot").ready_to_use);
+    let err = a
+        .controller
+        .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() })
+        .await
+        .expect_err("its copy cannot be deleted while the export is away");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(metric(&a, "berth_snapshot_copies_failed_total"), 1.0);
+    a.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_export_is_resource_exhausted_and_the_retry_copies_once_there_is_room() {
+    let test = "a_full_export_is_resource_exhausted_and_the_retry_copies_once_there_is_room";
+    let scratch = Scratch::new();
+    if !require_root(test) {
+        return;
+    }
+    // The export is a directory of a 32 MiB filesystem; the volume holds 40 MiB.
+    let Some(small) = FsImage::new(&scratch, test, "ext4", "32M") else { return };
+    let Some(g) = Ganesha::start(&small.mount, test) else { return };
+    let dir_a = scratch.path().join("node-a");
+    let mut a = node(dir_a.clone(), &node_config(&dir_a, &g, &hostpath_line(&dir_a.join("pool"))), "node-a").await;
+    let vol = a.controller.create_volume(volume_req("data", "local", 100 << 20, None)).await.expect("create");
+    let vol = vol.into_inner().volume.expect("volume").volume_id;
+    let paths = stage_publish(&mut a, &dir_a, &vol, "writer", rwo()).await;
+    for i in 0..5 {
+        fs::write(paths.target.join(format!("f{i}")), noise(i, 8 << 20)).unwrap();
+    }
+    let snap = copied_snapshot(&mut a, &vol, "s").await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let err = loop {
+        let req = pb::CreateSnapshotRequest {
+            source_volume_id: vol.clone(),
+            name: "s".into(),
+            parameters: [("copyTo".to_string(), "shared".to_string())].into(),
+            ..Default::default()
+        };
+        match a.controller.create_snapshot(req).await {
+            Ok(r) => assert!(!r.into_inner().snapshot.expect("snapshot").ready_to_use, "ready without its copy"),
+            Err(e) => break e,
+        }
+        assert!(Instant::now() < deadline, "the copy did not fail:\n{}", a.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains(&snap.snapshot_id), "{}", err.message());
+
+    // Room is made (the volume shrinks to what fits), and a new snapshot copies whole.
+    for i in 1..5 {
+        fs::remove_file(paths.target.join(format!("f{i}"))).unwrap();
+    }
+    unpublish_unstage(&mut a, &vol, &paths).await;
+    a.controller
+        .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() })
+        .await
+        .expect("delete the snapshot whose copy failed");
+    let snap = until_copied(&mut a, &vol, "s2").await;
+    assert!(snap.ready_to_use);
+    a.stop();
+}

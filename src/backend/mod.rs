@@ -138,6 +138,9 @@ pub struct PoolInfo {
     /// background and answers their calls within a bounded time (NFS: every byte crosses
     /// the network).
     pub background_copies: bool,
+    /// The pool holds snapshot copies only (see [`crate::archive`]): no volume is made
+    /// in it, and a node does not announce itself to it.
+    pub copies_only: bool,
 }
 
 impl PoolInfo {
@@ -153,6 +156,7 @@ impl PoolInfo {
             default_fs: None,
             grows_within_device: false,
             background_copies: false,
+            copies_only: false,
         }
     }
 

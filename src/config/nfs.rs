@@ -35,6 +35,10 @@ pub struct NfsPool {
     /// Whether pods may ask for inline ephemeral volumes in this pool (off unless set).
     #[serde(default)]
     pub ephemeral: bool,
+    /// The pool only receives snapshot copies of node-local volumes (a class's `copyTo`):
+    /// the node-local driver lists it for that, and refuses to make volumes in it.
+    #[serde(default)]
+    pub copies_only: bool,
 }
 
 /// An NFS server's host name or IP address, as mount(2) and the userspace client take it.

@@ -43,6 +43,10 @@ pub mod label {
     pub const ENCRYPTION: &str = "berth.csi.io/encryption";
 }
 
+/// How long a deletion's sweep waits for copies in progress before leaving the chunks to
+/// the next sweep: a DeleteSnapshot call never waits for a copy of another snapshot.
+const SWEEP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Data bytes between two progress lines of a long copy.
 const PROGRESS_EVERY: u64 = 256 << 20;
 
@@ -456,20 +460,29 @@ impl Engine {
         self.await_volume(&req.name, &target, &job)
     }
 
-    /// Deletes a snapshot's copy from its shared pool: its manifest, then the chunks no
-    /// other manifest needs. A copy already gone is success.
+    /// Deletes a snapshot's copy from its shared pool: its manifest (then the copy is
+    /// gone: nothing restores from it), then, as far as it can without waiting for copies
+    /// in progress, the chunks no other manifest needs. Chunks a sweep could not reach
+    /// now are garbage the next deletion's sweep removes. A copy already gone is success.
     pub(super) fn delete_copy(&self, snapshot: &str, pool: &str, manifest: &str) -> Result<()> {
         let what = format!("deleting the copy of snapshot {snapshot} from pool {pool}");
         let target = self.pool(pool)?.clone();
         let store = open_store(&target, &what)?;
-        match archive::gc::delete(store.as_ref(), manifest, archive::lease::Timing::default()) {
-            Ok(report) => {
-                tracing::info!(snapshot.id = %snapshot, pool, manifest, ?report, "snapshot copy deleted");
-                Ok(())
-            }
-            Err(archive::Error::ManifestMissing { .. }) => Ok(()),
-            Err(e) => Err(archive_err(what)(e)),
+        archive::check_name("manifest", manifest).map_err(archive_err(what.clone()))?;
+        let removed = store.remove_file(archive::store::Area::Manifests, manifest).map_err(archive_err(what))?;
+        super::failpoint("archive.delete.manifest-removed")?;
+        tracing::info!(snapshot.id = %snapshot, pool, manifest, removed, "snapshot copy deleted");
+        let timing = archive::lease::Timing { give_up_after: SWEEP_WAIT, ..archive::lease::Timing::default() };
+        match archive::gc::collect(store.as_ref(), timing) {
+            Ok(report) => tracing::info!(
+                pool,
+                removed = report.chunks_removed,
+                kept = report.chunks_kept,
+                "swept chunks no copy needs"
+            ),
+            Err(e) => tracing::warn!(pool, error = %e, "chunks no copy needs are left for the next sweep"),
         }
+        Ok(())
     }
 }
 

@@ -250,6 +250,10 @@ impl Engine {
                 pool: name.to_string(),
                 refusal: "is node-local: each node's berth provisions it (csi-provisioner --node-deployment), not the central controller",
             }),
+            Some(name) if self.pools.get(name).is_some_and(|p| p.info().copies_only) => Err(Error::PoolRefuses {
+                pool: name.to_string(),
+                refusal: "holds snapshot copies only (copiesOnly): a VolumeSnapshotClass's copyTo names it, a StorageClass cannot",
+            }),
             Some(name) => self.pools.get(name).ok_or_else(|| {
                 self.missing_pool(
                     name,
@@ -263,8 +267,13 @@ impl Engine {
                 let name = self.unavailable.keys().next().map_or("", String::as_str);
                 Err(self.missing_pool(name, Error::BadRequest("no pools are configured".into())))
             }
-            None if self.pools.len() == 1 && self.remote_pools.is_empty() => {
-                self.pools.values().next().ok_or_else(|| Error::BadRequest("no pools are configured".into()))
+            None if self.pools.values().filter(|p| !p.info().copies_only).count() == 1
+                && self.remote_pools.is_empty() =>
+            {
+                self.pools
+                    .values()
+                    .find(|p| !p.info().copies_only)
+                    .ok_or_else(|| Error::BadRequest("no pools are configured".into()))
             }
             None if self.pools.is_empty() && self.remote_pools.len() == 1 => Err(Error::PoolRefuses {
                 pool: self.remote_pools.iter().next().cloned().unwrap_or_default(),

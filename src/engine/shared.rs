@@ -42,6 +42,8 @@ impl Engine {
         let mut pending = self.shared_sync.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (pool, shared) in self.shared_pools() {
             match placement {
+                // Nothing is mounted from a pool of copies: no node to announce.
+                Placement::OnNode if pool.info().copies_only => {}
                 Placement::OnNode => Arc::clone(shared).register_node(&self.node_id),
                 Placement::Central => {
                     pending.insert(pool.name().to_string());

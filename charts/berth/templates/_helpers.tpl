@@ -74,6 +74,21 @@ map of repository, tag and digest. */}}
 {{- toYaml (dict "pools" $pools) }}
 {{- end }}
 
+{{/*
+The local driver's configured pools: its own, then the nfs pools of snapshots.copyPools,
+marked copiesOnly (snapshot copies go there; no volume is made in them).
+*/}}
+{{- define "berth.localConfigPools" -}}
+{{- $pools := (include "berth.localPools" . | fromYaml).pools }}
+{{- $copyPools := .Values.snapshots.copyPools | default list }}
+{{- range .Values.pools }}
+{{- if and (eq .type "nfs") (has .name $copyPools) }}
+{{- $pools = append $pools (merge (dict "copiesOnly" true) (omit . "ephemeral")) }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "pools" $pools) }}
+{{- end }}
+
 {{- define "berth.nfsPools" -}}
 {{- $pools := list }}
 {{- range .Values.pools }}
@@ -320,6 +335,24 @@ start or a StorageClass that can never provision.
 {{- end }}
 {{- if and .Values.local.enabled .Values.nfs.enabled (eq (trimSuffix "/" .Values.local.stateDir) (trimSuffix "/" .Values.nfs.stateDir)) }}
 {{- fail "berth: local.stateDir and nfs.stateDir must differ: each driver keeps its own records" }}
+{{- end }}
+{{- range .Values.snapshots.copyPools }}
+{{- $name := . }}
+{{- $found := false }}
+{{- range $nfs }}{{ if eq .name $name }}{{ $found = true }}{{ end }}{{ end }}
+{{- if not $found }}
+{{- fail (printf "berth: snapshots.copyPools names %q, which is not a pool of type nfs in `pools`" $name) }}
+{{- end }}
+{{- end }}
+{{- range .Values.volumeSnapshotClasses }}
+{{- if .copyTo }}
+{{- if ne .driver "local" }}
+{{- fail (printf "berth: VolumeSnapshotClass %s: copyTo is for the local driver's snapshots (nfs volumes are on the shared pool already)" .name) }}
+{{- end }}
+{{- if not (has .copyTo ($.Values.snapshots.copyPools | default list)) }}
+{{- fail (printf "berth: VolumeSnapshotClass %s: copyTo %q must be one of snapshots.copyPools" .name .copyTo) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if and .Values.local.enabled (not $local) }}
 {{- fail "berth: local.enabled needs at least one pool of type hostpath, block or device in `pools`" }}

@@ -75,6 +75,7 @@ impl NfsPool {
                 node_local: false,
                 fs_types: super::FS_TYPES,
                 background_copies: true,
+                copies_only: config.copies_only,
                 ..PoolInfo::directories(&config.name, PoolKind::Nfs)
             },
             server: config.server.as_str().to_string(),
