@@ -218,3 +218,24 @@ def test_docs_name_every_drill_metric_and_value():
         assert family in section, f"docs/deployment.md, Restore drill, lacks {family}"
     for key in ("drill.enabled", "drill.schedule", "drill.pool", "drill.latest", "drill.metricsDir"):
         assert key in section, f"docs/deployment.md, Restore drill, lacks {key}"
+
+
+def test_the_alert_example_watches_what_the_drill_writes_and_the_docs_show_it():
+    import yaml
+
+    text = (REPO / "examples" / "drill-alerts.yaml").read_text()
+    header = text.split("apiVersion:")[0]
+    for need in ("drill.enabled", "drill.metricsDir", "PrometheusRule"):
+        assert need in header, f"drill-alerts.yaml does not say it needs {need}"
+    (rule,) = [d for d in yaml.safe_load_all(text) if d]
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    written = set(re.findall(r'"(berth_drill_[a-z_]+)"', (REPO / "src" / "drill.rs").read_text()))
+    for expr in exprs:
+        used = set(re.findall(r"berth_drill_[a-z_]+", expr))
+        assert used and used <= written, expr
+    # docs/deployment.md shows the same rules.
+    docs = DOCS.read_text()
+    section = docs[docs.index("## Restore drill"):docs.index("## Image")]
+    shown = section[section.index("```yaml\napiVersion: monitoring.coreos.com/v1"):]
+    shown = shown[len("```yaml\n"):shown.index("```", 8)]
+    assert yaml.safe_load(shown) == rule
