@@ -223,7 +223,8 @@ pub fn nfs_pool<'a>(config: &'a Config, origin: &str, pool: &str) -> Result<&'a 
 }
 
 /// The manifests to drill, with a failed drill for each manifest that `--latest` could
-/// not read to learn its age (a damaged manifest is a failed copy, whatever its age).
+/// not read to learn its age (a damaged manifest is a failed copy, whatever its age; one
+/// deleted since the listing is left out).
 pub fn pick(store: &dyn ChunkStore, selection: &Selection) -> Result<(Vec<String>, Vec<Drill>), crate::archive::Error> {
     match selection {
         Selection::Named(names) => Ok((names.clone(), Vec::new())),
@@ -238,6 +239,8 @@ pub fn pick(store: &dyn ChunkStore, selection: &Selection) -> Result<(Vec<String
             for name in store.list_files(Area::Manifests)? {
                 match restore::load(store, &name) {
                     Ok(m) => dated.push((m.created, name)),
+                    // Deleted since the listing: not a copy any more.
+                    Err(crate::archive::Error::ManifestMissing { .. }) => {}
                     Err(e) => unreadable.push(Drill {
                         manifest: name,
                         failure: Some(format!("cannot be read to learn its age: {e}")),
@@ -300,8 +303,32 @@ fn prepare(args: &DrillArgs) -> Result<(Box<dyn ChunkStore>, Selection, Scratch)
     Ok((store, selection, scratch))
 }
 
-/// Runs the drill the arguments ask for; `report` sees each copy's result as it comes.
-pub fn run(args: &DrillArgs, report: &mut dyn FnMut(&Drill)) -> Outcome {
+/// Drills `names` in turn, reporting each result as it comes. A copy found by listing the
+/// store (`listed`) whose drill failed and whose manifest is gone by then was deleted
+/// meanwhile (a deletion removes the manifest first, then the chunks only it needed): it
+/// is left out, with a SKIP line, rather than failed. A copy asked for by name fails.
+pub fn drill_each(
+    store: &dyn ChunkStore,
+    names: &[String],
+    listed: bool,
+    scratch: &Path,
+    report: &mut dyn FnMut(&str),
+) -> Vec<Drill> {
+    let mut drills = Vec::new();
+    for name in names {
+        let drill = restore::verify(store, name, scratch);
+        if listed && !drill.passed() && matches!(store.read_file(Area::Manifests, name), Ok(None)) {
+            report(&format!("SKIP {name}: deleted from the store while it was drilled"));
+            continue;
+        }
+        report(&drill.to_string());
+        drills.push(drill);
+    }
+    drills
+}
+
+/// Runs the drill the arguments ask for; `report` sees each copy's line as it comes.
+pub fn run(args: &DrillArgs, report: &mut dyn FnMut(&str)) -> Outcome {
     let start = Instant::now();
     let mut outcome = Outcome {
         pool: args.pool.clone(),
@@ -315,14 +342,11 @@ pub fn run(args: &DrillArgs, report: &mut dyn FnMut(&Drill)) -> Outcome {
         let (names, unreadable) = pick(store.as_ref(), &selection)
             .map_err(|e| Error::Store { pool: args.pool.clone(), source: Box::new(e) })?;
         for drill in unreadable {
-            report(&drill);
+            report(&drill.to_string());
             outcome.drills.push(drill);
         }
-        for name in names {
-            let drill = restore::verify(store.as_ref(), &name, &scratch.path);
-            report(&drill);
-            outcome.drills.push(drill);
-        }
+        let listed = !matches!(selection, Selection::Named(_));
+        outcome.drills.extend(drill_each(store.as_ref(), &names, listed, &scratch.path, report));
         Ok(())
     });
     outcome.error = checked.err().map(|e| e.to_string());
@@ -338,8 +362,8 @@ pub fn main(args: &DrillArgs) -> bool {
             "berth drill: not running as root: restoring a file owned by another user, or a device node, will fail"
         );
     }
-    let outcome = run(args, &mut |drill| {
-        println!("{drill}");
+    let outcome = run(args, &mut |line| {
+        println!("{line}");
         let _ = std::io::stdout().flush();
     });
     if let Some(e) = &outcome.error {
@@ -473,6 +497,31 @@ berth_drill_bytes{pool=\"shared\"} 120
         let none = Config::load(None).expect("default");
         let err = nfs_pool(&none, "<embedded default>", "default").expect_err("no nfs").to_string();
         assert!(err.ends_with("it has no NFS pool"), "{err}");
+    }
+
+    #[test]
+    fn a_listed_copy_deleted_meanwhile_is_skipped_and_a_named_one_fails() {
+        use crate::archive::store::DirStore;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DirStore::open(&dir.path().join("store")).expect("store");
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).expect("mkdir");
+        std::fs::write(src.join("f"), b"data").expect("write");
+        crate::archive::copy::copy_tree(&store, "snap-kept", &src, &crate::archive::copy::CopyOptions::default())
+            .expect("copy");
+        let scratch = dir.path().join("scratch");
+        std::fs::create_dir(&scratch).expect("mkdir");
+        // "snap-gone" was listed, then deleted before its turn.
+        let names = ["snap-gone".to_string(), "snap-kept".to_string()];
+        let mut lines = Vec::new();
+        let drills = drill_each(&store, &names, true, &scratch, &mut |l| lines.push(l.to_string()));
+        assert_eq!(drills.len(), 1);
+        assert!(drills[0].passed(), "{}", drills[0]);
+        assert_eq!(lines[0], "SKIP snap-gone: deleted from the store while it was drilled");
+        assert!(lines[1].starts_with("PASS snap-kept: "), "{}", lines[1]);
+        let drills = drill_each(&store, &names, false, &scratch, &mut |_| {});
+        assert_eq!(drills.len(), 2);
+        assert!(drills[0].to_string().contains("does not exist in the store"), "{}", drills[0]);
     }
 
     #[test]
