@@ -13,6 +13,7 @@ pub mod config;
 pub mod crypt;
 pub mod csi;
 pub mod doctor;
+pub mod drill;
 pub mod durable;
 pub mod engine;
 pub mod failpoint;

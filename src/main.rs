@@ -1,5 +1,5 @@
 //! The berth command line: `berth serve`, `berth doctor`, `berth salvage`, `berth csi`,
-//! `berth bench`, `berth version`.
+//! `berth bench`, `berth drill`, `berth version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +37,10 @@ enum Command {
     Csi(berth::client::CsiArgs),
     /// Benchmark any CSI driver's socket: provisioning at scale, attach cycles, snapshots, footprint.
     Bench(berth::bench::BenchArgs),
+    /// Restore drill: restore snapshot copies from an NFS pool's store into a scratch
+    /// directory, check every chunk and byte, print PASS or FAIL per copy; exits non-zero
+    /// unless every copy passed.
+    Drill(berth::drill::DrillArgs),
     /// Print berth's version.
     Version,
 }
@@ -203,6 +207,10 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+        Command::Drill(args) => {
+            init_logging("warn", LogFormat::Human);
+            if berth::drill::main(&args) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,

@@ -123,6 +123,23 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], str, str]] = {
         "prod",
         "storage",
     ),
+    "nfs-drill": (
+        {
+            "local": {"enabled": False},
+            "nfs": {"enabled": True},
+            "pools": [NFS_POOL],
+            "drill": {
+                "enabled": True,
+                "metricsDir": "/var/lib/node-exporter/textfile",
+                "scratchSizeLimit": "20Gi",
+                "nodeSelector": {"kubernetes.io/hostname": "storage-1"},
+                "tolerations": [{"key": "storage", "operator": "Exists", "effect": "NoSchedule"}],
+            },
+            "imagePullSecrets": [{"name": "registry"}],
+        },
+        "backup",
+        "storage",
+    ),
     "minimal": (
         {
             "local": {"expansion": {"enabled": False}},

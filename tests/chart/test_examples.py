@@ -33,6 +33,8 @@ NEEDS_NFS = {"nfs-shared.yaml"}
 NEEDS_GROUPS = {"group-snapshot.yaml"}
 # Snapshot copies need a shared pool the local driver copies to (snapshots.copyPools).
 NEEDS_COPIES = {"snapshot-copy.yaml"}
+# Alerts on the restore drill need it on (drill.*) and prometheus-operator: test_drill.py.
+NEEDS_DRILL = {"drill-alerts.yaml"}
 # A static PV publishes a directory that exists on one named node: the node is the point.
 NAMES_ITS_NODE = {"static-pv.yaml"}
 # Inline ephemeral volumes are an opt-in of the driver and the pool (off by default).
@@ -61,7 +63,7 @@ def test_readme_lists_every_example_in_this_order():
     positions = [readme.index(phrase) for phrase, _ in ORDER]
     assert positions == sorted(positions), "README.md lists the examples in another order"
     files = {p.name for p in EXAMPLES.glob("*.yaml")}
-    expected = {f for _, f in ORDER} | NEEDS_NFS | NEEDS_GROUPS | NEEDS_COPIES
+    expected = {f for _, f in ORDER} | NEEDS_NFS | NEEDS_GROUPS | NEEDS_COPIES | NEEDS_DRILL
     assert files == expected, files ^ expected
 
 

@@ -3,9 +3,10 @@ schemas, in strict mode (unknown fields are errors), for a current Kubernetes re
 
 kubernetes-validate ships the schemas of Kubernetes' own kinds only. For the custom
 kinds this chart and the examples use:
-- ServiceMonitor is checked against prometheus-operator's published CRD schema, as the
-  typed models of cloudcoil-models-prometheus-operator (generated from that CRD); a
-  field the model does not know is caught by comparing the object with its round trip.
+- ServiceMonitor and PrometheusRule are checked against prometheus-operator's published
+  CRD schemas, as the typed models of cloudcoil-models-prometheus-operator (generated from
+  those CRDs); a field the model does not know is caught by comparing the object with its
+  round trip.
 - VolumeSnapshotClass and VolumeSnapshot, VolumeGroupSnapshotClass and
   VolumeGroupSnapshot have no published schema in any package this machine can install:
   the schema check is reported as SKIPPED by kind, and the fields the snapshot CRDs
@@ -28,6 +29,7 @@ from conftest import EXAMPLES, rendered, skip_notice, strip
 KUBE_VERSION = kv.latest_version()
 SNAPSHOT_KINDS = {"VolumeSnapshotClass", "VolumeSnapshot", "VolumeSnapshotContent"}
 GROUP_SNAPSHOT_KINDS = {"VolumeGroupSnapshotClass", "VolumeGroupSnapshot"}
+PROMETHEUS_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 def test_validates_against_a_current_kubernetes():
@@ -36,12 +38,12 @@ def test_validates_against_a_current_kubernetes():
     print(f"validating against Kubernetes {KUBE_VERSION} (kubernetes-validate {kubernetes_validate.__version__})")
 
 
-def check_service_monitor(obj):
-    from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+def check_prometheus_object(obj):
+    from cloudcoil.models.prometheus_operator import v1
 
-    model = ServiceMonitor.model_validate(obj)
+    model = getattr(v1, obj["kind"]).model_validate(obj)
     back = model.model_dump(by_alias=True, exclude_unset=True, mode="json")
-    assert back == obj, f"ServiceMonitor has fields its CRD does not define:\n{obj}\n!=\n{back}"
+    assert back == obj, f"{obj['kind']} has fields its CRD does not define:\n{obj}\n!=\n{back}"
 
 
 def check_snapshot_object(obj, where):
@@ -85,8 +87,8 @@ def check_group_snapshot_object(obj, where):
 def validate(obj, where):
     obj = strip(obj)
     kind = obj["kind"]
-    if kind == "ServiceMonitor":
-        check_service_monitor(obj)
+    if kind in PROMETHEUS_KINDS:
+        check_prometheus_object(obj)
     elif kind in SNAPSHOT_KINDS:
         check_snapshot_object(obj, where)
     elif kind in GROUP_SNAPSHOT_KINDS:
@@ -126,9 +128,10 @@ def test_example_is_valid(path: pathlib.Path):
 def test_kubernetes_validate_cli_accepts_the_plain_examples(tmp_path):
     """The command-line tool itself, --strict, on every example without custom kinds."""
     files = []
+    custom = SNAPSHOT_KINDS | GROUP_SNAPSHOT_KINDS | PROMETHEUS_KINDS
     for path in EXAMPLE_FILES:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-        if not any(d["kind"] in SNAPSHOT_KINDS for d in docs):
+        if not any(d["kind"] in custom for d in docs):
             files.append(str(path))
     assert files
     result = subprocess.run(

@@ -283,6 +283,14 @@ berth.node.berthContainer). Call with the root context or a dict holding it as "
 {{- end }}
 
 {{/*
+The NFS pool the restore drill checks: drill.pool, or the only nfs pool when it is empty.
+*/}}
+{{- define "berth.drill.pool" -}}
+{{- $nfs := (include "berth.nfsPools" . | fromYaml).pools }}
+{{- if .Values.drill.pool }}{{ .Values.drill.pool }}{{ else if eq (len $nfs) 1 }}{{ (index $nfs 0).name }}{{ end }}
+{{- end }}
+
+{{/*
 Checks that fail the install early with a reason, instead of a berth that refuses to
 start or a StorageClass that can never provision.
 */}}
@@ -359,6 +367,20 @@ start or a StorageClass that can never provision.
 {{- end }}
 {{- if and .Values.nfs.enabled (not $nfs) }}
 {{- fail "berth: nfs.enabled needs at least one pool of type nfs in `pools`" }}
+{{- end }}
+{{- if .Values.drill.enabled }}
+{{- if not .Values.nfs.enabled }}
+{{- fail "berth: drill.enabled needs nfs.enabled: the restore drill checks the snapshot copies kept on an NFS pool" }}
+{{- end }}
+{{- $drillPool := include "berth.drill.pool" . }}
+{{- if not $drillPool }}
+{{- fail (printf "berth: drill.pool must name the NFS pool to drill: the nfs driver has %d pools" (len $nfs)) }}
+{{- end }}
+{{- $found := false }}
+{{- range $nfs }}{{ if eq .name $drillPool }}{{ $found = true }}{{ end }}{{ end }}
+{{- if not $found }}
+{{- fail (printf "berth: drill.pool %q is not an nfs pool of `pools`" $drillPool) }}
+{{- end }}
 {{- end }}
 {{- range $driver, $pools := dict "local" $local "nfs" $nfs }}
 {{- $seen := dict }}
