@@ -577,3 +577,46 @@ async fn a_full_export_is_resource_exhausted_and_the_retry_copies_once_there_is_
     assert!(snap.ready_to_use);
     a.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_to_values_that_cannot_work_are_refused_before_anything_is_recorded() {
+    let test = "copy_to_values_that_cannot_work_are_refused_before_anything_is_recorded";
+    let scratch = Scratch::new();
+    if !require_root(test) {
+        return;
+    }
+    let Some(g) = Ganesha::start(scratch.path(), test) else { return };
+    let dir = scratch.path().join("node-a");
+    let pools = format!("{}{}", hostpath_line(&dir.join("pool")), block_line(&dir.join("images")));
+    let mut a = node(dir.clone(), &node_config(&dir, &g, &pools), "node-a").await;
+    let vol = a.controller.create_volume(volume_req("data", "local", 100 << 20, None)).await.expect("create");
+    let vol = vol.into_inner().volume.expect("volume").volume_id;
+    for (copy_to, code, says) in [
+        ("", Code::InvalidArgument, "names no pool"),
+        ("nowhere", Code::InvalidArgument, "not configured"),
+        ("../shared", Code::InvalidArgument, "not configured"),
+        ("disks", Code::InvalidArgument, "shared (nfs) pool"),
+    ] {
+        let req = pb::CreateSnapshotRequest {
+            source_volume_id: vol.clone(),
+            name: format!("s-{copy_to}"),
+            parameters: [("copyTo".to_string(), copy_to.to_string())].into(),
+            ..Default::default()
+        };
+        let err = a.controller.create_snapshot(req).await.expect_err(copy_to);
+        assert_eq!(err.code(), code, "{copy_to:?}: {err:?}");
+        assert!(err.message().contains(says), "{copy_to:?}: {}", err.message());
+    }
+    let listed = a.controller.list_snapshots(pb::ListSnapshotsRequest::default()).await.expect("list").into_inner();
+    assert!(listed.entries.is_empty(), "nothing recorded: {listed:?}");
+    assert!(!archive_dir(&g).join("manifests").exists() || entries(&archive_dir(&g).join("manifests")).is_empty());
+
+    // A StorageClass cannot make volumes in a pool of copies.
+    a.stop();
+    fs::write(&a.config, node_config(&dir, &g, &pools).replace("mountOptions:", "copiesOnly: true, mountOptions:")).unwrap();
+    a.respawn().await;
+    let err = a.controller.create_volume(volume_req("in-copies", "shared", 1 << 20, None)).await.expect_err("copies only");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("copies only"), "{}", err.message());
+    a.stop();
+}
