@@ -613,9 +613,11 @@ async fn copy_to_values_that_cannot_work_are_refused_before_anything_is_recorded
 
     // A StorageClass cannot make volumes in a pool of copies.
     a.stop();
-    fs::write(&a.config, node_config(&dir, &g, &pools).replace("mountOptions:", "copiesOnly: true, mountOptions:")).unwrap();
+    fs::write(&a.config, node_config(&dir, &g, &pools).replace("mountOptions:", "copiesOnly: true, mountOptions:"))
+        .unwrap();
     a.respawn().await;
-    let err = a.controller.create_volume(volume_req("in-copies", "shared", 1 << 20, None)).await.expect_err("copies only");
+    let err =
+        a.controller.create_volume(volume_req("in-copies", "shared", 1 << 20, None)).await.expect_err("copies only");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("copies only"), "{}", err.message());
     a.stop();
