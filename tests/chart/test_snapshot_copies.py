@@ -73,3 +73,15 @@ def test_values_that_cannot_copy_fail_with_a_reason(values, message):
     with pytest.raises(helm.HelmRenderError) as err:
         render_values(values, api_versions=(SNAPSHOT_API,))
     assert message in str(err.value)
+
+
+def test_the_drill_checks_a_pool_of_copies_with_the_local_configuration():
+    values = copying() | {"nfs": {"enabled": False}, "drill": {"enabled": True, "pool": "shared"}}
+    objects = render(values)
+    (job,) = of_kind(objects, "CronJob")
+    volumes = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
+    config = next(v for v in volumes if v["name"] == "config")
+    assert config["configMap"]["name"] == "berth-local-config"
+    assert local_pools(objects)["shared"]["copiesOnly"] is True
+    args = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--pool=shared" in args or ["--pool", "shared"] == args[args.index("--pool"):args.index("--pool") + 2]

@@ -369,10 +369,11 @@ start or a StorageClass that can never provision.
 {{- fail "berth: nfs.enabled needs at least one pool of type nfs in `pools`" }}
 {{- end }}
 {{- if .Values.drill.enabled }}
-{{- if not .Values.nfs.enabled }}
-{{- fail "berth: drill.enabled needs nfs.enabled: the restore drill checks the snapshot copies kept on an NFS pool" }}
-{{- end }}
 {{- $drillPool := include "berth.drill.pool" . }}
+{{- $copyPool := and .Values.local.enabled (has $drillPool (.Values.snapshots.copyPools | default list)) }}
+{{- if not (or .Values.nfs.enabled $copyPool) }}
+{{- fail "berth: drill.enabled needs nfs.enabled, or drill.pool among snapshots.copyPools: the restore drill checks the snapshot copies kept on an NFS pool" }}
+{{- end }}
 {{- if not $drillPool }}
 {{- fail (printf "berth: drill.pool must name the NFS pool to drill: the nfs driver has %d pools" (len $nfs)) }}
 {{- end }}
