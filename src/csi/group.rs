@@ -50,6 +50,11 @@ impl pb::group_controller_server::GroupController for GroupControllerService {
             req.source_volume_ids.iter().try_for_each(|v| id("source_volume_ids", v))?;
             check_secrets(&req.secrets)?;
             for key in map("parameters", &req.parameters)?.keys() {
+                if key == crate::engine::COPY_TO {
+                    return Err(Status::invalid_argument(format!(
+                        "{key}: group snapshots are not copied to a shared pool; snapshot each volume with a VolumeSnapshotClass that names it"
+                    )));
+                }
                 if !key.starts_with("csi.storage.k8s.io/") {
                     return Err(Status::invalid_argument(format!("unknown group snapshot parameter {key:?}")));
                 }
