@@ -98,3 +98,33 @@ fn copies_to_an_nfs_export_restore_dedup_and_collect() {
         assert!(store.list_files(area).unwrap().is_empty(), "{area:?}");
     }
 }
+
+/// `berth bench --workload archive` against a ganesha this harness starts (the only way
+/// the project starts one): set `BERTH_ARCHIVE_BENCH` to the bench's further arguments,
+/// e.g. `--snapshot-size 1Gi --archive-runs 3`, and run this test with `--nocapture`.
+/// Build it with `--release` for figures worth quoting.
+#[test]
+fn archive_benchmark_on_a_harness_server() {
+    let test = "archive_benchmark_on_a_harness_server";
+    let Ok(args) = std::env::var("BERTH_ARCHIVE_BENCH") else {
+        println!("SKIPPED: {test}: a benchmark, run only when BERTH_ARCHIVE_BENCH holds its arguments");
+        return;
+    };
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(g) = Ganesha::start(scratch.path(), test) else { return };
+    let work = scratch.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["bench", "--workload", "archive", "--archive-nfs"])
+        .arg(format!("127.0.0.1:{}:{}:{}", g.nfs_port, g.mount_port, g.export.display()))
+        .arg("--work-dir")
+        .arg(&work)
+        .args(args.split_whitespace())
+        .output()
+        .expect("run berth bench");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "berth bench failed: {}", String::from_utf8_lossy(&out.stderr));
+}
