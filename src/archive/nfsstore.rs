@@ -13,7 +13,8 @@
 //!   every upload, and only then RENAMEs each into `chunks/ab/` (the server makes a RENAME
 //!   durable before it answers, RFC 1813): a chunk under its name is whole and durable.
 //! - A restore hints the chunks it reads next ([`ChunkStore::read_ahead`]); the store
-//!   LOOKUPs and READs a window of them in two batches.
+//!   READs a window of them in one batch, by the handles its listing of `chunks/` gave
+//!   (a LOOKUP batch first for chunks the listing did not see).
 //!
 //! Small files are written FILE_SYNC; a new one appears whole and only if absent through
 //! LINK of a temporary file.
@@ -44,6 +45,10 @@ pub struct NfsStore {
     flushing: Mutex<()>,
     present: Mutex<Present>,
     ahead: Mutex<HashMap<Hash, Vec<u8>>>,
+    /// The handles of chunks the last listing saw (and this store renamed since), so a
+    /// restore's read-ahead READs them without a LOOKUP. A handle gone stale fails its
+    /// READ, and the ordinary read looks the chunk up again.
+    handles: Mutex<HashMap<Hash, Fh>>,
 }
 
 /// Chunks put and not yet renamed into `chunks/`. Lock order: `uploads`, then `client`.
@@ -160,6 +165,7 @@ impl NfsStore {
             flushing: Mutex::new(()),
             present: Mutex::new(Present::default()),
             ahead: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
         })
     }
 
@@ -283,10 +289,11 @@ impl NfsStore {
         Ok(out)
     }
 
-    /// Every chunk in `chunks/`, listed now.
+    /// Every chunk in `chunks/`, listed now (their handles kept in `handles`).
     fn listing(&self) -> Result<HashSet<Hash>, Error> {
         let mut c = lock(&self.client);
         let mut out = HashSet::new();
+        let mut handles = HashMap::new();
         let prefixes = c.readdirplus(self.top("chunks")?).map_err(nfs_err("list", self.shown("chunks")))?;
         for p in prefixes {
             if p.name.len() != 2 || !p.name.iter().all(u8::is_ascii_hexdigit) {
@@ -306,9 +313,13 @@ impl NfsStore {
             for e in c.readdirplus(&fh).map_err(nfs_err("list", &shown))? {
                 if let Some(hash) = std::str::from_utf8(&e.name).ok().and_then(|n| n.parse().ok()) {
                     out.insert(hash);
+                    if let Some(fh) = e.fh {
+                        handles.insert(hash, fh);
+                    }
                 }
             }
         }
+        *lock(&self.handles) = handles;
         Ok(out)
     }
 }
@@ -366,7 +377,12 @@ impl ChunkStore for NfsStore {
         let mut moved = Vec::new();
         for (u, name) in up.items.iter().zip(&names) {
             match c.rename(&up_dir, name.as_bytes(), &dirs[&u.hash.0[0]], name.as_bytes()) {
-                Ok(()) => moved.push(u.hash),
+                Ok(()) => {
+                    moved.push(u.hash);
+                    if let Some(fh) = &u.fh {
+                        lock(&self.handles).insert(u.hash, fh.clone());
+                    }
+                }
                 Err(e) => {
                     first = Some(nfs_err("rename chunk", self.upload_shown(&u.hash))(e));
                     break;
@@ -409,6 +425,10 @@ impl ChunkStore for NfsStore {
     }
 
     fn read_ahead(&self, chunks: &[ChunkRef]) -> usize {
+        if lock(&self.handles).is_empty() {
+            // One listing gives every chunk's handle: far cheaper than a LOOKUP each.
+            let _ = self.listing();
+        }
         let mut c = lock(&self.client);
         let limit = c.io_size.max(4096) as usize;
         let window: Vec<&ChunkRef> = chunks.iter().take(READ_AHEAD).collect();
@@ -424,8 +444,19 @@ impl ChunkStore for NfsStore {
         if wanted.len() < 2 {
             return 0;
         }
+        let mut files = Vec::new();
+        let mut unknown = Vec::new();
+        {
+            let handles = lock(&self.handles);
+            for h in wanted {
+                match handles.get(&h) {
+                    Some(fh) => files.push((h, fh.clone())),
+                    None => unknown.push(h),
+                }
+            }
+        }
         let mut dirs = HashMap::new();
-        for h in &wanted {
+        for h in &unknown {
             if let std::collections::hash_map::Entry::Vacant(v) = dirs.entry(h.0[0]) {
                 match self.prefix(&mut c, h, false) {
                     Ok(Some(fh)) => {
@@ -435,12 +466,11 @@ impl ChunkStore for NfsStore {
                 }
             }
         }
-        let names: Vec<String> = wanted.iter().map(Hash::to_string).collect();
+        let names: Vec<String> = unknown.iter().map(Hash::to_string).collect();
         let lookups: Vec<(&Fh, &[u8])> =
-            wanted.iter().zip(&names).map(|(h, n)| (&dirs[&h.0[0]], n.as_bytes())).collect();
+            unknown.iter().zip(&names).map(|(h, n)| (&dirs[&h.0[0]], n.as_bytes())).collect();
         let Ok(found) = c.lookup_many(&lookups) else { return 0 };
-        let mut files = Vec::new();
-        for (h, r) in wanted.iter().zip(found) {
+        for (h, r) in unknown.iter().zip(found) {
             if let Ok(Some(fh)) = r {
                 files.push((*h, fh));
             }
@@ -486,6 +516,7 @@ impl ChunkStore for NfsStore {
         if let Some(listed) = lock(&self.present).listed.as_mut() {
             listed.remove(hash);
         }
+        lock(&self.handles).remove(hash);
         found(removed, "remove chunk", self.shown(format!("chunks/{}/{name}", &name[..2])))
     }
 
