@@ -98,3 +98,182 @@ fn copies_to_an_nfs_export_restore_dedup_and_collect() {
         assert!(store.list_files(area).unwrap().is_empty(), "{area:?}");
     }
 }
+
+/// `berth bench --workload archive` against a ganesha this harness starts (the only way
+/// the project starts one): set `BERTH_ARCHIVE_BENCH` to the bench's further arguments,
+/// e.g. `--snapshot-size 1Gi --archive-runs 3`, and run this test with `--nocapture`.
+/// Build it with `--release` for figures worth quoting; `BERTH_ARCHIVE_BENCH_BIN` names
+/// another build of berth to run instead (the one before a change, for a pair). The export, the image and the
+/// restore are on one ext4 filesystem in an image file in memory (tmpfs): the figures do
+/// not depend on a shared disk's other writers, nor fail when it fills up.
+#[test]
+fn archive_benchmark_on_a_harness_server() {
+    let test = "archive_benchmark_on_a_harness_server";
+    let Ok(args) = std::env::var("BERTH_ARCHIVE_BENCH") else {
+        println!("SKIPPED: {test}: a benchmark, run only when BERTH_ARCHIVE_BENCH holds its arguments");
+        return;
+    };
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let dir = scratch.path().to_str().unwrap();
+    common::sh("mount", &["-t", "tmpfs", "-o", "size=16g", "berth-bench", dir]);
+    let Some(fs) = common::FsImage::new(&scratch, test, "ext4", "14G") else { return };
+    let Some(g) = Ganesha::start(&fs.mount, test) else { return };
+    let work = fs.mount.join("work");
+    fs::create_dir_all(&work).unwrap();
+    let bin = std::env::var("BERTH_ARCHIVE_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_berth").into());
+    let out = std::process::Command::new(bin)
+        .args(["bench", "--workload", "archive", "--archive-nfs"])
+        .arg(format!("127.0.0.1:{}:{}:{}", g.nfs_port, g.mount_port, g.export.display()))
+        .arg("--work-dir")
+        .arg(&work)
+        .args(args.split_whitespace())
+        .output()
+        .expect("run berth bench");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "berth bench failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn endpoint(g: &Ganesha) -> berth::nfs::Endpoint {
+    berth::nfs::Endpoint {
+        host: "127.0.0.1".into(),
+        export: g.export.display().to_string(),
+        nfs_port: Some(g.nfs_port),
+        mount_port: Some(g.mount_port),
+        timeout: Duration::from_secs(10),
+        auth: berth::nfs::rpc::AuthSys { machine: "test".into(), uid: 0, gid: 0 },
+    }
+}
+
+fn nfs_store(g: &Ganesha) -> NfsStore {
+    let client = berth::nfs::Client::connect(&endpoint(g)).expect("connect");
+    NfsStore::open(client, &[b"archive", b"pool-a"], "127.0.0.1").expect("open the NFS store")
+}
+
+/// An NFS store learns which chunks exist from one listing per copy. A collection by
+/// another process removes chunks; the next copy through the store that listed them
+/// before must not take them as present (its lease makes it list again): every chunk
+/// travels again and the copy restores.
+#[test]
+fn a_listing_from_before_a_collection_is_not_trusted_by_the_next_copy() {
+    let test = "a_listing_from_before_a_collection_is_not_trusted_by_the_next_copy";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(g) = Ganesha::start(scratch.path(), test) else { return };
+    let timing =
+        Timing { stale_after: Duration::from_millis(500), poll: Duration::from_millis(10), ..Timing::default() };
+    let opts = CopyOptions { timing, ..CopyOptions::default() };
+    let src = scratch.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), noise(7, 1 << 20)).unwrap();
+
+    let store = nfs_store(&g);
+    let first = copy_tree(&store, "one", &src, &opts).expect("first copy");
+    assert!(first.chunks_new > 50, "{first:?}");
+    // Another process (another store, another connection) deletes the copy: its chunks go.
+    let other = nfs_store(&g);
+    let report = gc::delete(&other, "one", timing).expect("delete");
+    assert_eq!(report.chunks_removed, first.chunks_new, "{report:?}");
+
+    let again = copy_tree(&store, "two", &src, &opts).expect("copy again");
+    assert_eq!(again.chunks_new, first.chunks_new, "every chunk must travel again: {again:?}");
+    let drill = verify(&other, "two", scratch.path());
+    assert!(drill.passed(), "{drill}");
+}
+
+/// A chunk listing longer than one READDIRPLUS reply: 3,000 chunks, some prefix
+/// directories far fuller than one page, listed whole, each once.
+#[test]
+fn a_chunk_listing_spans_many_readdirplus_pages() {
+    let test = "a_chunk_listing_spans_many_readdirplus_pages";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(g) = Ganesha::start(scratch.path(), test) else { return };
+    let store = nfs_store(&g);
+    let local = DirStore::open(&g.export.join("archive/pool-a")).unwrap();
+    let mut want = std::collections::HashSet::new();
+    for i in 0..3000u32 {
+        let data = i.to_le_bytes();
+        let hash = berth::archive::Hash::of(&data);
+        local.put_chunk(&hash, &data).unwrap();
+        want.insert(hash);
+    }
+    local.flush().unwrap();
+    // 2,000 more names in one prefix directory (a listing is of names; these are
+    // not the hashes of their content, which no listing reads).
+    let crowded = g.export.join("archive/pool-a/chunks/00");
+    fs::create_dir_all(&crowded).unwrap();
+    for i in 0..2000u32 {
+        let hash = berth::archive::Hash::of(format!("crowd {i}").as_bytes());
+        fs::write(crowded.join(hash.to_string()), b"x").unwrap();
+        want.insert(hash);
+    }
+    let listed = store.list_chunks().expect("list");
+    assert_eq!(listed.len(), want.len(), "each chunk once");
+    assert_eq!(listed.into_iter().collect::<std::collections::HashSet<_>>(), want);
+}
+
+/// The server goes away with a batch of chunks sent and more queued: the flush fails
+/// naming what it was doing, and nothing is committed: no chunk under its name, no
+/// manifest.
+#[test]
+fn a_connection_lost_mid_batch_fails_precisely_and_commits_nothing() {
+    let test = "a_connection_lost_mid_batch_fails_precisely_and_commits_nothing";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(mut g) = Ganesha::start(scratch.path(), test) else { return };
+    let store = nfs_store(&g);
+    let chunks: Vec<Vec<u8>> = (0..700u32).map(|i| noise(u64::from(i), 4096)).collect();
+    // More than one batch: the first is sent (created and written), the rest queued.
+    for data in &chunks {
+        assert!(store.put_chunk(&berth::archive::Hash::of(data), data).expect("put"));
+    }
+    g.stop();
+    let err = store.flush().expect_err("the server is gone");
+    let text = err.to_string();
+    assert!(text.contains("127.0.0.1") && text.contains("archive/pool-a"), "{text}");
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    let local = DirStore::open(&g.export.join("archive/pool-a")).unwrap();
+    assert!(local.list_chunks().unwrap().is_empty(), "a chunk reached its name");
+    assert!(local.list_files(Area::Manifests).unwrap().is_empty());
+    let uploads = fs::read_dir(g.export.join("archive/pool-a/uploads")).unwrap().count();
+    assert_eq!(uploads, 1, "the sent batch waits in its upload directory for a collection");
+}
+
+/// A restore reads chunks by the handles a listing gave. A chunk replaced since (removed
+/// and written again: a new file) leaves an old handle, which the server answers as stale
+/// (the chunk is then read again by name) or from the removed file; either way the
+/// restore succeeds, every chunk checked against its hash.
+#[test]
+fn a_chunk_replaced_after_the_listing_is_read_again_by_name() {
+    let test = "a_chunk_replaced_after_the_listing_is_read_again_by_name";
+    if !require_root(test) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(g) = Ganesha::start(scratch.path(), test) else { return };
+    let store = nfs_store(&g);
+    let src = scratch.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), noise(9, 1 << 20)).unwrap();
+    copy_tree(&store, "one", &src, &CopyOptions::default()).expect("copy");
+    let reader = nfs_store(&g);
+    restore(&reader, "one", &scratch.path().join("out-1")).expect("first restore");
+    let local = DirStore::open(&g.export.join("archive/pool-a")).unwrap();
+    for c in load(&reader, "one").unwrap().chunks().take(20) {
+        let path = local.chunk_path(&c.hash);
+        let bytes = fs::read(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, &bytes).unwrap();
+    }
+    restore(&reader, "one", &scratch.path().join("out-2")).expect("restore after the chunks were replaced");
+    assert_eq!(fs::read(scratch.path().join("out-2/f")).unwrap(), fs::read(src.join("f")).unwrap());
+}

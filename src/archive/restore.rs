@@ -177,7 +177,12 @@ fn write_data(
 ) -> Result<(), Error> {
     let mut ranges = data.ranges.iter();
     let (mut off, mut left) = (0u64, 0u64);
-    for c in &data.chunks {
+    let mut ahead = 0;
+    for (i, c) in data.chunks.iter().enumerate() {
+        if ahead == 0 {
+            ahead = store.read_ahead(&data.chunks[i..]).max(1);
+        }
+        ahead -= 1;
         let bytes = store.read_chunk(&c.hash, c.len as usize, manifest)?;
         let mut rest = &bytes[..];
         while !rest.is_empty() {

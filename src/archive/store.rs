@@ -8,6 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::manifest::ChunkRef;
 use super::{Error, Hash, io_err};
 
 /// The areas of small named files a store keeps beside its chunks.
@@ -45,11 +46,25 @@ pub trait ChunkStore: Send + Sync {
     fn put_chunk(&self, hash: &Hash, data: &[u8]) -> Result<bool, Error>;
     /// Makes every chunk put so far durable and visible under its name.
     fn flush(&self) -> Result<(), Error>;
-    /// Whether chunk `hash` is stored (and flushed).
+    /// Whether chunk `hash` is stored (and flushed). Asked by copies, which hold a lease:
+    /// a store may answer from a listing of its chunks taken after it last created a file
+    /// in [`Area::Pending`] (a copy's lease), kept up to date with its own flushes and
+    /// removals. That listing stays true while the lease is held: no collection sweeps
+    /// then (see [`super`]), so a chunk listed is still there when the manifest commits.
+    /// A chunk another process stored since is answered absent and written again.
     fn has_chunk(&self, hash: &Hash) -> Result<bool, Error>;
     /// Chunk `hash`'s bytes as stored, unchecked; `None` when absent. At most `limit`
     /// bytes plus one are read, so a chunk longer than expected is seen as such.
     fn read_chunk_raw(&self, hash: &Hash, limit: usize) -> Result<Option<Vec<u8>>, Error>;
+    /// Hints that `chunks` are read next, in this order; returns how many of them (from
+    /// the first) the store fetched ahead, which the caller reads before it hints again.
+    /// What was fetched is served by [`ChunkStore::read_chunk_raw`], unchecked as ever;
+    /// a failure here is not reported (the ordinary read reports it). A store that does not
+    /// read ahead returns 0.
+    fn read_ahead(&self, chunks: &[ChunkRef]) -> usize {
+        let _ = chunks;
+        0
+    }
     /// Every stored chunk's hash, each once, in no particular order.
     fn list_chunks(&self) -> Result<Vec<Hash>, Error>;
     /// Removes chunk `hash`; `false` when it was not there.

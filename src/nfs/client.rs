@@ -19,6 +19,13 @@ const PMAP_PROGRAM: u32 = 100_000;
 pub const PMAP_PORT: u16 = 111;
 const AUTH_NONE: u32 = 0;
 const AUTH_SYS: u32 = 1;
+/// What a READ returns: the data, and whether the file ended there.
+pub type ReadData = (Vec<u8>, bool);
+
+/// Calls a batch ([`Client::write_many`] and the like) keeps in flight on the connection.
+/// There is no RENAME batch: ganesha 4.3 answers some of several RENAMEs in flight a
+/// second late.
+pub const PIPELINE: usize = 32;
 
 /// Where and how to reach an export.
 #[derive(Debug, Clone)]
@@ -191,6 +198,125 @@ impl Client {
         self.nfs
             .call(NFS_PROGRAM, 3, proc, args.bytes())
             .map_err(|source| Error::Rpc { server: self.server.clone(), source })
+    }
+
+    /// Runs `proc` named `name` once per argument list in `args`, [`PIPELINE`] calls in
+    /// flight at a time ([`super::rpc::Transport::call_many`]), and decodes reply `i` with
+    /// `decode(i, reply)`. The outer error is the connection's (the batch failed as a
+    /// whole, the connection is unusable); the inner ones are each call's own.
+    fn op_many<T>(
+        &mut self,
+        name: &'static str,
+        proc: u32,
+        args: &[Enc],
+        decode: impl Fn(usize, &[u8]) -> std::result::Result<T, ReplyError>,
+    ) -> Result<Vec<Result<T>>> {
+        let calls: Vec<(u32, &[u8])> = args.iter().map(|a| (proc, a.bytes())).collect();
+        let replies = self
+            .nfs
+            .call_many(NFS_PROGRAM, 3, &calls, PIPELINE)
+            .map_err(|source| Error::Rpc { server: self.server.clone(), source })?;
+        let mut out = Vec::with_capacity(args.len());
+        for (i, reply) in replies.iter().enumerate() {
+            out.push(decode(i, reply).map_err(|e| match e {
+                ReplyError::Status(status) => Error::Status { proc: name, status },
+                ReplyError::Xdr(e) => self.xdr(e),
+            }));
+        }
+        Ok(out)
+    }
+
+    /// LOOKUP of every `(dir, name)`, pipelined: each one's handle, `None` where absent.
+    pub fn lookup_many(&mut self, names: &[(&Fh, &[u8])]) -> Result<Vec<Result<Option<Fh>>>> {
+        let args: Vec<Enc> = names
+            .iter()
+            .map(|(dir, name)| {
+                let mut e = Enc::new();
+                dirop(&mut e, dir, name);
+                e
+            })
+            .collect();
+        let found = self.op_many("LOOKUP", 3, &args, |_, r| decode::lookup(r))?;
+        Ok(found
+            .into_iter()
+            .map(|r| match r {
+                Ok((fh, _)) => Ok(Some(fh)),
+                Err(e) if e.is_noent() => Ok(None),
+                Err(e) => Err(e),
+            })
+            .collect())
+    }
+
+    /// CREATE (UNCHECKED: an existing file is kept, not truncated) of every name in `dir`,
+    /// pipelined: each new file's handle.
+    pub fn create_many(&mut self, dir: &Fh, names: &[&[u8]], mode: u32) -> Result<Vec<Result<Fh>>> {
+        let args: Vec<Enc> = names
+            .iter()
+            .map(|name| {
+                let mut e = Enc::new();
+                dirop(&mut e, dir, name);
+                e.u32(0);
+                put_sattr(&mut e, &SetAttr { mode: Some(mode), ..SetAttr::default() });
+                e
+            })
+            .collect();
+        let made = self.op_many("CREATE", 8, &args, |_, r| decode::created(r))?;
+        let mut out = Vec::with_capacity(made.len());
+        for (r, name) in made.into_iter().zip(names) {
+            out.push(match r {
+                Ok((Some(fh), _)) => Ok(fh),
+                // A server may leave the handle out; LOOKUP finds it.
+                Ok((None, _)) => self
+                    .lookup(dir, name)?
+                    .map(|(fh, _)| fh)
+                    .ok_or(Error::Status { proc: "CREATE", status: Status::NOENT }),
+                Err(e) => Err(e),
+            });
+        }
+        Ok(out)
+    }
+
+    /// WRITE of every `(file, offset, data)`, pipelined (each `data` at most
+    /// [`Client::io_size`] bytes); FILE_SYNC when `stable`, else UNSTABLE. Each one's count
+    /// of bytes written.
+    pub fn write_many(&mut self, writes: &[(&Fh, u64, &[u8])], stable: bool) -> Result<Vec<Result<u32>>> {
+        let args: Vec<Enc> = writes
+            .iter()
+            .map(|(fh, off, data)| {
+                let mut e = Enc::new();
+                let count = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                e.opaque(&fh.0).u64(*off).u32(count).u32(if stable { 2 } else { 0 }).opaque(data);
+                e
+            })
+            .collect();
+        self.op_many("WRITE", 7, &args, |i, r| decode::write(r, writes[i].2.len()))
+    }
+
+    /// READ of every `(file, offset, count)`, pipelined: each one's data and whether its
+    /// file ended.
+    pub fn read_many(&mut self, reads: &[(&Fh, u64, u32)]) -> Result<Vec<Result<ReadData>>> {
+        let args: Vec<Enc> = reads
+            .iter()
+            .map(|(fh, off, count)| {
+                let mut e = Enc::new();
+                e.opaque(&fh.0).u64(*off).u32(*count);
+                e
+            })
+            .collect();
+        self.op_many("READ", 6, &args, |i, r| decode::read(r, reads[i].2))
+    }
+
+    /// COMMIT of every file, pipelined.
+    pub fn commit_many(&mut self, files: &[&Fh]) -> Result<Vec<Result<()>>> {
+        let args: Vec<Enc> = files
+            .iter()
+            .map(|fh| {
+                let mut e = Enc::new();
+                e.opaque(&fh.0).u64(0).u32(0);
+                e
+            })
+            .collect();
+        self.op_many("COMMIT", 21, &args, |_, r| decode::status(r))
     }
 
     fn xdr(&self, e: XdrError) -> Error {

@@ -9,6 +9,10 @@ use super::decode::{self, Call};
 pub use super::failure::RpcError;
 use super::xdr::Enc;
 
+/// The send and receive buffer sizes of a connection: room for a window of pipelined
+/// calls ([`Transport::call_many`]) and for 1 MiB READs and WRITEs.
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
 /// Reserved ports tried when the process may bind them (servers exporting with `secure`).
 const RESERVED: std::ops::RangeInclusive<u16> = 600..=1023;
 
@@ -76,6 +80,8 @@ impl Transport {
                 Ok(()) => {
                     let stream: TcpStream = socket.into();
                     stream.set_nodelay(true)?;
+                    socket2::SockRef::from(&stream).set_send_buffer_size(SOCKET_BUFFER)?;
+                    socket2::SockRef::from(&stream).set_recv_buffer_size(SOCKET_BUFFER)?;
                     stream.set_read_timeout(Some(timeout))?;
                     stream.set_write_timeout(Some(timeout))?;
                     let xid = std::time::SystemTime::now()
@@ -96,9 +102,7 @@ impl Transport {
         self.stream.local_addr().ok()
     }
 
-    /// Calls `proc` of `prog` version `vers` with XDR-encoded `args`; returns the encoded
-    /// results. Any error leaves the connection unusable: callers drop it.
-    pub fn call(&mut self, prog: u32, vers: u32, proc: u32, args: &[u8]) -> Result<Vec<u8>, RpcError> {
+    fn message(&mut self, prog: u32, vers: u32, proc: u32, args: &[u8]) -> Result<(u32, Vec<u8>), RpcError> {
         self.xid = self.xid.wrapping_add(1);
         let xid = self.xid;
         let mut msg = Enc::new();
@@ -110,10 +114,53 @@ impl Transport {
         bytes.extend_from_slice(args);
         let len = u32::try_from(bytes.len() - 4).map_err(|_| RpcError::TooLarge(bytes.len()))?;
         bytes[..4].copy_from_slice(&(0x8000_0000 | len).to_be_bytes());
-        self.stream.write_all(&bytes)?;
+        Ok((xid, bytes))
+    }
 
+    /// Calls `proc` of `prog` version `vers` with XDR-encoded `args`; returns the encoded
+    /// results. Any error leaves the connection unusable: callers drop it.
+    pub fn call(&mut self, prog: u32, vers: u32, proc: u32, args: &[u8]) -> Result<Vec<u8>, RpcError> {
+        let (xid, bytes) = self.message(prog, vers, proc, args)?;
+        self.stream.write_all(&bytes)?;
         let reply = self.read_record()?;
         decode::rpc_reply(&reply, &Call { xid, prog, vers, proc }).map(<[u8]>::to_vec)
+    }
+
+    /// Calls every `(proc, args)` of `calls` with up to `window` of them in flight, and
+    /// returns their encoded results in call order: one round trip's wait for a window of
+    /// calls instead of one per call. The server may answer in any order (each reply is
+    /// matched to its call by XID). Each call is sent when a reply makes room, from this
+    /// thread; the socket's buffers ([`SOCKET_BUFFER`]) hold a window of the smaller side
+    /// of every NFS call (a WRITE's reply, a READ's request), so neither end can stall the
+    /// other. Any error fails the whole batch and leaves the connection unusable, as in
+    /// [`Transport::call`].
+    pub fn call_many(
+        &mut self,
+        prog: u32,
+        vers: u32,
+        calls: &[(u32, &[u8])],
+        window: usize,
+    ) -> Result<Vec<Vec<u8>>, RpcError> {
+        let mut out = vec![Vec::new(); calls.len()];
+        let mut waiting = std::collections::HashMap::with_capacity(window);
+        let mut next = 0;
+        for _ in 0..calls.len() {
+            while next < calls.len() && waiting.len() < window.max(1) {
+                let (proc, args) = calls[next];
+                let (xid, bytes) = self.message(prog, vers, proc, args)?;
+                self.stream.write_all(&bytes)?;
+                waiting.insert(xid, (next, proc));
+                next += 1;
+            }
+            let reply = self.read_record()?;
+            let got = reply.get(..4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            let Some((i, proc)) = waiting.remove(&got) else {
+                let want = waiting.keys().min().copied().unwrap_or_default();
+                return Err(RpcError::Xid { want, got });
+            };
+            out[i] = decode::rpc_reply(&reply, &Call { xid: got, prog, vers, proc })?.to_vec();
+        }
+        Ok(out)
     }
 
     /// Reads one record. The buffer grows with the bytes that arrive, not with the length
@@ -229,5 +276,66 @@ mod tests {
         assert!(matches!(t.call(1, 1, 1, &[]), Err(RpcError::Io(_))));
         assert!(start.elapsed() < Duration::from_secs(3));
         drop(listener);
+    }
+
+    /// A server that reads `calls` calls, then answers them in `order` (indexes into the
+    /// calls; an index past them answers an XID nobody asked), each reply carrying its
+    /// call's index, and hangs up after `replies` of them.
+    fn serve_batch(calls: usize, order: Vec<usize>, replies: usize) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut xids = Vec::new();
+            for _ in 0..calls {
+                let mut mark = [0u8; 4];
+                if s.read_exact(&mut mark).is_err() {
+                    return;
+                }
+                let mut call = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
+                s.read_exact(&mut call).expect("call");
+                xids.push(u32::from_be_bytes([call[0], call[1], call[2], call[3]]));
+            }
+            for &i in order.iter().take(replies) {
+                let xid = xids.get(i).copied().unwrap_or(7);
+                let mut e = Enc::new();
+                e.u32(xid).u32(1).u32(0).u32(0).opaque(&[]).u32(0).u32(i as u32);
+                let body = e.into_bytes();
+                s.write_all(&(0x8000_0000 | body.len() as u32).to_be_bytes()).expect("write");
+                s.write_all(&body).expect("write");
+            }
+        });
+        addr
+    }
+
+    /// Replies in another order than the calls are matched to their calls by XID.
+    #[test]
+    fn pipelined_replies_in_any_order_reach_their_calls() {
+        let addr = serve_batch(6, vec![5, 0, 3, 1, 4, 2], 6);
+        let mut t = Transport::connect(addr, Duration::from_secs(5), &auth()).expect("connect");
+        let args = [&[][..]; 6];
+        let calls: Vec<(u32, &[u8])> = args.iter().map(|a| (1, *a)).collect();
+        // A window of 6: the server reads every call before it answers one.
+        let out = t.call_many(100003, 3, &calls, 6).expect("batch");
+        for (i, body) in out.iter().enumerate() {
+            assert_eq!(body, &(i as u32).to_be_bytes(), "reply {i}");
+        }
+    }
+
+    /// A reply to no call in flight, or a server that hangs up mid-batch, fails the batch.
+    #[test]
+    fn a_stray_reply_or_a_hang_up_mid_batch_fails_the_batch() {
+        let addr = serve_batch(3, vec![0, 9, 1], 3);
+        let mut t = Transport::connect(addr, Duration::from_secs(5), &auth()).expect("connect");
+        let calls = [(1, &[][..]); 3];
+        assert!(matches!(t.call_many(100003, 3, &calls, 3), Err(RpcError::Xid { got: 7, .. })));
+
+        let addr = serve_batch(4, vec![0, 1, 2, 3], 2);
+        let mut t = Transport::connect(addr, Duration::from_secs(5), &auth()).expect("connect");
+        let calls = [(1, &[][..]); 4];
+        match t.call_many(100003, 3, &calls, 4) {
+            Err(RpcError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
+            other => panic!("{other:?}"),
+        }
     }
 }
