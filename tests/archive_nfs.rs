@@ -240,7 +240,7 @@ fn a_connection_lost_mid_batch_fails_precisely_and_commits_nothing() {
     let err = store.flush().expect_err("the server is gone");
     let text = err.to_string();
     assert!(text.contains("127.0.0.1") && text.contains("archive/pool-a"), "{text}");
-    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
     let local = DirStore::open(&g.export.join("archive/pool-a")).unwrap();
     assert!(local.list_chunks().unwrap().is_empty(), "a chunk reached its name");
     assert!(local.list_files(Area::Manifests).unwrap().is_empty());

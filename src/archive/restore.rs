@@ -141,7 +141,12 @@ pub fn check_chunks(
     let mut seen = std::collections::HashSet::new();
     let (mut chunks, mut bytes) = (0u64, 0u64);
     let mut check = |data: &Data| -> Result<(), Error> {
-        for c in &data.chunks {
+        let mut ahead = 0usize;
+        for (i, c) in data.chunks.iter().enumerate() {
+            if ahead == 0 {
+                ahead = store.read_ahead(&data.chunks[i..]).max(1);
+            }
+            ahead -= 1;
             if seen.insert(c.hash) {
                 store.read_chunk(&c.hash, c.len as usize, &manifest.name)?;
                 chunks += 1;
