@@ -30,7 +30,8 @@ const COPY_WAIT: &str = "copyWaitMs: 0\n";
 
 /// A node: its own directory (socket, config, state) and its pools' lines.
 fn node_config(dir: &Path, g: &Ganesha, local: &str) -> String {
-    let shared = nfs_config(&dir.join("state"), g, &[("shared", "")]);
+    // As the chart gives it to the local driver's nodes (snapshots.copyPools).
+    let shared = nfs_config(&dir.join("state"), g, &[("shared", "copiesOnly: true")]);
     format!("{COPY_WAIT}{shared}{local}")
 }
 
@@ -612,13 +613,15 @@ async fn copy_to_values_that_cannot_work_are_refused_before_anything_is_recorded
     assert!(!archive_dir(&g).join("manifests").exists() || entries(&archive_dir(&g).join("manifests")).is_empty());
 
     // A StorageClass cannot make volumes in a pool of copies.
-    a.stop();
-    fs::write(&a.config, node_config(&dir, &g, &pools).replace("mountOptions:", "copiesOnly: true, mountOptions:"))
-        .unwrap();
-    a.respawn().await;
     let err =
         a.controller.create_volume(volume_req("in-copies", "shared", 1 << 20, None)).await.expect_err("copies only");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("copies only"), "{}", err.message());
+    // A scrape never asks the server of a pool of copies (one that hangs would hold every
+    // scrape for the client's deadline): no capacity for it, the local pool's is there.
+    let (status, body) = http_get(&a.metrics_address(), "/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("berth_pool_capacity_bytes{pool=\"local\""), "{body}");
+    assert!(!body.contains("berth_pool_capacity_bytes{pool=\"shared\""), "{body}");
     a.stop();
 }

@@ -284,7 +284,9 @@ fn write_counters(w: &mut Writer, c: &Counters) {
 
 fn write_pools(w: &mut Writer, engine: &Engine) {
     let mut capacities = Vec::new();
-    for (name, pool) in &engine.pools {
+    // A pool of snapshot copies holds no volume, and asking its server at every scrape
+    // would tie the scrape's time to a backup server's.
+    for (name, pool) in engine.pools.iter().filter(|(_, p)| !p.info().copies_only) {
         match pool.capacity() {
             Ok(c) => capacities.push((name.as_str(), pool.info().kind.as_str(), c)),
             Err(e) => tracing::warn!(pool = %name, error = %e, "pool capacity unavailable for metrics"),
