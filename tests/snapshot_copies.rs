@@ -62,14 +62,63 @@ fn volume_req(name: &str, pool: &str, bytes: i64, snapshot: Option<&str>) -> pb:
     r
 }
 
-async fn copied_snapshot(b: &mut Berth, volume: &str, name: &str) -> pb::Snapshot {
-    let req = pb::CreateSnapshotRequest {
+/// CreateSnapshot of `volume` with a copy to the shared pool.
+fn copy_req(volume: &str, name: &str) -> pb::CreateSnapshotRequest {
+    pb::CreateSnapshotRequest {
         source_volume_id: volume.into(),
         name: name.into(),
         parameters: [("copyTo".to_string(), "shared".to_string())].into(),
         ..Default::default()
-    };
-    b.controller.create_snapshot(req).await.expect("CreateSnapshot").into_inner().snapshot.expect("snapshot")
+    }
+}
+
+async fn copied_snapshot(b: &mut Berth, volume: &str, name: &str) -> pb::Snapshot {
+    b.controller
+        .create_snapshot(copy_req(volume, name))
+        .await
+        .expect("CreateSnapshot")
+        .into_inner()
+        .snapshot
+        .expect("snapshot")
+}
+
+/// A 100 MiB volume in pool `local`.
+async fn data_volume(b: &mut Berth) -> String {
+    let vol = b.controller.create_volume(volume_req("data", "local", 100 << 20, None)).await.expect("create");
+    vol.into_inner().volume.expect("volume").volume_id
+}
+
+/// Writes `files` into `volume` through a stage and publish under `dir`, then unpublishes
+/// and unstages it; what the volume then holds ([`tree_sums`]).
+async fn write_files(b: &mut Berth, dir: &Path, volume: &str, files: &[(&str, Vec<u8>)]) -> BTreeMap<String, String> {
+    let paths = stage_publish(b, dir, volume, "writer", rwo()).await;
+    for (name, data) in files {
+        fs::write(paths.target.join(name), data).unwrap();
+    }
+    let sums = tree_sums(&paths.target);
+    unpublish_unstage(b, volume, &paths).await;
+    sums
+}
+
+/// Retries CreateSnapshot as the snapshotter does while the snapshot is not ready, until
+/// an answer is an error (the copy failed): that error.
+async fn until_copy_fails(b: &mut Berth, volume: &str, name: &str) -> tonic::Status {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match b.controller.create_snapshot(copy_req(volume, name)).await {
+            Ok(r) => assert!(!r.into_inner().snapshot.expect("snapshot").ready_to_use, "ready without its copy"),
+            Err(e) => return e,
+        }
+        assert!(Instant::now() < deadline, "the copy did not fail:\n{}", b.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether ListSnapshots says snapshot `id` is ready to use.
+async fn listed_ready(b: &mut Berth, id: &str) -> bool {
+    let req = pb::ListSnapshotsRequest { snapshot_id: id.into(), ..Default::default() };
+    let listed = b.controller.list_snapshots(req).await.expect("list").into_inner();
+    listed.entries[0].snapshot.as_ref().expect("snapshot").ready_to_use
 }
 
 /// Polls ListSnapshots, as the CO does, until the snapshot is ready to use.
@@ -182,8 +231,7 @@ async fn a_copy_restores_on_another_node_after_the_first_is_gone() {
     let dir_a = scratch.path().join("node-a");
     let mut a =
         node(dir_a.clone(), &node_config(&dir_a, &g, &hostpath_line(&disk_a.mount.join("pool"))), "node-a").await;
-    let vol = a.controller.create_volume(volume_req("data", "local", 100 << 20, None)).await.expect("create");
-    let vol = vol.into_inner().volume.expect("volume").volume_id;
+    let vol = data_volume(&mut a).await;
     let paths = stage_publish(&mut a, &dir_a, &vol, "writer", rwo()).await;
     fill(&paths.target);
     let before = tree_sums(&paths.target);
@@ -277,12 +325,8 @@ async fn a_damaged_copy_is_refused_with_data_loss_naming_the_snapshot() {
     let Some(g) = Ganesha::start(scratch.path(), test) else { return };
     let dir_a = scratch.path().join("node-a");
     let mut a = node(dir_a.clone(), &node_config(&dir_a, &g, &hostpath_line(&dir_a.join("pool"))), "node-a").await;
-    let vol = a.controller.create_volume(volume_req("data", "local", 100 << 20, None)).await.expect("create");
-    let vol = vol.into_inner().volume.expect("volume").volume_id;
-    let paths = stage_publish(&mut a, &dir_a, &vol, "writer", rwo()).await;
-    fs::write(paths.target.join("a"), noise(1, 300 << 10)).unwrap();
-    fs::write(paths.target.join("b"), noise(2, 300 << 10)).unwrap();
-    unpublish_unstage(&mut a, &vol, &paths).await;
+    let vol = data_volume(&mut a).await;
+    write_files(&mut a, &dir_a, &vol, &[("a", noise(1, 300 << 10)), ("b", noise(2, 300 << 10))]).await;
     let snap = copied_snapshot(&mut a, &vol, "s").await;
     let snap = until_ready(&mut a, &snap.snapshot_id).await;
 
@@ -393,13 +437,7 @@ impl WriteAtStart for fs::File {
 async fn until_copied(b: &mut Berth, volume: &str, name: &str) -> pb::Snapshot {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let req = pb::CreateSnapshotRequest {
-            source_volume_id: volume.into(),
-            name: name.into(),
-            parameters: [("copyTo".to_string(), "shared".to_string())].into(),
-            ..Default::default()
-        };
-        match b.controller.create_snapshot(req).await {
+        match b.controller.create_snapshot(copy_req(volume, name)).await {
             Ok(r) => {
                 let s = r.into_inner().snapshot.expect("snapshot");
                 if s.ready_to_use {
@@ -427,12 +465,8 @@ async fn a_copy_killed_at_any_point_is_finished_by_the_retry_after_restart() {
     let Some(g) = Ganesha::start(scratch.path(), test) else { return };
     let dir_a = scratch.path().join("node-a");
     let mut a = node(dir_a.clone(), &node_config(&dir_a, &g, &hostpath_line(&dir_a.join("pool"))), "node-a").await;
-    let vol = a.controller.create_volume(volume_req("data", "local", 100 << 20, None)).await.expect("create");
-    let vol = vol.into_inner().volume.expect("volume").volume_id;
-    let paths = stage_publish(&mut a, &dir_a, &vol, "writer", rwo()).await;
-    fs::write(paths.target.join("a"), noise(1, 600 << 10)).unwrap();
-    let before = tree_sums(&paths.target);
-    unpublish_unstage(&mut a, &vol, &paths).await;
+    let vol = data_volume(&mut a).await;
+    let before = write_files(&mut a, &dir_a, &vol, &[("a", noise(1, 600 << 10))]).await;
 
     let dir_b = scratch.path().join("node-b");
     let mut b = node(dir_b.clone(), &node_config(&dir_b, &g, &hostpath_line(&dir_b.join("pool"))), "node-b").await;
@@ -480,11 +514,8 @@ async fn an_export_that_goes_away_mid_copy_is_unavailable_and_the_snapshot_not_r
     let Some(mut g) = Ganesha::start(scratch.path(), test) else { return };
     let dir_a = scratch.path().join("node-a");
     let mut a = node(dir_a.clone(), &node_config(&dir_a, &g, &hostpath_line(&dir_a.join("pool"))), "node-a").await;
-    let vol = a.controller.create_volume(volume_req("data", "local", 100 << 20, None)).await.expect("create");
-    let vol = vol.into_inner().volume.expect("volume").volume_id;
-    let paths = stage_publish(&mut a, &dir_a, &vol, "writer", rwo()).await;
-    fs::write(paths.target.join("a"), noise(1, 2 << 20)).unwrap();
-    unpublish_unstage(&mut a, &vol, &paths).await;
+    let vol = data_volume(&mut a).await;
+    write_files(&mut a, &dir_a, &vol, &[("a", noise(1, 2 << 20))]).await;
     a.stop();
     a.env = vec![("BERTH_FAILPOINTS".to_string(), "archive.copy.chunk=sleep(20)".to_string())];
     a.respawn().await;
@@ -494,30 +525,10 @@ async fn an_export_that_goes_away_mid_copy_is_unavailable_and_the_snapshot_not_r
     g.stop();
 
     // The copy fails; the snapshotter's retry hears why, once, naming the snapshot.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let err = loop {
-        let req = pb::CreateSnapshotRequest {
-            source_volume_id: vol.clone(),
-            name: "s".into(),
-            parameters: [("copyTo".to_string(), "shared".to_string())].into(),
-            ..Default::default()
-        };
-        match a.controller.create_snapshot(req).await {
-            Ok(r) => assert!(!r.into_inner().snapshot.expect("snapshot").ready_to_use, "ready without its copy"),
-            Err(e) => break e,
-        }
-        assert!(Instant::now() < deadline, "the copy did not fail:\n{}", a.logs());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let err = until_copy_fails(&mut a, &vol, "s").await;
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains(&snap.snapshot_id), "{}", err.message());
-    let listed = a
-        .controller
-        .list_snapshots(pb::ListSnapshotsRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() })
-        .await
-        .expect("list")
-        .into_inner();
-    assert!(!listed.entries[0].snapshot.as_ref().expect("snapshot").ready_to_use);
+    assert!(!listed_ready(&mut a, &snap.snapshot_id).await, "ready without its copy");
     let err = a
         .controller
         .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() })
@@ -540,38 +551,17 @@ async fn a_full_export_is_resource_exhausted_and_the_snapshot_is_never_ready_wit
     let Some(g) = Ganesha::start(&small.mount, test) else { return };
     let dir_a = scratch.path().join("node-a");
     let mut a = node(dir_a.clone(), &node_config(&dir_a, &g, &hostpath_line(&dir_a.join("pool"))), "node-a").await;
-    let vol = a.controller.create_volume(volume_req("data", "local", 100 << 20, None)).await.expect("create");
-    let vol = vol.into_inner().volume.expect("volume").volume_id;
+    let vol = data_volume(&mut a).await;
     let paths = stage_publish(&mut a, &dir_a, &vol, "writer", rwo()).await;
     for i in 0..5 {
         fs::write(paths.target.join(format!("f{i}")), noise(i, 8 << 20)).unwrap();
     }
     let snap = copied_snapshot(&mut a, &vol, "s").await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let err = loop {
-        let req = pb::CreateSnapshotRequest {
-            source_volume_id: vol.clone(),
-            name: "s".into(),
-            parameters: [("copyTo".to_string(), "shared".to_string())].into(),
-            ..Default::default()
-        };
-        match a.controller.create_snapshot(req).await {
-            Ok(r) => assert!(!r.into_inner().snapshot.expect("snapshot").ready_to_use, "ready without its copy"),
-            Err(e) => break e,
-        }
-        assert!(Instant::now() < deadline, "the copy did not fail:\n{}", a.logs());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let err = until_copy_fails(&mut a, &vol, "s").await;
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains(&snap.snapshot_id), "{}", err.message());
 
-    let listed = a
-        .controller
-        .list_snapshots(pb::ListSnapshotsRequest { snapshot_id: snap.snapshot_id.clone(), ..Default::default() })
-        .await
-        .expect("list")
-        .into_inner();
-    assert!(!listed.entries[0].snapshot.as_ref().expect("snapshot").ready_to_use, "ready without its copy");
+    assert!(!listed_ready(&mut a, &snap.snapshot_id).await, "ready without its copy");
 
     // Deleting it leaves no manifest and no lease of the failed copy. (Whether the space
     // comes back at once is the server's business: ganesha may hold deleted files open.)
@@ -596,20 +586,15 @@ async fn copy_to_values_that_cannot_work_are_refused_before_anything_is_recorded
     let dir = scratch.path().join("node-a");
     let pools = format!("{}{}", hostpath_line(&dir.join("pool")), block_line(&dir.join("images")));
     let mut a = node(dir.clone(), &node_config(&dir, &g, &pools), "node-a").await;
-    let vol = a.controller.create_volume(volume_req("data", "local", 100 << 20, None)).await.expect("create");
-    let vol = vol.into_inner().volume.expect("volume").volume_id;
+    let vol = data_volume(&mut a).await;
     for (copy_to, code, says) in [
         ("", Code::InvalidArgument, "names no pool"),
         ("nowhere", Code::InvalidArgument, "not configured"),
         ("../shared", Code::InvalidArgument, "not configured"),
         ("disks", Code::InvalidArgument, "shared (nfs) pool"),
     ] {
-        let req = pb::CreateSnapshotRequest {
-            source_volume_id: vol.clone(),
-            name: format!("s-{copy_to}"),
-            parameters: [("copyTo".to_string(), copy_to.to_string())].into(),
-            ..Default::default()
-        };
+        let mut req = copy_req(&vol, &format!("s-{copy_to}"));
+        req.parameters.insert("copyTo".into(), copy_to.into());
         let err = a.controller.create_snapshot(req).await.expect_err(copy_to);
         assert_eq!(err.code(), code, "{copy_to:?}: {err:?}");
         assert!(err.message().contains(says), "{copy_to:?}: {}", err.message());

@@ -434,15 +434,7 @@ impl Engine {
             pool.delete_volume(&v)?;
             v
         } else {
-            pool.enforcement()?;
-            let room = pool.capacity()?;
-            if size > room.available_bytes {
-                return Err(Error::PoolFull {
-                    pool: format!("{} on node {}", pool.name(), self.node_id),
-                    available: room.available_bytes,
-                    requested: size,
-                });
-            }
+            self.check_room(pool.as_ref(), size)?;
             let mut record = self.new_volume_record(req, pool.as_ref(), size, access, fs_type);
             record.encryption = encryption;
             self.begin_volume(&record)?;

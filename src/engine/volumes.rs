@@ -305,16 +305,7 @@ impl Engine {
         let mut record = if let Some(v) = existing {
             Arc::unwrap_or_clone(v)
         } else {
-            // Refuse before any side effect what cannot succeed.
-            pool.enforcement()?;
-            let room = pool.capacity()?;
-            if size > room.available_bytes {
-                return Err(Error::PoolFull {
-                    pool: format!("{} on node {}", pool.name(), self.node_id),
-                    available: room.available_bytes,
-                    requested: size,
-                });
-            }
+            self.check_room(pool.as_ref(), size)?;
             let mut record = self.new_volume_record(&req, pool.as_ref(), size, access, fs_type);
             // The key's identifier is recorded with the intent, before the key is used.
             let copies_blocks = matches!(pool.info().kind, PoolKind::Block | PoolKind::Device);
@@ -392,6 +383,21 @@ impl Engine {
                 Ok((None, Some(v)))
             }
         }
+    }
+
+    /// Refuses, before any side effect, a new volume of `size` bytes that cannot succeed:
+    /// the pool cannot enforce what it promises, or has no room.
+    pub(super) fn check_room(&self, pool: &dyn Backend, size: u64) -> Result<()> {
+        pool.enforcement()?;
+        let room = pool.capacity()?;
+        if size > room.available_bytes {
+            return Err(Error::PoolFull {
+                pool: format!("{} on node {}", pool.name(), self.node_id),
+                available: room.available_bytes,
+                requested: size,
+            });
+        }
+        Ok(())
     }
 
     /// The intent record of a new volume: phase Creating, a fresh ID and storage key.
