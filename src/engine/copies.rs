@@ -1,5 +1,6 @@
 //! Copies that run in the background: the snapshot cuts, restores and clones of pools
-//! whose copies can take long ([`crate::backend::PoolInfo::background_copies`], NFS).
+//! whose copies can take long ([`crate::backend::PoolInfo::background_copies`], NFS),
+//! and snapshot copies to and restores from shared pools ([`super::archive`]).
 //!
 //! A call that needs such a copy records its intent (phase Creating), hands the copy to a
 //! thread of its own with the locks the copy needs, waits at most
