@@ -29,14 +29,7 @@ fn copies_to_an_nfs_export_restore_dedup_and_collect() {
     }
     let scratch = Scratch::new();
     let Some(g) = Ganesha::start(scratch.path(), test) else { return };
-    let ep = berth::nfs::Endpoint {
-        host: "127.0.0.1".into(),
-        export: g.export.display().to_string(),
-        nfs_port: Some(g.nfs_port),
-        mount_port: Some(g.mount_port),
-        timeout: Duration::from_secs(10),
-        auth: berth::nfs::rpc::AuthSys { machine: "test".into(), uid: 0, gid: 0 },
-    };
+    let ep = g.endpoint();
     let client = berth::nfs::Client::connect(&ep).expect("connect");
     let store = NfsStore::open(client, &[b"archive", b"pool-a"], "127.0.0.1").expect("open the NFS store");
     let timing =
@@ -136,19 +129,8 @@ fn archive_benchmark_on_a_harness_server() {
     assert!(out.status.success(), "berth bench failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn endpoint(g: &Ganesha) -> berth::nfs::Endpoint {
-    berth::nfs::Endpoint {
-        host: "127.0.0.1".into(),
-        export: g.export.display().to_string(),
-        nfs_port: Some(g.nfs_port),
-        mount_port: Some(g.mount_port),
-        timeout: Duration::from_secs(10),
-        auth: berth::nfs::rpc::AuthSys { machine: "test".into(), uid: 0, gid: 0 },
-    }
-}
-
 fn nfs_store(g: &Ganesha) -> NfsStore {
-    let client = berth::nfs::Client::connect(&endpoint(g)).expect("connect");
+    let client = berth::nfs::Client::connect(&g.endpoint()).expect("connect");
     NfsStore::open(client, &[b"archive", b"pool-a"], "127.0.0.1").expect("open the NFS store")
 }
 

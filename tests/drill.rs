@@ -77,14 +77,7 @@ fn drill_passes_good_copies_and_fails_damaged_ones() {
     assert!(ok, "{out}{err}");
 
     // Two copies written the way the engine writes them: into .berth/archive on the export.
-    let ep = berth::nfs::Endpoint {
-        host: "127.0.0.1".into(),
-        export: g.export.display().to_string(),
-        nfs_port: Some(g.nfs_port),
-        mount_port: Some(g.mount_port),
-        timeout: Duration::from_secs(10),
-        auth: berth::nfs::rpc::AuthSys { machine: "test".into(), uid: 0, gid: 0 },
-    };
+    let ep = g.endpoint();
     let client = berth::nfs::Client::connect(&ep).expect("connect");
     let dir = berth::archive::STORE_DIR.map(str::as_bytes);
     let store = NfsStore::open(client, &dir, "127.0.0.1").expect("open the NFS store");

@@ -55,14 +55,7 @@ async fn start(scratch: &Scratch, test: &str, pools: &[(&str, &str)]) -> Option<
 /// Removes `rel` on the export as another NFS client would (through the server, so the
 /// server's caches see it).
 fn nfs_remove(g: &Ganesha, rel: &str) {
-    let ep = berth::nfs::Endpoint {
-        host: "127.0.0.1".into(),
-        export: g.export.display().to_string(),
-        nfs_port: Some(g.nfs_port),
-        mount_port: Some(g.mount_port),
-        timeout: Duration::from_secs(5),
-        auth: berth::nfs::rpc::AuthSys { machine: "test".into(), uid: 0, gid: 0 },
-    };
+    let ep = g.endpoint();
     let mut c = berth::nfs::Client::connect(&ep).expect("connect");
     let root = c.root.clone();
     let (parent_rel, leaf) = rel.rsplit_once('/').unwrap_or(("", rel));

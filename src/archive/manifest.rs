@@ -214,6 +214,11 @@ pub fn path_bytes(path: &str) -> Result<Vec<u8>, String> {
 impl Manifest {
     /// Every chunk the manifest needs, with its length.
     pub fn chunks(&self) -> impl Iterator<Item = &ChunkRef> {
+        self.data_streams().flat_map(|d| d.chunks.iter())
+    }
+
+    /// The image's data, or every regular file's, in manifest order.
+    pub fn data_streams(&self) -> impl Iterator<Item = &Data> {
         let datas: Vec<&Data> = match &self.content {
             Content::Image { data } => vec![data],
             Content::Tree { entries } => entries
@@ -221,7 +226,7 @@ impl Manifest {
                 .filter_map(|e| if let Kind::File { data } = &e.kind { Some(data) } else { None })
                 .collect(),
         };
-        datas.into_iter().flat_map(|d| d.chunks.iter())
+        datas.into_iter()
     }
 
     /// The bytes of the manifest as stored.

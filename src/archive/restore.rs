@@ -18,7 +18,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, symlinkat, syncfs};
 
 use super::fsmeta::{DIR_FLAGS, Xattrs, cstring};
-use super::manifest::{Content, Data, Entry, Kind, Manifest, path_bytes};
+use super::manifest::{ChunkRef, Content, Data, Entry, Kind, Manifest, path_bytes};
 use super::store::{Area, ChunkStore};
 use super::{Error, Hash, check_name, io_err, unescape};
 
@@ -140,33 +140,21 @@ pub fn check_chunks(
 ) -> Result<(u64, u64), Error> {
     let mut seen = std::collections::HashSet::new();
     let (mut chunks, mut bytes) = (0u64, 0u64);
-    let mut check = |data: &Data| -> Result<(), Error> {
-        let mut ahead = 0usize;
-        for (i, c) in data.chunks.iter().enumerate() {
-            if ahead == 0 {
-                ahead = store.read_ahead(&data.chunks[i..]).max(1);
-            }
-            ahead -= 1;
-            if seen.insert(c.hash) {
-                store.read_chunk(&c.hash, c.len as usize, &manifest.name)?;
+    for data in manifest.data_streams() {
+        read_chunks(
+            store,
+            &manifest.name,
+            &data.chunks,
+            |c| seen.insert(c.hash),
+            |c, _| {
                 chunks += 1;
                 bytes += u64::from(c.len);
                 if progress.is_some_and(|p| !p(bytes)) {
                     return Err(Error::Stopped { copy: manifest.name.clone() });
                 }
-            }
-        }
-        Ok(())
-    };
-    match &manifest.content {
-        Content::Image { data } => check(data)?,
-        Content::Tree { entries } => {
-            for e in entries {
-                if let Kind::File { data } = &e.kind {
-                    check(data)?;
-                }
-            }
-        }
+                Ok(())
+            },
+        )?;
     }
     Ok((chunks, bytes))
 }
@@ -182,28 +170,51 @@ fn write_data(
 ) -> Result<(), Error> {
     let mut ranges = data.ranges.iter();
     let (mut off, mut left) = (0u64, 0u64);
-    let mut ahead = 0;
-    for (i, c) in data.chunks.iter().enumerate() {
+    read_chunks(
+        store,
+        manifest,
+        &data.chunks,
+        |_| true,
+        |c, bytes| {
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                if left == 0 {
+                    // Manifest::decode checked that the chunks fill the ranges exactly.
+                    let Some(&[o, l]) = ranges.next() else { break };
+                    (off, left) = (o, l);
+                }
+                let n = (rest.len() as u64).min(left) as usize;
+                file.write_all_at(&rest[..n], off).map_err(io_err("write", path))?;
+                (off, left, rest) = (off + n as u64, left - n as u64, &rest[n..]);
+            }
+            stats.bytes += u64::from(c.len);
+            stats.chunks += 1;
+            Ok(())
+        },
+    )?;
+    file.set_len(data.size).map_err(io_err("set size of", path))
+}
+
+/// Reads, in order, each of `chunks` that `want` picks, checked against its hash, and
+/// hands it to `each`; the store reads ahead of the loop where it can.
+fn read_chunks(
+    store: &dyn ChunkStore,
+    manifest: &str,
+    chunks: &[ChunkRef],
+    mut want: impl FnMut(&ChunkRef) -> bool,
+    mut each: impl FnMut(&ChunkRef, Vec<u8>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut ahead = 0usize;
+    for (i, c) in chunks.iter().enumerate() {
         if ahead == 0 {
-            ahead = store.read_ahead(&data.chunks[i..]).max(1);
+            ahead = store.read_ahead(&chunks[i..]).max(1);
         }
         ahead -= 1;
-        let bytes = store.read_chunk(&c.hash, c.len as usize, manifest)?;
-        let mut rest = &bytes[..];
-        while !rest.is_empty() {
-            if left == 0 {
-                // Manifest::decode checked that the chunks fill the ranges exactly.
-                let Some(&[o, l]) = ranges.next() else { break };
-                (off, left) = (o, l);
-            }
-            let n = (rest.len() as u64).min(left) as usize;
-            file.write_all_at(&rest[..n], off).map_err(io_err("write", path))?;
-            (off, left, rest) = (off + n as u64, left - n as u64, &rest[n..]);
+        if want(c) {
+            each(c, store.read_chunk(&c.hash, c.len as usize, manifest)?)?;
         }
-        stats.bytes += u64::from(c.len);
-        stats.chunks += 1;
     }
-    file.set_len(data.size).map_err(io_err("set size of", path))
+    Ok(())
 }
 
 fn build_image(

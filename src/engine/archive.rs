@@ -73,21 +73,11 @@ impl FoundCopy {
 
     /// The capacity a restore needs: the source volume's, or the stored data's size.
     pub fn needs_bytes(&self) -> u64 {
-        let stored = match &self.manifest.content {
-            Stored::Image { data } => data.size,
-            Stored::Tree { entries } => entries
-                .iter()
-                .map(|e| match &e.kind {
-                    archive::manifest::Kind::File { data } => data.stored(),
-                    _ => 0,
-                })
-                .sum(),
-        };
         match &self.manifest.content {
-            Stored::Image { .. } => {
-                self.label(label::CAPACITY).and_then(|c| c.parse().ok()).unwrap_or(stored).max(stored)
+            Stored::Image { data } => {
+                self.label(label::CAPACITY).and_then(|c| c.parse().ok()).unwrap_or(data.size).max(data.size)
             }
-            Stored::Tree { .. } => stored,
+            Stored::Tree { .. } => self.manifest.data_streams().map(|d| d.stored()).sum(),
         }
     }
 
@@ -176,7 +166,7 @@ impl Engine {
             if let Some(failed) = self.copies.take_failure(&copies::snapshot_key(name)) {
                 return Err(failed);
             }
-            self.start_snapshot_copy_out(volume, Arc::unwrap_or_clone(Arc::clone(&record)))?
+            self.start_snapshot_copy_out(volume, (*record).clone())?
         };
         job.wait(self.copy_wait());
         match self.store.snapshot(&record.id) {

@@ -117,17 +117,13 @@ impl Engine {
                 return Err(e.into());
             }
         }
-        if let Err(e) = pool.create_volume(record, source, work) {
-            if work.stopped() != Some(Stop::Shutdown) {
-                self.roll_back_logged(pool, record);
-            }
-            return Err(e.into());
-        }
-        if let Err(e) = pool.apply_mutable(record) {
-            self.roll_back_logged(pool, record);
-            return Err(e.into());
-        }
-        if let Err(e) = fill(record) {
+        // A copy stopped for shutdown is left as a crash would leave it, for the next start.
+        let made = pool
+            .create_volume(record, source, work)
+            .and_then(|()| pool.apply_mutable(record))
+            .map_err(Error::from)
+            .and_then(|()| fill(record));
+        if let Err(e) = made {
             if work.stopped() != Some(Stop::Shutdown) {
                 self.roll_back_logged(pool, record);
             }

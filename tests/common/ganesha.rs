@@ -161,6 +161,18 @@ impl Ganesha {
         format!("[port={}, mountport={}]", self.nfs_port, self.mount_port)
     }
 
+    /// Where berth's userspace client reaches this server as root, without rpcbind.
+    pub fn endpoint(&self) -> berth::nfs::Endpoint {
+        berth::nfs::Endpoint {
+            host: "127.0.0.1".into(),
+            export: self.export.display().to_string(),
+            nfs_port: Some(self.nfs_port),
+            mount_port: Some(self.mount_port),
+            timeout: Duration::from_secs(10),
+            auth: berth::nfs::rpc::AuthSys { machine: "test".into(), uid: 0, gid: 0 },
+        }
+    }
+
     /// Stops the server (to test a dead server), waiting for it to exit.
     pub fn stop(&mut self) {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0));
