@@ -77,7 +77,7 @@ impl FoundCopy {
             Stored::Image { data } => {
                 self.label(label::CAPACITY).and_then(|c| c.parse().ok()).unwrap_or(data.size).max(data.size)
             }
-            Stored::Tree { .. } => self.manifest.data_streams().map(|d| d.stored()).sum(),
+            Stored::Tree { .. } => self.manifest.data_streams().map(archive::manifest::Data::stored).sum(),
         }
     }
 
