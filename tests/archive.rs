@@ -23,7 +23,7 @@ use berth::archive::manifest::Problem;
 use berth::archive::restore::{load, restore, verify};
 use berth::archive::store::{Area, ChunkStore, DirStore};
 use berth::archive::{Error, gc};
-use common::noise;
+use common::{noise, packs};
 
 fn is_root(test: &str) -> bool {
     if nix::unistd::Uid::effective().is_root() {
@@ -288,10 +288,8 @@ fn a_second_copy_moves_only_what_changed_and_identical_data_is_stored_once() {
     }
 }
 
-fn chunk_of(store: &DirStore, name: &str) -> (berth::archive::Hash, PathBuf) {
-    let m = load(store, name).unwrap();
-    let h = m.chunks().nth(3).unwrap().hash;
-    (h, store.chunk_path(&h))
+fn chunk_of(store: &DirStore, name: &str) -> berth::archive::Hash {
+    load(store, name).unwrap().chunks().nth(3).unwrap().hash
 }
 
 #[test]
@@ -302,10 +300,13 @@ fn damaged_chunks_and_manifests_fail_with_the_precise_error() {
     fs::write(src.join("f"), noise(8, 2 << 20)).unwrap();
     let store = DirStore::open(&tmp.path().join("store")).unwrap();
     copy_tree(&store, "snap", &src, &opts()).unwrap();
-    let (hash, path) = chunk_of(&store, "snap");
-    let good = fs::read(&path).unwrap();
+    let hash = chunk_of(&store, "snap");
+    let root = store.root().to_path_buf();
     let dest = tmp.path().join("dest");
+    // Each case through a new store: a store's listing of packs is its own, and a pack
+    // changed by hand since is not among them.
     let expect = |want: &dyn Fn(&Error) -> bool, what: &str| {
+        let store = DirStore::open(&root).unwrap();
         let err = restore(&store, "snap", &dest).unwrap_err();
         assert!(want(&err), "{what}: {err}");
         assert!(err.to_string().contains("\"snap\""), "{what}: the manifest is not named: {err}");
@@ -315,19 +316,29 @@ fn damaged_chunks_and_manifests_fail_with_the_precise_error() {
         assert!(!drill.passed() && drill.to_string().starts_with("FAIL snap:"), "{what}: {drill}");
         err
     };
-    let mut bad = good.clone();
-    bad[100] ^= 0x40;
-    fs::write(&path, &bad).unwrap();
+    packs::flip(&root, &hash, 100, 0x40);
     let err = expect(&|e| matches!(e, Error::ChunkCorrupt { chunk, .. } if *chunk == hash), "corrupted chunk");
     assert!(err.to_string().contains(&hash.to_string()));
-    fs::write(&path, &good[..good.len() - 1]).unwrap();
+    packs::flip(&root, &hash, 100, 0x40);
+    let good = packs::rewrite(&root, &hash, |good| Some(good[..good.len() - 1].to_vec()));
     expect(
         &|e| matches!(e, Error::ChunkLength { chunk, found, .. } if *chunk == hash && *found == good.len() - 1),
         "truncated chunk",
     );
-    fs::remove_file(&path).unwrap();
+    packs::rewrite(&root, &hash, |_| None);
     expect(&|e| matches!(e, Error::ChunkMissing { chunk, .. } if *chunk == hash), "missing chunk");
-    fs::write(&path, &good).unwrap();
+    let mut back = berth::archive::pack::Builder::default();
+    back.push(hash, &good);
+    DirStore::open(&root).unwrap().write_pack(back.seal()).unwrap();
+    assert!(verify(&DirStore::open(&root).unwrap(), "snap", tmp.path()).passed());
+    // A pack cut short within a chunk: what is left of the chunk is too short.
+    let third = load(&store, "snap").unwrap().chunks().nth(2).unwrap().hash;
+    let (path, offset, len) = packs::location(&root, &third);
+    let whole = fs::read(&path).unwrap();
+    fs::write(&path, &whole[..offset as usize + len - 1]).unwrap();
+    expect(&|e| matches!(e, Error::ChunkLength { chunk, .. } if *chunk == third), "pack cut short");
+    fs::write(&path, &whole).unwrap();
+    let store = DirStore::open(&root).unwrap();
     assert!(verify(&store, "snap", tmp.path()).passed());
 
     let mpath = store.root().join("manifests/snap");
@@ -350,6 +361,39 @@ fn damaged_chunks_and_manifests_fail_with_the_precise_error() {
     fs::remove_file(&mpath).unwrap();
     let err = restore(&store, "snap", &dest).unwrap_err();
     assert!(matches!(err, Error::ManifestMissing { ref name } if name == "snap"), "{err}");
+}
+
+/// A store written before packs (one file per chunk) still restores, lets a second copy
+/// send only what changed, and is collected chunk by chunk; new chunks go to packs.
+#[test]
+fn a_store_of_loose_chunks_restores_copies_and_collects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("kept"), noise(30, 512 << 10)).unwrap();
+    fs::write(src.join("changes"), noise(31, 512 << 10)).unwrap();
+    let root = tmp.path().join("store");
+    copy_tree(&DirStore::open(&root).unwrap(), "old", &src, &opts()).unwrap();
+    packs::unpack(&root);
+    assert!(packs::files(&root).is_empty());
+    let store = DirStore::open(&root).unwrap();
+    let loose = store.list_loose().unwrap().len();
+    assert_eq!(loose, all_chunks_of(&store, "old").len());
+    assert!(verify(&store, "old", tmp.path()).passed());
+
+    fs::write(src.join("changes"), noise(32, 512 << 10)).unwrap();
+    let second = copy_tree(&store, "new", &src, &opts()).unwrap();
+    assert!(second.bytes_new < 600 << 10, "the loose chunks of kept were found: {second:?}");
+    assert_eq!(packs::files(&root).len(), 1, "new chunks go to a pack");
+
+    let report = gc::delete(&store, "old", fast()).unwrap();
+    assert!(report.chunks_removed > 0 && report.packs_removed == 0, "{report:?}");
+    let needed: std::collections::HashSet<_> = all_chunks_of(&store, "new").into_iter().collect();
+    assert_eq!(store.list_chunks().unwrap().into_iter().collect::<std::collections::HashSet<_>>(), needed);
+    assert!(store.list_loose().unwrap().len() < loose);
+    assert!(verify(&store, "new", tmp.path()).passed());
+    gc::delete(&store, "new", fast()).unwrap();
+    assert!(store.list_chunks().unwrap().is_empty());
 }
 
 fn all_chunks_of(store: &DirStore, name: &str) -> Vec<berth::archive::Hash> {
@@ -386,6 +430,29 @@ fn deleting_a_copy_removes_only_the_chunks_no_other_copy_needs() {
     for area in [Area::Manifests, Area::Pending, Area::Gc] {
         assert!(store.list_files(area).unwrap().is_empty(), "{area:?}");
     }
+}
+
+/// A pack mostly of needed chunks is kept whole (rewriting it would move far more than it
+/// frees): its few unneeded chunks stay until more of it is unneeded.
+#[test]
+fn a_pack_mostly_needed_is_kept_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("big"), noise(12, 4 << 20)).unwrap();
+    fs::write(src.join("small"), noise(13, 256 << 10)).unwrap();
+    let store = DirStore::open(&tmp.path().join("store")).unwrap();
+    copy_tree(&store, "a", &src, &opts()).unwrap();
+    fs::remove_file(src.join("small")).unwrap();
+    copy_tree(&store, "b", &src, &opts()).unwrap();
+    let packs_before = packs::files(store.root());
+    let report = gc::delete(&store, "a", fast()).unwrap();
+    assert_eq!((report.packs_removed, report.packs_rewritten, report.chunks_removed), (0, 0, 0), "{report:?}");
+    assert_eq!(packs::files(store.root()), packs_before);
+    assert!(all_chunks_of(&store, "b").len() < store.list_chunks().unwrap().len());
+    assert!(verify(&store, "b", tmp.path()).passed());
+    gc::delete(&store, "b", fast()).unwrap();
+    assert!(packs::files(store.root()).is_empty());
 }
 
 #[test]
@@ -531,11 +598,13 @@ fn a_crash_at_any_fault_point_leaves_a_store_the_next_collection_and_copy_recove
         cmd.output().unwrap()
     };
     let prepare = |dir: &Path| -> DirStore {
-        fs::write(src.join("kept"), noise(20, 256 << 10)).unwrap();
-        fs::write(src.join("changes"), noise(21, 256 << 10)).unwrap();
+        // Most of the first copy's pack is what the second copy changes: deleting the
+        // first rewrites that pack with the chunks the second still needs.
+        fs::write(src.join("kept"), noise(20, 128 << 10)).unwrap();
+        fs::write(src.join("changes"), noise(21, 384 << 10)).unwrap();
         let store = DirStore::open(dir).unwrap();
         copy_tree(&store, "first", &src, &opts()).unwrap();
-        fs::write(src.join("changes"), noise(22, 256 << 10)).unwrap();
+        fs::write(src.join("changes"), noise(22, 384 << 10)).unwrap();
         store
     };
     // Enumerate the points a clean run passes.
@@ -556,13 +625,13 @@ fn a_crash_at_any_fault_point_leaves_a_store_the_next_collection_and_copy_recove
         "archive.lease.commit",
         "archive.gc.manifest-removed",
         "archive.gc.marker-created",
-        "archive.gc.remove-chunk",
+        "archive.gc.pack-rewritten",
+        "archive.gc.remove-pack",
     ] {
         assert!(points.iter().any(|p| p == want), "fault point {want} not reached: {points:?}");
     }
     let mut cases: Vec<String> = points.iter().map(|p| format!("{p}=kill")).collect();
     cases.push("archive.copy.chunk=kill@7".into());
-    cases.push("archive.gc.remove-chunk=kill@2".into());
     for (i, case) in cases.iter().enumerate() {
         let dir = tmp.path().join(format!("store-{i}"));
         let store = prepare(&dir);

@@ -19,7 +19,7 @@ use berth::archive::restore::{load, restore, verify};
 use berth::archive::store::{Area, ChunkStore, DirStore};
 use berth::archive::{Error, gc};
 use common::ganesha::Ganesha;
-use common::{Scratch, noise, require_root};
+use common::{Scratch, noise, packs, require_root};
 
 #[test]
 fn copies_to_an_nfs_export_restore_dedup_and_collect() {
@@ -70,18 +70,14 @@ fn copies_to_an_nfs_export_restore_dedup_and_collect() {
 
     // A chunk damaged on the export: the restore names it and the manifest.
     let hash = load(&store, "one").unwrap().chunks().nth(5).unwrap().hash;
-    let path = local.chunk_path(&hash);
-    let good = fs::read(&path).unwrap();
-    let mut bad = good.clone();
-    bad[0] ^= 1;
-    fs::write(&path, &bad).unwrap();
+    packs::flip(local.root(), &hash, 0, 1);
     let err = restore(&store, "one", &scratch.path().join("bad")).unwrap_err();
     assert!(
         matches!(err, Error::ChunkCorrupt { chunk, ref manifest, .. } if chunk == hash && manifest == "one"),
         "{err}"
     );
     assert!(!scratch.path().join("bad").exists());
-    fs::write(&path, &good).unwrap();
+    packs::flip(local.root(), &hash, 0, 1);
 
     for name in ["one", "two", "img"] {
         gc::delete(&store, name, timing).expect("delete");
@@ -167,8 +163,9 @@ fn a_listing_from_before_a_collection_is_not_trusted_by_the_next_copy() {
     assert!(drill.passed(), "{drill}");
 }
 
-/// A chunk listing longer than one READDIRPLUS reply: 3,000 chunks, some prefix
-/// directories far fuller than one page, listed whole, each once.
+/// A listing longer than one READDIRPLUS reply: 300 packs (their indexes read in one
+/// batch) and, as a store written before packs kept them, 3,000 loose chunks with one
+/// prefix directory far fuller than one page; listed whole, each chunk once.
 #[test]
 fn a_chunk_listing_spans_many_readdirplus_pages() {
     let test = "a_chunk_listing_spans_many_readdirplus_pages";
@@ -177,32 +174,41 @@ fn a_chunk_listing_spans_many_readdirplus_pages() {
     }
     let scratch = Scratch::new();
     let Some(g) = Ganesha::start(scratch.path(), test) else { return };
-    let store = nfs_store(&g);
-    let local = DirStore::open(&g.export.join("archive/pool-a")).unwrap();
+    let root = g.export.join("archive/pool-a");
+    let local = DirStore::open(&root).unwrap();
     let mut want = std::collections::HashSet::new();
+    for p in 0..300u32 {
+        let mut pack = berth::archive::pack::Builder::default();
+        for i in 0..10u32 {
+            let data = (p * 10 + i).to_le_bytes();
+            let hash = berth::archive::Hash::of(&data);
+            pack.push(hash, &data);
+            want.insert(hash);
+        }
+        local.write_pack(pack.seal()).unwrap();
+    }
+    // Loose chunks: 1,000 spread over the prefix directories, 2,000 more in one (a
+    // listing is of names; these are not the hashes of their content, which no listing
+    // reads).
     for i in 0..3000u32 {
-        let data = i.to_le_bytes();
-        let hash = berth::archive::Hash::of(&data);
-        local.put_chunk(&hash, &data).unwrap();
+        let hash = berth::archive::Hash::of(format!("loose {i}").as_bytes());
+        let name = hash.to_string();
+        let prefix = if i < 1000 { &name[..2] } else { "00" };
+        let dir = root.join("chunks").join(prefix);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(&name), b"x").unwrap();
         want.insert(hash);
     }
-    local.flush().unwrap();
-    // 2,000 more names in one prefix directory (a listing is of names; these are
-    // not the hashes of their content, which no listing reads).
-    let crowded = g.export.join("archive/pool-a/chunks/00");
-    fs::create_dir_all(&crowded).unwrap();
-    for i in 0..2000u32 {
-        let hash = berth::archive::Hash::of(format!("crowd {i}").as_bytes());
-        fs::write(crowded.join(hash.to_string()), b"x").unwrap();
-        want.insert(hash);
-    }
+    let store = nfs_store(&g);
     let listed = store.list_chunks().expect("list");
     assert_eq!(listed.len(), want.len(), "each chunk once");
     assert_eq!(listed.into_iter().collect::<std::collections::HashSet<_>>(), want);
+    assert_eq!(store.list_packs().unwrap().len(), 300);
+    assert_eq!(store.list_loose().unwrap().len(), 3000);
 }
 
-/// The server goes away with a batch of chunks sent and more queued: the flush fails
-/// naming what it was doing, and nothing is committed: no chunk under its name, no
+/// The server goes away with a pack sent and more chunks gathered: the flush fails
+/// naming what it was doing, and nothing is committed: no pack under its name, no
 /// manifest.
 #[test]
 fn a_connection_lost_mid_batch_fails_precisely_and_commits_nothing() {
@@ -213,8 +219,8 @@ fn a_connection_lost_mid_batch_fails_precisely_and_commits_nothing() {
     let scratch = Scratch::new();
     let Some(mut g) = Ganesha::start(scratch.path(), test) else { return };
     let store = nfs_store(&g);
-    let chunks: Vec<Vec<u8>> = (0..700u32).map(|i| noise(u64::from(i), 4096)).collect();
-    // More than one batch: the first is sent (created and written), the rest queued.
+    let chunks: Vec<Vec<u8>> = (0..2500u32).map(|i| noise(u64::from(i), 4096)).collect();
+    // More than one pack: the first is sent (created and written), the rest gathered.
     for data in &chunks {
         assert!(store.put_chunk(&berth::archive::Hash::of(data), data).expect("put"));
     }
@@ -224,38 +230,51 @@ fn a_connection_lost_mid_batch_fails_precisely_and_commits_nothing() {
     assert!(text.contains("127.0.0.1") && text.contains("archive/pool-a"), "{text}");
     assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
     let local = DirStore::open(&g.export.join("archive/pool-a")).unwrap();
-    assert!(local.list_chunks().unwrap().is_empty(), "a chunk reached its name");
+    assert!(local.list_chunks().unwrap().is_empty(), "a pack reached its name");
     assert!(local.list_files(Area::Manifests).unwrap().is_empty());
     let uploads = fs::read_dir(g.export.join("archive/pool-a/uploads")).unwrap().count();
-    assert_eq!(uploads, 1, "the sent batch waits in its upload directory for a collection");
+    assert_eq!(uploads, 1, "the sent pack waits in its upload directory for a collection");
 }
 
-/// A restore reads chunks by the handles a listing gave. A chunk replaced since (removed
-/// and written again: a new file) leaves an old handle, which the server answers as stale
-/// (the chunk is then read again by name) or from the removed file; either way the
-/// restore succeeds, every chunk checked against its hash.
+/// A restore reads packs by the handles a listing gave. A pack replaced since (removed and
+/// written again: a new file) leaves an old handle, and a collection that rewrites a
+/// mostly unneeded pack moves the needed chunks to a new pack and removes the old one:
+/// either way the server answers the old handle as stale (or from the removed file), the
+/// store lists again, and the restore succeeds, every chunk checked against its hash.
 #[test]
-fn a_chunk_replaced_after_the_listing_is_read_again_by_name() {
-    let test = "a_chunk_replaced_after_the_listing_is_read_again_by_name";
+fn a_pack_replaced_or_rewritten_after_the_listing_is_found_again() {
+    let test = "a_pack_replaced_or_rewritten_after_the_listing_is_found_again";
     if !require_root(test) {
         return;
     }
     let scratch = Scratch::new();
     let Some(g) = Ganesha::start(scratch.path(), test) else { return };
     let store = nfs_store(&g);
-    let src = scratch.path().join("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), noise(9, 1 << 20)).unwrap();
-    copy_tree(&store, "one", &src, &CopyOptions::default()).expect("copy");
+    let (both, small) = (scratch.path().join("both"), scratch.path().join("small"));
+    fs::create_dir_all(&both).unwrap();
+    fs::create_dir_all(&small).unwrap();
+    fs::write(both.join("big"), noise(9, 1 << 20)).unwrap();
+    fs::write(both.join("g"), noise(10, 64 << 10)).unwrap();
+    fs::write(small.join("g"), noise(10, 64 << 10)).unwrap();
+    copy_tree(&store, "both", &both, &CopyOptions::default()).expect("copy");
+    let again = copy_tree(&store, "small", &small, &CopyOptions::default()).expect("copy");
+    assert_eq!(again.chunks_new, 0, "{again:?}");
     let reader = nfs_store(&g);
-    restore(&reader, "one", &scratch.path().join("out-1")).expect("first restore");
-    let local = DirStore::open(&g.export.join("archive/pool-a")).unwrap();
-    for c in load(&reader, "one").unwrap().chunks().take(20) {
-        let path = local.chunk_path(&c.hash);
-        let bytes = fs::read(&path).unwrap();
-        fs::remove_file(&path).unwrap();
-        fs::write(&path, &bytes).unwrap();
-    }
-    restore(&reader, "one", &scratch.path().join("out-2")).expect("restore after the chunks were replaced");
-    assert_eq!(fs::read(scratch.path().join("out-2/f")).unwrap(), fs::read(src.join("f")).unwrap());
+    restore(&reader, "small", &scratch.path().join("out-1")).expect("first restore");
+    let root = g.export.join("archive/pool-a");
+    let before = packs::files(&root);
+    assert_eq!(before.len(), 1);
+    let bytes = fs::read(&before[0]).unwrap();
+    fs::remove_file(&before[0]).unwrap();
+    fs::write(&before[0], &bytes).unwrap();
+    restore(&reader, "small", &scratch.path().join("out-2")).expect("restore after the pack was replaced");
+    assert_eq!(fs::read(scratch.path().join("out-2/g")).unwrap(), fs::read(small.join("g")).unwrap());
+
+    let report = gc::delete(&store, "both", Timing::default()).expect("delete");
+    assert_eq!((report.packs_rewritten, report.packs_removed), (1, 1), "{report:?}");
+    let after = packs::files(&root);
+    assert!(after.len() == 1 && after != before, "{after:?}");
+    assert!(fs::metadata(&after[0]).unwrap().len() < 128 << 10, "only the needed chunks were kept");
+    restore(&reader, "small", &scratch.path().join("out-3")).expect("restore after the pack was rewritten");
+    assert_eq!(fs::read(scratch.path().join("out-3/g")).unwrap(), fs::read(small.join("g")).unwrap());
 }

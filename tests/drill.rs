@@ -17,10 +17,10 @@ use std::time::Duration;
 use berth::archive::copy::{CopyOptions, copy_tree};
 use berth::archive::nfsstore::NfsStore;
 use berth::archive::restore::load;
-use berth::archive::store::DirStore;
+use berth::archive::store::{ChunkStore, DirStore};
 use berth::metrics::exposition::{find, parse};
 use common::ganesha::{Ganesha, nfs_config};
-use common::{Scratch, berth_cmd, noise, require_root};
+use common::{Scratch, berth_cmd, noise, packs, require_root};
 
 const KEY_OLD: &str = "0123456789abcdef0123456789abcdef";
 const KEY_NEW: &str = "fedcba9876543210fedcba9876543210";
@@ -130,11 +130,7 @@ fn drill_passes_good_copies_and_fails_damaged_ones() {
     let local = DirStore::open(&g.export.join(".berth/archive")).unwrap();
     let new_chunks: Vec<_> = load(&store, &new).unwrap().chunks().map(|c| c.hash).collect();
     let hash = load(&store, &old).unwrap().chunks().map(|c| c.hash).find(|h| !new_chunks.contains(h)).unwrap();
-    let path = local.chunk_path(&hash);
-    let good = fs::read(&path).unwrap();
-    let mut bad = good.clone();
-    bad[10] ^= 0x40;
-    fs::write(&path, &bad).unwrap();
+    packs::flip(local.root(), &hash, 10, 0x40);
     let (ok, out, err) = drill(&["--config", config, "--pool", "shared", "--all", "--metrics-file", prom_arg]);
     assert!(!ok, "{out}{err}");
     println!("berth drill --all with a damaged chunk:\n{out}");
@@ -147,7 +143,8 @@ fn drill_passes_good_copies_and_fails_damaged_ones() {
     assert_eq!(metric(&prom, "berth_drill_copies", &[("pool", "shared"), ("result", "failed")]), 1.0);
 
     // The same chunk missing.
-    fs::remove_file(&path).unwrap();
+    packs::flip(local.root(), &hash, 10, 0x40);
+    let good = packs::rewrite(local.root(), &hash, |_| None);
     let (ok, out, err) = drill(&["--config", config, "--pool", "shared", "--snapshot", &old, "--scratch", work]);
     assert!(!ok, "{out}{err}");
     let fail = out.lines().find(|l| l.starts_with(&format!("FAIL {old}: "))).unwrap_or_else(|| panic!("{out}"));
@@ -158,7 +155,9 @@ fn drill_passes_good_copies_and_fails_damaged_ones() {
     let (ok, out, _) = drill(&["--config", config, "--pool", "shared", "--snapshot", "snap-nothing"]);
     assert!(!ok);
     assert!(out.contains("FAIL snap-nothing: ") && out.contains("does not exist in the store"), "{out}");
-    fs::write(&path, &good).unwrap();
+    let mut back = berth::archive::pack::Builder::default();
+    back.push(hash, &good);
+    local.write_pack(back.seal()).unwrap();
     let (ok, out, err) = drill(&["--config", config, "--pool", "shared", "--snapshot", &old]);
     assert!(ok, "restored chunk: {out}{err}");
 }

@@ -297,7 +297,7 @@ async fn a_copy_restores_on_another_node_after_the_first_is_gone() {
         .expect("delete");
     b.controller.delete_snapshot(delete(&second.snapshot_id)).await.expect("delete node-b's snapshot");
     assert!(entries(&archive_dir(&g).join("manifests")).is_empty());
-    assert!(entries(&archive_dir(&g).join("chunks")).is_empty(), "no chunk outlives the last copy");
+    assert!(entries(&archive_dir(&g).join("packs")).is_empty(), "no chunk outlives the last copy");
     b.controller
         .delete_volume(pb::DeleteVolumeRequest { volume_id: restored.volume_id, ..Default::default() })
         .await
@@ -332,24 +332,22 @@ async fn a_damaged_copy_is_refused_with_data_loss_naming_the_snapshot() {
 
     let dir_b = scratch.path().join("node-b");
     let mut b = node(dir_b.clone(), &node_config(&dir_b, &g, &hostpath_line(&dir_b.join("pool"))), "node-b").await;
-    let mut chunks = entries(&archive_dir(&g).join("chunks"));
-    chunks.sort();
+    let root = archive_dir(&g);
+    let name = entries(&root.join("manifests")).pop().expect("the manifest");
+    let name = name.file_name().unwrap().to_str().unwrap();
+    let store = berth::archive::store::DirStore::open(&root).unwrap();
+    let chunks: Vec<_> = berth::archive::restore::load(&store, name).unwrap().chunks().map(|c| c.hash).collect();
     assert!(chunks.len() > 10, "{chunks:?}");
 
     // One chunk's bytes changed on the export.
-    let mut f = fs::OpenOptions::new().read(true).write(true).open(&chunks[3]).unwrap();
-    let mut byte = [0u8; 1];
-    f.read_exact(&mut byte).unwrap();
-    f.seek(SeekFrom::Start(0)).unwrap();
-    f.write_all(&[byte[0] ^ 0xff]).unwrap();
-    drop(f);
+    packs::flip(&root, &chunks[3], 0, 0xff);
     let err = failed_restore(&mut b, &snap.snapshot_id, "corrupt").await;
     assert_eq!(err.code(), Code::DataLoss, "{err:?}");
     assert!(err.message().contains(&snap.snapshot_id) && err.message().contains("corrupted"), "{}", err.message());
 
     // One chunk missing.
-    fs::remove_file(&chunks[5]).unwrap();
-    fs::remove_file(&chunks[3]).unwrap();
+    packs::rewrite(&root, &chunks[5], |_| None);
+    packs::rewrite(&root, &chunks[3], |_| None);
     let err = failed_restore(&mut b, &snap.snapshot_id, "missing").await;
     assert_eq!(err.code(), Code::DataLoss, "{err:?}");
     assert!(err.message().contains(&snap.snapshot_id) && err.message().contains("missing"), "{}", err.message());
@@ -416,7 +414,7 @@ async fn a_raw_block_volume_travels_as_its_image() {
         .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id, ..Default::default() })
         .await
         .expect("delete the snapshot where its node is gone");
-    assert!(entries(&archive_dir(&g).join("chunks")).is_empty());
+    assert!(entries(&archive_dir(&g).join("packs")).is_empty());
     b.stop();
 }
 

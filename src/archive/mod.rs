@@ -32,22 +32,28 @@
 //! of the copy's commit and the takeover exactly one rename succeeds: a copy that lost its
 //! lease fails instead of committing a manifest whose chunks may be gone. Once no lease is
 //! left, the collection reads every manifest (refusing to sweep if one is unreadable),
-//! removes unreferenced chunks and uploads abandoned by crashed copies, and removes its
-//! marker. A crash anywhere leaves at worst unreferenced chunks (the next collection
-//! removes them), a stale lease or a stale marker (taken over after the stale interval).
-//! Chunks reach the store under a temporary name and are renamed into `chunks/` only
-//! after they are durable ([`store::ChunkStore::flush`]), so a chunk under its name is
-//! whole, and the manifest is committed only after its chunks are.
+//! removes uploads abandoned by crashed copies and every pack (and loose chunk) no
+//! manifest needs, and rewrites each pack of which more than a fifth is unneeded: its
+//! needed chunks go to a new pack, durably, before the old pack is removed, so a needed
+//! chunk is in some pack at every moment. Then it removes its marker. A crash anywhere
+//! leaves at worst unneeded chunks (the next collection removes them), a chunk in two
+//! packs, a stale lease or a stale marker (taken over after the stale interval). Restores
+//! take no lease: a reader that finds a pack gone (rewritten since it listed) lists again.
+//! Packs reach the store under a temporary name and are renamed into `packs/` only after
+//! they are durable ([`store::ChunkStore::flush`]), so a pack under its name is whole, and
+//! the manifest is committed only after the packs of its chunks are.
 //!
 //! # Limits, as built
 //! - The copy's side of the protocol is fenced (its commit is a rename a takeover makes
 //!   fail); the collection's is not: a collection paused longer than the stale interval
-//!   between a heartbeat and a chunk removal could remove a chunk a copy that took over
+//!   between a heartbeat and a pack removal could remove a chunk a copy that took over
 //!   its marker has just found present. The interval (10 minutes by default, heartbeats
 //!   every quarter of it) must exceed any such pause.
 //! - A copy holds its whole manifest in memory (48 bytes per chunk once encoded, about
 //!   5.5 MB per GiB of data) and the set of hashes it has seen, and one directory
-//!   descriptor per level of the tree ([`copy::MAX_DEPTH`] levels at most).
+//!   descriptor per level of the tree ([`copy::MAX_DEPTH`] levels at most); its store
+//!   holds the pack being filled (up to 8 MiB) and where every stored chunk is (about
+//!   100 bytes per chunk).
 //! - A restore renames its result over an absent path or an empty directory; a volume
 //!   root that is a mount point or a btrfs subvolume cannot be replaced that way.
 //! - A store's temporary files of a process that died between writing and linking them
@@ -60,6 +66,7 @@ pub mod gc;
 pub mod lease;
 pub mod manifest;
 pub mod nfsstore;
+pub mod pack;
 pub mod restore;
 pub mod store;
 

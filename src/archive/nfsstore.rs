@@ -2,82 +2,93 @@
 //! mount, the same layout as [`super::store::DirStore`] (a directory written by one can
 //! be read by the other).
 //!
-//! One synchronous RPC per step per chunk made a copy cost about five round trips per
-//! 8 KiB chunk, so the store works in batches, each a pipeline of calls on the one
+//! A file costs the server a CREATE, a COMMIT and a RENAME whatever the client does
+//! (about 0.4 ms each on nfs-ganesha 4.3; docs/performance.md), so chunks travel in packs
+//! ([`super::pack`]) of up to 8 MiB, and every step is a pipeline of calls on the one
 //! connection ([`Client::write_many`] and the like):
-//! - Which chunks exist is learned once per copy by listing `chunks/` (one READDIRPLUS
-//!   listing per prefix directory), not by a LOOKUP per chunk; see [`ChunkStore::has_chunk`]
-//!   for why that listing is safe to use.
-//! - Chunks put are queued in memory and sent in batches: CREATE of every queued chunk
-//!   under `uploads/<instance>/`, then its UNSTABLE WRITEs. A flush sends the rest, COMMITs
-//!   every upload, and only then RENAMEs each into `chunks/ab/` (the server makes a RENAME
-//!   durable before it answers, RFC 1813): a chunk under its name is whole and durable.
+//! - Which chunks exist is learned once per copy by listing `packs/` and READing every
+//!   pack's index in one batch (and `chunks/`, where a store written before packs kept
+//!   them), not by a LOOKUP per chunk; see [`ChunkStore::has_chunk`] for why that listing
+//!   is safe to use.
+//! - Chunks put are gathered into a pack; a full pack is sent at once: a CREATE under
+//!   `uploads/<instance>/`, then its UNSTABLE WRITEs in one batch. A flush sends the last
+//!   one, COMMITs every upload, and only then RENAMEs each into `packs/` (the server makes
+//!   a RENAME durable before it answers, RFC 1813): a pack under its name is whole and
+//!   durable.
 //! - A restore hints the chunks it reads next ([`ChunkStore::read_ahead`]); the store
-//!   READs a window of them in one batch, by the handles its listing of `chunks/` gave
-//!   (a LOOKUP batch first for chunks the listing did not see).
+//!   READs the ranges of their packs in one batch, neighbouring chunks in one READ.
 //!
 //! Small files are written FILE_SYNC; a new one appears whole and only if absent through
 //! LINK of a temporary file.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::manifest::ChunkRef;
-use super::store::{Area, ChunkStore};
+use super::pack;
+use super::store::{Area, ChunkStore, Listed, PackMap, read_index};
 use super::{Error, Hash};
 use crate::nfs::{Client, Fh, SetAttr};
 
-/// Queued chunks are sent once they hold this many bytes...
-const BATCH_BYTES: usize = 4 << 20;
-/// ...or this many chunks.
-const BATCH_CHUNKS: usize = 512;
-/// Chunks a restore's read-ahead fetches in one batch.
-const READ_AHEAD: usize = 256;
+/// Bytes of chunks a restore's read-ahead fetches in one batch...
+const READ_AHEAD_BYTES: usize = 8 << 20;
+/// ...in at most this many chunks.
+const READ_AHEAD: usize = 2048;
 
 /// A chunk store in a directory of an NFS export.
 pub struct NfsStore {
     client: Mutex<Client>,
     place: String,
     top: HashMap<&'static str, Fh>,
-    prefixes: Mutex<HashMap<u8, Fh>>,
     instance: String,
     uploads: Mutex<Uploads>,
     flushing: Mutex<()>,
-    present: Mutex<Present>,
+    known: Mutex<Known>,
     ahead: Mutex<HashMap<Hash, Vec<u8>>>,
-    /// The handles of chunks the last listing saw (and this store renamed since), so a
-    /// restore's read-ahead READs them without a LOOKUP. A handle gone stale fails its
-    /// READ, and the ordinary read looks the chunk up again.
-    handles: Mutex<HashMap<Hash, Fh>>,
 }
 
-/// Chunks put and not yet renamed into `chunks/`. Lock order: `uploads`, then `client`.
+/// Chunks put and packs not yet renamed into `packs/`. Lock order: `uploads`, then `client`.
 #[derive(Default)]
 struct Uploads {
-    /// `uploads/<instance>`, made when the first chunk is sent.
-    dir: Option<Fh>,
-    /// In the order put; an upload leaves when its RENAME succeeded.
-    items: Vec<Upload>,
+    pack: pack::Builder,
+    /// Every chunk in `pack` or `items`.
     names: HashSet<Hash>,
-    /// Bytes of uploads not yet written.
-    queued: usize,
+    /// `uploads/<instance>`, made when the first pack is sent.
+    dir: Option<Fh>,
+    /// In the order sealed; an upload leaves when its RENAME succeeded.
+    items: Vec<Upload>,
 }
 
 struct Upload {
-    hash: Hash,
+    index: pack::Index,
     /// Emptied once written.
     data: Vec<u8>,
     fh: Option<Fh>,
     written: bool,
 }
 
-/// What `chunks/` held when listed, kept up to date with this store's own renames and
-/// removals. `generation` counts the leases this store created: a listing started before
-/// the newest is dropped rather than kept.
+/// What the store last listed, kept up to date with its own flushes and removals.
+/// `generation` counts the leases this store created: a listing started before the
+/// newest is dropped rather than kept for [`ChunkStore::has_chunk`].
 #[derive(Default)]
-struct Present {
-    listed: Option<HashSet<Hash>>,
+struct Known {
+    listing: Option<Arc<Listing>>,
     generation: u64,
+}
+
+#[derive(Default, Clone)]
+struct Listing {
+    packed: PackMap,
+    /// Every pack's handle.
+    packs: HashMap<Hash, Fh>,
+    /// Loose chunks (a store written before packs).
+    loose: HashSet<Hash>,
+}
+
+/// What a listing of the store found: every pack with its handle, every loose chunk.
+struct Found {
+    packs: Vec<(Listed, Fh)>,
+    loose: HashSet<Hash>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -163,20 +174,22 @@ impl NfsStore {
             dir = mkdir_p(&mut client, &dir, part, &place)?;
         }
         let mut top = HashMap::new();
-        for sub in ["chunks", "uploads", "manifests", "pending", "gc"] {
+        for sub in ["packs", "uploads", "manifests", "pending", "gc"] {
             top.insert(sub, mkdir_p(&mut client, &dir, sub.as_bytes(), &format!("{place}/{sub}"))?);
+        }
+        // Only a store written before packs has `chunks/`; none is made.
+        if let Some((fh, _)) = client.lookup(&dir, b"chunks").map_err(nfs_err("look up", format!("{place}/chunks")))? {
+            top.insert("chunks", fh);
         }
         Ok(NfsStore {
             client: Mutex::new(client),
             place,
             top,
-            prefixes: Mutex::new(HashMap::new()),
             instance: uuid::Uuid::new_v4().simple().to_string(),
             uploads: Mutex::new(Uploads::default()),
             flushing: Mutex::new(()),
-            present: Mutex::new(Present::default()),
+            known: Mutex::new(Known::default()),
             ahead: Mutex::new(HashMap::new()),
-            handles: Mutex::new(HashMap::new()),
         })
     }
 
@@ -188,36 +201,18 @@ impl NfsStore {
         format!("{}/{rest}", self.place)
     }
 
-    /// The handle of `chunks/<first byte as hex>`, made when `create`.
-    fn prefix(&self, c: &mut Client, hash: &Hash, create: bool) -> Result<Option<Fh>, Error> {
-        if let Some(fh) = lock(&self.prefixes).get(&hash.0[0]) {
-            return Ok(Some(fh.clone()));
-        }
-        let name = format!("{:02x}", hash.0[0]);
-        let shown = self.shown(format!("chunks/{name}"));
-        let fh = if create {
-            Some(mkdir_p(c, self.top("chunks")?, name.as_bytes(), &shown)?)
-        } else {
-            c.lookup(self.top("chunks")?, name.as_bytes()).map_err(nfs_err("look up", &shown))?.map(|(fh, _)| fh)
-        };
-        if let Some(fh) = &fh {
-            lock(&self.prefixes).insert(hash.0[0], fh.clone());
-        }
-        Ok(fh)
-    }
-
     fn area(&self, area: Area) -> Result<&Fh, Error> {
         self.top(area.dir())
     }
 
-    fn upload_shown(&self, hash: &Hash) -> String {
-        self.shown(format!("uploads/{}/{hash}", self.instance))
+    fn upload_shown(&self, name: &Hash) -> String {
+        self.shown(format!("uploads/{}/{name}", self.instance))
     }
 
-    /// Sends the queued chunks: CREATE of those without a file, then WRITE of those not
-    /// written, each step one pipelined batch. What failed stays queued for the next try.
+    /// Sends the sealed packs: CREATE of those without a file, then WRITE of those not
+    /// written, each step one pipelined batch. What failed stays for the next try.
     fn send(&self, up: &mut Uploads, c: &mut Client) -> Result<(), Error> {
-        if up.queued == 0 && up.items.iter().all(|u| u.written) {
+        if up.items.iter().all(|u| u.written) {
             return Ok(());
         }
         let dir = if let Some(fh) = &up.dir {
@@ -230,7 +225,7 @@ impl NfsStore {
         };
         let unmade: Vec<usize> = (0..up.items.len()).filter(|&i| up.items[i].fh.is_none()).collect();
         if !unmade.is_empty() {
-            let names: Vec<String> = unmade.iter().map(|&i| up.items[i].hash.to_string()).collect();
+            let names: Vec<String> = unmade.iter().map(|&i| up.items[i].index.name.to_string()).collect();
             let refs: Vec<&[u8]> = names.iter().map(String::as_bytes).collect();
             let made = c.create_many(&dir, &refs, 0o644).map_err(nfs_err("create", self.shown("uploads")))?;
             let mut first = None;
@@ -238,7 +233,7 @@ impl NfsStore {
                 match r {
                     Ok(fh) => up.items[i].fh = Some(fh),
                     Err(e) => {
-                        first.get_or_insert_with(|| nfs_err("create", self.upload_shown(&up.items[i].hash))(e));
+                        first.get_or_insert_with(|| nfs_err("create", self.upload_shown(&up.items[i].index.name))(e));
                     }
                 }
             }
@@ -265,20 +260,19 @@ impl NfsStore {
                 // A short write (the server may take less): the rest, one call at a time.
                 Ok(n) => {
                     let fh = w.0.clone();
-                    let shown = self.upload_shown(&up.items[i].hash);
+                    let shown = self.upload_shown(&up.items[i].index.name);
                     if let Err(e) = write_all(c, &fh, w.1 + u64::from(n), &w.2[n as usize..], false, &shown) {
                         failed.entry(i).or_insert(e);
                     }
                 }
                 Err(e) => {
-                    failed.entry(i).or_insert_with(|| nfs_err("write", self.upload_shown(&up.items[i].hash))(e));
+                    failed.entry(i).or_insert_with(|| nfs_err("write", self.upload_shown(&up.items[i].index.name))(e));
                 }
             }
         }
         drop(writes);
         for i in owner {
-            if !failed.contains_key(&i) && !up.items[i].written {
-                up.queued -= up.items[i].data.len();
+            if !failed.contains_key(&i) {
                 up.items[i].written = true;
                 up.items[i].data = Vec::new();
             }
@@ -289,49 +283,120 @@ impl NfsStore {
         }
     }
 
-    /// The handles of the prefix directories of `hashes`, made where missing.
-    fn prefixes_for(&self, c: &mut Client, hashes: impl Iterator<Item = Hash>) -> Result<HashMap<u8, Fh>, Error> {
-        let mut out = HashMap::new();
-        for hash in hashes {
-            if let std::collections::hash_map::Entry::Vacant(v) = out.entry(hash.0[0]) {
-                v.insert(self.prefix(c, &hash, true)?.unwrap_or_else(|| self.top["chunks"].clone()));
-            }
-        }
-        Ok(out)
+    fn seal(up: &mut Uploads) {
+        let sealed = up.pack.seal();
+        up.items.push(Upload { index: sealed.index, data: sealed.bytes, fh: None, written: false });
     }
 
-    /// Every chunk in `chunks/`, listed now (their handles kept in `handles`).
-    fn listing(&self) -> Result<HashSet<Hash>, Error> {
-        let mut c = lock(&self.client);
-        let mut out = HashSet::new();
-        let mut handles = HashMap::new();
-        let prefixes = c.readdirplus(self.top("chunks")?).map_err(nfs_err("list", self.shown("chunks")))?;
-        for p in prefixes {
-            if p.name.len() != 2 || !p.name.iter().all(u8::is_ascii_hexdigit) {
-                continue;
-            }
-            let shown = self.shown(format!("chunks/{}", String::from_utf8_lossy(&p.name)));
-            let fh = match p.fh {
+    /// Every pack in `packs/` with its handle and index, and every loose chunk, listed now.
+    fn list(&self, c: &mut Client) -> Result<Found, Error> {
+        let shown = self.shown("packs");
+        let mut files = Vec::new();
+        for e in c.readdirplus(self.top("packs")?).map_err(nfs_err("list", &shown))? {
+            let Some(name) = std::str::from_utf8(&e.name).ok().and_then(|n| n.parse::<Hash>().ok()) else { continue };
+            let fh = match e.fh {
                 Some(fh) => fh,
-                None => match c.lookup(self.top("chunks")?, &p.name).map_err(nfs_err("look up", &shown))? {
+                None => match c.lookup(self.top("packs")?, &e.name).map_err(nfs_err("look up", &shown))? {
                     Some((fh, _)) => fh,
                     None => continue,
                 },
             };
-            if let Ok(Ok(byte)) = std::str::from_utf8(&p.name).map(|n| u8::from_str_radix(n, 16)) {
-                lock(&self.prefixes).insert(byte, fh.clone());
-            }
-            for e in c.readdirplus(&fh).map_err(nfs_err("list", &shown))? {
-                if let Some(hash) = std::str::from_utf8(&e.name).ok().and_then(|n| n.parse().ok()) {
-                    out.insert(hash);
-                    if let Some(fh) = e.fh {
-                        handles.insert(hash, fh);
+            files.push((name, fh));
+        }
+        let reads: Vec<(&Fh, u64, u32)> = files.iter().map(|(_, fh)| (fh, 0, pack::INDEX_PROBE)).collect();
+        let heads = c.read_many(&reads).map_err(nfs_err("read", &shown))?;
+        let mut packs = Vec::new();
+        for ((name, fh), head) in files.into_iter().zip(heads) {
+            let pack_shown = self.shown(format!("packs/{name}"));
+            let probe = match head {
+                Ok((data, _)) => data,
+                // Removed since the listing (a collection rewrote it): not there.
+                Err(e) if e.is_gone() => continue,
+                Err(e) => return Err(nfs_err("read", &pack_shown)(e)),
+            };
+            let listed = read_index(&name, probe, |n| read_all(c, &fh, n, &pack_shown))?;
+            packs.push((listed, fh));
+        }
+        let mut loose = HashSet::new();
+        if let Some(chunks) = self.top.get("chunks") {
+            for p in c.readdirplus(chunks).map_err(nfs_err("list", self.shown("chunks")))? {
+                if p.name.len() != 2 || !p.name.iter().all(u8::is_ascii_hexdigit) {
+                    continue;
+                }
+                let shown = self.shown(format!("chunks/{}", String::from_utf8_lossy(&p.name)));
+                let fh = match p.fh {
+                    Some(fh) => fh,
+                    None => match c.lookup(chunks, &p.name).map_err(nfs_err("look up", &shown))? {
+                        Some((fh, _)) => fh,
+                        None => continue,
+                    },
+                };
+                for e in c.readdirplus(&fh).map_err(nfs_err("list", &shown))? {
+                    if let Some(hash) = std::str::from_utf8(&e.name).ok().and_then(|n| n.parse().ok()) {
+                        loose.insert(hash);
                     }
                 }
             }
         }
-        *lock(&self.handles) = handles;
-        Ok(out)
+        Ok(Found { packs, loose })
+    }
+
+    /// The last listing, or a new one. A listing taken while this store created a lease
+    /// is used for this call but not kept (see `has_chunk`).
+    fn listing(&self) -> Result<Arc<Listing>, Error> {
+        let generation = {
+            let known = lock(&self.known);
+            if let Some(listing) = &known.listing {
+                return Ok(listing.clone());
+            }
+            known.generation
+        };
+        let found = self.list(&mut lock(&self.client))?;
+        let mut listing = Listing { loose: found.loose, ..Listing::default() };
+        for (listed, fh) in found.packs {
+            match listed {
+                Listed::Pack(index) => {
+                    listing.packed.add(&index);
+                    listing.packs.insert(index.name, fh);
+                }
+                Listed::Damaged { name, problem } => {
+                    tracing::warn!(archive.store = self.place, archive.pack = %name, "archive: pack unreadable: {problem}");
+                }
+            }
+        }
+        let listing = Arc::new(listing);
+        let mut known = lock(&self.known);
+        if known.generation == generation {
+            known.listing = Some(listing.clone());
+        }
+        Ok(listing)
+    }
+
+    /// Loose chunk `hash` (a store written before packs), to at most `limit` bytes plus one.
+    fn read_loose(&self, hash: &Hash, limit: usize) -> Result<Option<Vec<u8>>, Error> {
+        let Some(chunks) = self.top.get("chunks") else { return Ok(None) };
+        let name = hash.to_string();
+        let shown = self.shown(format!("chunks/{}/{name}", &name[..2]));
+        let mut c = lock(&self.client);
+        let Some((dir, _)) = c.lookup(chunks, &name.as_bytes()[..2]).map_err(nfs_err("look up", &shown))? else {
+            return Ok(None);
+        };
+        let Some((fh, _)) = c.lookup(&dir, name.as_bytes()).map_err(nfs_err("look up", &shown))? else {
+            return Ok(None);
+        };
+        read_all(&mut c, &fh, limit, &shown).map(Some)
+    }
+
+    /// Forgets the listing: a pack it names is gone.
+    fn forget(&self) {
+        lock(&self.known).listing = None;
+    }
+
+    /// Changes the kept listing (this store flushed or removed something).
+    fn amend(&self, f: impl FnOnce(&mut Listing)) {
+        if let Some(listing) = lock(&self.known).listing.as_mut() {
+            f(Arc::make_mut(listing));
+        }
     }
 }
 
@@ -348,10 +413,9 @@ impl ChunkStore for NfsStore {
         if !up.names.insert(*hash) {
             return Ok(false);
         }
-        up.items.push(Upload { hash: *hash, data: data.to_vec(), fh: None, written: false });
-        up.queued += data.len();
-        let unsent = up.items.iter().filter(|u| !u.written).count();
-        if up.queued >= BATCH_BYTES || unsent >= BATCH_CHUNKS {
+        up.pack.push(*hash, data);
+        if up.pack.full() {
+            Self::seal(&mut up);
             let mut c = lock(&self.client);
             self.send(&mut up, &mut c)?;
         }
@@ -361,6 +425,9 @@ impl ChunkStore for NfsStore {
     fn flush(&self) -> Result<(), Error> {
         let _one_at_a_time = lock(&self.flushing);
         let mut up = lock(&self.uploads);
+        if !up.pack.is_empty() {
+            Self::seal(&mut up);
+        }
         if up.items.is_empty() {
             return Ok(());
         }
@@ -369,44 +436,43 @@ impl ChunkStore for NfsStore {
         let files: Vec<&Fh> = up.items.iter().filter_map(|u| u.fh.as_ref()).collect();
         let committed = c.commit_many(&files).map_err(nfs_err("commit", self.shown("uploads")))?;
         for (u, r) in up.items.iter().zip(committed) {
-            r.map_err(nfs_err("commit", self.upload_shown(&u.hash)))?;
+            r.map_err(nfs_err("commit", self.upload_shown(&u.index.name)))?;
         }
         crate::failpoint::hit("archive.store.flush.synced").map_err(|e| Error::Io {
             op: "flush",
             path: self.place.clone(),
             source: e,
         })?;
-        let dirs = self.prefixes_for(&mut c, up.items.iter().map(|u| u.hash))?;
-        let names: Vec<String> = up.items.iter().map(|u| u.hash.to_string()).collect();
         let up_dir = up.dir.clone().ok_or_else(|| Error::Unsupported {
             path: self.place.clone(),
-            what: "chunks to flush but no upload directory".into(),
+            what: "packs to flush but no upload directory".into(),
         })?;
-        // One RENAME at a time: ganesha 4.3 answers some of several RENAMEs in flight a
-        // second late (docs/performance.md), far more than the round trips cost.
+        let packs = self.top("packs")?.clone();
         let mut first = None;
-        let mut moved = Vec::new();
-        for (u, name) in up.items.iter().zip(&names) {
-            match c.rename(&up_dir, name.as_bytes(), &dirs[&u.hash.0[0]], name.as_bytes()) {
-                Ok(()) => {
-                    moved.push(u.hash);
-                    if let Some(fh) = &u.fh {
-                        lock(&self.handles).insert(u.hash, fh.clone());
-                    }
-                }
+        let mut moved = 0;
+        for u in &up.items {
+            let name = u.index.name.to_string();
+            match c.rename(&up_dir, name.as_bytes(), &packs, name.as_bytes()) {
+                Ok(()) => moved += 1,
                 Err(e) => {
-                    first = Some(nfs_err("rename chunk", self.upload_shown(&u.hash))(e));
+                    first = Some(nfs_err("rename pack", self.upload_shown(&u.index.name))(e));
                     break;
                 }
             }
         }
-        let gone: HashSet<Hash> = moved.iter().copied().collect();
-        up.items.retain(|u| !gone.contains(&u.hash));
-        for h in &moved {
-            up.names.remove(h);
-        }
-        if let Some(listed) = lock(&self.present).listed.as_mut() {
-            listed.extend(moved);
+        let done: Vec<Upload> = up.items.drain(..moved).collect();
+        self.amend(|l| {
+            for u in &done {
+                l.packed.add(&u.index);
+                if let Some(fh) = &u.fh {
+                    l.packs.insert(u.index.name, fh.clone());
+                }
+            }
+        });
+        for u in &done {
+            for e in &u.index.entries {
+                up.names.remove(&e.hash);
+            }
         }
         if let Some(e) = first {
             return Err(e);
@@ -416,119 +482,120 @@ impl ChunkStore for NfsStore {
         Ok(())
     }
 
-    /// From a listing of `chunks/` taken after this store last created a lease (see the
-    /// trait), kept up to date with this store's own flushes and removals.
+    /// From a listing of `packs/` (and `chunks/`) taken after this store last created a
+    /// lease (see the trait), kept up to date with this store's own flushes and removals.
     fn has_chunk(&self, hash: &Hash) -> Result<bool, Error> {
-        let generation = {
-            let present = lock(&self.present);
-            if let Some(listed) = &present.listed {
-                return Ok(listed.contains(hash));
-            }
-            present.generation
-        };
-        let listed = self.listing()?;
-        let found = listed.contains(hash);
-        let mut present = lock(&self.present);
-        if present.generation == generation {
-            present.listed = Some(listed);
-        }
-        Ok(found)
+        let listing = self.listing()?;
+        Ok(listing.packed.chunks.contains_key(hash) || listing.loose.contains(hash))
     }
 
     fn read_ahead(&self, chunks: &[ChunkRef]) -> usize {
-        if lock(&self.handles).is_empty() {
-            // One listing gives every chunk's handle: far cheaper than a LOOKUP each.
-            let _ = self.listing();
-        }
-        let mut c = lock(&self.client);
-        let limit = c.io_size.max(4096) as usize;
-        let window: Vec<&ChunkRef> = chunks.iter().take(READ_AHEAD).collect();
-        let mut wanted: Vec<Hash> = Vec::new();
-        let mut seen = HashSet::new();
-        for r in &window {
-            if (r.len as usize) < limit && seen.insert(r.hash) {
-                wanted.push(r.hash);
-            }
-        }
         let mut ahead = lock(&self.ahead);
         ahead.clear();
-        if wanted.len() < 2 {
+        let Ok(listing) = self.listing() else { return 0 };
+        let mut c = lock(&self.client);
+        let step = u64::from(c.io_size.max(4096));
+        // Neighbouring chunks of one pack in one READ of up to `step` bytes.
+        let mut ranges: Vec<(Hash, u64, u64, Vec<Hash>)> = Vec::new();
+        let (mut taken, mut bytes) = (0, 0);
+        for r in chunks.iter().take(READ_AHEAD) {
+            taken += 1;
+            let Some(&(pack, offset, len)) = listing.packed.chunks.get(&r.hash) else { continue };
+            bytes += len as usize;
+            match ranges.last_mut() {
+                Some((p, start, end, hashes))
+                    if *p == pack && *end == offset && offset + u64::from(len) - *start <= step =>
+                {
+                    *end += u64::from(len);
+                    hashes.push(r.hash);
+                }
+                _ => ranges.push((pack, offset, offset + u64::from(len), vec![r.hash])),
+            }
+            if bytes >= READ_AHEAD_BYTES {
+                break;
+            }
+        }
+        let reads: Vec<(&Fh, u64, u32)> = ranges
+            .iter()
+            .filter_map(|(p, start, end, _)| Some((listing.packs.get(p)?, *start, (end - start) as u32)))
+            .collect();
+        if reads.len() < ranges.len() {
             return 0;
         }
-        let mut files = Vec::new();
-        let mut unknown = Vec::new();
-        {
-            let handles = lock(&self.handles);
-            for h in wanted {
-                match handles.get(&h) {
-                    Some(fh) => files.push((h, fh.clone())),
-                    None => unknown.push(h),
-                }
-            }
-        }
-        let mut dirs = HashMap::new();
-        for h in &unknown {
-            if let std::collections::hash_map::Entry::Vacant(v) = dirs.entry(h.0[0]) {
-                match self.prefix(&mut c, h, false) {
-                    Ok(Some(fh)) => {
-                        v.insert(fh);
-                    }
-                    _ => return 0,
-                }
-            }
-        }
-        let names: Vec<String> = unknown.iter().map(Hash::to_string).collect();
-        let lookups: Vec<(&Fh, &[u8])> =
-            unknown.iter().zip(&names).map(|(h, n)| (&dirs[&h.0[0]], n.as_bytes())).collect();
-        let Ok(found) = c.lookup_many(&lookups) else { return 0 };
-        for (h, r) in unknown.iter().zip(found) {
-            if let Ok(Some(fh)) = r {
-                files.push((*h, fh));
-            }
-        }
-        let lens: HashMap<Hash, u32> = window.iter().map(|r| (r.hash, r.len)).collect();
-        let reads: Vec<(&Fh, u64, u32)> = files.iter().map(|(h, fh)| (fh, 0, lens[h] + 1)).collect();
         let Ok(got) = c.read_many(&reads) else { return 0 };
-        for ((h, _), r) in files.iter().zip(got) {
-            // Only a whole chunk (the file ended, or it is longer than it should be) is
-            // kept; anything else is read again the ordinary way, which reports it.
-            if let Ok((data, eof)) = r
-                && (eof || data.len() > lens[h] as usize)
-            {
-                ahead.insert(*h, data);
+        for ((_, start, _, hashes), r) in ranges.iter().zip(got) {
+            // What did not come back whole is read again the ordinary way, which reports it.
+            let Ok((data, _)) = r else { continue };
+            for h in hashes {
+                let (_, offset, len) = listing.packed.chunks[h];
+                let from = (offset - start) as usize;
+                if let Some(bytes) = data.get(from..from + len as usize) {
+                    ahead.insert(*h, bytes.to_vec());
+                }
             }
         }
-        window.len()
+        taken
     }
 
     fn read_chunk_raw(&self, hash: &Hash, limit: usize) -> Result<Option<Vec<u8>>, Error> {
         if let Some(data) = lock(&self.ahead).remove(hash) {
             return Ok(Some(data));
         }
-        let mut c = lock(&self.client);
-        let Some(dir) = self.prefix(&mut c, hash, false)? else { return Ok(None) };
+        // A collection may have rewritten the pack since this store listed: the chunk is
+        // then in a pack written before the old one went, which a new listing finds.
+        for _ in 0..2 {
+            let listing = self.listing()?;
+            if let Some(&(pack, offset, len)) = listing.packed.chunks.get(hash)
+                && let Some(fh) = listing.packs.get(&pack)
+            {
+                match lock(&self.client).read(fh, offset, len) {
+                    Ok((data, _)) => return Ok(Some(data)),
+                    Err(e) if e.is_gone() => {}
+                    Err(e) => return Err(nfs_err("read", self.shown(format!("packs/{pack}")))(e)),
+                }
+            }
+            if let Some(data) = self.read_loose(hash, limit)? {
+                return Ok(Some(data));
+            }
+            self.forget();
+        }
+        Ok(None)
+    }
+
+    fn list_loose(&self) -> Result<Vec<Hash>, Error> {
+        Ok(self.list(&mut lock(&self.client))?.loose.into_iter().collect())
+    }
+
+    fn remove_loose(&self, hash: &Hash) -> Result<bool, Error> {
+        let Some(chunks) = self.top.get("chunks") else { return Ok(false) };
         let name = hash.to_string();
         let shown = self.shown(format!("chunks/{}/{name}", &name[..2]));
-        let Some((fh, _)) = c.lookup(&dir, name.as_bytes()).map_err(nfs_err("look up", &shown))? else {
-            return Ok(None);
-        };
-        read_all(&mut c, &fh, limit, &shown).map(Some)
-    }
-
-    fn list_chunks(&self) -> Result<Vec<Hash>, Error> {
-        Ok(self.listing()?.into_iter().collect())
-    }
-
-    fn remove_chunk(&self, hash: &Hash) -> Result<bool, Error> {
         let mut c = lock(&self.client);
-        let Some(dir) = self.prefix(&mut c, hash, false)? else { return Ok(false) };
-        let name = hash.to_string();
+        let Some((dir, _)) = c.lookup(chunks, &name.as_bytes()[..2]).map_err(nfs_err("look up", &shown))? else {
+            return Ok(false);
+        };
         let removed = c.remove(&dir, name.as_bytes());
-        if let Some(listed) = lock(&self.present).listed.as_mut() {
-            listed.remove(hash);
-        }
-        lock(&self.handles).remove(hash);
-        found(removed, "remove chunk", self.shown(format!("chunks/{}/{name}", &name[..2])))
+        self.amend(|l| {
+            l.loose.remove(hash);
+        });
+        found(removed, "remove chunk", shown)
+    }
+
+    fn list_packs(&self) -> Result<Vec<Listed>, Error> {
+        Ok(self.list(&mut lock(&self.client))?.packs.into_iter().map(|(listed, _)| listed).collect())
+    }
+
+    fn write_pack(&self, sealed: pack::Sealed) -> Result<(), Error> {
+        lock(&self.uploads).items.push(Upload { index: sealed.index, data: sealed.bytes, fh: None, written: false });
+        self.flush()
+    }
+
+    fn remove_pack(&self, name: &Hash) -> Result<bool, Error> {
+        let text = name.to_string();
+        let r = lock(&self.client).remove(self.top("packs")?, text.as_bytes());
+        // Its chunks may be in other packs too: the next lookup lists again.
+        self.forget();
+        found(r, "remove pack", self.shown(format!("packs/{text}")))
     }
 
     fn remove_abandoned_uploads(&self) -> Result<u64, Error> {
@@ -559,9 +626,9 @@ impl ChunkStore for NfsStore {
         if area == Area::Pending {
             // A copy announces itself: a listing of chunks taken before may be older than
             // a collection that ran while this store held no lease (see `has_chunk`).
-            let mut present = lock(&self.present);
-            present.generation += 1;
-            present.listed = None;
+            let mut known = lock(&self.known);
+            known.generation += 1;
+            known.listing = None;
         }
         let mut c = lock(&self.client);
         let (fh, _) = c.create(&dir, tmp.as_bytes(), 0o644, false).map_err(nfs_err("create", &shown))?;

@@ -28,6 +28,7 @@ impl Status {
     pub const EXIST: Status = Status(17);
     pub const NOTDIR: Status = Status(20);
     pub const NOTEMPTY: Status = Status(66);
+    pub const STALE: Status = Status(70);
     pub const NOTSUPP: Status = Status(10004);
 
     /// The equivalent errno, for statuses that have one.
@@ -107,6 +108,13 @@ impl Error {
     #[must_use]
     pub fn is_noent(&self) -> bool {
         self.status() == Some(Status::NOENT)
+    }
+
+    /// True when the file is not there (any more): NFS3ERR_NOENT, or NFS3ERR_STALE for a
+    /// handle of a file removed since it was looked up.
+    #[must_use]
+    pub fn is_gone(&self) -> bool {
+        self.is_noent() || self.status() == Some(Status::STALE)
     }
 
     /// True when the server answered NFS3ERR_EXIST.

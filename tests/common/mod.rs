@@ -16,6 +16,7 @@ use berth::csi::pb::node_client::NodeClient;
 use tonic::transport::{Channel, Endpoint};
 
 pub mod ganesha;
+pub mod packs;
 
 /// True when running as root; otherwise prints the SKIPPED line naming the test.
 pub fn require_root(test: &str) -> bool {
