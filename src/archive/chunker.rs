@@ -122,6 +122,11 @@ impl<R: Read> Chunker<R> {
 
     /// The next chunk, or `None` at the end of the stream.
     pub fn next_chunk(&mut self) -> io::Result<Option<Chunk<'_>>> {
+        Ok(self.next_cut()?.map(|data| Chunk { data, hash: Hash(Sha256::digest(data).into()) }))
+    }
+
+    /// The next chunk's bytes, not hashed (for a caller that hashes them elsewhere).
+    pub fn next_cut(&mut self) -> io::Result<Option<&[u8]>> {
         if self.end - self.start < self.sizes.max && !self.eof {
             self.buf.copy_within(self.start..self.end, 0);
             (self.end, self.start) = (self.end - self.start, 0);
@@ -141,9 +146,8 @@ impl<R: Read> Chunker<R> {
             return Ok(None);
         }
         let len = self.sizes.cut(&self.buf[self.start..self.end]);
-        let data = &self.buf[self.start..self.start + len];
         self.start += len;
-        Ok(Some(Chunk { data, hash: Hash(Sha256::digest(data).into()) }))
+        Ok(Some(&self.buf[self.start - len..self.start]))
     }
 }
 

@@ -63,6 +63,12 @@ pub struct CopyStats {
     pub elapsed: Duration,
 }
 
+/// Data ranges at least this long are cut by a second thread while the first stores
+/// chunks (a store's put may wait for the network)...
+const PIPELINE_FROM: u64 = 1 << 20;
+/// ...and at most this many chunks wait between the two.
+const PIPELINE: usize = 1024;
+
 struct Copier<'a> {
     store: &'a dyn ChunkStore,
     lease: Lease<'a>,
@@ -103,25 +109,57 @@ impl Copier<'_> {
         let mut data = Data { size, ranges: Vec::with_capacity(ranges.len()), chunks: Vec::new() };
         for (off, len) in ranges {
             data.ranges.push([off, len]);
-            let mut chunker = Chunker::new(Range { file, off, left: len }, self.sizes);
-            while let Some(chunk) = chunker.next_chunk().map_err(io_err("read", path))? {
-                let n = chunk.data.len();
-                self.stats.bytes_read += n as u64;
-                if self.seen.insert(chunk.hash) && self.store.put_chunk(&chunk.hash, chunk.data)? {
-                    self.stats.chunks_new += 1;
-                    self.stats.bytes_new += n as u64;
-                } else {
-                    self.stats.chunks_reused += 1;
+            let range = Range { file, off, left: len };
+            if len < PIPELINE_FROM {
+                let mut chunker = Chunker::new(range, self.sizes);
+                while let Some(chunk) = chunker.next_chunk().map_err(io_err("read", path))? {
+                    self.take(&chunk.hash, chunk.data, &mut data, path)?;
                 }
-                data.chunks.push(ChunkRef { hash: chunk.hash, len: n as u32 });
-                crate::failpoint::hit("archive.copy.chunk").map_err(io_err("copy", path))?;
-                if self.progress.is_some_and(|p| !p(self.stats.bytes_read)) {
-                    return Err(Error::Stopped { copy: self.name.clone() });
-                }
-                self.lease.heartbeat()?;
+                continue;
             }
+            // A second thread reads and cuts while this one hashes and stores what it cut.
+            let sizes = self.sizes;
+            std::thread::scope(|scope| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(PIPELINE);
+                scope.spawn(move || {
+                    let mut chunker = Chunker::new(range, sizes);
+                    loop {
+                        let next = chunker.next_cut().map(|c| c.map(<[u8]>::to_vec));
+                        let done = !matches!(next, Ok(Some(_)));
+                        // The loop below stopped (it failed): nothing more to cut.
+                        if tx.send(next).is_err() || done {
+                            return;
+                        }
+                    }
+                });
+                // `rx` is consumed here, so it is gone before the scope waits for the
+                // reader: a reader blocked on a full channel wakes to a failed send.
+                for next in rx {
+                    let Some(bytes) = next.map_err(io_err("read", path))? else { break };
+                    self.take(&Hash::of(&bytes), &bytes, &mut data, path)?;
+                }
+                Ok::<_, Error>(())
+            })?;
         }
         Ok(data)
+    }
+
+    /// Stores one chunk cut from a file unless this copy or the store has it.
+    fn take(&mut self, hash: &Hash, bytes: &[u8], data: &mut Data, path: &str) -> Result<(), Error> {
+        let n = bytes.len();
+        self.stats.bytes_read += n as u64;
+        if self.seen.insert(*hash) && self.store.put_chunk(hash, bytes)? {
+            self.stats.chunks_new += 1;
+            self.stats.bytes_new += n as u64;
+        } else {
+            self.stats.chunks_reused += 1;
+        }
+        data.chunks.push(ChunkRef { hash: *hash, len: n as u32 });
+        crate::failpoint::hit("archive.copy.chunk").map_err(io_err("copy", path))?;
+        if self.progress.is_some_and(|p| !p(self.stats.bytes_read)) {
+            return Err(Error::Stopped { copy: self.name.clone() });
+        }
+        self.lease.heartbeat()
     }
 
     fn walk(

@@ -170,6 +170,8 @@ fn write_data(
 ) -> Result<(), Error> {
     let mut ranges = data.ranges.iter();
     let (mut off, mut left) = (0u64, 0u64);
+    // Neighbouring chunks are written together, up to WRITE_BYTES at a time.
+    let mut pending = Pending { file, at: 0, buf: Vec::with_capacity(WRITE_BYTES) };
     read_chunks(
         store,
         manifest,
@@ -184,7 +186,7 @@ fn write_data(
                     (off, left) = (o, l);
                 }
                 let n = (rest.len() as u64).min(left) as usize;
-                file.write_all_at(&rest[..n], off).map_err(io_err("write", path))?;
+                pending.write(off, &rest[..n]).map_err(io_err("write", path))?;
                 (off, left, rest) = (off + n as u64, left - n as u64, &rest[n..]);
             }
             stats.bytes += u64::from(c.len);
@@ -192,11 +194,46 @@ fn write_data(
             Ok(())
         },
     )?;
+    pending.flush().map_err(io_err("write", path))?;
     file.set_len(data.size).map_err(io_err("set size of", path))
 }
 
+/// Bytes a restore gathers before it writes them.
+const WRITE_BYTES: usize = 1 << 20;
+
+/// Bytes to be written at `at`, gathered from neighbouring pieces.
+struct Pending<'a> {
+    file: &'a File,
+    at: u64,
+    buf: Vec<u8>,
+}
+
+impl Pending<'_> {
+    fn write(&mut self, off: u64, bytes: &[u8]) -> std::io::Result<()> {
+        if off != self.at + self.buf.len() as u64 || self.buf.len() + bytes.len() > WRITE_BYTES {
+            self.flush()?;
+            self.at = off;
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_all_at(&self.buf, self.at)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Chunks read and checked ahead of the loop that uses them: enough for the store's
+/// read-ahead to keep going while the last window is written.
+const PIPELINE: usize = 1024;
+
 /// Reads, in order, each of `chunks` that `want` picks, checked against its hash, and
-/// hands it to `each`; the store reads ahead of the loop where it can.
+/// hands it to `each`. A second thread reads (the store reads ahead where it can) and
+/// checks while `each` runs, so reading from the store, hashing and writing overlap.
 fn read_chunks(
     store: &dyn ChunkStore,
     manifest: &str,
@@ -204,17 +241,35 @@ fn read_chunks(
     mut want: impl FnMut(&ChunkRef) -> bool,
     mut each: impl FnMut(&ChunkRef, Vec<u8>) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let mut ahead = 0usize;
-    for (i, c) in chunks.iter().enumerate() {
-        if ahead == 0 {
-            ahead = store.read_ahead(&chunks[i..]).max(1);
+    let picked: Vec<ChunkRef> = chunks.iter().filter(|&c| want(c)).cloned().collect();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>, Error>>(PIPELINE);
+    let picked = &picked;
+    std::thread::scope(|scope| {
+        // Dropped when this closure returns, before the scope waits for the reader: a
+        // reader blocked on a full channel then wakes to a failed send and stops.
+        let rx = rx;
+        scope.spawn(move || {
+            let mut ahead = 0usize;
+            for (i, c) in picked.iter().enumerate() {
+                if ahead == 0 {
+                    ahead = store.read_ahead(&picked[i..]).max(1);
+                }
+                ahead -= 1;
+                let read = store.read_chunk(&c.hash, c.len as usize, manifest);
+                let failed = read.is_err();
+                // The loop below stopped (it failed): nothing more to read.
+                if tx.send(read).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for c in picked {
+            // The reader sends one result per chunk until its first error.
+            let data = rx.recv().map_err(|_| Error::Stopped { copy: manifest.to_string() })??;
+            each(c, data)?;
         }
-        ahead -= 1;
-        if want(c) {
-            each(c, store.read_chunk(&c.hash, c.len as usize, manifest)?)?;
-        }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 fn build_image(

@@ -163,9 +163,20 @@ fn nfs_remove_tree(c: &mut Client, dir: &Fh, name: &[u8]) -> Result<(), String> 
     }
 }
 
+/// Times of a sequential pass through the client, as `dd` would make them.
+struct Sequential {
+    /// The image written to the export and COMMITted.
+    write: f64,
+    /// Read back, the bytes dropped.
+    read: f64,
+    /// Read back into a local file beside the restores, synced: `dd` from the export to
+    /// a volume, what a restore is measured against.
+    read_to_file: f64,
+}
+
 /// Writes the image to the export sequentially through a new client and COMMITs it,
-/// then reads it back; returns both times.
-fn nfs_sequential(ep: &crate::nfs::Endpoint, bench: &str, image: &Path) -> Result<(f64, f64), String> {
+/// then reads it back twice: dropping the bytes, then into `dest`, synced.
+fn nfs_sequential(ep: &crate::nfs::Endpoint, bench: &str, image: &Path, dest: &Path) -> Result<Sequential, String> {
     let nfs = |e: crate::nfs::Error| format!("NFS: {e}");
     let mut c = Client::connect(ep).map_err(nfs)?;
     let root = c.root.clone();
@@ -200,8 +211,22 @@ fn nfs_sequential(ep: &crate::nfs::Endpoint, bench: &str, image: &Path) -> Resul
         }
     }
     let read = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let out = File::create(dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
+    let mut off = 0u64;
+    loop {
+        let (data, eof) = c.read(&fh, off, step as u32).map_err(nfs)?;
+        out.write_all_at(&data, off).map_err(|e| format!("writing {}: {e}", dest.display()))?;
+        off += data.len() as u64;
+        if eof || data.is_empty() {
+            break;
+        }
+    }
+    out.sync_all().map_err(|e| format!("syncing {}: {e}", dest.display()))?;
+    let read_to_file = t.elapsed().as_secs_f64();
+    fs::remove_file(dest).map_err(|e| format!("removing {}: {e}", dest.display()))?;
     c.remove(&dir, b"sequential.img").map_err(nfs)?;
-    Ok((write, read))
+    Ok(Sequential { write, read, read_to_file })
 }
 
 fn measure(dir: &Path, name: &str, size: u64, runs: usize, sizes: Sizes, target: &Target<'_>) -> Result<Value, String> {
@@ -220,17 +245,18 @@ fn measure(dir: &Path, name: &str, size: u64, runs: usize, sizes: Sizes, target:
         file.sync_all().map_err(|e| format!("syncing the image: {e}"))?;
     }
     let (mut first, mut regions, mut scattered) = (Phase::default(), Phase::default(), Phase::default());
-    let (mut restore_s, mut base_first, mut base_second, mut base_read) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut restore_s, mut base_first, mut base_second, mut base_read, mut base_to_file) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let opts = CopyOptions { sizes, ..CopyOptions::default() };
     let percent = size / 100;
-    let baseline = |root: &Path, reads: &mut Vec<f64>| -> Result<f64, String> {
+    let mut baseline = |root: &Path| -> Result<f64, String> {
         match target {
             Target::Dir => Ok(cp_a(&image, &root.join("cp-a.img"))?.as_secs_f64()),
             Target::Nfs(ep) => {
-                let (write, read) = nfs_sequential(ep, name, &image)?;
-                reads.push(read);
-                Ok(write)
+                let seq = nfs_sequential(ep, name, &image, &dir.join("sequential-back.img"))?;
+                base_read.push(seq.read);
+                base_to_file.push(seq.read_to_file);
+                Ok(seq.write)
             }
         }
     };
@@ -246,7 +272,7 @@ fn measure(dir: &Path, name: &str, size: u64, runs: usize, sizes: Sizes, target:
             }
         };
         let store = store.as_ref();
-        base_first.push(baseline(&root, &mut base_read)?);
+        base_first.push(baseline(&root)?);
         first.add(&copy_image(store, "first", &image, &opts).map_err(|e| e.to_string())?);
         let file = File::options().write(true).open(&image).map_err(|e| format!("opening the image: {e}"))?;
         // 1% as 64 contiguous regions, one in each 64th of the image.
@@ -265,7 +291,7 @@ fn measure(dir: &Path, name: &str, size: u64, runs: usize, sizes: Sizes, target:
         }
         file.sync_all().map_err(|e| format!("syncing the image: {e}"))?;
         scattered.add(&copy_image(store, "scattered", &image, &opts).map_err(|e| e.to_string())?);
-        base_second.push(baseline(&root, &mut base_read)?);
+        base_second.push(baseline(&root)?);
         let back = dir.join("restored.img");
         let t = Instant::now();
         restore(store, "scattered", &back).map_err(|e| e.to_string())?;
@@ -281,7 +307,11 @@ fn measure(dir: &Path, name: &str, size: u64, runs: usize, sizes: Sizes, target:
         json!({ "seconds": round(s), "bytes_sent": size, "sent_pct_of_size": 100.0, "mib_per_s": round(mib / s.max(1e-9)) })
     };
     let restore = median(restore_s);
-    let read = (!base_read.is_empty()).then(|| median(base_read.clone()));
+    let speed = |v: &Vec<f64>| {
+        (!v.is_empty())
+            .then(|| median(v.clone()))
+            .map_or(Value::Null, |s| json!({ "seconds": round(s), "mib_per_s": round(mib / s.max(1e-9)) }))
+    };
     Ok(json!({
         "workload": "archive",
         "store": match target { Target::Dir => "directory".to_string(), Target::Nfs(ep) => format!("nfs {}:{}", ep.host, ep.export) },
@@ -295,7 +325,8 @@ fn measure(dir: &Path, name: &str, size: u64, runs: usize, sizes: Sizes, target:
         "restore": { "seconds": round(restore), "mib_per_s": round(mib / restore.max(1e-9)) },
         "baseline_first": base(&base_first),
         "baseline_second": base(&base_second),
-        "baseline_read": read.map_or(Value::Null, |s| json!({ "seconds": round(s), "mib_per_s": round(mib / s.max(1e-9)) })),
+        "baseline_read": speed(&base_read),
+        "baseline_read_to_file": speed(&base_to_file),
         "peak_rss_kib": memory(std::process::id()).map_or(0, |m| m.hwm_kib),
     }))
 }
@@ -325,11 +356,10 @@ pub fn rows(r: &Value) -> String {
             p["seconds"], p["bytes_sent"], p["sent_pct_of_size"], p["mib_per_s"]
         ));
     }
-    if !r["baseline_read"].is_null() {
-        out.push_str(&format!(
-            "  {:<34} {:>8} s  {:>8} MiB/s\n",
-            "baseline read", r["baseline_read"]["seconds"], r["baseline_read"]["mib_per_s"]
-        ));
+    for (label, key) in [("baseline read", "baseline_read"), ("baseline read into a file", "baseline_read_to_file")] {
+        if !r[key].is_null() {
+            out.push_str(&format!("  {label:<34} {:>8} s  {:>8} MiB/s\n", r[key]["seconds"], r[key]["mib_per_s"]));
+        }
     }
     out.push_str(&format!(
         "  {:<34} {:>8} s  {:>8} MiB/s; peak RSS {} KiB\n",
