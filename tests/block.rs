@@ -464,31 +464,6 @@ async fn reboot_replay_reattaches_the_same_image() {
     unpublish_unstage(&mut b, &vol.volume_id, &q).await;
 }
 
-/// Loop devices made by the test as stand-in disks, detached on drop.
-struct Disks {
-    devices: Vec<String>,
-}
-
-impl Disks {
-    fn new(dir: &Path, sizes_mib: &[u64]) -> Disks {
-        let mut devices = Vec::new();
-        for (i, size) in sizes_mib.iter().enumerate() {
-            let img = dir.join(format!("disk{i}.img"));
-            sh("truncate", &["-s", &format!("{size}M"), img.to_str().expect("utf8")]);
-            devices.push(sh("losetup", &["--find", "--show", img.to_str().expect("utf8")]).trim().to_string());
-        }
-        Disks { devices }
-    }
-}
-
-impl Drop for Disks {
-    fn drop(&mut self) {
-        for d in &self.devices {
-            let _ = std::process::Command::new("losetup").args(["-d", d]).status();
-        }
-    }
-}
-
 #[tokio::test]
 async fn device_pool_picks_the_smallest_fit_and_wipes_on_delete() {
     let test = "device_pool_picks_the_smallest_fit_and_wipes_on_delete";

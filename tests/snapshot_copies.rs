@@ -371,6 +371,33 @@ async fn a_raw_block_volume_travels_as_its_image() {
         return;
     }
     let Some(g) = Ganesha::start(scratch.path(), test) else { return };
+    let dir_a = scratch.path().join("node-a");
+    raw_volume_travels(&scratch, &g, &block_line(&dir_a.join("images"))).await;
+}
+
+/// A device pool's snapshot is an image of the whole disk: its copy restores into a
+/// block pool on another node.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_volume_travels_as_its_disk_image() {
+    let test = "a_device_volume_travels_as_its_disk_image";
+    let scratch = Scratch::new();
+    if !require_root(test) {
+        return;
+    }
+    let Some(g) = Ganesha::start(scratch.path(), test) else { return };
+    let disks = Disks::new(scratch.path(), &[64]);
+    let dir_a = scratch.path().join("node-a");
+    let local = format!(
+        "  - {{name: disks, type: device, devices: ['{}'], wipe: signatures, snapshotPool: img}}\n{}",
+        disks.devices[0],
+        block_line(&dir_a.join("images")).replace("name: disks", "name: img")
+    );
+    raw_volume_travels(&scratch, &g, &local).await;
+}
+
+/// A raw block volume of node-a's pool `disks` is written, snapshotted with a copy, and
+/// node-a is gone; node-b's block pool `disks` restores the copy, which reads back.
+async fn raw_volume_travels(scratch: &Scratch, g: &Ganesha, local_a: &str) {
     let raw = || pb::VolumeCapability {
         access_type: Some(pb::volume_capability::AccessType::Block(pb::volume_capability::BlockVolume {})),
         access_mode: rwo().access_mode,
@@ -381,7 +408,7 @@ async fn a_raw_block_volume_travels_as_its_image() {
         r
     };
     let dir_a = scratch.path().join("node-a");
-    let mut a = node(dir_a.clone(), &node_config(&dir_a, &g, &block_line(&dir_a.join("images"))), "node-a").await;
+    let mut a = node(dir_a.clone(), &node_config(&dir_a, g, local_a), "node-a").await;
     let vol = a.controller.create_volume(block_req("disk", None)).await.expect("create");
     let vol = vol.into_inner().volume.expect("volume").volume_id;
     let paths = stage_publish(&mut a, &dir_a, &vol, "writer", raw()).await;
@@ -396,7 +423,7 @@ async fn a_raw_block_volume_travels_as_its_image() {
     fs::remove_dir_all(&dir_a).unwrap();
 
     let dir_b = scratch.path().join("node-b");
-    let mut b = node(dir_b.clone(), &node_config(&dir_b, &g, &block_line(&dir_b.join("images"))), "node-b").await;
+    let mut b = node(dir_b.clone(), &node_config(&dir_b, g, &block_line(&dir_b.join("images"))), "node-b").await;
     let wrong = volume_req("as-dir", "disks", 64 << 20, Some(&snap.snapshot_id));
     let err = b.controller.create_volume(wrong).await.expect_err("a raw image restored as a filesystem volume");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
@@ -414,7 +441,7 @@ async fn a_raw_block_volume_travels_as_its_image() {
         .delete_snapshot(pb::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id, ..Default::default() })
         .await
         .expect("delete the snapshot where its node is gone");
-    assert!(entries(&archive_dir(&g).join("packs")).is_empty());
+    assert!(entries(&archive_dir(g).join("packs")).is_empty());
     b.stop();
 }
 

@@ -569,3 +569,28 @@ pub fn mount_dead_fuse(target: &Path) -> std::io::Result<()> {
     drop(fuse);
     Ok(())
 }
+
+/// Loop devices made by the test as stand-in disks, detached on drop.
+pub struct Disks {
+    pub devices: Vec<String>,
+}
+
+impl Disks {
+    pub fn new(dir: &Path, sizes_mib: &[u64]) -> Disks {
+        let mut devices = Vec::new();
+        for (i, size) in sizes_mib.iter().enumerate() {
+            let img = dir.join(format!("disk{i}.img"));
+            sh("truncate", &["-s", &format!("{size}M"), img.to_str().expect("utf8")]);
+            devices.push(sh("losetup", &["--find", "--show", img.to_str().expect("utf8")]).trim().to_string());
+        }
+        Disks { devices }
+    }
+}
+
+impl Drop for Disks {
+    fn drop(&mut self) {
+        for d in &self.devices {
+            let _ = std::process::Command::new("losetup").args(["-d", d]).status();
+        }
+    }
+}

@@ -233,6 +233,12 @@ impl Controller for DevicePool {
         Ok(())
     }
 
+    /// A snapshot is an image of the whole disk in the snapshot pool: a copy reads it as a
+    /// block volume's image, and it restores into a block pool anywhere.
+    fn snapshot_content(&self, snapshot: &SnapshotRecord) -> Option<super::Content> {
+        self.snapshot_path(&snapshot.key).ok().map(super::Content::Image)
+    }
+
     fn delete_snapshot(&self, snapshot: &SnapshotRecord) -> Result<()> {
         let path = self.snapshot_path(&snapshot.key)?;
         if path.exists() {
