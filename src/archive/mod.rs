@@ -53,7 +53,8 @@
 //!   5.5 MB per GiB of data) and the set of hashes it has seen, and one directory
 //!   descriptor per level of the tree ([`copy::MAX_DEPTH`] levels at most); its store
 //!   holds the pack being filled (up to 8 MiB) and where every stored chunk is (about
-//!   100 bytes per chunk).
+//!   100 bytes per chunk: 12 MB per GiB stored), learned by reading every pack's index
+//!   (36 KiB per 8 MiB pack) once per copy.
 //! - A restore renames its result over an absent path or an empty directory; a volume
 //!   root that is a mount point or a btrfs subvolume cannot be replaced that way.
 //! - A store's temporary files of a process that died between writing and linking them
