@@ -42,8 +42,9 @@ pub fn delete(store: &dyn ChunkStore, name: &str, timing: Timing) -> Result<GcRe
     Ok(report)
 }
 
-/// Removes every chunk no manifest needs, once no copy is running. Refuses to sweep
-/// when a manifest cannot be read: what it needs is unknown.
+/// Removes the chunks no manifest needs, once no copy is running (a pack at least four
+/// fifths needed is kept whole). Refuses to sweep when a manifest cannot be read: what it
+/// needs is unknown.
 pub fn collect(store: &dyn ChunkStore, timing: Timing) -> Result<GcReport, Error> {
     let start = Instant::now();
     let (mut marker, leases_taken_over) = Marker::acquire(store, timing)?;
@@ -61,7 +62,8 @@ pub fn collect(store: &dyn ChunkStore, timing: Timing) -> Result<GcReport, Error
         needed.extend(manifest.chunks().map(|c| c.hash));
         report.manifests += 1;
     }
-    // Chunks another pack already keeps: a copy of one elsewhere is not needed.
+    // Needed chunks already kept (loose, or in a pack kept or being rewritten): a second
+    // copy of one in another pack is not needed.
     let mut kept = HashSet::new();
     for hash in store.list_loose()? {
         if needed.contains(&hash) {

@@ -372,15 +372,20 @@ impl NfsStore {
         Ok(listing)
     }
 
-    /// Loose chunk `hash` (a store written before packs), to at most `limit` bytes plus one.
-    fn read_loose(&self, hash: &Hash, limit: usize) -> Result<Option<Vec<u8>>, Error> {
+    /// The prefix directory of loose chunk `hash` (a store written before packs), the
+    /// chunk's name there and how it is shown; `None` when the store has no such directory.
+    fn loose_dir(&self, c: &mut Client, hash: &Hash) -> Result<Option<(Fh, String, String)>, Error> {
         let Some(chunks) = self.top.get("chunks") else { return Ok(None) };
         let name = hash.to_string();
         let shown = self.shown(format!("chunks/{}/{name}", &name[..2]));
+        let dir = c.lookup(chunks, &name.as_bytes()[..2]).map_err(nfs_err("look up", &shown))?;
+        Ok(dir.map(|(fh, _)| (fh, name, shown)))
+    }
+
+    /// Loose chunk `hash`, to at most `limit` bytes plus one.
+    fn read_loose(&self, hash: &Hash, limit: usize) -> Result<Option<Vec<u8>>, Error> {
         let mut c = lock(&self.client);
-        let Some((dir, _)) = c.lookup(chunks, &name.as_bytes()[..2]).map_err(nfs_err("look up", &shown))? else {
-            return Ok(None);
-        };
+        let Some((dir, name, shown)) = self.loose_dir(&mut c, hash)? else { return Ok(None) };
         let Some((fh, _)) = c.lookup(&dir, name.as_bytes()).map_err(nfs_err("look up", &shown))? else {
             return Ok(None);
         };
@@ -567,13 +572,8 @@ impl ChunkStore for NfsStore {
     }
 
     fn remove_loose(&self, hash: &Hash) -> Result<bool, Error> {
-        let Some(chunks) = self.top.get("chunks") else { return Ok(false) };
-        let name = hash.to_string();
-        let shown = self.shown(format!("chunks/{}/{name}", &name[..2]));
         let mut c = lock(&self.client);
-        let Some((dir, _)) = c.lookup(chunks, &name.as_bytes()[..2]).map_err(nfs_err("look up", &shown))? else {
-            return Ok(false);
-        };
+        let Some((dir, name, shown)) = self.loose_dir(&mut c, hash)? else { return Ok(false) };
         let removed = c.remove(&dir, name.as_bytes());
         self.amend(|l| {
             l.loose.remove(hash);
