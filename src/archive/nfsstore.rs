@@ -67,6 +67,13 @@ struct Upload {
     written: bool,
 }
 
+impl Uploads {
+    /// A sealed pack, to be sent.
+    fn queue(&mut self, sealed: pack::Sealed) {
+        self.items.push(Upload { index: sealed.index, data: sealed.bytes, fh: None, written: false });
+    }
+}
+
 /// What the store last listed, kept up to date with its own flushes and removals.
 /// `generation` counts the leases this store created: a listing started before the
 /// newest is dropped rather than kept for [`ChunkStore::has_chunk`].
@@ -131,6 +138,15 @@ fn mkdir_p(c: &mut Client, dir: &Fh, name: &[u8], shown: &str) -> Result<Fh, Err
             .map(|(fh, _)| fh)
             .ok_or_else(|| nfs_err("create directory", shown)(e)),
         Err(e) => Err(nfs_err("create directory", shown)(e)),
+    }
+}
+
+/// The handle of a listed entry of `dir`: the one READDIRPLUS gave, else looked up;
+/// `None` when it went since.
+fn handle(c: &mut Client, dir: &Fh, entry: crate::nfs::Entry, shown: &str) -> Result<Option<Fh>, Error> {
+    match entry.fh {
+        Some(fh) => Ok(Some(fh)),
+        None => Ok(c.lookup(dir, &entry.name).map_err(nfs_err("look up", shown))?.map(|(fh, _)| fh)),
     }
 }
 
@@ -283,25 +299,15 @@ impl NfsStore {
         }
     }
 
-    fn seal(up: &mut Uploads) {
-        let sealed = up.pack.seal();
-        up.items.push(Upload { index: sealed.index, data: sealed.bytes, fh: None, written: false });
-    }
-
     /// Every pack in `packs/` with its handle and index, and every loose chunk, listed now.
     fn list(&self, c: &mut Client) -> Result<Found, Error> {
         let shown = self.shown("packs");
         let mut files = Vec::new();
         for e in c.readdirplus(self.top("packs")?).map_err(nfs_err("list", &shown))? {
             let Some(name) = std::str::from_utf8(&e.name).ok().and_then(|n| n.parse::<Hash>().ok()) else { continue };
-            let fh = match e.fh {
-                Some(fh) => fh,
-                None => match c.lookup(self.top("packs")?, &e.name).map_err(nfs_err("look up", &shown))? {
-                    Some((fh, _)) => fh,
-                    None => continue,
-                },
-            };
-            files.push((name, fh));
+            if let Some(fh) = handle(c, self.top("packs")?, e, &shown)? {
+                files.push((name, fh));
+            }
         }
         let reads: Vec<(&Fh, u64, u32)> = files.iter().map(|(_, fh)| (fh, 0, pack::INDEX_PROBE)).collect();
         let heads = c.read_many(&reads).map_err(nfs_err("read", &shown))?;
@@ -324,13 +330,7 @@ impl NfsStore {
                     continue;
                 }
                 let shown = self.shown(format!("chunks/{}", String::from_utf8_lossy(&p.name)));
-                let fh = match p.fh {
-                    Some(fh) => fh,
-                    None => match c.lookup(chunks, &p.name).map_err(nfs_err("look up", &shown))? {
-                        Some((fh, _)) => fh,
-                        None => continue,
-                    },
-                };
+                let Some(fh) = handle(c, chunks, p, &shown)? else { continue };
                 for e in c.readdirplus(&fh).map_err(nfs_err("list", &shown))? {
                     if let Some(hash) = std::str::from_utf8(&e.name).ok().and_then(|n| n.parse().ok()) {
                         loose.insert(hash);
@@ -420,7 +420,8 @@ impl ChunkStore for NfsStore {
         }
         up.pack.push(*hash, data);
         if up.pack.full() {
-            Self::seal(&mut up);
+            let sealed = up.pack.seal();
+            up.queue(sealed);
             let mut c = lock(&self.client);
             self.send(&mut up, &mut c)?;
         }
@@ -431,7 +432,8 @@ impl ChunkStore for NfsStore {
         let _one_at_a_time = lock(&self.flushing);
         let mut up = lock(&self.uploads);
         if !up.pack.is_empty() {
-            Self::seal(&mut up);
+            let sealed = up.pack.seal();
+            up.queue(sealed);
         }
         if up.items.is_empty() {
             return Ok(());
@@ -586,7 +588,7 @@ impl ChunkStore for NfsStore {
     }
 
     fn write_pack(&self, sealed: pack::Sealed) -> Result<(), Error> {
-        lock(&self.uploads).items.push(Upload { index: sealed.index, data: sealed.bytes, fh: None, written: false });
+        lock(&self.uploads).queue(sealed);
         self.flush()
     }
 
